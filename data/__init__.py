@@ -1,0 +1,1 @@
+"""Forget/retain data: TOFU, users' own files, and a built-in synthetic generator."""

@@ -1,0 +1,28 @@
+"""The one record type every data source yields."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+@dataclass
+class QA:
+    """A question/answer pair in TOFU's format. `question=None` marks raw text
+    (verbatim unlearning): the loss then covers every token of `answer`."""
+
+    question: Optional[str]
+    answer: str
+    extra: dict = field(default_factory=dict)  # paraphrased_question, perturbed_answer, ...
+
+    @classmethod
+    def from_json(cls, obj: dict, where: str) -> "QA":
+        if not isinstance(obj, dict) or "question" not in obj or "answer" not in obj:
+            raise ValueError(f"{where}: expected an object with 'question' and 'answer' keys")
+        if not isinstance(obj["answer"], str) or not isinstance(obj["question"], str):
+            raise ValueError(f"{where}: 'question' and 'answer' must be strings")
+        extra = {k: v for k, v in obj.items() if k not in ("question", "answer")}
+        return cls(obj["question"], obj["answer"], extra)
+
+    def to_json(self) -> dict:
+        return {"question": self.question, "answer": self.answer, **self.extra}

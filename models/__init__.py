@@ -1,0 +1,1 @@
+"""Model names, the offline default model, and loading."""

@@ -1,0 +1,97 @@
+"""Resolve `--model` (catalog name, local checkpoint, or hub id) and load it."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from .catalog import CATALOG
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+from ..errors import ModelError  # noqa: F401 - re-exported
+
+
+def resolve_model(ref: str, fetch_missing: bool = True) -> str:
+    """Return something `from_pretrained` accepts: a local directory or a hub id.
+
+    - a catalog name (`smollm2`) is fetched into the cache on first use;
+    - an existing directory must hold a `config.json`;
+    - `owner/name` that is not a local path is treated as a hub id (loading reports
+      if the hub cannot be reached)."""
+    if ref in CATALOG:
+        from .fetch import fetch, is_fetched, model_dir
+
+        if is_fetched(ref):
+            return str(model_dir(ref))
+        if not fetch_missing:
+            raise ModelError(f"model {ref!r} is not fetched yet; run `unlearn models fetch {ref}`")
+        return str(fetch(ref))
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"{ref!r} is a directory but holds no config.json (not a Hugging Face checkpoint)")
+        return str(path)
+    if path.exists():
+        raise ModelError(f"{ref!r} is a file, not a checkpoint directory")
+    if _HUB_ID.match(ref) and not ref.startswith((".", "/", "~")):
+        return ref
+    raise ModelError(
+        f"model {ref!r} not found: give a catalog name {sorted(CATALOG)}, a local checkpoint "
+        "directory, or a hub id (owner/name)"
+    )
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.chat_template is None:
+        raise ModelError(f"{path}: the tokenizer has no chat template")
+    return tokenizer
+
+
+def load_model(ref: str, dtype=None, device: str | None = None):
+    """(model, tokenizer) in eval mode; float32 on CPU unless `dtype` says otherwise."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model(ref)
+    try:
+        tokenizer = load_tokenizer(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
+    except ModelError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - hub/IO errors of many types become one message
+        raise ModelError(f"could not load model {ref!r} from {path!r}: {type(exc).__name__}: {exc}") from None
+    if device:
+        model.to(device)
+    model.eval()
+    return model, tokenizer
+
+
+def generate_answers(model, tokenizer, questions: list[str], max_new_tokens: int = 48,
+                     batch_size: int = 16) -> list[str]:
+    """Greedy chat answers, batched with left padding (for demos and probes; evaluation uses vLLM)."""
+    import torch
+
+    from ..data.formatting import prompt_text
+
+    answers = []
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        for start in range(0, len(questions), batch_size):
+            prompts = [prompt_text(tokenizer, q) for q in questions[start:start + batch_size]]
+            batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+            with torch.no_grad():
+                out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                                     pad_token_id=tokenizer.pad_token_id)
+            new = out[:, batch["input_ids"].shape[1]:]
+            answers += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
+    finally:
+        tokenizer.padding_side = side
+    return answers

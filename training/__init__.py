@@ -1,0 +1,1 @@
+"""Weight-level unlearning: losses, methods, FILA, the trainer and the run orchestration."""

@@ -1,0 +1,214 @@
+"""One training run, from config to a merged, self-describing checkpoint.
+
+Layout while running:   <output_dir>.partial/{config.yaml, checkpoints/checkpoint-N/...}
+Layout when finished:   <output_dir>/{model weights, tokenizer, config.yaml, train_log.jsonl, run.json}
+
+The finished directory appears in one rename, so it is either absent or complete; an
+interrupted run leaves only `.partial`, which `--resume` continues from its last complete
+checkpoint (FILA statistics come back from their cache, so the adapter init is identical).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+import resource
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from ..config import dump_config
+from ..data.formatting import encode_all
+from ..data.records import QA
+from ..data.sources import idk_answers, load_spec
+from ..models.catalog import cache_root
+from ..models.loading import load_tokenizer, resolve_model
+from .config import TrainConfig
+from .methods import MethodParams, get_method
+
+RUN_MANIFEST = "run.json"
+
+
+from ..errors import DataError, RunError
+
+
+def _precision(cfg: TrainConfig) -> bool:
+    """True for bf16 mixed precision (autocast on CPU, bf16 on CUDA)."""
+    if cfg.optim.precision == "fp32":
+        return False
+    if cfg.optim.precision == "bf16":
+        return True
+    return not torch.cuda.is_available() or torch.cuda.is_bf16_supported()
+
+
+def _peak_memory_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def prepare_data(cfg: TrainConfig, tokenizer, needs_retain: bool, needs_idk: bool):
+    """Encoded (primary, retain, idk) sets; the primary set is forget (or train for finetune)."""
+    primary_name = "train" if cfg.method.name == "finetune" else "forget"
+    spec = cfg.data.train or cfg.data.forget
+    primary_records = load_spec(spec)
+    if not primary_records:
+        raise DataError(f"the {primary_name} set ({spec}) is empty")
+    primary = encode_all(tokenizer, primary_records, cfg.data.max_length, primary_name)
+    retain = encode_all(tokenizer, load_spec(cfg.data.retain), cfg.data.max_length, "retain") if needs_retain else None
+    idk = None
+    if needs_idk:
+        rng = random.Random(cfg.optim.seed)
+        refusals = idk_answers()
+        idk_records = [QA(r.question, rng.choice(refusals)) for r in primary_records]
+        idk = encode_all(tokenizer, idk_records, cfg.data.max_length, "idk")
+        if len(idk) != len(primary):
+            raise DataError("some forget questions are too long to encode with an 'I don't know' answer")
+    return primary, retain, idk
+
+
+def _fila_statistics(cfg: TrainConfig, model, forget, retain, pad_id, log):
+    from tqdm.auto import tqdm
+
+    from ..data.formatting import pad_batch
+    from .fila import cached_fisher, fisher_statistics, statistics_key
+
+    lora = cfg.lora
+    retain = retain[: lora.fisher_max_retain]
+
+    def batches(examples):
+        for i in range(0, len(examples), lora.fisher_batch_size):
+            yield pad_batch(examples[i:i + lora.fisher_batch_size], pad_id)
+
+    cache = cache_root() / "fisher"
+    out = {}
+    for name, examples in (("forget", forget), ("retain", retain)):
+        key = statistics_key(model, lora.target_modules, examples)
+        def compute(examples=examples, name=name):
+            n = -(-len(examples) // lora.fisher_batch_size)
+            with tqdm(total=n, desc=f"FILA Fisher ({name})") as bar:
+                return fisher_statistics(model, batches(examples), lora.target_modules, progress=bar)
+        out[name] = cached_fisher(cache, key, compute)
+        log(f"FILA statistics ({name}, {len(examples)} examples): {cache}/fisher-{key}.safetensors")
+    return out["forget"], out["retain"]
+
+
+def run_training(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, log=print) -> Path:
+    from transformers import AutoModelForCausalLM, TrainingArguments
+
+    from .batches import PairCollator, UnlearnDataset
+    from .trainer import (AdapterOffReference, FrozenReference, MarkCompleteCheckpoints,
+                          UnlearnTrainer, last_complete_checkpoint)
+
+    out = Path(cfg.output_dir)
+    work = out.with_name(out.name + ".partial")
+    config_text = dump_config(cfg)
+    if (out / RUN_MANIFEST).is_file() and not overwrite:
+        raise RunError(f"{out} already holds a finished run; pass --overwrite or choose another output_dir")
+    if work.exists() and not resume:
+        raise RunError(f"an interrupted run exists at {work}; pass --resume to continue it or delete it")
+    if resume and work.exists():
+        saved = (work / "config.yaml").read_text() if (work / "config.yaml").is_file() else None
+        if saved is not None and saved != config_text:
+            raise RunError(f"--resume: the config differs from the interrupted run's ({work / 'config.yaml'})")
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "config.yaml").write_text(config_text)
+
+    started = time.time()
+    method = get_method(cfg.method.name)
+    torch.manual_seed(cfg.optim.seed)
+    model_path = resolve_model(cfg.model)
+    tokenizer = load_tokenizer(model_path)
+    fila = cfg.lora is not None and cfg.lora.init == "fila"
+    primary, retain, idk = prepare_data(cfg, tokenizer, method.needs_retain or fila, method.needs_idk)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    except Exception as exc:  # noqa: BLE001
+        raise RunError(f"could not load model {cfg.model!r}: {type(exc).__name__}: {exc}") from None
+    if cfg.optim.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+
+    reference = None
+    if method.needs_reference and not (cfg.lora is not None and not fila):
+        reference = FrozenReference(copy.deepcopy(model))
+    if cfg.lora is not None:
+        from peft import LoraConfig, get_peft_model
+
+        if fila:
+            fisher_f, fisher_r = _fila_statistics(cfg, model, primary, retain, tokenizer.pad_token_id, log)
+        model = get_peft_model(model, LoraConfig(
+            r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+            target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM"))
+        if fila:
+            from .fila import apply_fila
+
+            log(f"FILA: initialised {apply_fila(model, fisher_f, fisher_r)} LoRA layers")
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+
+    bf16 = _precision(cfg)
+    o = cfg.optim
+    args = TrainingArguments(
+        output_dir=str(work / "checkpoints"),
+        num_train_epochs=o.epochs, max_steps=o.max_steps, learning_rate=o.lr,
+        per_device_train_batch_size=o.batch_size, gradient_accumulation_steps=o.grad_accum,
+        weight_decay=o.weight_decay, warmup_ratio=o.warmup_ratio, lr_scheduler_type=o.scheduler,
+        bf16=bf16, use_cpu=not torch.cuda.is_available(),
+        save_strategy="no" if o.save_steps < 0 else ("epoch" if o.save_steps == 0 else "steps"),
+        save_steps=max(o.save_steps, 1), save_total_limit=2,
+        logging_steps=o.logging_steps, report_to=[], seed=o.seed, data_seed=o.seed,
+        remove_unused_columns=False, group_by_length=o.group_by_length,
+        dataloader_num_workers=0, disable_tqdm=False,
+    )
+    if method.needs_reference and reference is None:
+        reference = AdapterOffReference(lambda m: trainer.accelerator.unwrap_model(m))
+    trainer = UnlearnTrainer(
+        model=model, args=args, train_dataset=UnlearnDataset(primary, retain if method.needs_retain else None,
+                                                             idk, seed=o.seed),
+        data_collator=PairCollator(tokenizer.pad_token_id), callbacks=[MarkCompleteCheckpoints()],
+        method=method, reference=reference,
+        params=MethodParams(beta=cfg.method.beta, gamma=cfg.method.gamma,
+                            retain_weight=cfg.method.retain_weight, forget_weight=cfg.method.forget_weight),
+    )
+    checkpoint = last_complete_checkpoint(work / "checkpoints") if resume else None
+    if checkpoint is not None:
+        log(f"resuming from {checkpoint}")
+    train_started = time.time()
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    train_seconds = time.time() - train_started
+
+    if not trainer.is_world_process_zero():
+        return out
+    final_model = trainer.accelerator.unwrap_model(trainer.model)
+    if cfg.lora is not None:
+        final_model = final_model.merge_and_unload()
+    final = work / "final"
+    if final.exists():
+        shutil.rmtree(final)
+    final_model.save_pretrained(final)
+    tokenizer.save_pretrained(final)
+    (final / "config.yaml").write_text(config_text)
+    with open(final / "train_log.jsonl", "w") as fh:
+        for entry in trainer.state.log_history:
+            fh.write(json.dumps(entry) + "\n")
+    manifest = {
+        "method": cfg.method.name, "mode": cfg.mode, "init": cfg.lora.init if cfg.lora else None,
+        "base_model": cfg.model, "resolved_model": model_path,
+        "examples": {"primary": len(primary), "retain": len(retain or []), "idk": len(idk or [])},
+        "steps": trainer.state.global_step, "train_loss": result.training_loss,
+        "trainable_params": trainable, "total_params": total, "trainable_fraction": trainable / total,
+        "precision": "bf16" if bf16 else "fp32", "device": str(trainer.args.device),
+        "train_seconds": round(train_seconds, 1), "total_seconds": round(time.time() - started, 1),
+        "peak_memory_mb": round(_peak_memory_mb(), 1), "resumed_from": str(checkpoint) if checkpoint else None,
+    }
+    (final / RUN_MANIFEST).write_text(json.dumps(manifest, indent=2))
+    if out.exists():
+        shutil.rmtree(out)
+    final.rename(out)
+    shutil.rmtree(work)
+    log(f"saved {out}")
+    return out

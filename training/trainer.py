@@ -1,0 +1,108 @@
+"""`UnlearnTrainer`: a `transformers.Trainer` that overrides only `compute_loss` (and `log`
+to report the loss parts), so accelerate / DeepSpeed / FSDP, mixed precision, gradient
+accumulation, checkpointing and resumption all come from the Trainer unchanged."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from transformers import Trainer, TrainerCallback
+
+from .batches import group
+from .methods import Method, MethodInputs, MethodParams
+
+COMPLETE_MARKER = "CHECKPOINT_COMPLETE"
+
+
+def _logits(model, batch: dict) -> torch.Tensor:
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+
+class FrozenReference:
+    """A frozen copy of the initial model (NPO, IdkDPO, UnDIAL's teacher)."""
+
+    def __init__(self, model):
+        self.model = model.eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def logits(self, trained_model, batch: dict) -> torch.Tensor:
+        device = batch["input_ids"].device
+        if next(self.model.parameters()).device != device:
+            self.model.to(device)
+        return _logits(self.model, batch)
+
+
+class AdapterOffReference:
+    """The trained PEFT model with its adapter switched off: the initial model at no memory
+    cost. Only valid when the base weights are the original ones (not after FILA)."""
+
+    def __init__(self, unwrap):
+        self.unwrap = unwrap
+
+    @torch.no_grad()
+    def logits(self, trained_model, batch: dict) -> torch.Tensor:
+        peft_model = self.unwrap(trained_model)
+        with peft_model.disable_adapter():
+            return _logits(peft_model, batch)
+
+
+class UnlearnTrainer(Trainer):
+    def __init__(self, *args, method: Method, params: MethodParams, reference=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if method.needs_reference and reference is None:
+            raise ValueError(f"method {method.name!r} needs a reference model")
+        self.method, self.params, self.reference = method, params, reference
+        self.model_accepts_loss_kwargs = False  # the Trainer then scales for grad accumulation
+        self._parts: dict[str, float] = defaultdict(float)
+        self._n_parts = 0
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        forget = group(inputs, "forget")
+        m = self.method
+        batch = MethodInputs(forget_logits=_logits(model, forget), forget_labels=forget["labels"])
+        if m.needs_retain:
+            retain = group(inputs, "retain")
+            batch.retain_logits, batch.retain_labels = _logits(model, retain), retain["labels"]
+        if m.needs_idk:
+            idk = group(inputs, "idk")
+            batch.idk_logits, batch.idk_labels = _logits(model, idk), idk["labels"]
+        if m.needs_reference:
+            batch.ref_forget_logits = self.reference.logits(model, forget)
+            if m.needs_idk:
+                batch.ref_idk_logits = self.reference.logits(model, group(inputs, "idk"))
+        parts = m.loss(batch, self.params)
+        for key, value in parts.items():
+            if key != "loss":
+                self._parts[key] += float(value.detach())
+        self._n_parts += 1
+        return (parts["loss"], None) if return_outputs else parts["loss"]
+
+    def log(self, logs, *args, **kwargs):
+        if self._n_parts and "loss" in logs:
+            for key, total in self._parts.items():
+                logs[key] = round(total / self._n_parts, 5)
+            self._parts.clear()
+            self._n_parts = 0
+        super().log(logs, *args, **kwargs)
+
+
+class MarkCompleteCheckpoints(TrainerCallback):
+    """Write a marker into each checkpoint once the Trainer has finished saving it, so resume
+    never picks a checkpoint that an interruption left half-written."""
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if ckpt.is_dir():
+                (ckpt / COMPLETE_MARKER).write_text(str(state.global_step))
+        return control
+
+
+def last_complete_checkpoint(folder: Path) -> Path | None:
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    done = [p for p in folder.glob("checkpoint-*") if (p / COMPLETE_MARKER).is_file()]
+    return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
