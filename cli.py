@@ -48,8 +48,21 @@ def _cmd_train(args) -> int:
     from .training.run import run_training
 
     cfg = load_config(TrainConfig, args.config, args.overrides)
-    run_training(cfg, resume=args.resume, overwrite=args.overwrite,
-                 log=lambda msg: print(msg, file=sys.stderr))
+    if args.cached:
+        import dataclasses
+        from pathlib import Path
+
+        from .training.cache import cached_output_dir
+        from .training.run import RUN_MANIFEST
+
+        cfg = dataclasses.replace(cfg, output_dir=str(cached_output_dir(cfg, Path(args.config).stem)))
+        if (Path(cfg.output_dir) / RUN_MANIFEST).is_file():
+            print(cfg.output_dir)
+            return 0
+        args.resume = True  # a cached run always continues what an interruption left
+    out = run_training(cfg, resume=args.resume, overwrite=args.overwrite,
+                       log=lambda msg: print(msg, file=sys.stderr))
+    print(out)
     return 0
 
 
@@ -85,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.epochs=3")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in output_dir")
+    p.add_argument("--cached", action="store_true",
+                   help="write to $UNLEARN_CACHE/runs/<config>-<hash>; reuse it if finished, resume if interrupted")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("demo", help="the end-to-end weight-level demo on the embedded default")

@@ -41,7 +41,20 @@ def _precision(cfg: TrainConfig) -> bool:
         return False
     if cfg.optim.precision == "bf16":
         return True
-    return not torch.cuda.is_available() or torch.cuda.is_bf16_supported()
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return cpu_has_native_bf16()
+
+
+def cpu_has_native_bf16() -> bool:
+    """True if the CPU has bf16 matrix instructions (AVX512-BF16 or AMX). Without them,
+    bf16 autocast is emulated: measured on a 2-core AVX2 EPYC, a bf16 matmul ran ~100x slower
+    than fp32, so `precision: auto` falls back to fp32 there."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _peak_memory_mb() -> float:
@@ -156,12 +169,13 @@ def run_training(cfg: TrainConfig, resume: bool = False, overwrite: bool = False
         output_dir=str(work / "checkpoints"),
         num_train_epochs=o.epochs, max_steps=o.max_steps, learning_rate=o.lr,
         per_device_train_batch_size=o.batch_size, gradient_accumulation_steps=o.grad_accum,
-        weight_decay=o.weight_decay, warmup_ratio=o.warmup_ratio, lr_scheduler_type=o.scheduler,
+        weight_decay=o.weight_decay, warmup_steps=o.warmup_ratio, lr_scheduler_type=o.scheduler,
         bf16=bf16, use_cpu=not torch.cuda.is_available(),
         save_strategy="no" if o.save_steps < 0 else ("epoch" if o.save_steps == 0 else "steps"),
         save_steps=max(o.save_steps, 1), save_total_limit=2,
         logging_steps=o.logging_steps, report_to=[], seed=o.seed, data_seed=o.seed,
-        remove_unused_columns=False, group_by_length=o.group_by_length,
+        remove_unused_columns=False,
+        train_sampling_strategy="group_by_length" if o.group_by_length else "random",
         dataloader_num_workers=0, disable_tqdm=False,
     )
     if method.needs_reference and reference is None:

@@ -1,0 +1,30 @@
+"""Runs cached by a hash of everything that determines them.
+
+`cached_output_dir(cfg)` maps a config to `$UNLEARN_CACHE/runs/<name>-<hash>`; the hash
+covers the resolved config (all but `output_dir`) and, for a local base model, the
+fingerprint of its manifest/config, so a changed base model never reuses a stale run."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+from ..config import to_dict
+from ..models.catalog import cache_root
+
+
+def config_hash(cfg) -> str:
+    data = to_dict(dataclasses.replace(cfg, output_dir=""))
+    model = Path(cfg.model)
+    if model.is_dir():  # a local base model (e.g. a cached target): fingerprint its run record
+        for name in ("run.json", "unlearnkit_manifest.json", "config.json"):
+            if (model / name).is_file():
+                data["model_fingerprint"] = hashlib.sha256((model / name).read_bytes()).hexdigest()
+                break
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def cached_output_dir(cfg, name: str) -> Path:
+    return cache_root() / "runs" / f"{name}-{config_hash(cfg)}"
