@@ -1,0 +1,160 @@
+"""The trainer end to end on a tiny model: every method, LoRA/FILA, artefacts, resume, bad input."""
+
+import json
+
+import pytest
+import torch
+
+from unlearnkit.config import from_dict
+from unlearnkit.errors import DataError, RunError
+from unlearnkit.training.config import TrainConfig
+from unlearnkit.training.methods import METHODS
+from unlearnkit.training.run import run_training
+
+FORGET, RETAIN = "synth/forget?people=4&forget=1", "synth/retain?people=4&forget=1"
+
+
+def make_cfg(tiny_dir, out, method="ihl", **extra):
+    data = {"forget": FORGET, "retain": RETAIN, "max_length": 96}
+    if method == "finetune":
+        data = {"train": FORGET, "max_length": 96}
+    cfg = {"model": str(tiny_dir), "output_dir": str(out), "method": {"name": method},
+           "data": data, "optim": {"max_steps": 2, "batch_size": 4, "lr": 1e-3, "precision": "fp32",
+                                   "save_steps": -1, "logging_steps": 1}}
+    for key, value in extra.items():
+        cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
+    return from_dict(TrainConfig, cfg)
+
+
+def quiet(*_):
+    pass
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_trains_and_writes_a_complete_artefact(tiny_dir, tmp_path, method):
+    out = run_training(make_cfg(tiny_dir, tmp_path / "run", method), log=quiet)
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "config.yaml", "train_log.jsonl", "run.json"):
+        assert (out / name).is_file(), name
+    run = json.loads((out / "run.json").read_text())
+    assert run["method"] == method and run["steps"] == 2 and run["trainable_fraction"] == 1.0
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert any("forget_loss" in entry for entry in log)
+    assert not (tmp_path / "run.partial").exists()
+
+
+def test_training_moves_forget_probability_the_right_way(tiny_dir, tmp_path):
+    from unlearnkit.data.sources import load_spec
+    from unlearnkit.evaluation.probability import answer_probabilities, mean
+    from unlearnkit.models.loading import load_model
+
+    forget = load_spec(FORGET)
+    model, tok = load_model(str(tiny_dir))
+    before = mean(answer_probabilities(model, tok, forget))
+    tuned = run_training(make_cfg(tiny_dir, tmp_path / "ft", "finetune", optim={"max_steps": 15}), log=quiet)
+    after_ft = mean(answer_probabilities(*load_model(str(tuned)), forget))
+    forgot = run_training(make_cfg(tuned, tmp_path / "ga", "grad_diff", optim={"max_steps": 10}), log=quiet)
+    after_ga = mean(answer_probabilities(*load_model(str(forgot)), forget))
+    assert after_ft > before and after_ga < after_ft
+
+
+@pytest.mark.parametrize("init", ["default", "fila"])
+def test_lora_runs_export_merged_checkpoints(tiny_dir, tmp_path, init):
+    from transformers import AutoModelForCausalLM
+
+    cfg = make_cfg(tiny_dir, tmp_path / "lora", "npo", mode="lora", lora={"r": 2, "init": init})
+    out = run_training(cfg, log=quiet)
+    run = json.loads((out / "run.json").read_text())
+    assert 0 < run["trainable_fraction"] < 0.5 and run["init"] == init
+    assert not list(out.glob("adapter_*"))  # merged, not an adapter
+    merged = AutoModelForCausalLM.from_pretrained(out)
+    base = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    assert set(merged.state_dict()) == set(base.state_dict())
+
+
+def test_fila_statistics_are_cached(tiny_dir, tmp_path):
+    from unlearnkit.models.catalog import cache_root
+
+    cfg = make_cfg(tiny_dir, tmp_path / "a", "ihl", mode="lora", lora={"r": 2, "init": "fila"})
+    run_training(cfg, log=quiet)
+    files = sorted((cache_root() / "fisher").glob("*.safetensors"))
+    assert len(files) == 2  # forget and retain
+    stamps = [f.stat().st_mtime_ns for f in files]
+    run_training(make_cfg(tiny_dir, tmp_path / "b", "ihl", mode="lora", lora={"r": 2, "init": "fila"}), log=quiet)
+    assert [f.stat().st_mtime_ns for f in sorted((cache_root() / "fisher").glob("*.safetensors"))] == stamps
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_interrupted_run_resumes_from_last_complete_checkpoint(tiny_dir, tmp_path, monkeypatch):
+    from unlearnkit.training import trainer as trainer_mod
+
+    cfg = make_cfg(tiny_dir, tmp_path / "run", "grad_diff", optim={"max_steps": 6, "save_steps": 2})
+    original = trainer_mod.UnlearnTrainer.training_step
+    calls = {"n": 0}
+
+    def crashing_step(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise Interrupt("power cut")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_mod.UnlearnTrainer, "training_step", crashing_step)
+    with pytest.raises(Interrupt):
+        run_training(cfg, log=quiet)
+    assert not (tmp_path / "run").exists()  # nothing half-written where the artefact goes
+    partial = tmp_path / "run.partial"
+    assert (partial / "checkpoints" / "checkpoint-4" / "CHECKPOINT_COMPLETE").is_file()
+    # a checkpoint cut off mid-write (no marker) is never picked
+    (partial / "checkpoints" / "checkpoint-5").mkdir()
+    with pytest.raises(RunError, match="--resume"):
+        run_training(cfg, log=quiet)
+    monkeypatch.setattr(trainer_mod.UnlearnTrainer, "training_step", original)
+    out = run_training(cfg, resume=True, log=quiet)
+    run = json.loads((out / "run.json").read_text())
+    assert run["steps"] == 6 and run["resumed_from"].endswith("checkpoint-4")
+    assert not partial.exists()
+
+
+def test_resume_refuses_a_different_config(tiny_dir, tmp_path, monkeypatch):
+    (tmp_path / "run.partial").mkdir()
+    (tmp_path / "run.partial" / "config.yaml").write_text("model: something-else\n")
+    with pytest.raises(RunError, match="config differs"):
+        run_training(make_cfg(tiny_dir, tmp_path / "run"), resume=True, log=quiet)
+
+
+def test_finished_output_is_not_overwritten_silently(tiny_dir, tmp_path):
+    cfg = make_cfg(tiny_dir, tmp_path / "run", "grad_ascent")
+    run_training(cfg, log=quiet)
+    with pytest.raises(RunError, match="already holds a finished run"):
+        run_training(cfg, log=quiet)
+    run_training(cfg, overwrite=True, log=quiet)
+
+
+def test_bad_inputs(tiny_dir, tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(DataError, match="forget set.*empty"):
+        run_training(make_cfg(tiny_dir, tmp_path / "a", data={"forget": f"file:{empty}"}), log=quiet)
+    with pytest.raises(DataError, match="no answer tokens"):
+        run_training(make_cfg(tiny_dir, tmp_path / "b", data={"max_length": 10}), log=quiet)
+    from unlearnkit.errors import ModelError
+
+    with pytest.raises(ModelError, match="not found"):
+        run_training(make_cfg("./no/such/model", tmp_path / "c"), log=quiet)
+
+
+def test_idk_dpo_pairs_each_forget_question_with_a_refusal(tiny_dir):
+    from unlearnkit.data.sources import load_spec
+    from unlearnkit.models.loading import load_tokenizer
+    from unlearnkit.training.run import prepare_data
+
+    tok = load_tokenizer(str(tiny_dir))
+    cfg = make_cfg(tiny_dir, "x", "idk_dpo")
+    forget, retain, idk = prepare_data(cfg, tok, True, True)
+    assert len(idk) == len(forget) and len(retain) == len(load_spec(RETAIN))
+    # same prompt, different answer
+    first_label = next(i for i, t in enumerate(forget[0]["labels"]) if t != -100)
+    assert idk[0]["input_ids"][:first_label] == forget[0]["input_ids"][:first_label]
+    assert idk[0]["input_ids"] != forget[0]["input_ids"]
