@@ -18,8 +18,11 @@ def resolve_model(ref: str, fetch_missing: bool = True) -> str:
 
     - a catalog name (`smollm2`) is fetched into the cache on first use;
     - an existing directory must hold a `config.json`;
+    - `run:CONFIG.yaml` is the cached output of that training config (`unlearn train --cached`);
     - `owner/name` that is not a local path is treated as a hub id (loading reports
       if the hub cannot be reached)."""
+    if ref.startswith("run:"):
+        return _resolve_run(ref[4:])
     if ref in CATALOG:
         from .fetch import fetch, is_fetched, model_dir
 
@@ -41,6 +44,19 @@ def resolve_model(ref: str, fetch_missing: bool = True) -> str:
         f"model {ref!r} not found: give a catalog name {sorted(CATALOG)}, a local checkpoint "
         "directory, or a hub id (owner/name)"
     )
+
+
+def _resolve_run(config_path: str) -> str:
+    """`run:configs/finetune/x.yaml` -> the cached output of that training config."""
+    from ..config import load_config
+    from ..training.cache import cached_output_dir
+    from ..training.config import TrainConfig
+
+    cfg = load_config(TrainConfig, config_path)
+    out = cached_output_dir(cfg, Path(config_path).stem)
+    if not (out / "run.json").is_file():
+        raise ModelError(f"model run:{config_path} is not built yet; run `unlearn train --cached --config {config_path}`")
+    return str(out)
 
 
 def load_tokenizer(path: str):

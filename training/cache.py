@@ -18,6 +18,10 @@ from ..models.catalog import cache_root
 def config_hash(cfg) -> str:
     data = to_dict(dataclasses.replace(cfg, output_dir=""))
     model = Path(cfg.model)
+    if cfg.model.startswith("run:"):  # the cached output of another config: fingerprint what it is now
+        from ..models.loading import resolve_model
+
+        model = Path(resolve_model(cfg.model))
     if model.is_dir():  # a local base model (e.g. a cached target): fingerprint its run record
         for name in ("run.json", "unlearnkit_manifest.json", "config.json"):
             if (model / name).is_file():
