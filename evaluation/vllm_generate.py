@@ -1,8 +1,8 @@
 """Greedy generation through vLLM (the engine users serve with), offline, in its own process.
 
-    python -m unlearnkit.evaluation.vllm_generate --model DIR --question "..." [--question ...]
+    python -m unlearnkit.evaluation.vllm_generate --model DIR --question "..." [--question ...] --out FILE
 
-prints one JSON object: {"answers": [...], "token_ids": [[...], ...]}. vLLM spawns worker
+writes one JSON object to FILE: {"answers": [...], "token_ids": [[...], ...]}. vLLM spawns worker
 processes, hence the __main__ guard; callers in Python use `generate_in_subprocess`.
 """
 
@@ -30,14 +30,19 @@ def generate(model: str, questions: list[str], max_tokens: int = 32, dtype: str 
 
 def generate_in_subprocess(model: str, questions: list[str], max_tokens: int = 32, dtype: str = "auto",
                            timeout: float = 600) -> dict:
-    cmd = [sys.executable, "-m", "unlearnkit.evaluation.vllm_generate", "--model", model,
-           "--max-tokens", str(max_tokens), "--dtype", dtype]
-    for q in questions:
-        cmd += ["--question", q]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        raise RuntimeError(f"vLLM generation failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "out.json")
+        cmd = [sys.executable, "-m", "unlearnkit.evaluation.vllm_generate", "--model", model,
+               "--max-tokens", str(max_tokens), "--dtype", dtype, "--out", out]
+        for q in questions:
+            cmd += ["--question", q]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        if proc.returncode != 0 or not os.path.isfile(out):
+            raise RuntimeError(f"vLLM generation failed (exit {proc.returncode}): {(proc.stderr + proc.stdout)[-3000:]}")
+        with open(out) as fh:
+            return json.load(fh)
 
 
 def main() -> int:
@@ -46,9 +51,11 @@ def main() -> int:
     parser.add_argument("--question", action="append", required=True)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--out", required=True)
     args = parser.parse_args()
     result = generate(args.model, args.question, args.max_tokens, args.dtype)
-    print(json.dumps(result))
+    with open(args.out, "w") as fh:
+        json.dump(result, fh)
     return 0
 
 

@@ -47,6 +47,11 @@ def build_tiny_model(vocab_size: int, seed: int = 0):
 
 
 @pytest.fixture(scope="session")
+def tiny_tokenizer_factory():
+    return build_tiny_tokenizer
+
+
+@pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
     """A saved tiny checkpoint (model + tokenizer) usable anywhere a --model path is."""
     path = tmp_path_factory.mktemp("tiny-llama")
