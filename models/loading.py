@@ -52,6 +52,9 @@ def _resolve_run(config_path: str) -> str:
     from ..training.cache import cached_output_dir
     from ..training.config import TrainConfig
 
+    if not Path(config_path).is_file():  # shipped configs also resolve from outside the checkout
+        shipped = Path(__file__).resolve().parents[1] / config_path
+        config_path = str(shipped) if shipped.is_file() else config_path
     cfg = load_config(TrainConfig, config_path)
     out = cached_output_dir(cfg, Path(config_path).stem)
     if not (out / "run.json").is_file():

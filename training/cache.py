@@ -32,3 +32,18 @@ def config_hash(cfg) -> str:
 
 def cached_output_dir(cfg, name: str) -> Path:
     return cache_root() / "runs" / f"{name}-{config_hash(cfg)}"
+
+
+def train_cached(config_path: str, overrides: list[str] | None = None, log=print) -> Path:
+    """Run a training config into its cache directory, reuse it if finished, resume it if
+    an interruption left it half-done. Returns the finished run's directory."""
+    from ..config import load_config
+    from .config import TrainConfig
+    from .run import RUN_MANIFEST, run_training
+
+    cfg = load_config(TrainConfig, config_path, overrides)
+    cfg = dataclasses.replace(cfg, output_dir=str(cached_output_dir(cfg, Path(config_path).stem)))
+    if (Path(cfg.output_dir) / RUN_MANIFEST).is_file():
+        log(f"(cached) {cfg.output_dir}")
+        return Path(cfg.output_dir)
+    return run_training(cfg, resume=True, log=log)
