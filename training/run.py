@@ -109,16 +109,8 @@ def _fila_statistics(cfg: TrainConfig, model, forget, retain, pad_id, log):
     return out["forget"], out["retain"]
 
 
-def run_training(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, log=print) -> Path:
-    from transformers import AutoModelForCausalLM, TrainingArguments
-
-    from .batches import PairCollator, UnlearnDataset
-    from .trainer import (AdapterOffReference, FrozenReference, MarkCompleteCheckpoints,
-                          UnlearnTrainer, last_complete_checkpoint)
-
-    out = Path(cfg.output_dir)
-    work = out.with_name(out.name + ".partial")
-    config_text = dump_config(cfg)
+def _prepare_output(out: Path, work: Path, config_text: str, resume: bool, overwrite: bool) -> None:
+    """Refuse to clobber a finished run or an interrupted one; check a resume matches."""
     if (out / RUN_MANIFEST).is_file() and not overwrite:
         raise RunError(f"{out} already holds a finished run; pass --overwrite or choose another output_dir")
     if work.exists() and not resume:
@@ -129,6 +121,27 @@ def run_training(cfg: TrainConfig, resume: bool = False, overwrite: bool = False
             raise RunError(f"--resume: the config differs from the interrupted run's ({work / 'config.yaml'})")
     work.mkdir(parents=True, exist_ok=True)
     (work / "config.yaml").write_text(config_text)
+
+
+def run_training(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, log=print,
+                 callbacks: list | None = None) -> Path:
+    """Train as `cfg` says and return the finished run's directory; `callbacks` are extra
+    `transformers.TrainerCallback`s (e.g. to measure forgetting after every epoch)."""
+    from accelerate import PartialState
+    from transformers import AutoModelForCausalLM, TrainingArguments
+
+    from .batches import PairCollator, UnlearnDataset
+    from .trainer import (AdapterOffReference, FrozenReference, MarkCompleteCheckpoints,
+                          UnlearnTrainer, last_complete_checkpoint)
+
+    out = Path(cfg.output_dir)
+    work = out.with_name(out.name + ".partial")
+    config_text = dump_config(cfg)
+    state = PartialState()  # under `accelerate launch`, only the main process checks and creates dirs
+    if state.is_main_process:
+        _prepare_output(out, work, config_text, resume, overwrite)
+    state.wait_for_everyone()
+
 
     started = time.time()
     method = get_method(cfg.method.name)
@@ -183,7 +196,7 @@ def run_training(cfg: TrainConfig, resume: bool = False, overwrite: bool = False
     trainer = UnlearnTrainer(
         model=model, args=args, train_dataset=UnlearnDataset(primary, retain if method.needs_retain else None,
                                                              idk, seed=o.seed),
-        data_collator=PairCollator(tokenizer.pad_token_id), callbacks=[MarkCompleteCheckpoints()],
+        data_collator=PairCollator(tokenizer.pad_token_id), callbacks=[MarkCompleteCheckpoints(), *(callbacks or [])],
         method=method, reference=reference,
         params=MethodParams(beta=cfg.method.beta, gamma=cfg.method.gamma,
                             retain_weight=cfg.method.retain_weight, forget_weight=cfg.method.forget_weight),
