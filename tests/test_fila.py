@@ -22,6 +22,18 @@ def test_uniform_importance_reduces_to_truncated_svd():
     assert A.shape == (3, 9) and B.shape == (12, 3)
 
 
+@pytest.mark.parametrize("shape", [(12, 9), (9, 12)])
+def test_top_singular_triplets_match_full_svd(shape):
+    from unlearnkit.training.fila import top_singular_triplets
+
+    torch.manual_seed(3)
+    M = torch.randn(*shape, dtype=torch.float64)
+    U, S, Vh = top_singular_triplets(M, 4)
+    U0, S0, Vh0 = torch.linalg.svd(M, full_matrices=False)
+    assert torch.allclose(S, S0[:4], atol=1e-10)
+    assert torch.allclose(U @ torch.diag(S) @ Vh, U0[:, :4] @ torch.diag(S0[:4]) @ Vh0[:4], atol=1e-10)
+
+
 def test_factors_reconstruct_weight_in_storage_dtype():
     torch.manual_seed(1)
     W = torch.randn(16, 8)
