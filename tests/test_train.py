@@ -143,6 +143,8 @@ def test_bad_inputs(tiny_dir, tmp_path):
 
     with pytest.raises(ModelError, match="not found"):
         run_training(make_cfg("./no/such/model", tmp_path / "c"), log=quiet)
+    # refused input leaves nothing behind that would block the corrected run
+    assert not any(tmp_path.glob("*.partial"))
 
 
 def test_idk_dpo_pairs_each_forget_question_with_a_refusal(tiny_dir):

@@ -66,6 +66,12 @@ class OptimConfig:
     gradient_checkpointing: bool = False
     seed: int = 0
 
+    def validate(self):
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigError(f"optim.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.batch_size < 1 or self.grad_accum < 1:
+            raise ConfigError("optim.batch_size and optim.grad_accum must be >= 1")
+
 
 @dataclass
 class TrainConfig:

@@ -137,19 +137,18 @@ def run_training(cfg: TrainConfig, resume: bool = False, overwrite: bool = False
     out = Path(cfg.output_dir)
     work = out.with_name(out.name + ".partial")
     config_text = dump_config(cfg)
-    state = PartialState()  # under `accelerate launch`, only the main process checks and creates dirs
-    if state.is_main_process:
-        _prepare_output(out, work, config_text, resume, overwrite)
-    state.wait_for_everyone()
-
-
     started = time.time()
     method = get_method(cfg.method.name)
     torch.manual_seed(cfg.optim.seed)
+    # bad model or data references fail here, before anything is written
     model_path = resolve_model(cfg.model)
     tokenizer = load_tokenizer(model_path)
     fila = cfg.lora is not None and cfg.lora.init == "fila"
     primary, retain, idk = prepare_data(cfg, tokenizer, method.needs_retain or fila, method.needs_idk)
+    state = PartialState()  # under `accelerate launch`, only the main process checks and creates dirs
+    if state.is_main_process:
+        _prepare_output(out, work, config_text, resume, overwrite)
+    state.wait_for_everyone()
     try:
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     except Exception as exc:  # noqa: BLE001
