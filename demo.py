@@ -57,7 +57,7 @@ def run_demo(workdir: str = "runs/demo", method_config: str | None = None) -> in
         print(f"\n[{kind}] {record.question}")
         print(f"  gold:      {record.answer}")
         for name in ("target", "unlearned"):
-            print(textwrap.shorten(f"  {name + ':':10s} {answers[name][i]}", 160))
+            print(f"  {name + ':':10s} " + textwrap.shorten(answers[name][i], 140, placeholder=" [...]"))
     print("\nmean answer probability (TOFU definition: exp of mean answer-token log-prob)")
     print(f"{'model':10s} {'forget':>8s} {'retain':>8s}")
     for name, (f, r) in rows.items():
