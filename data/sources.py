@@ -69,20 +69,21 @@ def read_text_file(path: str | Path) -> list[QA]:
     return [QA(None, p) for p in paragraphs if p]
 
 
-def _tofu_file(split: str, root: str) -> Path:
+def _tofu_path(root: str, name: str) -> Path:
+    """`name` (e.g. forget01.json) from a local TOFU directory or, failing that, the hub."""
     if Path(root).is_dir():
-        path = Path(root) / f"{split}.json"
+        path = Path(root) / name
         if not path.is_file():
             available = sorted(p.stem for p in Path(root).glob("*.json"))
-            raise DataError(f"TOFU split {split!r} not found in {root}; available: {available}")
+            raise DataError(f"TOFU file {name!r} not found in {root}; available splits: {available}")
         return path
     try:  # real hub code; it cannot reach a hub on an offline machine and says so
         from huggingface_hub import hf_hub_download
 
-        return Path(hf_hub_download(root, f"{split}.json", repo_type="dataset"))
+        return Path(hf_hub_download(root, name, repo_type="dataset"))
     except Exception as exc:  # noqa: BLE001 - any hub failure becomes one clear message
         raise DataError(
-            f"could not get TOFU split {split!r} from {root!r} ({type(exc).__name__}: {exc}); "
+            f"could not get TOFU split {name!r} from {root!r} ({type(exc).__name__}: {exc}); "
             "set UNLEARN_TOFU_DIR to a local copy"
         ) from None
 
@@ -94,20 +95,9 @@ def load_tofu(split: str, root: str | None = None) -> list[QA]:
         dropped = {r.question for r in load_tofu(drop, root)}
         return [r for r in load_tofu(keep, root) if r.question not in dropped]
     if split == "idontknow":
-        path = _tofu_file_any(root, "idontknow.jsonl")
+        path = _tofu_path(root, "idontknow.jsonl")
         return [QA("", line.strip()) for line in path.read_text().splitlines() if line.strip()]
-    return read_qa_file(_tofu_file(split, root))
-
-
-def _tofu_file_any(root: str, name: str) -> Path:
-    if Path(root).is_dir():
-        path = Path(root) / name
-        if not path.is_file():
-            raise DataError(f"{name} not found in {root}")
-        return path
-    from huggingface_hub import hf_hub_download
-
-    return Path(hf_hub_download(root, name, repo_type="dataset"))
+    return read_qa_file(_tofu_path(root, f"{split}.json"))
 
 
 def load_spec(spec: str) -> list[QA]:

@@ -53,7 +53,7 @@ def test_tofu_local_splits_and_difference():
 
 @needs_tofu
 def test_tofu_missing_split_lists_available():
-    with pytest.raises(DataError, match="forget77.*available"):
+    with pytest.raises(DataError, match="forget77.*available splits"):
         load_spec("tofu/forget77")
 
 
