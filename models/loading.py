@@ -49,7 +49,7 @@ def resolve_model(ref: str, fetch_missing: bool = True) -> str:
 def _resolve_run(config_path: str) -> str:
     """`run:configs/finetune/x.yaml` -> the cached output of that training config."""
     from ..config import load_config
-    from ..training.cache import cached_output_dir
+    from ..training.cache import cached_output_dir, is_finished
     from ..training.config import TrainConfig
 
     if not Path(config_path).is_file():  # shipped configs also resolve from outside the checkout
@@ -57,7 +57,7 @@ def _resolve_run(config_path: str) -> str:
         config_path = str(shipped) if shipped.is_file() else config_path
     cfg = load_config(TrainConfig, config_path)
     out = cached_output_dir(cfg, Path(config_path).stem)
-    if not (out / "run.json").is_file():
+    if not is_finished(out):
         raise ModelError(f"model run:{config_path} is not built yet; run `unlearn train --cached --config {config_path}`")
     return str(out)
 

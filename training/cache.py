@@ -14,6 +14,12 @@ from pathlib import Path
 from ..config import to_dict
 from ..models.catalog import cache_root
 
+RUN_MANIFEST = "run.json"  # written last into a finished run; its presence means "complete"
+
+
+def is_finished(run_dir: str | Path) -> bool:
+    return (Path(run_dir) / RUN_MANIFEST).is_file()
+
 
 def config_hash(cfg) -> str:
     data = to_dict(dataclasses.replace(cfg, output_dir=""))
@@ -23,7 +29,7 @@ def config_hash(cfg) -> str:
 
         model = Path(resolve_model(cfg.model))
     if model.is_dir():  # a local base model (e.g. a cached target): fingerprint its run record
-        for name in ("run.json", "unlearnkit_manifest.json", "config.json"):
+        for name in (RUN_MANIFEST, "unlearnkit_manifest.json", "config.json"):
             if (model / name).is_file():
                 data["model_fingerprint"] = hashlib.sha256((model / name).read_bytes()).hexdigest()
                 break
@@ -39,11 +45,11 @@ def train_cached(config_path: str, overrides: list[str] | None = None, log=print
     an interruption left it half-done. Returns the finished run's directory."""
     from ..config import load_config
     from .config import TrainConfig
-    from .run import RUN_MANIFEST, run_training
+    from .run import run_training
 
     cfg = load_config(TrainConfig, config_path, overrides)
     cfg = dataclasses.replace(cfg, output_dir=str(cached_output_dir(cfg, Path(config_path).stem)))
-    if (Path(cfg.output_dir) / RUN_MANIFEST).is_file():
+    if is_finished(cfg.output_dir):
         log(f"(cached) {cfg.output_dir}")
         return Path(cfg.output_dir)
     return run_training(cfg, resume=True, log=log)

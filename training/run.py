@@ -26,10 +26,10 @@ from ..data.records import QA
 from ..data.sources import idk_answers, load_spec
 from ..models.catalog import cache_root
 from ..models.loading import load_tokenizer, resolve_model
+from .cache import RUN_MANIFEST, is_finished
 from .config import TrainConfig
 from .methods import MethodParams, get_method
 
-RUN_MANIFEST = "run.json"
 
 
 from ..errors import DataError, RunError
@@ -111,7 +111,7 @@ def _fila_statistics(cfg: TrainConfig, model, forget, retain, pad_id, log):
 
 def _prepare_output(out: Path, work: Path, config_text: str, resume: bool, overwrite: bool) -> None:
     """Refuse to clobber a finished run or an interrupted one; check a resume matches."""
-    if (out / RUN_MANIFEST).is_file() and not overwrite:
+    if is_finished(out) and not overwrite:
         raise RunError(f"{out} already holds a finished run; pass --overwrite or choose another output_dir")
     if work.exists() and not resume:
         raise RunError(f"an interrupted run exists at {work}; pass --resume to continue it or delete it")
