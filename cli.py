@@ -6,7 +6,9 @@ Each subcommand imports its heavy modules only when it runs, so `unlearn --help`
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 
 def _cmd_models(args) -> int:
@@ -59,6 +61,34 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _cmd_eval(args) -> int:
+    if args.action == "tofu-logs":
+        from .evaluation.table import forget_quality_table
+        from .evaluation.tofu_logs import forget_quality_from_logs
+
+        fq = forget_quality_from_logs(args.unlearned, args.retain)
+        print(json.dumps(fq) if args.json else forget_quality_table(fq))
+        return 0
+    from .config import load_config
+    from .evaluation.config import EvalConfig
+    from .evaluation.harness import evaluate
+    from .evaluation.table import results_table
+
+    overrides = list(args.overrides)
+    for key in ("model", "benchmark", "forget_split", "forget", "retain", "muse_dir", "retain_eval", "engine",
+                "max_items", "metrics"):
+        value = getattr(args, key)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    cfg = load_config(EvalConfig, args.config, overrides)
+    out = args.out or f"runs/eval/{cfg.benchmark}-{Path(cfg.model.replace(':', '_')).name}.json"
+    log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
+    result = evaluate(cfg, out=out, log=log, use_cache=not args.no_cache)
+    print(results_table(result))
+    print(f"results: {out}")
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -94,6 +124,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cached", action="store_true",
                    help="write to $UNLEARN_CACHE/runs/<config>-<hash>; reuse it if finished, resume if interrupted")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="TOFU / MUSE metrics of a model on a benchmark",
+                       description="Examples: unlearn eval --model run:configs/finetune/tofu_mini_target.yaml "
+                                   "--benchmark tofu-mini --retain-eval model:run:configs/finetune/tofu_mini_retain.yaml"
+                                   "  |  unlearn eval tofu-logs --unlearned DIR --retain DIR")
+    p.add_argument("--config", default=None, help="YAML eval config (configs/eval/*.yaml); flags override it")
+    p.add_argument("--model", help="catalog name, checkpoint dir, hub id or run:CONFIG.yaml")
+    p.add_argument("--benchmark", help="tofu-mini | tofu | synthetic | files | muse")
+    p.add_argument("--forget-split", dest="forget_split", help="benchmark tofu: forget01 | forget05 | forget10")
+    p.add_argument("--forget", help="benchmarks files/synthetic: forget set spec (e.g. file:forget.jsonl)")
+    p.add_argument("--retain", help="benchmarks files/synthetic: retain set spec")
+    p.add_argument("--muse-dir", dest="muse_dir", help="benchmark muse: a MUSE corpus directory")
+    p.add_argument("--retain-eval", dest="retain_eval",
+                   help="retain-model results for forget quality: eval JSON, TOFU log dir, or model:<ref>")
+    p.add_argument("--engine", help="generation engine: vllm (default) | transformers")
+    p.add_argument("--max-items", dest="max_items", help="evaluate the first N items of each set")
+    p.add_argument("--metrics", help="comma-separated subset of the metrics (default: all)")
+    p.add_argument("--out", help="result JSON (default runs/eval/<benchmark>-<model>.json)")
+    p.add_argument("--no-cache", action="store_true", help="measure again even if cached")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any eval-config key, e.g. --set max_new_tokens=64 (repeatable)")
+    esub = p.add_subparsers(dest="action")
+    t = esub.add_parser("tofu-logs", help="forget quality from two TOFU eval-log directories")
+    t.add_argument("--unlearned", required=True, help="log dir of the evaluated (e.g. full) model")
+    t.add_argument("--retain", required=True, help="log dir of the retain model")
+    t.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_cmd_eval, action=None)
 
     p = sub.add_parser("demo", help="the end-to-end weight-level demo on the embedded default")
     p.add_argument("--workdir", default="runs/demo")

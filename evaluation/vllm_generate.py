@@ -1,61 +1,107 @@
 """Greedy generation through vLLM (the engine users serve with), offline, in its own process.
 
-    python -m unlearnkit.evaluation.vllm_generate --model DIR --question "..." [--question ...] --out FILE
+    python -m unlearnkit.evaluation.vllm_generate --model DIR --requests IN.json --out OUT.json
 
-writes one JSON object to FILE: {"answers": [...], "token_ids": [[...], ...]}. vLLM spawns worker
-processes, hence the __main__ guard; callers in Python use `generate_in_subprocess`.
-"""
+IN.json:  {"prompt_token_ids": [[...], ...], "max_tokens": [..] or int, "dtype": "float32",
+           "max_model_len": 1024, "logits_processors": ["module:Class", ...], "extra_args": [{..}, ..]}
+OUT.json: {"texts": [...], "token_ids": [[...], ...]} in request order.
+
+vLLM spawns worker processes, hence the __main__ guard; Python callers use `run_vllm`."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
+
+from ..errors import UnlearnError
 
 
-def generate(model: str, questions: list[str], max_tokens: int = 32, dtype: str = "auto") -> dict:
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+class GenerationError(UnlearnError):
+    """The generation engine failed; the message carries the end of its log."""
+
+
+def generate(model: str, request: dict) -> dict:
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
     from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
 
-    from ..models.loading import resolve_model
-
-    llm = LLM(model=resolve_model(model), dtype=dtype, max_model_len=512, seed=0, enforce_eager=True)
-    messages = [[{"role": "user", "content": q}] for q in questions]
-    outputs = llm.chat(messages, SamplingParams(temperature=0.0, max_tokens=max_tokens), use_tqdm=False)
-    return {"answers": [o.outputs[0].text for o in outputs],
+    prompts = request["prompt_token_ids"]
+    max_tokens = request.get("max_tokens", 128)
+    max_tokens = max_tokens if isinstance(max_tokens, list) else [max_tokens] * len(prompts)
+    extra = request.get("extra_args") or [None] * len(prompts)
+    llm = LLM(model=model, dtype=request.get("dtype", "auto"), max_model_len=request.get("max_model_len", 1024),
+              seed=0, enforce_eager=True, logits_processors=request.get("logits_processors") or None)
+    params = [SamplingParams(temperature=0.0, max_tokens=m, extra_args=e) for m, e in zip(max_tokens, extra)]
+    outputs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=True)
+    return {"texts": [o.outputs[0].text for o in outputs],
             "token_ids": [list(o.outputs[0].token_ids) for o in outputs]}
+
+
+def run_vllm(model: str, request: dict, timeout: float = 3600, echo: bool = False) -> dict:
+    """Run `generate` in a child process; its progress bar goes to our stderr when `echo`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        req, out = Path(tmp) / "request.json", Path(tmp) / "out.json"
+        req.write_text(json.dumps(request))
+        env = {**os.environ, "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
+        cmd = [sys.executable, "-m", "unlearnkit.evaluation.vllm_generate", "--model", model,
+               "--requests", str(req), "--out", str(out)]
+        log = Path(tmp) / "log.txt"
+        with open(log, "wb") as sink:
+            proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.PIPE, env=env)
+            try:
+                while True:
+                    chunk = proc.stderr.read1(4096) if hasattr(proc.stderr, "read1") else proc.stderr.read(4096)
+                    if not chunk:
+                        break
+                    sink.write(chunk)
+                    if echo:  # only vLLM's progress bar, not its log lines
+                        bars = [s for s in re.split(rb"[\r\n]", chunk) if s.startswith(b"Processed prompts")]
+                        if bars:
+                            sys.stderr.buffer.write(b"\r" + bars[-1][:150])
+                            sys.stderr.flush()
+                proc.wait(timeout=timeout)
+                if echo:
+                    sys.stderr.write("\n")
+            except BaseException:
+                proc.kill()
+                raise
+        if proc.returncode != 0 or not out.is_file():
+            tail = log.read_text(errors="replace")[-3000:]
+            raise GenerationError(f"vLLM generation failed (exit {proc.returncode}):\n{tail}")
+        return json.loads(out.read_text())
 
 
 def generate_in_subprocess(model: str, questions: list[str], max_tokens: int = 32, dtype: str = "auto",
                            timeout: float = 600) -> dict:
-    import tempfile
+    """Chat answers to plain questions: {"answers": [...], "token_ids": [...]}."""
+    from ..data.formatting import prompt_text
+    from ..models.loading import load_tokenizer, resolve_model
 
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "out.json")
-        cmd = [sys.executable, "-m", "unlearnkit.evaluation.vllm_generate", "--model", model,
-               "--max-tokens", str(max_tokens), "--dtype", dtype, "--out", out]
-        for q in questions:
-            cmd += ["--question", q]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-        if proc.returncode != 0 or not os.path.isfile(out):
-            raise RuntimeError(f"vLLM generation failed (exit {proc.returncode}): {(proc.stderr + proc.stdout)[-3000:]}")
-        with open(out) as fh:
-            return json.load(fh)
+    path = resolve_model(model)
+    tok = load_tokenizer(path)
+    ids = [tok(prompt_text(tok, q), add_special_tokens=False)["input_ids"] for q in questions]
+    out = run_vllm(path, {"prompt_token_ids": ids, "max_tokens": max_tokens, "dtype": dtype,
+                          "max_model_len": 512}, timeout=timeout)
+    return {"answers": out["texts"], "token_ids": out["token_ids"]}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", required=True)
-    parser.add_argument("--question", action="append", required=True)
-    parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--requests", required=True)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    result = generate(args.model, args.question, args.max_tokens, args.dtype)
-    with open(args.out, "w") as fh:
+    result = generate(args.model, json.loads(Path(args.requests).read_text()))
+    tmp = args.out + ".tmp"
+    with open(tmp, "w") as fh:
         json.dump(result, fh)
+    os.replace(tmp, args.out)
     return 0
 
 

@@ -1,0 +1,1 @@
+"""Pure metric functions (numbers in, numbers out), one module per family, each testable alone."""

@@ -1,0 +1,211 @@
+"""Teacher-forced log-probabilities of many continuations of many prefixes, computed once per token.
+
+TOFU scores seven answers per question (the answer, a paraphrase, five perturbations) and they
+share the prompt and often their first words. Scoring each (prompt + answer) sequence separately
+computes the prompt seven times. Here every item becomes a *token tree*: the prompt is a chain and
+the continuations form a trie hanging from its last token, so each distinct (context, token) is
+computed once. The tree goes through the model as one row with
+
+  - position ids = depth in the tree (what the token's position would be in its own sequence), and
+  - a 4D attention mask letting each node attend to exactly its ancestors and itself,
+
+which makes every node's output identical to the plain causal forward of its own sequence.
+The prefix common to *all* items (the chat template's system prompt) is computed once per batch
+and shared through the KV cache.
+
+Measured on TOFU's forget10 (SmolLM2 tokenizer): 7 answers = 280 tokens per question, 219 distinct
+trie nodes; with the shared prompt that is ~245 tokens per question instead of ~609.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import torch
+
+
+@dataclass
+class Scored:
+    """One continuation: the log-probability of each of its tokens and whether greedy decoding
+    (argmax) would have produced it, both under teacher forcing."""
+
+    logprobs: list[float]
+    greedy: list[bool]
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.logprobs)
+
+    @property
+    def sum_logprob(self) -> float:
+        return float(sum(self.logprobs))
+
+    @property
+    def avg_loss(self) -> float:
+        """Mean negative log-likelihood per token (TOFU's `avg_gt_loss` etc.); NaN when empty."""
+        return -self.sum_logprob / self.n_tokens if self.logprobs else float("nan")
+
+
+@dataclass
+class _Tree:
+    tokens: list[int]        # node tokens, parents before children
+    parents: list[int]       # index of the parent node, -1 for the first node (hangs off the shared prefix)
+    depths: list[int]        # position of the node within its own sequence, after the shared prefix
+    targets: list[list[int]]  # per continuation: the node index of each of its tokens
+
+
+def _build_tree(prefix: Sequence[int], continuations: Sequence[Sequence[int]], shared: int) -> _Tree:
+    tokens, parents, depths = [], [], []
+    last = -1
+    for d, tok in enumerate(prefix[shared:]):
+        tokens.append(int(tok)); parents.append(last); depths.append(d); last = len(tokens) - 1
+    root_depth = len(prefix) - shared
+    children: dict[tuple[int, int], int] = {}
+    targets = []
+    for cont in continuations:
+        node, path = last, []
+        for d, tok in enumerate(cont):
+            key = (node, int(tok))
+            if key not in children:
+                tokens.append(int(tok)); parents.append(node); depths.append(root_depth + d)
+                children[key] = len(tokens) - 1
+            node = children[key]
+            path.append(node)
+        targets.append(path)
+    return _Tree(tokens, parents, depths, targets)
+
+
+def _common_prefix_length(prefixes: Sequence[Sequence[int]]) -> int:
+    """Length shared by every prefix, leaving at least one token in each (the node whose output
+    predicts the first continuation token must be part of the tree)."""
+    n = min(len(p) for p in prefixes) - 1
+    first = prefixes[0]
+    for p in prefixes[1:]:
+        k = 0
+        while k < n and p[k] == first[k]:
+            k += 1
+        n = k
+    return max(n, 0)
+
+
+def _ancestor_mask(tree: _Tree, width: int) -> torch.Tensor:
+    """[width, width] bool: node i may attend to node j iff j is i or an ancestor of i."""
+    mask = torch.zeros(width, width, dtype=torch.bool)
+    for i, parent in enumerate(tree.parents):
+        if parent >= 0:
+            mask[i] = mask[parent]
+        mask[i, i] = True
+    for i in range(len(tree.parents), width):  # padding rows see only themselves (no NaN rows)
+        mask[i, i] = True
+    return mask
+
+
+def _batches(sizes: list[int], token_budget: int) -> list[list[int]]:
+    """Group items (sorted by size) so that rows x widest row stays within the budget."""
+    order = sorted(range(len(sizes)), key=lambda i: sizes[i])
+    batches, current = [], []
+    for i in order:
+        if current and (len(current) + 1) * sizes[i] > token_budget:
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def _lm_parts(model):
+    """(decoder body, output head) of a causal LM, so logits are computed only where needed."""
+    head = model.get_output_embeddings()
+    body = model.get_decoder() if hasattr(model, "get_decoder") else None
+    if head is None or body is None or body is model:
+        raise TypeError(f"{type(model).__name__}: cannot split into a decoder and an output head")
+    return body, head
+
+
+LogitsTransform = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@torch.inference_mode()
+def score_continuations(
+    model,
+    prefixes: Sequence[Sequence[int]],
+    continuations: Sequence[Sequence[Sequence[int]]],
+    token_budget: int = 3072,
+    transform_logits: Optional[LogitsTransform] = None,
+    progress: Optional[Callable[[int], None]] = None,
+) -> list[list[Scored]]:
+    """For each item i and each continuation c of it: log p(c_t | prefix_i, c_<t) for every t.
+
+    `prefixes[i]` must be non-empty (its last token predicts the first continuation token).
+    `transform_logits(logits [N, V], item_index [N])` may rewrite logits before the softmax (a
+    runtime guard's mask and penalty, so a guarded system is scored as it would decode).
+    `progress(n)` is called with the number of items finished after each batch."""
+    if len(prefixes) != len(continuations):
+        raise ValueError("prefixes and continuations differ in length")
+    if not prefixes:
+        return []
+    if any(len(p) == 0 for p in prefixes):
+        raise ValueError("every prefix needs at least one token")
+    body, head = _lm_parts(model)
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    shared = _common_prefix_length(prefixes)
+    shared_ids = torch.tensor([list(prefixes[0][:shared])], device=device)
+    trees = [_build_tree(p, c, shared) for p, c in zip(prefixes, continuations)]
+    results: list[list[Scored]] = [[] for _ in trees]
+    blocked = torch.finfo(dtype).min
+
+    for batch in _batches([len(t.tokens) for t in trees], token_budget):
+        width = max(len(trees[i].tokens) for i in batch)
+        rows = len(batch)
+        input_ids = torch.zeros(rows, width, dtype=torch.long)
+        positions = torch.zeros(rows, width, dtype=torch.long)
+        allowed = torch.zeros(rows, 1, width, shared + width, dtype=torch.bool)
+        allowed[:, :, :, :shared] = True
+        for r, i in enumerate(batch):
+            t = trees[i]
+            n = len(t.tokens)
+            input_ids[r, :n] = torch.tensor(t.tokens)
+            positions[r, :n] = torch.tensor(t.depths) + shared
+            positions[r, n:] = shared
+            allowed[r, 0, :, shared:] = _ancestor_mask(t, width)
+        mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, blocked).to(device)
+
+        cache = None
+        if shared:
+            from transformers import DynamicCache
+
+            cache = DynamicCache(config=model.config)
+            body(input_ids=shared_ids, past_key_values=cache, use_cache=True)
+            cache.batch_repeat_interleave(rows)
+        hidden = body(input_ids=input_ids.to(device), position_ids=positions.to(device), attention_mask=mask,
+                      past_key_values=cache, use_cache=cache is not None).last_hidden_state
+
+        # every scored token is predicted by its parent node's output
+        rows_idx, src_idx, tgt_tok, owner = [], [], [], []
+        token_logp, greedy = [], []
+        for r, i in enumerate(batch):
+            t = trees[i]
+            for path in t.targets:
+                for node in path:
+                    rows_idx.append(r); src_idx.append(t.parents[node]); tgt_tok.append(t.tokens[node])
+                    owner.append(i)
+        if rows_idx:
+            logits = head(hidden[torch.tensor(rows_idx, device=device), torch.tensor(src_idx, device=device)]).float()
+            if transform_logits is not None:
+                logits = transform_logits(logits, torch.tensor(owner, device=device))
+            logp = torch.log_softmax(logits, dim=-1)
+            tgt = torch.tensor(tgt_tok, device=device)
+            token_logp = logp.gather(1, tgt[:, None])[:, 0].tolist()
+            greedy = (logits.argmax(dim=-1) == tgt).tolist()
+        k = 0
+        for i in batch:
+            for path in trees[i].targets:
+                n = len(path)
+                results[i].append(Scored(token_logp[k:k + n], greedy[k:k + n]))
+                k += n
+        if progress is not None:
+            progress(len(batch))
+    return results
