@@ -183,23 +183,30 @@ def score_continuations(
         hidden = body(input_ids=input_ids.to(device), position_ids=positions.to(device), attention_mask=mask,
                       past_key_values=cache, use_cache=cache is not None).last_hidden_state
 
-        # every scored token is predicted by its parent node's output
-        rows_idx, src_idx, tgt_tok, owner = [], [], [], []
-        token_logp, greedy = [], []
+        # every scored token is predicted by its parent node's output; a parent shared by several
+        # continuations (a common answer prefix) goes through the output head once
+        sources: dict[tuple[int, int], int] = {}
+        src_of, tgt_tok, owner = [], [], []
         for r, i in enumerate(batch):
             t = trees[i]
             for path in t.targets:
                 for node in path:
-                    rows_idx.append(r); src_idx.append(t.parents[node]); tgt_tok.append(t.tokens[node])
+                    src_of.append(sources.setdefault((r, t.parents[node]), len(sources)))
+                    tgt_tok.append(t.tokens[node])
                     owner.append(i)
-        if rows_idx:
-            logits = head(hidden[torch.tensor(rows_idx, device=device), torch.tensor(src_idx, device=device)]).float()
-            if transform_logits is not None:
-                logits = transform_logits(logits, torch.tensor(owner, device=device))
-            logp = torch.log_softmax(logits, dim=-1)
+        token_logp, greedy = [], []
+        if sources:
+            rows_idx = torch.tensor([r for r, _ in sources], device=device)
+            src_idx = torch.tensor([n for _, n in sources], device=device)
+            logits = head(hidden[rows_idx, src_idx]).float()
+            src = torch.tensor(src_of, device=device)
+            if transform_logits is not None:  # per scored token: the guard may depend on the item
+                logits = transform_logits(logits[src], torch.tensor(owner, device=device))
+                src = torch.arange(len(src_of), device=device)
+            lse = torch.logsumexp(logits, dim=-1)  # log-softmax at the targets only, no [N, V] copy
             tgt = torch.tensor(tgt_tok, device=device)
-            token_logp = logp.gather(1, tgt[:, None])[:, 0].tolist()
-            greedy = (logits.argmax(dim=-1) == tgt).tolist()
+            token_logp = (logits[src, tgt] - lse[src]).tolist()
+            greedy = (logits.argmax(dim=-1)[src] == tgt).tolist()
         k = 0
         for i in batch:
             for path in trees[i].targets:

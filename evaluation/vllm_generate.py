@@ -48,7 +48,10 @@ def run_vllm(model: str, request: dict, timeout: float = 3600, echo: bool = Fals
     with tempfile.TemporaryDirectory() as tmp:
         req, out = Path(tmp) / "request.json", Path(tmp) / "out.json"
         req.write_text(json.dumps(request))
-        env = {**os.environ, "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
+        env = {"VLLM_LOGGING_LEVEL": "WARNING",
+               # vLLM's CPU backend keeps one core for its front end by default: on a 2-core machine
+               # that halves throughput for offline batch generation (measured 228 s -> 123 s)
+               "VLLM_CPU_NUM_OF_RESERVED_CPU": "0", **os.environ}
         cmd = [sys.executable, "-m", "unlearnkit.evaluation.vllm_generate", "--model", model,
                "--requests", str(req), "--out", str(out)]
         log = Path(tmp) / "log.txt"
