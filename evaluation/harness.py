@@ -214,6 +214,7 @@ def measure(cfg: EvalConfig, log=print, use_cache: bool = True) -> dict:
         log(f"(cached) {cache_file}")
         return json.loads(cache_file.read_text())
 
+    started = time.time()
     req = build_requests(tasks, tokenizer, cfg)
     timing: dict = {}
     gen_out: dict = {}
@@ -226,7 +227,7 @@ def measure(cfg: EvalConfig, log=print, use_cache: bool = True) -> dict:
         if cfg.engine == "vllm":
             texts = _vllm_or_explain(path, prompts, budgets, cfg.dtype)
         else:
-            model, _ = load_model(path, dtype=_torch_dtype(cfg.dtype))
+            model, _ = load_model(path, dtype=_torch_dtype(cfg.dtype), device=_device())
             with tqdm(total=len(prompts), desc="generate", unit="prompt") as bar:
                 from .generation import generate_transformers
 
@@ -240,7 +241,7 @@ def measure(cfg: EvalConfig, log=print, use_cache: bool = True) -> dict:
 
         t0 = time.time()
         if model is None:
-            model, _ = load_model(path, dtype=_torch_dtype(cfg.dtype))
+            model, _ = load_model(path, dtype=_torch_dtype(cfg.dtype), device=_device())
         n_tokens = sum(len(p) + sum(map(len, c)) for _, _, p, c, _ in req.tf)
         with tqdm(total=len(req.tf), desc="teacher forcing", unit="item") as bar:
             scored = score_continuations(model, [r[2] for r in req.tf], [r[3] for r in req.tf],
@@ -250,6 +251,7 @@ def measure(cfg: EvalConfig, log=print, use_cache: bool = True) -> dict:
         timing["teacher_forcing_s"] = round(time.time() - t0, 2)
         timing["teacher_forced_tokens_unshared"] = n_tokens
     del model
+    timing["measure_s"] = round(time.time() - started, 2)
 
     out_tasks = {}
     for t, task in enumerate(tasks):
@@ -280,6 +282,12 @@ def measure(cfg: EvalConfig, log=print, use_cache: bool = True) -> dict:
               "privleak_auc": _privleak_auc(out_tasks)}
     _atomic_write_json(cache_file, result)
     return result
+
+
+def _device() -> Optional[str]:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else None
 
 
 def _torch_dtype(name: str):

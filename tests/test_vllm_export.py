@@ -3,24 +3,6 @@
 import pytest
 
 
-@pytest.fixture(scope="module")
-def vllm_sized_model(tmp_path_factory, tiny_tokenizer_factory):
-    """Tiny, but with head_dim 64 (vLLM's CPU attention kernels support only common sizes)."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    path = tmp_path_factory.mktemp("tiny-vllm")
-    tok = tiny_tokenizer_factory()
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(
-        vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512, tie_word_embeddings=True,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
-
 @pytest.mark.slow
 def test_fila_artefact_generates_identically_in_vllm(vllm_sized_model, tmp_path):
     from unlearnkit.config import from_dict
