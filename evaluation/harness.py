@@ -204,8 +204,8 @@ def measure(cfg: EvalConfig, log=print, use_cache: bool = True) -> dict:
     from ..models.catalog import cache_root
     from ..models.loading import load_model, load_tokenizer, resolve_model
 
+    tasks = build_tasks(cfg)  # data problems are reported before any model is fetched or loaded
     path = resolve_model(cfg.model)
-    tasks = build_tasks(cfg)
     tokenizer = load_tokenizer(path)
     fingerprint = model_fingerprint(path)
     key = _cache_key(cfg, fingerprint, tasks)
@@ -375,11 +375,15 @@ def summarize(result: dict, cfg: EvalConfig, retain: Optional[dict]) -> dict:
             summary["forget_quality_reference"] = retain["source"]
     if result.get("privleak_auc") is not None and "privleak" in cfg.metrics:
         summary["mia_auc"] = result["privleak_auc"]
-        if retain and retain.get("privleak_auc"):
-            summary["privleak"] = MEM.privleak(result["privleak_auc"], retain["privleak_auc"])
-        else:
+        ref_auc = (retain or {}).get("privleak_auc")
+        if ref_auc is None:
             summary["privleak"] = None
             summary["privleak_reason"] = "no retain-model AUC: pass --retain-eval"
+        elif ref_auc == 0:
+            summary["privleak"] = None
+            summary["privleak_reason"] = "the retain model's AUC is 0: PrivLeak (relative to it) is undefined"
+        else:
+            summary["privleak"] = MEM.privleak(result["privleak_auc"], ref_auc)
     return summary
 
 

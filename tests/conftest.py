@@ -52,6 +52,11 @@ def tiny_tokenizer_factory():
 
 
 @pytest.fixture(scope="session")
+def tiny_model_factory():
+    return build_tiny_model
+
+
+@pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
     """A saved tiny checkpoint (model + tokenizer) usable anywhere a --model path is."""
     path = tmp_path_factory.mktemp("tiny-llama")

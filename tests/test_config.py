@@ -74,6 +74,18 @@ def test_missing_file_and_bad_yaml(tmp_path):
         load_config(TrainConfig, write(tmp_path, BASE), ["optim.lr"])
 
 
-@pytest.mark.parametrize("path", sorted(__import__("pathlib").Path(__file__).parents[1].glob("configs/**/*.yaml")))
+CONFIGS = __import__("pathlib").Path(__file__).parents[1] / "configs"
+
+
+@pytest.mark.parametrize("path", sorted(p for p in CONFIGS.glob("**/*.yaml") if p.parent.name != "eval"))
 def test_shipped_configs_load(path):
     assert load_config(TrainConfig, path).method.name
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("eval/*.yaml")))
+def test_shipped_eval_configs_load(path):
+    from unlearnkit.evaluation.benchmarks import build_tasks
+    from unlearnkit.evaluation.config import EvalConfig
+
+    cfg = load_config(EvalConfig, path)
+    assert build_tasks(cfg)  # names a known benchmark whose data loads

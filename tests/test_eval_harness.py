@@ -22,13 +22,11 @@ def cfg_for(model, **kw) -> EvalConfig:
 
 
 @pytest.fixture(scope="module")
-def other_model(tmp_path_factory, tiny_tokenizer_factory):
+def other_model(tmp_path_factory, tiny_tokenizer_factory, tiny_model_factory):
     """Same architecture and tokenizer as `tiny`, different weights: a stand-in retain model."""
-    from conftest import build_tiny_model
-
     path = tmp_path_factory.mktemp("tiny-other")
     tok = tiny_tokenizer_factory()
-    build_tiny_model(len(tok), seed=1).save_pretrained(path)
+    tiny_model_factory(len(tok), seed=1).save_pretrained(path)
     tok.save_pretrained(path)
     return path
 
@@ -137,9 +135,11 @@ def test_muse_directory(tiny_dir, tmp_path):
     assert "rougeL_f1" in res["tasks"]["knowmem_forget"]["aggregate"]
     assert 0 <= res["summary"]["mia_auc"] <= 1
     assert res["summary"]["privleak"] is None and "retain" in res["summary"]["privleak_reason"]
-    again = evaluate(cfg_for(tiny_dir, benchmark="muse", muse_dir=str(root), retain_eval=str(tmp_path / "m.json")),
-                     log=lambda *_: None)
-    assert again["summary"]["privleak"] == pytest.approx(0.0)
+    reference = tmp_path / "retain.json"  # a retain model whose MIA AUC was 0.5
+    reference.write_text(json.dumps({"tasks": {}, "privleak_auc": 0.5}))
+    again = evaluate(cfg_for(tiny_dir, benchmark="muse", muse_dir=str(root), retain_eval=str(reference)),
+                     log=lambda *_: None)["summary"]
+    assert again["privleak"] == pytest.approx((again["mia_auc"] - 0.5) / 0.5 * 100)
 
 
 def test_bad_input_is_named(tiny_dir, tmp_path):
