@@ -86,6 +86,11 @@ def _cmd_eval(args) -> int:
     result = evaluate(cfg, out=out, log=log, use_cache=not args.no_cache)
     print(results_table(result))
     print(f"results: {out}")
+    if args.tofu_logs:
+        from .evaluation.tofu_logs import write_logs
+
+        written = write_logs({name: t["items"] for name, t in result["tasks"].items()}, args.tofu_logs)
+        print(f"TOFU-format logs: {written}")
     return 0
 
 
@@ -143,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", help="comma-separated subset of the metrics (default: all)")
     p.add_argument("--out", help="result JSON (default runs/eval/<benchmark>-<model>.json)")
     p.add_argument("--no-cache", action="store_true", help="measure again even if cached")
+    p.add_argument("--tofu-logs", metavar="DIR", help="also write TOFU's per-item log files (eval_log_forget.json, ...)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any eval-config key, e.g. --set max_new_tokens=64 (repeatable)")
     esub = p.add_subparsers(dest="action")

@@ -131,7 +131,9 @@ def test_muse_directory(tiny_dir, tmp_path):
     res = evaluate(cfg_for(tiny_dir, benchmark="muse", muse_dir=str(root)), out=str(tmp_path / "m.json"),
                    log=lambda *_: None)
     assert set(res["tasks"]) == {"verbmem", "knowmem_forget", "privleak_forget", "privleak_holdout"}
-    assert 0 <= res["tasks"]["verbmem"]["aggregate"]["rougeL_f1"] <= 1
+    verbmem = res["tasks"]["verbmem"]["aggregate"]
+    assert 0 <= verbmem["rougeL_f1"] <= 1
+    assert 0 <= verbmem["exact_memorization"] <= 1 and 0 <= verbmem["extraction_strength"] <= 1
     assert "rougeL_f1" in res["tasks"]["knowmem_forget"]["aggregate"]
     assert 0 <= res["summary"]["mia_auc"] <= 1
     assert res["summary"]["privleak"] is None and "retain" in res["summary"]["privleak_reason"]
@@ -181,8 +183,13 @@ def test_cli_eval_prints_a_table(tiny_dir, tmp_path):
     out = tmp_path / "cli.json"
     proc = subprocess.run([sys.executable, "-m", "unlearnkit.cli", "eval", "--model", str(tiny_dir), "--benchmark",
                            "synthetic", "--engine", "transformers", "--max-items", "2", "--set", "max_new_tokens=4",
-                           "--out", str(out)], capture_output=True, text=True)
+                           "--out", str(out), "--tofu-logs", str(tmp_path / "logs")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+    from unlearnkit.evaluation.tofu_logs import forget_quality_from_logs
+
+    # our own results, written in TOFU's format, read back by the TOFU-log path: identical samples
+    fq = forget_quality_from_logs(tmp_path / "logs", tmp_path / "logs")
+    assert fq["forget_quality"] == pytest.approx(1.0) and fq["n_unlearned"] == 2
     assert "forget quality  missing" in proc.stdout and "truth ratio" in proc.stdout
     assert json.loads(out.read_text())["tasks"]["forget"]["aggregate"]["n_items"] == 2
     bad = subprocess.run([sys.executable, "-m", "unlearnkit.cli", "eval", "--benchmark", "nope"],

@@ -1,0 +1,95 @@
+"""The headline numbers of one evaluation: model utility, and what needs the retain model's
+results (forget quality, PrivLeak). Kept apart from the cached measurements: the same measurement
+can be summarised against different references."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Optional
+
+from ..errors import DataError
+from .config import EvalConfig
+from .metrics import memorization as MEM
+from .metrics import tofu as TOFU
+
+
+def privleak_auc(tasks: dict) -> Optional[float]:
+    if "privleak_forget" not in tasks or "privleak_holdout" not in tasks:
+        return None
+    f = [it["min_k"] for it in tasks["privleak_forget"]["items"] if "min_k" in it]
+    h = [it["min_k"] for it in tasks["privleak_holdout"]["items"] if "min_k" in it]
+    return MEM.mia_auc(f, h) if f and h else None
+
+
+def forget_truth_ratios(result: dict) -> list[float]:
+    items = result.get("tasks", {}).get("forget", {}).get("items", [])
+    return [it["truth_ratio"] for it in items if it.get("truth_ratio") is not None]
+
+
+def load_retain_reference(spec: str, cfg: EvalConfig, log=print) -> dict:
+    """{'truth_ratios': [...], 'privleak_auc': x, 'source': ..., 'forget_fingerprint': ...}."""
+    if spec.startswith("model:"):
+        ref_cfg = dataclasses.replace(cfg, model=spec[6:], retain_eval=None)
+        from .harness import measure
+
+        res = measure(ref_cfg, log=log)
+        return {"truth_ratios": forget_truth_ratios(res), "privleak_auc": res.get("privleak_auc"),
+                "source": spec, "forget_fingerprint": res["tasks"].get("forget", {}).get("fingerprint")}
+    p = Path(spec)
+    if p.is_dir():
+        from .tofu_logs import read_logs, truth_ratios
+
+        return {"truth_ratios": truth_ratios(read_logs(p)["forget"]), "privleak_auc": None,
+                "source": f"TOFU logs {p}", "forget_fingerprint": None}
+    if p.is_file():
+        try:
+            res = json.loads(p.read_text())
+        except json.JSONDecodeError as exc:
+            raise DataError(f"retain eval {spec!r}: not valid JSON ({exc})") from None
+        if not isinstance(res, dict) or "tasks" not in res:
+            raise DataError(f"retain eval {spec!r}: not an `unlearn eval` result (no 'tasks')")
+        return {"truth_ratios": forget_truth_ratios(res), "privleak_auc": res.get("privleak_auc"),
+                "source": str(p), "forget_fingerprint": res["tasks"].get("forget", {}).get("fingerprint")}
+    raise DataError(f"retain eval {spec!r}: not a file, a TOFU log directory, or model:<ref>")
+
+
+def summarize(result: dict, cfg: EvalConfig, retain: Optional[dict]) -> dict:
+    tasks = result["tasks"]
+    aggs = {name: t["aggregate"] for name, t in tasks.items()}
+    summary: dict = {}
+    if "model_utility" in cfg.metrics:
+        mu = TOFU.model_utility(aggs)
+        summary["model_utility"] = mu["model_utility"]
+        summary["model_utility_components"] = mu["components"]
+        if mu["model_utility"] is None:
+            summary["model_utility_reason"] = "no retain / utility set with probability, ROUGE and truth ratio"
+    if "forget_quality" in cfg.metrics and "forget" in tasks:
+        mine = forget_truth_ratios(result)
+        if retain is None:
+            summary["forget_quality"] = None
+            summary["forget_quality_reason"] = ("no retain-model results: pass --retain-eval (an eval JSON, a TOFU "
+                                                "log directory, or model:<retain model>)")
+        elif not mine or not retain["truth_ratios"]:
+            summary["forget_quality"] = None
+            summary["forget_quality_reason"] = "truth ratios missing (forget items need paraphrased and perturbed answers)"
+        elif retain.get("forget_fingerprint") and retain["forget_fingerprint"] != tasks["forget"]["fingerprint"]:
+            summary["forget_quality"] = None
+            summary["forget_quality_reason"] = f"retain results ({retain['source']}) are for a different forget set"
+        else:
+            fq = TOFU.forget_quality(mine, retain["truth_ratios"])
+            summary.update(fq)
+            summary["forget_quality_reference"] = retain["source"]
+    if result.get("privleak_auc") is not None and "privleak" in cfg.metrics:
+        summary["mia_auc"] = result["privleak_auc"]
+        ref_auc = (retain or {}).get("privleak_auc")
+        if ref_auc is None:
+            summary["privleak"] = None
+            summary["privleak_reason"] = "no retain-model AUC: pass --retain-eval"
+        elif ref_auc == 0:
+            summary["privleak"] = None
+            summary["privleak_reason"] = "the retain model's AUC is 0: PrivLeak (relative to it) is undefined"
+        else:
+            summary["privleak"] = MEM.privleak(result["privleak_auc"], ref_auc)
+    return summary
