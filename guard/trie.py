@@ -1,0 +1,86 @@
+"""Forbidden token sequences in a trie, matched incrementally while a response is decoded.
+
+A sequence is forbidden as a whole: only its *last* token is blocked, and only right after the
+decoder produced all the tokens before it. Single-token sequences are blocked everywhere.
+Matching is incremental (a set of live trie nodes per request, advanced by one token per step),
+so the decode-time cost does not grow with the length of the response.
+
+The same phrase tokenises differently at the start of a word, after a space, or in another case
+("Basil" / " Basil" / " basil" / "BASIL"); `phrase_variants` lists the surface forms whose token
+sequences are all added.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+ROOT = 0
+
+
+def phrase_variants(phrase: str) -> list[str]:
+    """Surface forms of a phrase worth blocking: as is, lower, Title and UPPER case, each with and
+    without a leading space (a word inside a sentence carries the space in most BPE vocabularies)."""
+    phrase = phrase.strip()
+    if not phrase:
+        return []
+    cases = dict.fromkeys([phrase, phrase.lower(), phrase.title(), phrase.upper(), phrase[:1].upper() + phrase[1:]])
+    return [v for c in cases for v in (c, " " + c)]
+
+
+class TokenTrie:
+    def __init__(self, sequences: Iterable[Sequence[int]] = ()):
+        self._children: list[dict[int, int]] = [{}]
+        self._terminal: list[bool] = [False]
+        self._blocked_at: list[frozenset[int]] = []  # per node: children that end a sequence
+        for seq in sequences:
+            self.add(seq)
+
+    def add(self, seq: Sequence[int]) -> None:
+        if not seq:
+            raise ValueError("an empty token sequence cannot be forbidden")
+        node = ROOT
+        for tok in seq:
+            nxt = self._children[node].get(int(tok))
+            if nxt is None:
+                nxt = len(self._children)
+                self._children[node][int(tok)] = nxt
+                self._children.append({})
+                self._terminal.append(False)
+            node = nxt
+        self._terminal[node] = True
+        self._blocked_at = []  # recomputed lazily
+
+    @classmethod
+    def from_phrases(cls, tokenizer, phrases: Iterable[str]) -> "TokenTrie":
+        trie = cls()
+        for phrase in phrases:
+            for variant in phrase_variants(phrase):
+                ids = tokenizer(variant, add_special_tokens=False)["input_ids"]
+                if ids:
+                    trie.add(ids)
+        return trie
+
+    def __len__(self) -> int:
+        return sum(self._terminal)
+
+    def _blocked(self, node: int) -> frozenset[int]:
+        if not self._blocked_at:
+            self._blocked_at = [frozenset(t for t, c in ch.items() if self._terminal[c]) for ch in self._children]
+        return self._blocked_at[node]
+
+    def advance(self, live: frozenset[int], token: int) -> frozenset[int]:
+        """Live nodes after `token`: every live node (and the root, where a new match may start)
+        that has `token` as a child moves to that child."""
+        out = set()
+        for node in live | {ROOT}:
+            nxt = self._children[node].get(int(token))
+            if nxt is not None and self._children[nxt]:  # a leaf cannot continue a match
+                out.add(nxt)
+        return frozenset(out)
+
+    def blocked(self, live: frozenset[int]) -> frozenset[int]:
+        """Tokens that would complete a forbidden sequence from here."""
+        out: frozenset[int] = self._blocked(ROOT)
+        for node in live:
+            out = out | self._blocked(node)
+        return out
