@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 EXTRA  := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
 export UNLEARN_TOFU_DIR ?= $(abspath ../shared/data/tofu)
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast bench bench-eval clean
 
 $(VENV)/.installed: pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ test-fast: setup
 
 bench: setup
 	$(BIN)/python benchmarks/tofu_mini_methods.py
+
+bench-eval: setup
+	$(BIN)/python benchmarks/tofu_mini_eval.py
 
 clean:
 	rm -rf runs $(VENV)

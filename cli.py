@@ -81,7 +81,9 @@ def _cmd_eval(args) -> int:
         if value is not None:
             overrides.append(f"{key}={value}")
     cfg = load_config(EvalConfig, args.config, overrides)
-    out = args.out or f"runs/eval/{cfg.benchmark}-{Path(cfg.model.replace(':', '_')).name}.json"
+    model_name = Path(cfg.model.split(":")[-1])
+    model_name = model_name.stem if model_name.suffix in (".yaml", ".yml") else model_name.name
+    out = args.out or f"runs/eval/{cfg.benchmark}-{model_name}.json"
     log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
     result = evaluate(cfg, out=out, log=log, use_cache=not args.no_cache)
     print(results_table(result))
