@@ -198,12 +198,21 @@ def test_cli_eval_prints_a_table(tiny_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_vllm_engine_generates_what_transformers_generates(vllm_sized_model):
-    v = evaluate(from_dict(EvalConfig, {"model": str(vllm_sized_model), **FAST, "engine": "vllm", "dtype": "float32",
-                                        "metrics": ["rouge"]}), log=lambda *_: None)
-    t = evaluate(from_dict(EvalConfig, {"model": str(vllm_sized_model), **FAST, "metrics": ["rouge"]}),
-                 log=lambda *_: None)
+def test_vllm_engine_generates_what_transformers_generates(vllm_sized_model, tmp_path):
+    """The default engine (vLLM, fp32 here) and transformers give the same greedy answers, on a tiny
+    model fine-tuned briefly so that it says something (a random one only repeats a newline)."""
+    from unlearnkit.training.config import TrainConfig
+    from unlearnkit.training.run import run_training
+
+    trained = run_training(from_dict(TrainConfig, {
+        "model": str(vllm_sized_model), "output_dir": str(tmp_path / "ft"), "method": {"name": "finetune"},
+        "data": {"train": "synth/full", "max_length": 96},
+        "optim": {"precision": "fp32", "save_steps": -1, "batch_size": 4, "max_steps": 60, "lr": 3e-3}}),
+        log=lambda *_: None)
+    common = {"model": str(trained), **FAST, "max_new_tokens": 12, "dtype": "float32", "metrics": ["rouge"]}
+    v = evaluate(from_dict(EvalConfig, {**common, "engine": "vllm"}), log=lambda *_: None)
+    t = evaluate(from_dict(EvalConfig, common), log=lambda *_: None)
     for name in ("forget", "retain"):
         gv = [it["generated_text"][1] for it in v["tasks"][name]["items"]]
         gt = [it["generated_text"][1] for it in t["tasks"][name]["items"]]
-        assert gv == gt and any(gv)
+        assert gv == gt and sum(map(bool, gv)) >= 2
