@@ -4,8 +4,7 @@ from __future__ import annotations
 
 COLUMNS = [("probability", "prob"), ("rougeL_recall", "ROUGE-L"), ("truth_ratio", "truth ratio"),
            ("exact_memorization", "EM"), ("extraction_strength", "ES"),
-           ("rougeL_recall_paraphrased_question", "ROUGE-L para-Q"), ("rougeL_f1", "ROUGE-L F1"),
-           ("min_40%", "Min-40%")]
+           ("rougeL_recall_paraphrased_question", "ROUGE-L para-Q"), ("rougeL_f1", "ROUGE-L F1")]
 
 
 def _fmt(v) -> str:
@@ -29,6 +28,7 @@ def render(rows: list[list[str]]) -> str:
 def results_table(result: dict) -> str:
     tasks = result["tasks"]
     cols = [(k, h) for k, h in COLUMNS if any(k in t["aggregate"] for t in tasks.values())]
+    cols += sorted({(k, "Min-" + k[4:]) for t in tasks.values() for k in t["aggregate"] if k.startswith("min_")})
     rows = [["set", "n"] + [h for _, h in cols]]
     for name, t in tasks.items():
         rows.append([name, str(t["aggregate"]["n_items"])] + [_fmt(t["aggregate"].get(k)) for k, _ in cols])

@@ -1,0 +1,19 @@
+"""The printed table shows what the JSON holds, and says why forget quality is missing."""
+
+from unlearnkit.evaluation.table import results_table
+
+
+def test_table_rows_columns_and_summary():
+    result = {
+        "model": {"ref": "m"}, "benchmark": "muse",
+        "tasks": {"privleak_forget": {"aggregate": {"n_items": 3, "min_20%": 1.25}},
+                  "knowmem_forget": {"aggregate": {"n_items": 2, "rougeL_f1": 0.5}}},
+        "summary": {"forget_quality": None, "forget_quality_reason": "no retain-model results",
+                    "mia_auc": 0.25, "privleak": None, "privleak_reason": "no retain-model AUC"},
+        "timing": {"generation_s": 3.0}, "wall_s": 4.0,
+    }
+    text = results_table(result)
+    assert "Min-20%" in text and "1.2500" in text and "ROUGE-L F1" in text and "0.5000" in text
+    assert "forget quality  missing: no retain-model results" in text
+    assert "MIA AUC         0.2500" in text and "missing: no retain-model AUC" in text
+    assert "generation 3s" in text
