@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import platform
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Optional
 
 from ..config import to_dict
 from ..errors import ModelError
+from ..files import write_json_atomic
 from .benchmarks import Task, build_tasks
 from .config import EvalConfig
 from .scoring import build_requests, task_results
@@ -63,20 +63,13 @@ def _cache_key(cfg: EvalConfig, fingerprint: str, tasks: list[Task]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _atomic_write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".partial-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
-
-
 # ----------------------------------------------------------------------------- measuring
 def measure(cfg: EvalConfig, log=print, use_cache: bool = True) -> dict:
     """Per-item and aggregate metrics of `cfg.model` on `cfg.benchmark` (cached)."""
     from tqdm.auto import tqdm
 
     from ..models.catalog import cache_root
-    from ..models.loading import load_model, load_tokenizer, resolve_model
+    from ..models.loading import greedy_generate, load_model, load_tokenizer, resolve_model
 
     tasks = build_tasks(cfg)  # data problems are reported before any model is fetched or loaded
     path = resolve_model(cfg.model)
@@ -103,9 +96,7 @@ def measure(cfg: EvalConfig, log=print, use_cache: bool = True) -> dict:
         else:
             model, _ = load_model(path, dtype=_torch_dtype(cfg.dtype), device=_device())
             with tqdm(total=len(prompts), desc="generate", unit="prompt") as bar:
-                from .generation import generate_transformers
-
-                texts = generate_transformers(model, tokenizer, prompts, budgets, progress=bar.update)
+                texts = greedy_generate(model, tokenizer, prompts, budgets, progress=bar.update)
         for (t, i, k, _, _), text in zip(req.gen, texts):
             gen_out.setdefault((t, i), {})[k] = text
         timing["generation_s"] = round(time.time() - t0, 2)
@@ -131,7 +122,7 @@ def measure(cfg: EvalConfig, log=print, use_cache: bool = True) -> dict:
     result = {"benchmark": cfg.benchmark, "config": to_dict(cfg), "model": {"ref": cfg.model, "path": path,
               "fingerprint": fingerprint}, "versions": _versions(), "timing": timing, "tasks": out_tasks,
               "privleak_auc": privleak_auc(out_tasks)}
-    _atomic_write_json(cache_file, result)
+    write_json_atomic(cache_file, result)
     return result
 
 
@@ -166,5 +157,5 @@ def evaluate(cfg: EvalConfig, out: Optional[str] = None, log=print, use_cache: b
     result = {**result, "summary": summarize(result, cfg, retain), "config": to_dict(cfg),
               "wall_s": round(time.time() - t0, 2)}
     if out:
-        _atomic_write_json(Path(out), result)
+        write_json_atomic(Path(out), result)
     return result

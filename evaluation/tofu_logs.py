@@ -18,10 +18,10 @@ one folder with `eval_log_forget.json` is accepted.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from ..errors import DataError
+from ..files import write_json_atomic
 from .metrics import tofu as M
 
 LOG_FILES = {
@@ -128,9 +128,7 @@ def write_logs(items_by_task: dict[str, list[dict]], out_dir: str | Path) -> Pat
             continue
         keys = [k for k in items[0] if k in _TOFU_FIELDS] if items else []
         log = {k: {str(i): item[k] for i, item in enumerate(items)} for k in keys}
-        tmp = out / (LOG_FILES[task] + ".tmp")
-        tmp.write_text(json.dumps(log))
-        os.replace(tmp, out / LOG_FILES[task])
+        write_json_atomic(out / LOG_FILES[task], log, indent=None)
     return out
 
 

@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import UnlearnError
+from ..files import write_json_atomic
 
 
 class GenerationError(UnlearnError):
@@ -101,10 +102,7 @@ def main() -> int:
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     result = generate(args.model, json.loads(Path(args.requests).read_text()))
-    tmp = args.out + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump(result, fh)
-    os.replace(tmp, args.out)
+    write_json_atomic(args.out, result, indent=None)
     return 0
 
 

@@ -92,25 +92,38 @@ def load_model(ref: str, dtype=None, device: str | None = None):
     return model, tokenizer
 
 
-def generate_answers(model, tokenizer, questions: list[str], max_new_tokens: int = 48,
-                     batch_size: int = 16) -> list[str]:
-    """Greedy chat answers, batched with left padding (for demos and probes; evaluation uses vLLM)."""
+def greedy_generate(model, tokenizer, prompts: list[list[int]], max_tokens: list[int], batch_size: int = 16,
+                    progress=None) -> list[str]:
+    """Batched greedy decoding of token-id prompts with left padding (the transformers engine)."""
     import torch
 
+    order = sorted(range(len(prompts)), key=lambda i: (max_tokens[i], len(prompts[i])))
+    texts: list[str] = [""] * len(prompts)
+    pad = tokenizer.pad_token_id
+    device = next(model.parameters()).device
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        width = max(len(prompts[i]) for i in idx)
+        ids = torch.full((len(idx), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for r, i in enumerate(idx):
+            ids[r, width - len(prompts[i]):] = torch.tensor(list(prompts[i]))
+            mask[r, width - len(prompts[i]):] = 1
+        with torch.inference_mode():
+            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
+                                 max_new_tokens=max(max_tokens[i] for i in idx), pad_token_id=pad)
+        for r, i in enumerate(idx):
+            texts[i] = tokenizer.decode(out[r, width:width + max_tokens[i]], skip_special_tokens=True)
+        if progress is not None:
+            progress(len(idx))
+    return texts
+
+
+def generate_answers(model, tokenizer, questions: list[str], max_new_tokens: int = 48,
+                     batch_size: int = 16) -> list[str]:
+    """Greedy chat answers (demos and probes; evaluation generates through evaluation/generation.py)."""
     from ..data.formatting import prompt_text
 
-    answers = []
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        for start in range(0, len(questions), batch_size):
-            prompts = [prompt_text(tokenizer, q) for q in questions[start:start + batch_size]]
-            batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-            with torch.no_grad():
-                out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                                     pad_token_id=tokenizer.pad_token_id)
-            new = out[:, batch["input_ids"].shape[1]:]
-            answers += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
-    finally:
-        tokenizer.padding_side = side
-    return answers
+    prompts = [tokenizer(prompt_text(tokenizer, q), add_special_tokens=False)["input_ids"] for q in questions]
+    texts = greedy_generate(model, tokenizer, prompts, [max_new_tokens] * len(prompts), batch_size)
+    return [t.strip() for t in texts]

@@ -1,0 +1,17 @@
+"""Writing result files so that a reader never sees half of one."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+
+def write_json_atomic(path: str | Path, data, indent: int | None = 1) -> Path:
+    """Write JSON beside `path` and rename it into place: the file is whole or absent."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.partial-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=indent))
+    os.replace(tmp, path)
+    return path
