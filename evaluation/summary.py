@@ -28,15 +28,18 @@ def forget_truth_ratios(result: dict) -> list[float]:
     return [it["truth_ratio"] for it in items if it.get("truth_ratio") is not None]
 
 
+def _reference(result: dict, source: str) -> dict:
+    return {"truth_ratios": forget_truth_ratios(result), "privleak_auc": result.get("privleak_auc"),
+            "source": source, "forget_fingerprint": result["tasks"].get("forget", {}).get("fingerprint")}
+
+
 def load_retain_reference(spec: str, cfg: EvalConfig, log=print) -> dict:
     """{'truth_ratios': [...], 'privleak_auc': x, 'source': ..., 'forget_fingerprint': ...}."""
     if spec.startswith("model:"):
         ref_cfg = dataclasses.replace(cfg, model=spec[6:], retain_eval=None)
         from .harness import measure
 
-        res = measure(ref_cfg, log=log)
-        return {"truth_ratios": forget_truth_ratios(res), "privleak_auc": res.get("privleak_auc"),
-                "source": spec, "forget_fingerprint": res["tasks"].get("forget", {}).get("fingerprint")}
+        return _reference(measure(ref_cfg, log=log), spec)
     p = Path(spec)
     if p.is_dir():
         from .tofu_logs import read_logs, truth_ratios
@@ -50,8 +53,7 @@ def load_retain_reference(spec: str, cfg: EvalConfig, log=print) -> dict:
             raise DataError(f"retain eval {spec!r}: not valid JSON ({exc})") from None
         if not isinstance(res, dict) or "tasks" not in res:
             raise DataError(f"retain eval {spec!r}: not an `unlearn eval` result (no 'tasks')")
-        return {"truth_ratios": forget_truth_ratios(res), "privleak_auc": res.get("privleak_auc"),
-                "source": str(p), "forget_fingerprint": res["tasks"].get("forget", {}).get("fingerprint")}
+        return _reference(res, str(p))
     raise DataError(f"retain eval {spec!r}: not a file, a TOFU log directory, or model:<ref>")
 
 
