@@ -96,6 +96,47 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _cmd_guard(args) -> int:
+    from .config import load_config
+    from .guard.policy import GuardConfig, policy_summary, read_meta
+
+    if args.action == "show":
+        meta = read_meta(args.policy)
+        print(json.dumps(meta["calibration"], indent=1) if args.json else policy_summary(meta))
+        return 0
+    from .data.sources import load_spec
+    from .guard.build import build_policy
+    from .models.loading import load_tokenizer, resolve_model
+
+    cfg = load_config(GuardConfig, args.config, args.overrides)
+    forget = load_spec(args.forget)
+    retain = load_spec(args.retain) if args.retain else None
+    path = resolve_model(args.model)
+    log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
+    meta = build_policy(forget, args.out, path, load_tokenizer(path), cfg, retain=retain,
+                        sources={"forget": args.forget, "retain": args.retain, "model": args.model}, progress=log)
+    print(policy_summary(meta))
+    print(f"policy: {args.out}")
+    return 0
+
+
+def _cmd_serve(args) -> int:
+    import os
+
+    from .guard.serve import check_policy_for, server_command, server_env
+    from .models.loading import resolve_model
+
+    path = resolve_model(args.model)
+    if args.guard:
+        meta = check_policy_for(path, args.guard)
+        print(f"guard: {args.guard} ({len(meta['targets'])} targets, {len(meta['items'])} items)", file=sys.stderr)
+    cmd = server_command(path, args.port, args.host, guard=bool(args.guard), served_name=args.name,
+                         dtype=args.dtype, max_model_len=args.max_model_len, extra=tuple(args.vllm_args[1:] if args.vllm_args[:1] == ["--"] else args.vllm_args))
+    print(" ".join(cmd), file=sys.stderr)
+    sys.stdout.flush()
+    os.execvpe(cmd[0], cmd, server_env(args.guard))
+
+
 def _cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -159,6 +200,35 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--retain", required=True, help="log dir of the retain model")
     t.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_cmd_eval, action=None)
+
+    p = sub.add_parser("guard", help="compile and inspect inference-time guard policies")
+    gsub = p.add_subparsers(dest="action", required=True)
+    b = gsub.add_parser("build", help="compile a forget set into a guard policy directory",
+                        description="Example: unlearn guard build --forget tofu/forget01 --retain tofu/retain90 "
+                                    "--out runs/guard/forget01")
+    b.add_argument("--forget", required=True, help="forget set: a JSONL/JSON file or a data spec (tofu/forget01)")
+    b.add_argument("--retain", help="retain prompts to calibrate the classifier's false-positive rate on")
+    b.add_argument("--out", required=True, help="policy directory to write (replaced whole)")
+    b.add_argument("--model", default="smollm2", help="the model (tokenizer and embeddings) the policy is for")
+    b.add_argument("--config", default=None, help="YAML guard config (configs/guard/*.yaml)")
+    b.add_argument("overrides", nargs="*", help="key=value overrides, e.g. fpr=0.005 penalty=6")
+    s = gsub.add_parser("show", help="print a policy's targets and calibration")
+    s.add_argument("policy")
+    s.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_guard)
+
+    p = sub.add_parser("serve", help="vLLM's OpenAI-compatible server on localhost, optionally guarded",
+                       description="Example: unlearn serve --model smollm2 --guard runs/guard/forget01 --port 8000"
+                                   "  (arguments after -- go to vLLM)")
+    p.add_argument("--model", default="smollm2", help="catalog name, checkpoint dir or run:CONFIG.yaml")
+    p.add_argument("--guard", help="guard policy directory (unlearn guard build)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--name", help="model name clients use (default: the checkpoint dir name)")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--max-model-len", dest="max_model_len", type=int, default=2048)
+    p.add_argument("vllm_args", nargs=argparse.REMAINDER, help="-- then extra vLLM server arguments")
+    p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("demo", help="the end-to-end weight-level demo on the embedded default")
     p.add_argument("--workdir", default="runs/demo")

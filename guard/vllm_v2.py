@@ -1,0 +1,85 @@
+"""Model Runner V2 logits-processor adapter (vLLM's GPU default).
+
+MRv2 keys state by persistent request slot and hands `apply` a `LogitsContext` mapping logits rows
+to slots. `add_request` only sees the sampling params, so classification waits for
+`apply_staged_writes`, when the runner has written the request's tokens into `req_states`
+(`all_token_ids[slot, :prompt_len]`); all requests admitted in a step are classified together.
+Committed output tokens are read back from `all_token_ids` up to `total_len` for guarded slots
+only; under speculative decoding a row's draft tokens (the `input_ids` of the request's earlier
+rows in this step) extend its context.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from vllm.v1.worker.gpu.sample.logits_processor import LogitsProcessor
+
+from .runtime import validate_sampling_params
+
+
+class GuardProcessorV2(LogitsProcessor):
+    def __init__(self, vllm_config, req_states, runtime=None):
+        from .runtime import GuardRuntime
+
+        self.state = req_states
+        self.runtime = runtime or GuardRuntime.from_env(vllm_config.model_config.tokenizer)
+        self.guards: dict = {}           # slot -> RequestGuard (flagged requests only)
+        self.pending: dict = {}          # slot -> extra_args, admitted but not classified yet
+
+    @classmethod
+    def validate_params(cls, sampling_params) -> None:
+        validate_sampling_params(sampling_params.extra_args)
+
+    def add_request(self, req_idx: int, sampling_params) -> bool:
+        self.guards.pop(req_idx, None)                      # a reused slot starts clean
+        if self.runtime is None:
+            return False
+        self.pending[req_idx] = sampling_params.extra_args
+        return True
+
+    def apply_staged_writes(self) -> None:
+        if not self.pending:
+            return
+        slots = list(self.pending)
+        requests, outputs = [], []
+        for slot in slots:
+            prompt_len = int(self.state.prompt_len.np[slot])
+            prefill_len = int(self.state.prefill_len.np[slot])
+            tokens = self.state.all_token_ids.gpu[slot, :prefill_len].tolist()
+            requests.append((tokens[:prompt_len], self.pending[slot]))
+            outputs.append(tokens[prompt_len:])          # resumed after preemption: output so far
+        self.pending.clear()
+        for slot, guard, output in zip(slots, self.runtime.guards(requests), outputs):
+            if guard is not None:
+                guard.feed(output)
+                self.guards[slot] = guard
+
+    def _catch_up(self, slot: int, total_len: int) -> None:
+        guard = self.guards[slot]
+        start = int(self.state.prompt_len.np[slot]) + guard.consumed
+        if total_len > start:
+            guard.feed(self.state.all_token_ids.gpu[slot, start:total_len].tolist())
+
+    def apply(self, logits, ctx):
+        if not self.guards or not any(int(s) in self.guards for s in ctx.idx_mapping_np):
+            return logits
+        import torch
+
+        row_slots = ctx.expanded_idx_mapping.tolist()
+        local = ctx.expanded_local_pos.tolist()
+        guarded = sorted({s for s in row_slots if s in self.guards})
+        totals = self.state.total_len.gpu[torch.tensor(guarded, device=self.state.total_len.gpu.device)].tolist()
+        for slot, total in zip(guarded, totals):
+            self._catch_up(slot, int(total))
+        input_ids = ctx.input_ids.tolist() if any(local) else None
+        drafts: dict = {}
+        for row, slot in enumerate(row_slots):
+            guard = self.guards.get(slot)
+            if guard is None:
+                continue
+            extra = drafts.setdefault(slot, []) if local[row] else []
+            if local[row]:
+                extra.append(input_ids[row])
+            guard.apply_row(logits[row], list(extra))
+        return logits
