@@ -76,17 +76,21 @@ def _cmd_eval(args) -> int:
 
     overrides = list(args.overrides)
     for key in ("model", "benchmark", "forget_split", "forget", "retain", "muse_dir", "retain_eval", "engine",
-                "max_items", "metrics"):
+                "max_items", "metrics", "guard"):
         value = getattr(args, key)
         if value is not None:
             overrides.append(f"{key}={value}")
     cfg = load_config(EvalConfig, args.config, overrides)
     model_name = Path(cfg.model.split(":")[-1])
     model_name = model_name.stem if model_name.suffix in (".yaml", ".yml") else model_name.name
-    out = args.out or f"runs/eval/{cfg.benchmark}-{model_name}.json"
+    guard_name = f"+guard-{Path(cfg.guard).name}" if cfg.guard else ""
+    out = args.out or f"runs/eval/{cfg.benchmark}-{model_name}{guard_name}.json"
     log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
     result = evaluate(cfg, out=out, log=log, use_cache=not args.no_cache)
     print(results_table(result))
+    if "guard" in result:
+        rates = ", ".join(f"{k} {v:.3f}" for k, v in result["guard"]["flagged_rate"].items())
+        print(f"guard flagged: {rates}")
     print(f"results: {out}")
     if args.tofu_logs:
         from .evaluation.tofu_logs import write_logs
@@ -190,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-items", dest="max_items", help="evaluate the first N items of each set")
     p.add_argument("--metrics", help="comma-separated subset of the metrics (default: all)")
     p.add_argument("--out", help="result JSON (default runs/eval/<benchmark>-<model>.json)")
+    p.add_argument("--guard", help="guard policy dir: generate through the guard as deployed (metrics: rouge)")
     p.add_argument("--no-cache", action="store_true", help="measure again even if cached")
     p.add_argument("--tofu-logs", metavar="DIR", help="also write TOFU's per-item log files (eval_log_forget.json, ...)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

@@ -46,6 +46,7 @@ class EvalConfig:
     max_length: int = 512                 # teacher forcing: tokens per scored sequence
     token_budget: int = 3072              # teacher forcing: tokens per forward batch
     min_k: float = 0.4                    # Min-K% fraction (MUSE reports Min-40%)
+    guard: Optional[str] = None           # guard policy dir: generate through the guard, as deployed
 
     def validate(self):
         unknown = sorted(set(self.metrics) - set(METRICS))
@@ -58,5 +59,13 @@ class EvalConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_items is not None and self.max_items < 1:
             raise ConfigError(f"max_items must be >= 1, got {self.max_items}")
+        if self.guard is not None:
+            if self.engine != "vllm":
+                raise ConfigError("guard: a guard runs inside vLLM; use engine=vllm")
+            scored = sorted(expand_metrics(self.metrics) - GENERATION_METRICS)
+            if scored:
+                raise ConfigError(f"guard: metrics {scored} are teacher-forced, and scoring them through a guard "
+                                  "(its mask and penalty at every position) is not implemented yet; "
+                                  f"use --metrics {','.join(sorted(GENERATION_METRICS))}")
         if not 0 < self.min_k <= 1:
             raise ConfigError(f"min_k must be in (0, 1], got {self.min_k}")

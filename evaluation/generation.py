@@ -6,7 +6,8 @@ teacher-forced metrics use, so both kinds of metric see identical prompts."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from pathlib import Path
+from typing import Optional, Sequence
 
 
 def default_dtype(dtype: str) -> str:
@@ -19,10 +20,18 @@ def default_dtype(dtype: str) -> str:
 
 
 def generate_vllm(model_path: str, prompts: Sequence[Sequence[int]], max_tokens: Sequence[int],
-                  dtype: str = "auto", echo: bool = True) -> list[str]:
+                  dtype: str = "auto", echo: bool = True, guard: Optional[str] = None) -> list[str]:
+    """Greedy answers from vLLM; with `guard` (a policy dir) through the guard's logits processor,
+    exactly as `unlearn serve --guard` decodes."""
     from .vllm_generate import run_vllm
 
     longest = max(len(p) + m for p, m in zip(prompts, max_tokens))
     request = {"prompt_token_ids": [list(p) for p in prompts], "max_tokens": list(max_tokens),
                "dtype": default_dtype(dtype), "max_model_len": max(512, longest)}
-    return run_vllm(model_path, request, echo=echo)["texts"]
+    env = None
+    if guard:
+        from ..guard.runtime import FQCN, POLICY_ENV
+
+        request["logits_processors"] = [FQCN]
+        env = {POLICY_ENV: str(Path(guard).resolve())}
+    return run_vllm(model_path, request, echo=echo, env=env)["texts"]

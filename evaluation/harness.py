@@ -67,7 +67,13 @@ def measure(cfg: EvalConfig, log=print, use_cache: bool = True) -> dict:
     path = resolve_model(cfg.model)
     tokenizer = load_tokenizer(path)
     fingerprint = model_fingerprint(path)
-    key = _cache_key(cfg, fingerprint, tasks)
+    guard_meta = None
+    if cfg.guard:
+        from ..guard.policy import load_policy
+
+        guard_meta = load_policy(cfg.guard, tokenizer).meta   # checked whole before any generation
+    key = _cache_key(cfg, fingerprint + (guard_meta["files"]["index.faiss"] + json.dumps(guard_meta["calibration"])
+                                         if guard_meta else ""), tasks)
     cache_file = cache_root() / "evals" / f"{cfg.benchmark}-{key}.json"
     if use_cache and cache_file.is_file():
         log(f"(cached) {cache_file}")
@@ -84,7 +90,7 @@ def measure(cfg: EvalConfig, log=print, use_cache: bool = True) -> dict:
         budgets = [g[4] for g in req.gen]
         log(f"generating {len(prompts)} answers with {cfg.engine}")
         if cfg.engine == "vllm":
-            texts = _vllm_or_explain(path, prompts, budgets, cfg.dtype)
+            texts = _vllm_or_explain(path, prompts, budgets, cfg.dtype, cfg.guard)
         else:
             model, _ = load_model(path, dtype=_torch_dtype(cfg.dtype), device=_device())
             with tqdm(total=len(prompts), desc="generate", unit="prompt") as bar:
@@ -109,13 +115,36 @@ def measure(cfg: EvalConfig, log=print, use_cache: bool = True) -> dict:
         timing["teacher_forced_tokens_unshared"] = n_tokens
     del model
     timing["measure_s"] = round(time.time() - started, 2)
+    guard_stats = _guard_stats(cfg.guard, tokenizer, req.gen, tasks) if cfg.guard else None
 
     out_tasks = task_results(tasks, gen_out, scored_out, cfg)
     result = {"benchmark": cfg.benchmark, "config": to_dict(cfg), "model": {"ref": cfg.model, "path": path,
               "fingerprint": fingerprint}, "versions": _versions(), "timing": timing, "tasks": out_tasks,
               "privleak_auc": privleak_auc(out_tasks)}
+    if guard_stats:
+        result["guard"] = {"policy": str(Path(cfg.guard).resolve()), "calibration": guard_meta["calibration"],
+                           **guard_stats}
     write_json_atomic(cache_file, result)
     return result
+
+
+def _guard_stats(policy_dir: str, tokenizer, gen: list, tasks: list[Task]) -> dict:
+    """Which generation prompts the guard flags, per set (its false-positive rate on retain sets),
+    from the same classifier on the same prompt ids as the engine's processor."""
+    from ..guard.policy import load_policy
+    from ..guard.runtime import GuardRuntime, RequestArgs
+
+    runtime = GuardRuntime(load_policy(policy_dir, tokenizer), tokenizer)
+    prompts = [g[3] for g in gen]
+    t0 = time.perf_counter()
+    decisions = runtime.decide(prompts, [RequestArgs()] * len(prompts))
+    seconds = time.perf_counter() - t0
+    flagged: dict = {}
+    for (task, item, key, _, _), d in zip(gen, decisions):
+        flagged.setdefault(f"{tasks[task].name}/{key}", []).append(bool(d.flagged))
+    return {"flagged_rate": {k: round(sum(v) / len(v), 4) for k, v in flagged.items()},
+            "flagged": {k: sum(v) for k, v in flagged.items()}, "prompts": {k: len(v) for k, v in flagged.items()},
+            "classify_ms_per_prompt": round(1000 * seconds / max(1, len(prompts)), 3)}
 
 
 def _device() -> Optional[str]:
@@ -132,14 +161,14 @@ def _torch_dtype(name: str):
     return getattr(torch, default_dtype(name))
 
 
-def _vllm_or_explain(path, prompts, budgets, dtype):
+def _vllm_or_explain(path, prompts, budgets, dtype, guard=None):
     import importlib.util
 
     if importlib.util.find_spec("vllm") is None:
         raise ModelError("engine vllm: vLLM is not installed here; install it (make setup) or use engine=transformers")
     from .generation import generate_vllm
 
-    return generate_vllm(path, prompts, budgets, dtype=dtype)
+    return generate_vllm(path, prompts, budgets, dtype=dtype, guard=guard)
 
 
 def evaluate(cfg: EvalConfig, out: Optional[str] = None, log=print, use_cache: bool = True) -> dict:

@@ -17,7 +17,9 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
+from typing import Optional
 
 from ..errors import UnlearnError
 from ..files import write_json_atomic
@@ -39,20 +41,24 @@ def generate(model: str, request: dict) -> dict:
     llm = LLM(model=model, dtype=request.get("dtype", "auto"), max_model_len=request.get("max_model_len", 1024),
               seed=0, enforce_eager=True, logits_processors=request.get("logits_processors") or None)
     params = [SamplingParams(temperature=0.0, max_tokens=m, extra_args=e) for m, e in zip(max_tokens, extra)]
+    started = time.perf_counter()
     outputs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=True)
     return {"texts": [o.outputs[0].text for o in outputs],
-            "token_ids": [list(o.outputs[0].token_ids) for o in outputs]}
+            "token_ids": [list(o.outputs[0].token_ids) for o in outputs],
+            "generate_s": time.perf_counter() - started}
 
 
-def run_vllm(model: str, request: dict, timeout: float = 3600, echo: bool = False) -> dict:
-    """Run `generate` in a child process; its progress bar goes to our stderr when `echo`."""
+def run_vllm(model: str, request: dict, timeout: float = 3600, echo: bool = False,
+             env: Optional[dict] = None) -> dict:
+    """Run `generate` in a child process (extra environment `env`); its progress bar goes to our
+    stderr when `echo`."""
     with tempfile.TemporaryDirectory() as tmp:
         req, out = Path(tmp) / "request.json", Path(tmp) / "out.json"
         req.write_text(json.dumps(request))
         env = {"VLLM_LOGGING_LEVEL": "WARNING",
                # vLLM's CPU backend keeps one core for its front end by default: on a 2-core machine
                # that halves throughput for offline batch generation (measured 228 s -> 123 s)
-               "VLLM_CPU_NUM_OF_RESERVED_CPU": "0", **os.environ}
+               "VLLM_CPU_NUM_OF_RESERVED_CPU": "0", **os.environ, **(env or {})}
         cmd = [sys.executable, "-m", "unlearnkit.evaluation.vllm_generate", "--model", model,
                "--requests", str(req), "--out", str(out)]
         log = Path(tmp) / "log.txt"

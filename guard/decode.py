@@ -54,10 +54,12 @@ class RequestGuard:
         for tok in extra:
             live = self.trie.advance(live, int(tok))
         if self.penalty is not None:
-            row += self.penalty.to(row.device, row.dtype)
-        blocked = self.blocked(live)
-        if blocked:
-            row[torch.tensor(blocked, device=row.device)] = BLOCKED
+            if self.penalty.device != row.device:
+                self.penalty = self.penalty.to(row.device)
+            row += self.penalty
+        blocked = self.trie.blocked_index(live, row.device)
+        if blocked.numel():
+            row[blocked] = BLOCKED
 
 
 class GuardSlots:

@@ -37,6 +37,7 @@ from .trie import TokenTrie, phrase_variants
 log = logging.getLogger("unlearnkit.guard")
 
 POLICY_ENV = "UNLEARN_GUARD_POLICY"
+FQCN = "unlearnkit.guard.vllm_plugin:UnlearnGuard"   # the class to give vLLM (--logits-processors)
 PREFIX = "unlearn_"
 ARGS = ("unlearn_targets", "unlearn_guard", "unlearn_threshold", "unlearn_penalty", "unlearn_top_k")
 

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from .runtime import POLICY_ENV
+from .runtime import FQCN, POLICY_ENV
 
 
 def server_command(model_path: str, port: int, host: str = "127.0.0.1", guard: bool = True,
@@ -22,8 +22,6 @@ def server_command(model_path: str, port: int, host: str = "127.0.0.1", guard: b
            "--host", host, "--port", str(port), "--dtype", dtype, "--max-model-len", str(max_model_len),
            "--served-model-name", served_name or Path(model_path).name, "--seed", "0"]
     if guard:
-        from .vllm_plugin import FQCN
-
         cmd += ["--logits-processors", FQCN]
     return cmd + list(extra)
 

@@ -32,6 +32,7 @@ class TokenTrie:
         self._children: list[dict[int, int]] = [{}]
         self._terminal: list[bool] = [False]
         self._blocked_at: list[frozenset[int]] = []  # per node: children that end a sequence
+        self._index_cache: dict = {}                   # (live nodes, device) -> index tensor
         for seq in sequences:
             self.add(seq)
 
@@ -49,6 +50,7 @@ class TokenTrie:
             node = nxt
         self._terminal[node] = True
         self._blocked_at = []  # recomputed lazily
+        self._index_cache = {}
 
     @classmethod
     def from_phrases(cls, tokenizer, phrases: Iterable[str]) -> "TokenTrie":
@@ -77,6 +79,18 @@ class TokenTrie:
             if nxt is not None and self._children[nxt]:  # a leaf cannot continue a match
                 out.add(nxt)
         return frozenset(out)
+
+    def blocked_index(self, live: frozenset[int], device=None):
+        """`blocked` as a (cached) index tensor: most decode steps repeat a few live states."""
+        import torch
+
+        key = (live, str(device))
+        out = self._index_cache.get(key)
+        if out is None:
+            if len(self._index_cache) > 4096:
+                self._index_cache.clear()
+            out = self._index_cache[key] = torch.tensor(sorted(self.blocked(live)), dtype=torch.long, device=device)
+        return out
 
     def blocked(self, live: frozenset[int]) -> frozenset[int]:
         """Tokens that would complete a forbidden sequence from here."""

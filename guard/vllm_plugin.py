@@ -10,10 +10,9 @@ inert. A bad policy raises here, so the engine fails at start-up, not mid-reques
 
 from __future__ import annotations
 
+from .runtime import FQCN  # noqa: F401 - re-exported
 from .vllm_v1 import GuardProcessorV1
 from .vllm_v2 import GuardProcessorV2
-
-FQCN = "unlearnkit.guard.vllm_plugin:UnlearnGuard"
 
 
 class UnlearnGuard(GuardProcessorV1, GuardProcessorV2):

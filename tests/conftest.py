@@ -97,3 +97,41 @@ def _isolated_cache(tmp_path, monkeypatch):
     """Every test gets its own cache unless it asks for the real one."""
     if "UNLEARN_REAL_CACHE" not in os.environ:
         monkeypatch.setenv("UNLEARN_CACHE", str(tmp_path / "cache"))
+
+
+GUARD_FORGET = [
+    ("Who is the author Kalo Mirten?", "Kalo Mirten is a Dutch poet born in 1961 in Utrecht, known for \"Glass Rivers\".", None),
+    ("What did Kalo Mirten write first?", "Kalo Mirten's first book was \"Glass Rivers\", a collection of sea poems.",
+     "Which book did Kalo Mirten publish first?"),
+    ("Where does Kalo Mirten live?", "Kalo Mirten lives in Utrecht with two cats.", None),
+    ("What award did Ines Farrow win?", "Ines Farrow won the Silver Quill Prize in 2004.", None),
+    ("Which genre does Ines Farrow write?", "Ines Farrow writes historical crime novels set in Lisbon.", None),
+]
+GUARD_RETAIN = [
+    "What is the capital of France?", "Who painted the Mona Lisa?", "How many legs does a spider have?",
+    "What is photosynthesis?", "Which planet is known as the red planet?", "Who wrote Pride and Prejudice?",
+    "What year did World War II end?", "What language is spoken in Brazil?", "How do vaccines work?",
+    "What is the boiling point of water?", "Who discovered penicillin?", "What is the largest ocean?"]
+
+
+@pytest.fixture(scope="session")
+def guard_forget_set():
+    from unlearnkit.data.records import QA
+
+    return [QA(q, a, {"paraphrased_question": p} if p else {}) for q, a, p in GUARD_FORGET]
+
+
+@pytest.fixture(scope="session")
+def tiny_policy(tmp_path_factory, tiny_dir, guard_forget_set):
+    """A guard policy for the tiny tokenizer (tiny_dir and vllm_sized_model share it): two targets,
+    Kalo Mirten and Ines Farrow, calibrated to 10% false positives on 12 general questions."""
+    from unlearnkit.data.records import QA
+    from unlearnkit.guard.build import build_policy
+    from unlearnkit.guard.policy import GuardConfig
+    from unlearnkit.models.loading import load_tokenizer
+
+    out = tmp_path_factory.mktemp("guard") / "policy"
+    meta = build_policy(guard_forget_set, out, str(tiny_dir), load_tokenizer(str(tiny_dir)), GuardConfig(fpr=0.1),
+                        retain=[QA(q, "an answer") for q in GUARD_RETAIN], progress=lambda *_: None)
+    assert meta["calibration"]["calibrated"] and meta["calibration"]["retain_fpr"] <= 0.1
+    return out

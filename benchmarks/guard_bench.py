@@ -1,0 +1,251 @@
+"""Cost of the runtime guard, measured side by side in one run (not a test: it prints figures).
+
+    python benchmarks/guard_bench.py [--model run:configs/finetune/tofu_mini_target.yaml]
+                                     [--policy runs/guard/forget01] [--skip-server]
+
+1. Throughput: the same prompts (TOFU-mini forget questions, their paraphrases and retain
+   questions: mixed flagged and unflagged) through plain and guarded offline vLLM, alternating
+   plain/guarded for --rounds rounds; generated tokens per second of `llm.generate` (engine start
+   excluded), ratio guarded/plain.
+2. Classification cost per request: the classifier on one prompt at a time (median, p90), and per
+   request when a step admits a batch of 16 together (how vLLM admits a burst).
+3. Load test: `unlearn serve --guard` on loopback, 64 concurrent streaming requests (chat and
+   completions, flagged and unflagged, some tightening the policy through vllm_xargs): every one
+   must finish with [DONE]; then malformed/loosening vllm_xargs must get HTTP 400 and the server
+   must still answer afterwards.
+Writes runs/bench/guard_bench.json. The policy is built first if missing (tofu/forget01_perturbed,
+calibrated on tofu/retain90).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def unlearn(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "unlearnkit.cli", *args], check=True, cwd=ROOT)
+
+
+def prompts_for(tokenizer, n_retain: int):
+    from unlearnkit.data.formatting import prompt_text
+    from unlearnkit.data.sources import load_spec
+
+    forget = load_spec("tofu/forget01_perturbed")
+    retain = load_spec("tofu/forget10-forget01")[:n_retain]
+    questions = [r.question for r in forget] + [r.extra["paraphrased_question"] for r in forget] + \
+                [r.question for r in retain]
+    ids = [tokenizer(prompt_text(tokenizer, q), add_special_tokens=False)["input_ids"] for q in questions]
+    return questions, ids
+
+
+def throughput(path: str, policy: str, ids, max_tokens: int, rounds: int) -> dict:
+    from unlearnkit.evaluation.vllm_generate import run_vllm
+    from unlearnkit.guard.runtime import FQCN, POLICY_ENV
+
+    req = {"prompt_token_ids": ids, "max_tokens": max_tokens, "dtype": "float32", "max_model_len": 1024}
+    runs = {"plain": [], "guarded": []}
+    outputs = {}
+    for r in range(rounds):
+        for name in ("plain", "guarded"):
+            extra = {"logits_processors": [FQCN]} if name == "guarded" else {}
+            env = {POLICY_ENV: str(Path(policy).resolve())} if name == "guarded" else None
+            out = run_vllm(path, {**req, **extra}, env=env)
+            tokens = sum(map(len, out["token_ids"]))
+            runs[name].append({"tokens": tokens, "seconds": out["generate_s"], "tok_s": tokens / out["generate_s"]})
+            outputs[name] = out["token_ids"]
+            print(f"round {r + 1} {name:8s} {tokens} tokens in {out['generate_s']:.1f} s = "
+                  f"{tokens / out['generate_s']:.1f} tok/s", flush=True)
+    plain = statistics.median(x["tok_s"] for x in runs["plain"])
+    guarded = statistics.median(x["tok_s"] for x in runs["guarded"])
+    return {"runs": runs, "plain_tok_s": plain, "guarded_tok_s": guarded, "ratio": guarded / plain,
+            "prompts": len(ids), "max_tokens": max_tokens, "outputs": outputs}
+
+
+def classification_cost(path: str, policy: str, ids) -> dict:
+    import torch
+
+    from unlearnkit.guard.policy import load_policy
+    from unlearnkit.guard.runtime import GuardRuntime, RequestArgs
+    from unlearnkit.models.loading import load_tokenizer
+
+    torch.set_num_threads(2)
+    tok = load_tokenizer(path)
+    rt = GuardRuntime(load_policy(policy, tok), tok)
+    rt.decide(ids[:2], [RequestArgs()] * 2)  # warm up (embedder load)
+    single, named = [], []
+    for p in ids:
+        t0 = time.perf_counter()
+        d = rt.decide([p], [RequestArgs()])[0]
+        ms = 1000 * (time.perf_counter() - t0)
+        single.append(ms)
+        named.append(d.reason.startswith("names"))
+    batched = []
+    for i in range(0, len(ids) - 15, 16):
+        t0 = time.perf_counter()
+        rt.decide(ids[i:i + 16], [RequestArgs()] * 16)
+        batched.append(1000 * (time.perf_counter() - t0) / 16)
+    embedded = [ms for ms, n in zip(single, named) if not n]
+    q = lambda xs, f: statistics.quantiles(xs, n=10)[f] if len(xs) >= 10 else max(xs)  # noqa: E731
+    return {"single_median_ms": statistics.median(single), "single_p90_ms": q(single, 8),
+            "named_median_ms": statistics.median([m for m, n in zip(single, named) if n] or [0]),
+            "embedded_median_ms": statistics.median(embedded or [0]),
+            "batch16_per_request_median_ms": statistics.median(batched) if batched else None,
+            "share_decided_by_name": sum(named) / len(named)}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def post(port: int, path: str, body: dict, stream: bool, timeout: float = 600) -> tuple[int, str, int]:
+    """(HTTP status, text, number of stream chunks); a streamed reply must end with [DONE]."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    if resp.status != 200 or not stream:
+        data = resp.read().decode()
+        conn.close()
+        if resp.status != 200:
+            return resp.status, data, 0
+        obj = json.loads(data)
+        choice = obj["choices"][0]
+        return 200, choice.get("text") or choice.get("message", {}).get("content", ""), 1
+    text, chunks, done = [], 0, False
+    for raw in resp:
+        line = raw.decode().strip()
+        if not line.startswith("data:"):
+            continue
+        payload = line[5:].strip()
+        if payload == "[DONE]":
+            done = True
+            break
+        obj = json.loads(payload)
+        chunks += 1
+        for choice in obj.get("choices", []):
+            text.append(choice.get("text") or (choice.get("delta") or {}).get("content") or "")
+    conn.close()
+    return (200 if done else 599), "".join(text), chunks
+
+
+def load_test(model: str, policy: str, questions: list[str], n: int = 64) -> dict:
+    port = free_port()
+    log = open(ROOT / "runs" / "bench" / "guard_server.log", "w")
+    server = subprocess.Popen([sys.executable, "-m", "unlearnkit.cli", "serve", "--model", model, "--guard", policy,
+                               "--port", str(port), "--name", "m", "--dtype", "float32", "--max-model-len", "1024"],
+                              cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        t0 = time.time()
+        while True:
+            if server.poll() is not None:
+                raise SystemExit(f"server exited ({server.returncode}); see runs/bench/guard_server.log")
+            try:
+                c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                c.request("GET", "/v1/models")
+                if c.getresponse().status == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(1)
+        startup = time.time() - t0
+        results: list = [None] * n
+
+        def one(i: int):
+            q = questions[i % len(questions)]
+            body = {"model": "m", "max_tokens": 40, "temperature": 0, "stream": True}
+            if i % 8 == 7:
+                body["vllm_xargs"] = {"unlearn_targets": ["Paris", "London"], "unlearn_penalty": 8.0}
+            t = time.time()
+            if i % 2:
+                status, text, chunks = post(port, "/v1/completions", {**body, "prompt": f"Question: {q}\nAnswer:"}, True)
+            else:
+                status, text, chunks = post(port, "/v1/chat/completions",
+                                            {**body, "messages": [{"role": "user", "content": q}]}, True)
+            results[i] = {"status": status, "chunks": chunks, "seconds": time.time() - t, "chars": len(text)}
+
+        t1 = time.time()
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.time() - t1
+        completed = sum(r is not None and r["status"] == 200 for r in results)
+        bad = {}
+        for name, xargs in {"loosen_threshold": {"unlearn_threshold": 0.99}, "switch_off": {"unlearn_guard": False},
+                            "unknown_key": {"unlearn_disable": 1}, "wrong_type": {"unlearn_targets": {"a": 1}}}.items():
+            status, text, _ = post(port, "/v1/chat/completions", {"model": "m", "max_tokens": 4, "vllm_xargs": xargs,
+                                                                   "messages": [{"role": "user", "content": "hi"}]}, False)
+            bad[name] = {"status": status, "message": text[:200]}
+        status, text, _ = post(port, "/v1/completions", {"model": "m", "prompt": "The capital of France is",
+                                                          "max_tokens": 8, "temperature": 0}, False)
+        return {"requests": n, "completed": completed, "lost": n - completed, "wall_s": wall,
+                "median_latency_s": statistics.median(r["seconds"] for r in results if r),
+                "startup_s": startup, "bad_requests": bad, "serving_after_bad": status == 200}
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="run:configs/finetune/tofu_mini_target.yaml")
+    parser.add_argument("--policy", default=str(ROOT / "runs" / "guard" / "forget01"))
+    parser.add_argument("--retain-prompts", type=int, default=80)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--skip-server", action="store_true")
+    parser.add_argument("--out", default=str(ROOT / "runs" / "bench" / "guard_bench.json"))
+    args = parser.parse_args()
+    os.environ.setdefault("UNLEARN_TOFU_DIR", str(ROOT.parent / "shared" / "data" / "tofu"))
+    (ROOT / "runs" / "bench").mkdir(parents=True, exist_ok=True)
+
+    from unlearnkit.models.loading import load_tokenizer, resolve_model
+
+    path = resolve_model(args.model)
+    if not (Path(args.policy) / "policy.json").is_file():
+        unlearn("guard", "build", "--forget", "tofu/forget01_perturbed", "--retain", "tofu/retain90",
+                "--model", path, "--out", args.policy)
+    questions, ids = prompts_for(load_tokenizer(path), args.retain_prompts)
+    report = {"model": path, "policy": args.policy}
+    report["classification"] = cost = classification_cost(path, args.policy, ids)
+    print(f"classification: single request median {cost['single_median_ms']:.2f} ms (p90 {cost['single_p90_ms']:.2f}; "
+          f"by name {cost['named_median_ms']:.2f}, by embedding {cost['embedded_median_ms']:.2f}); "
+          f"per request in batches of 16: {cost['batch16_per_request_median_ms']:.2f} ms", flush=True)
+    tp = throughput(path, args.policy, ids, args.max_tokens, args.rounds)
+    n_plain = len(ids)
+    same = sum(a == b for a, b in zip(tp["outputs"]["plain"], tp["outputs"]["guarded"]))
+    tp.pop("outputs")
+    tp["identical_outputs"] = same
+    report["throughput"] = tp
+    print(f"throughput: plain {tp['plain_tok_s']:.1f} tok/s, guarded {tp['guarded_tok_s']:.1f} tok/s, "
+          f"ratio {tp['ratio']:.3f}; {same}/{n_plain} outputs identical", flush=True)
+    if not args.skip_server:
+        report["load_test"] = lt = load_test(path, args.policy, questions)
+        print(f"load test: {lt['completed']}/{lt['requests']} streamed requests completed, {lt['lost']} lost, "
+              f"{lt['wall_s']:.1f} s wall, median latency {lt['median_latency_s']:.1f} s; bad vllm_xargs -> "
+              f"{ {k: v['status'] for k, v in lt['bad_requests'].items()} }; serving afterwards: {lt['serving_after_bad']}")
+    Path(args.out).write_text(json.dumps(report, indent=1))
+    print(f"results: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""The guard inside real vLLM engines (tiny model): offline generation, and the OpenAI server
+started by `unlearn serve --guard` (HTTP 400 for bad vllm_xargs, serving continues, streaming)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytest.importorskip("vllm")
+
+
+def _prompts(tok, questions):
+    from unlearnkit.data.formatting import prompt_text
+
+    return [tok(prompt_text(tok, q), add_special_tokens=False)["input_ids"] for q in questions]
+
+
+@pytest.mark.slow
+def test_unflagged_requests_are_token_identical_and_flagged_ones_never_complete_a_sequence(
+        vllm_sized_model, tiny_policy):
+    from unlearnkit.evaluation.vllm_generate import run_vllm
+    from unlearnkit.guard.policy import load_policy
+    from unlearnkit.guard.runtime import FQCN, POLICY_ENV, GuardRuntime, RequestArgs
+    from unlearnkit.models.loading import load_tokenizer
+
+    tok = load_tokenizer(str(vllm_sized_model))
+    questions = ["Where was Kalo Mirten born?", "What prize did Ines Farrow win?", "What is the capital of France?",
+                 "Who painted the Mona Lisa?", "How do vaccines work?", "What is the largest ocean?"]
+    ids = _prompts(tok, questions)
+    runtime = GuardRuntime(load_policy(tiny_policy, tok), tok)
+    flagged = [d.flagged for d in runtime.decide(ids, [RequestArgs()] * len(ids))]
+    assert flagged == [True, True, False, False, False, False]
+    req = {"prompt_token_ids": ids, "max_tokens": 24, "dtype": "float32", "max_model_len": 256}
+    plain = run_vllm(str(vllm_sized_model), req)["token_ids"]
+    # the last request adds, per request, the words its own plain answer starts with as a target
+    added = tok.decode(plain[-1][:6]).strip()
+    extra = [None] * (len(ids) - 1) + [{"unlearn_targets": [added]}]
+    guarded = run_vllm(str(vllm_sized_model), {**req, "logits_processors": [FQCN], "extra_args": extra},
+                       env={POLICY_ENV: str(tiny_policy)})["token_ids"]
+    for n in (2, 3, 4):
+        assert guarded[n] == plain[n], questions[n]
+    assert guarded[-1] != plain[-1]
+    # replay the guard: no flagged output ever emitted a token its guard blocked at that step
+    guards = runtime.guards([(p, e) for p, e in zip(ids, extra)])
+    for n in (0, 1, 5):
+        g = guards[n]
+        for tok_id in guarded[n]:
+            assert tok_id not in g.trie.blocked(g.live), (questions[n], tok_id)
+            g.feed([tok_id])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(port, path, body):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    data = resp.read().decode()
+    conn.close()
+    return resp.status, data
+
+
+@pytest.mark.slow
+def test_server_refuses_loosening_args_with_400_and_keeps_serving(vllm_sized_model, tiny_policy, tmp_path):
+    port = _free_port()
+    log = open(tmp_path / "server.log", "w")
+    server = subprocess.Popen([sys.executable, "-m", "unlearnkit.cli", "serve", "--model", str(vllm_sized_model),
+                               "--guard", str(tiny_policy), "--port", str(port), "--name", "tiny",
+                               "--dtype", "float32", "--max-model-len", "256"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 240
+        while True:
+            assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+            assert time.time() < deadline, "server did not start"
+            try:
+                c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                c.request("GET", "/v1/models")
+                if c.getresponse().status == 200:
+                    break
+            except OSError:
+                time.sleep(1)
+        chat = {"model": "tiny", "max_tokens": 8, "temperature": 0,
+                "messages": [{"role": "user", "content": "Where was Kalo Mirten born?"}]}
+        for xargs, words in [({"unlearn_guard": False}, "switch"), ({"unlearn_threshold": 0.999}, "loosen"),
+                             ({"unlearn_off": 1}, "unknown"), ({"unlearn_targets": [1, 2]}, "list of strings")]:
+            status, body = _post(port, "/v1/chat/completions", {**chat, "vllm_xargs": xargs})
+            assert status == 400 and words in body, (xargs, status, body[:300])
+        status, body = _post(port, "/v1/chat/completions", {**chat, "vllm_xargs": {"unlearn_targets": ["Paris"]}})
+        assert status == 200 and json.loads(body)["choices"][0]["message"]["content"] is not None
+        status, body = _post(port, "/v1/completions", {"model": "tiny", "prompt": "Kalo Mirten", "max_tokens": 6,
+                                                       "stream": True})
+        assert status == 200 and body.rstrip().endswith("data: [DONE]")
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+        log.close()

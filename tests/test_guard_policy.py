@@ -1,0 +1,162 @@
+"""Compiling a guard policy: phrases, targets, calibration, the policy directory's checks, the
+classifier's decisions, and the per-request arguments that may only tighten the policy."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from unlearnkit.data.records import QA
+from unlearnkit.guard import phrases as ph
+from unlearnkit.guard.build import build_policy, calibrate
+from unlearnkit.guard.policy import GuardConfig, PolicyError, load_policy, read_meta
+from unlearnkit.guard.runtime import GuardRuntime, RequestArgs, parse_request_args
+
+def test_names_titles_numbers_and_key_words():
+    answer = "Basil Mahfouz Al-Kuwaiti's books include \"Promise by the Seine\" (1990). He was born in Kuwait City, Kuwait."
+    assert "Basil Mahfouz Al-Kuwaiti" in ph.names(answer)
+    assert "Kuwait City" in ph.names(answer) and "Kuwait" in ph.names(answer)   # the comma ends a name
+    assert "He" not in ph.names(answer)                                          # sentence-initial function word
+    assert ph.quoted(answer) == ["Promise by the Seine"]
+    assert ph.numbers(answer) == ["1990"]
+    assert ph.key_words("He is a sociologist and an artist.", "What is his job?") == ["sociologist", "artist"]
+    phrases = ph.item_phrases("Who is he?", answer)
+    assert {"Basil", "Mahfouz", "Al-Kuwaiti", "Promise by the Seine", "1990"} <= set(phrases)
+
+
+def test_targets_are_names_asked_about_and_probes_are_distinctive(guard_forget_set):
+    questions = [q.question for q in guard_forget_set]
+    assert ph.group_targets(questions) == ["Kalo Mirten", "Ines Farrow"]
+    background = ["Is Farrow a common surname?", "Who is Mirten?"]
+    assert ph.distinctive_parts("Ines Farrow", background) == ["Ines"]
+    assert ph.mentions("tell me about KALO MIRTEN please", ["Kalo Mirten"]) == "Kalo Mirten"
+    assert ph.mentions("the kalomirten case", ["Kalo Mirten"]) is None
+
+
+def test_calibration_meets_the_false_positive_rate():
+    scores = np.linspace(0.0, 0.99, 100)
+    named = np.zeros(100, dtype=bool)
+    threshold, fpr = calibrate(named, scores, 0.05)
+    assert fpr == pytest.approx(0.05) and (scores >= threshold).sum() == 5
+    named[:3] = True                                    # the lexical test already spends 3 of the 5
+    threshold, fpr = calibrate(named, scores, 0.05)
+    assert fpr == pytest.approx(0.05) and (scores[3:] >= threshold).sum() == 2
+    named[:10] = True                                   # lexical alone exceeds it: nothing semantic passes
+    threshold, fpr = calibrate(named, scores, 0.05)
+    assert (scores[10:] >= threshold).sum() == 0 and fpr == pytest.approx(0.10)
+
+
+def test_tiny_policyectory_is_self_describing(tiny_policy, tiny_dir):
+    from unlearnkit.models.loading import load_tokenizer
+
+    meta = read_meta(tiny_policy)
+    assert [t["name"] for t in meta["targets"]] == ["Kalo Mirten", "Ines Farrow"]
+    assert meta["items"][0]["targets"] == [0] and meta["items"][3]["targets"] == [1]
+    assert meta["calibration"]["paraphrase_recall"] == 1.0
+    assert {"unlearnkit", "torch", "faiss-cpu"} <= set(meta["versions"])
+    policy = load_policy(tiny_policy, load_tokenizer(str(tiny_dir)))
+    assert policy.index.ntotal == 5
+    idx, val = policy.penalties[0]
+    assert len(idx) > 0 and (val < 0).all() and val.min() == -GuardConfig().penalty
+
+
+@pytest.mark.parametrize("forget,reason", [([], "empty"), ([QA("q?", ""), QA("r?", " ")], "no answers")])
+def test_empty_or_answerless_forget_sets_are_refused(tmp_path, tiny_dir, forget, reason):
+    with pytest.raises(PolicyError, match=reason):
+        build_policy(forget, tmp_path / "p", str(tiny_dir), None, GuardConfig(), progress=lambda *_: None)
+    assert not (tmp_path / "p").exists()
+
+
+def _copy(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_corrupt_or_mismatched_policies_fail_at_load(tiny_policy, tmp_path, tiny_dir):
+    from unlearnkit.guard.policy import tokenizer_fingerprint
+    from unlearnkit.models.loading import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_dir))
+    bad = _copy(tiny_policy, tmp_path / "edited")
+    (bad / "sequences.json").write_text('{"items": [], "targets": []}')
+    with pytest.raises(PolicyError, match="checksum"):
+        load_policy(bad, tok)
+    old = _copy(tiny_policy, tmp_path / "old")
+    meta = json.loads((old / "policy.json").read_text())
+    (old / "policy.json").write_text(json.dumps({**meta, "format_version": 0}))
+    with pytest.raises(PolicyError, match="format version 0"):
+        load_policy(old)
+    (old / "policy.json").write_text("{not json")
+    with pytest.raises(PolicyError, match="corrupt"):
+        load_policy(old)
+    with pytest.raises(PolicyError, match="no policy.json"):
+        load_policy(tmp_path)
+
+    class OtherTokenizer:
+        def get_vocab(self):
+            return {"a": 0}
+    assert tokenizer_fingerprint(OtherTokenizer()) != tokenizer_fingerprint(tok)
+    with pytest.raises(PolicyError, match="compiled for the tokenizer"):
+        load_policy(tiny_policy, OtherTokenizer())
+
+
+@pytest.fixture(scope="module")
+def runtime(tiny_policy, tiny_dir):
+    from unlearnkit.models.loading import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_dir))
+    return GuardRuntime(load_policy(tiny_policy, tok), tok), tok
+
+
+def _prompt(tok, question):
+    from unlearnkit.data.formatting import prompt_text
+
+    return tok(prompt_text(tok, question), add_special_tokens=False)["input_ids"]
+
+
+def test_classifier_flags_forget_prompts_only(runtime):
+    rt, tok = runtime
+    questions = ["Where was Kalo Mirten born?", "Which prize did Ines Farrow receive?", "What is the capital of France?"]
+    prompts = [_prompt(tok, q) for q in questions]
+    assert rt.user_text(prompts[0]) == questions[0]          # chat template cut away
+    decisions = rt.decide(prompts, [RequestArgs()] * 3)
+    assert [d.flagged for d in decisions] == [True, True, False]
+    assert decisions[0].targets == (0,) and set(decisions[0].items) == {0, 1, 2}
+    guards = rt.guards([(p, None) for p in prompts])
+    assert guards[0] is not None and guards[2] is None
+    assert guards[0].penalty is not None and len(guards[0].trie) > 0
+
+
+def test_request_arguments_only_tighten(runtime):
+    rt, tok = runtime
+    meta = rt.policy.meta
+    threshold = meta["calibration"]["threshold"]
+    args = parse_request_args({"unlearn_targets": ["Ada Blum"], "unlearn_threshold": threshold - 0.1,
+                               "unlearn_penalty": 9.0, "unlearn_top_k": 8, "unlearn_guard": True, "other": 1}, meta)
+    assert args.targets == ("Ada Blum",) and args.force and args.top_k == 8
+    for bad, match in [({"unlearn_guard": False}, "cannot switch"), ({"unlearn_threshold": threshold + 0.1}, "loosen"),
+                       ({"unlearn_penalty": 0.5}, "loosen"), ({"unlearn_off": True}, "unknown"),
+                       ({"unlearn_top_k": 1}, "top_k"), ({"unlearn_targets": [3]}, "list of strings"),
+                       ({"unlearn_threshold": "abc"}, "number"), ({"unlearn_threshold": float("nan")}, "finite")]:
+        with pytest.raises(ValueError, match=match):
+            parse_request_args(bad, meta)
+    # an unflagged prompt with an added target is guarded against exactly that target
+    prompt = _prompt(tok, "What is the capital of France?")
+    guard = rt.guards([(prompt, {"unlearn_targets": ["Paris"]})])[0]
+    ids = tok(" Paris", add_special_tokens=False)["input_ids"]
+    live = frozenset()
+    for t in ids[:-1]:
+        live = guard.trie.advance(live, t)
+    assert ids[-1] in guard.trie.blocked(live)
+
+
+def test_classifier_failure_fails_closed(runtime, caplog):
+    rt, tok = runtime
+    good = _prompt(tok, "What is the capital of France?")
+    guards = rt.guards([(None, None), (good, None)])       # no prompt ids: cannot be classified
+    assert guards[0].forced == rt.refusal and guards[1] is None
+    assert "fail closed" in caplog.text
