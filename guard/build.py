@@ -58,14 +58,11 @@ def token_sequences(tokenizer, phrases: list[str]) -> list[list[int]]:
 
 
 def key_tokens(tokenizer, phrases: list[str]) -> list[int]:
-    """Tokens of a target's names/titles that carry meaning (not function words or punctuation)."""
-    out = set()
-    for seq in token_sequences(tokenizer, phrases):
-        for tok in seq:
-            piece = tokenizer.decode([tok]).strip().lower()
-            if len(piece) >= 3 and any(c.isalpha() for c in piece) and piece not in STOPWORDS:
-                out.add(tok)
-    return sorted(out)
+    """Tokens of a target's names/titles that carry meaning (not function words or punctuation); with
+    a small vocabulary that splits names into short pieces, every alphabetic piece."""
+    pieces = {tok: tokenizer.decode([tok]).strip().lower() for seq in token_sequences(tokenizer, phrases) for tok in seq}
+    out = [t for t, p in pieces.items() if len(p) >= 3 and any(c.isalpha() for c in p) and p not in STOPWORDS]
+    return sorted(out or [t for t, p in pieces.items() if any(c.isalpha() for c in p)])
 
 
 def calibrate(named: np.ndarray, scores: np.ndarray, fpr: float) -> tuple[float, float]:

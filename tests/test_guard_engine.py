@@ -38,14 +38,15 @@ def test_unflagged_requests_are_token_identical_and_flagged_ones_never_complete_
     assert flagged == [True, True, False, False, False, False]
     req = {"prompt_token_ids": ids, "max_tokens": 24, "dtype": "float32", "max_model_len": 256}
     plain = run_vllm(str(vllm_sized_model), req)["token_ids"]
-    # the last request adds, per request, the words its own plain answer starts with as a target
-    added = tok.decode(plain[-1][:6]).strip()
-    extra = [None] * (len(ids) - 1) + [{"unlearn_targets": [added]}]
+    # the last request adds, through its own arguments, a token its plain answer uses as a target
+    first = next(t for t in plain[-1] if tok.decode([t]).strip()
+                 and tok(tok.decode([t]), add_special_tokens=False)["input_ids"] == [t])
+    extra = [None] * (len(ids) - 1) + [{"unlearn_targets": [tok.decode([first])]}]
     guarded = run_vllm(str(vllm_sized_model), {**req, "logits_processors": [FQCN], "extra_args": extra},
                        env={POLICY_ENV: str(tiny_policy)})["token_ids"]
     for n in (2, 3, 4):
         assert guarded[n] == plain[n], questions[n]
-    assert guarded[-1] != plain[-1]
+    assert first in plain[-1] and first not in guarded[-1]
     # replay the guard: no flagged output ever emitted a token its guard blocked at that step
     guards = runtime.guards([(p, e) for p, e in zip(ids, extra)])
     for n in (0, 1, 5):

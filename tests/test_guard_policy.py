@@ -28,7 +28,7 @@ def test_names_titles_numbers_and_key_words():
 
 def test_targets_are_names_asked_about_and_probes_are_distinctive(guard_forget_set):
     questions = [q.question for q in guard_forget_set]
-    assert ph.group_targets(questions) == ["Kalo Mirten", "Ines Farrow"]
+    assert ph.group_targets(questions) == ["Ines Farrow", "Kalo Mirten"]   # longest first, then by name
     background = ["Is Farrow a common surname?", "Who is Mirten?"]
     assert ph.distinctive_parts("Ines Farrow", background) == ["Ines"]
     assert ph.mentions("tell me about KALO MIRTEN please", ["Kalo Mirten"]) == "Kalo Mirten"
@@ -48,18 +48,18 @@ def test_calibration_meets_the_false_positive_rate():
     assert (scores[10:] >= threshold).sum() == 0 and fpr == pytest.approx(0.10)
 
 
-def test_tiny_policyectory_is_self_describing(tiny_policy, tiny_dir):
+def test_policy_directory_is_self_describing(tiny_policy, tiny_dir):
     from unlearnkit.models.loading import load_tokenizer
 
     meta = read_meta(tiny_policy)
-    assert [t["name"] for t in meta["targets"]] == ["Kalo Mirten", "Ines Farrow"]
-    assert meta["items"][0]["targets"] == [0] and meta["items"][3]["targets"] == [1]
+    assert [t["name"] for t in meta["targets"]] == ["Ines Farrow", "Kalo Mirten"]
+    assert meta["items"][0]["targets"] == [1] and meta["items"][3]["targets"] == [0]
     assert meta["calibration"]["paraphrase_recall"] == 1.0
     assert {"unlearnkit", "torch", "faiss-cpu"} <= set(meta["versions"])
     policy = load_policy(tiny_policy, load_tokenizer(str(tiny_dir)))
     assert policy.index.ntotal == 5
-    idx, val = policy.penalties[0]
-    assert len(idx) > 0 and (val < 0).all() and val.min() == -GuardConfig().penalty
+    for idx, val in policy.penalties:
+        assert len(idx) > 0 and (val < 0).all() and val.min() == -GuardConfig().penalty   # key tokens get the full penalty
 
 
 @pytest.mark.parametrize("forget,reason", [([], "empty"), ([QA("q?", ""), QA("r?", " ")], "no answers")])
@@ -125,7 +125,7 @@ def test_classifier_flags_forget_prompts_only(runtime):
     assert rt.user_text(prompts[0]) == questions[0]          # chat template cut away
     decisions = rt.decide(prompts, [RequestArgs()] * 3)
     assert [d.flagged for d in decisions] == [True, True, False]
-    assert decisions[0].targets == (0,) and set(decisions[0].items) == {0, 1, 2}
+    assert decisions[0].targets == (1,) and set(decisions[0].items) == {0, 1, 2}
     guards = rt.guards([(p, None) for p in prompts])
     assert guards[0] is not None and guards[2] is None
     assert guards[0].penalty is not None and len(guards[0].trie) > 0
