@@ -15,6 +15,25 @@ import pytest
 pytest.importorskip("vllm")
 
 
+@pytest.fixture(scope="module")
+def varied_model(vllm_sized_model, tmp_path_factory):
+    """vllm_sized_model with large random weights: a freshly initialised model answers every prompt
+    with the same token, which would make "identical with and without the guard" trivially true."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path_factory.mktemp("varied")
+    model = AutoModelForCausalLM.from_pretrained(vllm_sized_model)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" not in name:
+                param.normal_(0.0, 0.3)
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(vllm_sized_model).save_pretrained(out)
+    return out
+
+
 def _prompts(tok, questions):
     from unlearnkit.data.formatting import prompt_text
 
@@ -23,13 +42,13 @@ def _prompts(tok, questions):
 
 @pytest.mark.slow
 def test_unflagged_requests_are_token_identical_and_flagged_ones_never_complete_a_sequence(
-        vllm_sized_model, tiny_policy):
+        varied_model, tiny_policy):
     from unlearnkit.evaluation.vllm_generate import run_vllm
     from unlearnkit.guard.policy import load_policy
     from unlearnkit.guard.runtime import FQCN, POLICY_ENV, GuardRuntime, RequestArgs
     from unlearnkit.models.loading import load_tokenizer
 
-    tok = load_tokenizer(str(vllm_sized_model))
+    tok = load_tokenizer(str(varied_model))
     questions = ["Where was Kalo Mirten born?", "What prize did Ines Farrow win?", "What is the capital of France?",
                  "Who painted the Mona Lisa?", "How do vaccines work?", "What is the largest ocean?"]
     ids = _prompts(tok, questions)
@@ -37,19 +56,25 @@ def test_unflagged_requests_are_token_identical_and_flagged_ones_never_complete_
     flagged = [d.flagged for d in runtime.decide(ids, [RequestArgs()] * len(ids))]
     assert flagged == [True, True, False, False, False, False]
     req = {"prompt_token_ids": ids, "max_tokens": 24, "dtype": "float32", "max_model_len": 256}
-    plain = run_vllm(str(vllm_sized_model), req)["token_ids"]
-    # the last request adds, through its own arguments, a token its plain answer uses as a target
-    first = next(t for t in plain[-1] if tok.decode([t]).strip()
-                 and tok(tok.decode([t]), add_special_tokens=False)["input_ids"] == [t])
-    extra = [None] * (len(ids) - 1) + [{"unlearn_targets": [tok.decode([first])]}]
-    guarded = run_vllm(str(vllm_sized_model), {**req, "logits_processors": [FQCN], "extra_args": extra},
+    plain = run_vllm(str(varied_model), req)["token_ids"]
+    assert len({tuple(p) for p in plain}) == len(plain)          # the model says different things
+    # one unflagged request adds, through its own arguments, a token its plain answer uses as a target
+    def usable(t):
+        text = tok.decode([t])
+        return text.strip().isalpha() and tok(text, add_special_tokens=False)["input_ids"] == [t]
+    target_n, first = next((n, t) for n in (5, 4, 3, 2) for t in plain[n] if usable(t))
+    extra = [None] * len(ids)
+    extra[target_n] = {"unlearn_targets": [tok.decode([first])]}
+    guarded = run_vllm(str(varied_model), {**req, "logits_processors": [FQCN], "extra_args": extra},
                        env={POLICY_ENV: str(tiny_policy)})["token_ids"]
-    for n in (2, 3, 4):
-        assert guarded[n] == plain[n], questions[n]
-    assert first in plain[-1] and first not in guarded[-1]
+    for n in (2, 3, 4, 5):
+        if n != target_n:
+            assert guarded[n] == plain[n], questions[n]
+    assert first in plain[target_n] and first not in guarded[target_n]
+    assert guarded[0] != plain[0] or guarded[1] != plain[1]      # the guard changed a flagged answer
     # replay the guard: no flagged output ever emitted a token its guard blocked at that step
     guards = runtime.guards([(p, e) for p, e in zip(ids, extra)])
-    for n in (0, 1, 5):
+    for n in (0, 1, target_n):
         g = guards[n]
         for tok_id in guarded[n]:
             assert tok_id not in g.trie.blocked(g.live), (questions[n], tok_id)
