@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 EXTRA  := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
 export UNLEARN_TOFU_DIR ?= $(abspath ../shared/data/tofu)
 
-.PHONY: setup demo test test-fast bench bench-eval clean
+.PHONY: setup demo test test-fast bench bench-eval bench-guard clean
 
 $(VENV)/.installed: pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,9 @@ bench: setup
 
 bench-eval: setup
 	$(BIN)/python benchmarks/tofu_mini_eval.py
+
+bench-guard: setup
+	$(BIN)/python benchmarks/guard_bench.py
 
 clean:
 	rm -rf runs $(VENV)

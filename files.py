@@ -1,7 +1,8 @@
-"""Writing result files so that a reader never sees half of one."""
+"""Files: written so that a reader never sees half of one, and checksummed."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -15,3 +16,12 @@ def write_json_atomic(path: str | Path, data, indent: int | None = 1) -> Path:
     tmp.write_text(json.dumps(data, indent=indent))
     os.replace(tmp, path)
     return path
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -148,19 +148,9 @@ def load_test(model: str, policy: str, questions: list[str], n: int = 64) -> dic
                                "--port", str(port), "--name", "m", "--dtype", "float32", "--max-model-len", "1024"],
                               cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     try:
-        t0 = time.time()
-        while True:
-            if server.poll() is not None:
-                raise SystemExit(f"server exited ({server.returncode}); see runs/bench/guard_server.log")
-            try:
-                c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                c.request("GET", "/v1/models")
-                if c.getresponse().status == 200:
-                    break
-            except OSError:
-                pass
-            time.sleep(1)
-        startup = time.time() - t0
+        from unlearnkit.guard.serve import wait_for_server
+
+        startup = wait_for_server(port, server)
         results: list = [None] * n
 
         def one(i: int):

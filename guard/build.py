@@ -26,8 +26,8 @@ from ..provenance import package_versions
 from .embedder import EMBEDDER_NAME, embed
 from .penalty import centred_unit, semantic_penalty
 from .phrases import STOPWORDS, distinctive_parts, group_targets, item_phrases, mentions, quoted
-from .policy import FILES, FORMAT, FORMAT_VERSION, GuardConfig, PolicyError, read_meta, sha256_file, \
-    tokenizer_fingerprint
+from ..files import sha256_file
+from .policy import FILES, FORMAT, FORMAT_VERSION, GuardConfig, PolicyError, read_meta, tokenizer_fingerprint
 from .trie import phrase_variants
 
 

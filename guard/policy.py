@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UnlearnError
+from ..files import sha256_file
 
 FORMAT = "unlearnkit-guard-policy"
 FORMAT_VERSION = 1
@@ -71,14 +72,6 @@ class Policy:
     @property
     def items(self) -> list[dict]:
         return self.meta["items"]
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

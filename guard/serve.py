@@ -7,8 +7,11 @@ bad policy stops before vLLM starts, and passed to vLLM's processes through $UNL
 
 from __future__ import annotations
 
+import http.client
 import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -52,3 +55,26 @@ def check_policy_for(model_path: str, policy: str) -> dict:
     from .policy import load_policy
 
     return load_policy(policy, load_tokenizer(model_path)).meta
+
+
+class ServerError(RuntimeError):
+    """The server process exited or did not answer in time."""
+
+
+def wait_for_server(port: int, process: subprocess.Popen, timeout: float = 600, host: str = "127.0.0.1") -> float:
+    """Block until GET /v1/models answers 200; returns the seconds waited. Raises ServerError if
+    `process` exits first or `timeout` passes."""
+    started = time.time()
+    while True:
+        if process.poll() is not None:
+            raise ServerError(f"the server exited with code {process.returncode} before answering")
+        if time.time() - started > timeout:
+            raise ServerError(f"the server did not answer within {timeout:.0f} s")
+        try:
+            conn = http.client.HTTPConnection(host, port, timeout=2)
+            conn.request("GET", "/v1/models")
+            if conn.getresponse().status == 200:
+                return time.time() - started
+        except OSError:
+            pass
+        time.sleep(1)

@@ -11,7 +11,6 @@ rows in this step) extend its context.
 
 from __future__ import annotations
 
-from typing import Optional
 
 from vllm.v1.worker.gpu.sample.logits_processor import LogitsProcessor
 

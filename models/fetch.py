@@ -8,7 +8,6 @@ atomically rename into the cache. A second call finds the manifest and returns a
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import subprocess
@@ -23,14 +22,7 @@ MANIFEST = "unlearnkit_manifest.json"
 
 
 from ..errors import FetchError  # noqa: F401 - re-exported
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+from ..files import sha256_file  # noqa: F401 - re-exported (tests use fetch.sha256_file)
 
 
 def is_fetched(name: str) -> bool:

@@ -77,7 +77,7 @@ def test_missing_file_and_bad_yaml(tmp_path):
 CONFIGS = __import__("pathlib").Path(__file__).parents[1] / "configs"
 
 
-@pytest.mark.parametrize("path", sorted(p for p in CONFIGS.glob("**/*.yaml") if p.parent.name != "eval"))
+@pytest.mark.parametrize("path", sorted(p for p in CONFIGS.glob("**/*.yaml") if p.parent.name not in ("eval", "guard")))
 def test_shipped_configs_load(path):
     assert load_config(TrainConfig, path).method.name
 
@@ -89,3 +89,10 @@ def test_shipped_eval_configs_load(path):
 
     cfg = load_config(EvalConfig, path)
     assert build_tasks(cfg)  # names a known benchmark whose data loads
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("guard/*.yaml")))
+def test_shipped_guard_configs_load(path):
+    from unlearnkit.guard.policy import GuardConfig
+
+    assert load_config(GuardConfig, path) == GuardConfig()   # the shipped default documents the defaults

@@ -8,7 +8,6 @@ import json
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -104,17 +103,12 @@ def test_server_refuses_loosening_args_with_400_and_keeps_serving(vllm_sized_mod
                                "--guard", str(tiny_policy), "--port", str(port), "--name", "tiny",
                                "--dtype", "float32", "--max-model-len", "256"], stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.time() + 240
-        while True:
-            assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
-            assert time.time() < deadline, "server did not start"
-            try:
-                c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                c.request("GET", "/v1/models")
-                if c.getresponse().status == 200:
-                    break
-            except OSError:
-                time.sleep(1)
+        from unlearnkit.guard.serve import ServerError, wait_for_server
+
+        try:
+            wait_for_server(port, server, timeout=300)
+        except ServerError as exc:
+            pytest.fail(f"{exc}:\n{(tmp_path / 'server.log').read_text()[-3000:]}")
         chat = {"model": "tiny", "max_tokens": 8, "temperature": 0,
                 "messages": [{"role": "user", "content": "Where was Kalo Mirten born?"}]}
         for xargs, words in [({"unlearn_guard": False}, "switch"), ({"unlearn_threshold": 0.999}, "loosen"),
