@@ -8,8 +8,9 @@ Pure string functions (no tokenizer, no model), so each rule is testable on its 
 * `numbers(text)`  years, dates and other numbers of two or more digits;
 * `key_words(answer, question)`  content words of the answer the question did not already say
                    (what answering reveals);
-* `item_phrases`   all of the above for one QA pair, plus each distinctive word of every name on its
-                   own, so a partial name ("Abilov") is forbidden too;
+* `item_phrases`   all of the above for one QA pair, plus each distinctive word of every multi-word
+                   name on its own and its first five letters, so a partial name ("Abilov") or a near
+                   miss ("Abilova") is forbidden too;
 * `group_targets`  recurring names across items: the entities (targets) a forget set is about.
 """
 
@@ -104,11 +105,17 @@ def name_parts(name: str) -> list[str]:
     return [w for w in name.split() if len(w) >= 3 and w.lower() not in STOPWORDS | _CONNECTORS]
 
 
+def stems(name: str, keep: int = 5) -> list[str]:
+    """The first `keep` letters of each name word longer than `keep`: forbidding "Abilo" also stops
+    near misses such as "Abilova" or "Abilove" that spell out the same identity."""
+    return [p[:keep] for p in name_parts(name) if len(p) > keep and p[:keep].isalpha()]
+
+
 def item_phrases(question: str | None, answer: str, with_key_words: bool = True) -> list[str]:
     """Every phrase a forget item's answer reveals, most specific first, without duplicates."""
     question = question or ""
     found = quoted(answer) + names(answer)
-    found += [p for n in names(answer) for p in name_parts(n)]
+    found += [p for n in names(answer) if len(n.split()) >= 2 for p in name_parts(n) + stems(n)]
     found += numbers(answer)
     if with_key_words:
         found += key_words(answer, question)

@@ -157,6 +157,14 @@ class GuardRuntime:
         self._penalties: OrderedDict = OrderedDict()
         self.cache_size = cache_size
         self.stats = {"requests": 0, "flagged": 0, "failed": 0}
+        self.warm_up()
+
+    def warm_up(self, max_targets: int = 64) -> None:
+        """Build each target's trie now (the usual flagged request touches one target), so the first
+        request about it does not pay for it."""
+        for t in range(min(max_targets, len(self.policy.targets))):
+            targets, items = self.classifier._expand({t}, set())
+            self._trie(items, targets, ())
 
     @classmethod
     def from_env(cls, tokenizer_path: str) -> Optional["GuardRuntime"]:

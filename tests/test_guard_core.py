@@ -91,3 +91,35 @@ def test_guard_consumes_only_new_tokens():
     out_ids.append(1)
     g.observe(out_ids)
     assert g.blocked() == []
+
+
+def test_every_spelling_of_a_phrase_is_blocked(tiny_tokenizer_factory):
+    from unlearnkit.guard.build import token_sequences
+    from unlearnkit.guard.spellings import Spellings
+
+    tok = tiny_tokenizer_factory()
+    spellings = Spellings(tok)
+    found = spellings(" Mirten", limit=1000)
+    canonical = tok(" Mirten", add_special_tokens=False)["input_ids"]
+    assert canonical in found and len(found) > 1
+    assert all(tok.decode(s) == " Mirten" for s in found)
+    assert len(spellings(" Mirten", limit=3)) == 3
+    trie = TokenTrie(token_sequences(tok, ["Mirten"], spellings))
+    other = next(s for s in found if s != canonical)          # a split the tokenizer itself never makes
+    live = frozenset()
+    for t in other[:-1]:
+        live = trie.advance(live, t)
+    assert other[-1] in trie.blocked(live)
+    plain = TokenTrie(token_sequences(tok, ["Mirten"]))       # without spellings it would get through
+    live = frozenset()
+    for t in other[:-1]:
+        live = plain.advance(live, t)
+    assert other[-1] not in plain.blocked(live)
+
+
+def test_stems_catch_near_misses():
+    from unlearnkit.guard.phrases import item_phrases, stems
+
+    assert stems("Nikolai Abilov") == ["Nikol", "Abilo"]
+    assert stems("Basil Al") == []                             # too short to cut
+    assert "Abilo" in item_phrases("Who?", "It was Nikolai Abilov.")
