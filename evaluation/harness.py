@@ -72,8 +72,10 @@ def measure(cfg: EvalConfig, log=print, use_cache: bool = True) -> dict:
         from ..guard.policy import load_policy
 
         guard_meta = load_policy(cfg.guard, tokenizer).meta   # checked whole before any generation
-    key = _cache_key(cfg, fingerprint + (guard_meta["files"]["index.faiss"] + json.dumps(guard_meta["calibration"])
-                                         if guard_meta else ""), tasks)
+    # a guarded system is the weights plus everything in the policy (all its files are checksummed)
+    guard_fp = json.dumps([guard_meta["files"], guard_meta["config"], guard_meta["calibration"]],
+                          sort_keys=True) if guard_meta else ""
+    key = _cache_key(cfg, fingerprint + guard_fp, tasks)
     cache_file = cache_root() / "evals" / f"{cfg.benchmark}-{key}.json"
     if use_cache and cache_file.is_file():
         log(f"(cached) {cache_file}")

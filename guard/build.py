@@ -25,7 +25,6 @@ from ..data.records import QA
 from ..provenance import package_versions
 from .embedder import EMBEDDER_NAME, embed
 from .penalty import centred_unit, semantic_penalty
-from .spellings import Spellings
 from .phrases import STOPWORDS, distinctive_parts, group_targets, item_phrases, mentions, quoted, stems
 from ..files import sha256_file
 from .policy import FILES, FORMAT, FORMAT_VERSION, GuardConfig, PolicyError, read_meta, tokenizer_fingerprint
@@ -47,20 +46,15 @@ def check_forget_set(forget: list[QA]) -> None:
         raise PolicyError(f"forget items {empty[:10]} have empty answers; remove them or give their answers")
 
 
-def token_sequences(tokenizer, phrases: list[str], spellings: Optional[Spellings] = None,
-                    max_chars: int = 16) -> list[list[int]]:
-    """Token sequences of every variant of every phrase: the tokenizer's own ids, plus (with
-    `spellings`, for variants of at most `max_chars` characters) every other way to spell them."""
+def token_sequences(tokenizer, phrases: list[str]) -> list[list[int]]:
+    """The tokenizer's ids for every variant (case, leading space) of every phrase."""
     out, seen = [], set()
     for phrase in phrases:
         for variant in phrase_variants(phrase):
-            candidates = [tokenizer(variant, add_special_tokens=False)["input_ids"]]
-            if spellings is not None and len(variant) <= max_chars:
-                candidates += spellings(variant)
-            for ids in map(tuple, candidates):
-                if ids and ids not in seen:
-                    seen.add(ids)
-                    out.append(list(ids))
+            ids = tuple(tokenizer(variant, add_special_tokens=False)["input_ids"])
+            if ids and ids not in seen:
+                seen.add(ids)
+                out.append(list(ids))
     return out
 
 
@@ -134,8 +128,7 @@ def build_policy(forget: list[QA], out_dir: str | Path, model_path: str, tokeniz
                       "phrases": item_phrases(item.question, item.answer, with_key_words=cfg.key_words)})
     progress(f"{len(forget)} forget items, {len(targets)} targets: {', '.join(t['name'] for t in targets) or '-'}")
 
-    spellings = Spellings(tokenizer) if cfg.all_spellings else None
-    item_seqs = [token_sequences(tokenizer, it["phrases"], spellings) for it in items]
+    item_seqs = [token_sequences(tokenizer, it["phrases"]) for it in items]
     target_phrases = []
     for t, target in enumerate(targets):
         mine = [it for it in items if t in it["targets"]]
@@ -143,7 +136,7 @@ def build_policy(forget: list[QA], out_dir: str | Path, model_path: str, tokeniz
         parts = [p for n in [target["name"]] for p in n.split() if p.lower() not in STOPWORDS]
         parts += stems(target["name"])
         target_phrases.append(list(dict.fromkeys([target["name"], *parts, *titles])))
-    target_seqs = [token_sequences(tokenizer, phrases, spellings) for phrases in target_phrases]
+    target_seqs = [token_sequences(tokenizer, phrases) for phrases in target_phrases]
     progress("semantic penalty over the vocabulary")
     penalties = _penalties(model_path, tokenizer, target_phrases, cfg)
 

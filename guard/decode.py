@@ -1,7 +1,8 @@
 """Per-request decode-time guard state and the batch of slots the V1 adapter drives.
 
-Each flagged request owns a `RequestGuard`: its trie, its live match nodes, how many output tokens
-it has consumed, and an optional additive penalty over the vocabulary. A request whose classifier
+Each flagged request owns a `RequestGuard`: its trie and live match nodes, the same phrases as a
+character-level matcher and its state, how many output tokens it has consumed, and an optional
+additive penalty over the vocabulary. A request whose classifier
 failed owns a guard that *forces* a refusal instead (fail closed). `GuardSlots` maps batch slots to
 guards with the operations vLLM's persistent batch performs (add, remove, move, swap) and applies
 all of them to a [rows, vocab] logits tensor. Unflagged requests have no guard and their rows are
@@ -15,6 +16,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from .textmatch import TextMatcher
 from .trie import TokenTrie
 
 BLOCKED = float("-inf")
@@ -25,13 +27,21 @@ class RequestGuard:
     trie: TokenTrie
     penalty: Optional[torch.Tensor] = None      # [vocab], added to the logits (<= 0 where discouraged)
     forced: Optional[list[int]] = None          # fail closed: decode exactly these tokens, then stop
+    text: Optional[TextMatcher] = None          # the same phrases matched on characters
     live: frozenset = field(default_factory=frozenset)
+    text_state: int = -1                        # -1: the matcher's start state
     consumed: int = 0
+
+    def __post_init__(self):
+        if self.text is not None and self.text_state < 0:
+            self.text_state = self.text.start
 
     def feed(self, new_tokens: Sequence[int]) -> None:
         """Advance over newly generated tokens."""
         for tok in new_tokens:
             self.live = self.trie.advance(self.live, int(tok))
+        if self.text is not None:
+            self.text_state = self.text.advance_tokens(self.text_state, new_tokens)
         self.consumed += len(new_tokens)
 
     def observe(self, output_ids: Sequence[int]) -> None:
@@ -60,6 +70,11 @@ class RequestGuard:
         blocked = self.trie.blocked_index(live, row.device)
         if blocked.numel():
             row[blocked] = BLOCKED
+        if self.text is not None:
+            state = self.text.advance_tokens(self.text_state, extra) if extra else self.text_state
+            blocked = self.text.blocked_index(state, row.device)
+            if blocked.numel():
+                row[blocked] = BLOCKED
 
 
 class GuardSlots:

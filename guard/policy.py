@@ -42,7 +42,6 @@ class GuardConfig:
     default_threshold: float = 0.75   # cosine threshold when no retain prompts are given (uncalibrated)
     top_k: int = 4                    # forget items retrieved per flagged prompt
     key_words: bool = True            # also forbid the answers' content words, not only names/titles/numbers
-    all_spellings: bool = True        # forbid every token split that spells a phrase, not only the tokenizer's
     penalty: float = 4.0              # semantic penalty at similarity 1 (logit units); 0 disables it
     penalty_min_sim: float = 0.45     # embedding cosine below which a token is not penalised
     max_retain: int = 3000            # retain prompts used for calibration (evenly spaced sample)

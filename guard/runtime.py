@@ -32,6 +32,7 @@ from .classifier import Decision, PromptClassifier, UserTurn
 from .decode import RequestGuard
 from .penalty import dense_penalty
 from .policy import Policy, load_policy, read_meta
+from .textmatch import TextMatcher, TokenTexts
 from .trie import TokenTrie, phrase_variants
 
 log = logging.getLogger("unlearnkit.guard")
@@ -153,6 +154,8 @@ class GuardRuntime:
         refusal = tokenizer(policy.config.refusal, add_special_tokens=False)["input_ids"]
         eos = tokenizer.eos_token_id
         self.refusal = list(refusal) + ([eos] if eos is not None else [])
+        self.token_texts = TokenTexts(tokenizer)
+        self._matchers: OrderedDict = OrderedDict()
         self._tries: OrderedDict = OrderedDict()
         self._penalties: OrderedDict = OrderedDict()
         self.cache_size = cache_size
@@ -165,6 +168,7 @@ class GuardRuntime:
         for t in range(min(max_targets, len(self.policy.targets))):
             targets, items = self.classifier._expand({t}, set())
             self._trie(items, targets, ())
+            self._matcher(items, targets, ())
 
     @classmethod
     def from_env(cls, tokenizer_path: str) -> Optional["GuardRuntime"]:
@@ -217,6 +221,14 @@ class GuardRuntime:
             return trie
         return self._cached(self._tries, (items, targets, extra), make)
 
+    def _matcher(self, items: tuple[int, ...], targets: tuple[int, ...], extra: tuple[str, ...]) -> TextMatcher:
+        def make():
+            phrases = [p for i in items for p in self.policy.items[i]["phrases"]]
+            phrases += [p for t in targets for p in self.policy.targets[t].get("phrases", [self.policy.targets[t]["name"]])]
+            phrases += list(extra) + [w for phrase in extra for w in phrase.split() if len(w) >= 4]
+            return TextMatcher([p for p in phrases if len(p.strip()) >= 4], self.token_texts)
+        return self._cached(self._matchers, (items, targets, extra), make)
+
     def _penalty(self, targets: tuple[int, ...], strength: Optional[float]) -> Optional[torch.Tensor]:
         base = float(self.policy.config.penalty)
         if not targets or base <= 0:
@@ -228,8 +240,9 @@ class GuardRuntime:
     def guard_for(self, decision: Decision, args: RequestArgs) -> Optional[RequestGuard]:
         if not (decision.flagged or args.force or args.targets):
             return None
-        trie = self._trie(decision.items, decision.targets, args.targets)
-        return RequestGuard(trie, penalty=self._penalty(decision.targets, args.penalty))
+        key = (decision.items, decision.targets, args.targets)
+        return RequestGuard(self._trie(*key), penalty=self._penalty(decision.targets, args.penalty),
+                            text=self._matcher(*key))
 
     def decide(self, prompts: list[Sequence[int]], args: list[RequestArgs]) -> list[Decision]:
         """Classify a batch; requests that share a threshold/top_k are embedded together."""

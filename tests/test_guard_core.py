@@ -93,33 +93,49 @@ def test_guard_consumes_only_new_tokens():
     assert g.blocked() == []
 
 
-def test_every_spelling_of_a_phrase_is_blocked(tiny_tokenizer_factory):
-    from unlearnkit.guard.build import token_sequences
-    from unlearnkit.guard.spellings import Spellings
-
-    tok = tiny_tokenizer_factory()
-    spellings = Spellings(tok)
-    found = spellings(" Mirten", limit=1000)
-    canonical = tok(" Mirten", add_special_tokens=False)["input_ids"]
-    assert canonical in found and len(found) > 1
-    assert all(tok.decode(s) == " Mirten" for s in found)
-    assert len(spellings(" Mirten", limit=3)) == 3
-    trie = TokenTrie(token_sequences(tok, ["Mirten"], spellings))
-    other = next(s for s in found if s != canonical)          # a split the tokenizer itself never makes
-    live = frozenset()
-    for t in other[:-1]:
-        live = trie.advance(live, t)
-    assert other[-1] in trie.blocked(live)
-    plain = TokenTrie(token_sequences(tok, ["Mirten"]))       # without spellings it would get through
-    live = frozenset()
-    for t in other[:-1]:
-        live = plain.advance(live, t)
-    assert other[-1] not in plain.blocked(live)
-
-
 def test_stems_catch_near_misses():
     from unlearnkit.guard.phrases import item_phrases, stems
 
     assert stems("Nikolai Abilov") == ["Nikol", "Abilo"]
     assert stems("Basil Al") == []                             # too short to cut
     assert "Abilo" in item_phrases("Who?", "It was Nikolai Abilov.")
+
+
+def _first_completing(tok, matcher, text, phrase):
+    """Walk `text`'s tokens through the matcher; return (token, blocked-before-it) for the token
+    whose addition first makes the normalised text contain the phrase at a word start."""
+    from unlearnkit.guard.textmatch import normalise
+
+    state, so_far = matcher.start, " "
+    for t in tok(text, add_special_tokens=False)["input_ids"]:
+        before = matcher.blocked(state)
+        so_far += normalise(tok.decode([t]))
+        state = matcher.advance_tokens(state, [t])
+        if " " + normalise(phrase) in so_far:
+            return t, before
+    return None, None
+
+
+@pytest.mark.parametrize("text", [" Mirten", "MIRTEN", " the poet mirten's books", "Kalo Mirtenova", '"Mirten"'])
+def test_text_matcher_blocks_any_split_and_case(tiny_tokenizer_factory, text):
+    from unlearnkit.guard.textmatch import TextMatcher, TokenTexts
+
+    tok = tiny_tokenizer_factory()
+    matcher = TextMatcher(["Mirten"], TokenTexts(tok))
+    token, blocked = _first_completing(tok, matcher, text, "Mirten")
+    assert token is not None and token in blocked, text
+
+
+def test_text_matcher_needs_a_word_start_and_spans_tokens(tiny_tokenizer_factory):
+    from unlearnkit.guard.textmatch import TextMatcher, TokenTexts
+
+    tok = tiny_tokenizer_factory()
+    texts = TokenTexts(tok)
+    matcher = TextMatcher(["Mirten"], texts)
+    token, _ = _first_completing(tok, matcher, "Kalomirten", "Mirten")
+    assert token is None                                      # inside a word: not this phrase
+    # after " Mir", every token whose text starts with "ten" completes it (" Mir" + "tenova" too)
+    state = matcher.advance(matcher.start, " mir")
+    assert set(texts.starting_with("ten")) <= matcher.blocked(state)
+    other = set(texts.starting_with("t")) - set(texts.starting_with("ten"))
+    assert other and not other & matcher.blocked(state)      # " Mirt" + "a..." is another word

@@ -1,0 +1,115 @@
+"""Forbidden phrases matched on the decoded text, whatever the token boundaries.
+
+The token trie (trie.py) blocks the token that completes a forbidden *token sequence*. A model can
+still spell a name with pieces whose last one runs past the name's end (" Ab" + "il" + "ova"
+spells "Abilova", which contains "Abilo"). `TextMatcher` works on characters instead: an
+Aho-Corasick automaton over the phrases (lower-cased; anything that is not a letter or digit is a
+space, and every phrase starts with one, so a match begins at a word start). Its state after the
+response so far knows every phrase prefix the text currently ends with; the tokens to block are
+those whose text starts with the rest of such a phrase. Case variants and any token split are
+covered; the blocked set is computed once per automaton state and cached. Plain Python + torch.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import deque
+from typing import Iterable, Sequence
+
+
+def normalise(text: str) -> str:
+    return "".join(c if c.isalnum() else " " for c in text.lower())
+
+
+class TokenTexts:
+    """Each token's normalised text, and the tokens whose text starts with a given string."""
+
+    def __init__(self, tokenizer):
+        special = set(tokenizer.all_special_ids)
+        ids = list(range(len(tokenizer)))
+        texts = tokenizer.batch_decode([[i] for i in ids])
+        self.text = ["" if i in special else normalise(t) for i, t in zip(ids, texts)]
+        order = sorted((t, i) for i, t in enumerate(self.text) if t)
+        self._sorted = [t for t, _ in order]
+        self._ids = [i for _, i in order]
+        self._cache: dict[str, list[int]] = {}
+
+    def starting_with(self, prefix: str) -> list[int]:
+        out = self._cache.get(prefix)
+        if out is None:
+            lo = bisect.bisect_left(self._sorted, prefix)
+            hi = bisect.bisect_left(self._sorted, prefix + "\U0010ffff")
+            out = self._cache[prefix] = self._ids[lo:hi]
+        return out
+
+
+class TextMatcher:
+    def __init__(self, phrases: Iterable[str], texts: TokenTexts):
+        self.texts = texts
+        self.goto: list[dict[str, int]] = [{}]
+        self.fail: list[int] = [0]
+        self.rest: list[list[str]] = [[]]          # per state: what would complete a phrase from it
+        for phrase in dict.fromkeys(" " + normalise(p).strip() for p in phrases if normalise(p).strip()):
+            node = 0
+            for depth, ch in enumerate(phrase):
+                self.rest[node].append(phrase[depth:])
+                nxt = self.goto[node].get(ch)
+                if nxt is None:
+                    nxt = len(self.goto)
+                    self.goto[node][ch] = nxt
+                    self.goto.append({})
+                    self.fail.append(0)
+                    self.rest.append([])
+                node = nxt
+        queue = deque(self.goto[0].values())
+        while queue:                                 # failure links, breadth first
+            node = queue.popleft()
+            for ch, child in self.goto[node].items():
+                f = self.fail[node]
+                while f and ch not in self.goto[f]:
+                    f = self.fail[f]
+                self.fail[child] = self.goto[f].get(ch, 0) if self.goto[f].get(ch, 0) != child else 0
+                queue.append(child)
+        self._blocked: dict[int, frozenset[int]] = {}
+        self._index: dict = {}
+        self.start = self.advance(0, " ")           # the response starts at a word start
+
+    def __len__(self) -> int:
+        return len(self.rest[0])
+
+    def advance(self, state: int, text: str) -> int:
+        for ch in text:
+            while state and ch not in self.goto[state]:
+                state = self.fail[state]
+            state = self.goto[state].get(ch, 0)
+        return state
+
+    def advance_tokens(self, state: int, tokens: Sequence[int]) -> int:
+        for tok in tokens:
+            state = self.advance(state, self.texts.text[int(tok)])
+        return state
+
+    def blocked_index(self, state: int, device=None):
+        """`blocked` as a cached index tensor."""
+        import torch
+
+        key = (state, str(device))
+        out = self._index.get(key)
+        if out is None:
+            out = self._index[key] = torch.tensor(sorted(self.blocked(state)), dtype=torch.long, device=device)
+        return out
+
+    def blocked(self, state: int) -> frozenset[int]:
+        """Tokens that would complete a phrase after a text in `state`."""
+        out = self._blocked.get(state)
+        if out is None:
+            found: set[int] = set()
+            node = state
+            while True:
+                for rest in self.rest[node]:
+                    found.update(self.texts.starting_with(rest))
+                if node == 0:
+                    break
+                node = self.fail[node]
+            out = self._blocked[state] = frozenset(found)
+        return out
