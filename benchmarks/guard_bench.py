@@ -6,7 +6,8 @@
 1. Throughput: the same prompts (TOFU-mini forget questions, their paraphrases and retain
    questions: mixed flagged and unflagged) through plain and guarded offline vLLM, alternating
    plain/guarded for --rounds rounds; generated tokens per second of `llm.generate` (engine start
-   excluded), ratio guarded/plain.
+   excluded), ratio of the medians guarded/plain (separate engine runs vary by about +-10%, hence
+   several rounds). Also the guard's own work per decode step, timed without the model.
 2. Classification cost per request: the classifier on one prompt at a time (median, p90), and per
    request when a step admits a batch of 16 together (how vLLM admits a burst).
 3. Load test: `unlearn serve --guard` on loopback, 64 concurrent streaming requests (chat and
@@ -105,6 +106,36 @@ def classification_cost(path: str, policy: str, ids) -> dict:
             "share_decided_by_name": sum(named) / len(named)}
 
 
+def decode_overhead(path: str, policy: str, ids, steps: int = 60) -> dict:
+    """The guard's own work per decode step (trie + text matcher + penalty + masking) for every
+    flagged prompt in a [len(ids), vocab] logits batch, without the model: the part of a guarded
+    step that a plain step does not do."""
+    import torch
+
+    from unlearnkit.guard.decode import GuardSlots
+    from unlearnkit.guard.policy import load_policy
+    from unlearnkit.guard.runtime import GuardRuntime
+    from unlearnkit.models.loading import load_tokenizer
+
+    tok = load_tokenizer(path)
+    rt = GuardRuntime(load_policy(policy, tok), tok)
+    slots, outputs = GuardSlots(), []
+    for n, guard in enumerate(rt.guards([(p, None) for p in ids])):
+        outputs.append([])
+        slots.add(n, guard, outputs[-1])
+    text = tok("The author was born in a small town and wrote many novels about love, war and family life.",
+               add_special_tokens=False)["input_ids"]
+    logits = torch.zeros(len(ids), len(tok))
+    times = []
+    for step in range(steps):
+        for out in outputs:
+            out.append(text[step % len(text)])
+        t0 = time.perf_counter()
+        slots.apply(logits)
+        times.append(1000 * (time.perf_counter() - t0))
+    return {"guarded_rows": len(slots.slots), "rows": len(ids), "median_ms_per_step": statistics.median(times)}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -200,7 +231,7 @@ def main() -> int:
     parser.add_argument("--policy", default=str(ROOT / "runs" / "guard" / "forget01"))
     parser.add_argument("--retain-prompts", type=int, default=80)
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating plain/guarded runs (0: skip them)")
     parser.add_argument("--skip-server", action="store_true")
     parser.add_argument("--out", default=str(ROOT / "runs" / "bench" / "guard_bench.json"))
     args = parser.parse_args()
@@ -219,6 +250,12 @@ def main() -> int:
     print(f"classification: single request median {cost['single_median_ms']:.2f} ms (p90 {cost['single_p90_ms']:.2f}; "
           f"by name {cost['named_median_ms']:.2f}, by embedding {cost['embedded_median_ms']:.2f}); "
           f"per request in batches of 16: {cost['batch16_per_request_median_ms']:.2f} ms", flush=True)
+    report["decode_overhead"] = over = decode_overhead(path, args.policy, ids)
+    print(f"guard work per decode step: {over['median_ms_per_step']:.2f} ms for {over['guarded_rows']} guarded rows "
+          f"of {over['rows']}", flush=True)
+    if args.rounds < 1:
+        Path(args.out).write_text(json.dumps(report, indent=1))
+        return 0
     tp = throughput(path, args.policy, ids, args.max_tokens, args.rounds)
     n_plain = len(ids)
     same = sum(a == b for a, b in zip(tp["outputs"]["plain"], tp["outputs"]["guarded"]))
