@@ -107,7 +107,8 @@ def build_policy(forget: list[QA], out_dir: str | Path, model_path: str, tokeniz
     check_forget_set(forget)
     if not 0.0 <= cfg.fpr < 1.0:
         raise PolicyError(f"fpr must be in [0, 1), got {cfg.fpr}")
-    retain = [r for r in (retain or []) if r.question]
+    asked = {item.question for item in forget}
+    retain = [r for r in (retain or []) if r.question and r.question not in asked]   # never calibrate on the forget set
     if retain and len(retain) > cfg.max_retain:
         step = len(retain) / cfg.max_retain
         retain = [retain[int(i * step)] for i in range(cfg.max_retain)]
