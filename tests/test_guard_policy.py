@@ -160,3 +160,14 @@ def test_classifier_failure_fails_closed(runtime, caplog):
     guards = rt.guards([(None, None), (good, None)])       # no prompt ids: cannot be classified
     assert guards[0].forced == rt.refusal and guards[1] is None
     assert "fail closed" in caplog.text
+
+
+def test_fast_embedder_equals_sentence_transformers():
+    from sentence_transformers import SentenceTransformer
+
+    from unlearnkit.guard.embedder import embed, embedder_path, load_embedder
+
+    texts = ["Who is Kalo Mirten?", "Which planet is known as the red planet? " * 5, "Hi"]   # a padded batch
+    expected = SentenceTransformer(embedder_path(), local_files_only=True).encode(texts, normalize_embeddings=True)
+    assert np.abs(embed(texts) - expected).max() < 1e-5
+    assert load_embedder().forward is not load_embedder().eager      # the frozen graph is in use
