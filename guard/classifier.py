@@ -14,8 +14,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 from .embedder import embed
 from .phrases import mentions
 
@@ -29,30 +27,57 @@ class Decision:
     reason: str
     targets: tuple[int, ...] = ()
     items: tuple[int, ...] = ()
+    nearest: tuple[int, ...] = ()   # the top-k retrieved items, also for unflagged prompts (a forced guard uses them)
+
+
+def _common_suffix(a: str, b: str) -> str:
+    n = 0
+    while n < min(len(a), len(b)) and a[-1 - n] == b[-1 - n]:
+        n += 1
+    return a[len(a) - n:]
 
 
 class UserTurn:
-    """Cuts the last user message out of a rendered chat prompt, for any chat template."""
+    """Cuts the user messages out of a rendered chat prompt, for any chat template.
+
+    The template is rendered twice, as a first turn and after an exchange; the text both renders
+    share right before the message is the user-turn header (without a BOS or system prompt), and
+    the text right after it up to its first newline ends the message."""
 
     def __init__(self, tokenizer):
         self.header = self.footer = None
-        if getattr(tokenizer, "chat_template", None):
-            try:
-                text = tokenizer.apply_chat_template([{"role": "user", "content": SENTINEL}], tokenize=False,
-                                                     add_generation_prompt=True)
-                before, _, after = text.partition(SENTINEL)
-                line = before.rsplit("\n", 2)
-                self.header = line[-2] + "\n" + line[-1] if len(line) >= 2 and not line[-1] else line[-1]
-                self.footer = after.split("\n")[0] if after else None
-            except Exception:  # a template that needs more than one user turn: use the whole text
-                self.header = self.footer = None
+        if not getattr(tokenizer, "chat_template", None):
+            return
+        render = lambda msgs: tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)  # noqa: E731
+        try:
+            first = render([{"role": "user", "content": SENTINEL}])
+        except Exception:  # no usable template: the whole text is the message
+            return
+        before, _, after = first.partition(SENTINEL)
+        try:
+            later = render([{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"},
+                            {"role": "user", "content": SENTINEL}])
+            header = _common_suffix(before, later.partition(SENTINEL)[0])
+        except Exception:  # a template that refuses multi-turn: the last line before the message
+            stripped = before.rstrip("\n")
+            header = stripped.rsplit("\n", 1)[-1] + before[len(stripped):]
+        self.header = header if header.strip() else None
+        self.footer = (after.split("\n")[0] or None) if after else None
+
+    def segments(self, text: str) -> list[str]:
+        """Every user message in order (the whole text when the template's markers are absent)."""
+        if not self.header or self.header not in text:
+            return [text.strip()]
+        out = []
+        for part in text.split(self.header)[1:]:
+            if self.footer and self.footer in part:
+                part = part.split(self.footer, 1)[0]
+            out.append(part.strip())
+        return out or [text.strip()]
 
     def __call__(self, text: str) -> str:
-        if self.header and self.header in text:
-            text = text.rsplit(self.header, 1)[1]
-            if self.footer and self.footer in text:
-                text = text.split(self.footer, 1)[0]
-        return text.strip()
+        """The last user message."""
+        return self.segments(text)[-1]
 
 
 class PromptClassifier:
@@ -65,7 +90,8 @@ class PromptClassifier:
         self.target_items = [tuple(i for i, ts in enumerate(self.item_targets) if t in ts)
                              for t in range(len(policy.targets))]
 
-    def _expand(self, targets: set[int], items: set[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    def expand(self, targets: set[int], items: set[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Close a set of targets and items: the targets of the items, then all items of the targets."""
         for i in list(items):
             targets.update(self.item_targets[i])
         for t in targets:
@@ -73,37 +99,39 @@ class PromptClassifier:
         return tuple(sorted(targets)), tuple(sorted(items))
 
     def named(self, text: str) -> set[int]:
-        low_hits = set()
-        for probe, target in self.probes:
-            if target not in low_hits and mentions(text, [probe]):
-                low_hits.add(target)
-        return low_hits
+        return {target for probe, target in self.probes if mentions(text, [probe])}
 
-    def scores(self, texts: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
-        vecs = embed(texts)
-        sims, idx = self.policy.index.search(vecs, min(k, self.policy.index.ntotal))
-        return sims, idx
-
-    def classify(self, texts: list[str], threshold: float | None = None, top_k: int | None = None) -> list[Decision]:
+    def classify(self, prompts: list, threshold: float | None = None, top_k: int | None = None) -> list[Decision]:
+        """One decision per prompt. A prompt is a string (one message) or (whole prompt text, user
+        messages): the lexical test reads the whole text (every turn, the system prompt too); the
+        semantic test scores the last message and, when there are several, all of them together."""
         threshold = self.threshold if threshold is None else threshold
-        top_k = self.top_k if top_k is None else top_k
-        out: list[Decision | None] = [None] * len(texts)
-        pending = []
-        for n, text in enumerate(texts):
-            hits = self.named(text)
+        top_k = min(self.top_k if top_k is None else top_k, self.policy.index.ntotal)
+        prompts = [(p, [p]) if isinstance(p, str) else p for p in prompts]
+        out: list[Decision | None] = [None] * len(prompts)
+        queries, owner = [], []
+        for n, (whole, segments) in enumerate(prompts):
+            hits = self.named(whole)
             if hits:
                 names = ", ".join(self.policy.targets[t]["name"] for t in sorted(hits))
-                out[n] = Decision(True, float("nan"), f"names {names}", *self._expand(hits, set()))
-            else:
-                pending.append(n)
-        if pending:
-            sims, idx = self.scores([texts[n] for n in pending], top_k)
-            for row, n in enumerate(pending):
-                best = float(sims[row, 0])
-                if best >= threshold:
-                    nearest = {int(i) for i in idx[row] if i >= 0}
-                    out[n] = Decision(True, best, f"similarity {best:.3f} >= {threshold:.3f}",
-                                      *self._expand(set(), nearest))
+                out[n] = Decision(True, float("nan"), f"names {names}", *self.expand(hits, set()))
+                continue
+            queries.append(segments[-1])
+            owner.append(n)
+            if len(segments) > 1:
+                queries.append("\n".join(segments))
+                owner.append(n)
+        if queries:
+            sims, idx = self.policy.index.search(embed(queries), top_k)
+            best: dict[int, tuple[float, set[int]]] = {}
+            for row, n in enumerate(owner):
+                score, nearest = best.get(n, (-2.0, set()))
+                best[n] = (max(score, float(sims[row, 0])), nearest | {int(i) for i in idx[row] if i >= 0})
+            for n, (score, nearest) in best.items():
+                if score >= threshold:
+                    out[n] = Decision(True, score, f"similarity {score:.3f} >= {threshold:.3f}",
+                                      *self.expand(set(), set(nearest)), nearest=tuple(sorted(nearest)))
                 else:
-                    out[n] = Decision(False, best, f"similarity {best:.3f} < {threshold:.3f}")
+                    out[n] = Decision(False, score, f"similarity {score:.3f} < {threshold:.3f}",
+                                      nearest=tuple(sorted(nearest)))
         return out

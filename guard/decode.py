@@ -63,18 +63,24 @@ class RequestGuard:
         live = self.live
         for tok in extra:
             live = self.trie.advance(live, int(tok))
+        width = row.shape[-1]   # the model's vocabulary can be wider (or narrower) than the tokenizer's
         if self.penalty is not None:
             if self.penalty.device != row.device:
                 self.penalty = self.penalty.to(row.device)
-            row += self.penalty
-        blocked = self.trie.blocked_index(live, row.device)
-        if blocked.numel():
-            row[blocked] = BLOCKED
+            n = min(width, self.penalty.shape[0])
+            row[:n] += self.penalty[:n]
+        _block(row, self.trie.blocked_index(live, row.device), width)
         if self.text is not None:
             state = self.text.advance_tokens(self.text_state, extra) if extra else self.text_state
-            blocked = self.text.blocked_index(state, row.device)
-            if blocked.numel():
-                row[blocked] = BLOCKED
+            _block(row, self.text.blocked_index(state, row.device), width)
+
+
+def _block(row: torch.Tensor, index: torch.Tensor, width: int) -> None:
+    """row[index] = -inf for a sorted index, ignoring ids the row does not have."""
+    if index.numel():
+        if int(index[-1]) >= width:
+            index = index[index < width]
+        row[index] = BLOCKED
 
 
 class GuardSlots:

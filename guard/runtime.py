@@ -57,8 +57,8 @@ def _number(key: str, value: Any) -> float:
         raise ValueError(f"{key} must be a number, got {value!r}")
     try:
         out = float(value)
-    except ValueError:
-        raise ValueError(f"{key} must be a number, got {value!r}") from None
+    except (ValueError, OverflowError):
+        raise ValueError(f"{key} must be a number, got {str(value)[:40]!r}") from None
     if not math.isfinite(out):
         raise ValueError(f"{key} must be finite, got {value!r}")
     return out
@@ -104,6 +104,8 @@ def parse_request_args(extra_args: Optional[dict], meta: dict) -> RequestArgs:
         out["threshold"] = value
     if "unlearn_penalty" in ours:
         value = _number("unlearn_penalty", ours["unlearn_penalty"])
+        if float(cfg["penalty"]) <= 0:
+            raise ValueError("unlearn_penalty: this server's policy has no semantic penalty to strengthen")
         if value < float(cfg["penalty"]):
             raise ValueError(f"unlearn_penalty={value} would loosen the server's penalty strength "
                              f"({cfg['penalty']}); a request may only raise it")
@@ -166,7 +168,7 @@ class GuardRuntime:
         """Build each target's trie now (the usual flagged request touches one target), so the first
         request about it does not pay for it."""
         for t in range(min(max_targets, len(self.policy.targets))):
-            targets, items = self.classifier._expand({t}, set())
+            targets, items = self.classifier.expand({t}, set())
             self._trie(items, targets, ())
             self._matcher(items, targets, ())
 
@@ -186,8 +188,13 @@ class GuardRuntime:
         return cls(policy, tokenizer)
 
     # ------------------------------------------------------------------ per request
+    def prompt_parts(self, prompt_ids: Sequence[int]) -> tuple[str, list[str]]:
+        """(the whole decoded prompt, its user messages) — what the classifier reads."""
+        whole = self.tokenizer.decode(list(prompt_ids), skip_special_tokens=False)
+        return whole, self.user_turn.segments(whole)
+
     def user_text(self, prompt_ids: Sequence[int]) -> str:
-        return self.user_turn(self.tokenizer.decode(list(prompt_ids), skip_special_tokens=False))
+        return self.prompt_parts(prompt_ids)[1][-1]
 
     def _cached(self, cache: OrderedDict, key, make):
         if key in cache:
@@ -240,13 +247,16 @@ class GuardRuntime:
     def guard_for(self, decision: Decision, args: RequestArgs) -> Optional[RequestGuard]:
         if not (decision.flagged or args.force or args.targets):
             return None
-        key = (decision.items, decision.targets, args.targets)
-        return RequestGuard(self._trie(*key), penalty=self._penalty(decision.targets, args.penalty),
+        targets, items = decision.targets, decision.items
+        if not decision.flagged and args.force:   # guarded on request: against its nearest items
+            targets, items = self.classifier.expand(set(), set(decision.nearest))
+        key = (items, targets, args.targets)
+        return RequestGuard(self._trie(*key), penalty=self._penalty(targets, args.penalty),
                             text=self._matcher(*key))
 
     def decide(self, prompts: list[Sequence[int]], args: list[RequestArgs]) -> list[Decision]:
         """Classify a batch; requests that share a threshold/top_k are embedded together."""
-        texts = [self.user_text(p) for p in prompts]
+        texts = [self.prompt_parts(p) for p in prompts]
         out: list[Optional[Decision]] = [None] * len(prompts)
         groups: dict = {}
         for n, a in enumerate(args):
@@ -265,21 +275,30 @@ class GuardRuntime:
         for n, (_, extra) in enumerate(requests):
             try:
                 args.append(parse_request_args(extra, self.policy.meta))
-            except ValueError:  # validated at admission already; never loosen on a second opinion
-                args.append(RequestArgs(force=True))
+            except (ValueError, OverflowError):  # validated at admission already: refuse, never loosen
+                args.append(None)
         self.stats["requests"] += len(requests)
         try:
-            decisions = self.decide([p for p, _ in requests], args)
+            decisions = self.decide([p for p, _ in requests], [a or RequestArgs() for a in args])
         except Exception:  # retry one by one, so one bad request does not refuse its neighbours
-            decisions = [self._decide_one(p, a) for (p, _), a in zip(requests, args)]
+            decisions = [self._decide_one(p, a or RequestArgs()) for (p, _), a in zip(requests, args)]
         for n, (decision, a) in enumerate(zip(decisions, args)):
-            if decision is None:
-                out[n] = RequestGuard(TokenTrie(), forced=self.refusal)
-                self.stats["failed"] += 1
-            else:
-                out[n] = self.guard_for(decision, a)
+            out[n] = self._guard_or_refuse(decision, a)
             self.stats["flagged"] += out[n] is not None
         return out
+
+    def _guard_or_refuse(self, decision: Optional[Decision], args: Optional[RequestArgs]) -> Optional[RequestGuard]:
+        """The request's guard; a forced refusal when it could not be classified, its arguments are
+        invalid, or building its guard fails (fail closed, logged)."""
+        if decision is not None and args is not None:
+            try:
+                return self.guard_for(decision, args)
+            except Exception:
+                log.exception("unlearning guard: building a request's guard failed; refusing it (fail closed)")
+        elif args is None:
+            log.error("unlearning guard: a request reached the engine with invalid unlearn_* arguments; refusing it")
+        self.stats["failed"] += 1
+        return RequestGuard(TokenTrie(), forced=self.refusal)
 
     def _decide_one(self, prompt: Optional[Sequence[int]], args: RequestArgs) -> Optional[Decision]:
         try:

@@ -18,17 +18,25 @@ from typing import Iterable, Sequence
 
 
 def normalise(text: str) -> str:
-    return "".join(c if c.isalnum() else " " for c in text.lower())
+    """Lower case; every character that is not a letter or digit becomes a space, except U+FFFD
+    (a byte fragment of a multi-byte character), which is dropped rather than made a word start."""
+    return "".join(c if c.isalnum() else " " for c in text.lower() if c != "\ufffd")
 
 
 class TokenTexts:
     """Each token's normalised text, and the tokens whose text starts with a given string."""
 
-    def __init__(self, tokenizer):
+    def __init__(self, tokenizer, cache_size: int = 50_000):
         special = set(tokenizer.all_special_ids)
         ids = list(range(len(tokenizer)))
-        texts = tokenizer.batch_decode([[i] for i in ids])
+        # decoded after an anchor token, minus the anchor's text: SentencePiece tokenizers drop a
+        # token's leading word-start marker when it is decoded on its own
+        anchor = tokenizer("a", add_special_tokens=False)["input_ids"][-1:]
+        prefix = tokenizer.decode(anchor)
+        texts = [t[len(prefix):] if t.startswith(prefix) else t
+                 for t in tokenizer.batch_decode([anchor + [i] for i in ids])]
         self.text = ["" if i in special else normalise(t) for i, t in zip(ids, texts)]
+        self.cache_size = cache_size
         order = sorted((t, i) for i, t in enumerate(self.text) if t)
         self._sorted = [t for t, _ in order]
         self._ids = [i for _, i in order]
@@ -37,6 +45,8 @@ class TokenTexts:
     def starting_with(self, prefix: str) -> list[int]:
         out = self._cache.get(prefix)
         if out is None:
+            if len(self._cache) >= self.cache_size:   # request-specific phrases must not grow it forever
+                self._cache.clear()
             lo = bisect.bisect_left(self._sorted, prefix)
             hi = bisect.bisect_left(self._sorted, prefix + "\U0010ffff")
             out = self._cache[prefix] = self._ids[lo:hi]
@@ -73,6 +83,21 @@ class TextMatcher:
         self._blocked: dict[int, frozenset[int]] = {}
         self._index: dict = {}
         self.start = self.advance(0, " ")           # the response starts at a word start
+        self.inside = self._inside(texts)           # tokens holding a whole phrase after their first character
+
+    def _inside(self, texts: TokenTexts) -> frozenset[int]:
+        """Tokens such as ' (Abilova' whose own text contains a complete phrase starting past their
+        first character: blocked in every state (a match at the first character is found through
+        the automaton state, like any other)."""
+        phrases = [rest for rest in self.rest[0]]
+        out = set()
+        for tok, text in enumerate(texts.text):
+            if len(text) > 1 and " " in text[1:]:
+                for j in range(1, len(text)):
+                    if text[j] == " " and any(text.startswith(p, j) for p in phrases):
+                        out.add(tok)
+                        break
+        return frozenset(out)
 
     def __len__(self) -> int:
         return len(self.rest[0])
@@ -103,7 +128,7 @@ class TextMatcher:
         """Tokens that would complete a phrase after a text in `state`."""
         out = self._blocked.get(state)
         if out is None:
-            found: set[int] = set()
+            found: set[int] = set(self.inside)
             node = state
             while True:
                 for rest in self.rest[node]:

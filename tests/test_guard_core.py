@@ -139,3 +139,48 @@ def test_text_matcher_needs_a_word_start_and_spans_tokens(tiny_tokenizer_factory
     assert set(texts.starting_with("ten")) <= matcher.blocked(state)
     other = set(texts.starting_with("t")) - set(texts.starting_with("ten"))
     assert other and not other & matcher.blocked(state)      # " Mirt" + "a..." is another word
+
+
+class VocabTokenizer:
+    """A tokenizer over an explicit list of token strings (enough for TokenTexts)."""
+
+    all_special_ids = [0]
+
+    def __init__(self, pieces):
+        self.pieces = ["<s>"] + list(pieces)
+
+    def __len__(self):
+        return len(self.pieces)
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [self.pieces.index(text)]}
+
+    def decode(self, ids):
+        return "".join(self.pieces[i] for i in ids)
+
+    def batch_decode(self, batch):
+        return [self.decode(ids) for ids in batch]
+
+
+def test_a_phrase_inside_one_token_is_blocked_everywhere():
+    from unlearnkit.guard.textmatch import TextMatcher, TokenTexts
+
+    tok = VocabTokenizer(["a", " (Abilova", " Abil", "ova", " table", "(", "x\ufffd"])
+    texts = TokenTexts(tok)
+    assert texts.text[7] == "x"                                  # a byte fragment is no word start
+    matcher = TextMatcher(["Abilov"], texts)
+    assert 2 in matcher.inside and 2 in matcher.blocked(matcher.start)
+    state = matcher.advance_tokens(matcher.start, [3])          # " Abil"
+    assert 4 in matcher.blocked(state) and 5 not in matcher.blocked(state)
+
+
+def test_guard_rows_fit_a_wider_or_narrower_vocabulary():
+    trie = TokenTrie([[3], [11]])
+    guard = RequestGuard(trie, penalty=-torch.ones(10))
+    wide = torch.zeros(14)                                     # the model pads its vocabulary
+    guard.apply_row(wide)
+    assert wide[[0, 1, 2, 4, 9]].eq(-1).all() and wide[10] == 0 and wide[12:].eq(0).all()
+    assert wide[3] == float("-inf") and wide[11] == float("-inf")
+    narrow = torch.zeros(8)
+    guard.apply_row(narrow)                                    # id 11 does not exist here: skipped
+    assert narrow[3] == float("-inf") and narrow[[0, 1, 2, 4]].eq(-1).all()
