@@ -27,7 +27,8 @@ from .embedder import EMBEDDER_NAME, embed
 from .penalty import centred_unit, semantic_penalty
 from .phrases import STOPWORDS, distinctive_parts, group_targets, item_phrases, mentions, quoted, stems
 from ..files import sha256_file
-from .policy import FILES, FORMAT, FORMAT_VERSION, GuardConfig, PolicyError, read_meta, tokenizer_fingerprint
+from .classifier import PromptClassifier
+from .policy import FILES, FORMAT, FORMAT_VERSION, GuardConfig, Policy, PolicyError, read_meta, tokenizer_fingerprint
 from .trie import phrase_variants
 
 
@@ -146,29 +147,32 @@ def build_policy(forget: list[QA], out_dir: str | Path, model_path: str, tokeniz
     index = faiss.IndexFlatIP(vecs.shape[1])
     index.add(vecs)
 
+    # decisions exactly as served: the classifier over the policy as built so far
+    classifier = PromptClassifier(Policy(Path(out_dir), {"config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
+                                                         "calibration": {"threshold": cfg.default_threshold},
+                                                         "targets": targets, "items": items}, index, [], []))
     calibration: dict = {"fpr_target": cfg.fpr, "calibrated": bool(retain), "n_retain": len(retain)}
-    probes = [p for t in targets for p in t["probes"]]
     if retain:
         progress(f"calibrating on {len(retain)} retain prompts")
-        named = np.array([mentions(q, probes) is not None for q in background])
-        sims, _ = index.search(embed(background), 1)
-        threshold, fpr = calibrate(named, sims[:, 0], cfg.fpr)
+        scored = classifier.classify(background, threshold=math.inf)   # flagged here = named a target
+        named = np.array([d.flagged for d in scored])
+        scores = np.array([d.score for d in scored])
+        threshold, fpr = calibrate(named, scores, cfg.fpr)
+        rest = scores[~named]
         calibration.update(threshold=threshold, retain_fpr=fpr, retain_named=int(named.sum()),
-                           retain_score_p50=float(np.median(sims)), retain_score_p99=float(np.quantile(sims, 0.99)))
+                           retain_score_p50=float(np.median(rest)), retain_score_p99=float(np.quantile(rest, 0.99)))
     else:
         threshold = cfg.default_threshold
         calibration.update(threshold=threshold, retain_fpr=None)
 
     def recall(texts: list[str]) -> float:
-        named = np.array([mentions(q, probes) is not None for q in texts])
-        sims, _ = index.search(embed(texts), 2)
-        return float((named | (sims[:, 0] >= threshold)).mean())
+        return float(np.mean([d.flagged for d in classifier.classify(texts, threshold)]))
 
     # each forget question is in the index itself, so score it against the *other* items: how
     # well the policy generalises to a question it was not built from
     sims, _ = index.search(vecs, 2)
     second = sims[:, 1] if sims.shape[1] > 1 else np.zeros(len(questions))
-    named_f = np.array([mentions(q, probes) is not None for q in questions])
+    named_f = np.array([bool(classifier.named(q)) for q in questions])
     calibration["forget_recall_leave_one_out"] = float((named_f | (second >= threshold)).mean())
     calibration["forget_recall"] = recall(questions)
     paraphrases = [item.extra["paraphrased_question"] for item in forget
