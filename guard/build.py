@@ -29,7 +29,7 @@ from .phrases import STOPWORDS, distinctive_parts, group_targets, item_phrases, 
 from ..files import sha256_file
 from .classifier import PromptClassifier
 from .policy import FILES, FORMAT, FORMAT_VERSION, GuardConfig, Policy, PolicyError, read_meta, tokenizer_fingerprint
-from .trie import phrase_variants
+from .trie import token_sequences
 
 
 def _item_text(item: QA) -> str:
@@ -45,18 +45,6 @@ def check_forget_set(forget: list[QA]) -> None:
                           "to forbid (a guard needs the facts it must stop)")
     if empty:
         raise PolicyError(f"forget items {empty[:10]} have empty answers; remove them or give their answers")
-
-
-def token_sequences(tokenizer, phrases: list[str]) -> list[list[int]]:
-    """The tokenizer's ids for every variant (case, leading space) of every phrase."""
-    out, seen = [], set()
-    for phrase in phrases:
-        for variant in phrase_variants(phrase):
-            ids = tuple(tokenizer(variant, add_special_tokens=False)["input_ids"])
-            if ids and ids not in seen:
-                seen.add(ids)
-                out.append(list(ids))
-    return out
 
 
 def key_tokens(tokenizer, phrases: list[str]) -> list[int]:

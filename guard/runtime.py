@@ -33,7 +33,7 @@ from .decode import RequestGuard
 from .penalty import dense_penalty
 from .policy import Policy, load_policy, read_meta
 from .textmatch import TextMatcher, TokenTexts
-from .trie import TokenTrie, phrase_variants
+from .trie import TokenTrie, token_sequences
 
 log = logging.getLogger("unlearnkit.guard")
 
@@ -144,6 +144,11 @@ def validate_sampling_params(extra_args: Optional[dict]) -> None:
     parse_request_args(extra_args, meta)
 
 
+def _with_words(phrases: Sequence[str]) -> list[str]:
+    """Request-added targets: each phrase, and each of its words of four or more letters."""
+    return list(phrases) + [w for phrase in phrases for w in phrase.split() if len(w) >= 4]
+
+
 class GuardRuntime:
     """Policy + classifier + per-request guards, for one engine."""
 
@@ -162,7 +167,6 @@ class GuardRuntime:
         self._penalties: OrderedDict = OrderedDict()
         self.cache_size = cache_size
         self.stats = {"requests": 0, "flagged": 0, "failed": 0}
-        self.warm_up()
 
     def warm_up(self, max_targets: int = 64) -> None:
         """Build each target's trie now (the usual flagged request touches one target), so the first
@@ -185,7 +189,9 @@ class GuardRuntime:
         policy = load_policy(root, tokenizer)
         log.info("unlearning guard: policy %s, %d targets, %d items, threshold %.3f", root,
                  len(policy.targets), len(policy.items), policy.threshold)
-        return cls(policy, tokenizer)
+        runtime = cls(policy, tokenizer)
+        runtime.warm_up()   # in an engine, before the first request
+        return runtime
 
     # ------------------------------------------------------------------ per request
     def prompt_parts(self, prompt_ids: Sequence[int]) -> tuple[str, list[str]]:
@@ -214,17 +220,8 @@ class GuardRuntime:
             for t in targets:
                 for seq in self.policy.target_sequences[t]:
                     trie.add(seq)
-            for phrase in extra:
-                for variant in phrase_variants(phrase):
-                    ids = self.tokenizer(variant, add_special_tokens=False)["input_ids"]
-                    if ids:
-                        trie.add(ids)
-                for word in phrase.split():
-                    if len(word) >= 4:
-                        for variant in phrase_variants(word):
-                            ids = self.tokenizer(variant, add_special_tokens=False)["input_ids"]
-                            if ids:
-                                trie.add(ids)
+            for seq in token_sequences(self.tokenizer, _with_words(extra)):
+                trie.add(seq)
             return trie
         return self._cached(self._tries, (items, targets, extra), make)
 
@@ -232,7 +229,7 @@ class GuardRuntime:
         def make():
             phrases = [p for i in items for p in self.policy.items[i]["phrases"]]
             phrases += [p for t in targets for p in self.policy.targets[t].get("phrases", [self.policy.targets[t]["name"]])]
-            phrases += list(extra) + [w for phrase in extra for w in phrase.split() if len(w) >= 4]
+            phrases += _with_words(extra)
             return TextMatcher([p for p in phrases if len(p.strip()) >= 4], self.token_texts)
         return self._cached(self._matchers, (items, targets, extra), make)
 
@@ -270,9 +267,8 @@ class GuardRuntime:
         """One guard (or None) per (prompt token ids, extra_args) of newly admitted requests."""
         if not requests:
             return []
-        out: list[Optional[RequestGuard]] = [None] * len(requests)
         args: list[Optional[RequestArgs]] = []
-        for n, (_, extra) in enumerate(requests):
+        for _, extra in requests:
             try:
                 args.append(parse_request_args(extra, self.policy.meta))
             except (ValueError, OverflowError):  # validated at admission already: refuse, never loosen
@@ -282,9 +278,8 @@ class GuardRuntime:
             decisions = self.decide([p for p, _ in requests], [a or RequestArgs() for a in args])
         except Exception:  # retry one by one, so one bad request does not refuse its neighbours
             decisions = [self._decide_one(p, a or RequestArgs()) for (p, _), a in zip(requests, args)]
-        for n, (decision, a) in enumerate(zip(decisions, args)):
-            out[n] = self._guard_or_refuse(decision, a)
-            self.stats["flagged"] += out[n] is not None
+        out = [self._guard_or_refuse(d, a) for d, a in zip(decisions, args)]
+        self.stats["flagged"] += sum(g is not None for g in out)
         return out
 
     def _guard_or_refuse(self, decision: Optional[Decision], args: Optional[RequestArgs]) -> Optional[RequestGuard]:

@@ -89,7 +89,7 @@ class TextMatcher:
         """Tokens such as ' (Abilova' whose own text contains a complete phrase starting past their
         first character: blocked in every state (a match at the first character is found through
         the automaton state, like any other)."""
-        phrases = [rest for rest in self.rest[0]]
+        phrases = list(self.rest[0])
         out = set()
         for tok, text in enumerate(texts.text):
             if len(text) > 1 and " " in text[1:]:

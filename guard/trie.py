@@ -27,6 +27,18 @@ def phrase_variants(phrase: str) -> list[str]:
     return [v for c in cases for v in (c, " " + c)]
 
 
+def token_sequences(tokenizer, phrases: Iterable[str]) -> list[list[int]]:
+    """The tokenizer's ids for every variant (case, leading space) of every phrase, without repeats."""
+    out, seen = [], set()
+    for phrase in phrases:
+        for variant in phrase_variants(phrase):
+            ids = tuple(tokenizer(variant, add_special_tokens=False)["input_ids"])
+            if ids and ids not in seen:
+                seen.add(ids)
+                out.append(list(ids))
+    return out
+
+
 class TokenTrie:
     def __init__(self, sequences: Iterable[Sequence[int]] = ()):
         self._children: list[dict[int, int]] = [{}]
@@ -54,13 +66,7 @@ class TokenTrie:
 
     @classmethod
     def from_phrases(cls, tokenizer, phrases: Iterable[str]) -> "TokenTrie":
-        trie = cls()
-        for phrase in phrases:
-            for variant in phrase_variants(phrase):
-                ids = tokenizer(variant, add_special_tokens=False)["input_ids"]
-                if ids:
-                    trie.add(ids)
-        return trie
+        return cls(token_sequences(tokenizer, phrases))
 
     def __len__(self) -> int:
         return sum(self._terminal)
