@@ -135,3 +135,45 @@ def tiny_policy(tmp_path_factory, tiny_dir, guard_forget_set):
                         retain=[QA(q, "an answer") for q in GUARD_RETAIN], progress=lambda *_: None)
     assert meta["calibration"]["calibrated"] and meta["calibration"]["retain_fpr"] <= 0.1
     return out
+
+
+# ----------------------------------------------------------------------------- agents
+class FakeLLM:
+    """A deterministic chat model for the agent graph. It tells the nodes apart by the default
+    prompts' first words and answers from a script: per node a string, a list (one per call, the
+    last repeated), a callable(prompt text, n) -> list of texts, or an exception to raise."""
+
+    ROLES = (("audit", "You check answers"), ("erase", "Rewrite the answer"), ("critic", "Rate how well"),
+             ("compose", "Merge these answers"))
+
+    def __init__(self, **script):
+        self.script = {"answer": "I do not know.", "audit": "NO", "erase": "A safe rewrite.",
+                       "critic": "5", "compose": "A merged safe answer.", **script}
+        self.calls: list[tuple[str, str, int]] = []
+
+    def role(self, messages) -> str:
+        text = messages[-1]["content"]
+        return next((r for r, prefix in self.ROLES if text.startswith(prefix)), "answer")
+
+    def chat(self, messages, *, n=1, max_tokens=128, temperature=0.0, seed=None):
+        from unlearnkit.agents.llm import Reply
+
+        role = self.role(messages)
+        prompt = "\n".join(str(m.get("content", "")) for m in messages)
+        made = sum(r == role for r, _, _ in self.calls)
+        self.calls.append((role, prompt, n))
+        out = self.script[role]
+        if isinstance(out, list):
+            out = out[min(made, len(out) - 1)]
+        if isinstance(out, Exception):
+            raise out
+        texts = out(prompt, n) if callable(out) else [out] * n
+        return Reply(list(texts), prompt_tokens=len(prompt.split()), completion_tokens=sum(len(t.split()) for t in texts))
+
+    def count(self, role: str) -> int:
+        return sum(r == role for r, _, _ in self.calls)
+
+
+@pytest.fixture
+def fake_llm():
+    return FakeLLM

@@ -1,0 +1,9 @@
+"""The agent layer: an ALU-style LangGraph rewriter in front of the (guarded) vLLM server.
+
+    config.py  AgentConfig (YAML, strict): k, j, threshold, retries and every prompt
+    llm.py     the injected chat model: any OpenAI-compatible endpoint, call accounting
+    store.py   the unlearning targets the front knows (a guard policy + live ones), retrieval
+    nodes.py   answer / audit / erase / critic / compose as plain functions, and their parsers
+    graph.py   the LangGraph graph over those nodes; `rewrite()` runs one request
+    front.py   the OpenAI-compatible front (`unlearn serve --agents`) and its admin endpoint
+"""

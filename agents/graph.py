@@ -1,0 +1,305 @@
+"""The ALU-style rewriter as a LangGraph graph.
+
+    answer -> audit --clean--> finish                      (the draft reveals nothing: sent as is)
+                    --leaks--> erase -> critic -> compose --ok--> END   (the best j of k rewrites)
+                                                          --low--> refuse
+    any node whose model call fails (after retries) -> refuse
+
+audit/erase/critic see only the `top_facts` forget facts retrieved for this question and draft,
+so their prompts stay the same size whatever the number of targets. A draft or rewrite that names
+a target is a leak whatever the model says (lexical check), and the composed answer is checked
+once more before it leaves: no route can emit a target's name.
+
+Every failure has a fallback, is logged and counted in `Pipeline.stats`: an unreachable endpoint
+or an error reply (retry, then refusal), a malformed audit verdict (retry, then treated as a
+leak), a malformed critic score (retry, then scored 1), an empty rewrite (retry, then refusal).
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Annotated, Callable, Optional, Sequence, TypedDict
+
+from .config import NODES, AgentConfig
+from .llm import ChatModel, LLMError
+from .nodes import (choose, clean_rewrite, format_facts, format_variants, last_user_message, parse_score,
+                    parse_verdict)
+from .store import Fact, TargetStore
+
+log = logging.getLogger("unlearnkit.agents")
+
+
+class State(TypedDict, total=False):
+    messages: list[dict]
+    question: str
+    extra: list[Fact]           # targets the request itself added (unlearn_targets)
+    facts: list[Fact]
+    draft: str
+    leak: bool
+    variants: list[str]
+    scores: list[Optional[int]]
+    answer: str
+    route: str                  # clean | rewritten | refused
+    reason: str
+    failed: str                 # set by a node that could not do its job: the graph refuses
+    calls: Annotated[int, operator.add]
+    prompt_tokens: Annotated[int, operator.add]
+    completion_tokens: Annotated[int, operator.add]
+    events: Annotated[list[str], operator.add]
+
+
+@dataclass
+class Result:
+    answer: str
+    route: str
+    reason: str
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    events: list[str] = field(default_factory=list)
+    scores: list[Optional[int]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def metadata(self) -> dict:
+        """What a client may see (no target names: the reason and events never carry them)."""
+        return {"route": self.route, "reason": self.reason, "llm_calls": self.calls,
+                "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "critic_scores": self.scores, "fallbacks": self.events, "seconds": round(self.seconds, 3)}
+
+
+@dataclass
+class _Call:
+    texts: Optional[list[str]]
+    ok: bool
+    usage: dict
+    events: list[str]
+
+
+class Pipeline:
+    """The graph plus its models, config and counters; `run(messages)` rewrites one request."""
+
+    def __init__(self, cfg: AgentConfig, store: TargetStore, models: ChatModel | dict[str, ChatModel]):
+        self.cfg = cfg
+        self.store = store
+        self.models = models if isinstance(models, dict) else {n: models for n in NODES}
+        missing = [n for n in NODES if n not in self.models]
+        if missing:
+            raise ValueError(f"no model for node(s) {missing}")
+        self.stats: Counter = Counter()
+        self._lock = threading.Lock()
+        self.graph = self._build()
+
+    # ------------------------------------------------------------------ plumbing
+    def count(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self.stats[key] += n
+
+    def _call(self, node: str, messages: list[dict], *, n: int = 1, temperature: float = 0.0,
+              check: Callable[[list[str]], Optional[str]] = lambda texts: None) -> _Call:
+        """One model call with retries. `check(texts)` names what is wrong with a reply (None: fine)."""
+        usage = {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0}
+        events: list[str] = []
+        texts = None
+        for attempt in range(self.cfg.retries + 1):
+            if attempt:
+                self.count("retries")
+                time.sleep(self.cfg.retry_backoff * 2 ** (attempt - 1))
+            usage["calls"] += 1
+            self.count("llm_calls")
+            try:
+                reply = self.models[node].chat(messages, n=n, max_tokens=self.cfg.max_tokens,
+                                               temperature=temperature, seed=attempt if temperature else None)
+            except LLMError as exc:
+                self.count("llm_errors")
+                events.append(f"{node}: model call failed")
+                log.warning("agents: %s call failed (attempt %d/%d): %s", node, attempt + 1, self.cfg.retries + 1, exc)
+                texts = None
+                continue
+            usage["prompt_tokens"] += reply.prompt_tokens
+            usage["completion_tokens"] += reply.completion_tokens
+            self.count("prompt_tokens", reply.prompt_tokens)
+            texts = reply.texts
+            problem = check(texts)
+            if problem is None:
+                return _Call(texts, True, usage, events)
+            events.append(f"{node}: {problem}")
+            log.warning("agents: %s gave %s (attempt %d/%d)", node, problem, attempt + 1, self.cfg.retries + 1)
+        return _Call(texts, False, usage, events)
+
+    @staticmethod
+    def _update(call: _Call, **values) -> dict:
+        return {**values, **call.usage, "events": call.events}
+
+    def _prompt(self, name: str, **fields) -> list[dict]:
+        return [{"role": "user", "content": getattr(self.cfg.prompts, name).format(**fields)}]
+
+    # ------------------------------------------------------------------ nodes
+    def answer(self, state: State) -> dict:
+        messages = list(state["messages"])
+        if self.cfg.prompts.answer_system and not any(m.get("role") == "system" for m in messages):
+            messages = [{"role": "system", "content": self.cfg.prompts.answer_system}] + messages
+        call = self._call("answer", messages, check=lambda t: None if t and t[0].strip() else "an empty answer")
+        if call.texts is None:
+            self.count("endpoint_failures")
+            return self._update(call, failed="the model endpoint is unreachable")
+        return self._update(call, draft=(call.texts[0] or "").strip())
+
+    def audit(self, state: State) -> dict:
+        draft = state.get("draft", "")
+        extra = list(state.get("extra", []))
+        facts = (extra + self.store.retrieve([state["question"], draft], self.cfg.top_facts))[:max(self.cfg.top_facts, len(extra))]
+        if self.store.names_in(draft, facts):
+            self.count("audit_lexical")
+            return {"facts": facts, "leak": True, "reason": "the draft names a forget target"}
+        if not draft:
+            return {"facts": facts, "leak": False, "reason": "empty draft"}
+        prompt = self._prompt("audit", facts=format_facts(facts), question=state["question"], draft=draft)
+        call = self._call("audit", prompt, check=lambda t: None if parse_verdict(t[0]) is not None else "a malformed verdict")
+        if not call.ok:
+            self.count("malformed_verdicts" if call.texts is not None else "endpoint_failures")
+            if call.texts is None:
+                return self._update(call, facts=facts, failed="the model endpoint is unreachable")
+            return self._update(call, facts=facts, leak=True, reason="audit verdict unreadable: treated as a leak")
+        leak = bool(parse_verdict(call.texts[0]))
+        return self._update(call, facts=facts, leak=leak,
+                            reason="the auditor found forget information" if leak else "the auditor found none")
+
+    def finish(self, state: State) -> dict:
+        self.count("route_clean")
+        return {"answer": state.get("draft", ""), "route": "clean"}
+
+    def erase(self, state: State) -> dict:
+        facts, k = state["facts"], self.cfg.k
+        prompt = self._prompt("erase", facts=format_facts(facts), question=state["question"], draft=state["draft"])
+        variants: list[str] = []
+        usage = {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0}
+        events: list[str] = []
+        unreachable = False
+        for attempt in range(self.cfg.retries + 1):
+            need = k - len(variants)
+            call = self._call("erase", prompt, n=need, temperature=self.cfg.temperature)
+            for key in usage:
+                usage[key] += call.usage[key]
+            events += call.events
+            if call.texts is None:
+                unreachable = True
+                break
+            got = [clean_rewrite(t) for t in call.texts]
+            empty = sum(not g for g in got)
+            if empty:
+                self.count("empty_rewrites", empty)
+                events.append(f"erase: {empty} empty rewrite(s)")
+            variants += [g for g in got if g][:need]
+            if len(variants) >= k:
+                break
+            if attempt < self.cfg.retries:
+                self.count("retries")
+        out = {**usage, "events": events, "variants": variants}
+        if not variants:
+            self.count("endpoint_failures" if unreachable else "empty_rewrite_refusals")
+            out["failed"] = ("the model endpoint is unreachable" if unreachable
+                             else "every rewrite was empty")
+        return out
+
+    def critic(self, state: State) -> dict:
+        facts, variants = state["facts"], state["variants"]
+
+        def score(variant: str) -> tuple[Optional[int], _Call | None]:
+            if self.store.names_in(variant, facts):   # names a target: the worst score, no call needed
+                return 1, None
+            call = self._call("critic", self._prompt("critic", facts=format_facts(facts), variant=variant),
+                              check=lambda t: None if parse_score(t[0]) is not None else "a malformed score")
+            if not call.ok:
+                self.count("malformed_scores" if call.texts is not None else "endpoint_failures")
+                return None, call
+            return parse_score(call.texts[0]), call
+
+        with ThreadPoolExecutor(max_workers=max(1, len(variants))) as pool:   # the server batches them
+            results = list(pool.map(score, variants))
+        out: dict = {"scores": [s for s, _ in results], "calls": 0, "prompt_tokens": 0,
+                     "completion_tokens": 0, "events": []}
+        for _, call in results:
+            if call is not None:
+                for key in ("calls", "prompt_tokens", "completion_tokens"):
+                    out[key] += call.usage[key]
+                out["events"] += call.events
+        return out
+
+    def compose(self, state: State) -> dict:
+        variants, facts = state["variants"], state["facts"]
+        chosen, avg, refuse = choose(state["scores"], self.cfg.j, self.cfg.threshold)
+        if refuse:
+            return {"failed": f"mean critic score of the best {len(chosen)} rewrites {avg:.2f} < {self.cfg.threshold}"}
+        best = [variants[i] for i in chosen]
+        out: dict = {"answer": best[0], "route": "rewritten", "reason": f"{state.get('reason', '')}; "
+                     f"composed {len(best)} of {len(variants)} rewrites (mean score {avg:.2f})"}
+        if len(best) > 1:
+            call = self._call("compose", self._prompt("compose", question=state["question"],
+                                                      variants=format_variants(best)),
+                              check=lambda t: None if t and clean_rewrite(t[0]) else "an empty merge")
+            out.update(call.usage, events=call.events)
+            if call.ok:
+                out["answer"] = clean_rewrite(call.texts[0])
+            else:
+                self.count("compose_fallbacks")
+                out["events"] = call.events + ["compose: used the best rewrite"]
+        if self.store.names_in(out["answer"], facts):
+            clean = [v for v in best if not self.store.names_in(v, facts)]
+            if not clean:
+                self.count("final_check_refusals")
+                return {**{k: v for k, v in out.items() if k not in ("answer", "route", "reason")},
+                        "failed": "the composed answer still names a forget target"}
+            out["answer"] = clean[0]
+        self.count("route_rewritten")
+        return out
+
+    def refuse(self, state: State) -> dict:
+        self.count("route_refused")
+        return {"answer": self.cfg.refusal, "route": "refused", "reason": state.get("failed", "refused")}
+
+    # ------------------------------------------------------------------ graph
+    def _build(self):
+        from langgraph.graph import END, START, StateGraph
+
+        g = StateGraph(State)
+        for name in ("answer", "audit", "finish", "erase", "critic", "compose", "refuse"):
+            g.add_node(name, getattr(self, name))
+        failed_or = lambda nxt: (lambda s: "refuse" if s.get("failed") else nxt)  # noqa: E731
+        g.add_edge(START, "answer")
+        g.add_conditional_edges("answer", failed_or("audit"), ["refuse", "audit"])
+        g.add_conditional_edges("audit", lambda s: "refuse" if s.get("failed") else ("erase" if s.get("leak") else "finish"),
+                                ["refuse", "erase", "finish"])
+        g.add_conditional_edges("erase", failed_or("critic"), ["refuse", "critic"])
+        g.add_edge("critic", "compose")
+        g.add_conditional_edges("compose", failed_or(END), ["refuse", END])
+        g.add_edge("finish", END)
+        g.add_edge("refuse", END)
+        return g.compile()
+
+    def run(self, messages: Sequence[dict], extra_targets: Sequence[str] = ()) -> Result:
+        """Rewrite one request. `extra_targets`: names the request itself asked to forget."""
+        started = time.perf_counter()
+        self.count("requests")
+        extra = [Fact(f"{name}: (everything about this person or thing)", (name,), (name,), 2.0) for name in extra_targets]
+        try:
+            state = self.graph.invoke({"messages": list(messages), "question": last_user_message(messages), "extra": extra,
+                                       "calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "events": []})
+        except Exception:   # a bug or an unexpected reply shape: never crash the request, refuse it
+            log.exception("agents: the rewriter failed; refusing the request")
+            self.count("pipeline_errors")
+            self.count("route_refused")
+            return Result(self.cfg.refusal, "refused", "internal error in the rewriter",
+                          seconds=time.perf_counter() - started)
+        answer = state.get("answer", "")
+        if state.get("route") == "clean" and self.store.names_in(answer, state.get("facts", [])):
+            self.count("final_check_refusals")     # unreachable by construction (audit checks); kept as the last line
+            return Result(self.cfg.refusal, "refused", "the answer names a forget target", seconds=time.perf_counter() - started)
+        return Result(answer, state.get("route", "refused"), state.get("reason", ""), state.get("calls", 0),
+                      state.get("prompt_tokens", 0), state.get("completion_tokens", 0), state.get("events", []),
+                      state.get("scores", []), time.perf_counter() - started)

@@ -1,0 +1,77 @@
+"""The chat model behind each node, injected: any OpenAI-compatible endpoint (by default the
+vLLM server `unlearn serve` started). Every call reports its token usage, so a request's cost
+(calls, prompt tokens) can be accounted for."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional, Protocol, Sequence
+
+
+class LLMError(RuntimeError):
+    """A chat call failed: endpoint unreachable, timed out, or answered with an error."""
+
+
+@dataclass(frozen=True)
+class Reply:
+    texts: list[str]               # one per requested choice
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class ChatModel(Protocol):
+    def chat(self, messages: Sequence[dict], *, n: int = 1, max_tokens: int = 128,
+             temperature: float = 0.0, seed: Optional[int] = None) -> Reply: ...
+
+
+class OpenAIChat:
+    """A chat model behind an OpenAI-compatible endpoint (the `openai` client, no retries of its
+    own: the pipeline retries, counts and falls back)."""
+
+    def __init__(self, base_url: str, model: str = "", api_key: Optional[str] = None, timeout: float = 60.0):
+        import openai
+
+        self.base_url = base_url.rstrip("/")
+        self.client = openai.OpenAI(base_url=self.base_url, api_key=api_key or "EMPTY",
+                                    timeout=timeout, max_retries=0)
+        self._model = model
+
+    @property
+    def model(self) -> str:
+        if not self._model:   # the endpoint's (first) served model
+            try:
+                self._model = self.client.models.list().data[0].id
+            except Exception as exc:
+                raise LLMError(f"{self.base_url}: cannot list models ({type(exc).__name__}: {exc})") from None
+        return self._model
+
+    def chat(self, messages, *, n=1, max_tokens=128, temperature=0.0, seed=None) -> Reply:
+        import openai
+
+        try:
+            out = self.client.chat.completions.create(
+                model=self.model, messages=list(messages), n=n, max_tokens=max_tokens,
+                temperature=temperature, seed=seed)
+        except openai.OpenAIError as exc:
+            raise LLMError(f"{self.base_url}: {type(exc).__name__}: {str(exc)[:300]}") from None
+        usage = out.usage
+        return Reply([c.message.content or "" for c in out.choices],
+                     usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0)
+
+
+def endpoint_model(endpoint, default_url: str = "", default_model: str = "") -> OpenAIChat:
+    """An `EndpointConfig` -> chat model; empty fields fall back to the served backend."""
+    url = endpoint.base_url or default_url
+    if not url:
+        from ..errors import ConfigError
+
+        raise ConfigError("agents.llm.base_url is empty and there is no served backend to default to")
+    key = None
+    if endpoint.api_key_env:
+        key = os.environ.get(endpoint.api_key_env)
+        if not key:
+            from ..errors import ConfigError
+
+            raise ConfigError(f"agents: environment variable {endpoint.api_key_env!r} (api_key_env) is not set")
+    return OpenAIChat(url, endpoint.model or (default_model if not endpoint.base_url else ""), key, endpoint.timeout)
