@@ -18,7 +18,6 @@ Admin (only with a token: $UNLEARN_ADMIN_TOKEN; `Authorization: Bearer <token>`)
     GET /admin/stats               counters: paths, routes, retries, fallbacks, errors
 """
 
-from __future__ import annotations
 
 import hmac
 import json
@@ -84,7 +83,7 @@ def create_app(store: TargetStore, pipeline: Pipeline, backend: str, *, model_na
     from fastapi.responses import JSONResponse, Response, StreamingResponse
     from starlette.concurrency import run_in_threadpool
 
-    backend = backend.rstrip("/")
+    backend = backend.rstrip("/") + "/"    # the backend's OpenAI base URL (".../v1")
     counters: Counter = Counter()
     state: dict = {}
 
@@ -146,7 +145,7 @@ def create_app(store: TargetStore, pipeline: Pipeline, backend: str, *, model_na
     async def passthrough(kind: str, body: dict, stream: bool, reason: str):
         headers = {"x-unlearn-path": "passthrough", "x-unlearn-reason": reason}
         client = state["client"]
-        url = f"/v1/{'chat/completions' if kind == 'chat' else 'completions'}"
+        url = "chat/completions" if kind == "chat" else "completions"   # relative to the backend's /v1
         try:
             if stream:
                 upstream = await client.send(client.build_request("POST", url, json=body), stream=True)
@@ -233,7 +232,7 @@ def create_app(store: TargetStore, pipeline: Pipeline, backend: str, *, model_na
     @app.get("/v1/models")
     async def models():
         try:
-            upstream = await state["client"].get("/v1/models")
+            upstream = await state["client"].get("models")
         except httpx.HTTPError as exc:
             return error(502, f"the model server behind this front is unreachable ({type(exc).__name__})", "backend_error")
         return Response(upstream.content, status_code=upstream.status_code, media_type="application/json")
