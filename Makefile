@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 EXTRA  := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
 export UNLEARN_TOFU_DIR ?= $(abspath ../shared/data/tofu)
 
-.PHONY: setup demo test test-fast bench bench-eval bench-guard clean
+.PHONY: setup demo test test-fast bench bench-eval bench-guard bench-agents clean
 
 $(VENV)/.installed: pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,9 @@ bench-eval: setup
 
 bench-guard: setup
 	$(BIN)/python benchmarks/guard_bench.py
+
+bench-agents: setup
+	$(BIN)/python benchmarks/agents_bench.py
 
 clean:
 	rm -rf runs $(VENV)

@@ -130,12 +130,28 @@ def _cmd_serve(args) -> int:
     from .guard.serve import check_policy_for, server_command, server_env
     from .models.loading import resolve_model
 
+    from .errors import ConfigError
+
     path = resolve_model(args.model)
+    extra = tuple(args.vllm_args[1:] if args.vllm_args[:1] == ["--"] else args.vllm_args)
+    if args.agents:
+        if not args.guard:
+            raise ConfigError("--agents needs --guard DIR: the policy whose targets the rewriter erases "
+                              "(add --agents-only to keep the engine itself unguarded)")
+        from .agents.serve import run_agent_server
+
+        return run_agent_server(path, args.guard, port=args.port, host=args.host, served_name=args.name,
+                                dtype=args.dtype, max_model_len=args.max_model_len, vllm_args=extra,
+                                config=args.agents_config, overrides=tuple(args.agents_set or ()),
+                                token_filter=not args.agents_only, live_targets=args.live_targets,
+                                backend_port=args.backend_port)
+    if args.agents_only or args.agents_config or args.live_targets:
+        raise ConfigError("--agents-only, --agents-config and --live-targets go with --agents")
     if args.guard:
         meta = check_policy_for(path, args.guard)
         print(f"guard: {args.guard} ({len(meta['targets'])} targets, {len(meta['items'])} items)", file=sys.stderr)
     cmd = server_command(path, args.port, args.host, guard=bool(args.guard), served_name=args.name,
-                         dtype=args.dtype, max_model_len=args.max_model_len, extra=tuple(args.vllm_args[1:] if args.vllm_args[:1] == ["--"] else args.vllm_args))
+                         dtype=args.dtype, max_model_len=args.max_model_len, extra=extra)
     print(" ".join(cmd), file=sys.stderr)
     sys.stdout.flush()
     os.execvpe(cmd[0], cmd, server_env(args.guard))
@@ -232,6 +248,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="model name clients use (default: the checkpoint dir name)")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--max-model-len", dest="max_model_len", type=int, default=2048)
+    p.add_argument("--agents", action="store_true",
+                   help="put the agent rewriter's OpenAI-compatible front before the server (needs --guard)")
+    p.add_argument("--agents-config", dest="agents_config", help="agent YAML (configs/agents/default.yaml)")
+    p.add_argument("--agents-set", dest="agents_set", action="append", metavar="KEY=VALUE",
+                   help="override an agent config key, e.g. --agents-set k=5 (repeatable)")
+    p.add_argument("--agents-only", dest="agents_only", action="store_true",
+                   help="with --agents: the engine runs without the token filter (the rewriter alone)")
+    p.add_argument("--live-targets", dest="live_targets",
+                   help="with --agents: JSON file of live targets, re-read when it changes; /admin/targets writes it")
+    p.add_argument("--backend-port", dest="backend_port", type=int, help="with --agents: the vLLM server's loopback port")
     p.add_argument("vllm_args", nargs=argparse.REMAINDER, help="-- then extra vLLM server arguments")
     p.set_defaults(func=_cmd_serve)
 

@@ -21,6 +21,9 @@ class EndpointConfig:
     model: str = ""
     api_key_env: str = ""          # name of the environment variable holding the key ("" = no key)
     timeout: float = 60.0          # seconds per call
+    # the endpoint is vLLM: constrain the critic's score (1-5) and the audit's verdict (YES/NO) with
+    # its `structured_outputs`; other endpoints: false (the replies are parsed, retried if malformed)
+    structured_outputs: bool = True
 
 
 @dataclass

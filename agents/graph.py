@@ -101,7 +101,8 @@ class Pipeline:
             self.stats[key] += n
 
     def _call(self, node: str, messages: list[dict], *, n: int = 1, temperature: float = 0.0,
-              check: Callable[[list[str]], Optional[str]] = lambda texts: None) -> _Call:
+              check: Callable[[list[str]], Optional[str]] = lambda texts: None,
+              choices: Optional[Sequence[str]] = None) -> _Call:
         """One model call with retries. `check(texts)` names what is wrong with a reply (None: fine)."""
         usage = {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0}
         events: list[str] = []
@@ -114,7 +115,8 @@ class Pipeline:
             self.count("llm_calls")
             try:
                 reply = self.models[node].chat(messages, n=n, max_tokens=self.cfg.max_tokens,
-                                               temperature=temperature, seed=attempt if temperature else None)
+                                               temperature=temperature, seed=attempt if temperature else None,
+                                               choices=choices)
             except LLMError as exc:
                 self.count("llm_errors")
                 events.append(f"{node}: model call failed")
@@ -160,7 +162,8 @@ class Pipeline:
         if not draft:
             return {"facts": facts, "leak": False, "reason": "empty draft"}
         prompt = self._prompt("audit", facts=format_facts(facts), question=state["question"], draft=draft)
-        call = self._call("audit", prompt, check=lambda t: None if parse_verdict(t[0]) is not None else "a malformed verdict")
+        call = self._call("audit", prompt, check=lambda t: None if parse_verdict(t[0]) is not None else "a malformed verdict",
+                          choices=("YES", "NO"))
         if not call.ok:
             self.count("malformed_verdicts" if call.texts is not None else "endpoint_failures")
             if call.texts is None:
@@ -214,7 +217,8 @@ class Pipeline:
             if self.store.names_in(variant, facts):   # names a target: the worst score, no call needed
                 return 1, None
             call = self._call("critic", self._prompt("critic", facts=format_facts(facts), variant=variant),
-                              check=lambda t: None if parse_score(t[0]) is not None else "a malformed score")
+                              check=lambda t: None if parse_score(t[0]) is not None else "a malformed score",
+                              choices=("1", "2", "3", "4", "5"))
             if not call.ok:
                 self.count("malformed_scores" if call.texts is not None else "endpoint_failures")
                 return None, call

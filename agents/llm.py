@@ -22,20 +22,24 @@ class Reply:
 
 class ChatModel(Protocol):
     def chat(self, messages: Sequence[dict], *, n: int = 1, max_tokens: int = 128,
-             temperature: float = 0.0, seed: Optional[int] = None) -> Reply: ...
+             temperature: float = 0.0, seed: Optional[int] = None,
+             choices: Optional[Sequence[str]] = None) -> Reply:
+        """`choices`: the reply must be one of these strings (where the endpoint can enforce it)."""
 
 
 class OpenAIChat:
     """A chat model behind an OpenAI-compatible endpoint (the `openai` client, no retries of its
     own: the pipeline retries, counts and falls back)."""
 
-    def __init__(self, base_url: str, model: str = "", api_key: Optional[str] = None, timeout: float = 60.0):
+    def __init__(self, base_url: str, model: str = "", api_key: Optional[str] = None, timeout: float = 60.0,
+                 structured_outputs: bool = False):
         import openai
 
         self.base_url = base_url.rstrip("/")
         self.client = openai.OpenAI(base_url=self.base_url, api_key=api_key or "EMPTY",
                                     timeout=timeout, max_retries=0)
         self._model = model
+        self.structured_outputs = structured_outputs   # vLLM's constrained decoding (`choices`)
 
     @property
     def model(self) -> str:
@@ -46,13 +50,14 @@ class OpenAIChat:
                 raise LLMError(f"{self.base_url}: cannot list models ({type(exc).__name__}: {exc})") from None
         return self._model
 
-    def chat(self, messages, *, n=1, max_tokens=128, temperature=0.0, seed=None) -> Reply:
+    def chat(self, messages, *, n=1, max_tokens=128, temperature=0.0, seed=None, choices=None) -> Reply:
         import openai
 
+        extra = {"structured_outputs": {"choice": list(choices)}} if choices and self.structured_outputs else None
         try:
             out = self.client.chat.completions.create(
                 model=self.model, messages=list(messages), n=n, max_tokens=max_tokens,
-                temperature=temperature, seed=seed)
+                temperature=temperature, seed=seed, extra_body=extra)
         except openai.OpenAIError as exc:
             raise LLMError(f"{self.base_url}: {type(exc).__name__}: {str(exc)[:300]}") from None
         usage = out.usage
@@ -74,4 +79,5 @@ def endpoint_model(endpoint, default_url: str = "", default_model: str = "") -> 
             from ..errors import ConfigError
 
             raise ConfigError(f"agents: environment variable {endpoint.api_key_env!r} (api_key_env) is not set")
-    return OpenAIChat(url, endpoint.model or (default_model if not endpoint.base_url else ""), key, endpoint.timeout)
+    return OpenAIChat(url, endpoint.model or (default_model if not endpoint.base_url else ""), key, endpoint.timeout,
+                      endpoint.structured_outputs)

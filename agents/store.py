@@ -202,12 +202,12 @@ class TargetStore:
         joined = "\n".join(texts)
         vectors = embed(texts)
         scored: dict[str, Fact] = {}
-        items = self.policy.items
         sims, idx = self.policy.index.search(vectors, min(k, self.policy.index.ntotal))
-        named = self.classifier.named(joined)
-        for t in sorted(named):   # a named target's own items count as exact hits
-            for i in self.classifier.target_items[t][:k]:
-                scored.setdefault(f"p{i}", self._policy_fact(i, 2.0))
+        named = sorted({i for t in self.classifier.named(joined) for i in self.classifier.target_items[t]})
+        if named:   # a named target's own items rank first, the most relevant of them first
+            relevance = (vectors @ np.stack([self.policy.index.reconstruct(i) for i in named]).T).max(0)
+            for i, s in zip(named, relevance):
+                scored[f"p{i}"] = self._policy_fact(i, 1.0 + float(s))
         for row in range(len(texts)):
             for s, i in zip(sims[row], idx[row]):
                 if i >= 0 and f"p{i}" not in scored:

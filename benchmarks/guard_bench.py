@@ -24,7 +24,6 @@ import argparse
 import http.client
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -136,12 +135,6 @@ def decode_overhead(path: str, policy: str, ids, steps: int = 60) -> dict:
     return {"guarded_rows": len(slots.slots), "rows": len(ids), "median_ms_per_step": statistics.median(times)}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def post(port: int, path: str, body: dict, stream: bool, timeout: float = 600) -> tuple[int, str, int]:
     """(HTTP status, text, number of stream chunks); a streamed reply must end with [DONE]."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
@@ -173,6 +166,8 @@ def post(port: int, path: str, body: dict, stream: bool, timeout: float = 600) -
 
 
 def load_test(model: str, policy: str, questions: list[str], n: int = 64) -> dict:
+    from unlearnkit.guard.serve import free_port
+
     port = free_port()
     log = open(ROOT / "runs" / "bench" / "guard_server.log", "w")
     server = subprocess.Popen([sys.executable, "-m", "unlearnkit.cli", "serve", "--model", model, "--guard", policy,

@@ -13,6 +13,7 @@ the eager forward (max abs difference < 1e-4) and falling back to eager if traci
 from __future__ import annotations
 
 import logging
+import threading
 from functools import lru_cache
 
 import numpy as np
@@ -55,6 +56,9 @@ class Embedder:
         for p in self.eager.parameters():
             p.requires_grad_(False)
         self.forward = self._trace() or self.eager
+        # one call at a time: the fast tokenizer is not safe to share between threads (the agent
+        # front embeds from several), and on CPU a forward already uses every core
+        self._lock = threading.Lock()
 
     def _trace(self):
         import warnings
@@ -81,7 +85,7 @@ class Embedder:
 
     def __call__(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         out = []
-        with torch.inference_mode():
+        with self._lock, torch.inference_mode():
             for i in range(0, len(texts), batch_size):
                 ids, mask = self._tokens(texts[i:i + batch_size])
                 hidden = self.forward(ids, mask)
@@ -91,9 +95,17 @@ class Embedder:
         return np.ascontiguousarray(np.concatenate(out), dtype=np.float32)
 
 
+_LOAD_LOCK = threading.Lock()
+
+
 @lru_cache(maxsize=2)
-def load_embedder(device: str = "cpu") -> Embedder:
+def _load(device: str) -> Embedder:
     return Embedder(device)
+
+
+def load_embedder(device: str = "cpu") -> Embedder:
+    with _LOAD_LOCK:   # concurrent first calls build it once
+        return _load(device)
 
 
 def embed(texts: list[str], device: str = "cpu", batch_size: int = 64) -> np.ndarray:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -55,6 +56,13 @@ def check_policy_for(model_path: str, policy: str) -> dict:
     from .policy import load_policy
 
     return load_policy(policy, load_tokenizer(model_path)).meta
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on now (for a server started next)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
 
 
 class ServerError(RuntimeError):

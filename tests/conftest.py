@@ -150,14 +150,16 @@ class FakeLLM:
         self.script = {"answer": "I do not know.", "audit": "NO", "erase": "A safe rewrite.",
                        "critic": "5", "compose": "A merged safe answer.", **script}
         self.calls: list[tuple[str, str, int]] = []
+        self.constraints: list[tuple[str, object]] = []
 
     def role(self, messages) -> str:
         text = messages[-1]["content"]
         return next((r for r, prefix in self.ROLES if text.startswith(prefix)), "answer")
 
-    def chat(self, messages, *, n=1, max_tokens=128, temperature=0.0, seed=None):
+    def chat(self, messages, *, n=1, max_tokens=128, temperature=0.0, seed=None, choices=None):
         from unlearnkit.agents.llm import Reply
 
+        self.constraints.append((self.role(messages), choices))
         role = self.role(messages)
         prompt = "\n".join(str(m.get("content", "")) for m in messages)
         made = sum(r == role for r, _, _ in self.calls)

@@ -159,6 +159,7 @@ def test_route_leaking_draft_is_rewritten(store, fake_llm):
     assert llm.count("erase") == 1 and [n for r_, _, n in llm.calls if r_ == "erase"] == [3]   # k in one call
     assert llm.count("critic") == 3 and llm.count("compose") == 1
     assert r.calls == 1 + 1 + 3 + 1 and p.stats["route_rewritten"] == 1
+    assert ("critic", ("1", "2", "3", "4", "5")) in llm.constraints and ("answer", None) in llm.constraints
     erase_prompt = [t for r_, t, _ in llm.calls if r_ == "erase"][0]
     assert "Kalo Mirten" in erase_prompt and "Ines Farrow" not in erase_prompt   # retrieved, not the whole list
 

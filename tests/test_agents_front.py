@@ -2,7 +2,6 @@
 served the same way, real HTTP clients (httpx, openai) in between."""
 
 import json
-import socket
 import threading
 import time
 
@@ -13,17 +12,12 @@ from unlearnkit.agents.config import AgentConfig
 from unlearnkit.agents.front import create_app
 from unlearnkit.agents.graph import Pipeline
 from unlearnkit.agents.llm import LLMError, OpenAIChat
+from unlearnkit.agents.serve import free_port
 from unlearnkit.agents.store import TargetStore
 from unlearnkit.evaluation.injection import injection_prompts, leaked_names
 from unlearnkit.guard.policy import load_policy
 
 TOKEN = "s3cret-token"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Served:
@@ -266,5 +260,9 @@ def test_openai_chat_client(backend):
     llm = OpenAIChat(backend.url + "/v1")
     reply = llm.chat([{"role": "user", "content": "hello there"}], n=2)
     assert llm.model == "echo-model" and reply.texts == ["echo: hello there"] * 2 and reply.prompt_tokens == 2
+    bodies = backend.server.config.app.state.bodies
+    assert "structured_outputs" not in bodies[-1]
+    OpenAIChat(backend.url + "/v1", structured_outputs=True).chat([{"role": "user", "content": "x"}], choices=["YES", "NO"])
+    assert bodies[-1]["structured_outputs"] == {"choice": ["YES", "NO"]}
     with pytest.raises(LLMError, match="APIConnectionError"):
         OpenAIChat(f"http://127.0.0.1:{free_port()}/v1", "m", timeout=2).chat([{"role": "user", "content": "x"}])

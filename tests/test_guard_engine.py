@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 import subprocess
 import sys
 
 import pytest
+
+from unlearnkit.guard.serve import free_port
 
 pytest.importorskip("vllm")
 
@@ -80,12 +81,6 @@ def test_unflagged_requests_are_token_identical_and_flagged_ones_never_complete_
             g.feed([tok_id])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _post(port, path, body):
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
@@ -97,7 +92,7 @@ def _post(port, path, body):
 
 @pytest.mark.slow
 def test_server_refuses_loosening_args_with_400_and_keeps_serving(vllm_sized_model, tiny_policy, tmp_path):
-    port = _free_port()
+    port = free_port()
     log = open(tmp_path / "server.log", "w")
     server = subprocess.Popen([sys.executable, "-m", "unlearnkit.cli", "serve", "--model", str(vllm_sized_model),
                                "--guard", str(tiny_policy), "--port", str(port), "--name", "tiny",

@@ -1,0 +1,78 @@
+"""`unlearn serve --agents`: its argument and config checks (before vLLM starts), and one end-to-end
+run on the tiny model: vLLM with the guard, the front before it, a request down each path."""
+
+import json
+import os
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from unlearnkit.agents.serve import free_port
+from unlearnkit.cli import main
+
+
+def test_serve_agents_argument_errors(tmp_path, tiny_dir, tiny_policy, capsys):
+    assert main(["serve", "--model", str(tiny_dir), "--agents"]) == 2
+    assert "--agents needs --guard" in capsys.readouterr().err
+    assert main(["serve", "--model", str(tiny_dir), "--agents-only"]) == 2
+    assert "go with --agents" in capsys.readouterr().err
+    bad = tmp_path / "agents.yaml"
+    bad.write_text("k: 2\nj: 5\n")
+    assert main(["serve", "--model", str(tiny_dir), "--guard", str(tiny_policy), "--agents", "--agents-config", str(bad)]) == 2
+    assert "j must be between" in capsys.readouterr().err
+    assert main(["serve", "--model", str(tiny_dir), "--guard", str(tiny_policy), "--agents", "--agents-set", "top_facts=0"]) == 2
+    assert "top_facts" in capsys.readouterr().err
+    live = tmp_path / "live.json"
+    live.write_text('{"targets": [{"nom": "x"}]}')
+    assert main(["serve", "--model", str(tiny_dir), "--guard", str(tiny_policy), "--agents", "--live-targets", str(live)]) == 2
+    assert "live targets file" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_agent_server_end_to_end(vllm_sized_model, tiny_policy, tmp_path):
+    port, backend_port = free_port(), free_port()
+    log = open(tmp_path / "server.log", "w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "unlearnkit.cli", "serve", "--model", str(vllm_sized_model), "--guard", str(tiny_policy),
+         "--agents", "--agents-set", "k=2", "--agents-set", "max_tokens=8", "--agents-set", "retry_backoff=0",
+         "--port", str(port), "--backend-port", str(backend_port), "--name", "tiny", "--dtype", "float32",
+         "--max-model-len", "512", "--live-targets", str(tmp_path / "live.json")],
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "UNLEARN_ADMIN_TOKEN": "t0k"})
+    front, direct = f"http://127.0.0.1:{port}/v1", f"http://127.0.0.1:{backend_port}/v1"
+    try:
+        from unlearnkit.guard.serve import ServerError, wait_for_server
+
+        try:
+            wait_for_server(port, server, timeout=400)
+        except ServerError as exc:
+            pytest.fail(f"{exc}:\n{(tmp_path / 'server.log').read_text()[-3000:]}")
+        plain = {"model": "tiny", "max_tokens": 8, "temperature": 0,
+                 "messages": [{"role": "user", "content": "What is the capital of France?"}]}
+        through = httpx.post(f"{front}/chat/completions", json=plain, timeout=120)
+        straight = httpx.post(f"{direct}/chat/completions", json=plain, timeout=120)
+        assert through.headers["x-unlearn-path"] == "passthrough"
+        assert through.json()["choices"][0]["message"]["content"] == straight.json()["choices"][0]["message"]["content"]
+        flagged = {**plain, "messages": [{"role": "user", "content": "Where was Kalo Mirten born?"}]}
+        r = httpx.post(f"{front}/chat/completions", json=flagged, timeout=300)
+        meta = r.json()["unlearn"]
+        assert r.status_code == 200 and meta["path"] == "agents" and meta["route"] in ("clean", "rewritten", "refused")
+        assert meta["llm_calls"] >= 2 and meta["prompt_tokens"] > 0, meta
+        assert all(s is None or 1 <= s <= 5 for s in meta["critic_scores"])
+        s = httpx.post(f"{front}/chat/completions", json={**flagged, "stream": True}, timeout=300)
+        assert s.text.rstrip().endswith("data: [DONE]") and '"unlearn"' in s.text
+        bad = httpx.post(f"{front}/chat/completions", json={**plain, "vllm_xargs": {"unlearn_threshold": 0.99}})
+        assert bad.status_code == 400
+        admin = {"Authorization": "Bearer t0k"}
+        assert httpx.post(f"http://127.0.0.1:{port}/admin/targets", json={"name": "Oskar Vell"}, headers=admin).status_code == 201
+        q = {**plain, "messages": [{"role": "user", "content": "Tell me about Oskar Vell."}]}
+        assert httpx.post(f"{front}/chat/completions", json=q, timeout=300).headers["x-unlearn-path"] == "agents"
+        assert json.loads((tmp_path / "live.json").read_text())["targets"][0]["name"] == "Oskar Vell"
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+        log.close()
+    assert server.returncode is not None
+    with pytest.raises(httpx.ConnectError):   # stopping the front stopped vLLM too
+        httpx.get(f"{direct}/models", timeout=5)
