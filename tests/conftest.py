@@ -179,3 +179,33 @@ class FakeLLM:
 @pytest.fixture
 def fake_llm():
     return FakeLLM
+
+
+# ----------------------------------------------------------------------------- servers
+@pytest.fixture
+def cli_server(tmp_path):
+    """`with cli_server(["serve", ...], port) as process:` runs an `unlearn` server command, waits
+    until `port` answers /v1/models (the test fails with the log's tail if it does not), and stops
+    it afterwards."""
+    import subprocess
+    import sys
+    from contextlib import contextmanager
+
+    from unlearnkit.guard.serve import ServerError, wait_for_server
+
+    @contextmanager
+    def run(args, port, env=None, timeout=400):
+        path = tmp_path / "server.log"
+        with open(path, "w") as log:
+            process = subprocess.Popen([sys.executable, "-m", "unlearnkit.cli", *map(str, args)], stdout=log,
+                                       stderr=subprocess.STDOUT, env=env)
+            try:
+                try:
+                    wait_for_server(port, process, timeout=timeout)
+                except ServerError as exc:
+                    pytest.fail(f"{exc}:\n{path.read_text()[-3000:]}")
+                yield process
+            finally:
+                process.terminate()
+                process.wait(timeout=60)
+    return run

@@ -3,8 +3,6 @@ run on the tiny model: vLLM with the guard, the front before it, a request down 
 
 import json
 import os
-import subprocess
-import sys
 
 import httpx
 import pytest
@@ -31,23 +29,14 @@ def test_serve_agents_argument_errors(tmp_path, tiny_dir, tiny_policy, capsys):
 
 
 @pytest.mark.slow
-def test_agent_server_end_to_end(vllm_sized_model, tiny_policy, tmp_path):
+def test_agent_server_end_to_end(vllm_sized_model, tiny_policy, tmp_path, cli_server):
     port, backend_port = free_port(), free_port()
-    log = open(tmp_path / "server.log", "w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "unlearnkit.cli", "serve", "--model", str(vllm_sized_model), "--guard", str(tiny_policy),
-         "--agents", "--agents-set", "k=2", "--agents-set", "max_tokens=8", "--agents-set", "retry_backoff=0",
-         "--port", str(port), "--backend-port", str(backend_port), "--name", "tiny", "--dtype", "float32",
-         "--max-model-len", "512", "--live-targets", str(tmp_path / "live.json")],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "UNLEARN_ADMIN_TOKEN": "t0k"})
     front, direct = f"http://127.0.0.1:{port}/v1", f"http://127.0.0.1:{backend_port}/v1"
-    try:
-        from unlearnkit.guard.serve import ServerError, wait_for_server
-
-        try:
-            wait_for_server(port, server, timeout=400)
-        except ServerError as exc:
-            pytest.fail(f"{exc}:\n{(tmp_path / 'server.log').read_text()[-3000:]}")
+    args = ["serve", "--model", vllm_sized_model, "--guard", tiny_policy, "--agents", "--agents-set", "k=2",
+            "--agents-set", "max_tokens=8", "--agents-set", "retry_backoff=0", "--port", port,
+            "--backend-port", backend_port, "--name", "tiny", "--dtype", "float32", "--max-model-len", "512",
+            "--live-targets", tmp_path / "live.json"]
+    with cli_server(args, port, env={**os.environ, "UNLEARN_ADMIN_TOKEN": "t0k"}) as server:
         plain = {"model": "tiny", "max_tokens": 8, "temperature": 0,
                  "messages": [{"role": "user", "content": "What is the capital of France?"}]}
         through = httpx.post(f"{front}/chat/completions", json=plain, timeout=120)
@@ -69,10 +58,6 @@ def test_agent_server_end_to_end(vllm_sized_model, tiny_policy, tmp_path):
         q = {**plain, "messages": [{"role": "user", "content": "Tell me about Oskar Vell."}]}
         assert httpx.post(f"{front}/chat/completions", json=q, timeout=300).headers["x-unlearn-path"] == "agents"
         assert json.loads((tmp_path / "live.json").read_text())["targets"][0]["name"] == "Oskar Vell"
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
-        log.close()
     assert server.returncode is not None
     with pytest.raises(httpx.ConnectError):   # stopping the front stopped vLLM too
         httpx.get(f"{direct}/models", timeout=5)

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import subprocess
-import sys
 
 import pytest
 
@@ -91,19 +89,10 @@ def _post(port, path, body):
 
 
 @pytest.mark.slow
-def test_server_refuses_loosening_args_with_400_and_keeps_serving(vllm_sized_model, tiny_policy, tmp_path):
+def test_server_refuses_loosening_args_with_400_and_keeps_serving(vllm_sized_model, tiny_policy, cli_server):
     port = free_port()
-    log = open(tmp_path / "server.log", "w")
-    server = subprocess.Popen([sys.executable, "-m", "unlearnkit.cli", "serve", "--model", str(vllm_sized_model),
-                               "--guard", str(tiny_policy), "--port", str(port), "--name", "tiny",
-                               "--dtype", "float32", "--max-model-len", "256"], stdout=log, stderr=subprocess.STDOUT)
-    try:
-        from unlearnkit.guard.serve import ServerError, wait_for_server
-
-        try:
-            wait_for_server(port, server, timeout=300)
-        except ServerError as exc:
-            pytest.fail(f"{exc}:\n{(tmp_path / 'server.log').read_text()[-3000:]}")
+    with cli_server(["serve", "--model", vllm_sized_model, "--guard", tiny_policy, "--port", port, "--name", "tiny",
+                     "--dtype", "float32", "--max-model-len", "256"], port, timeout=300):
         chat = {"model": "tiny", "max_tokens": 8, "temperature": 0,
                 "messages": [{"role": "user", "content": "Where was Kalo Mirten born?"}]}
         for xargs, words in [({"unlearn_guard": False}, "switch"), ({"unlearn_threshold": 0.999}, "loosen"),
@@ -115,7 +104,3 @@ def test_server_refuses_loosening_args_with_400_and_keeps_serving(vllm_sized_mod
         status, body = _post(port, "/v1/completions", {"model": "tiny", "prompt": "Kalo Mirten", "max_tokens": 6,
                                                        "stream": True})
         assert status == 200 and body.rstrip().endswith("data: [DONE]")
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
-        log.close()

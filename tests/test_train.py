@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 
 from unlearnkit.config import from_dict
 from unlearnkit.errors import DataError, RunError
