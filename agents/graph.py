@@ -52,6 +52,7 @@ class State(TypedDict, total=False):
     prompt_tokens: Annotated[int, operator.add]
     completion_tokens: Annotated[int, operator.add]
     events: Annotated[list[str], operator.add]
+    node_tokens: Annotated[list[tuple[str, int]], operator.add]   # (node, prompt tokens) per call
 
 
 @dataclass
@@ -65,6 +66,13 @@ class Result:
     events: list[str] = field(default_factory=list)
     scores: list[Optional[int]] = field(default_factory=list)
     seconds: float = 0.0
+    node_tokens: list[tuple[str, int]] = field(default_factory=list)
+
+    def prompt_tokens_by_node(self) -> dict[str, list[int]]:
+        out: dict[str, list[int]] = {}
+        for node, tokens in self.node_tokens:
+            out.setdefault(node, []).append(tokens)
+        return out
 
     def metadata(self) -> dict:
         """What a client may see (no target names: the reason and events never carry them)."""
@@ -104,7 +112,7 @@ class Pipeline:
               check: Callable[[list[str]], Optional[str]] = lambda texts: None,
               choices: Optional[Sequence[str]] = None) -> _Call:
         """One model call with retries. `check(texts)` names what is wrong with a reply (None: fine)."""
-        usage = {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0}
+        usage: dict = {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "node_tokens": []}
         events: list[str] = []
         texts = None
         for attempt in range(self.cfg.retries + 1):
@@ -125,6 +133,7 @@ class Pipeline:
                 continue
             usage["prompt_tokens"] += reply.prompt_tokens
             usage["completion_tokens"] += reply.completion_tokens
+            usage["node_tokens"].append((node, reply.prompt_tokens))
             self.count("prompt_tokens", reply.prompt_tokens)
             texts = reply.texts
             problem = check(texts)
@@ -181,7 +190,7 @@ class Pipeline:
         facts, k = state["facts"], self.cfg.k
         prompt = self._prompt("erase", facts=format_facts(facts), question=state["question"], draft=state["draft"])
         variants: list[str] = []
-        usage = {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0}
+        usage: dict = {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "node_tokens": []}
         events: list[str] = []
         unreachable = False
         for attempt in range(self.cfg.retries + 1):
@@ -227,10 +236,10 @@ class Pipeline:
         with ThreadPoolExecutor(max_workers=max(1, len(variants))) as pool:   # the server batches them
             results = list(pool.map(score, variants))
         out: dict = {"scores": [s for s, _ in results], "calls": 0, "prompt_tokens": 0,
-                     "completion_tokens": 0, "events": []}
+                     "completion_tokens": 0, "node_tokens": [], "events": []}
         for _, call in results:
             if call is not None:
-                for key in ("calls", "prompt_tokens", "completion_tokens"):
+                for key in ("calls", "prompt_tokens", "completion_tokens", "node_tokens"):
                     out[key] += call.usage[key]
                 out["events"] += call.events
         return out
@@ -293,7 +302,8 @@ class Pipeline:
         extra = [Fact(f"{name}: (everything about this person or thing)", (name,), (name,), 2.0) for name in extra_targets]
         try:
             state = self.graph.invoke({"messages": list(messages), "question": last_user_message(messages), "extra": extra,
-                                       "calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "events": []})
+                                       "calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "events": [],
+                                       "node_tokens": []})
         except Exception:   # a bug or an unexpected reply shape: never crash the request, refuse it
             log.exception("agents: the rewriter failed; refusing the request")
             self.count("pipeline_errors")
@@ -306,4 +316,4 @@ class Pipeline:
             return Result(self.cfg.refusal, "refused", "the answer names a forget target", seconds=time.perf_counter() - started)
         return Result(answer, state.get("route", "refused"), state.get("reason", ""), state.get("calls", 0),
                       state.get("prompt_tokens", 0), state.get("completion_tokens", 0), state.get("events", []),
-                      state.get("scores", []), time.perf_counter() - started)
+                      state.get("scores", []), time.perf_counter() - started, state.get("node_tokens", []))

@@ -147,28 +147,35 @@ class TargetStore:
     def live_targets(self) -> tuple[LiveTarget, ...]:
         return self._live.targets
 
-    def _set_live(self, targets: tuple[LiveTarget, ...]) -> None:
-        live = _Live(targets, self._embed_targets(targets))
+    def _set_live(self, targets: tuple[LiveTarget, ...], vectors: Optional[np.ndarray]) -> None:
+        live = _Live(targets, vectors if targets else None)
         if self.live_file is not None:
             write_json_atomic(self.live_file, {"targets": [t.to_json() for t in targets]})
             live.stamp = self._file_stamp()
         self._live = live
 
+    def _keep(self, drop: str) -> tuple[tuple[LiveTarget, ...], Optional[np.ndarray]]:
+        """The live targets and their vectors without `drop` (case-insensitive)."""
+        rows = [n for n, t in enumerate(self._live.targets) if t.name.lower() != drop.lower()]
+        vectors = self._live.vectors[rows] if rows and self._live.vectors is not None else None
+        return tuple(self._live.targets[n] for n in rows), vectors
+
     def add(self, target: LiveTarget) -> bool:
         """Add (or replace the facts of) a live target; False when it is already a policy target."""
+        if target.name.lower() in {n.lower() for n in self.policy_names()}:
+            return False
+        vector = self._embed_targets([target])
         with self._lock:
-            if target.name.lower() in {n.lower() for n in self.policy_names()}:
-                return False
-            kept = tuple(t for t in self._live.targets if t.name.lower() != target.name.lower())
-            self._set_live(kept + (target,))
+            kept, vectors = self._keep(target.name)
+            self._set_live(kept + (target,), vector if vectors is None else np.vstack([vectors, vector]))
             return True
 
     def remove(self, name: str) -> bool:
         with self._lock:
-            kept = tuple(t for t in self._live.targets if t.name.lower() != name.strip().lower())
+            kept, vectors = self._keep(name.strip())
             if len(kept) == len(self._live.targets):
                 return False
-            self._set_live(kept)
+            self._set_live(kept, vectors)
             return True
 
     # ------------------------------------------------------------------ per request

@@ -11,9 +11,11 @@ the token filter, stacked = engine with it), on loopback, and driven over HTTP:
    share refused, per set.
 2. Prompt injection (`injection`): evaluation/injection.py's list requests and wrappers around every
    4th forget question; a reply leaks when it names a target (policy probes).
-3. Scale (`scale`, with the first system): the graph on 8 forget questions with stores built from
-   the last 1, 10, 100 and 1000 QA of TOFU (policies cached in runs/bench/agents/), its model being
-   the running server: model calls, prompt tokens and wall time per flagged request.
+3. Scale (`scale`, with the first system): the graph on 10 questions about one forget01 author,
+   with 1, 10, 100 and 1000 targets in the store (that author + distractors: TOFU's other authors
+   in the policy's faiss index, then synthetic people as live targets; policies cached in
+   runs/bench/agents/), its model being the running server: model calls, prompt tokens (in all and
+   per node call) and wall time per flagged request.
 4. Latency (`latency`): unflagged requests (retain questions, 32 tokens) one at a time, alternating
    straight to the vLLM server and through the front; ratio of median latencies.
 """
@@ -135,27 +137,42 @@ def run_injection(url: str, policy_meta: dict, forget_questions: list[str], work
 
 
 def scale_policies(model_path: str) -> dict:
+    """Stores with 1, 10, 100 and 1000 targets, each holding TOFU's last author (Nikolai Abilov,
+    whom the benchmark asks about) plus distractors: the authors before him in TOFU (a policy of
+    their QA, faiss index), and past TOFU's 200 authors, synthetic people as live targets."""
+    from unlearnkit.agents.store import LiveTarget
     from unlearnkit.data.sources import load_spec
+    from unlearnkit.data.synth import synth_qa
     from unlearnkit.guard.build import build_policy
     from unlearnkit.guard.policy import GuardConfig
     from unlearnkit.models.loading import load_tokenizer
 
     full = load_spec("tofu/full")
+    per_author = 20
+    calibration = load_spec("tofu/real_authors_perturbed") + load_spec("tofu/world_facts_perturbed")
     tokenizer = load_tokenizer(model_path)
     out = {}
     for n in SIZES:
-        root = OUT / "agents" / f"policy-{n}"
+        authors = min(n, len(full) // per_author)
+        root = OUT / "agents" / f"policy-{authors}-authors"
         if not (root / "policy.json").exists():
             t = time.time()
-            build_policy(full[-n:], root, model_path, tokenizer, GuardConfig(max_retain=1000),
-                         retain=full[:len(full) - max(SIZES)], sources={"forget": f"tofu/full[-{n}:]"},
+            build_policy(full[-authors * per_author:], root, model_path, tokenizer, GuardConfig(),
+                         retain=calibration, sources={"forget": f"tofu/full, last {authors} authors"},
                          progress=lambda *_: None)
-            print(f"policy for {n} QA built in {time.time() - t:.0f} s", flush=True)
-        out[n] = root
+            print(f"policy for {authors} authors built in {time.time() - t:.0f} s", flush=True)
+        live = []
+        if n > authors:
+            people: dict[str, list[str]] = {}
+            for r in synth_qa(n_people=2 * (n - authors), seed=7):
+                people.setdefault(r.extra["person"], []).append(r.answer)
+            live = [LiveTarget(name, tuple(facts[:4])) for name, facts in list(people.items())[:n - authors]]
+            assert len(live) == n - authors, "not enough distinct synthetic people"
+        out[n] = (root, live)
     return out
 
 
-def run_scale(backend: str, policies: dict, questions: list[str], workers: int = 8) -> dict:
+def run_scale(backend: str, stores: dict, questions: list[str], workers: int = 8) -> dict:
     from unlearnkit.agents.config import AgentConfig
     from unlearnkit.agents.graph import Pipeline
     from unlearnkit.agents.llm import OpenAIChat
@@ -163,21 +180,29 @@ def run_scale(backend: str, policies: dict, questions: list[str], workers: int =
     from unlearnkit.guard.policy import load_policy
 
     out = {}
-    for n, root in policies.items():
+    for n, (root, live) in stores.items():
         store = TargetStore(load_policy(root))
+        for target in live:
+            store.add(target)
         pipeline = Pipeline(AgentConfig(), store, OpenAIChat(backend, "model", structured_outputs=True))
         started = time.time()
         with ThreadPoolExecutor(workers) as pool:
             results = list(pool.map(lambda q: pipeline.run([{"role": "user", "content": q}]), questions))
-        out[n] = {"qa_items": len(store.policy.items), "targets": len(store.policy.targets),
+        by_node: dict[str, list[int]] = {}
+        for r in results:
+            for node, tokens in r.prompt_tokens_by_node().items():
+                by_node.setdefault(node, []).extend(tokens)
+        out[n] = {"targets": n, "policy_authors": len({i["targets"][0] for i in store.policy.items if i["targets"]}),
+                  "policy_qa": len(store.policy.items), "live_targets": len(live),
                   "llm_calls": statistics.mean(r.calls for r in results),
                   "prompt_tokens": statistics.mean(r.prompt_tokens for r in results),
-                  "prompt_tokens_leaking": statistics.mean([r.prompt_tokens for r in results if r.route != "clean"] or [0]),
+                  "prompt_tokens_per_call": {k: statistics.mean(v) for k, v in sorted(by_node.items())},
                   "seconds": statistics.median(r.seconds for r in results),
                   "routes": {k: sum(r.route == k for r in results) for k in ("clean", "rewritten", "refused")},
                   "batch_wall_s": time.time() - started}
-        print(f"{n:5d} QA ({out[n]['targets']} targets): {out[n]['llm_calls']:.1f} calls, "
-              f"{out[n]['prompt_tokens']:.0f} prompt tokens, {out[n]['seconds']:.1f} s per request", flush=True)
+        print(f"{n:5d} targets: {out[n]['llm_calls']:.1f} calls, {out[n]['prompt_tokens']:.0f} prompt tokens "
+              f"(per call: {', '.join(f'{k} {v:.0f}' for k, v in out[n]['prompt_tokens_per_call'].items())}), "
+              f"{out[n]['seconds']:.1f} s per request, routes {out[n]['routes']}", flush=True)
     return out
 
 
@@ -232,7 +257,7 @@ def main() -> int:
                 res["injection"] = run_injection(server.url, meta, [q for q, _ in sets["forget"]])
                 print(f"{system}: injection {res['injection']['leaked']}/{res['injection']['prompts']} leaked", flush=True)
             if "scale" in parts and system == systems[0]:
-                results["scale"] = run_scale(server.backend, policies, [q for q, _ in sets["forget"][::5]])
+                results["scale"] = run_scale(server.backend, policies, [q for q, _ in sets["forget"][20:40:2]])
             if "latency" in parts:
                 res["latency"] = run_latency(server, [q for q, _ in sets["retain"][::9]][:args.latency_requests])
                 print(f"{system}: latency front/direct {res['latency']['ratio']:.3f}", flush=True)
