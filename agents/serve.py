@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,10 @@ from .config import NODES, load_agent_config
 
 ADMIN_TOKEN_ENV = "UNLEARN_ADMIN_TOKEN"
 log = logging.getLogger("unlearnkit.agents")
+
+
+def _exit_on_signal(signum, frame):
+    raise SystemExit(128 + signum)
 
 
 def run_agent_server(model_path: str, policy: str, *, port: int, host: str = "127.0.0.1",
@@ -55,6 +60,9 @@ def run_agent_server(model_path: str, policy: str, *, port: int, host: str = "12
                          backend_guarded=token_filter, admin_token=token)
         print(f"agent front on http://{host}:{port}/v1 (k={cfg.k}, j={cfg.j}, threshold={cfg.threshold})",
               file=sys.stderr, flush=True)
+        # uvicorn re-raises the SIGTERM it handled once it has shut down; make that an exception, so
+        # the `finally` below still stops vLLM instead of the process dying with vLLM orphaned
+        signal.signal(signal.SIGTERM, _exit_on_signal)
         uvicorn.run(app, host=host, port=port, log_level="warning")
         return 0
     finally:

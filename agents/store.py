@@ -24,7 +24,7 @@ from ..errors import ConfigError
 from ..files import write_json_atomic
 from ..guard.classifier import Decision, PromptClassifier
 from ..guard.embedder import embed
-from ..guard.phrases import mentions
+from ..guard.phrases import ProbeIndex, mentions
 
 log = logging.getLogger("unlearnkit.agents")
 
@@ -78,6 +78,12 @@ class _Live:
     targets: tuple[LiveTarget, ...] = ()
     vectors: Optional[np.ndarray] = None       # one unit embedding per target (name + facts)
     stamp: tuple = field(default_factory=tuple)
+
+    def __post_init__(self):
+        self.probes = ProbeIndex((p, n) for n, t in enumerate(self.targets) for p in t.probes)
+
+    def named(self, text: str) -> list[LiveTarget]:
+        return [self.targets[n] for n in sorted(self.probes.find(text))]
 
 
 class TargetStore:
@@ -189,7 +195,7 @@ class TargetStore:
         if named:
             return Decision(True, float("nan"), f"names request target(s) {', '.join(named)}")
         live = self._live
-        hits = [t.name for t in live.targets if mentions(whole, list(t.probes))]
+        hits = [t.name for t in live.named(whole)]
         if hits:
             return Decision(True, float("nan"), f"names live target(s) {', '.join(hits)}")
         threshold = self.threshold if threshold is None else threshold
@@ -221,14 +227,20 @@ class TargetStore:
                     scored[f"p{i}"] = self._policy_fact(int(i), float(s))
         live = self._live
         if live.vectors is not None:
-            live_sims = vectors @ live.vectors.T
+            live_sims = (vectors @ live.vectors.T).max(0)
+            named = {t.name for t in live.named(joined)}
+            for n in np.argsort(-live_sims)[:k]:   # the k nearest, then the named ones
+                scored[f"l{n}"] = self._live_fact(live.targets[n], float(live_sims[n]))
             for n, t in enumerate(live.targets):
-                s = 2.0 if mentions(joined, list(t.probes)) else float(live_sims[:, n].max())
-                scored[f"l{n}"] = Fact(f"{t.name}: {'; '.join(t.facts) or '(everything about this person or thing)'}",
-                                       (t.name,), t.probes, s)
+                if t.name in named:
+                    scored[f"l{n}"] = self._live_fact(t, 2.0)
         ranked = sorted(scored.values(), key=lambda f: -f.score)[:k]
         floor = self.threshold if min_score is None else min_score
         return ranked[:1] + [f for f in ranked[1:] if f.score >= floor]
+
+    @staticmethod
+    def _live_fact(t: LiveTarget, score: float) -> Fact:
+        return Fact(f"{t.name}: {'; '.join(t.facts) or '(everything about this person or thing)'}", (t.name,), t.probes, score)
 
     def _policy_fact(self, i: int, score: float) -> Fact:
         item = self.policy.items[i]
@@ -240,6 +252,6 @@ class TargetStore:
         """Target names (any policy or live target's, or a phrase of the given facts) found in `text`:
         an answer containing one is a leak, whatever the model says."""
         found = [self.policy.targets[t]["name"] for t in sorted(self.classifier.named(text))]
-        found += [t.name for t in self._live.targets if mentions(text, list(t.probes))]
+        found += [t.name for t in self._live.named(text)]
         found += [p for f in facts for p in f.phrases if len(p) >= 4 and mentions(text, [p])]
         return sorted(set(found))

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .embedder import embed
-from .phrases import mentions
+from .phrases import ProbeIndex
 
 SENTINEL = "\u2063UNLEARN\u2063"
 
@@ -85,7 +85,7 @@ class PromptClassifier:
         self.policy = policy
         self.threshold = policy.threshold
         self.top_k = policy.config.top_k
-        self.probes = [(p, t) for t, target in enumerate(policy.targets) for p in target["probes"]]
+        self.probes = ProbeIndex((p, t) for t, target in enumerate(policy.targets) for p in target["probes"])
         self.item_targets = [tuple(item["targets"]) for item in policy.items]
         self.target_items = [tuple(i for i, ts in enumerate(self.item_targets) if t in ts)
                              for t in range(len(policy.targets))]
@@ -99,7 +99,8 @@ class PromptClassifier:
         return tuple(sorted(targets)), tuple(sorted(items))
 
     def named(self, text: str) -> set[int]:
-        return {target for probe, target in self.probes if mentions(text, [probe])}
+        """The targets whose name (or a distinctive part of it) `text` contains as whole words."""
+        return self.probes.find(text)
 
     def classify(self, prompts: list, threshold: float | None = None, top_k: int | None = None) -> list[Decision]:
         """One decision per prompt. A prompt is a string (one message) or (whole prompt text, user

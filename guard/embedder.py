@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
 from functools import lru_cache
 
 import numpy as np
@@ -108,8 +109,28 @@ def load_embedder(device: str = "cpu") -> Embedder:
         return _load(device)
 
 
+_RECENT: "OrderedDict[tuple[str, str], np.ndarray]" = OrderedDict()
+_RECENT_SIZE = 512
+_RECENT_LOCK = threading.Lock()
+
+
 def embed(texts: list[str], device: str = "cpu", batch_size: int = 64) -> np.ndarray:
-    """[len(texts), 384] float32, unit norm."""
+    """[len(texts), 384] float32, unit norm. Short texts embedded recently come from a small cache:
+    a request's message is embedded by the classifier, then again for live targets and retrieval."""
     if not texts:
         return np.zeros((0, 384), dtype=np.float32)
-    return load_embedder(device)(list(texts), batch_size)
+    texts = list(texts)
+    if len(texts) > 8:   # bulk work (policy builds): no caching
+        return load_embedder(device)(texts, batch_size)
+    with _RECENT_LOCK:
+        hits = {t: _RECENT[(device, t)] for t in texts if (device, t) in _RECENT}
+    missing = list(dict.fromkeys(t for t in texts if t not in hits))
+    if missing:
+        for t, v in zip(missing, load_embedder(device)(missing, batch_size)):
+            hits[t] = v
+        with _RECENT_LOCK:
+            for t in missing:
+                _RECENT[(device, t)] = hits[t]
+                if len(_RECENT) > _RECENT_SIZE:
+                    _RECENT.popitem(last=False)
+    return np.stack([hits[t] for t in texts]).astype(np.float32, copy=False)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from functools import lru_cache
 
 # Function words: never a phrase on their own, never start a name.
 STOPWORDS = frozenset("""
@@ -134,8 +135,14 @@ def group_targets(questions: list[str], min_items: int = 2) -> list[str]:
     return sorted((n for n, c in counts.items() if c >= min_items), key=lambda n: (-len(n), n))
 
 
+@lru_cache(maxsize=1 << 16)
+def _whole_words(low_phrase: str) -> re.Pattern:
+    # compiled once per phrase: `re`'s own cache holds 512 patterns, fewer than a policy's probes
+    return re.compile(r"(?<![\w])" + re.escape(low_phrase) + r"(?![\w])")
+
+
 def _contains(low_text: str, phrase: str) -> bool:
-    return re.search(r"(?<![\w])" + re.escape(phrase.lower()) + r"(?![\w])", low_text) is not None
+    return _whole_words(phrase.lower()).search(low_text) is not None
 
 
 def distinctive_parts(name: str, background: list[str]) -> list[str]:
@@ -150,3 +157,37 @@ def mentions(text: str, probes: list[str]) -> str | None:
     case-insensitive; None when it names none."""
     low = text.lower()
     return next((p for p in probes if _contains(low, p)), None)
+
+
+_WORD_TOKEN = re.compile(r"\w+|[^\w\s]")
+
+
+def word_tokens(text: str) -> tuple[str, ...]:
+    """Lower-cased words and punctuation marks: "Al-Kuwaiti's" -> ('al', '-', 'kuwaiti', "'", 's')."""
+    return tuple(_WORD_TOKEN.findall(text.lower()))
+
+
+class ProbeIndex:
+    """Which of many phrases a text contains as whole words, in time linear in the text whatever
+    the number of phrases (their word n-grams are dict keys). The same matches as `mentions`,
+    except that the spacing between words and punctuation marks does not matter."""
+
+    def __init__(self, probes):
+        """`probes`: (phrase, key) pairs; `find` returns the keys of the phrases found."""
+        self.keys: dict[tuple[str, ...], list] = {}
+        for phrase, key in probes:
+            tokens = word_tokens(phrase)
+            if tokens:
+                self.keys.setdefault(tokens, []).append(key)
+        self.longest = max(map(len, self.keys), default=0)
+
+    def find(self, text: str) -> set:
+        tokens = word_tokens(text)
+        found: set = set()
+        for i in range(len(tokens)):
+            for n in range(1, min(self.longest, len(tokens) - i) + 1):
+                hit = self.keys.get(tokens[i:i + n])
+                if hit:
+                    found.update(hit)
+        return found
+

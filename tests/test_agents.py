@@ -249,3 +249,16 @@ def test_request_targets_reach_the_rewriter(store, fake_llm):
                                            extra_targets=["Oskar Vell"])
     assert r.route == "rewritten" and "Vell" not in r.answer
     assert "Oskar Vell" in [t for role, t, _ in llm.calls if role == "erase"][0]
+
+
+def test_probe_index_agrees_with_mentions():
+    from unlearnkit.guard.phrases import ProbeIndex, mentions
+
+    probes = ["Basil Mahfouz Al-Kuwaiti", "Al-Kuwaiti", "Abilov", "Le Petit Sultan", "O'Brien", "J.K. Rowling"]
+    index = ProbeIndex((p, p) for p in probes)
+    texts = ["Who is basil mahfouz al-kuwaiti?", "Al-Kuwaiti's novels", "Abilova wrote", "an Abilov novel",
+             "le petit sultan, a book", "Mr O'Brien", "by J.K. Rowling.", "Kuwaiti authors", "Abilov_x", "Petit Sultan"]
+    for text in texts:
+        assert index.find(text) == {p for p in probes if mentions(text, [p])}, text
+    assert index.find("le   petit\tsultan") == {"Le Petit Sultan"}   # spacing does not matter
+    assert ProbeIndex([]).find("anything") == set()
