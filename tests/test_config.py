@@ -77,9 +77,16 @@ def test_missing_file_and_bad_yaml(tmp_path):
 CONFIGS = __import__("pathlib").Path(__file__).parents[1] / "configs"
 
 
-@pytest.mark.parametrize("path", sorted(p for p in CONFIGS.glob("**/*.yaml") if p.parent.name not in ("eval", "guard")))
+@pytest.mark.parametrize("path", sorted(p for p in CONFIGS.glob("**/*.yaml") if p.parent.name not in ("eval", "guard", "agents")))
 def test_shipped_configs_load(path):
     assert load_config(TrainConfig, path).method.name
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("agents/*.yaml")))
+def test_shipped_agent_configs_load(path):
+    from unlearnkit.agents.config import load_agent_config
+
+    assert load_agent_config(str(path)).k >= 1
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("eval/*.yaml")))
