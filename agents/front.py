@@ -99,6 +99,10 @@ def create_app(store: TargetStore, pipeline: Pipeline, backend: str, *, model_na
     def error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
         return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
 
+    def classify(*args):
+        store.refresh()   # a changed live-targets file is re-read (and embedded) off the event loop
+        return store.classify(*args)
+
     async def handle(request: Request, kind: str):
         try:
             body = await request.json()
@@ -122,11 +126,10 @@ def create_app(store: TargetStore, pipeline: Pipeline, backend: str, *, model_na
         except ValueError as exc:   # BadRequest and parse_request_args' ValueErrors
             counters["bad_requests"] += 1
             return error(400, str(exc))
-        store.refresh()
         whole, users = _classifier_input(messages)
         decision = None
         try:
-            decision = await run_in_threadpool(store.classify, whole, users, args.threshold, args.targets)
+            decision = await run_in_threadpool(classify, whole, users, args.threshold, args.targets)
             flagged, reason = decision.flagged or args.force, client_reason(decision.reason)
         except Exception:   # fail closed: an unclassifiable request goes through the rewriter
             log.exception("agent front: classification failed; routing the request to the rewriter")
@@ -256,7 +259,7 @@ def create_app(store: TargetStore, pipeline: Pipeline, backend: str, *, model_na
     async def list_targets(request: Request):
         if (denied := authorised(request)) is not None:
             return denied
-        store.refresh()
+        await run_in_threadpool(store.refresh)
         return {"policy": store.policy_names(), "live": [t.to_json() for t in store.live_targets()]}
 
     @app.post("/admin/targets")
@@ -267,7 +270,7 @@ def create_app(store: TargetStore, pipeline: Pipeline, backend: str, *, model_na
             target = parse_live_target(await request.json())
         except ValueError as exc:
             return error(400, str(exc))
-        store.refresh()
+        await run_in_threadpool(store.refresh)
         if not await run_in_threadpool(store.add, target):
             return error(409, f"{target.name!r} is a policy target already", "conflict")
         log.info("agent front: live target added: %s", target.name)
@@ -277,7 +280,7 @@ def create_app(store: TargetStore, pipeline: Pipeline, backend: str, *, model_na
     async def remove_target(name: str, request: Request):
         if (denied := authorised(request)) is not None:
             return denied
-        store.refresh()
+        await run_in_threadpool(store.refresh)
         if name.lower() in {n.lower() for n in store.policy_names()}:
             return error(409, f"{name!r} is compiled into the guard policy; rebuild the policy to remove it", "conflict")
         if not await run_in_threadpool(store.remove, name):

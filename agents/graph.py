@@ -30,7 +30,7 @@ from .config import NODES, AgentConfig
 from .llm import ChatModel, LLMError
 from .nodes import (choose, clean_rewrite, format_facts, format_variants, last_user_message, parse_score,
                     parse_verdict)
-from .store import Fact, TargetStore
+from .store import Fact, LiveTarget, TargetStore, live_fact
 
 log = logging.getLogger("unlearnkit.agents")
 
@@ -299,7 +299,7 @@ class Pipeline:
         """Rewrite one request. `extra_targets`: names the request itself asked to forget."""
         started = time.perf_counter()
         self.count("requests")
-        extra = [Fact(f"{name}: (everything about this person or thing)", (name,), (name,), 2.0) for name in extra_targets]
+        extra = [live_fact(LiveTarget(name), 2.0) for name in extra_targets]
         try:
             state = self.graph.invoke({"messages": list(messages), "question": last_user_message(messages), "extra": extra,
                                        "calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "events": [],

@@ -55,6 +55,12 @@ class LiveTarget:
         return {"name": self.name, "facts": list(self.facts)}
 
 
+def live_fact(target: LiveTarget, score: float) -> Fact:
+    """A live (or request-added) target as a fact for the prompts; without facts, all about it."""
+    return Fact(f"{target.name}: {'; '.join(target.facts) or '(everything about this person or thing)'}",
+                (target.name,), target.probes, score)
+
+
 def parse_live_target(data) -> LiveTarget:
     """A JSON object {"name": str, "facts": [str, ...]} -> LiveTarget, or ValueError naming the problem."""
     if not isinstance(data, dict):
@@ -199,8 +205,9 @@ class TargetStore:
         if hits:
             return Decision(True, float("nan"), f"names live target(s) {', '.join(hits)}")
         threshold = self.threshold if threshold is None else threshold
-        if live.vectors is not None:
-            score = float((live.vectors @ embed([segments[-1]])[0]).max())
+        if live.vectors is not None:   # the same texts the policy classifier embedded (cached)
+            queries = [segments[-1]] + (["\n".join(segments)] if len(segments) > 1 else [])
+            score = float((embed(queries) @ live.vectors.T).max())
             if score >= threshold:
                 return Decision(True, score, f"similarity {score:.3f} to a live target >= {threshold:.3f}")
         return decision
@@ -228,19 +235,15 @@ class TargetStore:
         live = self._live
         if live.vectors is not None:
             live_sims = (vectors @ live.vectors.T).max(0)
-            named = {t.name for t in live.named(joined)}
+            live_named = {t.name for t in live.named(joined)}
             for n in np.argsort(-live_sims)[:k]:   # the k nearest, then the named ones
-                scored[f"l{n}"] = self._live_fact(live.targets[n], float(live_sims[n]))
+                scored[f"l{n}"] = live_fact(live.targets[n], float(live_sims[n]))
             for n, t in enumerate(live.targets):
-                if t.name in named:
-                    scored[f"l{n}"] = self._live_fact(t, 2.0)
+                if t.name in live_named:
+                    scored[f"l{n}"] = live_fact(t, 2.0)
         ranked = sorted(scored.values(), key=lambda f: -f.score)[:k]
         floor = self.threshold if min_score is None else min_score
         return ranked[:1] + [f for f in ranked[1:] if f.score >= floor]
-
-    @staticmethod
-    def _live_fact(t: LiveTarget, score: float) -> Fact:
-        return Fact(f"{t.name}: {'; '.join(t.facts) or '(everything about this person or thing)'}", (t.name,), t.probes, score)
 
     def _policy_fact(self, i: int, score: float) -> Fact:
         item = self.policy.items[i]
