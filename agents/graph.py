@@ -89,6 +89,20 @@ class _Call:
     events: list[str]
 
 
+def _no_usage() -> dict:
+    return {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "node_tokens": []}
+
+
+def _combined(calls: Sequence[_Call]) -> dict:
+    """Several calls' usage and events as one state update (the State adds them up across nodes)."""
+    out = {**_no_usage(), "events": []}
+    for call in calls:
+        for key, value in call.usage.items():
+            out[key] += value
+        out["events"] += call.events
+    return out
+
+
 class Pipeline:
     """The graph plus its models, config and counters; `run(messages)` rewrites one request."""
 
@@ -112,7 +126,7 @@ class Pipeline:
               check: Callable[[list[str]], Optional[str]] = lambda texts: None,
               choices: Optional[Sequence[str]] = None) -> _Call:
         """One model call with retries. `check(texts)` names what is wrong with a reply (None: fine)."""
-        usage: dict = {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "node_tokens": []}
+        usage = _no_usage()
         events: list[str] = []
         texts = None
         for attempt in range(self.cfg.retries + 1):
@@ -190,15 +204,12 @@ class Pipeline:
         facts, k = state["facts"], self.cfg.k
         prompt = self._prompt("erase", facts=format_facts(facts), question=state["question"], draft=state["draft"])
         variants: list[str] = []
-        usage: dict = {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "node_tokens": []}
-        events: list[str] = []
+        calls: list[_Call] = []
         unreachable = False
         for attempt in range(self.cfg.retries + 1):
             need = k - len(variants)
             call = self._call("erase", prompt, n=need, temperature=self.cfg.temperature)
-            for key in usage:
-                usage[key] += call.usage[key]
-            events += call.events
+            calls.append(call)
             if call.texts is None:
                 unreachable = True
                 break
@@ -206,13 +217,13 @@ class Pipeline:
             empty = sum(not g for g in got)
             if empty:
                 self.count("empty_rewrites", empty)
-                events.append(f"erase: {empty} empty rewrite(s)")
+                call.events.append(f"erase: {empty} empty rewrite(s)")
             variants += [g for g in got if g][:need]
             if len(variants) >= k:
                 break
             if attempt < self.cfg.retries:
                 self.count("retries")
-        out = {**usage, "events": events, "variants": variants}
+        out = {**_combined(calls), "variants": variants}
         if not variants:
             self.count("endpoint_failures" if unreachable else "empty_rewrite_refusals")
             out["failed"] = ("the model endpoint is unreachable" if unreachable
@@ -235,14 +246,7 @@ class Pipeline:
 
         with ThreadPoolExecutor(max_workers=max(1, len(variants))) as pool:   # the server batches them
             results = list(pool.map(score, variants))
-        out: dict = {"scores": [s for s, _ in results], "calls": 0, "prompt_tokens": 0,
-                     "completion_tokens": 0, "node_tokens": [], "events": []}
-        for _, call in results:
-            if call is not None:
-                for key in ("calls", "prompt_tokens", "completion_tokens", "node_tokens"):
-                    out[key] += call.usage[key]
-                out["events"] += call.events
-        return out
+        return {**_combined([call for _, call in results if call is not None]), "scores": [s for s, _ in results]}
 
     def compose(self, state: State) -> dict:
         variants, facts = state["variants"], state["facts"]
@@ -302,8 +306,7 @@ class Pipeline:
         extra = [live_fact(LiveTarget(name), 2.0) for name in extra_targets]
         try:
             state = self.graph.invoke({"messages": list(messages), "question": last_user_message(messages), "extra": extra,
-                                       "calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "events": [],
-                                       "node_tokens": []})
+                                       **_no_usage(), "events": []})
         except Exception:   # a bug or an unexpected reply shape: never crash the request, refuse it
             log.exception("agents: the rewriter failed; refusing the request")
             self.count("pipeline_errors")
