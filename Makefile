@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 EXTRA  := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
 export UNLEARN_TOFU_DIR ?= $(abspath ../shared/data/tofu)
 
-.PHONY: setup demo test test-fast bench bench-eval bench-guard bench-agents clean
+.PHONY: setup browser demo test test-fast bench bench-eval bench-guard bench-agents clean
 
 $(VENV)/.installed: pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -17,7 +17,13 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip uninstall --yes --quiet torchvision torchaudio torchcodec || true
 	touch $@
 
-setup: $(VENV)/.installed
+# the report test opens report.html in headless Chromium: Debian's package (apt, as root or via sudo)
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo "sudo -n" ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+
+setup: $(VENV)/.installed browser
 
 demo: setup
 	$(BIN)/unlearn demo

@@ -157,10 +157,45 @@ def _cmd_serve(args) -> int:
     os.execvpe(cmd[0], cmd, server_env(args.guard))
 
 
+def _compare_config(args):
+    from .compare.run import load_compare_config
+
+    overrides = list(args.overrides)
+    if getattr(args, "attacks", None):
+        overrides.append(f"attacks.names={args.attacks}")
+    return load_compare_config(args.config, overrides)
+
+
+def _cmd_compare(args) -> int:
+    from .compare.report import _md_table, tables
+    from .compare.run import check_only, out_dir, run_compare
+
+    cfg = _compare_config(args)
+    only = check_only(args.systems.split(","), cfg) if args.systems else None
+    doc = run_compare(cfg, only=only, report=not args.no_report)
+    title, header, rows, _ = tables(doc)[0]
+    print(_md_table(header, rows))
+    print(f"\nreport: {out_dir(cfg) / 'report.html'}  ({out_dir(cfg) / 'report.md'}, {out_dir(cfg) / 'results.json'})")
+    return 0 if all(r.get("status") == "ok" for r in doc["systems"].values()) else 1
+
+
+def _cmd_attack(args) -> int:
+    from .compare.report import _md_table, tables
+    from .compare.run import check_only, out_dir, run_compare
+
+    cfg = _compare_config(args)
+    only = check_only(args.systems.split(","), cfg) if args.systems else None
+    doc = run_compare(cfg, stages=("attacks",), only=only, report=False)
+    for title, header, rows, note in tables(doc)[1:3]:
+        print(f"\n{title}\n" + _md_table(header, rows))
+    print(f"\nresults: {out_dir(cfg) / 'results.json'}")
+    return 0 if all(r.get("status") == "ok" for r in doc["systems"].values()) else 1
+
+
 def _cmd_demo(args) -> int:
     from .demo import run_demo
 
-    return run_demo(workdir=args.workdir, method_config=args.config)
+    return run_demo(config=args.config, overrides=args.overrides) if args.config else run_demo(overrides=args.overrides)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -261,9 +296,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("vllm_args", nargs=argparse.REMAINDER, help="-- then extra vLLM server arguments")
     p.set_defaults(func=_cmd_serve)
 
-    p = sub.add_parser("demo", help="the end-to-end weight-level demo on the embedded default")
-    p.add_argument("--workdir", default="runs/demo")
-    p.add_argument("--config", default=None, help="unlearning config (default: configs/train/ihl_fila.yaml)")
+    p = sub.add_parser("compare", help="build every system, measure and attack each the same way, write one report",
+                       description="Example: unlearn compare --config configs/compare/tofu-mini.yaml  (cached: a "
+                                   "re-run or an interrupted run resumes; key=value overrides the config)")
+    p.add_argument("--config", required=True, help="configs/compare/*.yaml")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. attacks.forget_items=10")
+    p.add_argument("--systems", help="comma-separated subset of the config's systems")
+    p.add_argument("--no-report", dest="no_report", action="store_true", help="results.json only")
+    p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser("attack", help="the attack suite alone on a comparison's systems (leak rate per category)",
+                       description="Example: unlearn attack --config configs/compare/tofu-mini.yaml "
+                                   "--systems target,ihl_fila+guard --attacks paraphrase,jailbreak")
+    p.add_argument("--config", required=True, help="configs/compare/*.yaml (systems, guard, agents, attacks)")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    p.add_argument("--systems", help="comma-separated subset of the config's systems")
+    p.add_argument("--attacks", help="comma-separated attack names (default: the config's)")
+    p.set_defaults(func=_cmd_attack)
+
+    p = sub.add_parser("demo", help="the main job on the embedded default: compare weight-level unlearning, "
+                                    "guards, agents and their stacks (configs/compare/demo.yaml)")
+    p.add_argument("--config", default=None, help="comparison config (default: configs/compare/demo.yaml)")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides of the comparison config")
     p.set_defaults(func=_cmd_demo)
     return parser
 

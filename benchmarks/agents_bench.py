@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -38,52 +37,17 @@ TOKEN = "bench-admin-token"
 SIZES = (1, 10, 100, 1000)
 
 
-class Server:
-    def __init__(self, model: str, policy: str, agents_only: bool, log: Path):
-        from unlearnkit.agents.serve import free_port
+def Server(model: str, policy: str, agents_only: bool, log: Path):
+    """`unlearn serve --agents` started and answering (compare/endpoint.py); `.stop()` ends it."""
+    from unlearnkit.compare.endpoint import AgentServer
 
-        self.port, self.backend_port = free_port(), free_port()
-        cmd = [sys.executable, "-m", "unlearnkit.cli", "serve", "--model", model, "--guard", policy, "--agents",
-               "--port", str(self.port), "--backend-port", str(self.backend_port), "--name", "model",
-               "--dtype", "float32", "--max-model-len", "2048"] + (["--agents-only"] if agents_only else [])
-        env = {**os.environ, "UNLEARN_ADMIN_TOKEN": TOKEN}
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
-        started = time.time()
-        import httpx
-
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited; see {log}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.time() - started > 900:
-                raise RuntimeError("server did not start")
-            time.sleep(2)
-        self.start_s = time.time() - started
-        self.url = f"http://127.0.0.1:{self.port}/v1"
-        self.backend = f"http://127.0.0.1:{self.backend_port}/v1"
-
-    def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+    return AgentServer(model, policy, log, agents_only=agents_only, env={"UNLEARN_ADMIN_TOKEN": TOKEN}).__enter__()
 
 
 def ask(url: str, question: str, max_tokens: int = 128) -> dict:
-    import httpx
+    from unlearnkit.compare.endpoint import chat
 
-    started = time.perf_counter()
-    r = httpx.post(f"{url}/chat/completions", timeout=900, json={
-        "model": "model", "messages": [{"role": "user", "content": question}], "max_tokens": max_tokens,
-        "temperature": 0.0})
-    body = r.json()
-    return {"status": r.status_code, "text": body["choices"][0]["message"]["content"] if r.status_code == 200 else "",
-            "unlearn": body.get("unlearn", {}), "seconds": time.perf_counter() - started}
+    return chat(url, question, max_tokens)
 
 
 def tofu_sets() -> dict:
@@ -206,7 +170,7 @@ def run_scale(backend: str, stores: dict, questions: list[str], workers: int = 8
     return out
 
 
-def run_latency(server: Server, questions: list[str], max_tokens: int = 32) -> dict:
+def run_latency(server, questions: list[str], max_tokens: int = 32) -> dict:
     times = {"direct": [], "front": []}
     for q in questions[:2]:   # warm both paths
         ask(server.backend, q, max_tokens), ask(server.url, q, max_tokens)

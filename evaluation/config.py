@@ -62,10 +62,5 @@ class EvalConfig:
         if self.guard is not None:
             if self.engine != "vllm":
                 raise ConfigError("guard: a guard runs inside vLLM; use engine=vllm")
-            scored = sorted(expand_metrics(self.metrics) - GENERATION_METRICS)
-            if scored:
-                raise ConfigError(f"guard: metrics {scored} are teacher-forced, and scoring them through a guard "
-                                  "(its mask and penalty at every position) is not implemented yet; "
-                                  f"use --metrics {','.join(sorted(GENERATION_METRICS))}")
         if not 0 < self.min_k <= 1:
             raise ConfigError(f"min_k must be in (0, 1], got {self.min_k}")

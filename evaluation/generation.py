@@ -23,15 +23,24 @@ def generate_vllm(model_path: str, prompts: Sequence[Sequence[int]], max_tokens:
                   dtype: str = "auto", echo: bool = True, guard: Optional[str] = None) -> list[str]:
     """Greedy answers from vLLM; with `guard` (a policy dir) through the guard's logits processor,
     exactly as `unlearn serve --guard` decodes."""
+    return generate_vllm_timed(model_path, prompts, max_tokens, dtype, echo, guard)["texts"]
+
+
+def generate_vllm_timed(model_path: str, prompts: Sequence[Sequence[int]], max_tokens: Sequence[int],
+                        dtype: str = "auto", echo: bool = True, guard: Optional[str] = None,
+                        latency_requests: int = 0) -> dict:
+    """`generate_vllm` with vLLM's whole reply: texts, token ids, the batch's wall seconds and the
+    seconds of each of the first `latency_requests` prompts sent alone."""
     from .vllm_generate import run_vllm
 
     longest = max(len(p) + m for p, m in zip(prompts, max_tokens))
     request = {"prompt_token_ids": [list(p) for p in prompts], "max_tokens": list(max_tokens),
-               "dtype": default_dtype(dtype), "max_model_len": max(512, longest)}
+               "dtype": default_dtype(dtype), "max_model_len": max(512, longest),
+               "latency_requests": latency_requests}
     env = None
     if guard:
         from ..guard.runtime import FQCN, POLICY_ENV
 
         request["logits_processors"] = [FQCN]
         env = {POLICY_ENV: str(Path(guard).resolve())}
-    return run_vllm(model_path, request, echo=echo, env=env)["texts"]
+    return run_vllm(model_path, request, echo=echo, env=env)

@@ -108,9 +108,11 @@ def measure(cfg: EvalConfig, log=print, use_cache: bool = True) -> dict:
         if model is None:
             model, _ = load_model(path, dtype=_torch_dtype(cfg.dtype), device=_device())
         n_tokens = sum(len(p) + sum(map(len, c)) for _, _, p, c, _ in req.tf)
-        with tqdm(total=len(req.tf), desc="teacher forcing", unit="item") as bar:
+        transform = _guard_transform(cfg.guard, tokenizer, [r[2] for r in req.tf]) if cfg.guard else None
+        with tqdm(total=len(req.tf), desc="teacher forcing" + (" (guarded)" if cfg.guard else ""), unit="item") as bar:
             scored = score_continuations(model, [r[2] for r in req.tf], [r[3] for r in req.tf],
-                                         token_budget=cfg.token_budget, progress=bar.update)
+                                         token_budget=cfg.token_budget, transform_logits=transform,
+                                         progress=bar.update)
         for (t, i, _, _, keys), s in zip(req.tf, scored):
             scored_out[(t, i)] = dict(zip(keys, s))
         timing["teacher_forcing_s"] = round(time.time() - t0, 2)
@@ -128,6 +130,19 @@ def measure(cfg: EvalConfig, log=print, use_cache: bool = True) -> dict:
                            **guard_stats}
     write_json_atomic(cache_file, result)
     return result
+
+
+def _guard_transform(policy_dir: str, tokenizer, prefixes: list):
+    """Teacher forcing through the guard: each item's prompt is classified as the engine would, and
+    its scored positions get that request's mask and penalty (guard/scoring.py)."""
+    from functools import partial
+
+    from ..guard.policy import load_policy
+    from ..guard.runtime import GuardRuntime
+    from ..guard.scoring import guarded_logits
+
+    runtime = GuardRuntime(load_policy(policy_dir, tokenizer), tokenizer)
+    return partial(guarded_logits, runtime.guards([(p, None) for p in prefixes]))
 
 
 def _guard_stats(policy_dir: str, tokenizer, gen: list, tasks: list[Task]) -> dict:

@@ -124,7 +124,8 @@ def _lm_parts(model):
     return body, head
 
 
-LogitsTransform = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# (logits [N, V], owning item per row [N], the continuation tokens before each row's target) -> logits
+LogitsTransform = Callable[[torch.Tensor, torch.Tensor, list], torch.Tensor]
 
 
 @torch.inference_mode()
@@ -139,8 +140,9 @@ def score_continuations(
     """For each item i and each continuation c of it: log p(c_t | prefix_i, c_<t) for every t.
 
     `prefixes[i]` must be non-empty (its last token predicts the first continuation token).
-    `transform_logits(logits [N, V], item_index [N])` may rewrite logits before the softmax (a
-    runtime guard's mask and penalty, so a guarded system is scored as it would decode).
+    `transform_logits(logits [N, V], item_index [N], contexts)` may rewrite logits before the
+    softmax; `contexts[n]` are the continuation tokens already "decoded" before row n's target (a
+    runtime guard's mask and penalty depend on them, so a guarded system is scored as it decodes).
     `progress(n)` is called with the number of items finished after each batch."""
     if len(prefixes) != len(continuations):
         raise ValueError("prefixes and continuations differ in length")
@@ -186,14 +188,16 @@ def score_continuations(
         # every scored token is predicted by its parent node's output; a parent shared by several
         # continuations (a common answer prefix) goes through the output head once
         sources: dict[tuple[int, int], int] = {}
-        src_of, tgt_tok, owner = [], [], []
+        src_of, tgt_tok, owner, contexts = [], [], [], []
         for r, i in enumerate(batch):
             t = trees[i]
             for path in t.targets:
-                for node in path:
+                for j, node in enumerate(path):
                     src_of.append(sources.setdefault((r, t.parents[node]), len(sources)))
                     tgt_tok.append(t.tokens[node])
                     owner.append(i)
+                    if transform_logits is not None:
+                        contexts.append([t.tokens[n] for n in path[:j]])
         token_logp, greedy = [], []
         if sources:
             rows_idx = torch.tensor([r for r, _ in sources], device=device)
@@ -201,7 +205,7 @@ def score_continuations(
             logits = head(hidden[rows_idx, src_idx]).float()
             src = torch.tensor(src_of, device=device)
             if transform_logits is not None:  # per scored token: the guard may depend on the item
-                logits = transform_logits(logits[src], torch.tensor(owner, device=device))
+                logits = transform_logits(logits[src], torch.tensor(owner, device=device), contexts)
                 src = torch.arange(len(src_of), device=device)
             lse = torch.logsumexp(logits, dim=-1)  # log-softmax at the targets only, no [N, V] copy
             tgt = torch.tensor(tgt_tok, device=device)

@@ -3,8 +3,10 @@
     python -m unlearnkit.evaluation.vllm_generate --model DIR --requests IN.json --out OUT.json
 
 IN.json:  {"prompt_token_ids": [[...], ...], "max_tokens": [..] or int, "dtype": "float32",
-           "max_model_len": 1024, "logits_processors": ["module:Class", ...], "extra_args": [{..}, ..]}
-OUT.json: {"texts": [...], "token_ids": [[...], ...]} in request order.
+           "max_model_len": 1024, "logits_processors": ["module:Class", ...], "extra_args": [{..}, ..],
+           "latency_requests": N}
+OUT.json: {"texts": [...], "token_ids": [[...], ...], "generate_s": wall seconds of the batch,
+           "latency_s": [seconds for each of the first N prompts sent alone]} in request order.
 
 vLLM spawns worker processes, hence the __main__ guard; Python callers use `run_vllm`."""
 
@@ -43,9 +45,15 @@ def generate(model: str, request: dict) -> dict:
     params = [SamplingParams(temperature=0.0, max_tokens=m, extra_args=e) for m, e in zip(max_tokens, extra)]
     started = time.perf_counter()
     outputs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=True)
+    generate_s = time.perf_counter() - started
+    latency = []   # the first `latency_requests` prompts again, one at a time: seconds per request
+    for p, sp in list(zip(prompts, params))[:int(request.get("latency_requests", 0))]:
+        t0 = time.perf_counter()
+        llm.generate([TokensPrompt(prompt_token_ids=p)], sp, use_tqdm=False)
+        latency.append(time.perf_counter() - t0)
     return {"texts": [o.outputs[0].text for o in outputs],
             "token_ids": [list(o.outputs[0].token_ids) for o in outputs],
-            "generate_s": time.perf_counter() - started}
+            "generate_s": generate_s, "latency_s": latency}
 
 
 def run_vllm(model: str, request: dict, timeout: float = 3600, echo: bool = False,

@@ -63,7 +63,7 @@ def test_transform_is_applied_per_item(tiny):
     model, _ = tiny
     banned = 50
 
-    def ban(logits, owner):
+    def ban(logits, owner, contexts):
         logits = logits.clone()
         logits[owner == 1, banned] = float("-inf")
         return logits

@@ -1,0 +1,107 @@
+"""`unlearn serve --agents` started as users start it (its own process, on loopback) and driven
+over HTTP: what the comparison and the agent benchmark send their prompts through."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from ..errors import UnlearnError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class EndpointError(UnlearnError):
+    """The agent server did not start or stopped answering."""
+
+
+class AgentServer:
+    """Context manager: the agent front (and its vLLM engine) for one model + policy."""
+
+    def __init__(self, model: str, policy: str, log: Path, agents_only: bool = True, dtype: str = "float32",
+                 max_model_len: int = 2048, config: Optional[str] = None, overrides: Sequence[str] = (),
+                 env: Optional[dict] = None, start_timeout: float = 900):
+        from ..guard.serve import free_port
+
+        self.port, self.backend_port = free_port(), free_port()
+        self.log = Path(log)
+        cmd = [sys.executable, "-m", "unlearnkit.cli", "serve", "--model", model, "--guard", policy, "--agents",
+               "--port", str(self.port), "--backend-port", str(self.backend_port), "--name", "model",
+               "--dtype", dtype, "--max-model-len", str(max_model_len)]
+        cmd += ["--agents-only"] if agents_only else []
+        cmd += ["--agents-config", config] if config else []
+        for kv in overrides:
+            cmd += ["--agents-set", kv]
+        self.cmd, self.env, self.start_timeout = cmd, {**os.environ, **(env or {})}, start_timeout
+        self.proc: Optional[subprocess.Popen] = None
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self.backend = f"http://127.0.0.1:{self.backend_port}/v1"
+        self.start_s = 0.0
+
+    def __enter__(self) -> "AgentServer":
+        import httpx
+
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(self.cmd, cwd=ROOT, env=self.env, stdout=open(self.log, "w"),
+                                     stderr=subprocess.STDOUT)
+        started = time.time()
+        while True:
+            if self.proc.poll() is not None:
+                tail = self.log.read_text(errors="replace")[-2000:]
+                raise EndpointError(f"the agent server exited with code {self.proc.returncode} before answering "
+                                    f"(log {self.log}):\n{tail}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.time() - started > self.start_timeout:
+                self.stop()
+                raise EndpointError(f"the agent server did not answer within {self.start_timeout:.0f} s (log {self.log})")
+            time.sleep(2)
+        self.start_s = time.time() - started
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+    def ask(self, prompt: str, max_tokens: int = 128, url: Optional[str] = None) -> dict:
+        """One greedy chat request: {'status', 'text', 'unlearn' (the front's record), 'seconds'}."""
+        return chat(url or self.url, prompt, max_tokens)
+
+    def ask_many(self, prompts: Sequence[str], max_tokens: int = 128, workers: int = 8,
+                 progress: Optional[Callable[[int], None]] = None) -> list[dict]:
+        def one(p):
+            out = self.ask(p, max_tokens)
+            if progress:
+                progress(1)
+            return out
+
+        with ThreadPoolExecutor(workers) as pool:
+            return list(pool.map(one, prompts))
+
+
+def chat(url: str, prompt: str, max_tokens: int = 128, timeout: float = 900) -> dict:
+    import httpx
+
+    started = time.perf_counter()
+    r = httpx.post(f"{url}/chat/completions", timeout=timeout, json={
+        "model": "model", "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
+        "temperature": 0.0})
+    body = r.json()
+    text = body["choices"][0]["message"]["content"] if r.status_code == 200 else ""
+    return {"status": r.status_code, "text": text or "", "unlearn": body.get("unlearn", {}),
+            "seconds": time.perf_counter() - started}

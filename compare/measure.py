@@ -1,0 +1,276 @@
+"""Measuring one system: metrics, attacks, serving cost, relearning. Each part cached by a hash of
+everything that determines it (weights, policy files, agent config, prompts, settings), so an
+interrupted comparison resumes where it stopped and a re-run only re-reads JSON.
+
+Deployed paths:
+    weights alone / +guard   offline vLLM (the guard as the engine's logits processor, exactly as
+                             `unlearn serve --guard`); teacher-forced metrics through the guard's
+                             mask and penalty (evaluation/harness.py)
+    +agents                  `unlearn serve --agents` over HTTP; probability-based metrics are the
+                             engine's (a text rewriter cannot change them), generation-based ones
+                             (ROUGE, attacks) are the agents' replies
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+import statistics
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+from ..config import to_dict
+from ..files import write_json_atomic
+from ..evaluation.attacks import Probe, relearn_split
+from ..evaluation.config import EvalConfig
+from ..evaluation.leakage import by_category, score_reply
+from .config import CompareConfig, System
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _cached(kind: str, key_obj, make, log=print) -> dict:
+    """JSON cache in $UNLEARN_CACHE/compare/<kind>-<hash>.json (written atomically, last)."""
+    from ..models.catalog import cache_root
+
+    path = cache_root() / "compare" / f"{kind}-{_digest(key_obj)}.json"
+    if path.is_file():
+        log(f"(cached) {kind}: {path.name}")
+        return json.loads(path.read_text())
+    out = make()
+    write_json_atomic(path, out)
+    return out
+
+
+def policy_fingerprint(policy: Optional[str]) -> Optional[str]:
+    if not policy:
+        return None
+    meta = json.loads((Path(policy) / "policy.json").read_text())
+    return _digest([meta["files"], meta["config"], meta["calibration"]])
+
+
+def agents_fingerprint(cfg: CompareConfig) -> dict:
+    text = Path(cfg.agents.config).read_text() if Path(cfg.agents.config).is_file() else cfg.agents.config
+    return {"config": text, "set": list(cfg.agents.set), "max_model_len": cfg.agents.max_model_len}
+
+
+def refusal_texts(policy: Optional[str], cfg: CompareConfig) -> list[str]:
+    """The refusals this system's runtime parts answer with (counted as refusals, not leaks)."""
+    out = []
+    if policy:
+        out.append(json.loads((Path(policy) / "policy.json").read_text())["config"]["refusal"])
+    try:
+        from ..agents.config import load_agent_config
+
+        out.append(load_agent_config(cfg.agents.config, list(cfg.agents.set)).refusal)
+    except Exception:   # noqa: BLE001 - an unreadable agent config fails the agent systems, not this
+        pass
+    return out
+
+
+# ----------------------------------------------------------------------------- scoring attacks
+def score_probes(probes: Sequence[Probe], replies: Sequence[str], cfg: CompareConfig, refusals: list[str]) -> dict:
+    records = []
+    for p, reply in zip(probes, replies):
+        s = score_reply(reply, p.gold, p.keywords, refusals, cfg.attacks.leak_rouge, cfg.attacks.leak_keywords)
+        records.append({"role": p.role, "category": p.category, "variant": p.variant, "item": p.item,
+                        "prompt": p.prompt, "reply": reply, **s})
+    return {"by_category": by_category(records), "records": records}
+
+
+def _serving(n_tokens: int, seconds: float, latency: Sequence[float], n_requests: int) -> dict:
+    return {"requests": n_requests, "output_tokens": n_tokens, "batch_seconds": round(seconds, 2),
+            "tokens_per_s": round(n_tokens / seconds, 2) if seconds > 0 else None,
+            "latency_median_s": round(statistics.median(latency), 3) if latency else None,
+            "latency_requests": len(latency)}
+
+
+# ----------------------------------------------------------------------------- engine systems
+def eval_config(ecfg: EvalConfig, path: str, policy: Optional[str], dtype: str) -> EvalConfig:
+    return dataclasses.replace(ecfg, model=path, guard=policy, retain_eval=None,
+                               dtype=dtype if dtype != "auto" else ecfg.dtype)
+
+
+def engine_metrics(ecfg: EvalConfig, path: str, policy: Optional[str], dtype: str, log=print) -> dict:
+    from ..evaluation.harness import measure
+
+    return measure(eval_config(ecfg, path, policy, dtype), log=log)
+
+
+def engine_attacks(path: str, policy: Optional[str], probes: Sequence[Probe], cfg: CompareConfig, log=print) -> dict:
+    """Every probe through offline vLLM (with the guard's processor when `policy`), plus the first
+    `latency_requests` forget probes sent alone."""
+    from ..data.formatting import prompt_text
+    from ..evaluation.generation import generate_vllm_timed
+    from ..evaluation.harness import model_fingerprint
+    from ..models.loading import load_tokenizer
+
+    key = {"stage": "attacks", "model": model_fingerprint(path), "policy": policy_fingerprint(policy),
+           "prompts": [p.prompt for p in probes], "max_new_tokens": cfg.attacks.max_new_tokens,
+           "dtype": cfg.dtype, "latency": cfg.latency_requests}
+
+    def make():
+        tok = load_tokenizer(path)
+        ids = [tok(prompt_text(tok, p.prompt), add_special_tokens=False)["input_ids"] for p in probes]
+        log(f"attacking with {len(probes)} probes through vLLM" + (" + guard" if policy else ""))
+        out = generate_vllm_timed(path, ids, [cfg.attacks.max_new_tokens] * len(ids), dtype=cfg.dtype,
+                                  guard=policy, latency_requests=min(cfg.latency_requests, len(ids)))
+        n_tokens = sum(len(t) for t in out["token_ids"])
+        return {"replies": out["texts"], "serving": _serving(n_tokens, out["generate_s"], out["latency_s"], len(ids))}
+
+    # replies are cached, scores are not: a change of scoring rules never needs the engine again
+    got = _cached("attacks", key, make, log)
+    return {**score_probes(probes, got["replies"], cfg, refusal_texts(policy, cfg)), "serving": got["serving"]}
+
+
+# ----------------------------------------------------------------------------- agent systems
+def _gen_jobs(tasks) -> list[tuple[int, int, str, str]]:
+    """(task, item, key, question) of every generation prompt the metrics need."""
+    jobs = []
+    for t, task in enumerate(tasks):
+        if task.kind not in ("qa", "options"):
+            continue
+        for i, r in enumerate(task.items):
+            jobs.append((t, i, "generated", r.question))
+            pq = r.extra.get("paraphrased_question")
+            if task.role == "forget" and isinstance(pq, str) and pq:
+                jobs.append((t, i, "generated_paraphrased_question", pq))
+    return jobs
+
+
+def with_replies(result: dict, tasks, ecfg: EvalConfig, replies: dict) -> dict:
+    """The engine's measurement with its generation-based fields replaced by the agents' replies
+    (keyed (task, item, key)), aggregates recomputed; probability-based fields stay the engine's."""
+    from ..evaluation.metrics.rouge import rouge_scores
+    from ..evaluation.scoring import aggregate
+
+    out = json.loads(json.dumps(result))
+    for t, task in enumerate(tasks):
+        if task.name not in out["tasks"] or task.kind not in ("qa", "options"):
+            continue
+        items = out["tasks"][task.name]["items"]
+        for i, (rec, r) in enumerate(zip(items, task.items)):
+            if (t, i, "generated") in replies:
+                text = replies[(t, i, "generated")].strip()
+                rec["generated_text"] = [r.question, text, r.answer]
+                rec.update(rouge_scores(r.answer, text))
+            if (t, i, "generated_paraphrased_question") in replies:
+                text = replies[(t, i, "generated_paraphrased_question")].strip()
+                rec["generated_paraphrased_question"] = text
+                rec["rougeL_recall_paraphrased_question"] = rouge_scores(r.answer, text)["rougeL_recall"]
+        out["tasks"][task.name]["aggregate"] = aggregate(task, items, ecfg)
+    return out
+
+
+def agent_system(system: System, path: str, policy: str, engine_result: dict, tasks, ecfg: EvalConfig,
+                 probes: Sequence[Probe], cfg: CompareConfig, workdir: Path, log=print) -> dict:
+    """Metrics and attacks through `unlearn serve --agents` (one server for both)."""
+    from tqdm.auto import tqdm
+
+    from ..evaluation.harness import model_fingerprint
+    from ..models.loading import load_tokenizer
+    from .endpoint import AgentServer
+
+    jobs = _gen_jobs(tasks)
+    key = {"stage": "agents", "system": system.name, "model": model_fingerprint(path),
+           "policy": policy_fingerprint(policy), "agents": agents_fingerprint(cfg), "eval": to_dict(eval_config(
+               ecfg, "", None, cfg.dtype)), "jobs": [j[3] for j in jobs],
+           "prompts": [p.prompt for p in probes], "max_new_tokens": cfg.attacks.max_new_tokens,
+           "latency": cfg.latency_requests, "dtype": cfg.dtype}
+
+    def make():
+        tok = load_tokenizer(path)
+        dtype = cfg.dtype if cfg.dtype != "auto" else "float32"
+        with AgentServer(path, policy, workdir / "logs" / f"{system.name}.server.log", agents_only=not system.guard,
+                         dtype=dtype, max_model_len=cfg.agents.max_model_len, config=cfg.agents.config,
+                         overrides=cfg.agents.set) as server:
+            log(f"agent server up in {server.start_s:.0f} s; {len(jobs)} metric prompts, {len(probes)} probes")
+            with tqdm(total=len(jobs) + len(probes), desc=f"{system.name} over HTTP", unit="req") as bar:
+                metric_replies = server.ask_many([j[3] for j in jobs], ecfg.max_new_tokens, cfg.agents.concurrency,
+                                                 bar.update)
+                t0 = time.perf_counter()
+                attack_replies = server.ask_many([p.prompt for p in probes], cfg.attacks.max_new_tokens,
+                                                 cfg.agents.concurrency, bar.update)
+                batch_s = time.perf_counter() - t0
+            latency = [server.ask(p.prompt, cfg.attacks.max_new_tokens)["seconds"]
+                       for p in probes[:cfg.latency_requests]]
+        failed = [r for r in metric_replies + attack_replies if r["status"] != 200]
+        if failed:
+            raise RuntimeError(f"{len(failed)} requests to the agent server failed (first: HTTP {failed[0]['status']})")
+        routes = [r["unlearn"].get("route") or r["unlearn"].get("path") for r in attack_replies]
+        calls = [r["unlearn"].get("llm_calls") for r in attack_replies if r["unlearn"].get("path") != "passthrough"]
+        n_tokens = sum(len(tok(r["text"], add_special_tokens=False)["input_ids"]) for r in attack_replies)
+        return {"metric_replies": [[t, i, k, r["text"]] for (t, i, k, _), r in zip(jobs, metric_replies)],
+                "replies": [r["text"] for r in attack_replies], "serving": {**_serving(n_tokens, batch_s, latency, len(probes)),
+                                      "server_start_s": round(server.start_s, 1),
+                                      "routes": {k: routes.count(k) for k in sorted(set(map(str, routes)))},
+                                      "llm_calls_per_flagged": round(statistics.mean(c for c in calls if c is not None), 2)
+                                      if any(c is not None for c in calls) else None}}
+
+    out = _cached("agents", key, make, log)
+    replies = {(t, i, k): text for t, i, k, text in out["metric_replies"]}
+    return {"metrics": with_replies(engine_result, tasks, ecfg, replies),
+            "attacks": {**score_probes(probes, out["replies"], cfg, refusal_texts(policy, cfg)),
+                        "serving": out["serving"]}}
+
+
+# ----------------------------------------------------------------------------- relearning
+def relearn(path: str, forget, cfg: CompareConfig, refusals: list[str], log=print) -> dict:
+    """The relearning attack on a weight-level system: fine-tune it on the even-numbered forget
+    items, then ask the odd-numbered ones (plain questions), before and after; leak rates as for
+    the prompt attacks. The relearned weights are deleted once measured (their result is cached)."""
+    from ..config import from_dict
+    from ..data.formatting import prompt_text
+    from ..evaluation.harness import model_fingerprint
+    from ..models.catalog import cache_root
+    from ..models.loading import greedy_generate, load_model
+    from ..training.cache import cached_output_dir
+    from ..training.config import TrainConfig
+    from ..training.run import run_training
+
+    taught, probed = relearn_split(len(forget))
+    if not taught or not probed:
+        raise ValueError("relearn needs at least two forget items")
+    key = {"stage": "relearn", "model": model_fingerprint(path), "taught": [forget[i].to_json() for i in taught],
+           "probed": [forget[i].to_json() for i in probed], "epochs": cfg.attacks.relearn_epochs,
+           "lr": cfg.attacks.relearn_lr, "max_new_tokens": cfg.attacks.max_new_tokens}
+
+    def make():
+        data = cache_root() / "compare" / f"relearn-data-{_digest(key)}.jsonl"
+        data.parent.mkdir(parents=True, exist_ok=True)
+        data.write_text("".join(json.dumps({"question": forget[i].question, "answer": forget[i].answer}) + "\n"
+                                for i in taught))
+        tcfg = from_dict(TrainConfig, {
+            "model": path, "output_dir": "", "mode": "full", "method": {"name": "finetune"},
+            "data": {"train": f"file:{data}", "max_length": 256},
+            "optim": {"epochs": cfg.attacks.relearn_epochs, "lr": cfg.attacks.relearn_lr, "batch_size": 8,
+                      "save_steps": -1, "logging_steps": 1}})
+        tcfg = dataclasses.replace(tcfg, output_dir=str(cached_output_dir(tcfg, "relearn")))
+        log(f"relearning: fine-tune on {len(taught)} forget items, probe {len(probed)}")
+        started = time.time()
+        run_dir = run_training(tcfg, resume=True, log=log)
+        train_s = time.time() - started
+        questions = [forget[i].question for i in probed]
+        replies = {}
+        for name, model_dir in (("before", path), ("after", str(run_dir))):
+            model, tok = load_model(model_dir)
+            ids = [tok(prompt_text(tok, q), add_special_tokens=False)["input_ids"] for q in questions]
+            replies[name] = greedy_generate(model, tok, ids, [cfg.attacks.max_new_tokens] * len(ids))
+            del model
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return {"taught": len(taught), "probed": len(probed), "train_seconds": round(train_s, 1), "replies": replies}
+
+    from ..evaluation.attacks import keywords_of
+
+    got = _cached("relearn", key, make, log)
+    out = {k: v for k, v in got.items() if k != "replies"}
+    for name, texts in got["replies"].items():
+        probes = [Probe("relearn", name, "forget", i, forget[i].question, forget[i].answer,
+                        keywords_of(forget[i].answer, forget[i].question)) for i in probed]
+        out[name] = score_probes(probes, texts, cfg, refusals)
+    return out

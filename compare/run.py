@@ -1,0 +1,208 @@
+"""`unlearn compare` and `unlearn attack`: build every system, measure each the same way, report.
+
+For each system in the config (a progress bar across them): build or reuse its checkpoint and
+guard policy, then measure metrics (`compare`), attacks and serving cost, and the relearning
+attack for weight-level systems. A system that fails is recorded with the reason and the others
+are still measured. `results.json` is rewritten after every system, and every part is cached, so
+an interrupted comparison picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Optional, Sequence
+
+from ..config import load_config, to_dict
+from ..errors import ConfigError, DataError
+from ..evaluation.attacks import build_probes, spread
+from ..evaluation.config import EvalConfig
+from ..files import write_json_atomic
+from .config import CompareConfig, System, parse_system
+
+
+def load_compare_config(path: str, overrides: Optional[list[str]] = None) -> CompareConfig:
+    cfg = load_config(CompareConfig, path, overrides)
+    cfg.validate()
+    return cfg
+
+
+def out_dir(cfg: CompareConfig) -> Path:
+    return Path(cfg.out_dir or f"runs/compare/{cfg.name}")
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def attack_sets(cfg: CompareConfig, ecfg: EvalConfig):
+    """(forget items, probes) for the config: probes on the attacked forget items and on matched
+    neighbour (retain) items."""
+    from ..evaluation.benchmarks import build_tasks
+
+    tasks = build_tasks(ecfg)
+    forget = next((t for t in tasks if t.role == "forget" and t.kind == "qa"), None)
+    if forget is None:
+        raise DataError(f"benchmark {ecfg.benchmark!r} has no forget QA set to attack")
+    retain = next((t for t in tasks if t.role == "retain" and t.kind == "qa"), None)
+    probes = build_probes(forget.items, "forget", cfg.attacks.names, spread(len(forget.items), cfg.attacks.forget_items),
+                          cfg.attacks.all_jailbreaks)
+    if retain is not None and cfg.attacks.neighbours:
+        probes += build_probes(retain.items, "neighbour", cfg.attacks.names,
+                               spread(len(retain.items), cfg.attacks.neighbours), cfg.attacks.all_jailbreaks)
+    return tasks, forget.items, probes
+
+
+def measure_system(system: System, cfg: CompareConfig, ecfg: EvalConfig, tasks, forget, probes,
+                   stages: Sequence[str], work: Path, log=_stderr) -> dict:
+    from .build import checkpoint, guard_policy, run_record
+    from .measure import agent_system, engine_attacks, engine_metrics, refusal_texts, relearn
+
+    started = time.time()
+    path = checkpoint(system, cfg, log=log)
+    out: dict = {"status": "ok", "system": system.name, "kind": system.kind, "base": system.base,
+                 "checkpoint": path, "training": run_record(path)}
+    policy = None
+    if system.guard or system.agents:
+        policy, info = guard_policy(cfg.guard, path, log=log)
+        out["guard"] = {"policy": policy, **info}
+    engine_policy = policy if system.guard else None
+    if system.agents:
+        engine = engine_metrics(ecfg, path, engine_policy, cfg.dtype, log=log)
+        measured = agent_system(system, path, policy, engine, tasks, ecfg, probes, cfg, work, log=log)
+        out["metrics"] = measured["metrics"] if "metrics" in stages else None
+        out["attacks"] = measured["attacks"]
+    else:
+        if "metrics" in stages:
+            out["metrics"] = engine_metrics(ecfg, path, engine_policy, cfg.dtype, log=log)
+        out["attacks"] = engine_attacks(path, engine_policy, probes, cfg, log=log)
+    if "relearn" in cfg.attacks.names:
+        if system.kind in ("reference", "weight"):
+            out["relearn"] = relearn(path, forget, cfg, refusal_texts(None, cfg), log=log)
+        else:
+            out["relearn"] = {"skipped": "a served system's weights are not the attacker's to fine-tune; "
+                                         "see the relearning attack on its underlying checkpoint"}
+    out["seconds"] = round(time.time() - started, 1)
+    return out
+
+
+def retain_reference(cfg: CompareConfig, ecfg: EvalConfig, results: dict, log=_stderr) -> tuple[Optional[dict], str]:
+    """(the retain model's forget truth ratios, reason when there are none)."""
+    from ..evaluation.summary import _reference
+
+    if not cfg.retain:
+        return None, "no retain model in this comparison (config: retain: <model ref>), so forget quality has no reference"
+    got = results.get("retain")
+    if got is not None and got.get("status") != "ok":
+        return None, f"the retain model failed: {got.get('reason')}"
+    if got is not None and got.get("metrics"):
+        return _reference(got["metrics"], "retain"), ""
+    try:   # not listed as a system: measure it as the reference only (cached)
+        from .build import ensure_model
+        from .measure import engine_metrics
+
+        return _reference(engine_metrics(ecfg, ensure_model(cfg.retain, log), None, cfg.dtype, log=log), "retain"), ""
+    except Exception as exc:  # noqa: BLE001 - reported, never a number
+        return None, f"the retain model could not be measured: {type(exc).__name__}: {exc}"
+
+
+def summaries(cfg: CompareConfig, ecfg: EvalConfig, results: dict, log=_stderr) -> None:
+    """Each measured system's headline metrics (forget quality against the retain model)."""
+    import dataclasses
+
+    from ..evaluation.summary import summarize
+
+    ref, reason = retain_reference(cfg, ecfg, results, log)
+    sum_cfg = dataclasses.replace(ecfg, metrics=sorted(set(ecfg.metrics) | {"forget_quality", "model_utility"}))
+    for res in results.values():
+        if res.get("status") != "ok" or not res.get("metrics"):
+            continue
+        s = summarize(res["metrics"], sum_cfg, ref)
+        if ref is None:
+            s["forget_quality"], s["forget_quality_reason"] = None, reason
+        res["summary"] = s
+
+
+def _compact(res: dict) -> dict:
+    """What results.json keeps of a system (per-item records go to systems/<name>.json)."""
+    out = {k: v for k, v in res.items() if k not in ("metrics", "attacks", "relearn")}
+    if res.get("metrics"):
+        out["aggregates"] = {n: t["aggregate"] for n, t in res["metrics"]["tasks"].items()}
+        out["timing"] = res["metrics"].get("timing")
+        if "guard" in res["metrics"]:
+            out["guard_flagged_rate"] = res["metrics"]["guard"].get("flagged_rate")
+    if res.get("attacks"):
+        out["attacks"] = {"by_category": res["attacks"]["by_category"], "serving": res["attacks"]["serving"]}
+    if res.get("relearn"):
+        rl = res["relearn"]
+        out["relearn"] = rl if "skipped" in rl else {
+            "taught": rl["taught"], "probed": rl["probed"], "train_seconds": rl["train_seconds"],
+            **{k: rl[k]["by_category"]["forget"]["all"] for k in ("before", "after")}}
+    return out
+
+
+def provenance(cfg: CompareConfig, ecfg: EvalConfig, tasks, probes) -> dict:
+    from ..evaluation.harness import _versions
+
+    return {"config": to_dict(cfg), "eval_config": to_dict(ecfg), "versions": _versions(),
+            "data": {t.name: {"source": t.source, "items": len(t.items), "fingerprint": t.fingerprint()} for t in tasks},
+            "probes": {"n": len(probes), "forget": sum(p.role == "forget" for p in probes),
+                       "neighbour": sum(p.role == "neighbour" for p in probes)},
+            "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def run_compare(cfg: CompareConfig, stages: Sequence[str] = ("metrics", "attacks"),
+                only: Optional[Sequence[str]] = None, report: bool = True, log=_stderr) -> dict:
+    from tqdm.auto import tqdm
+
+    from ..evaluation.harness import model_fingerprint
+
+    ecfg = load_config(EvalConfig, cfg.eval)
+    ecfg.validate()
+    systems = [parse_system(s, cfg) for s in (only or cfg.systems)]
+    tasks, forget, probes = attack_sets(cfg, ecfg)
+    work = out_dir(cfg)
+    (work / "systems").mkdir(parents=True, exist_ok=True)
+    (work / "logs").mkdir(parents=True, exist_ok=True)
+    doc = {"name": cfg.name, "provenance": provenance(cfg, ecfg, tasks, probes), "systems": {}}
+    results: dict = {}
+    started = time.time()
+    bar = tqdm(systems, desc="systems", unit="system", position=0)
+    for system in bar:
+        bar.set_postfix_str(system.name)
+        log(f"\n== [{len(results) + 1}/{len(systems)}] {system.name}")
+        try:
+            res = measure_system(system, cfg, ecfg, tasks, forget, probes, stages, work, log=log)
+        except Exception as exc:  # noqa: BLE001 - a failed system is reported, the others still measured
+            detail = traceback.format_exc()
+            (work / "logs" / f"{system.name}.error.log").write_text(detail)
+            reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            log(f"!! {system.name} failed: {reason} (traceback: {work / 'logs' / (system.name + '.error.log')})")
+            res = {"status": "failed", "system": system.name, "kind": system.kind, "reason": reason}
+        results[system.name] = res
+        if res["status"] == "ok":
+            write_json_atomic(work / "systems" / f"{system.name}.json", res)
+        doc["systems"] = {k: _compact(v) for k, v in results.items()}
+        write_json_atomic(work / "results.json", doc)
+    bar.close()
+    if "metrics" in stages:
+        summaries(cfg, ecfg, results, log)
+    doc["systems"] = {k: _compact(v) for k, v in results.items()}
+    doc["fingerprints"] = {k: model_fingerprint(v["checkpoint"]) for k, v in results.items() if v.get("checkpoint")}
+    doc["wall_s"] = round(time.time() - started, 1)
+    write_json_atomic(work / "results.json", doc)
+    if report:
+        from .report import write_report
+
+        write_report(doc, work)
+    return doc
+
+
+def check_only(names: Sequence[str], cfg: CompareConfig) -> list[str]:
+    out = [parse_system(n, cfg).name for n in names]
+    missing = [n for n in out if n not in [parse_system(s, cfg).name for s in cfg.systems]]
+    if missing:
+        raise ConfigError(f"system(s) {missing} are not in this comparison; its systems: {cfg.systems}")
+    return out

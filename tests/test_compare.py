@@ -1,0 +1,283 @@
+"""`unlearn compare`: system names, failures and missing references, caching/resume, the report
+(markdown, self-contained HTML opened in headless Chromium, JSON) and guarded teacher forcing."""
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from unlearnkit.compare import report as R
+from unlearnkit.compare import run as RUN
+from unlearnkit.compare.config import CompareConfig, parse_system
+from unlearnkit.config import from_dict
+from unlearnkit.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_cfg(tmp_path, **over) -> CompareConfig:
+    base = {"name": "t", "eval": str(tmp_path / "eval.yaml"), "target": "smollm2", "retain": "smollm2",
+            "methods": {"ihl_fila": "configs/train/ihl_fila.yaml"}, "guard": {"forget": "synth/forget"},
+            "systems": ["target", "retain", "ihl_fila", "target+guard", "target+agents+guard"],
+            "out_dir": str(tmp_path / "out")}
+    base.update(over)
+    cfg = from_dict(CompareConfig, base)
+    cfg.validate()
+    return cfg
+
+
+# ----------------------------------------------------------------------------- config
+def test_system_names(tmp_path):
+    cfg = make_cfg(tmp_path)
+    s = parse_system("target+agents+guard", cfg)
+    assert (s.name, s.base, s.guard, s.agents, s.kind) == ("target+guard+agents", "target", True, True, "stack")
+    assert parse_system("ihl_fila+guard", cfg).kind == "stack"
+    assert parse_system("target+guard", cfg).kind == "guard"
+    assert parse_system("ihl_fila", cfg).kind == "weight"
+    assert parse_system("retain", cfg).kind == "reference"
+    with pytest.raises(ConfigError, match=r"unknown system 'npo'.*valid systems: \['target', 'retain', 'ihl_fila'"):
+        parse_system("npo", cfg)
+    with pytest.raises(ConfigError, match=r"'shield' is not one of \['guard', 'agents'\]"):
+        parse_system("target+shield", cfg)
+    with pytest.raises(ConfigError, match="needs a guard policy"):
+        make_cfg(tmp_path, guard=None)
+    with pytest.raises(ConfigError, match="listed twice"):
+        make_cfg(tmp_path, systems=["target", "target"])
+    with pytest.raises(ConfigError, match=r"unknown attack\(s\) \['x'\]; valid attacks"):
+        make_cfg(tmp_path, attacks={"names": ["x"]})
+    with pytest.raises(ConfigError, match="reserved"):
+        make_cfg(tmp_path, methods={"guard": "x.yaml"})
+
+
+def test_shipped_compare_configs_load():
+    for path in sorted((ROOT / "configs/compare").glob("*.yaml")):
+        cfg = RUN.load_compare_config(str(path))
+        assert cfg.systems and Path(ROOT / cfg.eval).is_file(), path
+        for ref in [cfg.target, cfg.retain, *cfg.methods.values()]:
+            if ref and (ref.startswith("run:") or ref.endswith(".yaml")):
+                assert (ROOT / ref.removeprefix("run:")).is_file(), ref
+
+
+def test_unknown_key_in_compare_config(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text(yaml.safe_dump({"name": "x", "eval": "e", "target": "t", "systems": ["target"], "sytems": []}))
+    with pytest.raises(ConfigError, match="sytems"):
+        RUN.load_compare_config(str(f))
+
+
+# ----------------------------------------------------------------------------- orchestration (fake measuring)
+def _fake_result(system, truth_ratios, leak, neighbour_rouge, fail=None):
+    if fail:
+        raise RuntimeError(fail)
+    items = [{"truth_ratio": t} for t in truth_ratios]
+    forget = {"fingerprint": "f", "items": items, "aggregate": {"rougeL_recall": leak}}
+    cats = {"paraphrase": {"n": 2, "leak_rate": leak, "rouge": leak, "keywords": leak, "refusal_rate": 0.0}}
+    cats["all"] = cats["paraphrase"]
+    nb = {"paraphrase": {"n": 1, "leak_rate": 0.5, "rouge": neighbour_rouge, "keywords": 0.5, "refusal_rate": 0.0}}
+    nb["all"] = nb["paraphrase"]
+    return {"status": "ok", "system": system.name, "kind": system.kind, "base": system.base, "checkpoint": None,
+            "training": {"train_seconds": 12.0}, "metrics": {"tasks": {"forget": forget}, "privleak_auc": None},
+            "attacks": {"by_category": {"forget": cats, "neighbour": nb}, "records": [],
+                        "serving": {"tokens_per_s": 100.0, "latency_median_s": 0.5}}}
+
+
+@pytest.fixture
+def fake_world(tmp_path, monkeypatch):
+    (tmp_path / "eval.yaml").write_text(yaml.safe_dump({"benchmark": "synthetic", "metrics": ["probability"]}))
+    monkeypatch.setattr(RUN, "attack_sets", lambda cfg, ecfg: ([], [], []))
+    calls = []
+
+    def fake_measure(system, cfg, ecfg, tasks, forget, probes, stages, work, log=print):
+        calls.append(system.name)
+        spec = {"target": ([0.2, 0.3, 0.25], 0.9, 0.8, None), "retain": ([0.6, 0.7, 0.65], 0.2, 0.8, None),
+                "ihl_fila": ([0.55, 0.66, 0.7], 0.25, 0.78, None),
+                "target+guard": ([0.5, 0.6, 0.7], 0.1, 0.79, None),
+                "target+guard+agents": (None, None, None, "the agent server exited with code 1 before answering")}
+        tr, leak, nb, fail = spec[system.name]
+        return _fake_result(system, tr, leak, nb, fail)
+
+    monkeypatch.setattr(RUN, "measure_system", fake_measure)
+    return calls
+
+
+def test_failed_system_is_reported_and_the_others_measured(tmp_path, fake_world):
+    doc = RUN.run_compare(make_cfg(tmp_path))
+    assert fake_world == ["target", "retain", "ihl_fila", "target+guard", "target+guard+agents"]
+    failed = doc["systems"]["target+guard+agents"]
+    assert failed["status"] == "failed" and "exited with code 1" in failed["reason"]
+    assert (tmp_path / "out/logs/target+guard+agents.error.log").read_text().count("Traceback") == 1
+    fq = {k: v["summary"]["forget_quality"] for k, v in doc["systems"].items() if v["status"] == "ok"}
+    assert fq["retain"] == pytest.approx(1.0)
+    assert fq["target"] < 0.2 < fq["ihl_fila"]
+    on_disk = json.loads((tmp_path / "out/results.json").read_text())
+    assert on_disk["systems"]["target+guard+agents"]["reason"] == failed["reason"]
+    md = (tmp_path / "out/report.md").read_text()
+    assert "FAILED" in md and "exited with code 1" in md and "## Failed systems" in md
+    # target+guard within the tolerance of retain's leak rate and keeps >= 90% of the neighbours: marked
+    reach = R.reaches_retain(doc)
+    assert reach["target+guard"]["paraphrase"] and not reach["target"]["paraphrase"]
+
+
+def test_missing_retain_model_leaves_forget_quality_empty_with_reason(tmp_path, fake_world):
+    doc = RUN.run_compare(make_cfg(tmp_path, retain=None, systems=["target", "ihl_fila"]))
+    for name in ("target", "ihl_fila"):
+        s = doc["systems"][name]["summary"]
+        assert s["forget_quality"] is None and "no retain model" in s["forget_quality_reason"]
+    assert "forget quality of target is empty: no retain model" in (tmp_path / "out/report.md").read_text()
+
+
+def test_failed_retain_model_gives_its_reason(tmp_path, monkeypatch, fake_world):
+    real = RUN.measure_system
+
+    def failing_retain(system, *a, **k):
+        if system.name == "retain":
+            raise OSError("retain checkpoint unreadable")
+        return real(system, *a, **k)
+
+    monkeypatch.setattr(RUN, "measure_system", failing_retain)
+    doc = RUN.run_compare(make_cfg(tmp_path, systems=["target", "retain"]))
+    s = doc["systems"]["target"]["summary"]
+    assert s["forget_quality"] is None
+    assert s["forget_quality_reason"] == "the retain model failed: OSError: retain checkpoint unreadable"
+
+
+def test_only_subset_must_be_in_the_config(tmp_path, fake_world):
+    cfg = make_cfg(tmp_path)
+    assert RUN.check_only(["target+agents+guard"], cfg) == ["target+guard+agents"]
+    with pytest.raises(ConfigError, match="not in this comparison"):
+        RUN.check_only(["retain+guard"], cfg)
+
+
+def test_stage_cache_resumes_without_remeasuring(tmp_path):
+    from unlearnkit.compare.measure import _cached
+
+    made = []
+    make = lambda: made.append(1) or {"replies": ["a"]}  # noqa: E731
+    assert _cached("attacks", {"k": 1}, make, log=lambda *_: None) == {"replies": ["a"]}
+    assert _cached("attacks", {"k": 1}, make, log=lambda *_: None) == {"replies": ["a"]}
+    assert len(made) == 1
+    _cached("attacks", {"k": 2}, make, log=lambda *_: None)
+    assert len(made) == 2
+
+
+def test_agent_replies_replace_generation_metrics_only():
+    from unlearnkit.compare.measure import _gen_jobs, with_replies
+    from unlearnkit.data.records import QA
+    from unlearnkit.evaluation.benchmarks import Task
+    from unlearnkit.evaluation.config import EvalConfig
+
+    task = Task("forget", "qa", [QA("Where was Kalo born?", "Kalo was born in Utrecht.",
+                                    {"paraphrased_question": "Kalo's birthplace?"})], "x")
+    engine = {"tasks": {"forget": {"items": [{"question": "Where was Kalo born?", "answer": "Kalo was born in Utrecht.",
+                                              "rougeL_recall": 1.0, "probability": 0.9}], "aggregate": {}}}}
+    jobs = _gen_jobs([task])
+    assert [j[2] for j in jobs] == ["generated", "generated_paraphrased_question"]
+    out = with_replies(engine, [task], EvalConfig(metrics=["probability", "rouge"]),
+                       {(0, 0, "generated"): "I'm sorry.", (0, 0, "generated_paraphrased_question"): "Utrecht."})
+    item = out["tasks"]["forget"]["items"][0]
+    assert item["rougeL_recall"] == 0.0 and item["probability"] == 0.9          # probability: the engine's
+    assert out["tasks"]["forget"]["aggregate"]["probability"] == 0.9
+    assert 0 < item["rougeL_recall_paraphrased_question"] < 1
+    assert engine["tasks"]["forget"]["items"][0]["rougeL_recall"] == 1.0         # input untouched
+
+
+# ----------------------------------------------------------------------------- report
+def report_doc():
+    from unlearnkit.compare.config import System
+
+    doc = {"name": "unit", "provenance": {"config": {"name": "unit"}, "versions": {"torch": "x"},
+                                          "data": {"forget": {"source": "s", "items": 2, "fingerprint": "f"}}},
+           "systems": {}}
+    for name, tr, leak, nb in (("target", [0.2, 0.3, 0.25], 0.9, 0.8), ("retain", [0.6, 0.7, 0.65], 0.2, 0.8),
+                               ("ihl_fila", [0.55, 0.66, 0.7], 0.25, 0.5)):
+        res = _fake_result(System(name, name if name != "ihl_fila" else "ihl_fila"), tr, leak, nb)
+        res["summary"] = {"forget_quality": 0.5 if name != "target" else 1e-5, "model_utility": 0.4}
+        doc["systems"][name] = RUN._compact(res)
+    doc["systems"]["broken"] = {"status": "failed", "kind": "weight", "reason": "ValueError: bad <config>"}
+    return doc
+
+
+def test_report_files(tmp_path):
+    paths = R.write_report(report_doc(), tmp_path)
+    md = paths["md"].read_text()
+    assert md.startswith("# Unlearning comparison: unit")
+    assert "| target | reference | 1.0e-05 |" in md and "ValueError: bad <config>" in md
+    assert "![leak_rate_by_attack](plots/leak_rate_by_attack.png)" in md
+    for png in ("forget_quality_vs_utility.png", "leak_rate_by_attack.png", "cost_per_system.png"):
+        assert (tmp_path / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = paths["html"].read_text()
+    assert page.count("<img") == 3 and page.count("data:image/png;base64,") == 3
+    assert "src='http" not in page and "<link" not in page and "<script" not in page   # self-contained
+    assert "bad &lt;config&gt;" in page
+    # ihl_fila lost 37% of the target's neighbour ROUGE-L: it does not count as reaching the retain rate
+    assert R.reaches_retain(report_doc())["ihl_fila"]["paraphrase"] is False
+
+
+CHECK = """<script>
+window.addEventListener('load', () => {
+  const imgs = [...document.images];
+  const ok = imgs.filter(i => i.complete && i.naturalWidth > 0 && i.getBoundingClientRect().width > 0).length;
+  const rows = [...document.querySelectorAll('table')].map(t => t.rows.length);
+  const p = document.createElement('p'); p.id = 'render-check';
+  p.textContent = `images=${imgs.length} rendered=${ok} tables=${rows.join(',')}`;
+  document.body.appendChild(p);
+});
+</script>"""
+
+
+def test_report_html_renders_in_headless_chromium(tmp_path):
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert browser, "Debian's chromium is not installed: `make setup` installs it (apt-get install chromium)"
+    R.write_report(report_doc(), tmp_path)
+    shutil.rmtree(tmp_path / "plots")          # the page must not need the files beside it
+    page = (tmp_path / "report.html").read_text().replace("</body>", CHECK + "</body>")
+    (tmp_path / "check.html").write_text(page)
+    out = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
+                          "--dump-dom", (tmp_path / "check.html").as_uri()], capture_output=True, text=True, timeout=120)
+    found = re.search(r"images=(\d+) rendered=(\d+) tables=([\d,]+)", out.stdout)
+    assert found, out.stderr[-2000:]
+    images, rendered, tables = int(found[1]), int(found[2]), [int(n) for n in found[3].split(",")]
+    assert images == rendered == 3
+    assert len(tables) >= 5 and all(n >= 2 for n in tables)         # header + at least one row each
+
+
+# ----------------------------------------------------------------------------- guarded teacher forcing
+def test_guarded_logits_follow_the_decoded_context():
+    from unlearnkit.guard.decode import RequestGuard
+    from unlearnkit.guard.scoring import FLOOR, guarded_logits
+    from unlearnkit.guard.trie import TokenTrie
+
+    guard = RequestGuard(TokenTrie([[3, 4]]), penalty=torch.tensor([0.0, -2.0, 0, 0, 0, 0]))
+    logits = torch.zeros(3, 6)
+    out = guarded_logits([guard, None], logits, torch.tensor([0, 0, 1]), [[], [3], [3]])
+    assert out[0, 4] == 0 and out[0, 1] == -2.0                       # 4 allowed before 3 was decoded
+    assert out[1, 4] == pytest.approx(-FLOOR) and out[1, 1] == -2.0   # blocked after 3, finite
+    assert torch.equal(out[2], logits[2])                             # unguarded item untouched
+    assert torch.isfinite(out).all()
+
+
+def test_teacher_forced_probability_through_the_guard(tiny_dir, tiny_policy, guard_forget_set, tmp_path):
+    """'The probability this system assigns': forget answers lose probability through the guard,
+    prompts it does not flag keep theirs exactly."""
+    from unlearnkit.evaluation.config import EvalConfig
+    from unlearnkit.evaluation.harness import measure
+
+    forget = tmp_path / "forget.jsonl"
+    forget.write_text("".join(json.dumps({"question": r.question, "answer": r.answer}) + "\n" for r in guard_forget_set))
+    retain = tmp_path / "retain.jsonl"
+    retain.write_text("".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in (
+        ("How many legs does a spider have?", "A spider has eight legs."),
+        ("What is the boiling point of water?", "Water boils at 100 degrees Celsius at sea level."))))
+    base = EvalConfig(model=str(tiny_dir), benchmark="files", forget=f"file:{forget}", retain=f"file:{retain}",
+                      metrics=["probability"])
+    plain = measure(base, log=lambda *_: None)
+    guarded = measure(EvalConfig(**{**base.__dict__, "guard": str(tiny_policy)}), log=lambda *_: None)
+    for p, g in zip(plain["tasks"]["forget"]["items"], guarded["tasks"]["forget"]["items"]):
+        assert g["probability"] < 0.01 * p["probability"], (p["question"], p["probability"], g["probability"])
+    for p, g in zip(plain["tasks"]["retain"]["items"], guarded["tasks"]["retain"]["items"]):
+        assert g["probability"] == pytest.approx(p["probability"], rel=1e-6)
