@@ -34,11 +34,15 @@ def _digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _cached(kind: str, key_obj, make, log=print) -> dict:
-    """JSON cache in $UNLEARN_CACHE/compare/<kind>-<hash>.json (written atomically, last)."""
+def _cache_file(kind: str, key_obj) -> Path:
     from ..models.catalog import cache_root
 
-    path = cache_root() / "compare" / f"{kind}-{_digest(key_obj)}.json"
+    return cache_root() / "compare" / f"{kind}-{_digest(key_obj)}.json"
+
+
+def _cached(kind: str, key_obj, make, log=print) -> dict:
+    """JSON cache in $UNLEARN_CACHE/compare/<kind>-<hash>.json (written atomically, last)."""
+    path = _cache_file(kind, key_obj)
     if path.is_file():
         log(f"(cached) {kind}: {path.name}")
         return json.loads(path.read_text())
@@ -92,8 +96,9 @@ def _serving(n_tokens: int, seconds: float, latency: Sequence[float], n_requests
 
 # ----------------------------------------------------------------------------- engine systems
 def eval_config(ecfg: EvalConfig, path: str, policy: Optional[str], dtype: str) -> EvalConfig:
-    return dataclasses.replace(ecfg, model=path, guard=policy, retain_eval=None,
-                               dtype=dtype if dtype != "auto" else ecfg.dtype)
+    """The evaluation config's settings (dtype included: `unlearn eval` results are reused as they
+    are) with this system's weights and guard."""
+    return dataclasses.replace(ecfg, model=path, guard=policy, retain_eval=None)
 
 
 def engine_metrics(ecfg: EvalConfig, path: str, policy: Optional[str], dtype: str, log=print) -> dict:
@@ -102,30 +107,48 @@ def engine_metrics(ecfg: EvalConfig, path: str, policy: Optional[str], dtype: st
     return measure(eval_config(ecfg, path, policy, dtype), log=log)
 
 
-def engine_attacks(path: str, policy: Optional[str], probes: Sequence[Probe], cfg: CompareConfig, log=print) -> dict:
-    """Every probe through offline vLLM (with the guard's processor when `policy`), plus the first
-    `latency_requests` forget probes sent alone."""
+def engine_system(ecfg: EvalConfig, path: str, policy: Optional[str], probes: Sequence[Probe], cfg: CompareConfig,
+                  want_metrics: bool = True, log=print) -> tuple[Optional[dict], dict]:
+    """(metrics, attacks) through offline vLLM, with the guard's processor when `policy`. When
+    neither is cached, one engine run generates the probes (one batch, timed: the serving figures),
+    then the metric prompts (a second batch), then the first `latency_requests` probes one at a time."""
     from ..data.formatting import prompt_text
     from ..evaluation.generation import generate_vllm_timed
-    from ..evaluation.harness import model_fingerprint
+    from ..evaluation.harness import measure, model_fingerprint
     from ..models.loading import load_tokenizer
 
     key = {"stage": "attacks", "model": model_fingerprint(path), "policy": policy_fingerprint(policy),
            "prompts": [p.prompt for p in probes], "max_new_tokens": cfg.attacks.max_new_tokens,
            "dtype": cfg.dtype, "latency": cfg.latency_requests}
+    attack_run: dict = {}
 
-    def make():
+    def run(metric_prompts, metric_budgets):
         tok = load_tokenizer(path)
         ids = [tok(prompt_text(tok, p.prompt), add_special_tokens=False)["input_ids"] for p in probes]
-        log(f"attacking with {len(probes)} probes through vLLM" + (" + guard" if policy else ""))
-        out = generate_vllm_timed(path, ids, [cfg.attacks.max_new_tokens] * len(ids), dtype=cfg.dtype,
-                                  guard=policy, latency_requests=min(cfg.latency_requests, len(ids)))
-        n_tokens = sum(len(t) for t in out["token_ids"])
-        return {"replies": out["texts"], "serving": _serving(n_tokens, out["generate_s"], out["latency_s"], len(ids))}
+        log(f"vLLM{' + guard' if policy else ''}: {len(probes)} attack probes"
+            + (f", then {len(metric_prompts)} metric prompts" if metric_prompts else ""))
+        out = generate_vllm_timed(path, ids + list(metric_prompts),
+                                  [cfg.attacks.max_new_tokens] * len(ids) + list(metric_budgets), dtype=cfg.dtype,
+                                  guard=policy, latency_requests=min(cfg.latency_requests, len(ids)),
+                                  groups=[len(ids)] + ([len(metric_prompts)] if metric_prompts else []))
+        n_tokens = sum(len(t) for t in out["token_ids"][:len(ids)])
+        attack_run.update(replies=out["texts"][:len(ids)],
+                          serving=_serving(n_tokens, out["group_s"][0], out["latency_s"], len(ids)))
+        return out["texts"][len(ids):]
+
+    metrics = None
+    if want_metrics:
+        carry = not _cache_file("attacks", key).is_file()
+        metrics = measure(eval_config(ecfg, path, policy, cfg.dtype), log=log, generate=run if carry else None)
+
+    def make():
+        if not attack_run:
+            run([], [])
+        return dict(attack_run)
 
     # replies are cached, scores are not: a change of scoring rules never needs the engine again
     got = _cached("attacks", key, make, log)
-    return {**score_probes(probes, got["replies"], cfg, refusal_texts(policy, cfg)), "serving": got["serving"]}
+    return metrics, {**score_probes(probes, got["replies"], cfg, refusal_texts(policy, cfg)), "serving": got["serving"]}
 
 
 # ----------------------------------------------------------------------------- agent systems

@@ -58,7 +58,7 @@ def attack_sets(cfg: CompareConfig, ecfg: EvalConfig):
 def measure_system(system: System, cfg: CompareConfig, ecfg: EvalConfig, tasks, forget, probes,
                    stages: Sequence[str], work: Path, log=_stderr) -> dict:
     from .build import checkpoint, guard_policy, run_record
-    from .measure import agent_system, engine_attacks, engine_metrics, refusal_texts, relearn
+    from .measure import agent_system, engine_metrics, engine_system, refusal_texts, relearn
 
     started = time.time()
     path = checkpoint(system, cfg, log=log)
@@ -75,9 +75,8 @@ def measure_system(system: System, cfg: CompareConfig, ecfg: EvalConfig, tasks, 
         out["metrics"] = measured["metrics"] if "metrics" in stages else None
         out["attacks"] = measured["attacks"]
     else:
-        if "metrics" in stages:
-            out["metrics"] = engine_metrics(ecfg, path, engine_policy, cfg.dtype, log=log)
-        out["attacks"] = engine_attacks(path, engine_policy, probes, cfg, log=log)
+        out["metrics"], out["attacks"] = engine_system(ecfg, path, engine_policy, probes, cfg,
+                                                       want_metrics="metrics" in stages, log=log)
     if "relearn" in cfg.attacks.names:
         if system.kind in ("reference", "weight"):
             out["relearn"] = relearn(path, forget, cfg, refusal_texts(None, cfg), log=log)

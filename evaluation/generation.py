@@ -28,15 +28,16 @@ def generate_vllm(model_path: str, prompts: Sequence[Sequence[int]], max_tokens:
 
 def generate_vllm_timed(model_path: str, prompts: Sequence[Sequence[int]], max_tokens: Sequence[int],
                         dtype: str = "auto", echo: bool = True, guard: Optional[str] = None,
-                        latency_requests: int = 0) -> dict:
+                        latency_requests: int = 0, groups: Optional[Sequence[int]] = None) -> dict:
     """`generate_vllm` with vLLM's whole reply: texts, token ids, the batch's wall seconds and the
-    seconds of each of the first `latency_requests` prompts sent alone."""
+    seconds of each of the first `latency_requests` prompts sent alone; `groups` (sizes of
+    consecutive runs of prompts) are generated as separate batches, timed apart (`group_s`)."""
     from .vllm_generate import run_vllm
 
     longest = max(len(p) + m for p, m in zip(prompts, max_tokens))
     request = {"prompt_token_ids": [list(p) for p in prompts], "max_tokens": list(max_tokens),
                "dtype": default_dtype(dtype), "max_model_len": max(512, longest),
-               "latency_requests": latency_requests}
+               "latency_requests": latency_requests, "groups": list(groups) if groups else None}
     env = None
     if guard:
         from ..guard.runtime import FQCN, POLICY_ENV

@@ -50,14 +50,18 @@ def _versions() -> dict:
 
 def _cache_key(cfg: EvalConfig, fingerprint: str, tasks: list[Task]) -> str:
     conf = to_dict(dataclasses.replace(cfg, model="", retain_eval=None))
+    if conf.get("guard") is None:   # unguarded: the key it had before guards existed (results stay valid)
+        conf.pop("guard", None)
     blob = json.dumps({"config": conf, "model": fingerprint, "data": {t.name: t.fingerprint() for t in tasks}},
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 # ----------------------------------------------------------------------------- measuring
-def measure(cfg: EvalConfig, log=print, use_cache: bool = True) -> dict:
-    """Per-item and aggregate metrics of `cfg.model` on `cfg.benchmark` (cached)."""
+def measure(cfg: EvalConfig, log=print, use_cache: bool = True, generate=None) -> dict:
+    """Per-item and aggregate metrics of `cfg.model` on `cfg.benchmark` (cached). `generate(prompts,
+    budgets) -> texts` replaces the engine call (a caller that adds its own prompts to the same
+    engine run); it is not called when the result is cached."""
     from tqdm.auto import tqdm
 
     from ..models.catalog import cache_root
@@ -91,7 +95,9 @@ def measure(cfg: EvalConfig, log=print, use_cache: bool = True) -> dict:
         prompts = [g[3] for g in req.gen]
         budgets = [g[4] for g in req.gen]
         log(f"generating {len(prompts)} answers with {cfg.engine}")
-        if cfg.engine == "vllm":
+        if generate is not None:
+            texts = generate(prompts, budgets)
+        elif cfg.engine == "vllm":
             texts = _vllm_or_explain(path, prompts, budgets, cfg.dtype, cfg.guard)
         else:
             model, _ = load_model(path, dtype=_torch_dtype(cfg.dtype), device=_device())

@@ -4,8 +4,9 @@
 
 IN.json:  {"prompt_token_ids": [[...], ...], "max_tokens": [..] or int, "dtype": "float32",
            "max_model_len": 1024, "logits_processors": ["module:Class", ...], "extra_args": [{..}, ..],
-           "latency_requests": N}
-OUT.json: {"texts": [...], "token_ids": [[...], ...], "generate_s": wall seconds of the batch,
+           "latency_requests": N, "groups": [n1, n2, ...] (consecutive prompts generated as separate batches)}
+OUT.json: {"texts": [...], "token_ids": [[...], ...], "generate_s": wall seconds of the batch(es),
+           "group_s": [wall seconds of each group],
            "latency_s": [seconds for each of the first N prompts sent alone]} in request order.
 
 vLLM spawns worker processes, hence the __main__ guard; Python callers use `run_vllm`."""
@@ -43,9 +44,13 @@ def generate(model: str, request: dict) -> dict:
     llm = LLM(model=model, dtype=request.get("dtype", "auto"), max_model_len=request.get("max_model_len", 1024),
               seed=0, enforce_eager=True, logits_processors=request.get("logits_processors") or None)
     params = [SamplingParams(temperature=0.0, max_tokens=m, extra_args=e) for m, e in zip(max_tokens, extra)]
-    started = time.perf_counter()
-    outputs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=True)
-    generate_s = time.perf_counter() - started
+    outputs, group_s, start = [], [], 0
+    for size in request.get("groups") or [len(prompts)]:   # batches generated (and timed) one after another
+        started = time.perf_counter()
+        outputs += llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts[start:start + size]],
+                                params[start:start + size], use_tqdm=True)
+        group_s.append(time.perf_counter() - started)
+        start += size
     latency = []   # the first `latency_requests` prompts again, one at a time: seconds per request
     for p, sp in list(zip(prompts, params))[:int(request.get("latency_requests", 0))]:
         t0 = time.perf_counter()
@@ -53,7 +58,7 @@ def generate(model: str, request: dict) -> dict:
         latency.append(time.perf_counter() - t0)
     return {"texts": [o.outputs[0].text for o in outputs],
             "token_ids": [list(o.outputs[0].token_ids) for o in outputs],
-            "generate_s": generate_s, "latency_s": latency}
+            "generate_s": sum(group_s), "group_s": group_s, "latency_s": latency}
 
 
 def run_vllm(model: str, request: dict, timeout: float = 3600, echo: bool = False,

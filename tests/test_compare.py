@@ -281,3 +281,62 @@ def test_teacher_forced_probability_through_the_guard(tiny_dir, tiny_policy, gua
         assert g["probability"] < 0.01 * p["probability"], (p["question"], p["probability"], g["probability"])
     for p, g in zip(plain["tasks"]["retain"]["items"], guarded["tasks"]["retain"]["items"]):
         assert g["probability"] == pytest.approx(p["probability"], rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- end to end (tiny model, real vLLM)
+@pytest.mark.slow
+def test_compare_end_to_end_on_a_tiny_model(tmp_path, vllm_sized_model, guard_forget_set, monkeypatch):
+    """`unlearn compare` through the CLI: the target and the guarded target measured through vLLM,
+    the relearning attack on the weights, a method that cannot be built reported as failed, no
+    retain model -> forget quality empty with the reason; a second run re-reads everything."""
+    from unlearnkit.cli import main
+
+    monkeypatch.chdir(ROOT)
+    forget = tmp_path / "forget.jsonl"
+    forget.write_text("".join(json.dumps(r.to_json()) + "\n" for r in guard_forget_set))
+    retain = tmp_path / "retain.jsonl"
+    retain.write_text("".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in (
+        ("Who is the poet Ada Quill?", "Ada Quill is a Welsh poet born in Cardiff in 1970."),
+        ("What did Ada Quill write first?", "Ada Quill's first book was \"Salt Hours\"."),
+        ("Where does Ada Quill live?", "Ada Quill lives in Cardiff."))))
+    (tmp_path / "eval.yaml").write_text(yaml.safe_dump({
+        "benchmark": "files", "forget": f"file:{forget}", "retain": f"file:{retain}",
+        "metrics": ["probability", "rouge"], "max_new_tokens": 8}))
+    cfg = {"name": "tiny", "eval": str(tmp_path / "eval.yaml"), "target": str(vllm_sized_model),
+           "methods": {"broken": str(tmp_path / "missing.yaml")},
+           "guard": {"forget": f"file:{forget}", "set": ["fpr=0.2"]},
+           "systems": ["target", "target+guard", "broken"],
+           "attacks": {"names": ["paraphrase", "jailbreak", "cloze", "relearn"], "forget_items": 3, "neighbours": 1,
+                       "max_new_tokens": 8, "relearn_epochs": 1},
+           "latency_requests": 2, "out_dir": str(tmp_path / "out")}
+    (tmp_path / "cmp.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["compare", "--config", str(tmp_path / "cmp.yaml")]) == 1       # one system failed
+    doc = json.loads((tmp_path / "out/results.json").read_text())
+    assert doc["systems"]["broken"]["status"] == "failed" and "missing.yaml" in doc["systems"]["broken"]["reason"]
+    for name in ("target", "target+guard"):
+        res = doc["systems"][name]
+        assert res["status"] == "ok", res
+        assert res["summary"]["forget_quality"] is None and "no retain model" in res["summary"]["forget_quality_reason"]
+        by = res["attacks"]["by_category"]
+        assert set(by["forget"]) == {"paraphrase", "jailbreak", "cloze", "all"} and by["neighbour"]["all"]["n"] >= 2
+        assert res["attacks"]["serving"]["tokens_per_s"] > 0 and res["attacks"]["serving"]["latency_requests"] == 2
+    assert doc["systems"]["target"]["relearn"]["probed"] == 2
+    assert "skipped" in doc["systems"]["target+guard"]["relearn"]
+    # through the guard every forget probe is flagged; the guarded system's forget answers lose probability
+    assert doc["systems"]["target+guard"]["guard_flagged_rate"]["forget/generated"] == 1.0
+    assert (doc["systems"]["target+guard"]["aggregates"]["forget"]["probability"]
+            < doc["systems"]["target"]["aggregates"]["forget"]["probability"])
+    assert "data:image/png;base64," in (tmp_path / "out/report.html").read_text()
+
+    # resumed / re-run: nothing is generated or trained again
+    import unlearnkit.evaluation.generation as G
+    import unlearnkit.training.run as T
+
+    def refuse(*a, **k):
+        raise AssertionError("should have been cached")
+
+    monkeypatch.setattr(G, "generate_vllm_timed", refuse)
+    monkeypatch.setattr(T, "run_training", refuse)
+    assert main(["compare", "--config", str(tmp_path / "cmp.yaml"), "--systems", "target,target+guard"]) == 0
+    again = json.loads((tmp_path / "out/results.json").read_text())
+    assert again["systems"]["target"]["attacks"] == doc["systems"]["target"]["attacks"]
