@@ -15,7 +15,7 @@ def test_help_lists_subcommands_without_importing_torch():
             "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'heavy import at --help'\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    for sub in ("models", "data", "train", "demo"):
+    for sub in ("models", "data", "train", "eval", "serve", "compare", "attack", "demo"):
         assert sub in proc.stdout
 
 
@@ -39,3 +39,11 @@ def test_data_synth_writes_tofu_format(tmp_path):
     lines = (tmp_path / "forget.json").read_text().splitlines()
     first = json.loads(lines[0])
     assert len(lines) == 10 and {"question", "answer", "perturbed_answer", "paraphrased_question"} <= set(first)
+
+
+def test_compare_and_attack_refuse_unknown_names_in_one_line(tmp_path):
+    proc = run("compare", "--config", "configs/compare/tofu-mini.yaml", "--systems", "target,ihl_fila+firewall")
+    assert proc.returncode == 2 and proc.stderr.startswith("error: unknown system 'ihl_fila+firewall'")
+    assert "valid systems: ['target', 'retain'" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run("attack", "--config", "configs/compare/tofu-mini.yaml", "--attacks", "paraphrase,mind_reading")
+    assert proc.returncode == 2 and "unknown attack(s) ['mind_reading']; valid attacks: [" in proc.stderr
