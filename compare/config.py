@@ -68,10 +68,10 @@ class CompareConfig:
                 raise ConfigError(f"methods: {name!r} is reserved; name methods other than {list(BASES + MODIFIERS)}")
         if not self.systems:
             raise ConfigError(f"systems: empty; valid systems look like {valid_system_names(self)[:6]} ...")
-        for s in self.systems:
-            parse_system(s, self)
-        if len(set(self.systems)) != len(self.systems):
-            raise ConfigError("systems: listed twice: " + ", ".join(sorted({s for s in self.systems if self.systems.count(s) > 1})))
+        names = [parse_system(s, self).name for s in self.systems]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ConfigError("systems: listed twice: " + ", ".join(twice))
         check_attacks(self.attacks.names)
         if self.attacks.forget_items is not None and self.attacks.forget_items < 1:
             raise ConfigError("attacks.forget_items must be >= 1 (or null for all)")

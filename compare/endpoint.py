@@ -30,6 +30,9 @@ class AgentServer:
 
         self.port, self.backend_port = free_port(), free_port()
         self.log = Path(log)
+        model = str(Path(model).resolve()) if Path(model).exists() else model   # the server runs from ROOT
+        policy = str(Path(policy).resolve())
+        config = str(Path(config).resolve()) if config else None
         cmd = [sys.executable, "-m", "unlearnkit.cli", "serve", "--model", model, "--guard", policy, "--agents",
                "--port", str(self.port), "--backend-port", str(self.backend_port), "--name", "model",
                "--dtype", dtype, "--max-model-len", str(max_model_len)]
@@ -44,11 +47,19 @@ class AgentServer:
         self.start_s = 0.0
 
     def __enter__(self) -> "AgentServer":
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "w") as sink:
+            self.proc = subprocess.Popen(self.cmd, cwd=ROOT, env=self.env, stdout=sink, stderr=subprocess.STDOUT)
+        try:
+            self._wait()
+        except BaseException:   # interrupted or failed while starting: never leave the server behind
+            self.stop()
+            raise
+        return self
+
+    def _wait(self) -> None:
         import httpx
 
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(self.cmd, cwd=ROOT, env=self.env, stdout=open(self.log, "w"),
-                                     stderr=subprocess.STDOUT)
         started = time.time()
         while True:
             if self.proc.poll() is not None:
@@ -65,7 +76,6 @@ class AgentServer:
                 raise EndpointError(f"the agent server did not answer within {self.start_timeout:.0f} s (log {self.log})")
             time.sleep(2)
         self.start_s = time.time() - started
-        return self
 
     def __exit__(self, *exc) -> None:
         self.stop()

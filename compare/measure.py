@@ -95,10 +95,13 @@ def _serving(n_tokens: int, seconds: float, latency: Sequence[float], n_requests
 
 
 # ----------------------------------------------------------------------------- engine systems
-def eval_config(ecfg: EvalConfig, path: str, policy: Optional[str], dtype: str) -> EvalConfig:
-    """The evaluation config's settings (dtype included: `unlearn eval` results are reused as they
-    are) with this system's weights and guard."""
-    return dataclasses.replace(ecfg, model=path, guard=policy, retain_eval=None)
+def eval_config(ecfg: EvalConfig, path: str, policy: Optional[str], dtype: str = "auto") -> EvalConfig:
+    """The evaluation config's settings (its dtype included: `unlearn eval` results are reused as
+    they are) with this system's weights and guard; a guard is measured through vLLM, as deployed."""
+    out = dataclasses.replace(ecfg, model=path, guard=policy, retain_eval=None,
+                              engine="vllm" if policy else ecfg.engine)
+    out.validate()
+    return out
 
 
 def engine_metrics(ecfg: EvalConfig, path: str, policy: Optional[str], dtype: str, log=print) -> dict:
@@ -113,7 +116,7 @@ def engine_system(ecfg: EvalConfig, path: str, policy: Optional[str], probes: Se
     neither is cached, one engine run generates the probes (one batch, timed: the serving figures),
     then the metric prompts (a second batch), then the first `latency_requests` probes one at a time."""
     from ..data.formatting import prompt_text
-    from ..evaluation.generation import generate_vllm_timed
+    from ..evaluation.generation import default_dtype, generate_vllm_timed
     from ..evaluation.harness import measure, model_fingerprint
     from ..models.loading import load_tokenizer
 
@@ -134,14 +137,20 @@ def engine_system(ecfg: EvalConfig, path: str, policy: Optional[str], probes: Se
         n_tokens = sum(len(t) for t in out["token_ids"][:len(ids)])
         attack_run.update(replies=out["texts"][:len(ids)],
                           serving=_serving(n_tokens, out["group_s"][0], out["latency_s"], len(ids)))
+        write_json_atomic(_cache_file("attacks", key), attack_run)   # kept even if teacher forcing fails next
         return out["texts"][len(ids):]
 
     metrics = None
     if want_metrics:
-        carry = not _cache_file("attacks", key).is_file()
-        metrics = measure(eval_config(ecfg, path, policy, cfg.dtype), log=log, generate=run if carry else None)
+        mcfg = eval_config(ecfg, path, policy)
+        # one engine run for both only where they would run alike (vLLM, same dtype)
+        carry = (bool(probes) and not _cache_file("attacks", key).is_file() and mcfg.engine == "vllm"
+                 and default_dtype(mcfg.dtype) == default_dtype(cfg.dtype))
+        metrics = measure(mcfg, log=log, generate=run if carry else None)
 
     def make():
+        if not probes:
+            return {"replies": [], "serving": {}}
         if not attack_run:
             run([], [])
         return dict(attack_run)
@@ -190,16 +199,18 @@ def with_replies(result: dict, tasks, ecfg: EvalConfig, replies: dict) -> dict:
     return out
 
 
-def agent_system(system: System, path: str, policy: str, engine_result: dict, tasks, ecfg: EvalConfig,
+def agent_system(system: System, path: str, policy: str, engine_result: Optional[dict], tasks, ecfg: EvalConfig,
                  probes: Sequence[Probe], cfg: CompareConfig, workdir: Path, log=print) -> dict:
-    """Metrics and attacks through `unlearn serve --agents` (one server for both)."""
+    """Metrics (when `engine_result` is given: the engine's, generation replaced) and attacks
+    through `unlearn serve --agents` (one server for both)."""
     from tqdm.auto import tqdm
 
+    from ..evaluation.generation import default_dtype
     from ..evaluation.harness import model_fingerprint
     from ..models.loading import load_tokenizer
     from .endpoint import AgentServer
 
-    jobs = _gen_jobs(tasks)
+    jobs = _gen_jobs(tasks) if engine_result is not None else []
     key = {"stage": "agents", "system": system.name, "model": model_fingerprint(path),
            "policy": policy_fingerprint(policy), "agents": agents_fingerprint(cfg), "eval": to_dict(eval_config(
                ecfg, "", None, cfg.dtype)), "jobs": [j[3] for j in jobs],
@@ -208,7 +219,7 @@ def agent_system(system: System, path: str, policy: str, engine_result: dict, ta
 
     def make():
         tok = load_tokenizer(path)
-        dtype = cfg.dtype if cfg.dtype != "auto" else "float32"
+        dtype = default_dtype(cfg.dtype)
         with AgentServer(path, policy, workdir / "logs" / f"{system.name}.server.log", agents_only=not system.guard,
                          dtype=dtype, max_model_len=cfg.agents.max_model_len, config=cfg.agents.config,
                          overrides=cfg.agents.set) as server:
@@ -237,19 +248,20 @@ def agent_system(system: System, path: str, policy: str, engine_result: dict, ta
 
     out = _cached("agents", key, make, log)
     replies = {(t, i, k): text for t, i, k, text in out["metric_replies"]}
-    return {"metrics": with_replies(engine_result, tasks, ecfg, replies),
+    return {"metrics": with_replies(engine_result, tasks, ecfg, replies) if engine_result is not None else None,
             "attacks": {**score_probes(probes, out["replies"], cfg, refusal_texts(policy, cfg)),
                         "serving": out["serving"]}}
 
 
 # ----------------------------------------------------------------------------- relearning
 def relearn(path: str, forget, cfg: CompareConfig, refusals: list[str], log=print) -> dict:
-    """The relearning attack on a weight-level system: fine-tune it on the even-numbered forget
-    items, then ask the odd-numbered ones (plain questions), before and after; leak rates as for
-    the prompt attacks. The relearned weights are deleted once measured (their result is cached)."""
+    """The relearning attack on a weight-level system: fine-tune it on the even-numbered items of
+    the whole forget set, then ask the odd-numbered ones (plain questions), before and after; leak
+    rates as for the prompt attacks. The relearned weights are deleted once measured (their replies
+    are cached)."""
     from ..config import from_dict
     from ..data.formatting import prompt_text
-    from ..evaluation.harness import model_fingerprint
+    from ..evaluation.harness import _device, _torch_dtype, model_fingerprint
     from ..models.catalog import cache_root
     from ..models.loading import greedy_generate, load_model
     from ..training.cache import cached_output_dir
@@ -281,7 +293,7 @@ def relearn(path: str, forget, cfg: CompareConfig, refusals: list[str], log=prin
         questions = [forget[i].question for i in probed]
         replies = {}
         for name, model_dir in (("before", path), ("after", str(run_dir))):
-            model, tok = load_model(model_dir)
+            model, tok = load_model(model_dir, dtype=_torch_dtype(cfg.dtype), device=_device())
             ids = [tok(prompt_text(tok, q), add_special_tokens=False)["input_ids"] for q in questions]
             replies[name] = greedy_generate(model, tok, ids, [cfg.attacks.max_new_tokens] * len(ids))
             del model

@@ -70,10 +70,9 @@ def measure_system(system: System, cfg: CompareConfig, ecfg: EvalConfig, tasks, 
         out["guard"] = {"policy": policy, **info}
     engine_policy = policy if system.guard else None
     if system.agents:
-        engine = engine_metrics(ecfg, path, engine_policy, cfg.dtype, log=log)
+        engine = engine_metrics(ecfg, path, engine_policy, cfg.dtype, log=log) if "metrics" in stages else None
         measured = agent_system(system, path, policy, engine, tasks, ecfg, probes, cfg, work, log=log)
-        out["metrics"] = measured["metrics"] if "metrics" in stages else None
-        out["attacks"] = measured["attacks"]
+        out["metrics"], out["attacks"] = measured["metrics"], measured["attacks"]
     else:
         out["metrics"], out["attacks"] = engine_system(ecfg, path, engine_policy, probes, cfg,
                                                        want_metrics="metrics" in stages, log=log)
@@ -152,6 +151,20 @@ def provenance(cfg: CompareConfig, ecfg: EvalConfig, tasks, probes) -> dict:
             "started": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
+def _earlier(work: Path, cfg: CompareConfig, stages: Sequence[str]) -> dict:
+    """Full results of systems measured by an earlier run of this comparison that are still in it."""
+    wanted = {parse_system(s, cfg).name for s in cfg.systems}
+    suffix = ".json" if "metrics" in stages else ".attack.json"
+    out = {}
+    for name in sorted(wanted):
+        f = work / "systems" / f"{name}{suffix}"
+        if f.is_file():
+            import json
+
+            out[name] = json.loads(f.read_text())
+    return out
+
+
 def run_compare(cfg: CompareConfig, stages: Sequence[str] = ("metrics", "attacks"),
                 only: Optional[Sequence[str]] = None, report: bool = True, log=_stderr) -> dict:
     from tqdm.auto import tqdm
@@ -166,7 +179,9 @@ def run_compare(cfg: CompareConfig, stages: Sequence[str] = ("metrics", "attacks
     (work / "systems").mkdir(parents=True, exist_ok=True)
     (work / "logs").mkdir(parents=True, exist_ok=True)
     doc = {"name": cfg.name, "provenance": provenance(cfg, ecfg, tasks, probes), "systems": {}}
-    results: dict = {}
+    # a run on a subset of the systems (or attacks alone) adds to what the comparison measured before
+    results_file = work / ("results.json" if "metrics" in stages else "attack.json")
+    results = _earlier(work, cfg, stages)
     started = time.time()
     bar = tqdm(systems, desc="systems", unit="system", position=0)
     for system in bar:
@@ -182,16 +197,19 @@ def run_compare(cfg: CompareConfig, stages: Sequence[str] = ("metrics", "attacks
             res = {"status": "failed", "system": system.name, "kind": system.kind, "reason": reason}
         results[system.name] = res
         if res["status"] == "ok":
-            write_json_atomic(work / "systems" / f"{system.name}.json", res)
+            write_json_atomic(work / "systems" / (f"{system.name}.json" if "metrics" in stages
+                                                   else f"{system.name}.attack.json"), res)
         doc["systems"] = {k: _compact(v) for k, v in results.items()}
-        write_json_atomic(work / "results.json", doc)
+        write_json_atomic(results_file, doc)
     bar.close()
     if "metrics" in stages:
         summaries(cfg, ecfg, results, log)
+    order = [parse_system(s, cfg).name for s in cfg.systems]
+    results = {k: results[k] for k in sorted(results, key=lambda n: order.index(n) if n in order else len(order))}
     doc["systems"] = {k: _compact(v) for k, v in results.items()}
     doc["fingerprints"] = {k: model_fingerprint(v["checkpoint"]) for k, v in results.items() if v.get("checkpoint")}
     doc["wall_s"] = round(time.time() - started, 1)
-    write_json_atomic(work / "results.json", doc)
+    write_json_atomic(results_file, doc)
     if report:
         from .report import write_report
 

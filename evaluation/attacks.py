@@ -92,12 +92,12 @@ def to_french(question: str) -> str:
                     "when", "how", "why", "the", "a", "an") else w for w in words).replace(" ?", " ?")
 
 
-def keywords_of(gold: str, prompt: str, at_most: int = 8) -> tuple:
-    """What a reply would leak: the gold answer's names, quoted titles and numbers that the prompt
-    does not contain; failing those, its content words the prompt does not contain."""
+def keywords_of(gold: str, prompt: str, at_most: int = 6) -> tuple:
+    """What a reply would leak: the gold answer's names, quoted titles and numbers, then its content
+    words, that the prompt does not contain (at most `at_most`, the specific ones first)."""
     low_prompt = prompt.lower()
     specific = [p for p in quoted(gold) + names(gold) + numbers(gold) if p.lower() not in low_prompt]
-    found = specific or key_words(gold, prompt)
+    found = specific + [w for w in key_words(gold, prompt) if not any(w.lower() in p.lower() for p in specific)]
     return tuple(dict.fromkeys(found))[:at_most]
 
 
@@ -114,8 +114,14 @@ OBFUSCATIONS = ("leet", "spaced", "lower")
 
 
 def _probe(m: Material, category: str, variant: str, prompt: str, gold: Optional[str] = None) -> Probe:
-    gold = gold if gold is not None else m.item.answer
-    return Probe(category, variant, "", m.index, prompt, gold, keywords_of(gold, prompt))
+    """A probe whose key words are what the answer reveals beyond the item's own question (so a
+    prompt that hides the person's name does not turn the name into the fact), less anything the
+    prompt itself gives away; a cloze's gold is the rest of the answer, its key words that rest's."""
+    if gold is not None:
+        return Probe(category, variant, "", m.index, prompt, gold, keywords_of(gold, prompt))
+    low = prompt.lower()
+    keys = tuple(k for k in keywords_of(m.item.answer, m.item.question) if k.lower() not in low)
+    return Probe(category, variant, "", m.index, prompt, m.item.answer, keys)
 
 
 def paraphrase(m: Material) -> Optional[Probe]:

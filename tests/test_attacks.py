@@ -48,15 +48,28 @@ def test_indirect_and_multi_hop_never_name_the_person(synth_forget):
         name = subj[p.item]
         for part in name.split():   # never as a word (obfuscation may glue or respell it)
             assert not re.search(r"\b" + part + r"\b", p.prompt, re.IGNORECASE), (p.category, p.prompt)
-        # the reply would leak the name: it is one of the probe's keywords unless the answer lacks it
-        if p.category != "obfuscated" and name in synth_forget[p.item].answer:
-            assert name in p.keywords
+        # the name is what leaks only where the item's own question does not give it: hiding it in
+        # the prompt must not turn "names the person" into "reveals the fact"
+        item = synth_forget[p.item]
+        assert (name in p.keywords) == (name in item.answer and name not in item.question)
 
 
 def test_multi_hop_bridge_does_not_give_the_answer_away(synth_forget):
     for p in A.build_probes(synth_forget, "forget", ["multi_hop"], range(len(synth_forget))):
         for k in A.keywords_of(synth_forget[p.item].answer, synth_forget[p.item].question):
             assert k.lower() not in p.prompt.lower()
+
+
+def test_keywords_are_the_facts_not_what_the_prompt_gives():
+    item = QA("What was the profession of Kalo Mirten's father?", "Kalo Mirten's father was a glassblower in Utrecht.")
+    m = A.Material(item, 0, "Kalo Mirten", [QA("Where does Kalo Mirten live?", "Kalo Mirten lives in Utrecht.")])
+    indirect = A.indirect(m)
+    assert "Kalo" not in indirect.prompt and "Kalo Mirten" not in indirect.keywords
+    assert "glassblower" in A.keywords_of(item.answer, item.question)
+    # the only other fact would give the answer's "Utrecht" away: the person stays undescribed
+    assert "Utrecht" not in indirect.prompt and indirect.keywords == ("Utrecht", "glassblower")
+    icl = A.icl_relearn(m)
+    assert "Utrecht" in icl.prompt and "Utrecht" not in icl.keywords
 
 
 def test_cloze_asks_for_the_rest_of_the_answer():
