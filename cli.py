@@ -245,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-items", dest="max_items", help="evaluate the first N items of each set")
     p.add_argument("--metrics", help="comma-separated subset of the metrics (default: all)")
     p.add_argument("--out", help="result JSON (default runs/eval/<benchmark>-<model>.json)")
-    p.add_argument("--guard", help="guard policy dir: generate through the guard as deployed (metrics: rouge)")
+    p.add_argument("--guard", help="guard policy dir: measure through the guard as deployed (generation in vLLM, "
+                        "teacher-forced metrics through its mask and penalty)")
     p.add_argument("--no-cache", action="store_true", help="measure again even if cached")
     p.add_argument("--tofu-logs", metavar="DIR", help="also write TOFU's per-item log files (eval_log_forget.json, ...)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

@@ -306,7 +306,7 @@ def test_compare_end_to_end_on_a_tiny_model(tmp_path, vllm_sized_model, guard_fo
            "methods": {"broken": str(tmp_path / "missing.yaml")},
            "guard": {"forget": f"file:{forget}", "set": ["fpr=0.2"]},
            "systems": ["target", "target+guard", "broken"],
-           "attacks": {"names": ["paraphrase", "jailbreak", "cloze", "relearn"], "forget_items": 3, "neighbours": 1,
+           "attacks": {"names": ["paraphrase", "jailbreak", "cloze", "relearn"], "forget_items": None, "neighbours": 1,
                        "max_new_tokens": 8, "relearn_epochs": 1},
            "latency_requests": 2, "out_dir": str(tmp_path / "out")}
     (tmp_path / "cmp.yaml").write_text(yaml.safe_dump(cfg))
