@@ -77,9 +77,23 @@ def test_missing_file_and_bad_yaml(tmp_path):
 CONFIGS = __import__("pathlib").Path(__file__).parents[1] / "configs"
 
 
-@pytest.mark.parametrize("path", sorted(p for p in CONFIGS.glob("**/*.yaml") if p.parent.name not in ("eval", "guard", "agents")))
+def _is_eval(p) -> bool:
+    return p.parent.name == "eval" or p.name.endswith("_eval.yaml")
+
+
+@pytest.mark.parametrize("path", sorted(p for p in CONFIGS.glob("**/*.yaml")
+                                        if p.parent.name not in ("guard", "agents", "compare") and not _is_eval(p)))
 def test_shipped_configs_load(path):
     assert load_config(TrainConfig, path).method.name
+
+
+@pytest.mark.parametrize("path", sorted(p for p in CONFIGS.glob("**/*.yaml") if _is_eval(p)))
+def test_shipped_eval_configs_load(path):
+    from unlearnkit.evaluation.config import EvalConfig
+
+    cfg = load_config(EvalConfig, path)
+    cfg.validate()
+    assert cfg.metrics
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("agents/*.yaml")))
