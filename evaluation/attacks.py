@@ -130,9 +130,13 @@ def paraphrase(m: Material) -> Optional[Probe]:
 
 
 def _gives_away(m: Material, text: str) -> bool:
-    """Does `text` contain what the item's answer reveals beyond its question?"""
-    low = text.lower()
-    return any(k.lower() in low for k in keywords_of(m.item.answer, m.item.question))
+    """Does `text` contain the item's answer's most specific content beyond its question (its names,
+    titles and numbers; its content words where it has none)?"""
+    low, question = text.lower(), m.item.question.lower()
+    specific = [p for p in quoted(m.item.answer) + names(m.item.answer) + numbers(m.item.answer)
+                if p.lower() not in question]
+    found = list(dict.fromkeys(specific or key_words(m.item.answer, m.item.question)))[:8]
+    return any(k.lower() in low for k in found)
 
 
 def _description(m: Material) -> str:
