@@ -184,9 +184,9 @@ def run_compare(cfg: CompareConfig, stages: Sequence[str] = ("metrics", "attacks
     results = _earlier(work, cfg, stages)
     started = time.time()
     bar = tqdm(systems, desc="systems", unit="system", position=0)
-    for system in bar:
+    for n, system in enumerate(bar, 1):
         bar.set_postfix_str(system.name)
-        log(f"\n== [{len(results) + 1}/{len(systems)}] {system.name}")
+        log(f"\n== [{n}/{len(systems)}] {system.name}")
         try:
             res = measure_system(system, cfg, ecfg, tasks, forget, probes, stages, work, log=log)
         except Exception as exc:  # noqa: BLE001 - a failed system is reported, the others still measured
