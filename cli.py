@@ -198,6 +198,13 @@ def _cmd_demo(args) -> int:
     return run_demo(config=args.config, overrides=args.overrides) if args.config else run_demo(overrides=args.overrides)
 
 
+def _comparison_args(p) -> None:
+    """What `compare` and `attack` share: the comparison config, overrides, a subset of systems."""
+    p.add_argument("--config", required=True, help="configs/compare/*.yaml (systems, guard, agents, attacks)")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. attacks.forget_items=10")
+    p.add_argument("--systems", help="comma-separated subset of the config's systems")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unlearn", description="LLM unlearning toolkit")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -300,18 +307,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="build every system, measure and attack each the same way, write one report",
                        description="Example: unlearn compare --config configs/compare/tofu-mini.yaml  (cached: a "
                                    "re-run or an interrupted run resumes; key=value overrides the config)")
-    p.add_argument("--config", required=True, help="configs/compare/*.yaml")
-    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. attacks.forget_items=10")
-    p.add_argument("--systems", help="comma-separated subset of the config's systems")
+    _comparison_args(p)
     p.add_argument("--no-report", dest="no_report", action="store_true", help="results.json only")
     p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser("attack", help="the attack suite alone on a comparison's systems (leak rate per category)",
                        description="Example: unlearn attack --config configs/compare/tofu-mini.yaml "
                                    "--systems target,ihl_fila+guard --attacks paraphrase,jailbreak")
-    p.add_argument("--config", required=True, help="configs/compare/*.yaml (systems, guard, agents, attacks)")
-    p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
-    p.add_argument("--systems", help="comma-separated subset of the config's systems")
+    _comparison_args(p)
     p.add_argument("--attacks", help="comma-separated attack names (default: the config's)")
     p.set_defaults(func=_cmd_attack)
 
