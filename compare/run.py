@@ -9,6 +9,7 @@ an interrupted comparison picks up where it stopped.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 import traceback
@@ -159,8 +160,6 @@ def _earlier(work: Path, cfg: CompareConfig, stages: Sequence[str]) -> dict:
     for name in sorted(wanted):
         f = work / "systems" / f"{name}{suffix}"
         if f.is_file():
-            import json
-
             out[name] = json.loads(f.read_text())
     return out
 
