@@ -248,6 +248,20 @@ def tables(doc: dict) -> list[tuple[str, list[str], list[list[str]], str]]:
                     ["system"] + cats, rows, "Over-suppression shows as lower ROUGE-L or more refusals than the target."))
     rows = []
     for name, res in doc["systems"].items():
+        tr = _get(res, "summary", "forget_truth_ratio")
+        if res.get("status") == "ok" and tr:
+            rows.append([name, _f(_get(res, "summary", "forget_quality"), 4), _f(_get(res, "summary", "ks_statistic"), 3),
+                         _f(tr["median"], 3), f"{_f(tr['q1'], 3)} – {_f(tr['q3'], 3)}", _f(tr["prefers_false"], 2)])
+    if rows:
+        out.append(("Forget quality, read through the truth ratio", ["system", "forget quality", "KS statistic",
+                                                                      "median R (forget)", "R quartiles",
+                                                                      "share preferring false answers"], rows,
+                    "R = P(perturbed answer) / P(paraphrased true answer), per forget item. A model that never learnt "
+                    "the facts (the retain model) sits near R = 1; one that still knows them sits below; one pushed to "
+                    "prefer false answers sits above. Forget quality (KS test against the retain model's R) is low at "
+                    "both ends: forgetting is not the same as being indistinguishable from never having learnt."))
+    rows = []
+    for name, res in doc["systems"].items():
         if res.get("status") != "ok":
             continue
         sv = _get(res, "attacks", "serving") or {}

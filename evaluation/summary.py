@@ -69,6 +69,8 @@ def summarize(result: dict, cfg: EvalConfig, retain: Optional[dict]) -> dict:
             summary["model_utility_reason"] = "no retain / utility set with probability, ROUGE and truth ratio"
     if "forget_quality" in cfg.metrics and "forget" in tasks:
         mine = forget_truth_ratios(result)
+        if mine:
+            summary["forget_truth_ratio"] = TOFU.truth_ratio_profile(mine)
         if retain is None:
             summary["forget_quality"] = None
             summary["forget_quality_reason"] = ("no retain-model results: pass --retain-eval (an eval JSON, a TOFU "

@@ -42,6 +42,10 @@ def results_table(result: dict) -> str:
         else:
             out.append(f"forget quality  {_fmt(s['forget_quality'])}  (KS statistic {s['ks_statistic']:.4f}; "
                        f"reference {s.get('forget_quality_reference')})")
+    if "forget_truth_ratio" in s:
+        tr = s["forget_truth_ratio"]
+        out.append(f"forget R        median {tr['median']:.3g} (quartiles {tr['q1']:.3g}-{tr['q3']:.3g}); "
+                   f"false answers preferred on {tr['prefers_false']:.0%} of {tr['n']} items")
     if "mia_auc" in s:
         leak = _fmt(s.get("privleak")) if s.get("privleak") is not None else f"missing: {s.get('privleak_reason')}"
         out.append(f"MIA AUC         {_fmt(s['mia_auc'])}   PrivLeak {leak}")

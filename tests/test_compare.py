@@ -15,6 +15,7 @@ from unlearnkit.compare import report as R
 from unlearnkit.compare import run as RUN
 from unlearnkit.compare.config import CompareConfig, parse_system
 from unlearnkit.config import from_dict
+from unlearnkit.evaluation.metrics import tofu as T
 from unlearnkit.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -196,7 +197,8 @@ def report_doc():
     for name, tr, leak, nb in (("target", [0.2, 0.3, 0.25], 0.9, 0.8), ("retain", [0.6, 0.7, 0.65], 0.2, 0.8),
                                ("ihl_fila", [0.55, 0.66, 0.7], 0.25, 0.5)):
         res = _fake_result(System(name, name if name != "ihl_fila" else "ihl_fila"), tr, leak, nb)
-        res["summary"] = {"forget_quality": 0.5 if name != "target" else 1e-5, "model_utility": 0.4}
+        res["summary"] = {"forget_quality": 0.5 if name != "target" else 1e-5, "model_utility": 0.4,
+                          "forget_truth_ratio": T.truth_ratio_profile(tr)}
         doc["systems"][name] = RUN._compact(res)
     doc["systems"]["broken"] = {"status": "failed", "kind": "weight", "reason": "ValueError: bad <config>"}
     return doc
@@ -214,6 +216,7 @@ def test_report_files(tmp_path):
     assert page.count("<img") == 3 and page.count("data:image/png;base64,") == 3
     assert "src='http" not in page and "<link" not in page and "<script" not in page   # self-contained
     assert "bad &lt;config&gt;" in page
+    assert "| target | 1.0e-05 | — | 0.250 | 0.225 – 0.275 | 0.00 |" in md      # the truth-ratio reading
     # ihl_fila lost 37% of the target's neighbour ROUGE-L: it does not count as reaching the retain rate
     assert R.reaches_retain(report_doc())["ihl_fila"]["paraphrase"] is False
 

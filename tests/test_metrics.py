@@ -60,6 +60,16 @@ def test_ks_forget_quality_exact_p_value():
         T.forget_quality([], [1.0])
 
 
+def test_truth_ratio_profile_tells_the_two_low_forget_quality_ends_apart():
+    knows = T.truth_ratio_profile([0.1, 0.2, 0.3, 0.4, 0.5])
+    pushed = T.truth_ratio_profile([5.0, 50.0, 500.0, 0.5, 20.0])
+    assert knows["median"] == pytest.approx(0.3) and knows["prefers_false"] == 0.0
+    assert pushed["median"] == pytest.approx(20.0) and pushed["prefers_false"] == pytest.approx(0.8)
+    assert (knows["q1"], knows["q3"], knows["n"]) == (pytest.approx(0.2), pytest.approx(0.4), 5)
+    with pytest.raises(ValueError, match="at least one"):
+        T.truth_ratio_profile([])
+
+
 def test_min_k_and_mia_auc_and_privleak():
     assert MEM.min_k_score([-1, -2, -3, -4, -5], 0.4) == pytest.approx(4.5)   # 2 lowest of 5
     assert MEM.min_k_score([-1, -3], 0.1) == pytest.approx(3.0)                # at least one token

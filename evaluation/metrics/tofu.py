@@ -76,6 +76,19 @@ def forget_quality(unlearned_ratios: Sequence[float], retain_ratios: Sequence[fl
     return {"forget_quality": float(res.pvalue), "ks_statistic": float(res.statistic)}
 
 
+def truth_ratio_profile(ratios: Sequence[float]) -> dict:
+    """Where a set of truth ratios sits, to read forget quality by: the median R, its quartiles and
+    the share of items whose false (perturbed) answers are preferred (R > 1). A model that never
+    learnt the facts sits near R = 1 on both sides; one pushed to prefer false answers (R >> 1)
+    is as distinguishable from the retain model by the KS test as one that still knows them."""
+    r = np.asarray(ratios, dtype=float)
+    if r.size == 0:
+        raise ValueError("a truth-ratio profile needs at least one ratio")
+    q1, med, q3 = np.quantile(r, [0.25, 0.5, 0.75])
+    return {"median": float(med), "q1": float(q1), "q3": float(q3), "prefers_false": float(np.mean(r > 1.0)),
+            "n": int(r.size)}
+
+
 UTILITY_COMPONENTS = [(task, metric) for task in ("retain", "real_authors", "world_facts")
                       for metric in ("probability", "rougeL_recall", "truth_ratio")]
 
