@@ -4,9 +4,8 @@ data URIs, no external resources) and the plots as files, all from results.json'
 Tables: headline (forget quality, model utility, forget ROUGE-L, leak rate, neighbour retention,
 serving and training cost), leak rate per attack category with a mark where a system reaches the
 retain model's rate while keeping its neighbours, neighbour ROUGE-L per category, forget quality
-beside the truth-ratio distribution it comes from, cost, and which
-paradigm can move which metric. Plots: forget quality vs model utility, leak rate by attack and
-system, cost per system.
+beside the truth-ratio distribution it comes from, cost, and which paradigm can move which metric.
+Plots: forget quality vs model utility, leak rate by attack and system, cost per system.
 """
 
 from __future__ import annotations
