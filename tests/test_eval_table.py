@@ -17,3 +17,15 @@ def test_table_rows_columns_and_summary():
     assert "forget quality  missing: no retain-model results" in text
     assert "MIA AUC         0.2500" in text and "missing: no retain-model AUC" in text
     assert "generation 3s" in text
+
+
+def test_table_reads_forget_quality_through_the_truth_ratio():
+    from unlearnkit.evaluation.metrics.tofu import truth_ratio_profile
+
+    result = {"model": {"ref": "m"}, "benchmark": "tofu",
+              "tasks": {"forget": {"aggregate": {"n_items": 4, "truth_ratio": 0.1}}},
+              "summary": {"forget_quality": 1e-6, "ks_statistic": 0.9, "forget_quality_reference": "retain",
+                          "forget_truth_ratio": truth_ratio_profile([10.0, 40.0, 60.0, 0.5])}}
+    text = results_table(result)
+    assert "forget R        median 25 (quartiles 7.62-45)" in text
+    assert "false answers preferred on 75% of 4 items" in text
