@@ -167,35 +167,35 @@ def _compare_config(args):
 
 
 def _cmd_compare(args) -> int:
-    from .compare.report import _md_table, tables
-    from .compare.run import check_only, out_dir, run_compare
+    from .compare.report import md_table, tables
+    from .compare.run import all_ok, check_only, out_dir, run_compare
 
     cfg = _compare_config(args)
     only = check_only(args.systems.split(","), cfg) if args.systems else None
     doc = run_compare(cfg, only=only, report=not args.no_report)
     title, header, rows, _ = tables(doc)[0]
-    print(_md_table(header, rows))
+    print(md_table(header, rows))
     print(f"\nreport: {out_dir(cfg) / 'report.html'}  ({out_dir(cfg) / 'report.md'}, {out_dir(cfg) / 'results.json'})")
-    return 0 if all(r.get("status") == "ok" for r in doc["systems"].values()) else 1
+    return 0 if all_ok(doc) else 1
 
 
 def _cmd_attack(args) -> int:
-    from .compare.report import _md_table, tables
-    from .compare.run import check_only, out_dir, run_compare
+    from .compare.report import md_table, tables
+    from .compare.run import all_ok, check_only, out_dir, run_compare
 
     cfg = _compare_config(args)
     only = check_only(args.systems.split(","), cfg) if args.systems else None
     doc = run_compare(cfg, stages=("attacks",), only=only, report=False)
     for title, header, rows, note in tables(doc)[1:3]:
-        print(f"\n{title}\n" + _md_table(header, rows))
+        print(f"\n{title}\n" + md_table(header, rows))
     print(f"\nresults: {out_dir(cfg) / 'results.json'}")
-    return 0 if all(r.get("status") == "ok" for r in doc["systems"].values()) else 1
+    return 0 if all_ok(doc) else 1
 
 
 def _cmd_demo(args) -> int:
-    from .demo import run_demo
+    from .demo import DEMO_CONFIG, run_demo
 
-    return run_demo(config=args.config, overrides=args.overrides) if args.config else run_demo(overrides=args.overrides)
+    return run_demo(args.config or DEMO_CONFIG, args.overrides)
 
 
 def _comparison_args(p) -> None:

@@ -20,8 +20,8 @@ DEMO_CONFIG = str(ROOT / "configs/compare/demo.yaml")
 def run_demo(config: str = DEMO_CONFIG, overrides: list[str] | None = None) -> int:
     import os
 
-    from .compare.report import _md_table, tables
-    from .compare.run import load_compare_config, out_dir, run_compare
+    from .compare.report import md_table, tables
+    from .compare.run import all_ok, load_compare_config, out_dir, run_compare
     from .models.fetch import fetch
 
     os.chdir(ROOT)   # the demo config's paths are relative to the repository
@@ -30,6 +30,6 @@ def run_demo(config: str = DEMO_CONFIG, overrides: list[str] | None = None) -> i
     cfg = load_compare_config(config, overrides)
     doc = run_compare(cfg)
     for title, header, rows, note in tables(doc)[:2]:
-        print(f"\n## {title}\n" + _md_table(header, rows) + (f"\n{note}" if note else ""))
+        print(f"\n## {title}\n" + md_table(header, rows) + (f"\n{note}" if note else ""))
     print(f"\nreport: {(out_dir(cfg) / 'report.html').resolve()}\n        {(out_dir(cfg) / 'report.md').resolve()}")
-    return 0 if all(r.get("status") == "ok" for r in doc["systems"].values()) else 1
+    return 0 if all_ok(doc) else 1

@@ -18,6 +18,11 @@ def write_json_atomic(path: str | Path, data, indent: int | None = 1) -> Path:
     return path
 
 
+def json_digest(obj, length: int = 16) -> str:
+    """Short hex sha256 of `obj` as sorted-key JSON: the cache keys' hash (same object, same key)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:length]
+
+
 def sha256_file(path: str | Path) -> str:
     """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
     digest = hashlib.sha256()

@@ -8,13 +8,12 @@ written to a temporary directory and renamed, so an interruption never leaves ha
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
 from pathlib import Path
 
-from ..files import write_json_atomic
+from ..files import json_digest, write_json_atomic
 from .config import CompareConfig, GuardSpec, System
 
 BUILD_RECORD = "build.json"
@@ -69,10 +68,9 @@ def guard_policy(spec: GuardSpec, model_path: str, log=print) -> tuple[str, dict
     gcfg = load_config(GuardConfig, spec.config, list(spec.set))
     forget = load_spec(spec.forget)
     retain = load_spec(spec.retain) if spec.retain else None
-    blob = json.dumps({"config": to_dict(gcfg), "forget": [r.to_json() for r in forget],
-                       "retain": [r.question for r in retain or []], "model": model_fingerprint(model_path)},
-                      sort_keys=True)
-    out = cache_root() / "guards" / hashlib.sha256(blob.encode()).hexdigest()[:16]
+    out = cache_root() / "guards" / json_digest({"config": to_dict(gcfg), "forget": [r.to_json() for r in forget],
+                                                 "retain": [r.question for r in retain or []],
+                                                 "model": model_fingerprint(model_path)})
     record = out / BUILD_RECORD
     if record.is_file():
         log(f"(cached) guard policy {out}")

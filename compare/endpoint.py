@@ -88,9 +88,9 @@ class AgentServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
 
-    def ask(self, prompt: str, max_tokens: int = 128, url: Optional[str] = None) -> dict:
+    def ask(self, prompt: str, max_tokens: int = 128) -> dict:
         """One greedy chat request: {'status', 'text', 'unlearn' (the front's record), 'seconds'}."""
-        return chat(url or self.url, prompt, max_tokens)
+        return chat(self.url, prompt, max_tokens)
 
     def ask_many(self, prompts: Sequence[str], max_tokens: int = 128, workers: int = 8,
                  progress: Optional[Callable[[int], None]] = None) -> list[dict]:

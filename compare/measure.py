@@ -14,7 +14,6 @@ Deployed paths:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import shutil
 import statistics
@@ -23,21 +22,17 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..config import to_dict
-from ..files import write_json_atomic
-from ..evaluation.attacks import Probe, relearn_split
+from ..files import json_digest, write_json_atomic
+from ..evaluation.attacks import Probe, keywords_of, relearn_split
 from ..evaluation.config import EvalConfig
 from ..evaluation.leakage import by_category, score_reply
 from .config import CompareConfig, System
 
 
-def _digest(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def _cache_file(kind: str, key_obj) -> Path:
     from ..models.catalog import cache_root
 
-    return cache_root() / "compare" / f"{kind}-{_digest(key_obj)}.json"
+    return cache_root() / "compare" / f"{kind}-{json_digest(key_obj)}.json"
 
 
 def _cached(kind: str, key_obj, make, log=print) -> dict:
@@ -55,7 +50,7 @@ def policy_fingerprint(policy: Optional[str]) -> Optional[str]:
     if not policy:
         return None
     meta = json.loads((Path(policy) / "policy.json").read_text())
-    return _digest([meta["files"], meta["config"], meta["calibration"]])
+    return json_digest([meta["files"], meta["config"], meta["calibration"]])
 
 
 def agents_fingerprint(cfg: CompareConfig) -> dict:
@@ -95,7 +90,7 @@ def _serving(n_tokens: int, seconds: float, latency: Sequence[float], n_requests
 
 
 # ----------------------------------------------------------------------------- engine systems
-def eval_config(ecfg: EvalConfig, path: str, policy: Optional[str], dtype: str = "auto") -> EvalConfig:
+def eval_config(ecfg: EvalConfig, path: str, policy: Optional[str]) -> EvalConfig:
     """The evaluation config's settings (its dtype included: `unlearn eval` results are reused as
     they are) with this system's weights and guard; a guard is measured through vLLM, as deployed."""
     out = dataclasses.replace(ecfg, model=path, guard=policy, retain_eval=None,
@@ -104,10 +99,10 @@ def eval_config(ecfg: EvalConfig, path: str, policy: Optional[str], dtype: str =
     return out
 
 
-def engine_metrics(ecfg: EvalConfig, path: str, policy: Optional[str], dtype: str, log=print) -> dict:
+def engine_metrics(ecfg: EvalConfig, path: str, policy: Optional[str], log=print) -> dict:
     from ..evaluation.harness import measure
 
-    return measure(eval_config(ecfg, path, policy, dtype), log=log)
+    return measure(eval_config(ecfg, path, policy), log=log)
 
 
 def engine_system(ecfg: EvalConfig, path: str, policy: Optional[str], probes: Sequence[Probe], cfg: CompareConfig,
@@ -212,8 +207,7 @@ def agent_system(system: System, path: str, policy: str, engine_result: Optional
 
     jobs = _gen_jobs(tasks) if engine_result is not None else []
     key = {"stage": "agents", "system": system.name, "model": model_fingerprint(path),
-           "policy": policy_fingerprint(policy), "agents": agents_fingerprint(cfg), "eval": to_dict(eval_config(
-               ecfg, "", None, cfg.dtype)), "jobs": [j[3] for j in jobs],
+           "policy": policy_fingerprint(policy), "agents": agents_fingerprint(cfg), "eval": to_dict(eval_config(ecfg, "", None)), "jobs": [j[3] for j in jobs],
            "prompts": [p.prompt for p in probes], "max_new_tokens": cfg.attacks.max_new_tokens,
            "latency": cfg.latency_requests, "dtype": cfg.dtype}
 
@@ -276,7 +270,7 @@ def relearn(path: str, forget, cfg: CompareConfig, refusals: list[str], log=prin
            "lr": cfg.attacks.relearn_lr, "max_new_tokens": cfg.attacks.max_new_tokens}
 
     def make():
-        data = cache_root() / "compare" / f"relearn-data-{_digest(key)}.jsonl"
+        data = cache_root() / "compare" / f"relearn-data-{json_digest(key)}.jsonl"
         data.parent.mkdir(parents=True, exist_ok=True)
         data.write_text("".join(json.dumps({"question": forget[i].question, "answer": forget[i].answer}) + "\n"
                                 for i in taught))
@@ -299,8 +293,6 @@ def relearn(path: str, forget, cfg: CompareConfig, refusals: list[str], log=prin
             del model
         shutil.rmtree(run_dir, ignore_errors=True)
         return {"taught": len(taught), "probed": len(probed), "train_seconds": round(train_s, 1), "replies": replies}
-
-    from ..evaluation.attacks import keywords_of
 
     got = _cached("relearn", key, make, log)
     out = {k: v for k, v in got.items() if k != "replies"}

@@ -75,6 +75,11 @@ def unlearning_seconds(res: dict) -> Optional[float]:
     return _get(res, "training", "train_seconds")
 
 
+def _plus(a: Optional[float], b: Optional[float]) -> Optional[float]:
+    """a + b with a missing part counted as 0; None when both are missing."""
+    return None if a is None and b is None else (a or 0) + (b or 0)
+
+
 def headline_rows(doc: dict) -> list[dict]:
     rows = []
     for name, res in doc["systems"].items():
@@ -97,6 +102,7 @@ def headline_rows(doc: dict) -> list[dict]:
             "tokens_per_s": serving.get("tokens_per_s"), "latency_s": serving.get("latency_median_s"),
             "train_s": unlearning_seconds(res), "guard_build_s": _get(res, "guard", "build_seconds"),
         })
+        rows[-1]["build_s"] = _plus(rows[-1]["train_s"], rows[-1]["guard_build_s"])
     return rows
 
 
@@ -182,10 +188,10 @@ def plots(doc: dict) -> dict[str, bytes]:
     if cost:
         fig, axes = plt.subplots(1, 3, figsize=(12, 0.8 + 0.38 * len(cost)), sharey=True)
         labels = [r["system"] for r in cost]
-        for ax, key, title in ((axes[0], "train_s", "unlearning training (s)"),
+        for ax, key, title in ((axes[0], "build_s", "unlearning training (s)"),
                                (axes[1], "tokens_per_s", "attack batch throughput (tok/s)"),
                                (axes[2], "latency_s", "latency, one request (s)")):
-            vals = [(r[key] or 0) + ((r["guard_build_s"] or 0) if key == "train_s" else 0) for r in cost]
+            vals = [r[key] or 0 for r in cost]
             ax.barh(labels, vals, color="#4c72b0")
             ax.set_title(title, fontsize=9)
             ax.tick_params(labelsize=8)
@@ -208,13 +214,10 @@ def tables(doc: dict) -> list[tuple[str, list[str], list[list[str]], str]]:
         fq = _f(r["forget_quality"], 4)
         if r["forget_quality"] is None and r.get("forget_quality_reason"):
             notes.append(f"forget quality of {r['system']} is empty: {r['forget_quality_reason']}")
-        train = r["train_s"]
-        if r["guard_build_s"]:
-            train = (train or 0) + r["guard_build_s"]
         rows.append([r["system"], r["kind"], fq, _f(r["model_utility"]), _f(r["forget_rouge"]), _f(r["para_rouge"]),
                      _f(r["leak"]), _f(r["relearn_leak"]), _f(r["neighbour_rouge"]),
                      _f(r["neighbour_retention"], 2), _f(r["tokens_per_s"], 1), _f(r["latency_s"], 2),
-                     _f(train, 0) if train is not None else "—"])
+                     _f(r["build_s"], 0) if r["build_s"] is not None else "—"])
     out.append(("Headline", ["system", "paradigm", "forget quality", "model utility", "forget ROUGE-L",
                              "para-Q ROUGE-L", "leak rate (prompt attacks)", "leak after relearning",
                              "neighbour ROUGE-L", "neighbour retention vs target", "tok/s", "latency s",
@@ -297,7 +300,7 @@ def provenance_rows(doc: dict) -> list[list[str]]:
     return rows
 
 
-def _md_table(header, rows) -> str:
+def md_table(header, rows) -> str:
     esc = lambda s: str(s).replace("|", "\\|").replace("\n", " ")  # noqa: E731
     lines = ["| " + " | ".join(map(esc, header)) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(map(esc, r)) + " |" for r in rows]
@@ -309,10 +312,10 @@ def markdown(doc: dict, images: list[str]) -> str:
 
     parts = [f"# Unlearning comparison: {doc['name']}", ""]
     for title, header, rows, note in tables(doc):
-        parts += [f"## {title}", "", _md_table(header, rows), ""]
+        parts += [f"## {title}", "", md_table(header, rows), ""]
         parts += [note, ""] if note else []
     parts += ["## Plots", ""] + [f"![{Path(i).stem}]({i})" for i in images] + [""]
-    parts += ["## Reproduce", "", _md_table(["what", "value"], provenance_rows(doc)), "", "Config:", "", "```yaml",
+    parts += ["## Reproduce", "", md_table(["what", "value"], provenance_rows(doc)), "", "Config:", "", "```yaml",
               yaml.safe_dump(doc.get("provenance", {}).get("config", {}), sort_keys=False).strip(), "```", ""]
     return "\n".join(parts)
 

@@ -71,7 +71,7 @@ def measure_system(system: System, cfg: CompareConfig, ecfg: EvalConfig, tasks, 
         out["guard"] = {"policy": policy, **info}
     engine_policy = policy if system.guard else None
     if system.agents:
-        engine = engine_metrics(ecfg, path, engine_policy, cfg.dtype, log=log) if "metrics" in stages else None
+        engine = engine_metrics(ecfg, path, engine_policy, log=log) if "metrics" in stages else None
         measured = agent_system(system, path, policy, engine, tasks, ecfg, probes, cfg, work, log=log)
         out["metrics"], out["attacks"] = measured["metrics"], measured["attacks"]
     else:
@@ -102,7 +102,7 @@ def retain_reference(cfg: CompareConfig, ecfg: EvalConfig, results: dict, log=_s
         from .build import ensure_model
         from .measure import engine_metrics
 
-        return _reference(engine_metrics(ecfg, ensure_model(cfg.retain, log), None, cfg.dtype, log=log), "retain"), ""
+        return _reference(engine_metrics(ecfg, ensure_model(cfg.retain, log), None, log=log), "retain"), ""
     except Exception as exc:  # noqa: BLE001 - reported, never a number
         return None, f"the retain model could not be measured: {type(exc).__name__}: {exc}"
 
@@ -216,9 +216,15 @@ def run_compare(cfg: CompareConfig, stages: Sequence[str] = ("metrics", "attacks
     return doc
 
 
+def all_ok(doc: dict) -> bool:
+    """Every system of the comparison was measured (the commands' exit status)."""
+    return all(r.get("status") == "ok" for r in doc["systems"].values())
+
+
 def check_only(names: Sequence[str], cfg: CompareConfig) -> list[str]:
     out = [parse_system(n, cfg).name for n in names]
-    missing = [n for n in out if n not in [parse_system(s, cfg).name for s in cfg.systems]]
+    listed = {parse_system(s, cfg).name for s in cfg.systems}
+    missing = [n for n in out if n not in listed]
     if missing:
         raise ConfigError(f"system(s) {missing} are not in this comparison; its systems: {cfg.systems}")
     return out

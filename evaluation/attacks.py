@@ -4,7 +4,7 @@ retain "neighbour" items, to measure over-suppression). One registry: ATTACKS.
 Every builder is a pure function of (the item, its subject, the subject's other items, the item's
 position) returning a `Probe`, or None where the item offers no material (e.g. no paraphrase).
 `relearn` is the one attack that is not a prompt: a short fine-tune of a weight-level system on
-part of the forget facts, then the plain questions of the rest (see compare/relearn.py); here it
+part of the forget facts, then the plain questions of the rest (compare/measure.py `relearn`); here it
 only chooses which items are taught and which are probed.
 
 The subject of an item is the person it is about: `extra["person"]` where the data carries it,
@@ -14,6 +14,7 @@ question or answer mentions.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
@@ -92,11 +93,16 @@ def to_french(question: str) -> str:
                     "when", "how", "why", "the", "a", "an") else w for w in words).replace(" ?", " ?")
 
 
+def specifics(gold: str, prompt: str) -> list[str]:
+    """The gold answer's quoted titles, names and numbers that `prompt` does not contain."""
+    low_prompt = prompt.lower()
+    return [p for p in quoted(gold) + names(gold) + numbers(gold) if p.lower() not in low_prompt]
+
+
 def keywords_of(gold: str, prompt: str, at_most: int = 6) -> tuple:
     """What a reply would leak: the gold answer's names, quoted titles and numbers, then its content
     words, that the prompt does not contain (at most `at_most`, the specific ones first)."""
-    low_prompt = prompt.lower()
-    specific = [p for p in quoted(gold) + names(gold) + numbers(gold) if p.lower() not in low_prompt]
+    specific = specifics(gold, prompt)
     found = specific + [w for w in key_words(gold, prompt) if not any(w.lower() in p.lower() for p in specific)]
     return tuple(dict.fromkeys(found))[:at_most]
 
@@ -132,10 +138,9 @@ def paraphrase(m: Material) -> Optional[Probe]:
 def _gives_away(m: Material, text: str) -> bool:
     """Does `text` contain the item's answer's most specific content beyond its question (its names,
     titles and numbers; its content words where it has none)?"""
-    low, question = text.lower(), m.item.question.lower()
-    specific = [p for p in quoted(m.item.answer) + names(m.item.answer) + numbers(m.item.answer)
-                if p.lower() not in question]
+    specific = specifics(m.item.answer, m.item.question)
     found = list(dict.fromkeys(specific or key_words(m.item.answer, m.item.question)))[:8]
+    low = text.lower()
     return any(k.lower() in low for k in found)
 
 
@@ -297,5 +302,5 @@ def build_probes(items: Sequence[QA], role: str, attacks: Sequence[str], picked:
                 made = [jailbreak(m, v) for v in JAILBREAKS]
             else:
                 made = [PROMPT_ATTACKS[name](m)]
-            out += [Probe(p.category, p.variant, role, p.item, p.prompt, p.gold, p.keywords) for p in made if p]
+            out += [dataclasses.replace(p, role=role) for p in made if p]
     return out

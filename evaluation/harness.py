@@ -20,7 +20,7 @@ from typing import Optional
 
 from ..config import to_dict
 from ..errors import ModelError
-from ..files import write_json_atomic
+from ..files import json_digest, write_json_atomic
 from ..provenance import package_versions
 from .benchmarks import Task, build_tasks
 from .config import EvalConfig
@@ -52,9 +52,7 @@ def _cache_key(cfg: EvalConfig, fingerprint: str, tasks: list[Task]) -> str:
     conf = to_dict(dataclasses.replace(cfg, model="", retain_eval=None))
     if conf.get("guard") is None:   # unguarded: the key it had before guards existed (results stay valid)
         conf.pop("guard", None)
-    blob = json.dumps({"config": conf, "model": fingerprint, "data": {t.name: t.fingerprint() for t in tasks}},
-                      sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return json_digest({"config": conf, "model": fingerprint, "data": {t.name: t.fingerprint() for t in tasks}})
 
 
 # ----------------------------------------------------------------------------- measuring

@@ -10,7 +10,6 @@ threshold calibrated on retain prompts to the configured false-positive rate -> 
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import math
 import shutil
@@ -26,7 +25,7 @@ from ..provenance import package_versions
 from .embedder import EMBEDDER_NAME, embed
 from .penalty import centred_unit, semantic_penalty
 from .phrases import STOPWORDS, distinctive_parts, group_targets, item_phrases, mentions, quoted, stems
-from ..files import sha256_file
+from ..files import json_digest, sha256_file
 from .classifier import PromptClassifier
 from .policy import FILES, FORMAT, FORMAT_VERSION, GuardConfig, Policy, PolicyError, read_meta, tokenizer_fingerprint
 from .trie import token_sequences
@@ -85,7 +84,7 @@ def _penalties(model_path: str, tokenizer, target_phrases: list[list[str]], cfg:
 
 
 def _fingerprint(records: list[QA]) -> str:
-    return hashlib.sha256(json.dumps([r.to_json() for r in records], sort_keys=True).encode()).hexdigest()[:16]
+    return json_digest([r.to_json() for r in records])
 
 
 def build_policy(forget: list[QA], out_dir: str | Path, model_path: str, tokenizer, cfg: GuardConfig,

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 from pathlib import Path
 
 from ..config import to_dict
+from ..files import json_digest
 from ..models.catalog import cache_root
 
 RUN_MANIFEST = "run.json"  # written last into a finished run; its presence means "complete"
@@ -33,7 +33,7 @@ def config_hash(cfg) -> str:
             if (model / name).is_file():
                 data["model_fingerprint"] = hashlib.sha256((model / name).read_bytes()).hexdigest()
                 break
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+    return json_digest(data, length=12)
 
 
 def cached_output_dir(cfg, name: str) -> Path:
