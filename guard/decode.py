@@ -31,6 +31,8 @@ class RequestGuard:
     live: frozenset = field(default_factory=frozenset)
     text_state: int = -1                        # -1: the matcher's start state
     consumed: int = 0
+    fallback: Optional[int] = None              # the token to force when the guard leaves no token (end of sequence)
+    always_on: bool = False                     # the names check every unflagged request gets
 
     def __post_init__(self):
         if self.text is not None and self.text_state < 0:
@@ -43,6 +45,14 @@ class RequestGuard:
         if self.text is not None:
             self.text_state = self.text.advance_tokens(self.text_state, new_tokens)
         self.consumed += len(new_tokens)
+
+    def prime(self, context: Sequence[int]) -> None:
+        """Read the end of the prompt before any output (not counted as consumed output): a
+        phrase the prompt has begun can then not be completed by the response."""
+        for tok in context:
+            self.live = self.trie.advance(self.live, int(tok))
+        if self.text is not None:
+            self.text_state = self.text.advance_tokens(self.text_state, context)
 
     def observe(self, output_ids: Sequence[int]) -> None:
         """Advance over output tokens not seen yet (vLLM V1 appends to the same list)."""
@@ -69,18 +79,24 @@ class RequestGuard:
                 self.penalty = self.penalty.to(row.device)
             n = min(width, self.penalty.shape[0])
             row[:n] += self.penalty[:n]
-        _block(row, self.trie.blocked_index(live, row.device), width)
+        blocked = _block(row, self.trie.blocked_index(live, row.device), width)
         if self.text is not None:
             state = self.text.advance_tokens(self.text_state, extra) if extra else self.text_state
-            _block(row, self.text.blocked_index(state, row.device), width)
+            blocked |= _block(row, self.text.blocked_index(state, row.device), width)
+        if blocked and self.fallback is not None and self.fallback < width and not torch.isfinite(row).any():
+            # every token the request may still sample (its grammar, allowed_token_ids) is withheld:
+            # end the response rather than hand the sampler a row with nothing to sample
+            row[self.fallback] = 0.0
 
 
-def _block(row: torch.Tensor, index: torch.Tensor, width: int) -> None:
-    """row[index] = -inf for a sorted index, ignoring ids the row does not have."""
+def _block(row: torch.Tensor, index: torch.Tensor, width: int) -> bool:
+    """row[index] = -inf for a sorted index, ignoring ids the row does not have; whether any was."""
     if index.numel():
         if int(index[-1]) >= width:
             index = index[index < width]
         row[index] = BLOCKED
+        return bool(index.numel())
+    return False
 
 
 class GuardSlots:

@@ -40,6 +40,7 @@ log = logging.getLogger("unlearnkit.guard")
 POLICY_ENV = "UNLEARN_GUARD_POLICY"
 FQCN = "unlearnkit.guard.vllm_plugin:UnlearnGuard"   # the class to give vLLM (--logits-processors)
 PREFIX = "unlearn_"
+PRIME_TOKENS = 32   # prompt tokens a guard reads before the output (a phrase begun in the prompt)
 ARGS = ("unlearn_targets", "unlearn_guard", "unlearn_threshold", "unlearn_penalty", "unlearn_top_k")
 
 
@@ -97,8 +98,8 @@ def parse_request_args(extra_args: Optional[dict], meta: dict) -> RequestArgs:
     if "unlearn_threshold" in ours:
         value = _number("unlearn_threshold", ours["unlearn_threshold"])
         if value > float(cal["threshold"]):
-            raise ValueError(f"unlearn_threshold={value} would loosen the server's classifier threshold "
-                             f"({float(cal['threshold']):.4f}); a request may only lower it")
+            raise ValueError("unlearn_threshold would loosen the server's classifier threshold; "
+                             "a request may only lower it")
         if value < -1.0:
             raise ValueError("unlearn_threshold must be >= -1 (a cosine similarity)")
         out["threshold"] = value
@@ -107,16 +108,14 @@ def parse_request_args(extra_args: Optional[dict], meta: dict) -> RequestArgs:
         if float(cfg["penalty"]) <= 0:
             raise ValueError("unlearn_penalty: this server's policy has no semantic penalty to strengthen")
         if value < float(cfg["penalty"]):
-            raise ValueError(f"unlearn_penalty={value} would loosen the server's penalty strength "
-                             f"({cfg['penalty']}); a request may only raise it")
+            raise ValueError("unlearn_penalty would loosen the server's penalty strength; a request may only raise it")
         if value > 1e4:
             raise ValueError("unlearn_penalty must be <= 10000")
         out["penalty"] = value
     if "unlearn_top_k" in ours:
         value = ours["unlearn_top_k"]
         if isinstance(value, bool) or not isinstance(value, int) or value < int(cfg["top_k"]) or value > 1000:
-            raise ValueError(f"unlearn_top_k must be an integer between the server's top_k ({cfg['top_k']}) "
-                             f"and 1000, got {value!r}")
+            raise ValueError("unlearn_top_k must be an integer, no smaller than the server's top_k and at most 1000")
         out["top_k"] = value
     return RequestArgs(**out)
 
@@ -161,12 +160,24 @@ class GuardRuntime:
         refusal = tokenizer(policy.config.refusal, add_special_tokens=False)["input_ids"]
         eos = tokenizer.eos_token_id
         self.refusal = list(refusal) + ([eos] if eos is not None else [])
+        self.eos = eos
         self.token_texts = TokenTexts(tokenizer)
         self._matchers: OrderedDict = OrderedDict()
         self._tries: OrderedDict = OrderedDict()
         self._penalties: OrderedDict = OrderedDict()
         self.cache_size = cache_size
         self.stats = {"requests": 0, "flagged": 0, "failed": 0}
+        self.names = self._names_check()
+
+    def _names_check(self) -> Optional[tuple[TokenTrie, TextMatcher]]:
+        """The always-on output check: every target's name and distinctive name parts (its lexical
+        probes), forbidden in every request's output, flagged or not, so a classifier miss is not a
+        full bypass. None for a policy without targets (e.g. a set of news facts)."""
+        probes = [p for target in self.policy.targets for p in target.get("probes", [target["name"]])]
+        probes = [p for p in dict.fromkeys(probes) if len(p.strip()) >= 4]
+        if not probes:
+            return None
+        return TokenTrie(token_sequences(self.tokenizer, probes)), TextMatcher(probes, self.token_texts)
 
     def warm_up(self, max_targets: int = 64) -> None:
         """Build each target's trie now (the usual flagged request touches one target), so the first
@@ -233,23 +244,30 @@ class GuardRuntime:
             return TextMatcher([p for p in phrases if len(p.strip()) >= 4], self.token_texts)
         return self._cached(self._matchers, (items, targets, extra), make)
 
-    def _penalty(self, targets: tuple[int, ...], strength: Optional[float]) -> Optional[torch.Tensor]:
+    def _penalty(self, targets: tuple[int, ...], strength: Optional[float], temperature: float = 1.0) -> Optional[torch.Tensor]:
+        """The targets' penalty at `strength` (default: the policy's), multiplied by the request's
+        temperature when it is above 1: the sampler divides the logits by the temperature after
+        the guard, and the penalty must not come out weaker than the policy's."""
         base = float(self.policy.config.penalty)
         if not targets or base <= 0:
             return None
-        scale = (strength / base) if strength else 1.0
+        scale = ((strength / base) if strength else 1.0) * max(1.0, temperature)
         return self._cached(self._penalties, (targets, scale), lambda: dense_penalty(
             self.vocab_size, [self.policy.penalties[t] for t in targets], scale))
 
-    def guard_for(self, decision: Decision, args: RequestArgs) -> Optional[RequestGuard]:
+    def guard_for(self, decision: Decision, args: RequestArgs, temperature: float = 1.0) -> Optional[RequestGuard]:
+        """A flagged (or tightened) request's full guard; else the always-on names check (or None
+        when the policy has no targets)."""
         if not (decision.flagged or args.force or args.targets):
-            return None
+            if self.names is None:
+                return None
+            return RequestGuard(self.names[0], text=self.names[1], fallback=self.eos, always_on=True)
         targets, items = decision.targets, decision.items
         if not decision.flagged and args.force:   # guarded on request: against its nearest items
             targets, items = self.classifier.expand(set(), set(decision.nearest))
         key = (items, targets, args.targets)
-        return RequestGuard(self._trie(*key), penalty=self._penalty(targets, args.penalty),
-                            text=self._matcher(*key))
+        return RequestGuard(self._trie(*key), penalty=self._penalty(targets, args.penalty, temperature),
+                            text=self._matcher(*key), fallback=self.eos)
 
     def decide(self, prompts: list[Sequence[int]], args: list[RequestArgs]) -> list[Decision]:
         """Classify a batch; requests that share a threshold/top_k are embedded together."""
@@ -263,31 +281,40 @@ class GuardRuntime:
                 out[n] = d
         return out
 
-    def guards(self, requests: list[tuple[Optional[Sequence[int]], Optional[dict]]]) -> list[Optional[RequestGuard]]:
-        """One guard (or None) per (prompt token ids, extra_args) of newly admitted requests."""
+    def guards(self, requests: Sequence[tuple]) -> list[Optional[RequestGuard]]:
+        """One guard (or None) per newly admitted request: (prompt token ids, extra_args) or
+        (prompt token ids, extra_args, temperature). Each guard has already read the end of its
+        prompt, so a prompt that stops inside a forbidden phrase (an assistant prefill, a
+        completion prompt) cannot have the rest of it sampled."""
         if not requests:
             return []
+        prompts = [r[0] for r in requests]
+        temperatures = [float(r[2]) if len(r) > 2 and r[2] is not None else 1.0 for r in requests]
         args: list[Optional[RequestArgs]] = []
-        for _, extra in requests:
+        for request in requests:
             try:
-                args.append(parse_request_args(extra, self.policy.meta))
+                args.append(parse_request_args(request[1], self.policy.meta))
             except (ValueError, OverflowError):  # validated at admission already: refuse, never loosen
                 args.append(None)
         self.stats["requests"] += len(requests)
         try:
-            decisions = self.decide([p for p, _ in requests], [a or RequestArgs() for a in args])
+            decisions = self.decide(prompts, [a or RequestArgs() for a in args])
         except Exception:  # retry one by one, so one bad request does not refuse its neighbours
-            decisions = [self._decide_one(p, a or RequestArgs()) for (p, _), a in zip(requests, args)]
-        out = [self._guard_or_refuse(d, a) for d, a in zip(decisions, args)]
-        self.stats["flagged"] += sum(g is not None for g in out)
+            decisions = [self._decide_one(p, a or RequestArgs()) for p, a in zip(prompts, args)]
+        out = [self._guard_or_refuse(d, a, t) for d, a, t in zip(decisions, args, temperatures)]
+        for guard, prompt in zip(out, prompts):
+            if guard is not None and guard.forced is None and prompt:
+                guard.prime(list(prompt)[-PRIME_TOKENS:])
+        self.stats["flagged"] += sum(g is not None and not g.always_on for g in out)
         return out
 
-    def _guard_or_refuse(self, decision: Optional[Decision], args: Optional[RequestArgs]) -> Optional[RequestGuard]:
+    def _guard_or_refuse(self, decision: Optional[Decision], args: Optional[RequestArgs],
+                         temperature: float = 1.0) -> Optional[RequestGuard]:
         """The request's guard; a forced refusal when it could not be classified, its arguments are
         invalid, or building its guard fails (fail closed, logged)."""
         if decision is not None and args is not None:
             try:
-                return self.guard_for(decision, args)
+                return self.guard_for(decision, args, temperature)
             except Exception:
                 log.exception("unlearning guard: building a request's guard failed; refusing it (fail closed)")
         elif args is None:

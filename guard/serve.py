@@ -18,6 +18,8 @@ from typing import Optional
 
 from .runtime import FQCN, POLICY_ENV
 
+MIDDLEWARE = "unlearnkit.guard.vllm_middleware.GuardBoundary"
+
 
 def server_command(model_path: str, port: int, host: str = "127.0.0.1", guard: bool = True,
                    served_name: Optional[str] = None, dtype: str = "auto", max_model_len: int = 2048,
@@ -26,7 +28,9 @@ def server_command(model_path: str, port: int, host: str = "127.0.0.1", guard: b
            "--host", host, "--port", str(port), "--dtype", dtype, "--max-model-len", str(max_model_len),
            "--served-model-name", served_name or Path(model_path).name, "--seed", "0"]
     if guard:
-        cmd += ["--logits-processors", FQCN]
+        # the token filter in the engine; every request through the boundary's rules first; returned
+        # log-probabilities computed after the guard (vLLM's default is before any logits processor)
+        cmd += ["--logits-processors", FQCN, "--middleware", MIDDLEWARE, "--logprobs-mode", "processed_logprobs"]
     if not _has_cuda() and "--enforce-eager" not in extra:
         # on CPU, graph compilation added ~2 min to start-up and no measured throughput
         cmd.append("--enforce-eager")

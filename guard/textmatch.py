@@ -41,6 +41,18 @@ class TokenTexts:
         self._sorted = [t for t, _ in order]
         self._ids = [i for _, i in order]
         self._cache: dict[str, list[int]] = {}
+        inner = [(text[j:], tok) for tok, text in enumerate(self.text) if len(text) > 1
+                 for j in range(1, len(text)) if text[j] == " "]
+        inner.sort()
+        self._inner = [t for t, _ in inner]
+        self._inner_ids = [i for _, i in inner]
+
+    def holding_inside(self, phrase: str) -> list[int]:
+        """Tokens with a word start past their first character at which `phrase` (which starts with
+        a space) begins, e.g. ' (Abilova' for ' abilova': one binary search, whatever the vocabulary."""
+        lo = bisect.bisect_left(self._inner, phrase)
+        hi = bisect.bisect_left(self._inner, phrase + "\U0010ffff")
+        return self._inner_ids[lo:hi]
 
     def starting_with(self, prefix: str) -> list[int]:
         out = self._cache.get(prefix)
@@ -89,15 +101,7 @@ class TextMatcher:
         """Tokens such as ' (Abilova' whose own text contains a complete phrase starting past their
         first character: blocked in every state (a match at the first character is found through
         the automaton state, like any other)."""
-        phrases = list(self.rest[0])
-        out = set()
-        for tok, text in enumerate(texts.text):
-            if len(text) > 1 and " " in text[1:]:
-                for j in range(1, len(text)):
-                    if text[j] == " " and any(text.startswith(p, j) for p in phrases):
-                        out.add(tok)
-                        break
-        return frozenset(out)
+        return frozenset(tok for phrase in self.rest[0] for tok in texts.holding_inside(phrase))
 
     def __len__(self) -> int:
         return len(self.rest[0])
@@ -110,8 +114,11 @@ class TextMatcher:
         return state
 
     def advance_tokens(self, state: int, tokens: Sequence[int]) -> int:
+        text = self.texts.text
         for tok in tokens:
-            state = self.advance(state, self.texts.text[int(tok)])
+            tok = int(tok)
+            if 0 <= tok < len(text):        # ids past the tokenizer (a padded model vocabulary) have no text
+                state = self.advance(state, text[tok])
         return state
 
     def blocked_index(self, state: int, device=None):

@@ -36,7 +36,7 @@ class GuardProcessorV1(LogitsProcessor):
         for index in batch_update.removed:
             self.slots.remove(index)
         added = list(batch_update.added)
-        guards = self.runtime.guards([(prompt, params.extra_args) for _, params, prompt, _ in added])
+        guards = self.runtime.guards([(prompt, params.extra_args, params.temperature) for _, params, prompt, _ in added])
         for (index, _, _, output_ids), guard in zip(added, guards):
             self.slots.add(index, guard, output_ids)
         for src, dst, direction in batch_update.moved:

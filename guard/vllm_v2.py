@@ -24,7 +24,7 @@ class GuardProcessorV2(LogitsProcessor):
         self.state = req_states
         self.runtime = runtime or GuardRuntime.from_env(vllm_config.model_config.tokenizer)
         self.guards: dict = {}           # slot -> RequestGuard (flagged requests only)
-        self.pending: dict = {}          # slot -> extra_args, admitted but not classified yet
+        self.pending: dict = {}          # slot -> sampling params, admitted but not classified yet
 
     @classmethod
     def validate_params(cls, sampling_params) -> None:
@@ -34,7 +34,7 @@ class GuardProcessorV2(LogitsProcessor):
         self.guards.pop(req_idx, None)                      # a reused slot starts clean
         if self.runtime is None:
             return False
-        self.pending[req_idx] = sampling_params.extra_args
+        self.pending[req_idx] = sampling_params
         return True
 
     def apply_staged_writes(self) -> None:
@@ -46,7 +46,8 @@ class GuardProcessorV2(LogitsProcessor):
             prompt_len = int(self.state.prompt_len.np[slot])
             prefill_len = int(self.state.prefill_len.np[slot])
             tokens = self.state.all_token_ids.gpu[slot, :prefill_len].tolist()
-            requests.append((tokens[:prompt_len], self.pending[slot]))
+            params = self.pending[slot]
+            requests.append((tokens[:prompt_len], params.extra_args, params.temperature))
             outputs.append(tokens[prompt_len:])          # resumed after preemption: output so far
         self.pending.clear()
         for slot, guard, output in zip(slots, self.runtime.guards(requests), outputs):

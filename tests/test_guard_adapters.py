@@ -25,8 +25,8 @@ class FakeRuntime:
 
     def guards(self, requests):
         self.calls.append(len(requests))
-        return [RequestGuard(TokenTrie([[4, 5], [9]])) if prompt and prompt[0] == 1 else None
-                for prompt, _ in requests]
+        return [RequestGuard(TokenTrie([[4, 5], [9]])) if request[0] and request[0][0] == 1 else None
+                for request in requests]
 
 
 def params():

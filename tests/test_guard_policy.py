@@ -127,8 +127,40 @@ def test_classifier_flags_forget_prompts_only(runtime):
     assert [d.flagged for d in decisions] == [True, True, False]
     assert decisions[0].targets == (1,) and set(decisions[0].items) == {0, 1, 2}
     guards = rt.guards([(p, None) for p in prompts])
-    assert guards[0] is not None and guards[2] is None
+    assert guards[0] is not None and not guards[0].always_on
     assert guards[0].penalty is not None and len(guards[0].trie) > 0
+    # the unflagged prompt gets only the always-on names check: no penalty, the targets' names only
+    assert guards[2].always_on and guards[2].penalty is None
+    assert len(guards[2].trie) < len(guards[0].trie)
+    assert rt.stats["flagged"] >= 2
+
+
+def test_unflagged_requests_cannot_spell_a_target_name(runtime):
+    """The always-on check: a classifier miss still cannot put a target's name in the output."""
+    import torch
+
+    rt, tok = runtime
+    guard = rt.guards([(_prompt(tok, "What is the capital of France?"), None)])[0]
+    name = tok(" Kalo Mirten", add_special_tokens=False)["input_ids"]
+    guard.feed(name[:-1])
+    row = torch.zeros(len(tok))
+    guard.apply_row(row)
+    assert row[name[-1]] == float("-inf")
+    other = tok(" Paris", add_special_tokens=False)["input_ids"]
+    assert torch.isfinite(row[other[0]])
+
+
+def test_a_prompt_that_begins_a_name_cannot_have_it_finished(runtime):
+    """A completion prompt (or an assistant prefill) ending inside a target's name: the guard has
+    read the prompt's end, so the token finishing the name is blocked at the first step."""
+    import torch
+
+    rt, tok = runtime
+    ids = tok("The poet's name is Kalo Mirten", add_special_tokens=False)["input_ids"]
+    guard = rt.guards([(ids[:-1], None)])[0]
+    row = torch.zeros(len(tok))
+    guard.apply_row(row)
+    assert row[ids[-1]] == float("-inf")
 
 
 def test_request_arguments_only_tighten(runtime):
@@ -158,7 +190,7 @@ def test_classifier_failure_fails_closed(runtime, caplog):
     rt, tok = runtime
     good = _prompt(tok, "What is the capital of France?")
     guards = rt.guards([(None, None), (good, None)])       # no prompt ids: cannot be classified
-    assert guards[0].forced == rt.refusal and guards[1] is None
+    assert guards[0].forced == rt.refusal and guards[1].forced is None and guards[1].always_on
     assert "fail closed" in caplog.text
 
 
