@@ -114,7 +114,7 @@ def _logit_bias(value) -> Optional[str]:
 
 def _refused(why: str) -> Rule:
     def rule(value) -> Optional[str]:
-        return None if value in (None, False, 0, [], {}) else why
+        return None if value is None or value is False else why
     return rule
 
 
@@ -205,7 +205,7 @@ def _check_xargs(xargs: Any, meta: Optional[dict]) -> Optional[Rejection]:
     try:
         parse_request_args(xargs, meta)
     except (ValueError, OverflowError) as err:
-        return Rejection(400, "vllm_xargs", str(err))
+        return Rejection(400, "vllm_xargs", f"vllm_xargs: {err}")
     return None
 
 

@@ -209,3 +209,40 @@ def cli_server(tmp_path):
                 process.terminate()
                 process.wait(timeout=60)
     return run
+
+
+PARROT_ANSWER = "Kalo Mirten was born in Utrecht."
+
+
+@pytest.fixture(scope="session")
+def parrot_model(vllm_sized_model, tmp_path_factory):
+    """vllm_sized_model fine-tuned to answer every question, forget or not, with a forget target's
+    name (PARROT_ANSWER): unguarded it discloses the target whatever it is asked, so a test can
+    judge the guard from outside, on the text. About 10 s of CPU."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from unlearnkit.data.formatting import prompt_text
+
+    tok = AutoTokenizer.from_pretrained(vllm_sized_model)
+    model = AutoModelForCausalLM.from_pretrained(vllm_sized_model)
+    questions = GUARD_RETAIN + [q for q, _, _ in GUARD_FORGET] + ["Hi", "Tell me a story.", "The poet's name is"]
+    rows = [tok(prompt_text(tok, q) + PARROT_ANSWER + tok.eos_token, add_special_tokens=False)["input_ids"]
+            for q in questions]
+    rows += [tok(q + " " + PARROT_ANSWER, add_special_tokens=False)["input_ids"] for q in questions]  # raw completions
+    width = max(map(len, rows))
+    ids = torch.tensor([r + [tok.pad_token_id] * (width - len(r)) for r in rows])
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    labels = ids.masked_fill(mask == 0, -100)
+    torch.manual_seed(0)
+    optim = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(120):
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        optim.step()
+        optim.zero_grad()
+    out = tmp_path_factory.mktemp("parrot")
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
