@@ -188,9 +188,23 @@ def check_fields(kind: str, body: dict, meta: Optional[dict]) -> Optional[Reject
         problem = rules[key](value)
         if problem:
             return Rejection(400, key, f"{key}: {problem}")
-    if kind == "completions" and body.get("echo") and body.get("logprobs") not in (None, False):
-        return Rejection(400, "echo", f"echo with logprobs: {PROMPT_LOGPROBS}")
+    rejection = _echo_with_prompt_logprobs(kind, body)
+    if rejection is not None:
+        return rejection
     return _check_xargs(body.get("vllm_xargs"), meta)
+
+
+def _echo_with_prompt_logprobs(kind: str, body: dict) -> Optional[Rejection]:
+    """vLLM turns `echo` into prompt log-probabilities: completions set `prompt_logprobs = logprobs`
+    (0 or false too: 0 is each prompt token's own log-probability), chat `prompt_logprobs =
+    top_logprobs`, which is 0 when absent or null, so a chat echo always computes them."""
+    if not body.get("echo"):
+        return None
+    if kind == "completions" and body.get("logprobs") is not None:
+        return Rejection(400, "echo", f"echo with logprobs: {PROMPT_LOGPROBS}")
+    if kind == "chat":
+        return Rejection(400, "echo", f"echo on chat returns prompt log-probabilities: {PROMPT_LOGPROBS}")
+    return None
 
 
 def _check_xargs(xargs: Any, meta: Optional[dict]) -> Optional[Rejection]:
@@ -209,6 +223,27 @@ def _check_xargs(xargs: Any, meta: Optional[dict]) -> Optional[Rejection]:
     return None
 
 
+# ---------------------------------------------------------------------------------- constraints
+CONSTRAINED = Rejection(400, "structured_outputs",
+                        "the requested output constraint (structured output / grammar / allowed tokens) leaves only "
+                        "tokens this server withholds; it cannot be answered")
+
+
+def constrains_output(body: Optional[dict]) -> bool:
+    """Whether a request restricts which tokens may be sampled (a grammar, a schema, a token
+    allow-list). When the guard withholds every token such a constraint allows, the engine ends
+    the request with an error; a guarded server answers that as `CONSTRAINED` (400), not 500."""
+    if not body:
+        return False
+    fmt = body.get("response_format")
+    text = body.get("text")
+    return bool(body.get("structured_outputs") or body.get("allowed_token_ids")
+                or (isinstance(fmt, dict) and fmt.get("type") not in (None, "text"))
+                or (isinstance(text, dict) and isinstance(text.get("format"), dict)
+                    and text["format"].get("type") not in (None, "text"))
+                or body.get("tool_choice") not in (None, "none", "auto"))
+
+
 # ---------------------------------------------------------------------------------- body
 def _depth(value: Any, limit: int) -> int:
     """Nesting depth of a decoded JSON value, stopping once it passes `limit`."""
@@ -225,19 +260,47 @@ def _depth(value: Any, limit: int) -> int:
     return deepest
 
 
+class _OutOfRange(ValueError):
+    """An integer literal past the float range (a rule's float(value) would raise OverflowError)."""
+
+
+def _float_range_int(text: str) -> int:
+    if len(text.lstrip("-")) > 308:
+        raise _OutOfRange(text[:20])
+    return int(text)
+
+
+def _not_json_text(body: dict) -> Optional[Rejection]:
+    """The first field holding what JSON cannot carry and so no encoder downstream accepts (relaying or
+    answering it fails): NaN or an infinite number (Python's json reads NaN, Infinity and 1e400), a
+    string with a lone UTF-16 surrogate ("\\ud800"). At C speed: one encoding per field."""
+    for key, value in body.items():
+        field = key[:60].encode("utf-8", "backslashreplace").decode()    # printable even when it is the culprit
+        try:
+            json.dumps([key, value], ensure_ascii=False, allow_nan=False).encode("utf-8")
+        except UnicodeEncodeError:
+            return Rejection(400, field, f"{field!r}: a string with an unpaired UTF-16 surrogate is not text")
+        except ValueError:
+            return Rejection(400, field, f"{field!r}: numbers must be finite (no NaN or Infinity)")
+    return None
+
+
 def parse_body(raw: bytes) -> tuple[Optional[dict], Optional[Rejection]]:
     """(the JSON object, None) or (None, why it is refused): too large, not JSON, too deep, not an object."""
     if len(raw) > MAX_BODY_BYTES:
         return None, Rejection(413, "", f"request body larger than {MAX_BODY_BYTES} bytes")
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_int=_float_range_int)
+    except _OutOfRange:
+        return None, Rejection(400, "", "request body holds an integer beyond the float range")
     except (ValueError, RecursionError):
         return None, Rejection(400, "", "request body is not valid JSON")
     if _depth(body, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
         return None, Rejection(400, "", f"request body nested deeper than {MAX_JSON_DEPTH} levels")
     if not isinstance(body, dict):
         return None, Rejection(400, "", "request body must be a JSON object")
-    return body, None
+    rejection = _not_json_text(body)
+    return (None, rejection) if rejection is not None else (body, None)
 
 
 def check(method: str, path: str, raw: bytes, meta: Optional[dict]) -> tuple[Optional[dict], Optional[Rejection]]:

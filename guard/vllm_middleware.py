@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 
-from .boundary import MAX_BODY_BYTES, Rejection, check
+from .boundary import CONSTRAINED, MAX_BODY_BYTES, Rejection, check, constrains_output
 from .runtime import policy_meta_from_env
 
 log = logging.getLogger("unlearnkit.guard")
@@ -38,6 +38,23 @@ async def _answer(send, rejection: Rejection) -> None:
     await send({"type": "http.response.body", "body": payload})
 
 
+def _constraint_errors_as_400(send):
+    """`send` for a request with an output constraint: the engine's 500 (the guard left the
+    grammar no token) becomes the `CONSTRAINED` 400."""
+    replaced = False
+
+    async def wrapped(message):
+        nonlocal replaced
+        if message["type"] == "http.response.start" and message["status"] == 500:
+            replaced = True
+            log.info("unlearning guard: an output constraint met only withheld tokens; answered 400")
+            return await _answer(send, CONSTRAINED)
+        if replaced:
+            return None           # the engine's own error body is dropped
+        return await send(message)
+    return wrapped
+
+
 class GuardBoundary:
     def __init__(self, app):
         self.app = app
@@ -50,10 +67,12 @@ class GuardBoundary:
         raw, complete = (await _read_body(receive)) if method == "POST" else (b"", True)
         if not complete:
             return
-        _, rejection = check(method, path, raw, self.meta)
+        body, rejection = check(method, path, raw, self.meta)
         if rejection is not None:
             log.info("unlearning guard: refused %s %s with %d (%s)", method, path, rejection.status, rejection.field or "-")
             return await _answer(send, rejection)
+        if constrains_output(body):
+            send = _constraint_errors_as_400(send)
         sent = False
 
         async def replay():

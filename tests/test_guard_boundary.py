@@ -256,3 +256,22 @@ def test_unflagged_output_that_names_no_target_is_unchanged(tiny_policy, vllm_si
         assert not _discloses(plain)
         guarded = _generate(model, tok, GuardProcessorV1(None, torch.device("cpu"), False, runtime=runtime), ids, max_new=24)
         assert guarded == plain
+
+
+def test_an_output_constraint_the_guard_leaves_no_token_for_is_a_400_not_a_500(tiny_policy, monkeypatch):
+    from unlearnkit.guard import runtime
+    from unlearnkit.guard.vllm_middleware import GuardBoundary
+
+    monkeypatch.setenv(runtime.POLICY_ENV, str(tiny_policy))
+
+    async def failing_engine(scope, receive, send):     # vLLM's answer when the grammar rejects the guard's token
+        await receive()
+        await send({"type": "http.response.start", "status": 500, "headers": []})
+        await send({"type": "http.response.body", "body": b'{"error": {"message": "Internal server error"}}'})
+
+    middleware = GuardBoundary(failing_engine)
+    constrained = json.dumps({**CHAT, "structured_outputs": {"choice": ["Kalo Mirten"]}}).encode()
+    status, body = _asgi(middleware, "POST", "/v1/chat/completions", constrained)
+    assert status == 400 and json.loads(body)["error"]["param"] == "structured_outputs"
+    # a 500 for an unconstrained request is a real engine fault and stays one
+    assert _asgi(middleware, "POST", "/v1/chat/completions", json.dumps(CHAT).encode())[0] == 500
