@@ -29,13 +29,15 @@ def phrase_variants(phrase: str) -> list[str]:
 
 def token_sequences(tokenizer, phrases: Iterable[str]) -> list[list[int]]:
     """The tokenizer's ids for every variant (case, leading space) of every phrase, without repeats."""
+    variants = [v for phrase in phrases for v in phrase_variants(phrase)]
+    if not variants:
+        return []
     out, seen = [], set()
-    for phrase in phrases:
-        for variant in phrase_variants(phrase):
-            ids = tuple(tokenizer(variant, add_special_tokens=False)["input_ids"])
-            if ids and ids not in seen:
-                seen.add(ids)
-                out.append(list(ids))
+    for ids in tokenizer(variants, add_special_tokens=False)["input_ids"]:   # one batched call
+        ids = tuple(ids)
+        if ids and ids not in seen:
+            seen.add(ids)
+            out.append(list(ids))
     return out
 
 
