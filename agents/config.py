@@ -75,6 +75,10 @@ class AgentConfig:
     max_tokens: int = 128          # per node call
     temperature: float = 0.7       # for the k rewrites (the other nodes decode greedily)
     refusal: str = "I'm sorry, but I can't share information about that."
+    # the front (front.py): rewrites running at once (each holds a thread and makes model calls) and
+    # flagged requests waiting for one; past both, a flagged request is answered 429
+    max_rewrites: int = 4
+    rewrite_queue: int = 16
     llm: EndpointConfig = field(default_factory=EndpointConfig)
     # per-node endpoints (answer, audit, erase, critic, compose); a node not named uses `llm`
     nodes: dict[str, EndpointConfig] = field(default_factory=dict)
@@ -89,6 +93,8 @@ class AgentConfig:
             raise ConfigError(f"agents: threshold is a mean critic score, between 1 and 5; got {self.threshold}")
         if self.top_facts < 1 or self.retries < 0 or self.max_tokens < 1:
             raise ConfigError("agents: top_facts and max_tokens must be >= 1, retries >= 0")
+        if self.max_rewrites < 1 or self.rewrite_queue < 0:
+            raise ConfigError("agents: max_rewrites must be >= 1, rewrite_queue >= 0")
         unknown = sorted(set(self.nodes) - set(NODES))
         if unknown:
             raise ConfigError(f"agents.nodes: unknown node(s) {unknown}; valid: {list(NODES)}")

@@ -1,15 +1,32 @@
 """`unlearn serve --agents`: an OpenAI-compatible front before the (guarded) vLLM server.
 
-Per chat (or completion) request, the classifier runs once, in front of the engine:
+Per chat (or completion) request, in this order:
+  1. guard/boundary.py's rules, the ones the guarded vLLM server enforces too: body size (413),
+     JSON depth, endpoint, field allow-list and per-field rules, channels (prompt log-probabilities,
+     beam search, prompt embeddings: 400), `unlearn_*` keys of `vllm_xargs` (tighten only);
+  2. the front's own (request.py): all the engine would render must be readable text (image, audio,
+     file parts: 400), `stream` a boolean, `n` between 1 and 16;
+  3. the classifier, once, over all that text (every role, tool calls and definitions, documents,
+     template arguments, the prefill), on its own small thread pool, then:
   - not flagged: the request goes straight to the backend and its bytes come back as they arrive
-    (streamed or not); headers `x-unlearn-path: passthrough` and `x-unlearn-reason` say so;
+    (streamed or not);
   - flagged: the agent graph answers it (`graph.Pipeline`); the composed answer is returned, or
-    streamed as chat.completion.chunk events, with an `unlearn` object (path, route, reason,
-    model calls, tokens, fallbacks taken) in the body and the same headers.
-Neither the metadata nor the reason names a target: they say *that* a target matched, not which.
+    streamed as chat.completion.chunk events, with an `unlearn` object (path, reason, route, model
+    calls, tokens, fallbacks taken) in the body. At most `max_rewrites` rewrites run at once and
+    `rewrite_queue` wait; past that a flagged request is answered 429 with Retry-After (not the
+    refusal: the question may be legitimate, and a client can retry a 429). A rewrite whose client
+    disconnects starts no further model call.
+Every malformed request is a 4xx naming the field, never a 500.
 
-`unlearn_*` fields of `vllm_xargs` are checked here exactly as the guarded engine checks them
-(tighten only; anything else is HTTP 400) and tighten the front's classifier too.
+Headers `x-unlearn-path` (passthrough | agents) and `x-unlearn-reason` (not flagged | flagged |
+tightened by request) say which path and why, and no more: no similarity or threshold, nor whether
+the prompt named a target (a client could climb those with paraphrases); the server log has them.
+
+With a guarded backend, the live targets (which only the front knows) go to the engine with every
+request, relayed or the graph's own model calls, in `vllm_xargs.unlearn_targets`, so its token
+filter enforces them too (`engine_targets` says what the engine's 64-target limit implies).
+
+GET /health is 503 when the backend is down (its process ended, or its /health does not answer).
 
 Admin (only with a token: $UNLEARN_ADMIN_TOKEN; `Authorization: Bearer <token>`):
     GET /admin/targets             policy targets (fixed) and live targets
@@ -19,65 +36,149 @@ Admin (only with a token: $UNLEARN_ADMIN_TOKEN; `Authorization: Bearer <token>`)
 """
 
 
+import asyncio
 import hmac
 import json
 import logging
+import threading
 import time
 import uuid
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from typing import Optional
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
 
-from ..guard.runtime import PREFIX, parse_request_args
-from .graph import Pipeline
-from .nodes import message_text
+from ..guard import boundary
+from ..guard.boundary import Rejection
+from ..guard.runtime import PREFIX
+from .graph import Job, Pipeline
+from .request import BadRequest, FrontRequest, read_request
 from .store import TargetStore, parse_live_target
 
 log = logging.getLogger("unlearnkit.agents")
 
-ROLES = {"system", "user", "assistant", "tool", "developer", "function"}
 STREAM_CHUNK_WORDS = 4
+MAX_ENGINE_TARGETS = 64          # guard/runtime.parse_request_args refuses more unlearn_targets
+BACKEND_HEALTH_TIMEOUT = 2.0     # seconds for the backend's /health
+CLASSIFY_WORKERS = 4
 
 
-class BadRequest(ValueError):
-    pass
+@dataclass(frozen=True)
+class Verdict:
+    """The classifier's decision, as the front acts on it."""
+
+    flagged: bool
+    reason: str                        # for the client: not flagged | flagged | tightened by request
+    engine_targets: tuple[str, ...]    # names a guarded engine is sent (the request's own, then live ones)
+    failed: bool = False               # the classifier raised: flagged (fail closed)
 
 
-def _messages(body: dict, kind: str) -> list[dict]:
-    """The request's messages (a completion prompt becomes one user message); BadRequest otherwise."""
-    if kind == "completions":
-        prompt = body.get("prompt")
-        if isinstance(prompt, list) and len(prompt) == 1:
-            prompt = prompt[0]
-        if not isinstance(prompt, str):
-            raise BadRequest("'prompt' must be a string (token-id or batched prompts are not accepted by the "
-                             "agent front: it must read the prompt to classify it)")
-        return [{"role": "user", "content": prompt}]
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise BadRequest("'messages' must be a non-empty list")
-    for n, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in ROLES:
-            raise BadRequest(f"messages[{n}] must be an object with a 'role' in {sorted(ROLES)}")
-        content = m.get("content")
-        if content is not None and not isinstance(content, (str, list)):
-            raise BadRequest(f"messages[{n}].content must be a string or a list of content parts")
-    return messages
+def client_reason(flagged: bool, tightened: bool) -> str:
+    """What a client is told: the path's cause, never a number or whether a target was named."""
+    if not flagged:
+        return "not flagged"
+    return "tightened by request" if tightened else "flagged"
 
 
-def _classifier_input(messages: list[dict]) -> tuple[str, list[str]]:
-    texts = [message_text(m) for m in messages]
-    users = [t for m, t in zip(messages, texts) if m.get("role") == "user"]
-    return "\n".join(texts), users or ["\n".join(texts)]
+def merge_targets(requested: Sequence[str], live: Sequence[str], limit: int = MAX_ENGINE_TARGETS) -> tuple[str, ...]:
+    """The request's own targets first (boundary.py checked they are at most `limit`), then live ones
+    while they fit; case-insensitive repeats dropped."""
+    out: dict[str, str] = {}
+    for name in list(requested) + list(live):
+        out.setdefault(name.lower(), name)
+    return tuple(out.values())[:limit]
 
 
-def client_reason(reason: str) -> str:
-    """The classifier's reason without target names (those stay in the server log)."""
-    return "the prompt names a forget target" if reason.startswith("names") else reason
+def engine_targets(store: TargetStore, ask: FrontRequest, texts: Sequence[str]) -> tuple[str, ...]:
+    """What a guarded engine is sent in `vllm_xargs.unlearn_targets`: the request's own targets, then
+    the live ones. The engine takes at most 64 per request, so with more live targets than fit, the
+    ones this prompt names come first, then the nearest to it. What that limit implies: the rest are
+    enforced by the front alone for this request; a prompt about any of them is flagged and rewritten
+    (and no rewrite leaves that names a live target), but an unflagged answer drifting to one of
+    them is not token-filtered by the engine."""
+    room = MAX_ENGINE_TARGETS - len(ask.args.targets)
+    try:
+        live = store.live_names_for(texts, room)
+    except Exception:   # ranking needs the embedder; without it, the first ones in order
+        log.exception("agent front: ranking live targets failed; sending the first %d", room)
+        live = [t.name for t in store.live_targets()][:room]
+    return merge_targets(ask.args.targets, live)
+
+
+def forwarded_body(body: dict, targets: Sequence[str], guarded: bool) -> dict:
+    """The body relayed to the backend: a guarded one gets the engine targets in `vllm_xargs`; an
+    unguarded one (`--agents-only`) would refuse `unlearn_*` keys, which are dropped."""
+    xargs = body.get("vllm_xargs") or {}
+    if guarded and targets:
+        return {**body, "vllm_xargs": {**xargs, "unlearn_targets": list(targets)}}
+    if not guarded and any(k.startswith(PREFIX) for k in xargs):
+        return {**body, "vllm_xargs": {k: v for k, v in xargs.items() if not k.startswith(PREFIX)}}
+    return body
+
+
+def health_url(backend: str) -> str:
+    """The backend's /health from its OpenAI base URL (vLLM serves it beside /v1, not under it)."""
+    base = backend.rstrip("/")
+    return (base[:-3] if base.endswith("/v1") else base) + "/health"
+
+
+class RewriteSlots:
+    """At most `running` rewrites at once (a thread pool of that size; the graph holds a thread for
+    its seconds of model calls) and `queued` more waiting; beyond that `submit` turns them away. A
+    place is freed when its run ends, not when its client leaves: an abandoned rewrite keeps it
+    until its current model call returns (the job's cancellation stops it there)."""
+
+    def __init__(self, running: int, queued: int):
+        self.pool = ThreadPoolExecutor(running, thread_name_prefix="unlearn-rewrite")
+        self.capacity = running + queued
+        self.admitted = 0
+        self._lock = threading.Lock()
+
+    def submit(self, fn: Callable, *args) -> Optional[asyncio.Future]:
+        """`fn(*args)` on the pool, as an awaitable; None when every place is taken."""
+        with self._lock:
+            if self.admitted >= self.capacity:
+                return None
+            self.admitted += 1
+        try:
+            future = self.pool.submit(fn, *args)
+        except RuntimeError:   # shutting down
+            self._leave(None)
+            return None
+        future.add_done_callback(self._leave)
+        return asyncio.wrap_future(future)
+
+    def _leave(self, _future) -> None:
+        with self._lock:
+            self.admitted -= 1
+
+
+async def read_bounded(request, limit: int = boundary.MAX_BODY_BYTES) -> bytes:
+    """The body, or (past `limit`) `limit + 1` bytes without reading on: boundary.check answers 413."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return bytes(limit + 1)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            break
+    return b"".join(chunks)
+
+
+async def cancel_when_gone(request, job: Job) -> None:
+    """Cancel `job` once the client disconnects (the body is read: what comes next is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        await asyncio.sleep(0.05)
+    job.cancel()
 
 
 def create_app(store: TargetStore, pipeline: Pipeline, backend: str, *, model_name: str,
-               backend_guarded: bool, admin_token: Optional[str] = None, timeout: float = 600.0):
+               backend_guarded: bool, admin_token: Optional[str] = None, timeout: float = 600.0,
+               backend_alive: Optional[Callable[[], bool]] = None, classify_workers: int = CLASSIFY_WORKERS):
+    """`backend_alive`: whether the backend's process still runs (serve.py), checked by /health."""
     import httpx
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -86,71 +187,75 @@ def create_app(store: TargetStore, pipeline: Pipeline, backend: str, *, model_na
     backend = backend.rstrip("/") + "/"    # the backend's OpenAI base URL (".../v1")
     counters: Counter = Counter()
     state: dict = {}
+    meta = store.policy.meta                # the same policy the guarded engine checks `unlearn_*` against
+    classify_pool = ThreadPoolExecutor(classify_workers, thread_name_prefix="unlearn-classify")
+    slots = RewriteSlots(pipeline.cfg.max_rewrites, pipeline.cfg.rewrite_queue)
 
     @asynccontextmanager
     async def lifespan(_app):
         state["client"] = httpx.AsyncClient(base_url=backend, timeout=timeout)
         yield
         await state["client"].aclose()
+        classify_pool.shutdown(wait=False, cancel_futures=True)
+        slots.pool.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(title="unlearnkit agent front", lifespan=lifespan)
+    # no /docs, /redoc, /openapi.json: a guarded front serves its endpoints and nothing else
+    app = FastAPI(title="unlearnkit agent front", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.counters = counters
 
-    def error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
-        return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
+    def error(status: int, message: str, kind: str = "invalid_request_error", headers: Optional[dict] = None):
+        return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": status}},
+                            status_code=status, headers=headers)
 
-    def classify(*args):
-        store.refresh()   # a changed live-targets file is re-read (and embedded) off the event loop
-        return store.classify(*args)
+    def refuse(rejection: Rejection) -> JSONResponse:
+        counters["bad_requests"] += 1
+        return JSONResponse(rejection.body(), status_code=rejection.status)
 
-    async def handle(request: Request, kind: str):
+    def checked(kind: str, path: str, raw: bytes) -> tuple[Optional[FrontRequest], Optional[Rejection]]:
+        """boundary.py's rules (the guarded engine's), then the front's own (request.py)."""
+        body, rejection = boundary.check("POST", path, raw, meta)
+        if rejection is not None:
+            return None, rejection
         try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
-            counters["bad_requests"] += 1
-            return error(400, "the request body is not valid JSON")
+            return read_request(kind, body, meta), None
+        except BadRequest as exc:
+            return None, Rejection(400, exc.field, str(exc))
+
+    def classify(ask: FrontRequest) -> Verdict:
+        """On the classification pool: a flood of rewrites (their own pool) cannot starve it."""
+        whole, segments = ask.prompt.classifier_input()
+        failed = False
         try:
-            if not isinstance(body, dict):
-                raise BadRequest("the request body must be a JSON object")
-            messages = _messages(body, kind)
-            stream = body.get("stream", False)
-            if not isinstance(stream, bool):
-                raise BadRequest("'stream' must be true or false")
-            n = body.get("n", 1)
-            if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 16:
-                raise BadRequest("'n' must be an integer between 1 and 16")
-            xargs = body.get("vllm_xargs") or {}
-            if not isinstance(xargs, dict):
-                raise BadRequest("'vllm_xargs' must be an object")
-            args = parse_request_args(xargs, store.policy.meta)
-        except ValueError as exc:   # BadRequest and parse_request_args' ValueErrors
-            counters["bad_requests"] += 1
-            return error(400, str(exc))
-        whole, users = _classifier_input(messages)
-        decision = None
-        try:
-            decision = await run_in_threadpool(classify, whole, users, args.threshold, args.targets)
-            flagged, reason = decision.flagged or args.force, client_reason(decision.reason)
+            store.refresh()   # a changed live-targets file is re-read (and embedded) here, off the event loop
+            decision = store.classify(whole, segments, ask.args.threshold, ask.args.targets)
+            flagged = decision.flagged or ask.args.force
+            log.debug("agent front: %s (%s)", "flagged" if flagged else "not flagged", decision.reason)
         except Exception:   # fail closed: an unclassifiable request goes through the rewriter
             log.exception("agent front: classification failed; routing the request to the rewriter")
-            counters["classifier_errors"] += 1
-            flagged, reason = True, "classification failed (fail closed)"
-        if args.force and decision is not None and not decision.flagged:
-            reason = "unlearn_guard requested"
-        if not flagged:
-            counters["passthrough"] += 1
-            if not backend_guarded and any(k.startswith(PREFIX) for k in xargs):
-                body = {**body, "vllm_xargs": {k: v for k, v in xargs.items() if not k.startswith(PREFIX)}}
-            return await passthrough(kind, body, stream, reason)
-        counters["agents"] += 1
-        return await rewrite(kind, messages, args.targets, stream, n, body.get("model") or model_name, reason)
+            flagged = failed = True
+        targets = engine_targets(store, ask, [segments[-1], whole]) if backend_guarded else ()
+        return Verdict(flagged, client_reason(flagged, ask.tightened), targets, failed)
 
-    async def passthrough(kind: str, body: dict, stream: bool, reason: str):
-        headers = {"x-unlearn-path": "passthrough", "x-unlearn-reason": reason}
+    async def handle(request: Request, kind: str):
+        ask, rejection = checked(kind, request.url.path, await read_bounded(request))
+        if rejection is not None:
+            return refuse(rejection)
+        verdict = await asyncio.get_running_loop().run_in_executor(classify_pool, classify, ask)
+        if verdict.failed:
+            counters["classifier_errors"] += 1
+        if not verdict.flagged:
+            counters["passthrough"] += 1
+            return await passthrough(ask, verdict)
+        counters["agents"] += 1
+        return await rewrite(request, ask, verdict)
+
+    async def passthrough(ask: FrontRequest, verdict: Verdict):
+        headers = {"x-unlearn-path": "passthrough", "x-unlearn-reason": verdict.reason}
+        body = forwarded_body(ask.body, verdict.engine_targets, backend_guarded)
         client = state["client"]
-        url = "chat/completions" if kind == "chat" else "completions"   # relative to the backend's /v1
+        url = "chat/completions" if ask.kind == "chat" else "completions"   # relative to the backend's /v1
         try:
-            if stream:
+            if ask.stream:
                 upstream = await client.send(client.build_request("POST", url, json=body), stream=True)
 
                 async def relay():
@@ -172,23 +277,43 @@ def create_app(store: TargetStore, pipeline: Pipeline, backend: str, *, model_na
             return Response(upstream.content, status_code=upstream.status_code, headers=headers,
                             media_type=upstream.headers.get("content-type"))
         if isinstance(data, dict) and upstream.status_code == 200:
-            data["unlearn"] = {"path": "passthrough", "reason": reason}
+            data["unlearn"] = {"path": "passthrough", "reason": verdict.reason}
         return JSONResponse(data, status_code=upstream.status_code, headers=headers)
 
-    async def rewrite(kind: str, messages: list[dict], extra: tuple, stream: bool, n: int, model: str, reason: str):
+    async def outcome(request: Request, future: asyncio.Future, job: Job):
+        """The rewrite's result; if the client disconnects first, its job is cancelled (no model call
+        starts after that, and a queued one never starts its graph)."""
+        watcher = asyncio.create_task(cancel_when_gone(request, job))
+        try:
+            return await future
+        except asyncio.CancelledError:
+            job.cancel()
+            raise
+        finally:
+            watcher.cancel()
+
+    async def rewrite(request: Request, ask: FrontRequest, verdict: Verdict):
+        job = Job(verdict.engine_targets)
+        future = slots.submit(pipeline.run, ask.prompt.messages, ask.args.targets, job)
+        if future is None:
+            counters["rewrites_busy"] += 1
+            return error(429, "the rewriter is busy; retry shortly", "rate_limit_error", {"retry-after": "1"})
+        kind, n = ask.kind, ask.n
         rid = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-unlearn-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
-        headers = {"x-unlearn-path": "agents", "x-unlearn-reason": reason}
+        model = ask.body.get("model")
+        model = model if isinstance(model, str) and model else model_name
+        headers = {"x-unlearn-path": "agents", "x-unlearn-reason": verdict.reason}
 
-        def meta(result) -> dict:
-            return {"path": "agents", "classifier": reason, **result.metadata()}
+        def meta_of(result) -> dict:
+            return {"path": "agents", "reason": verdict.reason, **result.metadata()}
 
         def usage(result) -> dict:
             return {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
                     "total_tokens": result.prompt_tokens + result.completion_tokens}
 
-        if not stream:
-            result = await run_in_threadpool(pipeline.run, messages, extra)
+        if not ask.stream:
+            result = await outcome(request, future, job)
             headers["x-unlearn-route"] = result.route
             if kind == "chat":
                 choices = [{"index": i, "message": {"role": "assistant", "content": result.answer},
@@ -197,7 +322,7 @@ def create_app(store: TargetStore, pipeline: Pipeline, backend: str, *, model_na
                 choices = [{"index": i, "text": result.answer, "finish_reason": "stop"} for i in range(n)]
             return JSONResponse({"id": rid, "object": "chat.completion" if kind == "chat" else "text_completion",
                                  "created": created, "model": model, "choices": choices, "usage": usage(result),
-                                 "unlearn": meta(result)}, headers=headers)
+                                 "unlearn": meta_of(result)}, headers=headers)
 
         def event(choices: list, extra_fields: Optional[dict] = None) -> bytes:
             data = {"id": rid, "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
@@ -211,16 +336,21 @@ def create_app(store: TargetStore, pipeline: Pipeline, backend: str, *, model_na
             return {"index": i, "text": text or "", "finish_reason": finish}
 
         async def events():
-            if kind == "chat":   # the first event at once: the graph takes seconds
-                yield event([piece(i, None, role=True) for i in range(n)])
-            result = await run_in_threadpool(pipeline.run, messages, extra)
-            words = result.answer.split(" ")
-            for start in range(0, len(words), STREAM_CHUNK_WORDS):
-                text = " ".join(words[start:start + STREAM_CHUNK_WORDS])
-                text = text if start == 0 else " " + text
-                yield event([piece(i, text) for i in range(n)])
-            yield event([piece(i, None, "stop") for i in range(n)], {"usage": usage(result), "unlearn": meta(result)})
-            yield b"data: [DONE]\n\n"
+            try:
+                if kind == "chat":   # the first event at once: the graph takes seconds
+                    yield event([piece(i, None, role=True) for i in range(n)])
+                result = await outcome(request, future, job)
+                words = result.answer.split(" ")
+                for start in range(0, len(words), STREAM_CHUNK_WORDS):
+                    text = " ".join(words[start:start + STREAM_CHUNK_WORDS])
+                    text = text if start == 0 else " " + text
+                    yield event([piece(i, text) for i in range(n)])
+                yield event([piece(i, None, "stop") for i in range(n)],
+                            {"usage": usage(result), "unlearn": meta_of(result)})
+                yield b"data: [DONE]\n\n"
+            finally:   # the stream ended early (the client left): no further model call for it
+                if not future.done():
+                    job.cancel()
 
         return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 
@@ -240,9 +370,22 @@ def create_app(store: TargetStore, pipeline: Pipeline, backend: str, *, model_na
             return error(502, f"the model server behind this front is unreachable ({type(exc).__name__})", "backend_error")
         return Response(upstream.content, status_code=upstream.status_code, media_type="application/json")
 
+    async def backend_healthy() -> bool:
+        if backend_alive is not None and not backend_alive():
+            return False
+        try:
+            upstream = await state["client"].get(health_url(backend), timeout=BACKEND_HEALTH_TIMEOUT)
+        except httpx.HTTPError:
+            return False
+        return upstream.status_code == 200
+
     @app.get("/health")
     async def health():
-        return {"status": "ok", "backend": backend, "targets": len(store.policy.targets) + len(store.live_targets())}
+        """ok or 503; nothing about the targets (their number is the admin's: /admin/targets)."""
+        if await backend_healthy():
+            return {"status": "ok"}
+        counters["health_failures"] += 1
+        return error(503, "the model server behind this front is down", "backend_error")
 
     # ---------------------------------------------------------------- admin
     def authorised(request: Request) -> Optional[JSONResponse]:
@@ -266,8 +409,11 @@ def create_app(store: TargetStore, pipeline: Pipeline, backend: str, *, model_na
     async def add_target(request: Request):
         if (denied := authorised(request)) is not None:
             return denied
+        data, rejection = boundary.parse_body(await read_bounded(request))
+        if rejection is not None:
+            return refuse(rejection)
         try:
-            target = parse_live_target(await request.json())
+            target = parse_live_target(data)
         except ValueError as exc:
             return error(400, str(exc))
         await run_in_threadpool(store.refresh)
@@ -292,7 +438,7 @@ def create_app(store: TargetStore, pipeline: Pipeline, backend: str, *, model_na
     async def stats(request: Request):
         if (denied := authorised(request)) is not None:
             return denied
-        return {"front": dict(counters), "agents": dict(pipeline.stats),
+        return {"front": dict(counters), "agents": dict(pipeline.stats), "rewrites_admitted": slots.admitted,
                 "live_targets_file_errors": store.reload_errors}
 
     return app

@@ -13,6 +13,10 @@ once more before it leaves: no route can emit a target's name.
 Every failure has a fallback, is logged and counted in `Pipeline.stats`: an unreachable endpoint
 or an error reply (retry, then refusal), a malformed audit verdict (retry, then treated as a
 leak), a malformed critic score (retry, then scored 1), an empty rewrite (retry, then refusal).
+
+Each run carries a `Job`: the names a guarded engine is sent with every model call (so its token
+filter enforces the front's live targets too), and a cancellation flag the front sets when the
+client leaves: no model call starts after it (the run ends with route "abandoned").
 """
 
 from __future__ import annotations
@@ -35,7 +39,28 @@ from .store import Fact, LiveTarget, TargetStore, live_fact
 log = logging.getLogger("unlearnkit.agents")
 
 
+class Abandoned(Exception):
+    """The client went away: the rewrite stops before its next model call."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """What one rewrite's model calls carry: `targets`, names a guarded endpoint must forbid too (the
+    request's own and the live targets, front.py), and whether the client is still waiting."""
+
+    targets: tuple[str, ...] = ()
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    def check(self) -> None:
+        if self.cancelled.is_set():
+            raise Abandoned()
+
+
 class State(TypedDict, total=False):
+    job: Job
     messages: list[dict]
     question: str
     extra: list[Fact]           # targets the request itself added (unlearn_targets)
@@ -75,10 +100,12 @@ class Result:
         return out
 
     def metadata(self) -> dict:
-        """What a client may see (no target names: the reason and events never carry them)."""
-        return {"route": self.route, "reason": self.reason, "llm_calls": self.calls,
-                "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                "critic_scores": self.scores, "fallbacks": self.events, "seconds": round(self.seconds, 3)}
+        """What a client may see: the route and the cost (no target names: events never carry them).
+        The graph's reason and the critic's scores stay in the server log: they grade how near an
+        answer came to forget information, which a client could climb."""
+        return {"route": self.route, "llm_calls": self.calls, "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens, "fallbacks": self.events,
+                "seconds": round(self.seconds, 3)}
 
 
 @dataclass
@@ -122,23 +149,26 @@ class Pipeline:
         with self._lock:
             self.stats[key] += n
 
-    def _call(self, node: str, messages: list[dict], *, n: int = 1, temperature: float = 0.0,
+    def _call(self, node: str, messages: list[dict], job: Job, *, n: int = 1, temperature: float = 0.0,
               check: Callable[[list[str]], Optional[str]] = lambda texts: None,
               choices: Optional[Sequence[str]] = None) -> _Call:
-        """One model call with retries. `check(texts)` names what is wrong with a reply (None: fine)."""
+        """One model call with retries. `check(texts)` names what is wrong with a reply (None: fine).
+        Raises Abandoned instead of starting a call once the job is cancelled."""
         usage = _no_usage()
         events: list[str] = []
         texts = None
         for attempt in range(self.cfg.retries + 1):
+            job.check()
             if attempt:
                 self.count("retries")
                 time.sleep(self.cfg.retry_backoff * 2 ** (attempt - 1))
+                job.check()
             usage["calls"] += 1
             self.count("llm_calls")
             try:
                 reply = self.models[node].chat(messages, n=n, max_tokens=self.cfg.max_tokens,
                                                temperature=temperature, seed=attempt if temperature else None,
-                                               choices=choices)
+                                               choices=choices, **self._engine_args(node, job))
             except LLMError as exc:
                 self.count("llm_errors")
                 events.append(f"{node}: model call failed")
@@ -157,6 +187,10 @@ class Pipeline:
             log.warning("agents: %s gave %s (attempt %d/%d)", node, problem, attempt + 1, self.cfg.retries + 1)
         return _Call(texts, False, usage, events)
 
+    def _engine_args(self, node: str, job: Job) -> dict:
+        """`targets=` for a model whose endpoint is the guarded engine (`guarded`), nothing otherwise."""
+        return {"targets": job.targets} if job.targets and getattr(self.models[node], "guarded", False) else {}
+
     @staticmethod
     def _update(call: _Call, **values) -> dict:
         return {**values, **call.usage, "events": call.events}
@@ -169,7 +203,8 @@ class Pipeline:
         messages = list(state["messages"])
         if self.cfg.prompts.answer_system and not any(m.get("role") == "system" for m in messages):
             messages = [{"role": "system", "content": self.cfg.prompts.answer_system}] + messages
-        call = self._call("answer", messages, check=lambda t: None if t and t[0].strip() else "an empty answer")
+        call = self._call("answer", messages, state["job"],
+                          check=lambda t: None if t and t[0].strip() else "an empty answer")
         if call.texts is None:
             self.count("endpoint_failures")
             return self._update(call, failed="the model endpoint is unreachable")
@@ -185,7 +220,8 @@ class Pipeline:
         if not draft:
             return {"facts": facts, "leak": False, "reason": "empty draft"}
         prompt = self._prompt("audit", facts=format_facts(facts), question=state["question"], draft=draft)
-        call = self._call("audit", prompt, check=lambda t: None if parse_verdict(t[0]) is not None else "a malformed verdict",
+        call = self._call("audit", prompt, state["job"],
+                          check=lambda t: None if parse_verdict(t[0]) is not None else "a malformed verdict",
                           choices=("YES", "NO"))
         if not call.ok:
             self.count("malformed_verdicts" if call.texts is not None else "endpoint_failures")
@@ -208,7 +244,7 @@ class Pipeline:
         unreachable = False
         for attempt in range(self.cfg.retries + 1):
             need = k - len(variants)
-            call = self._call("erase", prompt, n=need, temperature=self.cfg.temperature)
+            call = self._call("erase", prompt, state["job"], n=need, temperature=self.cfg.temperature)
             calls.append(call)
             if call.texts is None:
                 unreachable = True
@@ -237,7 +273,7 @@ class Pipeline:
             if self.store.names_in(variant, facts):   # names a target: the worst score, no call needed
                 return 1, None
             call = self._call("critic", self._prompt("critic", facts=format_facts(facts), variant=variant),
-                              check=lambda t: None if parse_score(t[0]) is not None else "a malformed score",
+                              state["job"], check=lambda t: None if parse_score(t[0]) is not None else "a malformed score",
                               choices=("1", "2", "3", "4", "5"))
             if not call.ok:
                 self.count("malformed_scores" if call.texts is not None else "endpoint_failures")
@@ -258,7 +294,7 @@ class Pipeline:
                      f"composed {len(best)} of {len(variants)} rewrites (mean score {avg:.2f})"}
         if len(best) > 1:
             call = self._call("compose", self._prompt("compose", question=state["question"],
-                                                      variants=format_variants(best)),
+                                                      variants=format_variants(best)), state["job"],
                               check=lambda t: None if t and clean_rewrite(t[0]) else "an empty merge")
             out.update(call.usage, events=call.events)
             if call.ok:
@@ -299,14 +335,21 @@ class Pipeline:
         g.add_edge("refuse", END)
         return g.compile()
 
-    def run(self, messages: Sequence[dict], extra_targets: Sequence[str] = ()) -> Result:
-        """Rewrite one request. `extra_targets`: names the request itself asked to forget."""
+    def run(self, messages: Sequence[dict], extra_targets: Sequence[str] = (), job: Optional[Job] = None) -> Result:
+        """Rewrite one request. `extra_targets`: names the request itself asked to forget; `job`: what
+        its model calls carry, and its cancellation (front.py)."""
         started = time.perf_counter()
         self.count("requests")
+        job = job or Job()
         extra = [live_fact(LiveTarget(name), 2.0) for name in extra_targets]
         try:
-            state = self.graph.invoke({"messages": list(messages), "question": last_user_message(messages), "extra": extra,
-                                       **_no_usage(), "events": []})
+            job.check()   # queued behind other rewrites while its client left
+            state = self.graph.invoke({"job": job, "messages": list(messages), "question": last_user_message(messages),
+                                       "extra": extra, **_no_usage(), "events": []})
+        except Abandoned:
+            self.count("abandoned")
+            log.info("agents: the client left; the rewrite stopped before its next model call")
+            return Result(self.cfg.refusal, "abandoned", "the client disconnected", seconds=time.perf_counter() - started)
         except Exception:   # a bug or an unexpected reply shape: never crash the request, refuse it
             log.exception("agents: the rewriter failed; refusing the request")
             self.count("pipeline_errors")

@@ -21,6 +21,9 @@ class Reply:
 
 
 class ChatModel(Protocol):
+    """A model may also have `guarded = True` (its endpoint is the guarded vLLM server): then its
+    `chat` takes `targets=`, names the engine's token filter must forbid too (`OpenAIChat`)."""
+
     def chat(self, messages: Sequence[dict], *, n: int = 1, max_tokens: int = 128,
              temperature: float = 0.0, seed: Optional[int] = None,
              choices: Optional[Sequence[str]] = None) -> Reply:
@@ -32,7 +35,7 @@ class OpenAIChat:
     own: the pipeline retries, counts and falls back)."""
 
     def __init__(self, base_url: str, model: str = "", api_key: Optional[str] = None, timeout: float = 60.0,
-                 structured_outputs: bool = False):
+                 structured_outputs: bool = False, guarded: bool = False):
         import openai
 
         self.base_url = base_url.rstrip("/")
@@ -40,6 +43,7 @@ class OpenAIChat:
                                     timeout=timeout, max_retries=0)
         self._model = model
         self.structured_outputs = structured_outputs   # vLLM's constrained decoding (`choices`)
+        self.guarded = guarded                         # the guarded vLLM server: `targets` go in vllm_xargs
 
     @property
     def model(self) -> str:
@@ -50,23 +54,33 @@ class OpenAIChat:
                 raise LLMError(f"{self.base_url}: cannot list models ({type(exc).__name__}: {exc})") from None
         return self._model
 
-    def chat(self, messages, *, n=1, max_tokens=128, temperature=0.0, seed=None, choices=None) -> Reply:
+    def chat(self, messages, *, n=1, max_tokens=128, temperature=0.0, seed=None, choices=None, targets=()) -> Reply:
         import openai
 
-        extra = {"structured_outputs": {"choice": list(choices)}} if choices and self.structured_outputs else None
         try:
             out = self.client.chat.completions.create(
                 model=self.model, messages=list(messages), n=n, max_tokens=max_tokens,
-                temperature=temperature, seed=seed, extra_body=extra)
+                temperature=temperature, seed=seed, extra_body=self._extra_body(choices, targets) or None)
         except openai.OpenAIError as exc:
             raise LLMError(f"{self.base_url}: {type(exc).__name__}: {str(exc)[:300]}") from None
         usage = out.usage
         return Reply([c.message.content or "" for c in out.choices],
                      usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0)
 
+    def _extra_body(self, choices: Optional[Sequence[str]], targets: Sequence[str]) -> dict:
+        """vLLM's fields (both on guard/boundary.py's allow-list): the reply constrained to `choices`,
+        and on the guarded server `targets` as `vllm_xargs.unlearn_targets`."""
+        extra: dict = {}
+        if choices and self.structured_outputs:
+            extra["structured_outputs"] = {"choice": list(choices)}
+        if targets and self.guarded:
+            extra["vllm_xargs"] = {"unlearn_targets": list(targets)}
+        return extra
 
-def endpoint_model(endpoint, default_url: str = "", default_model: str = "") -> OpenAIChat:
-    """An `EndpointConfig` -> chat model; empty fields fall back to the served backend."""
+
+def endpoint_model(endpoint, default_url: str = "", default_model: str = "", guarded: bool = False) -> OpenAIChat:
+    """An `EndpointConfig` -> chat model; empty fields fall back to the served backend. `guarded`:
+    that backend runs the token filter (a node with its own endpoint is never sent `vllm_xargs`)."""
     url = endpoint.base_url or default_url
     if not url:
         from ..errors import ConfigError
@@ -80,4 +94,4 @@ def endpoint_model(endpoint, default_url: str = "", default_model: str = "") -> 
 
             raise ConfigError(f"agents: environment variable {endpoint.api_key_env!r} (api_key_env) is not set")
     return OpenAIChat(url, endpoint.model or (default_model if not endpoint.base_url else ""), key, endpoint.timeout,
-                      endpoint.structured_outputs)
+                      endpoint.structured_outputs, guarded=guarded and not endpoint.base_url)

@@ -29,14 +29,26 @@ def last_user_message(messages: Sequence[dict]) -> str:
     return ""
 
 
+# the text content parts a chat template renders, and the key holding each one's text (vLLM's)
+TEXT_PARTS = {"text": "text", "input_text": "text", "output_text": "text", "refusal": "refusal", "thinking": "thinking"}
+
+
 def message_text(message: dict) -> str:
-    """A message's text: a string content, or the text parts of a list content."""
+    """A message's text: a string content, or the text parts (and plain strings) of a list content."""
     content = message.get("content")
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "\n".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+        return "\n".join(t for t in map(_part_text, content) if t)
     return ""
+
+
+def _part_text(part) -> str:
+    if isinstance(part, str):
+        return part
+    kind = part.get("type") if isinstance(part, dict) else None
+    text = part.get(TEXT_PARTS[kind]) if isinstance(kind, str) and kind in TEXT_PARTS else None
+    return text if isinstance(text, str) else ""
 
 
 def parse_verdict(text: str) -> Optional[bool]:

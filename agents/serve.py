@@ -52,12 +52,13 @@ def run_agent_server(model_path: str, policy: str, *, port: int, host: str = "12
         print(f"vLLM server ready on 127.0.0.1:{backend_port} after {waited:.0f} s "
               f"({'guarded' if token_filter else 'no token filter'})", file=sys.stderr)
         backend = f"http://127.0.0.1:{backend_port}/v1"
-        models = {node: endpoint_model(cfg.endpoint(node), backend, name) for node in NODES}
+        models = {node: endpoint_model(cfg.endpoint(node), backend, name, guarded=token_filter) for node in NODES}
         token = os.environ.get(ADMIN_TOKEN_ENV) or None
         if not token:
             print(f"admin endpoint disabled (set ${ADMIN_TOKEN_ENV} to enable /admin/targets)", file=sys.stderr)
         app = create_app(store, Pipeline(cfg, store, models), backend, model_name=name,
-                         backend_guarded=token_filter, admin_token=token)
+                         backend_guarded=token_filter, admin_token=token,
+                         backend_alive=lambda: engine.poll() is None)   # /health: 503 once vLLM has exited
         print(f"agent front on http://{host}:{port}/v1 (k={cfg.k}, j={cfg.j}, threshold={cfg.threshold})",
               file=sys.stderr, flush=True)
         # uvicorn re-raises the SIGTERM it handled once it has shut down; make that an exception, so

@@ -212,6 +212,17 @@ class TargetStore:
                 return Decision(True, score, f"similarity {score:.3f} to a live target >= {threshold:.3f}")
         return decision
 
+    def live_names_for(self, texts: Sequence[str], limit: int) -> list[str]:
+        """At most `limit` live target names, for a guarded engine's token filter: all of them when
+        they fit, else the ones `texts` name first, then the nearest to them (embedding similarity)."""
+        live = self._live
+        if len(live.targets) <= limit:
+            return [t.name for t in live.targets]
+        texts = [t for t in texts if t and t.strip()] or [""]
+        named = [t.name for t in live.named("\n".join(texts))]
+        nearest = np.argsort(-(embed(texts) @ live.vectors.T).max(0), kind="stable")
+        return list(dict.fromkeys(named + [live.targets[n].name for n in nearest]))[:limit]
+
     def retrieve(self, texts: Sequence[str], k: int, min_score: Optional[float] = None) -> list[Fact]:
         """At most k facts near any of `texts` (a question, a draft): named targets' facts first, then
         those at least `min_score` (default: the classifier threshold) similar; at least the nearest

@@ -26,7 +26,8 @@ from .embedder import EMBEDDER_NAME, embed
 from .penalty import centred_unit, semantic_penalty
 from .phrases import STOPWORDS, distinctive_parts, group_targets, item_phrases, mentions, quoted, stems
 from ..files import json_digest, sha256_file
-from .classifier import PromptClassifier
+from . import disguise
+from .classifier import MIN_COLLAPSED, PromptClassifier, as_served
 from .policy import FILES, FORMAT, FORMAT_VERSION, GuardConfig, Policy, PolicyError, read_meta, tokenizer_fingerprint
 from .trie import token_sequences
 
@@ -52,6 +53,14 @@ def key_tokens(tokenizer, phrases: list[str]) -> list[int]:
     pieces = {tok: tokenizer.decode([tok]).strip().lower() for seq in token_sequences(tokenizer, phrases) for tok in seq}
     out = [t for t, p in pieces.items() if len(p) >= 3 and any(c.isalpha() for c in p) and p not in STOPWORDS]
     return sorted(out or [t for t, p in pieces.items() if any(c.isalpha() for c in p)])
+
+
+def collapsed_probes(probes: list[str], background: list[str]) -> list[str]:
+    """The probes the spelled-out test searches for inside collapsed text (disguise.collapsed): those
+    of at least MIN_COLLAPSED letters that occur in no collapsed retain prompt, forwards or backwards
+    (`background` is already collapsed), so the test never fires on an ordinary run of words."""
+    keys = dict.fromkeys(disguise.collapsed(disguise.fold(p)) for p in probes)
+    return [k for k in keys if len(k) >= MIN_COLLAPSED and not any(k in b or k[::-1] in b for b in background)]
 
 
 def calibrate(named: np.ndarray, scores: np.ndarray, fpr: float) -> tuple[float, float]:
@@ -106,9 +115,10 @@ def build_policy(forget: list[QA], out_dir: str | Path, model_path: str, tokeniz
     target_names = group_targets(questions) or []
     background = [r.question for r in retain]
     targets = []
+    spelled = [disguise.collapsed(disguise.fold(q)) for q in background]
     for name in target_names:
-        probes = [name] + (distinctive_parts(name, background) if background else [])
-        targets.append({"name": name, "probes": list(dict.fromkeys(probes))})
+        probes = list(dict.fromkeys([name] + (distinctive_parts(name, background) if background else [])))
+        targets.append({"name": name, "probes": probes, "collapsed": collapsed_probes(probes, spelled)})
     items = []
     for item in forget:
         text = f"{item.question or ''} {item.answer}"
@@ -138,10 +148,12 @@ def build_policy(forget: list[QA], out_dir: str | Path, model_path: str, tokeniz
     classifier = PromptClassifier(Policy(Path(out_dir), {"config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
                                                          "calibration": {"threshold": cfg.default_threshold},
                                                          "targets": targets, "items": items}, index, [], []))
-    calibration: dict = {"fpr_target": cfg.fpr, "calibrated": bool(retain), "n_retain": len(retain)}
+    calibration: dict = {"fpr_target": cfg.fpr, "calibrated": bool(retain), "n_retain": len(retain),
+                         "prompts": "chat template" if getattr(tokenizer, "chat_template", None) else "plain text"}
     if retain:
         progress(f"calibrating on {len(retain)} retain prompts")
-        scored = classifier.classify(background, threshold=math.inf)   # flagged here = named a target
+        # scored exactly as served: rendered with the chat template, every disguise view and window
+        scored = classifier.classify(as_served(tokenizer, background), threshold=math.inf)   # flagged = named a target
         named = np.array([d.flagged for d in scored])
         scores = np.array([d.score for d in scored])
         threshold, fpr = calibrate(named, scores, cfg.fpr)
@@ -153,7 +165,7 @@ def build_policy(forget: list[QA], out_dir: str | Path, model_path: str, tokeniz
         calibration.update(threshold=threshold, retain_fpr=None)
 
     def recall(texts: list[str]) -> float:
-        return float(np.mean([d.flagged for d in classifier.classify(texts, threshold)]))
+        return float(np.mean([d.flagged for d in classifier.classify(as_served(tokenizer, texts), threshold)]))
 
     # each forget question is in the index itself, so score it against the *other* items: how
     # well the policy generalises to a question it was not built from

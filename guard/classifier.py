@@ -1,21 +1,37 @@
 """The prompt classifier: does a request ask about a forget target? Runs once per request.
 
 Two tests, cheapest first:
-1. lexical: the user's message names a target (its full name, or a distinctive part of it: one
-   that never occurs in the retain prompts the policy was calibrated on);
-2. semantic: the cosine similarity of its all-MiniLM-L6-v2 embedding to the nearest forget
-   question (faiss) reaches the calibrated threshold.
+1. lexical: the prompt (every message, every role) names a target (its full name, or a distinctive
+   part of it: one that never occurs in the retain prompts the policy was calibrated on), read
+   through the canonical views of disguise.py: folded (invisible characters, compatibility forms,
+   diacritics and look-alike letters undone), de-leeted, with spaced-out letters joined, and
+   backwards; and a name of 8+ letters spelled with any separators (or none) inside the collapsed
+   text;
+2. semantic: the cosine similarity of an all-MiniLM-L6-v2 embedding to the nearest forget question
+   (faiss) reaches the calibrated threshold. Embedded: the last user message (folded), its
+   de-leeted / joined form when that differs, all user messages together when there are several,
+   and every other message of the prompt (system, tool, assistant prefill, earlier turns; the
+   template's markers and role headers cut away), a long one as short sentence windows so that a
+   question after a page of filler is not lost past the embedder's 256 tokens. The best score
+   decides. A short ordinary prompt costs one embedding (a repeated system prompt is cached).
 A flagged request is guarded against the items of the targets it touches plus the top-k items
-retrieved for it. The user's message is cut out of the rendered chat prompt, so the system prompt
-and template do not dilute the embedding.
+retrieved for it. `build.py` calibrates the threshold through this same procedure.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
+import numpy as np
+
+from . import disguise
 from .embedder import embed
 from .phrases import ProbeIndex
+
+MIN_COLLAPSED = 8      # letters a name needs before it is also searched for with separators removed
+WINDOW_WORDS = 40      # a message longer than this is embedded as sentence windows too
 
 SENTINEL = "\u2063UNLEARN\u2063"
 
@@ -80,15 +96,75 @@ class UserTurn:
         return self.segments(text)[-1]
 
 
+def as_served(tokenizer, questions: list[str]) -> list:
+    """Each question as the runtime hands it to `classify`: rendered as a first user turn with the
+    tokenizer's chat template (its default system prompt included), encoded, decoded with the
+    special tokens, and cut into user messages. Plain strings without a tokenizer or template."""
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        return list(questions)
+    turn = UserTurn(tokenizer)
+    out = []
+    for q in questions:
+        try:
+            text = tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
+                                                 add_generation_prompt=True)
+        except Exception:  # a template that cannot render it: the question alone
+            out.append(q)
+            continue
+        whole = tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"], skip_special_tokens=False)
+        out.append((whole, turn.segments(whole)))
+    return out
+
+
+def _collapsed_names(targets: list[dict]) -> list[tuple[str, int]]:
+    """(collapsed probe, target): the policy's own list (build.collapsed_probes, which leaves out any
+    that occurs in a retain prompt), or, for a policy built before it, every probe of at least
+    MIN_COLLAPSED letters and digits."""
+    out: dict = {}
+    for t, target in enumerate(targets):
+        keys = target.get("collapsed")
+        if keys is None:
+            keys = [disguise.collapsed(disguise.fold(p)) for p in target["probes"]]
+        for key in keys:
+            if len(key) >= MIN_COLLAPSED:
+                out.setdefault((key, t), None)
+    return list(out)
+
+
+def queries(whole: str, segments: list[str], max_words: int = WINDOW_WORDS) -> list[str]:
+    """The texts the semantic test embeds for one prompt, without repeats: the last user message
+    (folded) first, its de-leeted / joined form if that differs, all user messages together when
+    there are several, then every other message of the prompt (markers and role headers removed),
+    a long one (over `max_words` words) as sentence windows. The last user message is not repeated
+    as its own window unless it is long."""
+    last = disguise.fold(segments[-1]) if segments else ""
+    out = [last, disguise.semantic_view(last)]
+    if len(segments) > 1:
+        out.append(disguise.fold("\n".join(segments)))
+    for message in disguise.messages(whole) or [whole]:
+        message = disguise.fold(message)
+        if len(message.split()) > max_words:
+            out += disguise.windows(message, max_words)
+        elif message != last:
+            out.append(message)
+    return [q for q in dict.fromkeys(out) if q.strip()] or [last]
+
+
 class PromptClassifier:
-    def __init__(self, policy):
+    def __init__(self, policy, cache_size: int = 4096):
         self.policy = policy
         self.threshold = policy.threshold
         self.top_k = policy.config.top_k
-        self.probes = ProbeIndex((p, t) for t, target in enumerate(policy.targets) for p in target["probes"])
+        probes = [(p, t) for t, target in enumerate(policy.targets) for p in target["probes"]]
+        # the probes folded too, so a name written with diacritics matches its folded spelling
+        self.probes = ProbeIndex(probes + [(disguise.fold(p), t) for p, t in probes])
+        self.collapsed = _collapsed_names(policy.targets)
         self.item_targets = [tuple(item["targets"]) for item in policy.items]
         self.target_items = [tuple(i for i, ts in enumerate(self.item_targets) if t in ts)
                              for t in range(len(policy.targets))]
+        self._cache: OrderedDict = OrderedDict()      # (text, k) -> (similarities, item ids)
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
 
     def expand(self, targets: set[int], items: set[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """Close a set of targets and items: the targets of the items, then all items of the targets."""
@@ -99,40 +175,65 @@ class PromptClassifier:
         return tuple(sorted(targets)), tuple(sorted(items))
 
     def named(self, text: str) -> set[int]:
-        """The targets whose name (or a distinctive part of it) `text` contains as whole words."""
-        return self.probes.find(text)
+        """The targets `text` names: as whole words in any lexical view (folded, de-leeted, joined,
+        backwards), or, for names of MIN_COLLAPSED+ letters, inside the collapsed text (forwards or
+        backwards), whatever separates its letters."""
+        found: set = set()
+        for view in disguise.lexical_views(text):
+            found |= self.probes.find(view)
+        if self.collapsed:
+            views = disguise.collapsed_views(text)
+            for key, target in self.collapsed:
+                if target not in found and any(key in v or key[::-1] in v for v in views):
+                    found.add(target)
+        return found
+
+    def _search(self, texts: list[str], k: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Nearest forget items of each text: one embedding call for those not seen recently."""
+        with self._lock:
+            out = {t: self._cache[(t, k)] for t in texts if (t, k) in self._cache}
+        missing = [t for t in dict.fromkeys(texts) if t not in out]
+        if missing:
+            sims, idx = self.policy.index.search(embed(missing), k)
+            with self._lock:
+                for t, s, i in zip(missing, sims, idx):
+                    out[t] = self._cache[(t, k)] = (s, i)
+                    if len(self._cache) > self._cache_size:
+                        self._cache.popitem(last=False)
+        return out
 
     def classify(self, prompts: list, threshold: float | None = None, top_k: int | None = None) -> list[Decision]:
         """One decision per prompt. A prompt is a string (one message) or (whole prompt text, user
         messages): the lexical test reads the whole text (every turn, the system prompt too); the
-        semantic test scores the last message and, when there are several, all of them together."""
+        semantic test scores every text `queries` makes of it, all prompts in one embedding call."""
         threshold = self.threshold if threshold is None else threshold
         top_k = min(self.top_k if top_k is None else top_k, self.policy.index.ntotal)
         prompts = [(p, [p]) if isinstance(p, str) else p for p in prompts]
         out: list[Decision | None] = [None] * len(prompts)
-        queries, owner = [], []
+        asked: dict[int, list[str]] = {}
         for n, (whole, segments) in enumerate(prompts):
             hits = self.named(whole)
             if hits:
                 names = ", ".join(self.policy.targets[t]["name"] for t in sorted(hits))
                 out[n] = Decision(True, float("nan"), f"names {names}", *self.expand(hits, set()))
                 continue
-            queries.append(segments[-1])
-            owner.append(n)
-            if len(segments) > 1:
-                queries.append("\n".join(segments))
-                owner.append(n)
-        if queries:
-            sims, idx = self.policy.index.search(embed(queries), top_k)
-            best: dict[int, tuple[float, set[int]]] = {}
-            for row, n in enumerate(owner):
-                score, nearest = best.get(n, (-2.0, set()))
-                best[n] = (max(score, float(sims[row, 0])), nearest | {int(i) for i in idx[row] if i >= 0})
-            for n, (score, nearest) in best.items():
+            asked[n] = queries(whole, list(segments) or [whole])
+        if asked:
+            found = self._search([q for qs in asked.values() for q in qs], top_k)
+            for n, qs in asked.items():
+                best: dict[int, float] = {}          # item -> its best similarity over the queries
+                for q in qs:
+                    sims, idx = found[q]
+                    for s, i in zip(sims, idx):
+                        if i >= 0 and s > best.get(int(i), -2.0):
+                            best[int(i)] = float(s)
+                score = max((float(found[q][0][0]) for q in qs), default=-2.0)
+                # the items nearest the last message, and the best-scoring items over all queries
+                first = {int(i) for i in found[qs[0]][1] if i >= 0}
+                nearest = tuple(sorted(first | set(sorted(best, key=best.get, reverse=True)[:top_k])))
                 if score >= threshold:
                     out[n] = Decision(True, score, f"similarity {score:.3f} >= {threshold:.3f}",
-                                      *self.expand(set(), set(nearest)), nearest=tuple(sorted(nearest)))
+                                      *self.expand(set(), set(nearest)), nearest=nearest)
                 else:
-                    out[n] = Decision(False, score, f"similarity {score:.3f} < {threshold:.3f}",
-                                      nearest=tuple(sorted(nearest)))
+                    out[n] = Decision(False, score, f"similarity {score:.3f} < {threshold:.3f}", nearest=nearest)
         return out

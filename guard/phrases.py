@@ -5,7 +5,10 @@ Pure string functions (no tokenizer, no model), so each rule is testable on its 
 * `names(text)`    runs of capitalised words ("Basil Mahfouz Al-Kuwaiti", "Kuwait City"), minus a
                    sentence-initial function word ("The", "His");
 * `quoted(text)`   quoted spans, usually titles ("Promise by the Seine");
-* `numbers(text)`  years, dates and other numbers of two or more digits;
+* `numbers(text)`  numbers as written ("11,000", "7.4", "1990") of two or more digits;
+* `quantities(text)`  numbers, dates, percentages, money and quantities with their units, in every
+                   surface form a model writes them ("11,000" / 11000 / 11 000, "12%" / 12 percent,
+                   "3 March 2021" / March 3, 2021 / 2021-03-03, "3 days" / three days);
 * `key_words(answer, question)`  content words of the answer the question did not already say
                    (what answering reveals);
 * `item_phrases`   all of the above for one QA pair, plus each distinctive word of every multi-word
@@ -86,8 +89,221 @@ def quoted(text: str) -> list[str]:
     return list(dict.fromkeys(s.strip(" ,.;:") for s in spans if s.strip(" ,.;:")))
 
 
+# a number as written: thousands separators and a decimal part belong to it ("11,000", "7.4")
+_NUMBER = re.compile(r"(?<![\d.,])(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?!\d)")
+
+
 def numbers(text: str) -> list[str]:
-    return list(dict.fromkeys(re.findall(r"\d{2,}", text)))
+    """Numbers as written, whole ("11,000", "1.75", "7.4", "1990"), of two or more digits (one
+    digit alone forbids too much of the language); "00" and zero-padded "08" are left out."""
+    return list(dict.fromkeys(n for n in (m.group(0) for m in _NUMBER.finditer(text)) if _worth_alone(n)))
+
+
+def _worth_alone(n: str) -> bool:
+    """Two or more digits, not all zeros, not a zero-padded part of a date or time ("08", "00")."""
+    return sum(c.isdigit() for c in n) >= 2 and bool(n.strip("0,.")) and not (n[0] == "0" and n[1:2].isdigit())
+
+
+MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September",
+          "October", "November", "December")
+_MONTH_NO = {m.lower(): i + 1 for i, m in enumerate(MONTHS)} | {m[:3].lower(): i + 1 for i, m in enumerate(MONTHS)} \
+    | {"sept": 9}
+# capitalised, as English writes months ("10 may be" is no date)
+_MONTH = r"(?P<month>" + "|".join(sorted((m.title() for m in _MONTH_NO), key=len, reverse=True)) + r")\.?"
+_ORD = r"(?:st|nd|rd|th)?"
+_DAY_MONTH = re.compile(r"\b(?:the\s+)?(?P<day>\d{1,2})" + _ORD + r"(?:\s+of)?\s+" + _MONTH
+                        + r"(?:,?\s+(?P<year>\d{4}))?\b")
+_MONTH_DAY = re.compile(r"\b" + _MONTH + r"\s+(?:the\s+)?(?P<day>\d{1,2})" + _ORD
+                        + r"\b(?:,?\s+(?P<year>\d{4})\b)?")
+_MONTH_YEAR = re.compile(r"\b" + _MONTH + r",?\s+(?P<year>\d{4})\b")
+_ISO_DATE = re.compile(r"\b(?P<year>\d{4})-(?P<m>\d{1,2})-(?P<d>\d{1,2})\b")
+_SLASH_DATE = re.compile(r"\b(?P<a>\d{1,2})/(?P<b>\d{1,2})/(?P<year>\d{4})\b")
+_PERCENT = re.compile(r"(?<![\d.,])(?P<n>\d+(?:[.,]\d+)?)\s*(?:%|per\s?cent\b)", re.IGNORECASE)
+_RANGE = re.compile(r"(?<![\d.,])(?P<a>\d+(?:\.\d+)?)\s*[-–/]\s*(?P<b>\d+(?:\.\d+)?)(?P<pct>\s*%)?(?![\d/])")
+_SCALED = re.compile(r"(?<![\d.,])(?P<cur>[£$€])?(?P<n>\d+(?:\.\d+)?)\s*(?P<scale>thousand|million|billion|trillion"
+                     r"|bn|mn|m|k)\b", re.IGNORECASE)
+_AMOUNT = re.compile(r"(?<![\d.,])(?P<cur>[£$€])?(?P<n>(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?)(?!\d)"
+                     r"(?P<unit>[A-Za-z]+\b)?")
+_CLOCK = re.compile(r"(?<![\d.,:])(?P<h>\d{1,2}):(?P<m>\d{2})(?![\d:])")
+_SCALE = {"thousand": 10 ** 3, "k": 10 ** 3, "million": 10 ** 6, "m": 10 ** 6, "mn": 10 ** 6,
+          "billion": 10 ** 9, "bn": 10 ** 9, "trillion": 10 ** 12}
+_SCALE_WORD = {10 ** 3: "thousand", 10 ** 6: "million", 10 ** 9: "billion", 10 ** 12: "trillion"}
+_SCALE_SHORT = {"thousand": "k", "million": "m", "billion": "bn", "trillion": "tn"}
+_CURRENCY = {"£": "pounds", "$": "dollars", "€": "euros"}
+# units written straight after a number ("3,800m", "20p", "100GB") and their long names
+UNITS = {"m": ("metres", "meters"), "km": ("kilometres", "kilometers"), "ft": ("feet",), "kg": ("kilograms", "kilos"),
+         "g": ("grams",), "p": ("pence",), "gb": ("gigabytes",), "mb": ("megabytes",), "tb": ("terabytes",),
+         "mph": ("miles per hour",), "cm": ("centimetres", "centimeters"), "mm": ("millimetres", "millimeters")}
+_LONG_UNIT = {long: short for short, longs in UNITS.items() for long in longs}
+_SMALL = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+          "sixteen seventeen eighteen nineteen").split()
+_TENS = "twenty thirty forty fifty sixty seventy eighty ninety".split()
+_WORD_VALUE = {w: i for i, w in enumerate(_SMALL)} | {w: 20 + 10 * i for i, w in enumerate(_TENS)}
+_NUMBER_WORD = re.compile(r"\b(?P<n>(?:" + "|".join(_TENS) + r")(?:[- ](?:" + "|".join(_SMALL[1:10]) + r"))?|"
+                          + "|".join(sorted(_SMALL, key=len, reverse=True)) + r")\s+(?P<unit>[a-z]{3,})\b",
+                          re.IGNORECASE)
+_DIGITS_UNIT = re.compile(r"(?<![\d.,])(?P<n>\d+)\s+(?P<unit>[a-z]{3,})\b")
+
+
+def number_word(n: int) -> str | None:
+    """English words for 0..99 ("twenty-five"); None beyond."""
+    if 0 <= n < 20:
+        return _SMALL[n]
+    if 20 <= n < 100:
+        tens, ones = _TENS[n // 10 - 2], n % 10
+        return tens + (f"-{_SMALL[ones]}" if ones else "")
+    return None
+
+
+def _word_value(words: str) -> int:
+    parts = re.split(r"[- ]", words.lower())
+    return sum(_WORD_VALUE[p] for p in parts)
+
+
+def _grouped(n: int, sep: str) -> str:
+    return f"{n:,}".replace(",", sep)
+
+
+def number_forms(written: str) -> list[str]:
+    """A number in the forms a model writes it: "11,000" -> 11,000 / 11000 / 11 000 / 11.000 /
+    11k / 11 thousand; "7.4" -> 7.4 / 7,4. Four-digit numbers without a separator (years) stay as
+    they are."""
+    plain = written.replace(",", "")
+    forms = [written]
+    if "." in plain:                                   # a decimal
+        return forms + [plain, plain.replace(".", ",")]
+    value = int(plain)
+    if "," in written or len(plain) >= 5:
+        forms += [plain] + [_grouped(value, sep) for sep in (",", " ", ".")]
+        for scale, word in sorted(_SCALE_WORD.items(), reverse=True):
+            # 1,750,000 -> 1.75 million; 11,000 -> 11 thousand (thousands only when round)
+            if value >= scale and value % (scale // 100 if scale > 1000 else scale) == 0:
+                short = f"{value / scale:.2f}".rstrip("0").rstrip(".")
+                forms += [f"{short} {word}", f"{short}{_SCALE_SHORT[word]}"]
+                break
+    return list(dict.fromkeys(forms))
+
+
+def _date_forms(day: int | None, month: int, year: str | None) -> list[str]:
+    name = MONTHS[month - 1]
+    abbr = name[:3]
+    if day is None:
+        return [f"{name} {year}", f"{abbr} {year}", f"{year}-{month:02d}"]
+    suffix = "th" if 10 <= day % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(day % 10, "th")
+    out = [f"{day} {name}", f"{name} {day}", f"{day}{suffix} {name}", f"{day}{suffix} of {name}",
+           f"{name} {day}{suffix}", f"{day} {abbr}", f"{abbr} {day}"]
+    if year:
+        out = [f"{d} {year}" for d in out[:5]] + [f"{name} {day}, {year}", f"{name} {day}{suffix}, {year}",
+                                                   f"{abbr} {day}, {year}", f"{day} {abbr} {year}",
+                                                   f"{year}-{month:02d}-{day:02d}", f"{day}/{month}/{year}",
+                                                   f"{month}/{day}/{year}", f"{day:02d}/{month:02d}/{year}",
+                                                   f"{month:02d}/{day:02d}/{year}", f"{day}.{month}.{year}"]
+    return out
+
+
+def dates(text: str) -> list[str]:
+    """Dates in every common surface form: "March 3, 2021", "3 March 2021", "the 3rd of March,
+    2021", "2021-03-03", "03/03/2021" all give the same forms (a slash date is read both ways); a
+    day and month without a year ("15 April") and a month and year ("April 2022") too."""
+    out: list[str] = []
+    spans: list[tuple[int, int]] = []
+    for pattern in (_DAY_MONTH, _MONTH_DAY):
+        for m in pattern.finditer(text):
+            day, month = int(m.group("day")), _MONTH_NO[m.group("month").lower()]
+            if 1 <= day <= 31:
+                out += _date_forms(day, month, m.group("year"))
+                spans.append(m.span())
+    for m in _MONTH_YEAR.finditer(text):
+        if not any(a <= m.start() < b for a, b in spans):
+            out += _date_forms(None, _MONTH_NO[m.group("month").lower()], m.group("year"))
+    for m in _ISO_DATE.finditer(text):
+        month, day = int(m.group("m")), int(m.group("d"))
+        if 1 <= month <= 12 and 1 <= day <= 31:
+            out += [m.group(0)] + _date_forms(day, month, m.group("year"))
+    for m in _SLASH_DATE.finditer(text):
+        a, b = int(m.group("a")), int(m.group("b"))
+        out.append(m.group(0))
+        for day, month in ((a, b), (b, a)):
+            if 1 <= month <= 12 and 1 <= day <= 31:
+                out += _date_forms(day, month, m.group("year"))
+    return list(dict.fromkeys(out))
+
+
+def _unit_forms(n: str, unit: str, value: int | None) -> list[str]:
+    """ "3 days" / "three days"; a unit with a short form both ways ("100 gigabytes" / "100GB")."""
+    out = [f"{n} {unit}"]
+    word = number_word(value) if value is not None else None
+    if word:
+        out += [f"{word} {unit}"] + ([f"{word.replace('-', ' ')} {unit}"] if "-" in word else [])
+    short = _LONG_UNIT.get(unit.lower())
+    if short:
+        out += [f"{n}{short}", f"{n} {short}"]
+    return out
+
+
+def quantities(text: str) -> list[str]:
+    """Numbers, dates and quantities as the units they are, in every surface form a model writes:
+    "11,000" (also 11000, 11 000), "1.75 million" (also 1,750,000 and 1750000), "7.4" (7,4), "12%"
+    (12 percent, 12 per cent), dates (see `dates`), times ("17:00", "5pm"), ranges ("2002-03",
+    "10 to 12%"), money ("£45.50", "20p" / 20 pence) and a number with its unit ("3 days" / three
+    days, "3,800m" / 3,800 metres). A one-digit number is forbidden only with its unit or sign
+    ("5%", "3 days"), never alone."""
+    out = dates(text)
+    taken = [m.span() for p in (_DAY_MONTH, _MONTH_DAY, _ISO_DATE, _SLASH_DATE, _CLOCK) for m in p.finditer(text)]
+    inside = lambda m: any(a <= m.start() < b for a, b in taken)  # noqa: E731
+    for m in _PERCENT.finditer(text):
+        n = m.group("n")
+        for form in dict.fromkeys([n, n.replace(",", "."), n.replace(".", ",")]):
+            out += [f"{form}%", f"{form} %", f"{form} percent", f"{form} per cent"]
+    for m in _RANGE.finditer(text):
+        if inside(m):
+            continue
+        a, b, pct = m.group("a"), m.group("b"), "%" if m.group("pct") else ""
+        seps = ["-", "–", "/", " to "]
+        out += [f"{a}{sep}{b}{pct}" for sep in (seps[:3] if len(b) < len(a) else seps)]
+        if len(a) == 4 and len(b) == 2 and a.isdigit() and b.isdigit():   # "2002-03": a season, a span of years
+            out += [f"{a}{sep}{a[:2]}{b}" for sep in seps]
+        if pct:
+            out += [f"{a}{sep}{b} percent" for sep in ("-", " to ")]
+        taken.append(m.span())
+    for m in _SCALED.finditer(text):
+        n, scale, cur = m.group("n"), m.group("scale").lower(), m.group("cur") or ""
+        if scale == "m" and not cur:
+            continue                                   # "5m" without a currency: metres (below)
+        value = round(float(n) * _SCALE[scale])
+        word = _SCALE_WORD[_SCALE[scale]]
+        forms = [f"{n} {word}", f"{n}{_SCALE_SHORT[word]}", f"{n} {_SCALE_SHORT[word]}",
+                 _grouped(value, ","), str(value), _grouped(value, " ")]
+        out += [cur + f for f in forms if cur] + forms
+    for m in _AMOUNT.finditer(text):
+        if inside(m):
+            continue
+        n, cur, unit = m.group("n"), m.group("cur") or "", (m.group("unit") or "")
+        forms = number_forms(n) if _worth_alone(n) else []
+        if cur:
+            forms = [cur + f for f in forms or [n]] + forms
+            out += [f"{f} {_CURRENCY[cur]}" for f in number_forms(n)]
+        if unit.lower() in UNITS:
+            out += [f"{n}{unit}", f"{n} {unit}"] + [f"{n} {long}" for long in UNITS[unit.lower()]]
+        out += forms
+    for m in _CLOCK.finditer(text):
+        h, mins = int(m.group("h")), m.group("m")
+        if h < 24 and int(mins) < 60:
+            half = h % 12 or 12
+            ampm = "am" if h < 12 else "pm"
+            out += [m.group(0), f"{h}:{mins}", f"{h:02d}:{mins}", f"{h:02d}.{mins}", f"{half}:{mins} {ampm}",
+                    f"{half}:{mins}{ampm}"] + ([f"{half}{ampm}", f"{half} {ampm}"] if mins == "00" else [])
+    for pattern, numeric in ((_DIGITS_UNIT, True), (_NUMBER_WORD, False)):
+        for m in pattern.finditer(text):
+            unit = m.group("unit")
+            if inside(m) or unit.lower() in STOPWORDS or unit.lower() in _MONTH_NO:
+                continue
+            n = m.group("n")
+            if numeric and len(n) >= 4:                # a year: forbidden on its own already
+                continue
+            value = int(n) if numeric else _word_value(n)
+            out += _unit_forms(str(value), unit, value) + ([f"{n} {unit}"] if not numeric else [])
+    return list(dict.fromkeys(o for o in out if o.strip()))
 
 
 def key_words(answer: str, question: str = "", min_len: int = 4) -> list[str]:
@@ -117,7 +333,7 @@ def item_phrases(question: str | None, answer: str, with_key_words: bool = True)
     question = question or ""
     found = quoted(answer) + names(answer)
     found += [p for n in names(answer) if len(n.split()) >= 2 for p in name_parts(n) + stems(n)]
-    found += numbers(answer)
+    found += quantities(answer) + numbers(answer)
     if with_key_words:
         found += key_words(answer, question)
     seen: dict[str, str] = {}

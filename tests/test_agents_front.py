@@ -1,9 +1,11 @@
 """The agent front over HTTP: an OpenAI-compatible fake backend served by uvicorn, the front
-served the same way, real HTTP clients (httpx, openai) in between."""
+served the same way, real HTTP clients (httpx, openai) in between. The fake backend checks every
+body it gets with guard/boundary.py, as the guarded vLLM server does."""
 
 import json
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -13,9 +15,10 @@ from unlearnkit.agents.front import create_app
 from unlearnkit.agents.graph import Pipeline
 from unlearnkit.agents.llm import LLMError, OpenAIChat
 from unlearnkit.agents.serve import free_port
-from unlearnkit.agents.store import TargetStore
+from unlearnkit.agents.store import LiveTarget, TargetStore
 from unlearnkit.evaluation.injection import injection_prompts, leaked_names
-from unlearnkit.guard.policy import load_policy
+from unlearnkit.guard import boundary
+from unlearnkit.guard.policy import load_policy, read_meta
 
 TOKEN = "s3cret-token"
 
@@ -41,22 +44,33 @@ class Served:
         self.thread.join(10)
 
 
-def fake_backend():
-    """An OpenAI-compatible echo server; records the bodies it got."""
+def fake_backend(meta=None):
+    """An OpenAI-compatible echo server; records the bodies it got, and what guard/boundary.py (the
+    guarded vLLM server's request rules, against the policy `meta`) says about each."""
     from fastapi import FastAPI, Request
-    from fastapi.responses import StreamingResponse
+    from fastapi.responses import JSONResponse, StreamingResponse
 
     app = FastAPI()
     app.state.bodies = []
+    app.state.rejections = []
+    app.state.healthy = True
 
     @app.get("/v1/models")
     async def models():
         return {"object": "list", "data": [{"id": "echo-model", "object": "model"}]}
 
+    @app.get("/health")
+    async def health():
+        return JSONResponse({}, status_code=200 if app.state.healthy else 500)
+
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
-        body = await request.json()
+        raw = await request.body()
+        body = json.loads(raw)
         app.state.bodies.append(body)
+        rejection = boundary.check("POST", "/v1/chat/completions", raw, meta)[1]
+        if rejection is not None:
+            app.state.rejections.append(rejection)
         last = body["messages"][-1]["content"]
         if "Rate how well" in last:
             text = "4"
@@ -81,10 +95,14 @@ def fake_backend():
 
 
 @pytest.fixture
-def backend():
-    served = Served(fake_backend())
+def backend(tiny_policy):
+    served = Served(fake_backend(read_meta(tiny_policy)))
     yield served
     served.stop()
+
+
+def received(backend) -> list[dict]:
+    return backend.server.config.app.state.bodies
 
 
 @pytest.fixture
@@ -94,10 +112,10 @@ def store(tiny_policy, tmp_path):
     return store
 
 
-def front_for(store, llm, backend_url, guarded=False, token=TOKEN, **cfg):
+def front_for(store, llm, backend_url, guarded=False, token=TOKEN, alive=None, **cfg):
     pipeline = Pipeline(AgentConfig(retry_backoff=0.0, **cfg), store, llm)
     return Served(create_app(store, pipeline, backend_url + "/v1", model_name="echo-model",
-                             backend_guarded=guarded, admin_token=token)), pipeline
+                             backend_guarded=guarded, admin_token=token, backend_alive=alive)), pipeline
 
 
 def chat(url, content, **extra):
@@ -116,8 +134,8 @@ def test_unflagged_requests_pass_through(store, backend, fake_llm):
         r = chat(front.url, "What is the capital of France?", vllm_xargs={"unlearn_top_k": 8, "other": 1})
         assert r.status_code == 200 and r.headers["x-unlearn-path"] == "passthrough"
         assert r.json()["choices"][0]["message"]["content"] == "echo: What is the capital of France?"
-        assert r.json()["unlearn"]["path"] == "passthrough" and "similarity" in r.json()["unlearn"]["reason"]
-        assert backend.server.config.app.state.bodies[-1]["vllm_xargs"] == {"other": 1}   # unguarded backend
+        assert r.json()["unlearn"] == {"path": "passthrough", "reason": "not flagged"}
+        assert received(backend)[-1]["vllm_xargs"] == {"other": 1}   # unguarded backend
         assert llm.calls == []
         direct = httpx.post(f"{backend.url}/v1/chat/completions", json={
             "messages": [{"role": "user", "content": "Name a red fruit please"}], "stream": True}).content
@@ -134,7 +152,7 @@ def test_guarded_backend_gets_the_unlearn_args(store, backend, fake_llm):
     front, _ = front_for(store, fake_llm(), backend.url, guarded=True)
     try:
         assert chat(front.url, "What is the capital of France?", vllm_xargs={"unlearn_top_k": 8}).status_code == 200
-        assert backend.server.config.app.state.bodies[-1]["vllm_xargs"] == {"unlearn_top_k": 8}
+        assert received(backend)[-1]["vllm_xargs"] == {"unlearn_top_k": 8}
     finally:
         front.stop()
 
@@ -150,7 +168,7 @@ def test_flagged_requests_run_the_graph(store, backend, fake_llm):
         assert body["choices"][0]["message"]["content"] == "A poet from the Netherlands."
         meta = body["unlearn"]
         assert meta["path"] == "agents" and meta["route"] == "rewritten" and meta["llm_calls"] == 5
-        assert meta["classifier"] == "the prompt names a forget target" and body["usage"]["prompt_tokens"] > 0
+        assert meta["reason"] == "flagged" and body["usage"]["prompt_tokens"] > 0
         s = chat(front.url, "Who is Kalo Mirten?", stream=True, n=2)
         events = sse(s.text)
         assert s.headers["x-unlearn-path"] == "agents" and s.text.rstrip().endswith("data: [DONE]")
@@ -160,30 +178,317 @@ def test_flagged_requests_run_the_graph(store, backend, fake_llm):
         c = httpx.post(f"{front.url}/v1/completions", json={"prompt": "Kalo Mirten was born in", "max_tokens": 5})
         assert c.json()["object"] == "text_completion" and c.json()["choices"][0]["text"] == "A poet from the Netherlands."
         forced = chat(front.url, "What is the capital of France?", vllm_xargs={"unlearn_guard": True})
-        assert forced.headers["x-unlearn-path"] == "agents" and forced.json()["unlearn"]["classifier"] == "unlearn_guard requested"
+        assert forced.headers["x-unlearn-path"] == "agents" and forced.json()["unlearn"]["reason"] == "tightened by request"
         assert pipeline.stats["requests"] == 4
     finally:
         front.stop()
 
 
-def test_bad_requests_get_400_and_the_front_keeps_serving(store, backend, fake_llm):
+HI = {"role": "user", "content": "hi"}
+
+
+def body(**fields) -> bytes:
+    return json.dumps({"messages": [HI], **fields}).encode()
+
+
+def user(content) -> bytes:
+    return json.dumps({"messages": [{"role": "user", "content": content}]}).encode()
+
+
+# (raw body, status, the field the error names: `param`, None for the body as a whole). Before
+# the front applied guard/boundary.py and read messages strictly, the first ten were HTTP 500.
+MALFORMED = [
+    (b"[" * 100_000 + b"]" * 100_000, 400, None),                                   # RecursionError
+    (b'{"messages": [{"role": "user", "content": "hi"}], "stop": ' + b"[" * 40 + b"]" * 40 + b"}", 400, None),
+    (json.dumps({"messages": [{"role": ["user"], "content": "hi"}]}).encode(), 400, "messages[0].role"),   # unhashable
+    (json.dumps({"messages": [{"role": {"a": 1}, "content": "hi"}]}).encode(), 400, "messages[0].role"),
+    (user([{"type": "text", "text": 5}]), 400, "messages[0].content[0].text"),
+    (user([{"type": "text", "text": None}]), 400, "messages[0].content[0].text"),
+    (user([{"type": "text", "text": ["a"]}]), 400, "messages[0].content[0].text"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "temperature": NaN}', 400, "temperature"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "temperature": 1e400}', 400, "temperature"),
+    (b'{"model": "\\ud800", "messages": [{"role": "user", "content": "hi"}]}', 400, "model"),   # lone surrogate
+    (b'{"messages": [{"role": "user", "content": "hi \\udfff"}]}', 400, "messages"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "n": ' + b"9" * 400 + b"}", 400, None),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "presence_penalty": 1' + b"0" * 320 + b"}", 400, None),
+    (b"{not json", 400, None), (b"[1, 2]", 400, None), (b"\xff\xfe", 400, None),
+    (b'{"messages": []}', 400, "messages"), (b'{"messages": "hi"}', 400, "messages"),
+    (json.dumps({"messages": ["hi"]}).encode(), 400, "messages[0]"),
+    (json.dumps({"messages": [{"role": "wizard", "content": "hi"}]}).encode(), 400, "messages[0].role"),
+    (user(5), 400, "messages[0].content"),
+    (user(["hi", 3]), 400, "messages[0].content[1]"),
+    (user([{"type": ["text"], "text": "x"}]), 400, "messages[0].content[0].type"),
+    (json.dumps({"messages": [{**HI, "name": ["x"]}]}).encode(), 400, "messages[0].name"),
+    (json.dumps({"messages": [{**HI, "audio": {"id": "a1"}}]}).encode(), 400, "messages[0].audio"),
+    (body(stream="yes"), 400, "stream"), (body(n=0), 400, "n"), (body(n=17), 400, "n"), (body(n=2.0), 400, "n"),
+    (body(vllm_xargs=[1]), 400, "vllm_xargs"),
+    (body(vllm_xargs={"unlearn_threshold": 0.99}), 400, "vllm_xargs"),                 # would loosen
+    (body(vllm_xargs={"unlearn_guard": False}), 400, "vllm_xargs"),                    # would switch it off
+    (body(vllm_xargs={"unlearn_off": 1}), 400, "vllm_xargs"),
+    (body(vllm_xargs={"unlearn_targets": ["x" * 201]}), 400, "vllm_xargs"),
+    (body(functions=[{"name": "f"}]), 400, "functions"),                              # not on the allow-list
+    (body(logit_bias={"5": 100}), 400, "logit_bias"),
+    (b"{" + b" " * (boundary.MAX_BODY_BYTES + 1) + b"}", 413, None),
+]
+
+
+def test_malformed_requests_get_4xx_naming_the_field_and_never_reach_the_backend(store, backend, fake_llm):
     front, _ = front_for(store, fake_llm(), backend.url)
     try:
         url = f"{front.url}/v1/chat/completions"
-        cases = [(b"{not json", "not valid JSON"), (b"[1, 2]", "JSON object"), (b'{"messages": []}', "non-empty list"),
-                 (b'{"messages": [{"role": "wizard", "content": "hi"}]}', "'role'"),
-                 (b'{"messages": [{"role": "user", "content": 5}]}', "content"),
-                 (b'{"messages": [{"role": "user", "content": "hi"}], "stream": "yes"}', "'stream'"),
-                 (b'{"messages": [{"role": "user", "content": "hi"}], "n": 0}', "'n'"),
-                 (b'{"messages": [{"role": "user", "content": "hi"}], "vllm_xargs": {"unlearn_threshold": 0.99}}', "loosen"),
-                 (b'{"messages": [{"role": "user", "content": "hi"}], "vllm_xargs": {"unlearn_guard": false}}', "switch"),
-                 (b'{"messages": [{"role": "user", "content": "hi"}], "vllm_xargs": {"unlearn_off": 1}}', "unknown")]
-        for raw, message in cases:
-            r = httpx.post(url, content=raw, headers={"content-type": "application/json"})
-            assert r.status_code == 400 and message in r.json()["error"]["message"], (raw, r.text)
+        for raw, status, field in MALFORMED:
+            r = httpx.post(url, content=raw, headers={"content-type": "application/json"}, timeout=30)
+            assert r.status_code == status, (raw[:80], r.status_code, r.text[:200])
+            error = r.json()["error"]
+            assert error["param"] == field and error["code"] == status, (raw[:80], error)
+            if field:
+                assert field.split("[")[0].split(".")[0] in error["message"], error
         r = httpx.post(f"{front.url}/v1/completions", json={"prompt": [1, 2, 3]})
-        assert r.status_code == 400 and "token-id" in r.json()["error"]["message"]
-        assert chat(front.url, "What is the capital of France?").status_code == 200
+        assert r.status_code == 400 and "token-id" in r.json()["error"]["message"] and r.json()["error"]["param"] == "prompt"
+        r = httpx.post(f"{front.url}/v1/completions", json={"prompt": "hi", "suffix": 3, "nonsense": 1})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "nonsense"
+        assert received(backend) == []
+        assert chat(front.url, "What is the capital of France?").status_code == 200     # still serving
+        assert httpx.get(f"{front.url}/openapi.json").status_code == 404 and httpx.get(f"{front.url}/docs").status_code == 404
+    finally:
+        front.stop()
+
+
+UNREADABLE = [   # content the engine would render (or hand to an encoder) and the classifier cannot read
+    [{"type": "image_url", "image_url": {"url": "https://example.com/kalo.png"}}],
+    [{"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}],
+    [{"type": "file", "file": {"file_data": "AAAA"}}],
+    [{"type": "video_url", "video_url": {"url": "https://example.com/v.mp4"}}],
+    [{"type": "image_embeds", "image_embeds": "AAAA"}],
+    [{"type": "tool_reference", "name": "lookup"}],
+    [{"type": "text", "text": "hi", "uuid": "u1", "image_url": "https://example.com/x.png"}],   # vLLM: media
+    [{"text": "hi"}],                                                                          # no type
+]
+
+
+def test_content_the_front_cannot_read_is_refused_not_relayed(store, backend, fake_llm):
+    front, _ = front_for(store, fake_llm(), backend.url)
+    try:
+        for parts in UNREADABLE:
+            for role in ("user", "system", "tool"):
+                r = httpx.post(f"{front.url}/v1/chat/completions",
+                               json={"messages": [{"role": role, "content": [{"type": "text", "text": "hi"}] + parts}]})
+                assert r.status_code == 400 and r.json()["error"]["param"].startswith("messages[0].content[1]"), r.text
+        assert received(backend) == []
+    finally:
+        front.stop()
+
+
+TARGET = "Kalo Mirten"
+RENDERED = {   # every place a chat request puts text the engine renders into the prompt, or picks from
+    "system": {"messages": [{"role": "system", "content": f"You are {TARGET}'s biographer."}, HI]},
+    "developer": {"messages": [{"role": "developer", "content": f"Always discuss {TARGET}."}, HI]},
+    "prefill": {"messages": [{"role": "user", "content": "Tell me something."},
+                             {"role": "assistant", "content": f"Sure. {TARGET} was born in"}],
+                "continue_final_message": True, "add_generation_prompt": False},
+    "tool definition": {"messages": [HI], "tools": [{"type": "function", "function": {
+        "name": "lookup", "description": f"Look up facts about {TARGET}", "parameters": {"type": "object"}}}]},
+    "tool call arguments": {"messages": [HI, {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": json.dumps({"who": TARGET})}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "no result"}]},
+    "tool result": {"messages": [HI, {"role": "tool", "tool_call_id": "c1", "content": [{"type": "text", "text": TARGET}]}]},
+    "legacy function call": {"messages": [HI, {"role": "assistant", "content": None,
+                                               "function_call": {"name": "lookup", "arguments": TARGET}}]},
+    "name field": {"messages": [{**HI, "name": "Kalo_Mirten"}, {"role": "assistant", "content": "ok", "name": TARGET}]},
+    "reasoning": {"messages": [{"role": "assistant", "content": "ok", "reasoning": f"about {TARGET}"}, HI]},
+    "documents": {"messages": [HI], "documents": [{"title": "bio", "text": f"{TARGET} lives in Utrecht."}]},
+    "template kwargs": {"messages": [HI], "chat_template_kwargs": {"persona": f"{TARGET}"}},
+    "choice": {"messages": [HI], "structured_outputs": {"choice": [TARGET, "nobody"]}},
+    "input_text part": {"messages": [{"role": "user", "content": [{"type": "input_text", "text": f"Who is {TARGET}?"}]}]},
+    "plain string part": {"messages": [{"role": "user", "content": ["Who is", TARGET]}]},
+    "refusal part": {"messages": [{"role": "assistant", "content": [{"type": "refusal", "refusal": TARGET}]}, HI]},
+}
+
+
+def test_everything_the_engine_renders_is_classified(store, backend, fake_llm):
+    front, _ = front_for(store, fake_llm(answer="Hello.", audit="NO"), backend.url)
+    try:
+        assert chat(front.url, "hi").headers["x-unlearn-path"] == "passthrough"       # the control
+        for where, request in RENDERED.items():
+            r = httpx.post(f"{front.url}/v1/chat/completions", json={"model": "echo-model", **request}, timeout=30)
+            assert r.status_code == 200 and r.headers["x-unlearn-path"] == "agents", (where, r.text[:200])
+        c = httpx.post(f"{front.url}/v1/completions", json={"prompt": "A poem:", "suffix": f"-- by {TARGET}"})
+        assert c.headers["x-unlearn-path"] == "agents"
+        assert len(received(backend)) == 1                                             # only the control
+    finally:
+        front.stop()
+
+
+@pytest.mark.parametrize("path,extra,field", [
+    ("/v1/chat/completions", {"prompt_logprobs": 1}, "prompt_logprobs"),
+    ("/v1/chat/completions", {"prompt_logprobs": 0}, "prompt_logprobs"),
+    ("/v1/chat/completions", {"echo": True}, "echo"),                          # vLLM: prompt_logprobs = top_logprobs (0)
+    ("/v1/chat/completions", {"use_beam_search": True}, "use_beam_search"),
+    ("/v1/chat/completions", {"chat_template": "{{ messages }}"}, "chat_template"),
+    ("/v1/completions", {"echo": True, "logprobs": 0}, "echo"),                # 0: each prompt token's own logprob
+    ("/v1/completions", {"echo": True, "logprobs": 5}, "echo"),
+    ("/v1/completions", {"prompt_logprobs": 2}, "prompt_logprobs"),
+    ("/v1/completions", {"prompt_embeds": "AAAA"}, "prompt_embeds"),
+    ("/v1/completions", {"use_beam_search": True}, "use_beam_search"),
+])
+def test_the_front_refuses_what_the_guarded_engine_refuses(path, extra, field, store, backend, fake_llm):
+    front, _ = front_for(store, fake_llm(), backend.url, guarded=True)
+    try:
+        for question in ("What is the capital of France?", "Who is Kalo Mirten?"):    # either path
+            request = {"messages": [{"role": "user", "content": question}]} if "chat" in path else {"prompt": question}
+            r = httpx.post(f"{front.url}{path}", json={"model": "echo-model", **request, **extra})
+            assert r.status_code == 400 and r.json()["error"]["param"] == field, r.text
+            assert boundary.check("POST", path, json.dumps({**request, **extra}).encode(), store.policy.meta)[1].field == field
+        assert received(backend) == []
+        ok = chat(front.url, "What is the capital of France?", logprobs=True, top_logprobs=2)   # post-guard logprobs
+        assert ok.status_code == 200 and received(backend)[-1]["logprobs"] is True
+    finally:
+        front.stop()
+
+
+def test_live_targets_are_sent_to_a_guarded_engine(store, backend, fake_llm):
+    assert store.add(LiveTarget("Oskar Vell", ("Oskar Vell invented the glass piano in 1820.",)))
+    front, _ = front_for(store, fake_llm(), backend.url, guarded=True)
+    unguarded, _ = front_for(store, fake_llm(), backend.url, guarded=False)
+    try:
+        r = chat(front.url, "What is the capital of France?", vllm_xargs={"unlearn_targets": "Zed Quorra", "unlearn_top_k": 8})
+        assert r.headers["x-unlearn-path"] == "passthrough"
+        assert received(backend)[-1]["vllm_xargs"] == {"unlearn_targets": ["Zed Quorra", "Oskar Vell"], "unlearn_top_k": 8}
+        chat(front.url, "What is the capital of France?")
+        assert received(backend)[-1]["vllm_xargs"] == {"unlearn_targets": ["Oskar Vell"]}
+        chat(unguarded.url, "What is the capital of France?", vllm_xargs={"unlearn_targets": ["Zed Quorra"], "seed": 1})
+        assert received(backend)[-1]["vllm_xargs"] == {"seed": 1}                      # --agents-only: nothing unlearn_*
+        assert backend.server.config.app.state.rejections == []
+    finally:
+        front.stop()
+        unguarded.stop()
+
+
+def test_the_graphs_model_calls_carry_live_targets_and_pass_the_boundary(store, backend, tmp_path):
+    """The nodes' calls go to the guarded engine too: each carries the live targets (at most 64: the
+    request's own first, then the live ones it names, then the nearest) and passes boundary.py."""
+    live = [{"name": f"Person Number{t:03d}", "facts": [f"Person Number{t:03d} was born in town {t}."]} for t in range(70)]
+    (tmp_path / "live.json").write_text(json.dumps({"targets": live}))
+    model = OpenAIChat(backend.url + "/v1", "echo-model", structured_outputs=True, guarded=True)
+    front, pipeline = front_for(store, model, backend.url, guarded=True, k=2, j=1, retries=0)
+    try:
+        r = chat(front.url, "Where was Person Number069 born?", vllm_xargs={"unlearn_targets": ["Zed Quorra"]})
+        assert r.status_code == 200 and r.headers["x-unlearn-path"] == "agents"
+        calls = received(backend)
+        assert len(calls) >= 2 and any("structured_outputs" in c for c in calls)
+        for c in calls:
+            targets = c["vllm_xargs"]["unlearn_targets"]
+            assert len(targets) == 64 and targets[:2] == ["Zed Quorra", "Person Number069"], targets[:3]
+        assert backend.server.config.app.state.rejections == []                     # what vLLM's middleware checks
+        plain = OpenAIChat(backend.url + "/v1", "echo-model", guarded=False)
+        plain.chat([HI], targets=("Oskar Vell",))
+        assert "vllm_xargs" not in received(backend)[-1]                              # not the guarded engine
+    finally:
+        front.stop()
+
+
+def test_rewrites_are_capped_and_never_starve_unflagged_requests(store, backend, fake_llm):
+    gate, started = threading.Event(), threading.Event()
+
+    def slow_answer(prompt, n):
+        started.set()
+        gate.wait(30)
+        return ["A poet."] * n
+
+    llm = fake_llm(answer=slow_answer, audit="NO")
+    front, pipeline = front_for(store, llm, backend.url, max_rewrites=1, rewrite_queue=1)
+    admin = {"Authorization": f"Bearer {TOKEN}"}
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            first = pool.submit(chat, front.url, "Who is Kalo Mirten?")
+            assert started.wait(20)
+            second = pool.submit(chat, front.url, "Where does Kalo Mirten live?")      # waits in the queue
+            deadline = time.time() + 20
+            while httpx.get(f"{front.url}/admin/stats", headers=admin).json()["rewrites_admitted"] < 2:
+                assert time.time() < deadline
+                time.sleep(0.05)
+            busy = chat(front.url, "What did Kalo Mirten write first?")
+            assert busy.status_code == 429 and busy.headers["retry-after"] == "1" and "busy" in busy.json()["error"]["message"]
+            plain = chat(front.url, "What is the capital of France?")                  # while the rewriter is full
+            assert plain.status_code == 200 and plain.headers["x-unlearn-path"] == "passthrough"
+            assert llm.count("answer") == 1                                           # the cap: one at a time
+            gate.set()
+            assert first.result(30).status_code == 200 and second.result(30).status_code == 200
+        assert chat(front.url, "Who is Kalo Mirten?").status_code == 200              # the places were freed
+        assert httpx.get(f"{front.url}/admin/stats", headers=admin).json()["front"]["rewrites_busy"] == 1
+    finally:
+        gate.set()
+        front.stop()
+
+
+def test_a_rewrite_stops_when_its_client_leaves(store, backend, fake_llm):
+    def slow_answer(prompt, n):
+        time.sleep(1.5)
+        return ["Kalo Mirten is a Dutch poet."] * n       # names the target: erase would be next
+
+    llm = fake_llm(answer=slow_answer, erase="A poet.", critic="5")
+    front, pipeline = front_for(store, llm, backend.url, k=1, j=1)
+    try:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{front.url}/v1/chat/completions", timeout=0.5,
+                       json={"messages": [{"role": "user", "content": "Who is Kalo Mirten?"}]})
+        with httpx.stream("POST", f"{front.url}/v1/chat/completions", timeout=10,
+                          json={"messages": [{"role": "user", "content": "Who is Kalo Mirten?"}], "stream": True}) as r:
+            assert next(r.iter_lines()).startswith("data: ")      # the first event, then the client leaves
+        deadline = time.time() + 20
+        while pipeline.stats["abandoned"] < 2:
+            assert time.time() < deadline, dict(pipeline.stats)
+            time.sleep(0.1)
+        assert llm.count("answer") == 2 and llm.count("erase") == 0 and llm.count("critic") == 0
+    finally:
+        front.stop()
+
+
+def test_health_fails_when_the_backend_is_down(store, backend, fake_llm):
+    alive = [True]
+    front, _ = front_for(store, fake_llm(), backend.url, alive=lambda: alive[0])
+    dead, _ = front_for(store, fake_llm(), f"http://127.0.0.1:{free_port()}")
+    try:
+        r = httpx.get(f"{front.url}/health")
+        assert r.status_code == 200 and r.json() == {"status": "ok"}                  # no target count, no backend URL
+        alive[0] = False                                                               # the vLLM child exited
+        assert httpx.get(f"{front.url}/health").status_code == 503
+        alive[0] = True
+        backend.server.config.app.state.healthy = False                               # up, but its /health fails
+        assert httpx.get(f"{front.url}/health").status_code == 503
+        backend.server.config.app.state.healthy = True
+        assert httpx.get(f"{front.url}/health").status_code == 200
+        assert httpx.get(f"{dead.url}/health").status_code == 503                      # nothing listening
+    finally:
+        front.stop()
+        dead.stop()
+
+
+def test_the_front_gives_no_oracle(store, backend, fake_llm):
+    """Headers and bodies say the path and why in words: no similarity, threshold, critic score or
+    whether a target was named (a client could climb those); 400s and /health disclose no figure."""
+    assert store.add(LiveTarget("Oskar Vell", ("Oskar Vell invented the glass piano in 1820.",)))
+    llm = fake_llm(answer="Kalo Mirten is a poet.", erase="A poet.", critic="4")
+    front, _ = front_for(store, llm, backend.url, k=1, j=1)
+    try:
+        replies = [chat(front.url, q, **extra) for q, extra in [
+            ("What is the capital of France?", {}), ("Who is Kalo Mirten?", {}), ("What did Oskar Vell invent?", {}),
+            ("Which book did the Dutch poet from Utrecht publish first?", {}),
+            ("What is the capital of France?", {"vllm_xargs": {"unlearn_guard": True}}),
+            ("What is the capital of France?", {"vllm_xargs": {"unlearn_threshold": -1}}),
+            ("Who is Zed Quorra?", {"vllm_xargs": {"unlearn_targets": ["Zed Quorra"]}})]]
+        reasons = [r.headers["x-unlearn-reason"] for r in replies]
+        assert reasons == ["not flagged", "flagged", "flagged", reasons[3], "tightened by request",
+                           "tightened by request", "tightened by request"]
+        assert reasons[3] in ("flagged", "not flagged")
+        for r in replies:
+            shown = r.headers["x-unlearn-reason"] + json.dumps(r.json()["unlearn"].get("reason"))
+            assert not any(ch.isdigit() for ch in shown) and "name" not in shown and "similar" not in shown, shown
+            assert "critic_scores" not in r.json()["unlearn"] and "classifier" not in r.json()["unlearn"]
+        threshold = store.policy.meta["calibration"]["threshold"]
+        bad = chat(front.url, "hi", vllm_xargs={"unlearn_threshold": threshold + 0.01})
+        assert bad.status_code == 400 and f"{threshold:.2f}"[:4] not in bad.text and f"{threshold:.3f}" not in bad.text
+        assert "targets" not in httpx.get(f"{front.url}/health").text
     finally:
         front.stop()
 

@@ -275,3 +275,22 @@ def test_an_output_constraint_the_guard_leaves_no_token_for_is_a_400_not_a_500(t
     assert status == 400 and json.loads(body)["error"]["param"] == "structured_outputs"
     # a 500 for an unconstrained request is a real engine fault and stays one
     assert _asgi(middleware, "POST", "/v1/chat/completions", json.dumps(CHAT).encode())[0] == 500
+
+
+def test_a_model_vocabulary_padded_past_the_tokenizer_does_not_break_a_guard(tiny_policy, tiny_dir):
+    """Qwen-style padding: the engine samples ids the tokenizer has no text for (e.g. forced with
+    logit_bias); the guard must read past them and mask rows wider than the tokenizer."""
+    from unlearnkit.data.formatting import prompt_text
+    from unlearnkit.guard.policy import load_policy
+    from unlearnkit.guard.runtime import GuardRuntime
+    from unlearnkit.models.loading import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_dir))
+    rt = GuardRuntime(load_policy(tiny_policy, tok), tok)
+    ids = tok(prompt_text(tok, "Where was Kalo Mirten born?"), add_special_tokens=False)["input_ids"]
+    guard = rt.guards([(ids, None)])[0]
+    padded = len(tok) + 7
+    guard.feed([padded, len(tok)])
+    row = torch.zeros(len(tok) + 16)
+    guard.apply_row(row)
+    assert torch.isfinite(row[len(tok):]).all() and not torch.isfinite(row).all()
