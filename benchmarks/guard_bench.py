@@ -5,9 +5,10 @@
 
 1. Throughput: the same prompts (TOFU-mini forget questions, their paraphrases and retain
    questions: mixed flagged and unflagged) through plain and guarded offline vLLM, alternating
-   plain/guarded for --rounds rounds; generated tokens per second of `llm.generate` (engine start
-   excluded), ratio of the medians guarded/plain (separate engine runs vary by about +-10%, hence
-   several rounds). Also the guard's own work per decode step, timed without the model.
+   plain/guarded for --rounds rounds in ABBA order; generated tokens per second of `llm.generate`
+   (engine start excluded); the guarded/plain ratio of each round's pair, their mean and its 95%
+   confidence interval (separate engine runs vary by about +-10%: read the interval, not one
+   round). The guarded engine runs the always-on names check on every unflagged request. Also the guard's own work per decode step, timed without the model.
 2. Classification cost per request: the classifier on one prompt at a time (median, p90), and per
    request when a step admits a batch of 16 together (how vLLM admits a burst).
 3. Load test: `unlearn serve --guard` on loopback, 64 concurrent streaming requests (chat and
@@ -58,7 +59,8 @@ def throughput(path: str, policy: str, ids, max_tokens: int, rounds: int) -> dic
     runs = {"plain": [], "guarded": []}
     outputs = {}
     for r in range(rounds):
-        for name in ("plain", "guarded"):
+        # ABBA: the order alternates, so a drift of the machine over the run cancels out of the pairs
+        for name in (("plain", "guarded") if r % 2 == 0 else ("guarded", "plain")):
             extra = {"logits_processors": [FQCN]} if name == "guarded" else {}
             env = {POLICY_ENV: str(Path(policy).resolve())} if name == "guarded" else None
             out = run_vllm(path, {**req, **extra}, env=env)
@@ -69,8 +71,21 @@ def throughput(path: str, policy: str, ids, max_tokens: int, rounds: int) -> dic
                   f"{tokens / out['generate_s']:.1f} tok/s", flush=True)
     plain = statistics.median(x["tok_s"] for x in runs["plain"])
     guarded = statistics.median(x["tok_s"] for x in runs["guarded"])
+    ratios = [g["tok_s"] / p["tok_s"] for p, g in zip(runs["plain"], runs["guarded"])]
     return {"runs": runs, "plain_tok_s": plain, "guarded_tok_s": guarded, "ratio": guarded / plain,
+            "pair_ratios": ratios, "ratio_mean": statistics.mean(ratios), "ratio_ci95": ci95(ratios),
             "prompts": len(ids), "max_tokens": max_tokens, "outputs": outputs}
+
+
+def ci95(values: list[float]) -> tuple[float, float] | None:
+    """Student-t 95% confidence interval of the mean (None with fewer than two values)."""
+    if len(values) < 2:
+        return None
+    from scipy import stats
+
+    mean, sem = statistics.mean(values), statistics.stdev(values) / len(values) ** 0.5
+    half = float(stats.t.ppf(0.975, len(values) - 1)) * sem
+    return mean - half, mean + half
 
 
 def classification_cost(path: str, policy: str, ids) -> dict:
@@ -257,8 +272,11 @@ def main() -> int:
     tp.pop("outputs")
     tp["identical_outputs"] = same
     report["throughput"] = tp
+    ci = tp["ratio_ci95"]
     print(f"throughput: plain {tp['plain_tok_s']:.1f} tok/s, guarded {tp['guarded_tok_s']:.1f} tok/s, "
-          f"ratio {tp['ratio']:.3f}; {same}/{n_plain} outputs identical", flush=True)
+          f"ratio of medians {tp['ratio']:.3f}; paired ratios {[round(r, 3) for r in tp['pair_ratios']]}, mean "
+          f"{tp['ratio_mean']:.3f}" + (f", 95% CI [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "") +
+          f"; {same}/{n_plain} outputs identical", flush=True)
     if not args.skip_server:
         report["load_test"] = lt = load_test(path, args.policy, questions)
         print(f"load test: {lt['completed']}/{lt['requests']} streamed requests completed, {lt['lost']} lost, "
