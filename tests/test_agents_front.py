@@ -375,10 +375,15 @@ def test_the_graphs_model_calls_carry_live_targets_and_pass_the_boundary(store, 
         r = chat(front.url, "Where was Person Number069 born?", vllm_xargs={"unlearn_targets": ["Zed Quorra"]})
         assert r.status_code == 200 and r.headers["x-unlearn-path"] == "agents"
         calls = received(backend)
-        assert len(calls) >= 2 and any("structured_outputs" in c for c in calls)
+        assert len(calls) >= 2    # answer, erase (the echoed draft names the target: no audit call)
         for c in calls:
             targets = c["vllm_xargs"]["unlearn_targets"]
             assert len(targets) == 64 and targets[:2] == ["Zed Quorra", "Person Number069"], targets[:3]
+        # a draft naming no target is audited: a constrained call (structured_outputs), with the targets too
+        forced = chat(front.url, "What is the capital of France?", vllm_xargs={"unlearn_guard": True})
+        assert forced.headers["x-unlearn-path"] == "agents"
+        audit = [c for c in received(backend)[len(calls):] if "structured_outputs" in c]
+        assert audit and all(len(c["vllm_xargs"]["unlearn_targets"]) == 64 for c in audit)
         assert backend.server.config.app.state.rejections == []                     # what vLLM's middleware checks
         plain = OpenAIChat(backend.url + "/v1", "echo-model", guarded=False)
         plain.chat([HI], targets=("Oskar Vell",))
