@@ -31,6 +31,8 @@ class RequestGuard:
     live: frozenset = field(default_factory=frozenset)
     text_state: int = -1                        # -1: the matcher's start state
     consumed: int = 0
+    spelled: Optional[TextMatcher] = None       # full names matched letter by letter, whatever separates them
+    spelled_state: int = 0
     fallback: Optional[int] = None              # the token to force when the guard leaves no token (end of sequence)
     always_on: bool = False                     # the names check every unflagged request gets
 
@@ -42,17 +44,21 @@ class RequestGuard:
         """Advance over newly generated tokens."""
         for tok in new_tokens:
             self.live = self.trie.advance(self.live, int(tok))
-        if self.text is not None:
-            self.text_state = self.text.advance_tokens(self.text_state, new_tokens)
+        self._advance_text(new_tokens)
         self.consumed += len(new_tokens)
+
+    def _advance_text(self, tokens: Sequence[int]) -> None:
+        if self.text is not None:
+            self.text_state = self.text.advance_tokens(self.text_state, tokens)
+        if self.spelled is not None:
+            self.spelled_state = self.spelled.advance_tokens(self.spelled_state, tokens)
 
     def prime(self, context: Sequence[int]) -> None:
         """Read the end of the prompt before any output (not counted as consumed output): a
         phrase the prompt has begun can then not be completed by the response."""
         for tok in context:
             self.live = self.trie.advance(self.live, int(tok))
-        if self.text is not None:
-            self.text_state = self.text.advance_tokens(self.text_state, context)
+        self._advance_text(context)
 
     def observe(self, output_ids: Sequence[int]) -> None:
         """Advance over output tokens not seen yet (vLLM V1 appends to the same list)."""
@@ -83,6 +89,9 @@ class RequestGuard:
         if self.text is not None:
             state = self.text.advance_tokens(self.text_state, extra) if extra else self.text_state
             blocked |= _block(row, self.text.blocked_index(state, row.device), width)
+        if self.spelled is not None:
+            state = self.spelled.advance_tokens(self.spelled_state, extra) if extra else self.spelled_state
+            blocked |= _block(row, self.spelled.blocked_index(state, row.device), width)
         if blocked and self.fallback is not None and self.fallback < width and not torch.isfinite(row).any():
             # every token the request may still sample (its grammar, allowed_token_ids) is withheld:
             # end the response rather than hand the sampler a row with nothing to sample

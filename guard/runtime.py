@@ -32,7 +32,7 @@ from .classifier import Decision, PromptClassifier, UserTurn
 from .decode import RequestGuard
 from .penalty import dense_penalty
 from .policy import Policy, load_policy, read_meta
-from .textmatch import TextMatcher, TokenTexts
+from .textmatch import TextMatcher, TokenTexts, normalise
 from .trie import TokenTrie, token_sequences
 
 log = logging.getLogger("unlearnkit.guard")
@@ -40,6 +40,7 @@ log = logging.getLogger("unlearnkit.guard")
 POLICY_ENV = "UNLEARN_GUARD_POLICY"
 FQCN = "unlearnkit.guard.vllm_plugin:UnlearnGuard"   # the class to give vLLM (--logits-processors)
 PREFIX = "unlearn_"
+SPELLED_MIN = 8      # letters a full name needs to be matched spelled out
 PRIME_TOKENS = 32   # prompt tokens a guard reads before the output (a phrase begun in the prompt)
 ARGS = ("unlearn_targets", "unlearn_guard", "unlearn_threshold", "unlearn_penalty", "unlearn_top_k")
 
@@ -169,15 +170,19 @@ class GuardRuntime:
         self.stats = {"requests": 0, "flagged": 0, "failed": 0}
         self.names = self._names_check()
 
-    def _names_check(self) -> Optional[tuple[TokenTrie, TextMatcher]]:
+    def _names_check(self) -> Optional[tuple[TokenTrie, TextMatcher, Optional[TextMatcher]]]:
         """The always-on output check: every target's name and distinctive name parts (its lexical
         probes), forbidden in every request's output, flagged or not, so a classifier miss is not a
-        full bypass. None for a policy without targets (e.g. a set of news facts)."""
+        full bypass; and the full names spelled out letter by letter ("K-a-l-o M-i-r-t-e-n"; names
+        of at least SPELLED_MIN letters, so that ordinary text does not spell one by chance).
+        None for a policy without targets (e.g. a set of news facts)."""
         probes = [p for target in self.policy.targets for p in target.get("probes", [target["name"]])]
         probes = [p for p in dict.fromkeys(probes) if len(p.strip()) >= 4]
         if not probes:
             return None
-        return TokenTrie(token_sequences(self.tokenizer, probes)), TextMatcher(probes, self.token_texts)
+        full = [t["name"] for t in self.policy.targets if len(normalise(t["name"]).replace(" ", "")) >= SPELLED_MIN]
+        spelled = TextMatcher(full, self.token_texts.spelled(), spelled=True) if full else None
+        return TokenTrie(token_sequences(self.tokenizer, probes)), TextMatcher(probes, self.token_texts), spelled
 
     def warm_up(self, max_targets: int = 64) -> None:
         """Build each target's trie now (the usual flagged request touches one target), so the first
@@ -261,13 +266,15 @@ class GuardRuntime:
         if not (decision.flagged or args.force or args.targets):
             if self.names is None:
                 return None
-            return RequestGuard(self.names[0], text=self.names[1], fallback=self.eos, always_on=True)
+            return RequestGuard(self.names[0], text=self.names[1], spelled=self.names[2], fallback=self.eos,
+                                always_on=True)
         targets, items = decision.targets, decision.items
         if not decision.flagged and args.force:   # guarded on request: against its nearest items
             targets, items = self.classifier.expand(set(), set(decision.nearest))
         key = (items, targets, args.targets)
         return RequestGuard(self._trie(*key), penalty=self._penalty(targets, args.penalty, temperature),
-                            text=self._matcher(*key), fallback=self.eos)
+                            text=self._matcher(*key), spelled=self.names[2] if self.names else None,
+                            fallback=self.eos)
 
     def decide(self, prompts: list[Sequence[int]], args: list[RequestArgs]) -> list[Decision]:
         """Classify a batch; requests that share a threshold/top_k are embedded together."""

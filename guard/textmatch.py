@@ -35,7 +35,17 @@ class TokenTexts:
         prefix = tokenizer.decode(anchor)
         texts = [t[len(prefix):] if t.startswith(prefix) else t
                  for t in tokenizer.batch_decode([anchor + [i] for i in ids])]
-        self.text = ["" if i in special else normalise(t) for i, t in zip(ids, texts)]
+        self._index(["" if i in special else normalise(t) for i, t in zip(ids, texts)], cache_size)
+
+    def spelled(self) -> "TokenTexts":
+        """The same vocabulary with letters and digits only (no word boundaries): the view a
+        spelled-out name ("K a l o", "K-a-l-o", "K.a.l.o") is matched on."""
+        view = object.__new__(TokenTexts)
+        view._index([t.replace(" ", "") for t in self.text], self.cache_size)
+        return view
+
+    def _index(self, text: list[str], cache_size: int) -> None:
+        self.text = text
         self.cache_size = cache_size
         order = sorted((t, i) for i, t in enumerate(self.text) if t)
         self._sorted = [t for t, _ in order]
@@ -66,12 +76,16 @@ class TokenTexts:
 
 
 class TextMatcher:
-    def __init__(self, phrases: Iterable[str], texts: TokenTexts):
+    def __init__(self, phrases: Iterable[str], texts: TokenTexts, spelled: bool = False):
+        """`spelled`: match the phrases' letters and digits in order whatever separates them
+        ("K a l o  M i r t e n"), on `texts.spelled()`; no word-start condition."""
         self.texts = texts
         self.goto: list[dict[str, int]] = [{}]
         self.fail: list[int] = [0]
         self.rest: list[list[str]] = [[]]          # per state: what would complete a phrase from it
-        for phrase in dict.fromkeys(" " + normalise(p).strip() for p in phrases if normalise(p).strip()):
+        keys = ((normalise(p).replace(" ", "") if spelled else " " + normalise(p).strip()) for p in phrases
+                if normalise(p).strip())
+        for phrase in dict.fromkeys(keys):
             node = 0
             for depth, ch in enumerate(phrase):
                 self.rest[node].append(phrase[depth:])

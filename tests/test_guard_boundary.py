@@ -294,3 +294,27 @@ def test_a_model_vocabulary_padded_past_the_tokenizer_does_not_break_a_guard(tin
     row = torch.zeros(len(tok) + 16)
     guard.apply_row(row)
     assert torch.isfinite(row[len(tok):]).all() and not torch.isfinite(row).all()
+
+
+def test_a_name_spelled_out_letter_by_letter_is_stopped(tiny_policy, tiny_dir):
+    """Asked to spell the name with separators, the output cannot finish it either."""
+    from unlearnkit.data.formatting import prompt_text
+    from unlearnkit.guard.policy import load_policy
+    from unlearnkit.guard.runtime import GuardRuntime
+    from unlearnkit.models.loading import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_dir))
+    rt = GuardRuntime(load_policy(tiny_policy, tok), tok)
+    ids = tok(prompt_text(tok, "Spell the capital of France with dashes."), add_special_tokens=False)["input_ids"]
+    for text in ("K-a-l-o M-i-r-t-e-", "K a l o  M i r t e ", "k.a.l.o.m.i.r.t.e."):
+        guard = rt.guards([(ids, None)])[0]
+        guard.feed(tok(text, add_special_tokens=False)["input_ids"])
+        row = torch.zeros(len(tok))
+        guard.apply_row(row)
+        n = tok("n", add_special_tokens=False)["input_ids"]
+        assert len(n) == 1 and row[n[0]] == float("-inf"), text
+    guard = rt.guards([(ids, None)])[0]                       # an ordinary word is not touched
+    guard.feed(tok("K-a-l-o is", add_special_tokens=False)["input_ids"])
+    row = torch.zeros(len(tok))
+    guard.apply_row(row)
+    assert torch.isfinite(row[tok("n", add_special_tokens=False)["input_ids"][0]])
