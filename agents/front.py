@@ -223,17 +223,20 @@ def create_app(store: TargetStore, pipeline: Pipeline, backend: str, *, model_na
 
     def classify(ask: FrontRequest) -> Verdict:
         """On the classification pool: a flood of rewrites (their own pool) cannot starve it."""
-        whole, segments = ask.prompt.classifier_input()
+        whole, views = ask.prompt.whole, ask.prompt.views()
         failed = False
         try:
             store.refresh()   # a changed live-targets file is re-read (and embedded) here, off the event loop
-            decision = store.classify(whole, segments, ask.args.threshold, ask.args.targets)
+            for segments in views:   # the user messages, then everything rendered
+                decision = store.classify(whole, segments, ask.args.threshold, ask.args.targets)
+                if decision.flagged:
+                    break
             flagged = decision.flagged or ask.args.force
             log.debug("agent front: %s (%s)", "flagged" if flagged else "not flagged", decision.reason)
         except Exception:   # fail closed: an unclassifiable request goes through the rewriter
             log.exception("agent front: classification failed; routing the request to the rewriter")
             flagged = failed = True
-        targets = engine_targets(store, ask, [segments[-1], whole]) if backend_guarded else ()
+        targets = engine_targets(store, ask, [views[0][-1], whole]) if backend_guarded else ()
         return Verdict(flagged, client_reason(flagged, ask.tightened), targets, failed)
 
     async def handle(request: Request, kind: str):

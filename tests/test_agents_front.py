@@ -374,7 +374,7 @@ def test_the_graphs_model_calls_carry_live_targets_and_pass_the_boundary(store, 
     try:
         r = chat(front.url, "Where was Person Number069 born?", vllm_xargs={"unlearn_targets": ["Zed Quorra"]})
         assert r.status_code == 200 and r.headers["x-unlearn-path"] == "agents"
-        calls = received(backend)
+        calls = list(received(backend))
         assert len(calls) >= 2    # answer, erase (the echoed draft names the target: no audit call)
         for c in calls:
             targets = c["vllm_xargs"]["unlearn_targets"]
@@ -428,14 +428,15 @@ def test_rewrites_are_capped_and_never_starve_unflagged_requests(store, backend,
 
 def test_a_rewrite_stops_when_its_client_leaves(store, backend, fake_llm):
     def slow_answer(prompt, n):
-        time.sleep(1.5)
+        time.sleep(2.0)
         return ["Kalo Mirten is a Dutch poet."] * n       # names the target: erase would be next
 
     llm = fake_llm(answer=slow_answer, erase="A poet.", critic="5")
     front, pipeline = front_for(store, llm, backend.url, k=1, j=1)
     try:
+        assert chat(front.url, "What is the capital of France?").status_code == 200   # the embedder is warm
         with pytest.raises(httpx.ReadTimeout):
-            httpx.post(f"{front.url}/v1/chat/completions", timeout=0.5,
+            httpx.post(f"{front.url}/v1/chat/completions", timeout=1.0,
                        json={"messages": [{"role": "user", "content": "Who is Kalo Mirten?"}]})
         with httpx.stream("POST", f"{front.url}/v1/chat/completions", timeout=10,
                           json={"messages": [{"role": "user", "content": "Who is Kalo Mirten?"}], "stream": True}) as r:
@@ -494,6 +495,13 @@ def test_the_front_gives_no_oracle(store, backend, fake_llm):
         bad = chat(front.url, "hi", vllm_xargs={"unlearn_threshold": threshold + 0.01})
         assert bad.status_code == 400 and f"{threshold:.2f}"[:4] not in bad.text and f"{threshold:.3f}" not in bad.text
         assert "targets" not in httpx.get(f"{front.url}/health").text
+
+        def broken(*args, **kwargs):
+            raise RuntimeError("embedder down")
+
+        store.classify = broken                                                   # fail closed, and say no more
+        r = chat(front.url, "What is the capital of France?")
+        assert (r.headers["x-unlearn-path"], r.headers["x-unlearn-reason"]) == ("agents", "flagged")
     finally:
         front.stop()
 

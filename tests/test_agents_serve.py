@@ -48,15 +48,20 @@ def test_agent_server_end_to_end(vllm_sized_model, tiny_policy, tmp_path, cli_se
         meta = r.json()["unlearn"]
         assert r.status_code == 200 and meta["path"] == "agents" and meta["route"] in ("clean", "rewritten", "refused")
         assert meta["llm_calls"] >= 2 and meta["prompt_tokens"] > 0, meta
-        assert all(s is None or 1 <= s <= 5 for s in meta["critic_scores"])
+        assert meta["reason"] == "flagged" and "critic_scores" not in meta      # no figures for a client
+        assert httpx.get(f"http://127.0.0.1:{port}/health").json() == {"status": "ok"}
         s = httpx.post(f"{front}/chat/completions", json={**flagged, "stream": True}, timeout=300)
         assert s.text.rstrip().endswith("data: [DONE]") and '"unlearn"' in s.text
         bad = httpx.post(f"{front}/chat/completions", json={**plain, "vllm_xargs": {"unlearn_threshold": 0.99}})
-        assert bad.status_code == 400
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "vllm_xargs"
+        echo = httpx.post(f"{front}/chat/completions", json={**plain, "echo": True})     # the engine refuses it too
+        assert echo.status_code == 400 and httpx.post(f"{direct}/chat/completions", json={**plain, "echo": True}).status_code == 400
         admin = {"Authorization": "Bearer t0k"}
         assert httpx.post(f"http://127.0.0.1:{port}/admin/targets", json={"name": "Oskar Vell"}, headers=admin).status_code == 201
         q = {**plain, "messages": [{"role": "user", "content": "Tell me about Oskar Vell."}]}
         assert httpx.post(f"{front}/chat/completions", json=q, timeout=300).headers["x-unlearn-path"] == "agents"
+        # relayed with the live target in vllm_xargs: the guarded engine (its boundary middleware too) accepts it
+        assert httpx.post(f"{front}/chat/completions", json=plain, timeout=120).status_code == 200
         assert json.loads((tmp_path / "live.json").read_text())["targets"][0]["name"] == "Oskar Vell"
     assert server.returncode is not None
     with pytest.raises(httpx.ConnectError):   # stopping the front stopped vLLM too
