@@ -111,9 +111,11 @@ def build_policy(forget: list[QA], out_dir: str | Path, model_path: str, tokeniz
         retain = [retain[int(i * step)] for i in range(cfg.max_retain)]
     questions = [_item_text(item) for item in forget]
 
-    # targets: recurring names the questions ask about; probes: the name + its distinctive parts
-    target_names = group_targets(questions) or []
+    # targets: recurring names the questions ask about, less those the retain prompts also name
+    # ("South Africa": a place the retain set asks about too, not what the forget set is about);
+    # probes: the name + its distinctive parts
     background = [r.question for r in retain]
+    target_names = [n for n in group_targets(questions) if not any(mentions(b, [n]) for b in background)]
     targets = []
     spelled = [disguise.collapsed(disguise.fold(q)) for q in background]
     for name in target_names:

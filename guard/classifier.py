@@ -32,6 +32,8 @@ from .phrases import ProbeIndex
 
 MIN_COLLAPSED = 8      # letters a name needs before it is also searched for with separators removed
 WINDOW_WORDS = 40      # a message longer than this is embedded as sentence windows too
+SHORT_CHARS = 400      # texts up to this length are embedded in one batch, longer ones in another
+CACHED_CHARS = 2000    # the nearest items of texts up to this length are kept for repeats (system prompts)
 
 SENTINEL = "\u2063UNLEARN\u2063"
 
@@ -133,12 +135,13 @@ def _collapsed_names(targets: list[dict]) -> list[tuple[str, int]]:
 
 def queries(whole: str, segments: list[str], max_words: int = WINDOW_WORDS) -> list[str]:
     """The texts the semantic test embeds for one prompt, without repeats: the last user message
-    (folded) first, its de-leeted / joined form if that differs, all user messages together when
-    there are several, then every other message of the prompt (markers and role headers removed),
-    a long one (over `max_words` words) as sentence windows. The last user message is not repeated
-    as its own window unless it is long."""
-    last = disguise.fold(segments[-1]) if segments else ""
-    out = [last, disguise.semantic_view(last)]
+    (folded) first, then its de-leeted / joined / turned-round forms where they differ
+    (disguise.semantic_views), all user messages together when there are several, then every other
+    message of the prompt (markers and role headers removed), a long one (over `max_words` words)
+    as sentence windows. The last user message is not repeated unless it is long (its windows)."""
+    views = disguise.semantic_views(segments[-1] if segments else "")
+    last = views[0]
+    out = list(views)
     if len(segments) > 1:
         out.append(disguise.fold("\n".join(segments)))
     for message in disguise.messages(whole) or [whole]:
@@ -189,23 +192,30 @@ class PromptClassifier:
         return found
 
     def _search(self, texts: list[str], k: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """Nearest forget items of each text: one embedding call for those not seen recently."""
+        """Nearest forget items of each text, embedding those not seen recently: one call for the
+        short ones, one for the long ones (so short texts are not padded to a long one's length)."""
         with self._lock:
             out = {t: self._cache[(t, k)] for t in texts if (t, k) in self._cache}
         missing = [t for t in dict.fromkeys(texts) if t not in out]
-        if missing:
-            sims, idx = self.policy.index.search(embed(missing), k)
+        # short texts apart from long ones: a padded batch costs its longest text times its size
+        for group in ([t for t in missing if len(t) <= SHORT_CHARS], [t for t in missing if len(t) > SHORT_CHARS]):
+            if not group:
+                continue
+            sims, idx = self.policy.index.search(embed(group), k)
             with self._lock:
-                for t, s, i in zip(missing, sims, idx):
-                    out[t] = self._cache[(t, k)] = (s, i)
-                    if len(self._cache) > self._cache_size:
-                        self._cache.popitem(last=False)
+                for t, s, i in zip(group, sims, idx):
+                    out[t] = (s, i)
+                    if len(t) <= CACHED_CHARS:      # a huge message is not kept
+                        self._cache[(t, k)] = (s, i)
+                        if len(self._cache) > self._cache_size:
+                            self._cache.popitem(last=False)
         return out
 
     def classify(self, prompts: list, threshold: float | None = None, top_k: int | None = None) -> list[Decision]:
         """One decision per prompt. A prompt is a string (one message) or (whole prompt text, user
         messages): the lexical test reads the whole text (every turn, the system prompt too); the
-        semantic test scores every text `queries` makes of it, all prompts in one embedding call."""
+        semantic test scores every text `queries` makes of it, for all prompts together (one
+        embedding call for the short texts, one for the long ones); the best score decides."""
         threshold = self.threshold if threshold is None else threshold
         top_k = min(self.top_k if top_k is None else top_k, self.policy.index.ntotal)
         prompts = [(p, [p]) if isinstance(p, str) else p for p in prompts]
