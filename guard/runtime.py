@@ -171,16 +171,19 @@ class GuardRuntime:
         self.names = self._names_check()
 
     def _names_check(self) -> Optional[tuple[TokenTrie, TextMatcher, Optional[TextMatcher]]]:
-        """The always-on output check: every target's name and distinctive name parts (its lexical
-        probes), forbidden in every request's output, flagged or not, so a classifier miss is not a
+        """The always-on output check: every distinctive target's name and distinctive name parts
+        (its lexical probes), forbidden in every request's output, flagged or not, so a classifier miss is not a
         full bypass; and the full names spelled out letter by letter ("K-a-l-o M-i-r-t-e-n"; names
         of at least SPELLED_MIN letters, so that ordinary text does not spell one by chance).
         None for a policy without targets (e.g. a set of news facts)."""
-        probes = [p for target in self.policy.targets for p in target.get("probes", [target["name"]])]
+        # a target none of whose words is distinctive (its only probe is its name, e.g. "African
+        # American": every word occurs in ordinary prompts) is forbidden for flagged requests only
+        distinct = [t for t in self.policy.targets if len(t.get("probes", [])) > 1]
+        probes = [p for target in distinct for p in target["probes"]]
         probes = [p for p in dict.fromkeys(probes) if len(p.strip()) >= 4]
         if not probes:
             return None
-        full = [t["name"] for t in self.policy.targets if len(normalise(t["name"]).replace(" ", "")) >= SPELLED_MIN]
+        full = [t["name"] for t in distinct if len(normalise(t["name"]).replace(" ", "")) >= SPELLED_MIN]
         spelled = TextMatcher(full, self.token_texts.spelled(), spelled=True) if full else None
         return TokenTrie(token_sequences(self.tokenizer, probes)), TextMatcher(probes, self.token_texts), spelled
 
