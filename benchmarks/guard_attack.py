@@ -207,24 +207,37 @@ def oracles(port: int, model: str, question: str, meta: dict) -> dict:
 
 
 def flood(port: int, model: str, question: str, plain: dict, n: int = 15) -> dict:
+    """A plain request's latency alone, while `n` flagged requests with fresh `unlearn_targets` run,
+    and while the same `n` flagged requests run without them (the control: what sharing the engine's
+    batch with `n` other requests costs anyway on this machine)."""
     def latency():
         t0 = time.perf_counter()
         post(port, "/v1/chat/completions", plain)
         return time.perf_counter() - t0
 
+    def loaded(fresh: bool, salt: int) -> float:
+        def body(i):
+            out = {"model": model, "max_tokens": 40, "messages": [{"role": "user", "content": question}]}
+            if fresh:
+                out["vllm_xargs"] = {"unlearn_targets": [f"Fresh Target{salt}x{i}x{j} Person{j}" for j in range(64)]}
+            return out
+        threads = [threading.Thread(target=post, args=(port, "/v1/chat/completions", body(i))) for i in range(n)]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        seconds = latency()
+        for t in threads:
+            t.join()
+        return seconds
+
     idle = statistics.median(latency() for _ in range(3))
-    threads = [threading.Thread(target=post, args=(port, "/v1/chat/completions", {
-        "model": model, "max_tokens": 40, "messages": [{"role": "user", "content": question}],
-        "vllm_xargs": {"unlearn_targets": [f"Fresh Target{i}x{j} Person{j}" for j in range(64)]}})) for i in range(n)]
-    for t in threads:
-        t.start()
-    time.sleep(0.5)
-    loaded = latency()
-    for t in threads:
-        t.join()
-    print(f"flood      plain latency idle {idle:.2f} s, during {n} fresh-target requests {loaded:.2f} s "
-          f"({loaded / idle:.2f}x)", flush=True)
-    return {"idle_s": idle, "loaded_s": loaded, "ratio": loaded / idle}
+    fresh = statistics.median(loaded(True, k) for k in range(2))
+    control = statistics.median(loaded(False, k) for k in range(2))
+    print(f"flood      plain latency idle {idle:.2f} s; during {n} flagged requests with fresh targets {fresh:.2f} s "
+          f"({fresh / idle:.2f}x idle, {fresh / control:.2f}x the control); during the same {n} without fresh "
+          f"targets {control:.2f} s ({control / idle:.2f}x idle)", flush=True)
+    return {"idle_s": idle, "loaded_s": fresh, "control_s": control, "ratio": fresh / idle,
+            "ratio_vs_control": fresh / control}
 
 
 def start_server(model: str, policy: str, agents: bool, port: int, log: Path) -> subprocess.Popen:

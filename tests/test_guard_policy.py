@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from unlearnkit.data.records import QA
 from unlearnkit.guard import phrases as ph
@@ -180,10 +181,10 @@ def test_request_arguments_only_tighten(runtime):
     prompt = _prompt(tok, "What is the capital of France?")
     guard = rt.guards([(prompt, {"unlearn_targets": ["Paris"]})])[0]
     ids = tok(" Paris", add_special_tokens=False)["input_ids"]
-    live = frozenset()
-    for t in ids[:-1]:
-        live = guard.trie.advance(live, t)
-    assert ids[-1] in guard.trie.blocked(live)
+    guard.feed(ids[:-1])
+    row = torch.zeros(len(tok))
+    guard.apply_row(row)
+    assert row[ids[-1]] == float("-inf")
 
 
 def test_classifier_failure_fails_closed(runtime, caplog):
