@@ -92,7 +92,7 @@ class RequestGuard:
         if self.spelled is not None:
             state = self.spelled.advance_tokens(self.spelled_state, extra) if extra else self.spelled_state
             blocked |= _block(row, self.spelled.blocked_index(state, row.device), width)
-        if blocked and self.fallback is not None and self.fallback < width and not torch.isfinite(row).any():
+        if blocked and self.fallback is not None and self.fallback < width and float(row.max()) == BLOCKED:
             # every token the request may still sample (its grammar, allowed_token_ids) is withheld:
             # end the response rather than hand the sampler a row with nothing to sample
             row[self.fallback] = 0.0
