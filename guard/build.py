@@ -1,10 +1,12 @@
 """`unlearn guard build`: compile a forget set into a guard policy directory (see policy.py).
 
-Steps: phrases per item (phrases.py) -> targets (recurring names asked about) and their lexical
-probes -> forbidden token sequences for every variant (trie.py) -> per-target semantic penalty from
-the model's input embeddings (penalty.py) -> embeddings of the forget questions in a faiss index ->
-threshold calibrated on retain prompts to the configured false-positive rate -> written whole
-(a temporary directory renamed into place, so an interrupted build leaves no half policy).
+Steps: phrases per item (phrases.py) -> targets (recurring names asked about that no retain prompt
+names) and their lexical probes -> forbidden token sequences for every variant (trie.py) ->
+per-target semantic penalty from the model's input embeddings (penalty.py) -> embeddings of the
+forget questions in a faiss index -> threshold calibrated on retain prompts to the configured
+false-positive rate, each prompt rendered with the chat template and classified exactly as served
+(classifier.as_served: every disguise view and window) -> written whole (a temporary directory
+renamed into place, so an interrupted build leaves no half policy).
 """
 
 from __future__ import annotations
@@ -60,7 +62,8 @@ def collapsed_probes(probes: list[str], background: list[str]) -> list[str]:
     of at least MIN_COLLAPSED letters that occur in no collapsed retain prompt, forwards or backwards
     (`background` is already collapsed), so the test never fires on an ordinary run of words."""
     keys = dict.fromkeys(disguise.collapsed(disguise.fold(p)) for p in probes)
-    return [k for k in keys if len(k) >= MIN_COLLAPSED and not any(k in b or k[::-1] in b for b in background)]
+    joined = "\0".join(background)     # one scan per probe; no match can span two prompts
+    return [k for k in keys if len(k) >= MIN_COLLAPSED and k not in joined and k[::-1] not in joined]
 
 
 def calibrate(named: np.ndarray, scores: np.ndarray, fpr: float) -> tuple[float, float]:

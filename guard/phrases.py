@@ -39,6 +39,17 @@ includes including author authors book books work works write writes wrote writt
 _WORD = r"[A-Za-z][\w'’+\-]*"
 _NAME_WORD = re.compile(r"(?:[A-Z][\w'’+\-]*|[a-z]{1,3}-[A-Z][\w'’\-]*)")   # Basil, Al-Kuwaiti, al-Haq
 _CONNECTORS = frozenset({"of", "de", "da", "del", "van", "von", "bin", "ibn", "la", "le", "du"})
+# titles and offices: part of a name as written ("First Minister Humza Yousaf"), never on their own
+TITLES = frozenset("""
+mr mrs ms miss dr prof professor sir dame lord lady president minister first prime secretary chancellor
+king queen prince princess duke duchess general brig-gen gen col colonel captain major sergeant judge
+justice senator governor mayor chief executive director chairman chair pope bishop archbishop saint st
+""".split())
+# a month or weekday alone is no name to forbid (a date is, see `dates`)
+_CALENDAR = frozenset("""
+january february march april may june july august september october november december
+monday tuesday wednesday thursday friday saturday sunday
+""".split())
 
 
 def _words(text: str) -> list[tuple[str, int]]:
@@ -140,9 +151,9 @@ _SMALL = ("zero one two three four five six seven eight nine ten eleven twelve t
 _TENS = "twenty thirty forty fifty sixty seventy eighty ninety".split()
 _WORD_VALUE = {w: i for i, w in enumerate(_SMALL)} | {w: 20 + 10 * i for i, w in enumerate(_TENS)}
 _NUMBER_WORD = re.compile(r"\b(?P<n>(?:" + "|".join(_TENS) + r")(?:[- ](?:" + "|".join(_SMALL[1:10]) + r"))?|"
-                          + "|".join(sorted(_SMALL, key=len, reverse=True)) + r")\s+(?P<unit>[a-z]{3,})\b",
+                          + "|".join(sorted(_SMALL, key=len, reverse=True)) + r")(?P<sep>\s+|-)(?P<unit>[a-z]{3,})\b",
                           re.IGNORECASE)
-_DIGITS_UNIT = re.compile(r"(?<![\d.,])(?P<n>\d+)\s+(?P<unit>[a-z]{3,})\b")
+_DIGITS_UNIT = re.compile(r"(?<![\d.,])(?P<n>\d+)(?P<sep>\s+|-)(?P<unit>[a-z]{3,})\b")
 
 
 def number_word(n: int) -> str | None:
@@ -230,11 +241,13 @@ def dates(text: str) -> list[str]:
 
 
 def _unit_forms(n: str, unit: str, value: int | None) -> list[str]:
-    """ "3 days" / "three days"; a unit with a short form both ways ("100 gigabytes" / "100GB")."""
-    out = [f"{n} {unit}"]
+    """ "3 days" / "three days" / "3-day" ...; a unit with a short form both ways ("100 gigabytes" /
+    "100GB")."""
+    one = unit[:-1] if unit.endswith("s") and len(unit) > 3 else unit     # "3-day", as an adjective
+    out = [f"{n} {unit}", f"{n}-{one}"]
     word = number_word(value) if value is not None else None
     if word:
-        out += [f"{word} {unit}"] + ([f"{word.replace('-', ' ')} {unit}"] if "-" in word else [])
+        out += [f"{word} {unit}", f"{word}-{one}"] + ([f"{word.replace('-', ' ')} {unit}"] if "-" in word else [])
     short = _LONG_UNIT.get(unit.lower())
     if short:
         out += [f"{n}{short}", f"{n} {short}"]
@@ -302,7 +315,7 @@ def quantities(text: str) -> list[str]:
             if numeric and len(n) >= 4:                # a year: forbidden on its own already
                 continue
             value = int(n) if numeric else _word_value(n)
-            out += _unit_forms(str(value), unit, value) + ([f"{n} {unit}"] if not numeric else [])
+            out += _unit_forms(str(value), unit, value) + ([f"{n}{m.group('sep')}{unit}"] if not numeric else [])
     return list(dict.fromkeys(o for o in out if o.strip()))
 
 
@@ -318,8 +331,8 @@ def key_words(answer: str, question: str = "", min_len: int = 4) -> list[str]:
 
 
 def name_parts(name: str) -> list[str]:
-    """Distinctive single words of a name ("Basil", "Mahfouz", "Al-Kuwaiti")."""
-    return [w for w in name.split() if len(w) >= 3 and w.lower() not in STOPWORDS | _CONNECTORS]
+    """Distinctive single words of a name ("Basil", "Mahfouz", "Al-Kuwaiti"); not titles ("President")."""
+    return [w for w in name.split() if len(w) >= 3 and w.lower() not in STOPWORDS | _CONNECTORS | TITLES]
 
 
 def stems(name: str, keep: int = 5) -> list[str]:
@@ -331,7 +344,7 @@ def stems(name: str, keep: int = 5) -> list[str]:
 def item_phrases(question: str | None, answer: str, with_key_words: bool = True) -> list[str]:
     """Every phrase a forget item's answer reveals, most specific first, without duplicates."""
     question = question or ""
-    found = quoted(answer) + names(answer)
+    found = quoted(answer) + [n for n in names(answer) if n.lower() not in _CALENDAR | TITLES]
     found += [p for n in names(answer) if len(n.split()) >= 2 for p in name_parts(n) + stems(n)]
     found += quantities(answer) + numbers(answer)
     if with_key_words:
