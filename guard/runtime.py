@@ -149,6 +149,11 @@ def _with_words(phrases: Sequence[str]) -> list[str]:
     return list(phrases) + [w for phrase in phrases for w in phrase.split() if len(w) >= 4]
 
 
+def _short(phrases: Sequence[str]) -> tuple[str, ...]:
+    """Request-added phrases too short for the text matcher (under four characters)."""
+    return tuple(p for p in phrases if len(p.strip()) < 4)
+
+
 class GuardRuntime:
     """Policy + classifier + per-request guards, for one engine."""
 
@@ -230,7 +235,7 @@ class GuardRuntime:
             cache.popitem(last=False)
         return value
 
-    def _trie(self, items: tuple[int, ...], targets: tuple[int, ...]) -> TokenTrie:
+    def _trie(self, items: tuple[int, ...], targets: tuple[int, ...], extra: tuple[str, ...] = ()) -> TokenTrie:
         def make():
             trie = TokenTrie()
             for i in items:
@@ -239,11 +244,14 @@ class GuardRuntime:
             for t in targets:
                 for seq in self.policy.target_sequences[t]:
                     trie.add(seq)
+            for seq in token_sequences(self.tokenizer, _short(extra)):
+                trie.add(seq)
             return trie
-        # request-added phrases are matched by the text matcher alone (on characters, so every token
-        # split and case is covered): tokenising their variants for the trie cost ~40 ms per request
-        # with 64 fresh targets, inside the engine's step loop
-        return self._cached(self._tries, (items, targets), make)
+        # request-added phrases of 4+ characters are matched by the text matcher alone (on characters,
+        # so every token split and case is covered): tokenising all their variants for the trie cost
+        # ~40 ms per request with 64 fresh targets, inside the engine's step loop. Shorter ones (which
+        # the text matcher skips: as a prefix "it" would block "itself") go in the trie as before.
+        return self._cached(self._tries, (items, targets, _short(extra)), make)
 
     def _matcher(self, items: tuple[int, ...], targets: tuple[int, ...], extra: tuple[str, ...]) -> TextMatcher:
         def make():
@@ -276,7 +284,7 @@ class GuardRuntime:
         if not decision.flagged and args.force:   # guarded on request: against its nearest items
             targets, items = self.classifier.expand(set(), set(decision.nearest))
         key = (items, targets, args.targets)
-        return RequestGuard(self._trie(items, targets), penalty=self._penalty(targets, args.penalty, temperature),
+        return RequestGuard(self._trie(items, targets, args.targets), penalty=self._penalty(targets, args.penalty, temperature),
                             text=self._matcher(*key), spelled=self.names[2] if self.names else None,
                             fallback=self.eos)
 
