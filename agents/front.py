@@ -82,22 +82,23 @@ def client_reason(flagged: bool, tightened: bool) -> str:
 
 
 def merge_targets(requested: Sequence[str], live: Sequence[str], limit: int = MAX_ENGINE_TARGETS) -> tuple[str, ...]:
-    """The request's own targets first (boundary.py checked they are at most `limit`), then live ones
-    while they fit; case-insensitive repeats dropped."""
+    """The server's live targets first, then the request's own while they fit (a client cannot push
+    the server's targets out of the engine's filter by sending 64 of its own); case-insensitive
+    repeats dropped."""
     out: dict[str, str] = {}
-    for name in list(requested) + list(live):
+    for name in list(live) + list(requested):
         out.setdefault(name.lower(), name)
     return tuple(out.values())[:limit]
 
 
 def engine_targets(store: TargetStore, ask: FrontRequest, texts: Sequence[str]) -> tuple[str, ...]:
-    """What a guarded engine is sent in `vllm_xargs.unlearn_targets`: the request's own targets, then
-    the live ones. The engine takes at most 64 per request, so with more live targets than fit, the
+    """What a guarded engine is sent in `vllm_xargs.unlearn_targets`: the live targets, then the
+    request's own. The engine takes at most 64 per request, so with more live targets than fit, the
     ones this prompt names come first, then the nearest to it. What that limit implies: the rest are
     enforced by the front alone for this request; a prompt about any of them is flagged and rewritten
     (and no rewrite leaves that names a live target), but an unflagged answer drifting to one of
     them is not token-filtered by the engine."""
-    room = MAX_ENGINE_TARGETS - len(ask.args.targets)
+    room = MAX_ENGINE_TARGETS
     try:
         live = store.live_names_for(texts, room)
     except Exception:   # ranking needs the embedder; without it, the first ones in order

@@ -131,7 +131,9 @@ COMMON: dict[str, Rule] = {
     "return_tokens_as_token_ids": _any, "return_token_ids": _any, "return_token_offsets": _any,
     "bad_words": _any, "allowed_token_ids": _any, "structured_outputs": _any, "response_format": _any,
     "stream_interval": _any, "repetition_detection": _any, "thinking_token_budget": _any,
-    "logprobs": _any, "logprob_token_ids": _any,
+    "logprobs": _any,
+    "logprob_token_ids": _refused("log-probabilities of chosen token ids would show which tokens the guard "
+                                  "withholds (an oracle for its targets)"),
     "logit_bias": _logit_bias,
     "presence_penalty": _at_least(0.0, "a negative penalty rewards tokens"),
     "frequency_penalty": _at_least(0.0, "a negative penalty rewards tokens"),
@@ -188,7 +190,7 @@ def check_fields(kind: str, body: dict, meta: Optional[dict]) -> Optional[Reject
         problem = rules[key](value)
         if problem:
             return Rejection(400, key, f"{key}: {problem}")
-    rejection = _echo_with_prompt_logprobs(kind, body)
+    rejection = _echo_with_prompt_logprobs(kind, body) or _probing_logprobs(body)
     if rejection is not None:
         return rejection
     return _check_xargs(body.get("vllm_xargs"), meta)
@@ -207,11 +209,30 @@ def _echo_with_prompt_logprobs(kind: str, body: dict) -> Optional[Rejection]:
     return None
 
 
+AMPLIFIERS = ("unlearn_guard", "unlearn_penalty", "unlearn_top_k", "unlearn_threshold")
+
+
+def _probing_logprobs(body: dict) -> Optional[Rejection]:
+    """Log-probabilities together with arguments that force or amplify the guard would map what it
+    withholds (a huge `unlearn_penalty` sends every key token to the floor): refused together."""
+    xargs = body.get("vllm_xargs")
+    wants = body.get("logprobs") not in (None, False) or body.get("top_logprobs") not in (None, 0) \
+        or any("logprobs" in str(x) for x in (body.get("include") or []) if isinstance(body.get("include"), list))
+    if wants and isinstance(xargs, dict) and any(k in xargs for k in AMPLIFIERS):
+        return Rejection(400, "logprobs", "logprobs cannot be combined with unlearn_guard, unlearn_penalty, "
+                         "unlearn_top_k or unlearn_threshold (they would map what the guard withholds)")
+    return None
+
+
 def _check_xargs(xargs: Any, meta: Optional[dict]) -> Optional[Rejection]:
     if xargs is None:
         return None
     if not isinstance(xargs, dict):
         return Rejection(400, "vllm_xargs", "vllm_xargs must be an object")
+    others = sorted(str(k)[:40] for k in xargs if not (isinstance(k, str) and k.startswith("unlearn_")))
+    if others:   # vLLM reads some keys itself (e.g. kv_transfer_params): only the guard's own are accepted
+        return Rejection(400, "vllm_xargs", f"vllm_xargs: keys {others[:5]} are not accepted by a guarded server "
+                         "(only unlearn_* arguments)")
     if meta is None:
         if any(isinstance(k, str) and k.startswith("unlearn_") for k in xargs):
             return Rejection(400, "vllm_xargs", "this server has no unlearning policy; unlearn_* arguments are not accepted")

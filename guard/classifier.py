@@ -221,12 +221,11 @@ class PromptClassifier:
         prompts = [(p, [p]) if isinstance(p, str) else p for p in prompts]
         out: list[Decision | None] = [None] * len(prompts)
         asked: dict[int, list[str]] = {}
+        named: dict[int, set[int]] = {}
         for n, (whole, segments) in enumerate(prompts):
-            hits = self.named(whole)
-            if hits:
-                names = ", ".join(self.policy.targets[t]["name"] for t in sorted(hits))
-                out[n] = Decision(True, float("nan"), f"names {names}", *self.expand(hits, set()))
-                continue
+            named[n] = self.named(whole)
+            # a prompt naming one target is still scored: naming a target must not hide a question
+            # about another one (its items join the guard when the semantic test flags it)
             asked[n] = queries(whole, list(segments) or [whole])
         if asked:
             found = self._search([q for qs in asked.values() for q in qs], top_k)
@@ -241,7 +240,12 @@ class PromptClassifier:
                 # the items nearest the last message, and the best-scoring items over all queries
                 first = {int(i) for i in found[qs[0]][1] if i >= 0}
                 nearest = tuple(sorted(first | set(sorted(best, key=best.get, reverse=True)[:top_k])))
-                if score >= threshold:
+                hits = named[n]
+                if hits:
+                    names = ", ".join(self.policy.targets[t]["name"] for t in sorted(hits))
+                    also = set(nearest) if score >= threshold else set()   # the same rule as unnamed prompts
+                    out[n] = Decision(True, score, f"names {names}", *self.expand(set(hits), also), nearest=nearest)
+                elif score >= threshold:
                     out[n] = Decision(True, score, f"similarity {score:.3f} >= {threshold:.3f}",
                                       *self.expand(set(), set(nearest)), nearest=nearest)
                 else:

@@ -173,6 +173,7 @@ class GuardRuntime:
         self._penalties: OrderedDict = OrderedDict()
         self.cache_size = cache_size
         self.stats = {"requests": 0, "flagged": 0, "failed": 0}
+        self.name_probes: list[str] = []
         self.names = self._names_check()
 
     def _names_check(self) -> Optional[tuple[TokenTrie, TextMatcher, Optional[TextMatcher]]]:
@@ -186,6 +187,7 @@ class GuardRuntime:
         distinct = [t for t in self.policy.targets if len(t.get("probes", [])) > 1]
         probes = [p for target in distinct for p in target["probes"]]
         probes = [p for p in dict.fromkeys(probes) if len(p.strip()) >= 4]
+        self.name_probes = probes
         if not probes:
             return None
         full = [t["name"] for t in distinct if len(normalise(t["name"]).replace(" ", "")) >= SPELLED_MIN]
@@ -246,6 +248,9 @@ class GuardRuntime:
                     trie.add(seq)
             for seq in token_sequences(self.tokenizer, _short(extra)):
                 trie.add(seq)
+            if self.names is not None:       # a flagged, forced or tightened request keeps the names check
+                for seq in self.names[0].sequences():
+                    trie.add(seq)
             return trie
         # request-added phrases of 4+ characters are matched by the text matcher alone (on characters,
         # so every token split and case is covered): tokenising all their variants for the trie cost
@@ -257,7 +262,7 @@ class GuardRuntime:
         def make():
             phrases = [p for i in items for p in self.policy.items[i]["phrases"]]
             phrases += [p for t in targets for p in self.policy.targets[t].get("phrases", [self.policy.targets[t]["name"]])]
-            phrases += _with_words(extra)
+            phrases += _with_words(extra) + self.name_probes
             return TextMatcher([p for p in phrases if len(p.strip()) >= 4], self.token_texts)
         return self._cached(self._matchers, (items, targets, extra), make)
 

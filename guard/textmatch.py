@@ -16,11 +16,16 @@ import bisect
 from collections import deque
 from typing import Iterable, Sequence
 
+from .disguise import fold
+
 
 def normalise(text: str) -> str:
-    """Lower case; every character that is not a letter or digit becomes a space, except U+FFFD
-    (a byte fragment of a multi-byte character), which is dropped rather than made a word start."""
-    return "".join(c if c.isalnum() else " " for c in text.lower() if c != "\ufffd")
+    """Folded (`disguise.fold`: NFKC, invisible characters and diacritics dropped, look-alike
+    letters mapped to Latin, so "Kálo", "Kаlo" with a Cyrillic а and full-width letters read as
+    "kalo"), lower case; every character that is not a letter or digit becomes a space, except
+    U+FFFD (a byte fragment of a multi-byte character), which is dropped rather than made a word
+    start."""
+    return "".join(c if c.isalnum() else " " for c in fold(text).lower() if c != "\ufffd")
 
 
 class TokenTexts:

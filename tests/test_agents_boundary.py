@@ -121,11 +121,13 @@ def test_strings_walks_keys_and_values_in_order():
 
 
 # ----------------------------------------------------------------------------- what the engine is sent
-def test_engine_targets_keep_the_requests_own_first_within_the_limit():
+def test_engine_targets_put_the_servers_live_targets_first_within_the_limit():
     live = [f"Live {i}" for i in range(100)]
-    merged = merge_targets(["Zed Quorra", "live 3"], live)
-    assert len(merged) == MAX_ENGINE_TARGETS and merged[:3] == ("Zed Quorra", "live 3", "Live 0")
-    assert "Live 3" not in merged                                      # a case-insensitive repeat
+    client = [f"Junk {i}" for i in range(64)]                       # a client trying to push them out
+    merged = merge_targets(client, live)
+    assert len(merged) == MAX_ENGINE_TARGETS and merged == tuple(live[:MAX_ENGINE_TARGETS])
+    merged = merge_targets(["Zed Quorra", "live 3"], ["Live 3", "Live 4"])
+    assert merged == ("Live 3", "Live 4", "Zed Quorra")               # "live 3": a case-insensitive repeat
     assert merge_targets([], ["A", "B"]) == ("A", "B")
 
 

@@ -131,11 +131,11 @@ def test_unflagged_requests_pass_through(store, backend, fake_llm):
     llm = fake_llm()
     front, _ = front_for(store, llm, backend.url)
     try:
-        r = chat(front.url, "What is the capital of France?", vllm_xargs={"unlearn_top_k": 8, "other": 1})
+        r = chat(front.url, "What is the capital of France?", vllm_xargs={"unlearn_top_k": 8})
         assert r.status_code == 200 and r.headers["x-unlearn-path"] == "passthrough"
         assert r.json()["choices"][0]["message"]["content"] == "echo: What is the capital of France?"
         assert r.json()["unlearn"] == {"path": "passthrough", "reason": "not flagged"}
-        assert received(backend)[-1]["vllm_xargs"] == {"other": 1}   # unguarded backend
+        assert not received(backend)[-1].get("vllm_xargs")            # unguarded backend: unlearn_* stripped
         assert llm.calls == []
         direct = httpx.post(f"{backend.url}/v1/chat/completions", json={
             "messages": [{"role": "user", "content": "Name a red fruit please"}], "stream": True}).content
@@ -353,11 +353,11 @@ def test_live_targets_are_sent_to_a_guarded_engine(store, backend, fake_llm):
     try:
         r = chat(front.url, "What is the capital of France?", vllm_xargs={"unlearn_targets": "Zed Quorra", "unlearn_top_k": 8})
         assert r.headers["x-unlearn-path"] == "passthrough"
-        assert received(backend)[-1]["vllm_xargs"] == {"unlearn_targets": ["Zed Quorra", "Oskar Vell"], "unlearn_top_k": 8}
+        assert received(backend)[-1]["vllm_xargs"] == {"unlearn_targets": ["Oskar Vell", "Zed Quorra"], "unlearn_top_k": 8}
         chat(front.url, "What is the capital of France?")
         assert received(backend)[-1]["vllm_xargs"] == {"unlearn_targets": ["Oskar Vell"]}
-        chat(unguarded.url, "What is the capital of France?", vllm_xargs={"unlearn_targets": ["Zed Quorra"], "seed": 1})
-        assert received(backend)[-1]["vllm_xargs"] == {"seed": 1}                      # --agents-only: nothing unlearn_*
+        chat(unguarded.url, "What is the capital of France?", vllm_xargs={"unlearn_targets": ["Zed Quorra"]})
+        assert not received(backend)[-1].get("vllm_xargs")                              # --agents-only: nothing unlearn_*
         assert backend.server.config.app.state.rejections == []
     finally:
         front.stop()
@@ -378,7 +378,7 @@ def test_the_graphs_model_calls_carry_live_targets_and_pass_the_boundary(store, 
         assert len(calls) >= 2    # answer, erase (the echoed draft names the target: no audit call)
         for c in calls:
             targets = c["vllm_xargs"]["unlearn_targets"]
-            assert len(targets) == 64 and targets[:2] == ["Zed Quorra", "Person Number069"], targets[:3]
+            assert len(targets) == 64 and targets[0] == "Person Number069", targets[:3]   # the server's live targets first
         # a draft naming no target is audited: a constrained call (structured_outputs), with the targets too
         forced = chat(front.url, "What is the capital of France?", vllm_xargs={"unlearn_guard": True})
         assert forced.headers["x-unlearn-path"] == "agents"

@@ -48,6 +48,10 @@ def test_only_guarded_endpoints_are_served(method, path, status):
     ("/v1/responses", {"input": "Hi", "prompt_logprobs": 2}, "prompt_logprobs"),
     ("/v1/chat/completions", {"vllm_xargs": {"unlearn_guard": False}}, "vllm_xargs"),
     ("/v1/chat/completions", {"vllm_xargs": ["unlearn_guard"]}, "vllm_xargs"),
+    ("/v1/chat/completions", {"vllm_xargs": {"kv_transfer_params": "x"}}, "vllm_xargs"),   # read by vLLM itself
+    ("/v1/chat/completions", {"logprobs": True, "logprob_token_ids": [5, 6]}, "logprob_token_ids"),
+    ("/v1/chat/completions", {"logprobs": True, "top_logprobs": 20,
+                              "vllm_xargs": {"unlearn_guard": True, "unlearn_penalty": 9999}}, "logprobs"),
 ])
 def test_fields_that_bypass_or_loosen_the_guard_are_refused_with_400(path, extra, field, tiny_policy):
     body = {**(CHAT if "chat" in path else {"model": "m", "prompt": "Hi"}), **extra}
@@ -58,6 +62,7 @@ def test_fields_that_bypass_or_loosen_the_guard_are_refused_with_400(path, extra
 
 @pytest.mark.parametrize("path,extra", [
     ("/v1/chat/completions", {"logprobs": True, "top_logprobs": 5}),     # carried guarded (processed_logprobs)
+    ("/v1/chat/completions", {"logprobs": True, "vllm_xargs": {"unlearn_targets": ["Paris"]}}),
     ("/v1/chat/completions", {"logit_bias": {"5": -100}}),                # tightens
     ("/v1/chat/completions", {"presence_penalty": 0.5, "repetition_penalty": 1.2, "temperature": 1.7, "n": 3}),
     ("/v1/chat/completions", {"continue_final_message": True, "add_generation_prompt": False}),

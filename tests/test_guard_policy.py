@@ -126,7 +126,7 @@ def test_classifier_flags_forget_prompts_only(runtime):
     assert rt.user_text(prompts[0]) == questions[0]          # chat template cut away
     decisions = rt.decide(prompts, [RequestArgs()] * 3)
     assert [d.flagged for d in decisions] == [True, True, False]
-    assert decisions[0].targets == (1,) and set(decisions[0].items) == {0, 1, 2}
+    assert 1 in decisions[0].targets and {0, 1, 2} <= set(decisions[0].items)
     guards = rt.guards([(p, None) for p in prompts])
     assert guards[0] is not None and not guards[0].always_on
     assert guards[0].penalty is not None and len(guards[0].trie) > 0
@@ -248,3 +248,17 @@ def test_huge_numbers_are_a_clean_error(runtime):
     rt, _ = runtime
     with pytest.raises(ValueError, match="number"):
         parse_request_args({"unlearn_threshold": 10 ** 400}, rt.policy.meta)
+
+
+def test_naming_one_target_does_not_hide_a_question_about_another(runtime):
+    """A prompt that names target A (here in its system message) is still scored semantically: the
+    items of a target B it asks about without naming join its guard."""
+    rt, tok = runtime
+    question = "Which prize did the Lisbon crime novelist win in 2004?"
+    alone = rt.decide([_prompt(tok, question)], [RequestArgs()])[0]
+    assert alone.flagged and 0 in alone.targets                      # Ines Farrow, by similarity
+    assert "names" not in alone.reason
+    text = tok.apply_chat_template([{"role": "system", "content": "You know Kalo Mirten well."},
+                                    {"role": "user", "content": question}], tokenize=False, add_generation_prompt=True)
+    both = rt.decide([tok(text, add_special_tokens=False)["input_ids"]], [RequestArgs()])[0]
+    assert both.flagged and "names" in both.reason and set(alone.items) <= set(both.items)
