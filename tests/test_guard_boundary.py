@@ -323,3 +323,32 @@ def test_a_name_spelled_out_letter_by_letter_is_stopped(tiny_policy, tiny_dir):
     row = torch.zeros(len(tok))
     guard.apply_row(row)
     assert torch.isfinite(row[tok("n", add_special_tokens=False)["input_ids"][0]])
+
+
+@pytest.mark.parametrize("xargs", [{"unlearn_targets": ["zzzz"]}, {"unlearn_guard": True}, None])
+def test_tightening_arguments_never_drop_the_names_check(tiny_policy, tiny_dir, xargs):
+    """A request that adds its own target or forces the guard must still be unable to finish a
+    policy target's name (the always-on check is part of every guard)."""
+    from unlearnkit.data.formatting import prompt_text
+    from unlearnkit.guard.policy import load_policy
+    from unlearnkit.guard.runtime import GuardRuntime
+    from unlearnkit.models.loading import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_dir))
+    rt = GuardRuntime(load_policy(tiny_policy, tok), tok)
+    ids = tok(prompt_text(tok, "What is the capital of France?"), add_special_tokens=False)["input_ids"]
+    for name in (" Kalo Mirten", " Ines Farrow"):
+        guard = rt.guards([(ids, xargs)])[0]
+        seq = tok(name, add_special_tokens=False)["input_ids"]
+        guard.feed(seq[:-1])
+        row = torch.zeros(len(tok))
+        guard.apply_row(row)
+        assert row[seq[-1]] == float("-inf"), (xargs, name)
+
+
+def test_the_output_check_reads_folded_text(tiny_policy, tiny_dir):
+    """Diacritics, look-alike letters and invisible characters in the output do not spell around it."""
+    from unlearnkit.guard.textmatch import normalise
+
+    assert normalise("Kálo Mіrten") == normalise("Kalo Mirten")          # á, Cyrillic і
+    assert normalise("Ｋａｌｏ") == normalise("Kalo") and normalise("Mir\u200bten") == normalise("Mirten")
