@@ -33,12 +33,16 @@ class RequestGuard:
     consumed: int = 0
     spelled: Optional[TextMatcher] = None       # full names matched letter by letter, whatever separates them
     spelled_state: int = 0
+    extra: Optional[TextMatcher] = None         # the request's own phrases (unlearn_targets), apart from the cached `text`
+    extra_state: int = -1
     fallback: Optional[int] = None              # the token to force when the guard leaves no token (end of sequence)
     always_on: bool = False                     # the names check every unflagged request gets
 
     def __post_init__(self):
         if self.text is not None and self.text_state < 0:
             self.text_state = self.text.start
+        if self.extra is not None and self.extra_state < 0:
+            self.extra_state = self.extra.start
 
     def feed(self, new_tokens: Sequence[int]) -> None:
         """Advance over newly generated tokens."""
@@ -52,6 +56,8 @@ class RequestGuard:
             self.text_state = self.text.advance_tokens(self.text_state, tokens)
         if self.spelled is not None:
             self.spelled_state = self.spelled.advance_tokens(self.spelled_state, tokens)
+        if self.extra is not None:
+            self.extra_state = self.extra.advance_tokens(self.extra_state, tokens)
 
     def prime(self, context: Sequence[int]) -> None:
         """Read the end of the prompt before any output (not counted as consumed output): a
@@ -89,9 +95,10 @@ class RequestGuard:
         if self.text is not None:
             state = self.text.advance_tokens(self.text_state, extra) if extra else self.text_state
             blocked |= _block(row, self.text.blocked_index(state, row.device), width)
-        if self.spelled is not None:
-            state = self.spelled.advance_tokens(self.spelled_state, extra) if extra else self.spelled_state
-            blocked |= _block(row, self.spelled.blocked_index(state, row.device), width)
+        for matcher, at in ((self.spelled, self.spelled_state), (self.extra, self.extra_state)):
+            if matcher is not None:
+                state = matcher.advance_tokens(at, extra) if extra else at
+                blocked |= _block(row, matcher.blocked_index(state, row.device), width)
         if blocked and self.fallback is not None and self.fallback < width and float(row.max()) == BLOCKED:
             # every token the request may still sample (its grammar, allowed_token_ids) is withheld:
             # end the response rather than hand the sampler a row with nothing to sample

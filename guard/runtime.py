@@ -258,13 +258,17 @@ class GuardRuntime:
         # the text matcher skips: as a prefix "it" would block "itself") go in the trie as before.
         return self._cached(self._tries, (items, targets, _short(extra)), make)
 
-    def _matcher(self, items: tuple[int, ...], targets: tuple[int, ...], extra: tuple[str, ...]) -> TextMatcher:
+    def _matcher(self, items: tuple[int, ...], targets: tuple[int, ...], extra: tuple[str, ...],
+                 with_names: bool = True) -> TextMatcher:
+        """The phrases of `items` and `targets` (and the names check), cached per (items, targets);
+        a request's own phrases get a small matcher of their own (`with_names=False`), so a fresh
+        `unlearn_targets` set never rebuilds the big one."""
         def make():
             phrases = [p for i in items for p in self.policy.items[i]["phrases"]]
             phrases += [p for t in targets for p in self.policy.targets[t].get("phrases", [self.policy.targets[t]["name"]])]
-            phrases += _with_words(extra) + self.name_probes
+            phrases += _with_words(extra) + (self.name_probes if with_names else [])
             return TextMatcher([p for p in phrases if len(p.strip()) >= 4], self.token_texts)
-        return self._cached(self._matchers, (items, targets, extra), make)
+        return self._cached(self._matchers, (items, targets, extra, with_names), make)
 
     def _penalty(self, targets: tuple[int, ...], strength: Optional[float], temperature: float = 1.0) -> Optional[torch.Tensor]:
         """The targets' penalty at `strength` (default: the policy's), multiplied by the request's
@@ -288,10 +292,10 @@ class GuardRuntime:
         targets, items = decision.targets, decision.items
         if not decision.flagged and args.force:   # guarded on request: against its nearest items
             targets, items = self.classifier.expand(set(), set(decision.nearest))
-        key = (items, targets, args.targets)
+        extra = self._matcher((), (), args.targets, with_names=False) if args.targets else None
         return RequestGuard(self._trie(items, targets, args.targets), penalty=self._penalty(targets, args.penalty, temperature),
-                            text=self._matcher(*key), spelled=self.names[2] if self.names else None,
-                            fallback=self.eos)
+                            text=self._matcher(items, targets, ()), spelled=self.names[2] if self.names else None,
+                            extra=extra, fallback=self.eos)
 
     def decide(self, prompts: list[Sequence[int]], args: list[RequestArgs]) -> list[Decision]:
         """Classify a batch; requests that share a threshold/top_k are embedded together."""
