@@ -32,7 +32,7 @@ class RequestGuard:
     text_state: int = -1                        # -1: the matcher's start state
     consumed: int = 0
     spelled: Optional[TextMatcher] = None       # full names matched letter by letter, whatever separates them
-    spelled_state: int = 0
+    spelled_state: int = -1
     extra: Optional[TextMatcher] = None         # the request's own phrases (unlearn_targets), apart from the cached `text`
     extra_state: int = -1
     fallback: Optional[int] = None              # the token to force when the guard leaves no token (end of sequence)
@@ -41,6 +41,8 @@ class RequestGuard:
     def __post_init__(self):
         if self.text is not None and self.text_state < 0:
             self.text_state = self.text.start
+        if self.spelled is not None and self.spelled_state < 0:
+            self.spelled_state = self.spelled.start
         if self.extra is not None and self.extra_state < 0:
             self.extra_state = self.extra.start
 

@@ -154,6 +154,11 @@ def _short(phrases: Sequence[str]) -> tuple[str, ...]:
     return tuple(p for p in phrases if len(p.strip()) < 4)
 
 
+def _text_matcher(phrases: Sequence[str], texts: TokenTexts) -> TextMatcher:
+    """Phrases of four or more characters (as a prefix, a shorter one would block longer words)."""
+    return TextMatcher([p for p in phrases if len(p.strip()) >= 4], texts)
+
+
 class GuardRuntime:
     """Policy + classifier + per-request guards, for one engine."""
 
@@ -173,26 +178,31 @@ class GuardRuntime:
         self._penalties: OrderedDict = OrderedDict()
         self.cache_size = cache_size
         self.stats = {"requests": 0, "flagged": 0, "failed": 0}
-        self.name_probes: list[str] = []
+        self.name_probes = self._name_probes()
+        self.name_sequences = token_sequences(tokenizer, self.name_probes)
         self.names = self._names_check()
+
+    def _distinct_targets(self) -> list[dict]:
+        """Targets with a distinctive word. One whose only probe is its name (e.g. "African American":
+        every word occurs in ordinary prompts) is forbidden for flagged requests only."""
+        return [t for t in self.policy.targets if len(t.get("probes", [])) > 1]
+
+    def _name_probes(self) -> list[str]:
+        probes = [p for target in self._distinct_targets() for p in target["probes"]]
+        return [p for p in dict.fromkeys(probes) if len(p.strip()) >= 4]
 
     def _names_check(self) -> Optional[tuple[TokenTrie, TextMatcher, Optional[TextMatcher]]]:
         """The always-on output check: every distinctive target's name and distinctive name parts
-        (its lexical probes), forbidden in every request's output, flagged or not, so a classifier miss is not a
-        full bypass; and the full names spelled out letter by letter ("K-a-l-o M-i-r-t-e-n"; names
-        of at least SPELLED_MIN letters, so that ordinary text does not spell one by chance).
-        None for a policy without targets (e.g. a set of news facts)."""
-        # a target none of whose words is distinctive (its only probe is its name, e.g. "African
-        # American": every word occurs in ordinary prompts) is forbidden for flagged requests only
-        distinct = [t for t in self.policy.targets if len(t.get("probes", [])) > 1]
-        probes = [p for target in distinct for p in target["probes"]]
-        probes = [p for p in dict.fromkeys(probes) if len(p.strip()) >= 4]
-        self.name_probes = probes
-        if not probes:
+        (its lexical probes), forbidden in every request's output, flagged or not, so a classifier
+        miss is not a full bypass; and the full names spelled out letter by letter ("K-a-l-o
+        M-i-r-t-e-n"; names of at least SPELLED_MIN letters, so that ordinary text does not spell
+        one by chance). None for a policy without targets (e.g. a set of news facts)."""
+        if not self.name_probes:
             return None
-        full = [t["name"] for t in distinct if len(normalise(t["name"]).replace(" ", "")) >= SPELLED_MIN]
+        full = [t["name"] for t in self._distinct_targets()
+                if len(normalise(t["name"]).replace(" ", "")) >= SPELLED_MIN]
         spelled = TextMatcher(full, self.token_texts.spelled(), spelled=True) if full else None
-        return TokenTrie(token_sequences(self.tokenizer, probes)), TextMatcher(probes, self.token_texts), spelled
+        return TokenTrie(self.name_sequences), TextMatcher(self.name_probes, self.token_texts), spelled
 
     def warm_up(self, max_targets: int = 64) -> None:
         """Build each target's trie now (the usual flagged request touches one target), so the first
@@ -200,7 +210,7 @@ class GuardRuntime:
         for t in range(min(max_targets, len(self.policy.targets))):
             targets, items = self.classifier.expand({t}, set())
             self._trie(items, targets)
-            self._matcher(items, targets, ())
+            self._matcher(items, targets)
 
     @classmethod
     def from_env(cls, tokenizer_path: str) -> Optional["GuardRuntime"]:
@@ -248,9 +258,8 @@ class GuardRuntime:
                     trie.add(seq)
             for seq in token_sequences(self.tokenizer, _short(extra)):
                 trie.add(seq)
-            if self.names is not None:       # a flagged, forced or tightened request keeps the names check
-                for seq in self.names[0].sequences():
-                    trie.add(seq)
+            for seq in self.name_sequences:   # a flagged, forced or tightened request keeps the names check
+                trie.add(seq)
             return trie
         # request-added phrases of 4+ characters are matched by the text matcher alone (on characters,
         # so every token split and case is covered): tokenising all their variants for the trie cost
@@ -258,17 +267,18 @@ class GuardRuntime:
         # the text matcher skips: as a prefix "it" would block "itself") go in the trie as before.
         return self._cached(self._tries, (items, targets, _short(extra)), make)
 
-    def _matcher(self, items: tuple[int, ...], targets: tuple[int, ...], extra: tuple[str, ...],
-                 with_names: bool = True) -> TextMatcher:
-        """The phrases of `items` and `targets` (and the names check), cached per (items, targets);
-        a request's own phrases get a small matcher of their own (`with_names=False`), so a fresh
-        `unlearn_targets` set never rebuilds the big one."""
+    def _matcher(self, items: tuple[int, ...], targets: tuple[int, ...]) -> TextMatcher:
+        """The phrases of `items` and `targets`, and the names check, cached per (items, targets)."""
         def make():
             phrases = [p for i in items for p in self.policy.items[i]["phrases"]]
             phrases += [p for t in targets for p in self.policy.targets[t].get("phrases", [self.policy.targets[t]["name"]])]
-            phrases += _with_words(extra) + (self.name_probes if with_names else [])
-            return TextMatcher([p for p in phrases if len(p.strip()) >= 4], self.token_texts)
-        return self._cached(self._matchers, (items, targets, extra, with_names), make)
+            return _text_matcher(phrases + self.name_probes, self.token_texts)
+        return self._cached(self._matchers, (items, targets), make)
+
+    def _request_matcher(self, extra: tuple[str, ...]) -> TextMatcher:
+        """A request's own phrases (`unlearn_targets`) in a small matcher of their own, so a fresh
+        set never rebuilds the big cached one."""
+        return self._cached(self._matchers, ("request", extra), lambda: _text_matcher(_with_words(extra), self.token_texts))
 
     def _penalty(self, targets: tuple[int, ...], strength: Optional[float], temperature: float = 1.0) -> Optional[torch.Tensor]:
         """The targets' penalty at `strength` (default: the policy's), multiplied by the request's
@@ -292,9 +302,9 @@ class GuardRuntime:
         targets, items = decision.targets, decision.items
         if not decision.flagged and args.force:   # guarded on request: against its nearest items
             targets, items = self.classifier.expand(set(), set(decision.nearest))
-        extra = self._matcher((), (), args.targets, with_names=False) if args.targets else None
+        extra = self._request_matcher(args.targets) if args.targets else None
         return RequestGuard(self._trie(items, targets, args.targets), penalty=self._penalty(targets, args.penalty, temperature),
-                            text=self._matcher(items, targets, ()), spelled=self.names[2] if self.names else None,
+                            text=self._matcher(items, targets), spelled=self.names[2] if self.names else None,
                             extra=extra, fallback=self.eos)
 
     def decide(self, prompts: list[Sequence[int]], args: list[RequestArgs]) -> list[Decision]:

@@ -70,16 +70,6 @@ class TokenTrie:
     def from_phrases(cls, tokenizer, phrases: Iterable[str]) -> "TokenTrie":
         return cls(token_sequences(tokenizer, phrases))
 
-    def sequences(self) -> list[list[int]]:
-        """Every forbidden sequence, rebuilt from the trie (to merge it into another)."""
-        out, stack = [], [(ROOT, [])]
-        while stack:
-            node, path = stack.pop()
-            if self._terminal[node]:
-                out.append(path)
-            stack.extend((child, path + [tok]) for tok, child in self._children[node].items())
-        return out
-
     def __len__(self) -> int:
         return sum(self._terminal)
 
