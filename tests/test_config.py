@@ -87,13 +87,25 @@ def test_shipped_configs_load(path):
     assert load_config(TrainConfig, path).method.name
 
 
-@pytest.mark.parametrize("path", sorted(p for p in CONFIGS.glob("**/*.yaml") if _is_eval(p)))
+EVAL_CONFIGS = sorted(p for p in CONFIGS.glob("**/*.yaml") if _is_eval(p))
+
+
+def test_every_eval_config_is_found():
+    names = {str(p.relative_to(CONFIGS)) for p in EVAL_CONFIGS}
+    assert {"gpu/tofu_eval.yaml", "eval/tofu_mini.yaml", "eval/synth.yaml", "eval/tofu_forget10.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", EVAL_CONFIGS, ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_shipped_eval_configs_load(path):
+    """Every evaluation config (configs/eval/ and configs/gpu/*_eval.yaml) validates and names a known
+    benchmark whose data loads."""
+    from unlearnkit.evaluation.benchmarks import build_tasks
     from unlearnkit.evaluation.config import EvalConfig
 
     cfg = load_config(EvalConfig, path)
     cfg.validate()
     assert cfg.metrics
+    assert build_tasks(cfg)
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("agents/*.yaml")))
@@ -101,15 +113,6 @@ def test_shipped_agent_configs_load(path):
     from unlearnkit.agents.config import load_agent_config
 
     assert load_agent_config(str(path)).k >= 1
-
-
-@pytest.mark.parametrize("path", sorted(CONFIGS.glob("eval/*.yaml")))
-def test_shipped_eval_configs_load(path):
-    from unlearnkit.evaluation.benchmarks import build_tasks
-    from unlearnkit.evaluation.config import EvalConfig
-
-    cfg = load_config(EvalConfig, path)
-    assert build_tasks(cfg)  # names a known benchmark whose data loads
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("guard/*.yaml")))

@@ -92,18 +92,25 @@ def test_results_are_cached_by_weights_and_config(tiny_dir, other_model):
 
 def test_failure_leaves_no_results(tiny_dir, tmp_path, monkeypatch):
     import unlearnkit.evaluation.teacher_forcing as tf
-
-    def boom(*a, **k):
-        raise RuntimeError("interrupted")
-
-    monkeypatch.setattr(tf, "score_continuations", boom)
-    out = tmp_path / "r.json"
-    with pytest.raises(RuntimeError):
-        evaluate(cfg_for(tiny_dir), out=str(out), log=lambda *_: None)
-    assert not out.exists()
     from unlearnkit.models.catalog import cache_root
 
-    assert not list((cache_root() / "evals").glob("*")) if (cache_root() / "evals").exists() else True
+    calls = []
+
+    def boom(*a, **k):
+        calls.append(1)
+        raise RuntimeError("interrupted")
+
+    real = tf.score_continuations
+    monkeypatch.setattr(tf, "score_continuations", boom)
+    out, evals = tmp_path / "r.json", cache_root() / "evals"
+    with pytest.raises(RuntimeError, match="interrupted"):
+        evaluate(cfg_for(tiny_dir), out=str(out), log=lambda *_: None)
+    assert calls, "the evaluation never reached the scoring step it was meant to fail in"
+    assert not out.exists() and not (evals.exists() and list(evals.iterdir()))
+    # not interrupted, the same evaluation writes both: the checks above looked in the right places
+    monkeypatch.setattr(tf, "score_continuations", real)
+    evaluate(cfg_for(tiny_dir), out=str(out), log=lambda *_: None)
+    assert out.is_file() and len(list(evals.glob("*.json"))) == 1
 
 
 def test_user_files_without_perturbations(tiny_dir, tmp_path):
@@ -185,11 +192,24 @@ def test_cli_eval_prints_a_table(tiny_dir, tmp_path):
                            "synthetic", "--engine", "transformers", "--max-items", "2", "--set", "max_new_tokens=4",
                            "--out", str(out), "--tofu-logs", str(tmp_path / "logs")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    from unlearnkit.evaluation.tofu_logs import forget_quality_from_logs
+    from scipy.stats import ks_2samp
 
-    # our own results, written in TOFU's format, read back by the TOFU-log path: identical samples
-    fq = forget_quality_from_logs(tmp_path / "logs", tmp_path / "logs")
-    assert fq["forget_quality"] == pytest.approx(1.0) and fq["n_unlearned"] == 2
+    from unlearnkit.evaluation.tofu_logs import LOG_FILES, forget_quality_from_logs
+
+    # our results, written in TOFU's format and read back by the TOFU-log path, against a reference log
+    # written here: the KS p-value agrees with one computed from results.json's own per-item losses
+    items = json.loads(out.read_text())["tasks"]["forget"]["items"]
+    ours = [math.exp(it["avg_paraphrased_loss"] - sum(it["average_perturb_loss"]) / len(it["average_perturb_loss"]))
+            for it in items]
+    assert [it["truth_ratio"] for it in items] == pytest.approx(ours, rel=1e-6)
+    reference = {"avg_paraphrased_loss": {"0": 0.5, "1": 1.0, "2": 2.0},     # R = e^2, e^3, e^0.5
+                 "average_perturb_loss": {"0": [2.5, 2.5], "1": [4.0], "2": [2.0, 3.0]}}
+    (tmp_path / "ref").mkdir()
+    (tmp_path / "ref" / LOG_FILES["forget"]).write_text(json.dumps(reference))
+    fq = forget_quality_from_logs(tmp_path / "logs", tmp_path / "ref")
+    expected = ks_2samp(ours, [math.exp(2.0), math.exp(3.0), math.exp(0.5)])
+    assert fq["forget_quality"] == pytest.approx(expected.pvalue) and fq["ks_statistic"] == pytest.approx(expected.statistic)
+    assert fq["n_unlearned"] == 2 and fq["n_retain"] == 3
     assert "forget quality  missing" in proc.stdout and "truth ratio" in proc.stdout
     assert json.loads(out.read_text())["tasks"]["forget"]["aggregate"]["n_items"] == 2
     bad = subprocess.run([sys.executable, "-m", "unlearnkit.cli", "eval", "--benchmark", "nope"],
