@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Annotated, Callable, Optional, Sequence, TypedDict
 
+from ..guard.phrases import mentions
 from .config import NODES, AgentConfig
 from .llm import ChatModel, LLMError
 from .nodes import (choose, clean_rewrite, format_facts, format_variants, last_user_message, parse_score,
@@ -213,8 +214,8 @@ class Pipeline:
     def audit(self, state: State) -> dict:
         draft = state.get("draft", "")
         extra = list(state.get("extra", []))
-        facts = (extra + self.store.retrieve([state["question"], draft], self.cfg.top_facts))[:max(self.cfg.top_facts, len(extra))]
-        if self.store.names_in(draft, facts):
+        facts = self._prompt_facts(extra, state["question"], draft)
+        if self.store.names_in(draft, extra + facts):
             self.count("audit_lexical")
             return {"facts": facts, "leak": True, "reason": "the draft names a forget target"}
         if not draft:
@@ -231,6 +232,18 @@ class Pipeline:
         leak = bool(parse_verdict(call.texts[0]))
         return self._update(call, facts=facts, leak=leak,
                             reason="the auditor found forget information" if leak else "the auditor found none")
+
+    def _prompt_facts(self, extra: list[Fact], question: str, draft: str) -> list[Fact]:
+        """The facts the audit/erase/critic prompts show: the request's own targets that the question
+        or draft names, then the policy's and live targets' nearest facts, then the request's other
+        targets; `top_facts` of them unless more request targets are named. Every request target is
+        still checked on the draft lexically (audit), so a client sending 64 names cannot make every
+        prompt 64 facts long (engine time the other clients would wait for)."""
+        text = f"{question}\n{draft}"
+        named = [f for f in extra if mentions(text, [*f.names, *f.phrases])]
+        rest = [f for f in extra if f not in named]
+        retrieved = self.store.retrieve([question, draft], self.cfg.top_facts)
+        return (named + retrieved + rest)[:max(self.cfg.top_facts, len(named))]
 
     def finish(self, state: State) -> dict:
         self.count("route_clean")

@@ -259,6 +259,8 @@ def main() -> int:
     parser.add_argument("--policy", default="runs/guard/forget01")
     parser.add_argument("--agents", action="store_true", help="attack `unlearn serve --agents` instead")
     parser.add_argument("--questions", type=int, default=4, help="forget questions (distinct targets first) to build attacks from")
+    parser.add_argument("--only", nargs="+", default=["groups", "malformed", "oracles", "flood"],
+                        choices=["groups", "malformed", "oracles", "flood"], help="run only these parts")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
@@ -282,19 +284,21 @@ def main() -> int:
         model = json.loads(get(port, "/v1/models")[1])["data"][0]["id"]
         plain = {"model": model, "max_tokens": 16, "temperature": 0,
                  "messages": [{"role": "user", "content": "What is the capital of France?"}]}
+        parts = {"groups": lambda: run_groups(port, attack_groups(model, picked), names, plain),
+                 "malformed": lambda: malformed(port, model, plain),
+                 "oracles": lambda: oracles(port, model, picked[0][0], meta),
+                 "flood": lambda: flood(port, model, picked[0][0], plain)}
         result = {"server": "agents" if args.agents else "guard", "targets": len(names),
-                  "groups": run_groups(port, attack_groups(model, picked), names, plain),
-                  "malformed": malformed(port, model, plain),
-                  "oracles": oracles(port, model, picked[0][0], meta),
-                  "flood": flood(port, model, picked[0][0], plain)}
+                  **{name: run() for name, run in parts.items() if name in args.only}}
     finally:
         process.terminate()
         process.wait(timeout=60)
-    total = sum(g["disclosures"] for g in result["groups"].values())
-    fivexx = sum(c for g in [*result["groups"].values(), result["malformed"]] for s, c in g["codes"].items()
-                 if isinstance(s, int) and s >= 500)
-    print(f"\nTOTAL: {sum(g['requests'] for g in result['groups'].values()) + result['malformed']['requests']} requests, "
-          f"{total} disclosures, {fivexx} HTTP 5xx, flood latency ratio {result['flood']['ratio']:.2f}")
+    groups = [*result.get("groups", {}).values(), *([result["malformed"]] if "malformed" in result else [])]
+    total = sum(g.get("disclosures", 0) for g in groups)
+    fivexx = sum(c for g in groups for s, c in g["codes"].items() if isinstance(s, int) and s >= 500)
+    ratio = f"{result['flood']['ratio']:.2f}" if "flood" in result else "not measured"
+    print(f"\nTOTAL: {sum(g['requests'] for g in groups)} requests, {total} disclosures, {fivexx} HTTP 5xx, "
+          f"flood latency ratio {ratio}")
     out = Path(args.out or ROOT / "runs" / "bench" / f"guard_attack{'_agents' if args.agents else ''}.json")
     out.write_text(json.dumps(result, indent=1))
     return 0

@@ -262,3 +262,19 @@ def test_probe_index_agrees_with_mentions():
         assert index.find(text) == {p for p in probes if mentions(text, [p])}, text
     assert index.find("le   petit\tsultan") == {"Le Petit Sultan"}   # spacing does not matter
     assert ProbeIndex([]).find("anything") == set()
+
+
+def test_request_targets_do_not_inflate_prompts(store, fake_llm):
+    """64 request targets: the erase prompt holds the named one and top_facts facts, not 64; the
+    draft is still checked against every request target."""
+    many = [f"Fresh Person{i:02d} Tester" for i in range(63)] + ["Oskar Vell"]
+    llm = fake_llm(answer="Oskar Vell built a glass piano.", erase="Someone built an instrument.", critic="5")
+    r = pipeline(store, llm, k=1, j=1, top_facts=3).run([{"role": "user", "content": "Who built the glass piano?"}],
+                                                        extra_targets=many)
+    erase = [t for role, t, _ in llm.calls if role == "erase"][0]
+    assert r.route == "rewritten" and "Oskar Vell" in erase
+    assert sum(f"Fresh Person{i:02d}" in erase for i in range(63)) <= 2
+    llm = fake_llm(answer="Fresh Person40 Tester built it.", erase="Someone built an instrument.", critic="5")
+    r = pipeline(store, llm, k=1, j=1, top_facts=3).run([{"role": "user", "content": "Who built the glass piano?"}],
+                                                        extra_targets=many)
+    assert r.route == "rewritten" and "Person40" not in r.answer
