@@ -6,6 +6,11 @@ Three separate steps, each testable on its own:
    Linear weight, E[(d log p(y|x) / dW)^2], accumulated over examples (per-example gradients
    with fisher_batch_size=1) and divided by the number of answer tokens. Run once on the
    forget set and once on the retain set; cached on disk by a hash of the weights and data.
+   Under several processes (torch.distributed initialised, world size > 1) each rank takes a
+   disjoint shard (`rank_shard`: examples rank, rank+world, ...) and the per-rank sums of
+   squared gradients and token counts are all-reduced (summed) before the division, so every
+   rank holds the statistics of the whole set - equal, up to float summation order, to a
+   single process's - and initialises the LoRA factors identically.
 2. `fila_factors` - pure maths. With relative importance I = F_f / (eps + F_r) and row
    weights w_i = sqrt(sum_j I_ij), take the rank-r SVD of diag(w) W = U S V^T and set
 
@@ -41,11 +46,45 @@ def _target_linears(model, target_modules: list[str]) -> dict[str, torch.nn.Line
     return found
 
 
+def distributed_world() -> tuple[int, int]:
+    """(rank, world size) of the initialised torch.distributed group, else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def rank_shard(examples: list) -> list:
+    """This rank's disjoint share of `examples` (rank, rank+world, ...); all of them on one process."""
+    rank, world = distributed_world()
+    return examples[rank::world]
+
+
+def _reduce_across_ranks(sums: dict[str, torch.Tensor], n_tokens: int) -> int:
+    """All-reduce (sum) the per-rank Fisher sums in place and return the total token count.
+    A no-op on one process. The tensors stay on their device (the backend's: gloo on CPU,
+    NCCL on the GPU the model was moved to)."""
+    import torch.distributed as dist
+
+    _, world = distributed_world()
+    if world == 1:
+        return n_tokens
+    device = next(iter(sums.values())).device
+    count = torch.tensor([n_tokens], dtype=torch.float64, device=device)
+    dist.all_reduce(count)
+    for name in sorted(sums):  # the same order on every rank
+        dist.all_reduce(sums[name])
+    return int(count.item())
+
+
 def fisher_statistics(model, batches, target_modules: list[str], progress=None) -> dict[str, torch.Tensor]:
     """Diagonal empirical Fisher of each target weight, normalised by the answer-token count.
 
-    `batches` yields dicts with input_ids / attention_mask / labels. The model's own weights
-    are not changed; gradients are cleared afterwards."""
+    `batches` yields dicts with input_ids / attention_mask / labels: under several processes,
+    this rank's shard only (`rank_shard`), since the sums are reduced across ranks - feeding
+    every rank the whole set would count it world-size times. The model's own weights are not
+    changed; gradients are cleared afterwards."""
     linears = _target_linears(model, target_modules)
     fisher = {name: torch.zeros_like(m.weight, dtype=torch.float32) for name, m in linears.items()}
     requires = {n: p.requires_grad for n, p in model.named_parameters()}
@@ -72,6 +111,7 @@ def fisher_statistics(model, batches, target_modules: list[str], progress=None) 
         for n, p in model.named_parameters():
             p.requires_grad_(requires[n])
         model.train(was_training)
+    n_tokens = _reduce_across_ranks(fisher, n_tokens)
     if n_tokens == 0:
         raise ValueError("Fisher statistics: the data has no answer tokens")
     return {name: f / n_tokens for name, f in fisher.items()}
@@ -125,8 +165,9 @@ def apply_fila(peft_model, fisher_forget: dict, fisher_retain: dict, adapter: st
             continue
         key = _fisher_key(name, fisher_forget)
         base = module.get_base_layer()
+        device = base.weight.device
         A, B, residual = fila_factors(
-            base.weight.data, fisher_forget[key], fisher_retain[key],
+            base.weight.data, fisher_forget[key].to(device), fisher_retain[key].to(device),
             rank=module.r[adapter], scaling=module.scaling[adapter],
         )
         with torch.no_grad():
@@ -157,16 +198,39 @@ def statistics_key(model, target_modules: list[str], examples: list[dict]) -> st
     return digest.hexdigest()[:24]
 
 
+def _on_every_rank(flag: bool) -> bool:
+    """True if `flag` is true on every rank (one collective call; plain `flag` on one process)."""
+    import torch.distributed as dist
+
+    _, world = distributed_world()
+    if world == 1:
+        return flag
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    value = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return bool(value.item())
+
+
 def cached_fisher(cache_dir: Path, key: str, compute) -> dict[str, torch.Tensor]:
-    """Load statistics `key` from `cache_dir`, or compute and save them atomically."""
+    """Load statistics `key` from `cache_dir`, or compute and save them atomically.
+
+    Under several processes the ranks decide together (a rank that sees the file while another
+    does not would leave that one waiting in the reduction forever): load if every rank sees
+    the file, else all compute their shard; rank 0 writes the reduced result."""
     from safetensors.torch import load_file, save_file
 
     path = Path(cache_dir) / f"fisher-{key}.safetensors"
-    if path.is_file():
+    if _on_every_rank(path.is_file()):
         return load_file(str(path))
     stats = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in stats.items()}, str(tmp))
-    tmp.rename(path)
+    rank, world = distributed_world()
+    if rank == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        save_file({k: v.detach().cpu().contiguous() for k, v in stats.items()}, str(tmp))
+        tmp.rename(path)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
     return stats

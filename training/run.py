@@ -27,8 +27,11 @@ from ..data.sources import idk_answers, load_spec
 from ..models.catalog import cache_root
 from ..models.loading import load_tokenizer, resolve_model
 from .cache import RUN_MANIFEST, is_finished
+
+LAUNCH_FILE = "launch.json"  # in <output_dir>.partial: the number of processes the run was launched with
 from .config import TrainConfig
 from .methods import MethodParams, get_method
+from .model_card import records_fingerprint, write_model_card
 
 
 
@@ -87,30 +90,42 @@ def _fila_statistics(cfg: TrainConfig, model, forget, retain, pad_id, log):
     from tqdm.auto import tqdm
 
     from ..data.formatting import pad_batch
-    from .fila import cached_fisher, fisher_statistics, statistics_key
+    from .fila import cached_fisher, distributed_world, fisher_statistics, rank_shard, statistics_key
 
     lora = cfg.lora
     retain = retain[: lora.fisher_max_retain]
 
     def batches(examples):
         for i in range(0, len(examples), lora.fisher_batch_size):
-            yield pad_batch(examples[i:i + lora.fisher_batch_size], pad_id)
+            yield {k: v.to(model.device) for k, v in pad_batch(examples[i:i + lora.fisher_batch_size], pad_id).items()}
 
     cache = cache_root() / "fisher"
     out = {}
     for name, examples in (("forget", forget), ("retain", retain)):
-        key = statistics_key(model, lora.target_modules, examples)
+        key = statistics_key(model, lora.target_modules, examples)  # of the whole set: equal on every rank
         def compute(examples=examples, name=name):
-            n = -(-len(examples) // lora.fisher_batch_size)
-            with tqdm(total=n, desc=f"FILA Fisher ({name})") as bar:
-                return fisher_statistics(model, batches(examples), lora.target_modules, progress=bar)
+            shard = rank_shard(examples)  # disjoint per rank; fisher_statistics sums the ranks' shards
+            n = -(-len(shard) // lora.fisher_batch_size)
+            with tqdm(total=n, desc=f"FILA Fisher ({name})", disable=distributed_world()[0] != 0) as bar:
+                return fisher_statistics(model, batches(shard), lora.target_modules, progress=bar)
         out[name] = cached_fisher(cache, key, compute)
         log(f"FILA statistics ({name}, {len(examples)} examples): {cache}/fisher-{key}.safetensors")
     return out["forget"], out["retain"]
 
 
-def _prepare_output(out: Path, work: Path, config_text: str, resume: bool, overwrite: bool) -> None:
-    """Refuse to clobber a finished run or an interrupted one; check a resume matches."""
+def check_shardable(cfg: TrainConfig, n_primary: int, world: int) -> None:
+    """Refuse, before anything is written, a multi-process run whose data cannot be split: with
+    fewer examples than processes x batch size some rank would be handed repeated examples."""
+    if world > 1 and n_primary < world * cfg.optim.batch_size:
+        raise RunError(
+            f"cannot shard {n_primary} {'train' if cfg.method.name == 'finetune' else 'forget'} examples over "
+            f"{world} processes x optim.batch_size={cfg.optim.batch_size} (needs at least "
+            f"{world * cfg.optim.batch_size}); lower optim.batch_size or launch fewer processes")
+
+
+def _prepare_output(out: Path, work: Path, config_text: str, resume: bool, overwrite: bool, world: int = 1) -> None:
+    """Refuse to clobber a finished run or an interrupted one; check a resume matches (config and
+    number of processes: the global batch and each rank's data order depend on it)."""
     if is_finished(out) and not overwrite:
         raise RunError(f"{out} already holds a finished run; pass --overwrite or choose another output_dir")
     if work.exists() and not resume:
@@ -119,8 +134,14 @@ def _prepare_output(out: Path, work: Path, config_text: str, resume: bool, overw
         saved = (work / "config.yaml").read_text() if (work / "config.yaml").is_file() else None
         if saved is not None and saved != config_text:
             raise RunError(f"--resume: the config differs from the interrupted run's ({work / 'config.yaml'})")
+        launch = work / LAUNCH_FILE
+        saved_world = json.loads(launch.read_text())["world_size"] if launch.is_file() else 1
+        if saved_world != world:
+            raise RunError(f"--resume: the interrupted run used {saved_world} process(es), this launch has {world}; "
+                           f"relaunch with --num_processes {saved_world}")
     work.mkdir(parents=True, exist_ok=True)
     (work / "config.yaml").write_text(config_text)
+    (work / LAUNCH_FILE).write_text(json.dumps({"world_size": world}))
 
 
 def run_training(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, log=print,
@@ -146,8 +167,19 @@ def run_training(cfg: TrainConfig, resume: bool = False, overwrite: bool = False
     fila = cfg.lora is not None and cfg.lora.init == "fila"
     primary, retain, idk = prepare_data(cfg, tokenizer, method.needs_retain or fila, method.needs_idk)
     state = PartialState()  # under `accelerate launch`, only the main process checks and creates dirs
+    check_shardable(cfg, len(primary), state.num_processes)
+    refusal = None
     if state.is_main_process:
-        _prepare_output(out, work, config_text, resume, overwrite)
+        try:
+            _prepare_output(out, work, config_text, resume, overwrite, state.num_processes)
+        except RunError as exc:
+            refusal = str(exc)
+    if state.num_processes > 1:  # every rank stops with the main process's reason, none waits forever
+        from accelerate.utils import broadcast_object_list
+
+        refusal = broadcast_object_list([refusal])[0]
+    if refusal is not None:
+        raise RunError(refusal)
     state.wait_for_everyone()
     try:
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
@@ -164,6 +196,7 @@ def run_training(cfg: TrainConfig, resume: bool = False, overwrite: bool = False
         from peft import LoraConfig, get_peft_model
 
         if fila:
+            model.to(state.device)  # the statistics pass on this rank's accelerator
             fisher_f, fisher_r = _fila_statistics(cfg, model, primary, retain, tokenizer.pad_token_id, log)
         model = get_peft_model(model, LoraConfig(
             r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
@@ -194,7 +227,7 @@ def run_training(cfg: TrainConfig, resume: bool = False, overwrite: bool = False
         reference = AdapterOffReference(lambda m: trainer.accelerator.unwrap_model(m))
     trainer = UnlearnTrainer(
         model=model, args=args, train_dataset=UnlearnDataset(primary, retain if method.needs_retain else None,
-                                                             idk, seed=o.seed),
+                                                             idk, seed=o.seed + state.process_index),
         data_collator=PairCollator(tokenizer.pad_token_id), callbacks=[MarkCompleteCheckpoints(), *(callbacks or [])],
         method=method, reference=reference,
         params=MethodParams(beta=cfg.method.beta, gamma=cfg.method.gamma,
@@ -230,7 +263,12 @@ def run_training(cfg: TrainConfig, resume: bool = False, overwrite: bool = False
         "precision": "bf16" if bf16 else "fp32", "device": str(trainer.args.device),
         "train_seconds": round(train_seconds, 1), "total_seconds": round(time.time() - started, 1),
         "peak_memory_mb": round(_peak_memory_mb(), 1), "resumed_from": str(checkpoint) if checkpoint else None,
+        "world_size": state.num_processes,
     }
+    spec = cfg.data.train or cfg.data.forget
+    card = {**manifest, "name": out.name, "forget_set": spec, "forget_fingerprint": records_fingerprint(load_spec(spec)),
+            "world_size": state.num_processes}
+    write_model_card(final, card)
     (final / RUN_MANIFEST).write_text(json.dumps(manifest, indent=2))
     if out.exists():
         shutil.rmtree(out)
