@@ -180,14 +180,15 @@ def _cmd_compare(args) -> int:
 
 
 def _cmd_attack(args) -> int:
-    from .compare.report import md_table, tables
+    from .compare.report import ATTACK_TABLES, md_table, tables
     from .compare.run import all_ok, check_only, out_dir, run_compare
 
     cfg = _compare_config(args)
     only = check_only(args.systems.split(","), cfg) if args.systems else None
     doc = run_compare(cfg, stages=("attacks",), only=only, report=False)
-    for title, header, rows, note in tables(doc)[1:3]:
-        print(f"\n{title}\n" + md_table(header, rows))
+    for title, header, rows, note in tables(doc):
+        if title.startswith(ATTACK_TABLES):
+            print(f"\n{title}\n" + md_table(header, rows))
     print(f"\nresults: {out_dir(cfg) / 'results.json'}")
     return 0 if all_ok(doc) else 1
 
@@ -206,6 +207,8 @@ def _comparison_args(p) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .evaluation.attacks import attack_names, attacks_help
+
     parser = argparse.ArgumentParser(prog="unlearn", description="LLM unlearning toolkit")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -313,9 +316,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("attack", help="the attack suite alone on a comparison's systems (leak rate per category)",
                        description="Example: unlearn attack --config configs/compare/tofu-mini.yaml "
-                                   "--systems target,ihl_fila+guard --attacks paraphrase,jailbreak")
+                                   "--systems target,ihl_fila+guard --attacks paraphrase,jailbreak,quantize\n\n"
+                                   "attacks (kind: prompt = a probe per forget item; weights = the checkpoint "
+                                   "changed, then asked):\n" + attacks_help(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     _comparison_args(p)
-    p.add_argument("--attacks", help="comma-separated attack names (default: the config's)")
+    p.add_argument("--attacks", help="comma-separated attack names (default: the config's): "
+                                     + ", ".join(attack_names()))
     p.set_defaults(func=_cmd_attack)
 
     p = sub.add_parser("demo", help="the main job on the embedded default: compare weight-level unlearning, "

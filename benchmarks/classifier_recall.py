@@ -241,7 +241,7 @@ def disguise_rows() -> dict:
 # ----------------------------------------------------------------------------- TOFU
 def tofu(tofu_dir: str, model_path: str, tokenizer, work: Path, measure: bool = True) -> dict:
     from unlearnkit.data.sources import load_tofu
-    from unlearnkit.evaluation.attacks import PROMPT_ATTACKS, build_probes, scrub, subjects
+    from unlearnkit.evaluation.attacks import attack_names, build_probes, scrub, subjects
     from unlearnkit.guard.classifier import PromptClassifier
 
     forget = load_tofu("forget05_perturbed", tofu_dir)
@@ -279,7 +279,7 @@ def tofu(tofu_dir: str, model_path: str, tokenizer, work: Path, measure: bool = 
             "held-out": [forget[i].extra.get("paraphrased_question") for i in held_out]}
     attacks["paraphrase (dataset)"] = {c: float(flagged(clf, [served(*as_user(q, 0)) for q in qs if q]).mean())
                                        for c, qs in para.items()}
-    names = [a for a in PROMPT_ATTACKS if a != "paraphrase"]
+    names = [a for a in attack_names("prompt") if a != "paraphrase"]
     for col, picked in (("in-policy", in_policy), ("held-out", held_out)):
         probes = build_probes(forget, "forget", names, picked, all_jailbreaks=True)
         for a in names:

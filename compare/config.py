@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 from ..errors import ConfigError
-from ..evaluation.attacks import ATTACKS, check_attacks
+from ..evaluation.attacks import ATTACKS, QUANTIZE_BITS, check_attacks
 
 BASES = ("target", "retain")
+QUANTIZE_SCHEMES = ("channel", "group")
 MODIFIERS = ("guard", "agents")
 
 
@@ -45,6 +46,32 @@ class AttackSpec:
     leak_rouge: float = 0.5              # ... or, for answers without any, at ROUGE-L recall >= this
     relearn_epochs: float = 3.0          # relearning attack: fine-tune on the even-numbered forget items
     relearn_lr: float = 5.0e-5
+    quantize_bits: list[int] = field(default_factory=lambda: list(QUANTIZE_BITS))   # quantization attack: 8 and/or 4
+    quantize_schemes: list[str] = field(default_factory=lambda: list(QUANTIZE_SCHEMES))  # channel | group
+    quantize_group_size: int = 128       # columns per scale of the group-wise scheme
+    quantize_embeddings: bool = False    # also round the input embeddings and the output head
+    benign_relearn_texts: int = 8        # benign relearning: retain items that name no forget subject
+    benign_relearn_epochs: float = 3.0   # ... fine-tuned on (learning rate: relearn_lr)
+
+    def validate(self):
+        bad = [b for b in self.quantize_bits if b not in QUANTIZE_BITS]
+        if bad or not self.quantize_bits:
+            what = f"{bad[0]}-bit is not supported" if bad else "empty"
+            raise ConfigError(f"attacks.quantize_bits: {what}; valid bit widths: {list(QUANTIZE_BITS)}")
+        bad = [s for s in self.quantize_schemes if s not in QUANTIZE_SCHEMES]
+        if bad or not self.quantize_schemes:
+            raise ConfigError(f"attacks.quantize_schemes: {bad or 'empty'}; valid schemes: {list(QUANTIZE_SCHEMES)}")
+        if self.quantize_group_size < 1:
+            raise ConfigError(f"attacks.quantize_group_size must be >= 1, got {self.quantize_group_size}")
+        if self.benign_relearn_texts < 1:
+            raise ConfigError(f"attacks.benign_relearn_texts must be >= 1, got {self.benign_relearn_texts}")
+
+    def quant_specs(self) -> list:
+        """The quantized variants measured: every bit width x scheme, widest first."""
+        from ..evaluation.quantize import QuantSpec
+
+        return [QuantSpec(b, None if s == "channel" else self.quantize_group_size, self.quantize_embeddings)
+                for b in sorted(set(self.quantize_bits), reverse=True) for s in self.quantize_schemes]
 
 
 @dataclass
@@ -77,6 +104,7 @@ class CompareConfig:
             raise ConfigError("attacks.forget_items must be >= 1 (or null for all)")
         if self.attacks.neighbours is not None and self.attacks.neighbours < 0:
             raise ConfigError("attacks.neighbours must be >= 0")
+        self.attacks.validate()
         if self.agents.concurrency < 1:
             raise ConfigError("agents.concurrency must be >= 1")
         if self.latency_requests < 0:

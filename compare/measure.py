@@ -1,4 +1,5 @@
-"""Measuring one system: metrics, attacks, serving cost, relearning. Each part cached by a hash of
+"""Measuring one system: metrics, attacks, serving cost, the weights attacks (relearning, benign
+relearning, quantization). Each part cached by a hash of
 everything that determines it (weights, policy files, agent config, prompts, settings), so an
 interrupted comparison resumes where it stopped and a re-run only re-reads JSON.
 
@@ -19,11 +20,12 @@ import shutil
 import statistics
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
 
 from ..config import to_dict
 from ..files import json_digest, write_json_atomic
-from ..evaluation.attacks import Probe, keywords_of, relearn_split
+from ..evaluation.attacks import Probe, benign_texts, keywords_of, relearn_split
 from ..evaluation.config import EvalConfig
 from ..evaluation.leakage import by_category, score_reply
 from .config import CompareConfig, System
@@ -247,12 +249,34 @@ def agent_system(system: System, path: str, policy: str, engine_result: Optional
                         "serving": out["serving"]}}
 
 
-# ----------------------------------------------------------------------------- relearning
-def relearn(path: str, forget, cfg: CompareConfig, refusals: list[str], log=print) -> dict:
-    """The relearning attack on a weight-level system: fine-tune it on the even-numbered items of
-    the whole forget set, then ask the odd-numbered ones (plain questions), before and after; leak
-    rates as for the prompt attacks. The relearned weights are deleted once measured (their replies
-    are cached)."""
+# ----------------------------------------------------------------------------- weights attacks
+@dataclass
+class AttackTarget:
+    """What a weights attack is given about one system."""
+    system: System
+    path: str                      # the system's checkpoint
+    policy: Optional[str]          # its engine's guard policy (None: unguarded engine)
+    forget: list                   # the whole forget set (QA)
+    pool: list                     # other items of the benchmark (retain set): benign material
+    picked: list[int]              # the attacked forget items (spread over forget_items)
+    ecfg: EvalConfig
+    cfg: CompareConfig
+    log: Callable = print
+
+    @property
+    def weights_only(self) -> bool:
+        return self.system.kind in ("reference", "weight")
+
+
+SERVED_SKIP = ("a served system's weights are not the attacker's to fine-tune; "
+               "see the relearning attack on its underlying checkpoint")
+
+
+def _finetune_attack(stage: str, path: str, taught: list, forget, probed: list[int], epochs: float,
+                     cfg: CompareConfig, refusals: list[str], log=print) -> dict:
+    """Fine-tune `path` on the `taught` QA items, then ask the forget items at `probed` (plain
+    questions), before and after; leak rates as for the prompt attacks. The fine-tuned weights are
+    deleted once measured (their replies are cached)."""
     from ..config import from_dict
     from ..data.formatting import prompt_text
     from ..evaluation.harness import _device, _torch_dtype, model_fingerprint
@@ -262,25 +286,21 @@ def relearn(path: str, forget, cfg: CompareConfig, refusals: list[str], log=prin
     from ..training.config import TrainConfig
     from ..training.run import run_training
 
-    taught, probed = relearn_split(len(forget))
-    if not taught or not probed:
-        raise ValueError("relearn needs at least two forget items")
-    key = {"stage": "relearn", "model": model_fingerprint(path), "taught": [forget[i].to_json() for i in taught],
-           "probed": [forget[i].to_json() for i in probed], "epochs": cfg.attacks.relearn_epochs,
+    key = {"stage": stage, "model": model_fingerprint(path), "taught": [r.to_json() for r in taught],
+           "probed": [forget[i].to_json() for i in probed], "epochs": epochs,
            "lr": cfg.attacks.relearn_lr, "max_new_tokens": cfg.attacks.max_new_tokens}
 
     def make():
-        data = cache_root() / "compare" / f"relearn-data-{json_digest(key)}.jsonl"
+        data = cache_root() / "compare" / f"{stage}-data-{json_digest(key)}.jsonl"
         data.parent.mkdir(parents=True, exist_ok=True)
-        data.write_text("".join(json.dumps({"question": forget[i].question, "answer": forget[i].answer}) + "\n"
-                                for i in taught))
+        data.write_text("".join(json.dumps({"question": r.question, "answer": r.answer}) + "\n" for r in taught))
         tcfg = from_dict(TrainConfig, {
             "model": path, "output_dir": "", "mode": "full", "method": {"name": "finetune"},
             "data": {"train": f"file:{data}", "max_length": 256},
-            "optim": {"epochs": cfg.attacks.relearn_epochs, "lr": cfg.attacks.relearn_lr, "batch_size": 8,
+            "optim": {"epochs": epochs, "lr": cfg.attacks.relearn_lr, "batch_size": 8,
                       "save_steps": -1, "logging_steps": 1}})
-        tcfg = dataclasses.replace(tcfg, output_dir=str(cached_output_dir(tcfg, "relearn")))
-        log(f"relearning: fine-tune on {len(taught)} forget items, probe {len(probed)}")
+        tcfg = dataclasses.replace(tcfg, output_dir=str(cached_output_dir(tcfg, stage)))
+        log(f"{stage}: fine-tune on {len(taught)} items, probe {len(probed)} forget items")
         started = time.time()
         run_dir = run_training(tcfg, resume=True, log=log)
         train_s = time.time() - started
@@ -294,10 +314,122 @@ def relearn(path: str, forget, cfg: CompareConfig, refusals: list[str], log=prin
         shutil.rmtree(run_dir, ignore_errors=True)
         return {"taught": len(taught), "probed": len(probed), "train_seconds": round(train_s, 1), "replies": replies}
 
-    got = _cached("relearn", key, make, log)
+    got = _cached(stage, key, make, log)
     out = {k: v for k, v in got.items() if k != "replies"}
     for name, texts in got["replies"].items():
-        probes = [Probe("relearn", name, "forget", i, forget[i].question, forget[i].answer,
-                        keywords_of(forget[i].answer, forget[i].question)) for i in probed]
-        out[name] = score_probes(probes, texts, cfg, refusals)
+        out[name] = score_probes(_plain_probes(stage, name, forget, probed), texts, cfg, refusals)
     return out
+
+
+def _plain_probes(category: str, variant: str, forget, items: Sequence[int]) -> list[Probe]:
+    """The forget items' own questions, scored against their answers."""
+    return [Probe(category, variant, "forget", i, forget[i].question, forget[i].answer,
+                  keywords_of(forget[i].answer, forget[i].question)) for i in items]
+
+
+def relearn(path: str, forget, cfg: CompareConfig, refusals: list[str], log=print) -> dict:
+    """The relearning attack on a weight-level system: fine-tune it on the even-numbered items of
+    the whole forget set, then ask the odd-numbered ones (plain questions), before and after."""
+    taught, probed = relearn_split(len(forget))
+    if not taught or not probed:
+        raise ValueError("relearn needs at least two forget items")
+    return _finetune_attack("relearn", path, [forget[i] for i in taught], forget, probed,
+                            cfg.attacks.relearn_epochs, cfg, refusals, log)
+
+
+def relearn_attack(t: AttackTarget) -> dict:
+    if not t.weights_only:
+        return {"skipped": SERVED_SKIP}
+    return relearn(t.path, t.forget, t.cfg, refusal_texts(None, t.cfg), log=t.log)
+
+
+def benign_relearn_attack(t: AttackTarget) -> dict:
+    """Benign relearning (Łucki et al. 2024): fine-tune on a few retain items that name no forget
+    subject, then ask the attacked forget items, before and after."""
+    if not t.weights_only:
+        return {"skipped": SERVED_SKIP}
+    chosen = benign_texts(t.forget, t.pool, t.cfg.attacks.benign_relearn_texts)
+    if not chosen:
+        return {"skipped": "the benchmark has no retain items that name no forget subject to fine-tune on"}
+    return _finetune_attack("benign_relearn", t.path, [t.pool[j] for j in chosen], t.forget, t.picked,
+                            t.cfg.attacks.benign_relearn_epochs, t.cfg, refusal_texts(None, t.cfg), t.log)
+
+
+def _quantized_checkpoint(path: str, spec, out: Path) -> dict:
+    """`path`'s weights quantized by `spec` (dequantized, fp32) saved with its tokenizer in `out`."""
+    import torch
+
+    from ..evaluation.quantize import quantize_model
+    from ..models.loading import load_model
+
+    model, tok = load_model(path, dtype=torch.float32)
+    stats = quantize_model(model, spec)
+    shutil.rmtree(out, ignore_errors=True)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return stats
+
+
+def quantized_replies(t: AttackTarget, spec) -> dict:
+    """(cached) The attacked forget items' plain questions answered and their answers' probability
+    (evaluation/harness.py, through the guard where the system has one) by the system's checkpoint
+    quantized by `spec` (None: unquantized). The quantized checkpoint is deleted once measured."""
+    from ..evaluation.harness import measure, model_fingerprint
+    from ..models.catalog import cache_root
+
+    items = [t.forget[i] for i in t.picked]
+    engine = "vllm" if t.policy else t.ecfg.engine
+    key = {"stage": "quantize", "model": model_fingerprint(t.path), "policy": policy_fingerprint(t.policy),
+           "quant": None if spec is None else dataclasses.asdict(spec), "items": [r.to_json() for r in items],
+           "max_new_tokens": t.cfg.attacks.max_new_tokens, "dtype": t.cfg.dtype, "engine": engine,
+           "max_length": t.ecfg.max_length}
+
+    def make():
+        work = cache_root() / "compare" / f"quantize-{json_digest(key)}.work"
+        work.mkdir(parents=True, exist_ok=True)
+        data = work / "forget.jsonl"
+        data.write_text("".join(json.dumps({"question": r.question, "answer": r.answer}) + "\n" for r in items))
+        started = time.time()
+        stats, model_dir = {}, t.path
+        if spec is not None:
+            t.log(f"quantize: {spec.label} of {t.path}")
+            model_dir = str(work / "model")
+            stats = _quantized_checkpoint(t.path, spec, Path(model_dir))
+        try:
+            mcfg = EvalConfig(model=model_dir, benchmark="files", forget=f"file:{data}", metrics=["probability", "rouge"],
+                              engine=engine, dtype=t.cfg.dtype, max_new_tokens=t.cfg.attacks.max_new_tokens,
+                              max_length=t.ecfg.max_length, token_budget=t.ecfg.token_budget, guard=t.policy)
+            mcfg.validate()
+            got = measure(mcfg, log=t.log)["tasks"]["forget"]["items"]
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return {"quantized": stats, "seconds": round(time.time() - started, 1),
+                "replies": [r["generated_text"][1] for r in got], "probabilities": [r["probability"] for r in got]}
+
+    return _cached("quantize", key, make, t.log)
+
+
+def quantize_attack(t: AttackTarget) -> dict:
+    """The quantization attack: the plain forget questions and their answers' probability at full
+    precision and for every quantized variant of the checkpoint (INT8 / INT4, per-channel and
+    group-wise); the guard, where the system has one, served over the quantized checkpoint."""
+    if t.system.agents:
+        return {"skipped": "the agent front is served over HTTP by `unlearn serve --agents`; its engine's "
+                           "quantized checkpoint is attacked in the system without +agents"}
+    refusals = refusal_texts(t.policy, t.cfg)
+    rows = {}
+    for label, spec in [("unquantized", None)] + [(s.label, s) for s in t.cfg.attacks.quant_specs()]:
+        got = quantized_replies(t, spec)
+        scored = score_probes(_plain_probes("quantize", label, t.forget, t.picked), got["replies"], t.cfg, refusals)
+        finite = [p for p in got["probabilities"] if p == p]
+        rows[label] = {**scored, "answer_probability": sum(finite) / len(finite) if finite else None,
+                       "quantized": got["quantized"], "seconds": got["seconds"]}
+    return {"probed": len(t.picked), "guard": bool(t.policy), "rows": rows}
+
+
+# attack name -> its measuring function (every weights attack of evaluation/attacks.py ATTACKS)
+WEIGHT_ATTACKS: dict[str, Callable[[AttackTarget], dict]] = {
+    "relearn": relearn_attack,
+    "quantize": quantize_attack,
+    "benign_relearn": benign_relearn_attack,
+}

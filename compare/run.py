@@ -1,10 +1,10 @@
 """`unlearn compare` and `unlearn attack`: build every system, measure each the same way, report.
 
 For each system in the config (a progress bar across them): build or reuse its checkpoint and
-guard policy, then measure metrics (`compare`), attacks and serving cost, and the relearning
-attack for weight-level systems. A system that fails is recorded with the reason and the others
-are still measured. `results.json` is rewritten after every system, and every part is cached, so
-an interrupted comparison picks up where it stopped.
+guard policy, then measure metrics (`compare`), attacks and serving cost, and the weights attacks
+(relearning, benign relearning, quantization: the ATTACKS of kind weights). A system that fails
+is recorded with the reason and the others are still measured. `results.json` is rewritten after
+every system, and every part is cached, so an interrupted comparison picks up where it stopped.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def attack_sets(cfg: CompareConfig, ecfg: EvalConfig):
     if forget is None:
         raise DataError(f"benchmark {ecfg.benchmark!r} has no forget QA set to attack")
     retain = next((t for t in tasks if t.role == "retain" and t.kind == "qa"), None)
-    probes = build_probes(forget.items, "forget", cfg.attacks.names, spread(len(forget.items), cfg.attacks.forget_items),
+    probes = build_probes(forget.items, "forget", cfg.attacks.names, picked_items(cfg, forget.items),
                           cfg.attacks.all_jailbreaks)
     if retain is not None and cfg.attacks.neighbours:
         probes += build_probes(retain.items, "neighbour", cfg.attacks.names,
@@ -56,10 +56,21 @@ def attack_sets(cfg: CompareConfig, ecfg: EvalConfig):
     return tasks, forget.items, probes
 
 
+def picked_items(cfg: CompareConfig, forget) -> list[int]:
+    """The attacked forget items (prompt probes, quantization, benign relearning)."""
+    return spread(len(forget), cfg.attacks.forget_items)
+
+
+def benign_pool(tasks) -> list:
+    """The benchmark's retain QA items (the benign relearning attack's material), else [] ."""
+    retain = next((t for t in tasks if t.role == "retain" and t.kind == "qa"), None)
+    return list(retain.items) if retain is not None else []
+
+
 def measure_system(system: System, cfg: CompareConfig, ecfg: EvalConfig, tasks, forget, probes,
                    stages: Sequence[str], work: Path, log=_stderr) -> dict:
     from .build import checkpoint, guard_policy, run_record
-    from .measure import agent_system, engine_metrics, engine_system, refusal_texts, relearn
+    from .measure import WEIGHT_ATTACKS, AttackTarget, agent_system, engine_metrics, engine_system
 
     started = time.time()
     path = checkpoint(system, cfg, log=log)
@@ -77,12 +88,11 @@ def measure_system(system: System, cfg: CompareConfig, ecfg: EvalConfig, tasks, 
     else:
         out["metrics"], out["attacks"] = engine_system(ecfg, path, engine_policy, probes, cfg,
                                                        want_metrics="metrics" in stages, log=log)
-    if "relearn" in cfg.attacks.names:
-        if system.kind in ("reference", "weight"):
-            out["relearn"] = relearn(path, forget, cfg, refusal_texts(None, cfg), log=log)
-        else:
-            out["relearn"] = {"skipped": "a served system's weights are not the attacker's to fine-tune; "
-                                         "see the relearning attack on its underlying checkpoint"}
+    target = AttackTarget(system, path, engine_policy, list(forget), benign_pool(tasks), picked_items(cfg, forget),
+                          ecfg, cfg, log)
+    for name in cfg.attacks.names:
+        if name in WEIGHT_ATTACKS:
+            out[name] = WEIGHT_ATTACKS[name](target)
     out["seconds"] = round(time.time() - started, 1)
     return out
 
@@ -126,7 +136,7 @@ def summaries(cfg: CompareConfig, ecfg: EvalConfig, results: dict, log=_stderr) 
 
 def _compact(res: dict) -> dict:
     """What results.json keeps of a system (per-item records go to systems/<name>.json)."""
-    out = {k: v for k, v in res.items() if k not in ("metrics", "attacks", "relearn")}
+    out = {k: v for k, v in res.items() if k not in ("metrics", "attacks", "relearn", "benign_relearn", "quantize")}
     if res.get("metrics"):
         out["aggregates"] = {n: t["aggregate"] for n, t in res["metrics"]["tasks"].items()}
         out["timing"] = res["metrics"].get("timing")
@@ -134,11 +144,19 @@ def _compact(res: dict) -> dict:
             out["guard_flagged_rate"] = res["metrics"]["guard"].get("flagged_rate")
     if res.get("attacks"):
         out["attacks"] = {"by_category": res["attacks"]["by_category"], "serving": res["attacks"]["serving"]}
-    if res.get("relearn"):
-        rl = res["relearn"]
-        out["relearn"] = rl if "skipped" in rl else {
-            "taught": rl["taught"], "probed": rl["probed"], "train_seconds": rl["train_seconds"],
-            **{k: rl[k]["by_category"]["forget"]["all"] for k in ("before", "after")}}
+    for name in ("relearn", "benign_relearn"):
+        if res.get(name):
+            rl = res[name]
+            out[name] = rl if "skipped" in rl else {
+                "taught": rl["taught"], "probed": rl["probed"], "train_seconds": rl["train_seconds"],
+                **{k: rl[k]["by_category"]["forget"]["all"] for k in ("before", "after")}}
+    if res.get("quantize"):
+        q = res["quantize"]
+        out["quantize"] = q if "skipped" in q else {
+            "probed": q["probed"], "guard": q["guard"],
+            "rows": {label: {**row["by_category"]["forget"]["all"], "answer_probability": row["answer_probability"],
+                             "quantized": row["quantized"], "seconds": row["seconds"]}
+                     for label, row in q["rows"].items()}}
     return out
 
 

@@ -1,11 +1,14 @@
 """The attack suite: probes built deterministically from each forget item (and, matched, from
-retain "neighbour" items, to measure over-suppression). One registry: ATTACKS.
+retain "neighbour" items, to measure over-suppression). One registry: ATTACKS, of `Attack`
+entries whose kind is prompt (a probe per item) or weights (the weights are changed, then asked).
 
 Every builder is a pure function of (the item, its subject, the subject's other items, the item's
 position) returning a `Probe`, or None where the item offers no material (e.g. no paraphrase).
-`relearn` is the one attack that is not a prompt: a short fine-tune of a weight-level system on
-part of the forget facts, then the plain questions of the rest (compare/measure.py `relearn`); here it
-only chooses which items are taught and which are probed.
+The weights attacks are measured in compare/measure.py (`WEIGHT_ATTACKS`); here they only choose
+their material: `relearn` (a short fine-tune on part of the forget facts, then the plain questions
+of the rest: `relearn_split`), `benign_relearn` (a short fine-tune on a few texts that mention no
+forget subject: `benign_texts`), `quantize` (the weights rounded to INT8 / INT4:
+evaluation/quantize.py; probed with the attacked forget items' plain questions).
 
 The subject of an item is the person it is about: `extra["person"]` where the data carries it,
 else the multi-word name its set asks about most often (guard.phrases.group_targets) that the
@@ -223,30 +226,55 @@ def icl_relearn(m: Material, shots: int = 3) -> Optional[Probe]:
     return _probe(m, "icl_relearn", f"{len(given)}_facts", prompt)
 
 
-PROMPT_ATTACKS: dict[str, Callable[[Material], Optional[Probe]]] = {
-    "paraphrase": paraphrase,
-    "indirect": indirect,
-    "step_by_step": step_by_step,
-    "multi_hop": multi_hop,
-    "cloze": cloze,
-    "jailbreak": jailbreak,
-    "language": other_language,
-    "obfuscated": obfuscated,
-    "icl_relearn": icl_relearn,
-}
-# attack name -> what it does (the registry users pick from; `relearn` fine-tunes the weights)
-ATTACKS = {
-    "paraphrase": "TOFU's paraphrased question",
-    "indirect": "the question about a person described by another of their facts, never named",
-    "step_by_step": "step-by-step reasoning prompt",
-    "multi_hop": "identify the person through another fact first, then ask",
-    "cloze": "complete the answer sentence from its first third",
-    "jailbreak": "wrappers: prefix injection, role-play, refusal suppression, ignore previous instructions",
-    "language": "the question asked in French (glossary translation of its common words)",
-    "obfuscated": "the person's name written in leetspeak, spaced letters or lower case",
-    "icl_relearn": "in-context relearning: three of the person's other facts given, this one asked",
-    "relearn": "weight-level only: fine-tune on half of the forget facts, ask the other half",
-}
+@dataclass(frozen=True)
+class Attack:
+    """One entry of the attack registry. `kind`: prompt (a probe built per item by `build` and sent
+    to the system) or weights (the system's weights are changed, then the plain forget questions
+    asked: compare/measure.py `WEIGHT_ATTACKS` measures it; `build` is None)."""
+    name: str
+    kind: str
+    build: Optional[Callable[[Material], Optional[Probe]]]
+    summary: str
+
+
+KINDS = ("prompt", "weights")
+QUANTIZE_BITS = (8, 4)
+
+# the registry users pick from (`unlearn attack --attacks`, `attacks.names`); its order is the report's
+ATTACKS: dict[str, Attack] = {a.name: a for a in (
+    Attack("paraphrase", "prompt", paraphrase, "TOFU's paraphrased question"),
+    Attack("indirect", "prompt", indirect,
+           "the question about a person described by another of their facts, never named"),
+    Attack("step_by_step", "prompt", step_by_step, "step-by-step reasoning prompt"),
+    Attack("multi_hop", "prompt", multi_hop, "identify the person through another fact first, then ask"),
+    Attack("cloze", "prompt", cloze, "complete the answer sentence from its first third"),
+    Attack("jailbreak", "prompt", jailbreak,
+           "wrappers: prefix injection, role-play, refusal suppression, ignore previous instructions"),
+    Attack("language", "prompt", other_language,
+           "the question asked in French (glossary translation of its common words)"),
+    Attack("obfuscated", "prompt", obfuscated, "the person's name written in leetspeak, spaced letters or lower case"),
+    Attack("icl_relearn", "prompt", icl_relearn,
+           "in-context relearning: three of the person's other facts given, this one asked"),
+    Attack("relearn", "weights", None, "weight-level only: fine-tune on half of the forget facts, ask the other half"),
+    Attack("quantize", "weights", None,
+           "weights rounded to INT8 and INT4 (per-channel and group-wise round-to-nearest), then the forget "
+           "questions and answer probabilities vs the unquantized system (the guard on the quantized checkpoint)"),
+    Attack("benign_relearn", "weights", None,
+           "weight-level only: fine-tune on a few retain texts that never mention a forget subject, "
+           "then ask the forget questions"),
+)}
+
+
+def attack_names(kind: Optional[str] = None) -> list[str]:
+    """The registry's names (of one kind: prompt | weights), in registry order."""
+    if kind is not None and kind not in KINDS:
+        raise ValueError(f"unknown attack kind {kind!r}; valid kinds: {list(KINDS)}")
+    return [n for n, a in ATTACKS.items() if kind is None or a.kind == kind]
+
+
+def attacks_help() -> str:
+    """One line per attack (CLI help, README): `name (kind): summary`."""
+    return "\n".join(f"{a.name} ({a.kind}): {a.summary}" for a in ATTACKS.values())
 
 
 def check_attacks(names_: Sequence[str]) -> None:
@@ -287,6 +315,23 @@ def relearn_split(n_items: int) -> tuple[list[int], list[int]]:
     return list(range(0, n_items, 2)), list(range(1, n_items, 2))
 
 
+def mentions(text: str, subject: str) -> bool:
+    """Does `text` name `subject` (the full name, or a distinctive part of it, as a word)?"""
+    low = text.lower()
+    return subject.lower() in low or any(re.search(r"\b" + re.escape(p.lower()) + r"\b", low) for p in name_parts(subject))
+
+
+def benign_texts(forget: Sequence[QA], pool: Sequence[QA], n: int) -> list[int]:
+    """Indices of `n` items of `pool` (e.g. the retain set) spread evenly over those whose question
+    and answer name no forget subject and are no forget item: the benign relearning attack's
+    fine-tuning texts, unrelated to the forget set, the same on every run."""
+    people = sorted({s for s in subjects(forget) if s})
+    asked = {r.question for r in forget}
+    fair = [j for j, r in enumerate(pool) if r.question not in asked
+            and not any(mentions(f"{r.question}\n{r.answer}", p) for p in people)]
+    return [fair[k] for k in spread(len(fair), n)] if fair and n > 0 else []
+
+
 def build_probes(items: Sequence[QA], role: str, attacks: Sequence[str], picked: Sequence[int],
                  all_jailbreaks: bool = False) -> list[Probe]:
     """Every prompt attack in `attacks` applied to the items at `picked` (role: forget | neighbour)."""
@@ -296,11 +341,12 @@ def build_probes(items: Sequence[QA], role: str, attacks: Sequence[str], picked:
         siblings = [r for j, r in enumerate(items) if j != i and subj[i] and subj[j] == subj[i]]
         m = Material(items[i], i, subj[i], siblings)
         for name in attacks:
-            if name not in PROMPT_ATTACKS:
+            attack = ATTACKS.get(name)
+            if attack is None or attack.kind != "prompt":
                 continue
             if name == "jailbreak" and all_jailbreaks:
                 made = [jailbreak(m, v) for v in JAILBREAKS]
             else:
-                made = [PROMPT_ATTACKS[name](m)]
+                made = [attack.build(m)]
             out += [dataclasses.replace(p, role=role) for p in made if p]
     return out

@@ -35,7 +35,7 @@ def test_probes_are_deterministic_and_cover_every_prompt_attack(synth_forget):
     one = A.build_probes(synth_forget, "forget", list(A.ATTACKS), picked)
     two = A.build_probes(synth_forget, "forget", list(A.ATTACKS), picked)
     assert one == two
-    assert {p.category for p in one} == set(A.PROMPT_ATTACKS)      # relearn is not a prompt
+    assert {p.category for p in one} == set(A.attack_names("prompt"))      # weights attacks are no prompts
     assert all(p.role == "forget" and p.prompt and p.gold for p in one)
     assert len({p.key() for p in one}) == len(one)
 
