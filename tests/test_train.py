@@ -70,6 +70,31 @@ def test_lora_runs_export_merged_checkpoints(tiny_dir, tmp_path, init):
     assert set(merged.state_dict()) == set(base.state_dict())
 
 
+def test_merged_checkpoint_computes_what_the_trained_adapter_computed(tiny_dir, tmp_path):
+    """The merged checkpoint a LoRA run writes gives the trained PEFT model's logits (read at the end of
+    training, before the merge), and those differ from the base model's: the adapter moved something."""
+    import torch
+    from transformers import AutoModelForCausalLM, TrainerCallback
+
+    inputs = torch.tensor([[5, 17, 42, 99, 7, 3], [11, 250, 64, 8, 120, 30]])
+    logits = {}
+
+    class Capture(TrainerCallback):
+        def on_train_end(self, args, state, control, model=None, **kwargs):
+            model.eval()
+            with torch.no_grad():
+                logits["peft"] = model(input_ids=inputs).logits.clone()
+
+    cfg = make_cfg(tiny_dir, tmp_path / "lora", "grad_diff", mode="lora", lora={"r": 4},
+                   optim={"max_steps": 4, "lr": 2e-2})
+    out = run_training(cfg, log=quiet, callbacks=[Capture()])
+    with torch.no_grad():
+        merged = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()(input_ids=inputs).logits
+        base = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()(input_ids=inputs).logits
+    assert (logits["peft"] - base).abs().max() > 1e-3
+    torch.testing.assert_close(merged, logits["peft"], rtol=1e-4, atol=1e-4)
+
+
 def test_fila_statistics_are_cached(tiny_dir, tmp_path):
     from unlearnkit.models.catalog import cache_root
 
@@ -159,3 +184,48 @@ def test_idk_dpo_pairs_each_forget_question_with_a_refusal(tiny_dir):
     first_label = next(i for i, t in enumerate(forget[0]["labels"]) if t != -100)
     assert idk[0]["input_ids"][:first_label] == forget[0]["input_ids"][:first_label]
     assert idk[0]["input_ids"] != forget[0]["input_ids"]
+
+
+def test_cached_runs_are_reused_until_their_config_or_base_changes(tiny_dir, tmp_path, capsys):
+    """`unlearn train --cached`: a finished run is reused while nothing that determines it changed; a
+    changed config, and a changed `run:` base (the cached run it starts from), each train a new run."""
+    from pathlib import Path
+
+    import yaml
+
+    from unlearnkit.cli import main
+    from unlearnkit.config import to_dict
+    from unlearnkit.errors import ModelError
+    from unlearnkit.models.loading import resolve_model
+
+    def write(name, cfg):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({k: v for k, v in cfg.items() if k != "output_dir"}))
+        return path
+
+    def train(path, *overrides):
+        assert main(["train", "--cached", "--config", str(path), *overrides]) == 0
+        captured = capsys.readouterr()
+        return Path(captured.out.strip().splitlines()[-1]), "(cached)" in captured.err
+
+    base_cfg = to_dict(make_cfg(tiny_dir, "x", "finetune"))
+    base = write("base", base_cfg)
+    first, cached = train(base)
+    assert not cached and (first / "run.json").is_file()
+    stamp = (first / "run.json").stat().st_mtime_ns
+    again, cached = train(base)
+    assert cached and again == first and (first / "run.json").stat().st_mtime_ns == stamp
+    other, cached = train(base, "optim.lr=0.002")
+    assert not cached and other != first and first.is_dir()
+
+    child = write("child", {**to_dict(make_cfg(tiny_dir, "x", "ihl")), "model": f"run:{base}"})
+    built, cached = train(child)
+    assert not cached and resolve_model(f"run:{base}") == str(first)
+    assert train(child) == (built, True)
+    write("base", {**base_cfg, "optim": {**base_cfg["optim"], "max_steps": 3}})   # the base config changed
+    with pytest.raises(ModelError, match="not built yet"):
+        resolve_model(f"run:{base}")
+    new_base, cached = train(base)
+    assert not cached and new_base != first
+    rebuilt, cached = train(child)
+    assert not cached and rebuilt != built
