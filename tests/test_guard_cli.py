@@ -57,12 +57,18 @@ def test_server_command_loads_the_plugin(tmp_path):
     assert server_env(str(tmp_path))["UNLEARN_GUARD_POLICY"] == str(tmp_path.resolve())
 
 
-def test_eval_guard_checks_engine_and_tokenizer(tiny_policy, capsys):
+def test_eval_guard_checks_engine_and_tokenizer(tiny_policy, tmp_path, capsys, tiny_tokenizer_factory,
+                                               tiny_model_factory):
     # teacher-forced metrics through a guard are measured (tests/test_compare.py); a policy built
-    # for another tokenizer is refused before anything runs
-    code = main(["eval", "--model", "smollm2", "--benchmark", "synthetic", "--guard", str(tiny_policy),
+    # for another tokenizer (here: the policy's tiny one plus one token) is refused before anything runs
+    other = tmp_path / "other-tokenizer"
+    tok = tiny_tokenizer_factory()
+    tok.add_tokens(["<extra>"])
+    tiny_model_factory(len(tok)).save_pretrained(other)
+    tok.save_pretrained(other)
+    code = main(["eval", "--model", str(other), "--benchmark", "synthetic", "--guard", str(tiny_policy),
                  "--metrics", "rouge,truth_ratio"])
     assert code == 2 and "was compiled for the tokenizer of" in capsys.readouterr().err
-    code = main(["eval", "--model", "smollm2", "--benchmark", "synthetic", "--guard", str(tiny_policy),
+    code = main(["eval", "--model", str(other), "--benchmark", "synthetic", "--guard", str(tiny_policy),
                  "--metrics", "rouge", "--engine", "transformers"])
     assert code == 2 and "engine=vllm" in capsys.readouterr().err
