@@ -79,6 +79,8 @@ class AgentConfig:
     # flagged requests waiting for one; past both, a flagged request is answered 429
     max_rewrites: int = 4
     rewrite_queue: int = 16
+    # seconds a rewrite's model call waits while passthrough requests are in flight (lanes.py); 0: never
+    passthrough_first: float = 2.0
     llm: EndpointConfig = field(default_factory=EndpointConfig)
     # per-node endpoints (answer, audit, erase, critic, compose); a node not named uses `llm`
     nodes: dict[str, EndpointConfig] = field(default_factory=dict)
@@ -95,6 +97,8 @@ class AgentConfig:
             raise ConfigError("agents: top_facts and max_tokens must be >= 1, retries >= 0")
         if self.max_rewrites < 1 or self.rewrite_queue < 0:
             raise ConfigError("agents: max_rewrites must be >= 1, rewrite_queue >= 0")
+        if not 0 <= self.passthrough_first <= 60:
+            raise ConfigError(f"agents: passthrough_first is seconds between 0 and 60, got {self.passthrough_first}")
         unknown = sorted(set(self.nodes) - set(NODES))
         if unknown:
             raise ConfigError(f"agents.nodes: unknown node(s) {unknown}; valid: {list(NODES)}")

@@ -53,6 +53,7 @@ from ..guard import boundary
 from ..guard.boundary import Rejection
 from ..guard.runtime import PREFIX
 from .graph import Job, Pipeline
+from .lanes import Lanes
 from .request import BadRequest, FrontRequest, read_request
 from .store import TargetStore, parse_live_target
 
@@ -191,6 +192,7 @@ def create_app(store: TargetStore, pipeline: Pipeline, backend: str, *, model_na
     meta = store.policy.meta                # the same policy the guarded engine checks `unlearn_*` against
     classify_pool = ThreadPoolExecutor(classify_workers, thread_name_prefix="unlearn-classify")
     slots = RewriteSlots(pipeline.cfg.max_rewrites, pipeline.cfg.rewrite_queue)
+    lanes = Lanes(pipeline.cfg.passthrough_first)
 
     @asynccontextmanager
     async def lifespan(_app):
@@ -258,6 +260,8 @@ def create_app(store: TargetStore, pipeline: Pipeline, backend: str, *, model_na
         body = forwarded_body(ask.body, verdict.engine_targets, backend_guarded)
         client = state["client"]
         url = "chat/completions" if ask.kind == "chat" else "completions"   # relative to the backend's /v1
+        lanes.enter()   # rewrites' model calls wait while this runs (lanes.py)
+        streaming = False
         try:
             if ask.stream:
                 upstream = await client.send(client.build_request("POST", url, json=body), stream=True)
@@ -268,6 +272,8 @@ def create_app(store: TargetStore, pipeline: Pipeline, backend: str, *, model_na
                             yield chunk
                     finally:
                         await upstream.aclose()
+                        lanes.leave()
+                streaming = True
                 return StreamingResponse(relay(), status_code=upstream.status_code, headers=headers,
                                          media_type=upstream.headers.get("content-type", "text/event-stream"))
             upstream = await client.post(url, json=body)
@@ -275,6 +281,9 @@ def create_app(store: TargetStore, pipeline: Pipeline, backend: str, *, model_na
             counters["backend_errors"] += 1
             log.error("agent front: backend %s unreachable: %s", backend, exc)
             return error(502, f"the model server behind this front is unreachable ({type(exc).__name__})", "backend_error")
+        finally:
+            if not streaming:
+                lanes.leave()
         try:
             data = upstream.json()
         except ValueError:
@@ -297,7 +306,7 @@ def create_app(store: TargetStore, pipeline: Pipeline, backend: str, *, model_na
             watcher.cancel()
 
     async def rewrite(request: Request, ask: FrontRequest, verdict: Verdict):
-        job = Job(verdict.engine_targets)
+        job = Job(verdict.engine_targets, turn=lanes.rewrite_turn)
         future = slots.submit(pipeline.run, ask.prompt.messages, ask.args.targets, job)
         if future is None:
             counters["rewrites_busy"] += 1
@@ -443,6 +452,7 @@ def create_app(store: TargetStore, pipeline: Pipeline, backend: str, *, model_na
         if (denied := authorised(request)) is not None:
             return denied
         return {"front": dict(counters), "agents": dict(pipeline.stats), "rewrites_admitted": slots.admitted,
+                "rewrite_wait_s": round(lanes.waited, 3),
                 "live_targets_file_errors": store.reload_errors}
 
     return app

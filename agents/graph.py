@@ -47,10 +47,12 @@ class Abandoned(Exception):
 @dataclass(frozen=True)
 class Job:
     """What one rewrite's model calls carry: `targets`, names a guarded endpoint must forbid too (the
-    request's own and the live targets, front.py), and whether the client is still waiting."""
+    request's own and the live targets, front.py), whether the client is still waiting, and when
+    a call may start (the front lets passthrough requests go first)."""
 
     targets: tuple[str, ...] = ()
     cancelled: threading.Event = field(default_factory=threading.Event)
+    turn: Callable[[], None] = lambda: None     # blocks until the call may start (lanes.py)
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -58,6 +60,12 @@ class Job:
     def check(self) -> None:
         if self.cancelled.is_set():
             raise Abandoned()
+
+    def start(self) -> None:
+        """Before each model call: wait for its turn, then stop if the client left meanwhile."""
+        self.check()
+        self.turn()
+        self.check()
 
 
 class State(TypedDict, total=False):
@@ -163,7 +171,7 @@ class Pipeline:
             if attempt:
                 self.count("retries")
                 time.sleep(self.cfg.retry_backoff * 2 ** (attempt - 1))
-                job.check()
+            job.start()
             usage["calls"] += 1
             self.count("llm_calls")
             try:

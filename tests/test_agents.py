@@ -278,3 +278,37 @@ def test_request_targets_do_not_inflate_prompts(store, fake_llm):
     r = pipeline(store, llm, k=1, j=1, top_facts=3).run([{"role": "user", "content": "Who built the glass piano?"}],
                                                         extra_targets=many)
     assert r.route == "rewritten" and "Person40" not in r.answer
+
+
+def test_rewrite_calls_wait_for_passthrough_requests():
+    import threading
+    import time
+
+    from unlearnkit.agents.lanes import Lanes
+
+    lanes = Lanes(patience=5.0)
+    started = []
+    lanes.enter()
+    t = threading.Thread(target=lambda: (lanes.rewrite_turn(), started.append(time.perf_counter())))
+    t.start()
+    time.sleep(0.3)
+    assert not started                       # a passthrough request is in flight: the call waits
+    left = time.perf_counter()
+    lanes.leave()
+    t.join(2)
+    assert started and started[0] - left < 1.0
+    impatient = Lanes(patience=0.2)
+    impatient.enter()                        # a passthrough that never ends cannot starve rewrites
+    t0 = time.perf_counter()
+    impatient.rewrite_turn()
+    assert 0.15 < time.perf_counter() - t0 < 2.0
+
+
+def test_every_model_call_waits_for_its_turn(store, fake_llm):
+    from unlearnkit.agents.graph import Job
+
+    turns = []
+    llm = fake_llm(answer=LEAK, erase="Someone wrote a book.", critic="5")
+    r = pipeline(store, llm).run(Q, job=Job(turn=lambda: turns.append(len(llm.calls))))
+    assert r.route == "rewritten"
+    assert turns == list(range(len(llm.calls)))   # one turn before each call, none after
