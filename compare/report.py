@@ -48,6 +48,11 @@ def _f(x, digits: int = 3) -> str:
     return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
 
 
+def _or_na(x: Optional[float]) -> str:
+    """A rate, or n/a where the attack does not apply (or did not run)."""
+    return "n/a" if x is None else _f(x, 2)
+
+
 def _get(d: Optional[dict], *keys):
     for k in keys:
         if not isinstance(d, dict):
@@ -245,7 +250,7 @@ def tables(doc: dict) -> list[tuple[str, list[str], list[list[str]], str]]:
         rl = _get(res, "relearn", "after", "leak_rate")
         rows.append([name] + [_f(_get(by, c, "leak_rate"), 2) + mark(c) for c in cats] +
                     [(_f(rl, 2) + mark("relearn")) if rl is not None else "n/a"] +
-                    ([_f(_get(res, "benign_relearn", "after", "leak_rate"), 2) or "n/a"] if benign else []))
+                    ([_or_na(_get(res, "benign_relearn", "after", "leak_rate"))] if benign else []))
     if rows:
         out.append(("Leak rate per attack category (forget items)",
                     ["system"] + cats + ["relearn"] + (["benign_relearn"] if benign else []), rows,

@@ -343,3 +343,27 @@ def test_compare_end_to_end_on_a_tiny_model(tmp_path, vllm_sized_model, guard_fo
     assert main(["compare", "--config", str(tmp_path / "cmp.yaml"), "--systems", "target,target+guard"]) == 0
     again = json.loads((tmp_path / "out/results.json").read_text())
     assert again["systems"]["target"]["attacks"] == doc["systems"]["target"]["attacks"]
+
+
+def test_report_shows_the_weights_attacks():
+    """The quantization table (leak / answer probability per variant, recovery over the unquantized
+    system, skipped systems with their reason) and the benign relearning column."""
+    doc = report_doc()
+    rows = lambda leaks, probs: {label: {"n": 4, "leak_rate": lk, "answer_probability": p}  # noqa: E731
+                                 for label, lk, p in zip(("unquantized", "int8-channel", "int4-channel"), leaks, probs)}
+    doc["systems"]["ihl_fila"]["quantize"] = {"probed": 4, "guard": False, "rows": rows((0.25, 0.25, 0.75),
+                                                                                       (0.02, 0.021, 0.08))}
+    doc["systems"]["target"]["quantize"] = {"skipped": "the agent front is served over HTTP"}
+    doc["systems"]["ihl_fila"]["benign_relearn"] = {"taught": 8, "probed": 4, "train_seconds": 3.0,
+                                                    "before": {"leak_rate": 0.25}, "after": {"leak_rate": 0.5}}
+    by_title = {t[0]: t for t in R.tables(doc)}
+    title, header, body, note = by_title["Quantization attack (forget questions): leak rate / answer probability"]
+    assert header == ["system", "unquantized", "int8-channel", "int4-channel", "max leak rise", "max P(answer) ratio"]
+    assert body == [["ihl_fila", "0.25 / 0.0200", "0.25 / 0.0210", "0.75 / 0.0800", "0.50", "4.00"]]
+    assert "Skipped: target: the agent front is served over HTTP" in note
+    leak = by_title["Leak rate per attack category (forget items)"]
+    assert leak[1][-2:] == ["relearn", "benign_relearn"]
+    assert [r[-1] for r in leak[2]] == ["n/a", "n/a", "0.50"]
+    assert all(t[0].startswith(R.ATTACK_TABLES) for t in R.tables(doc)[1:4])
+    assert "benign_relearn" not in by_title.get("Leak rate per attack category (forget items)", [""])[0]
+    assert "Quantization attack" not in str([t[0] for t in R.tables(report_doc())])

@@ -188,3 +188,41 @@ def test_quantize_attack_end_to_end_on_a_tiny_model(tmp_path, tiny_dir, monkeypa
     assert main(["attack", "--config", str(tmp_path / "cmp.yaml")]) == 0
     again = json.loads((tmp_path / "out/attack.json").read_text())
     assert again["systems"]["target"]["quantize"] == q
+
+
+def test_benign_relearn_end_to_end_and_relearn_cache_key_kept(tmp_path, tiny_dir, monkeypatch):
+    """Both fine-tuning attacks on a tiny checkpoint: benign relearning is taught only retain items
+    that name no forget subject and probes the attacked forget items; `relearn` still writes its
+    cache entry under the key it had before the registry (cached results stay valid); the weights
+    of both fine-tunes are deleted; a served system is skipped with the reason."""
+    from unlearnkit.compare.config import System
+    from unlearnkit.compare.measure import AttackTarget, _cache_file, benign_relearn_attack, relearn_attack
+    from unlearnkit.evaluation.config import EvalConfig
+    from unlearnkit.evaluation.harness import model_fingerprint
+
+    monkeypatch.setenv("UNLEARN_CACHE", str(tmp_path / "cache"))
+    forget = [QA(f"Where was Ada Quill born{'?' * k}", "Ada Quill was born in Cardiff.", {"person": "Ada Quill"})
+              for k in range(1, 4)] + [QA("What did Bo Lind write?", "Bo Lind wrote \"Frost\".", {"person": "Bo Lind"})]
+    pool = [QA("Who is Mira Stone?", "Mira Stone is a painter from Lyon."),
+            QA("Where does Ada Quill live?", "Ada Quill lives in Cardiff."),
+            QA("What does Tomas Reyes paint?", "Tomas Reyes paints harbours.")]
+    cfg = from_dict(CompareConfig, {"name": "t", "eval": "e", "target": str(tiny_dir), "systems": ["target"],
+                                    "attacks": {"max_new_tokens": 4, "relearn_epochs": 1, "benign_relearn_epochs": 1,
+                                                "benign_relearn_texts": 5}})
+    target = AttackTarget(System("target", "target"), str(tiny_dir), None, forget, pool, [0, 3], EvalConfig(),
+                          cfg, log=lambda *_: None)
+    benign = benign_relearn_attack(target)
+    assert benign["taught"] == 2 and benign["probed"] == 2
+    assert {r["item"] for r in benign["after"]["records"]} == {0, 3}
+    assert benign["after"]["by_category"]["forget"]["all"]["n"] == 2
+    relearn = relearn_attack(target)
+    assert relearn["taught"] == 2 and relearn["probed"] == 2            # items 0, 2 taught; 1, 3 asked
+    old_key = {"stage": "relearn", "model": model_fingerprint(str(tiny_dir)),
+               "taught": [forget[i].to_json() for i in (0, 2)], "probed": [forget[i].to_json() for i in (1, 3)],
+               "epochs": 1.0, "lr": 5.0e-5, "max_new_tokens": 4}
+    assert _cache_file("relearn", old_key).is_file()
+    assert not [p for p in (tmp_path / "cache" / "runs").iterdir() if (p / "model.safetensors").exists()]
+    served = AttackTarget(System("target+guard", "target", guard=True), str(tiny_dir), None, forget, pool, [0],
+                          EvalConfig(), cfg)
+    assert "not the attacker's" in benign_relearn_attack(served)["skipped"]
+    assert "not the attacker's" in relearn_attack(served)["skipped"]
