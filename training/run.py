@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import random
+import os
 import resource
 import shutil
 import time
@@ -29,8 +30,8 @@ from ..models.loading import load_tokenizer, resolve_model
 from .cache import RUN_MANIFEST, is_finished
 
 LAUNCH_FILE = "launch.json"  # in <output_dir>.partial: the number of processes the run was launched with
-from .config import TrainConfig
-from .methods import MethodParams, get_method
+from .config import TrainConfig, check_fits_model_at, method_params
+from .methods import get_method
 from .model_card import records_fingerprint, write_model_card
 
 
@@ -113,14 +114,30 @@ def _fila_statistics(cfg: TrainConfig, model, forget, retain, pad_id, log):
     return out["forget"], out["retain"]
 
 
-def check_shardable(cfg: TrainConfig, n_primary: int, world: int) -> None:
-    """Refuse, before anything is written, a multi-process run whose data cannot be split: with
-    fewer examples than processes x batch size some rank would be handed repeated examples."""
+def check_shardable(cfg: TrainConfig, n_primary: int, world: int, sharded_weights: str | None = None) -> None:
+    """Refuse, before anything is written, a multi-process run that cannot work: fewer examples
+    than processes x batch size (some rank would be handed repeated examples), or weights sharded
+    over the ranks (FSDP, DeepSpeed ZeRO-3), which the references and the merged export here do
+    not gather."""
+    if sharded_weights:
+        raise RunError(f"{sharded_weights} shards the weights over the processes, but the reference model "
+                       "(NPO/UnDIAL/IdkDPO), the LoRA merge and the checkpoint export read them whole; launch with "
+                       "configs/accelerate/ddp.yaml (data parallel) instead")
     if world > 1 and n_primary < world * cfg.optim.batch_size:
         raise RunError(
             f"cannot shard {n_primary} {'train' if cfg.method.name == 'finetune' else 'forget'} examples over "
             f"{world} processes x optim.batch_size={cfg.optim.batch_size} (needs at least "
             f"{world * cfg.optim.batch_size}); lower optim.batch_size or launch fewer processes")
+
+
+def _sharded_weights(state) -> str | None:
+    """'FSDP' / 'DeepSpeed ZeRO-3' when the launch shards the weights themselves, else None."""
+    kind = str(state.distributed_type)
+    if kind.endswith("FSDP"):
+        return "FSDP"
+    if kind.endswith("DEEPSPEED") and os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3":
+        return "DeepSpeed ZeRO-3"
+    return None
 
 
 def _prepare_output(out: Path, work: Path, config_text: str, resume: bool, overwrite: bool, world: int = 1) -> None:
@@ -164,10 +181,15 @@ def run_training(cfg: TrainConfig, resume: bool = False, overwrite: bool = False
     # bad model or data references fail here, before anything is written
     model_path = resolve_model(cfg.model)
     tokenizer = load_tokenizer(model_path)
+    check_fits_model_at(cfg, model_path)  # e.g. an RMU layer the model does not have
     fila = cfg.lora is not None and cfg.lora.init == "fila"
     primary, retain, idk = prepare_data(cfg, tokenizer, method.needs_retain or fila, method.needs_idk)
-    state = PartialState()  # under `accelerate launch`, only the main process checks and creates dirs
-    check_shardable(cfg, len(primary), state.num_processes)
+    # under `accelerate launch`, only the main process checks and creates dirs; on a machine without CUDA
+    # the ranks must be told they are CPU processes (gloo), or each one believes it runs alone
+    state = PartialState(cpu=not torch.cuda.is_available())
+    check_shardable(cfg, len(primary), state.num_processes, _sharded_weights(state))
+    if not state.is_main_process:
+        log = lambda *_: None  # noqa: E731 - one copy of each message, from rank 0
     refusal = None
     if state.is_main_process:
         try:
@@ -222,6 +244,7 @@ def run_training(cfg: TrainConfig, resume: bool = False, overwrite: bool = False
         remove_unused_columns=False,
         train_sampling_strategy="group_by_length" if o.group_by_length else "random",
         dataloader_num_workers=0, disable_tqdm=False,
+        ddp_find_unused_parameters=False,  # every trainable weight takes part in every method's forward
     )
     if method.needs_reference and reference is None:
         reference = AdapterOffReference(lambda m: trainer.accelerator.unwrap_model(m))
@@ -230,8 +253,7 @@ def run_training(cfg: TrainConfig, resume: bool = False, overwrite: bool = False
                                                              idk, seed=o.seed + state.process_index),
         data_collator=PairCollator(tokenizer.pad_token_id), callbacks=[MarkCompleteCheckpoints(), *(callbacks or [])],
         method=method, reference=reference,
-        params=MethodParams(beta=cfg.method.beta, gamma=cfg.method.gamma,
-                            retain_weight=cfg.method.retain_weight, forget_weight=cfg.method.forget_weight),
+        params=method_params(cfg),
     )
     checkpoint = last_complete_checkpoint(work / "checkpoints") if resume else None
     if checkpoint is not None:
