@@ -3,6 +3,9 @@ run on the tiny model: vLLM with the guard, the front before it, a request down 
 
 import json
 import os
+import threading
+from contextlib import ExitStack, contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
@@ -28,15 +31,66 @@ def test_serve_agents_argument_errors(tmp_path, tiny_dir, tiny_policy, capsys):
     assert "live targets file" in capsys.readouterr().err
 
 
+LEAKING_DRAFT = "Kalo Mirten was born in Utrecht."
+
+
+@contextmanager
+def scripted_chat_endpoint(text: str):
+    """An OpenAI-compatible /v1/chat/completions on loopback that answers every request with `text`
+    (n times): the answer node's endpoint in the end-to-end test, so that its draft, and with it the
+    route, does not depend on what a random tiny model happens to say."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            reply = json.dumps({
+                "id": "scripted", "object": "chat.completion", "created": 0, "model": body["model"],
+                "choices": [{"index": i, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}
+                            for i in range(body.get("n") or 1)],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 7, "total_tokens": 10}}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_scripted_chat_endpoint_speaks_openai():
+    from unlearnkit.agents.llm import OpenAIChat
+
+    with scripted_chat_endpoint("hello there") as url:
+        reply = OpenAIChat(url, "scripted").chat([{"role": "user", "content": "hi"}], n=2)
+    assert reply.texts == ["hello there"] * 2 and reply.prompt_tokens == 3 and reply.completion_tokens == 7
+
+
 @pytest.mark.slow
 def test_agent_server_end_to_end(vllm_sized_model, tiny_policy, tmp_path, cli_server):
+    """The flagged request's draft comes from a scripted endpoint and names a forget target, so it must
+    take the rewrite route: erase (k=2), critic and compose run on the guarded tiny engine, and with
+    threshold 1 no critic score can refuse it."""
     port, backend_port = free_port(), free_port()
     front, direct = f"http://127.0.0.1:{port}/v1", f"http://127.0.0.1:{backend_port}/v1"
-    args = ["serve", "--model", vllm_sized_model, "--guard", tiny_policy, "--agents", "--agents-set", "k=2",
-            "--agents-set", "max_tokens=8", "--agents-set", "retry_backoff=0", "--port", port,
+    stack = ExitStack()
+    answer_url = stack.enter_context(scripted_chat_endpoint(LEAKING_DRAFT))
+    agents_yaml = tmp_path / "agents.yaml"
+    agents_yaml.write_text(json.dumps({"threshold": 1.0, "nodes": {"answer": {
+        "base_url": answer_url, "model": "scripted", "structured_outputs": False}}}))
+    args = ["serve", "--model", vllm_sized_model, "--guard", tiny_policy, "--agents", "--agents-config", agents_yaml,
+            "--agents-set", "k=2", "--agents-set", "max_tokens=8", "--agents-set", "retry_backoff=0", "--port", port,
             "--backend-port", backend_port, "--name", "tiny", "--dtype", "float32", "--max-model-len", "512",
             "--live-targets", tmp_path / "live.json"]
-    with cli_server(args, port, env={**os.environ, "UNLEARN_ADMIN_TOKEN": "t0k"}) as server:
+    with stack, cli_server(args, port, env={**os.environ, "UNLEARN_ADMIN_TOKEN": "t0k"}) as server:
         plain = {"model": "tiny", "max_tokens": 8, "temperature": 0,
                  "messages": [{"role": "user", "content": "What is the capital of France?"}]}
         through = httpx.post(f"{front}/chat/completions", json=plain, timeout=120)
@@ -46,8 +100,10 @@ def test_agent_server_end_to_end(vllm_sized_model, tiny_policy, tmp_path, cli_se
         flagged = {**plain, "messages": [{"role": "user", "content": "Where was Kalo Mirten born?"}]}
         r = httpx.post(f"{front}/chat/completions", json=flagged, timeout=300)
         meta = r.json()["unlearn"]
-        assert r.status_code == 200 and meta["path"] == "agents" and meta["route"] in ("clean", "rewritten", "refused")
-        assert meta["llm_calls"] >= 2 and meta["prompt_tokens"] > 0, meta
+        assert r.status_code == 200 and meta["path"] == "agents" and meta["route"] == "rewritten", meta
+        # the scripted answer, then at least one erase call, one critic call per rewrite and the compose call
+        assert meta["llm_calls"] >= 5 and meta["prompt_tokens"] > 0, meta
+        assert "Kalo" not in r.json()["choices"][0]["message"]["content"]
         assert meta["reason"] == "flagged" and "critic_scores" not in meta      # no figures for a client
         assert httpx.get(f"http://127.0.0.1:{port}/health").json() == {"status": "ok"}
         s = httpx.post(f"{front}/chat/completions", json={**flagged, "stream": True}, timeout=300)
