@@ -226,3 +226,32 @@ def test_benign_relearn_end_to_end_and_relearn_cache_key_kept(tmp_path, tiny_dir
                           EvalConfig(), cfg)
     assert "not the attacker's" in benign_relearn_attack(served)["skipped"]
     assert "not the attacker's" in relearn_attack(served)["skipped"]
+
+
+@pytest.mark.slow
+def test_guard_served_over_the_quantized_checkpoint(tmp_path, vllm_sized_model, guard_forget_set, monkeypatch):
+    """The quantization attack on a guarded system: the guard (its policy unchanged) runs inside vLLM
+    over the INT4 checkpoint; the forget questions stay flagged, so no reply leaks and the answers'
+    probability stays at the guard's floor, quantized or not."""
+    from pathlib import Path
+
+    from unlearnkit.cli import main
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    forget = tmp_path / "forget.jsonl"
+    forget.write_text("".join(json.dumps(r.to_json()) + "\n" for r in guard_forget_set))
+    (tmp_path / "eval.yaml").write_text(yaml.safe_dump({"benchmark": "files", "forget": f"file:{forget}",
+                                                        "metrics": ["probability"], "max_new_tokens": 8}))
+    cfg = {"name": "tiny-gq", "eval": str(tmp_path / "eval.yaml"), "target": str(vllm_sized_model),
+           "guard": {"forget": f"file:{forget}", "set": ["fpr=0.2"]}, "systems": ["target+guard"],
+           "attacks": {"names": ["quantize"], "forget_items": None, "neighbours": 0, "max_new_tokens": 8,
+                       "quantize_bits": [4], "quantize_schemes": ["group"], "quantize_group_size": 64},
+           "latency_requests": 0, "out_dir": str(tmp_path / "out")}
+    (tmp_path / "cmp.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["attack", "--config", str(tmp_path / "cmp.yaml")]) == 0
+    q = json.loads((tmp_path / "out/attack.json").read_text())["systems"]["target+guard"]["quantize"]
+    assert q["guard"] is True and list(q["rows"]) == ["unquantized", "int4-g64"]
+    for row in q["rows"].values():
+        assert row["n"] == len(guard_forget_set) and row["leak_rate"] == 0.0
+        assert row["answer_probability"] < 1e-3
+    assert q["rows"]["int4-g64"]["quantized"]["matrices"] == 14
