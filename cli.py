@@ -51,7 +51,7 @@ def _cmd_train(args) -> int:
 
     log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
     if args.cached:
-        from .training.cache import train_cached
+        from .training.run import train_cached
 
         print(train_cached(args.config, args.overrides, log=log))
         return 0
@@ -110,7 +110,8 @@ def _cmd_guard(args) -> int:
         return 0
     from .data.sources import load_spec
     from .guard.build import build_policy
-    from .models.loading import load_tokenizer, resolve_model
+    from .models.loading import load_tokenizer
+    from .training.cache import resolve_model
 
     cfg = load_config(GuardConfig, args.config, args.overrides)
     forget = load_spec(args.forget)
@@ -128,7 +129,7 @@ def _cmd_serve(args) -> int:
     import os
 
     from .guard.serve import check_policy_for, server_command, server_env
-    from .models.loading import resolve_model
+    from .training.cache import resolve_model
 
     from .errors import ConfigError
 

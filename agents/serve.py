@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Optional
 
 from ..guard.serve import free_port, server_command, server_env, wait_for_server
+from ..models.loading import load_tokenizer
 from .config import NODES, load_agent_config
+from .llm import endpoint_model
 
 ADMIN_TOKEN_ENV = "UNLEARN_ADMIN_TOKEN"
 log = logging.getLogger("unlearnkit.agents")
@@ -32,10 +34,8 @@ def run_agent_server(model_path: str, policy: str, *, port: int, host: str = "12
     import uvicorn
 
     from ..guard.policy import load_policy
-    from ..models.loading import load_tokenizer
     from .front import create_app
     from .graph import Pipeline
-    from .llm import endpoint_model
     from .store import TargetStore
 
     cfg = load_agent_config(config, list(overrides))            # config errors before anything starts

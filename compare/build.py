@@ -1,6 +1,6 @@
 """Building (or reusing) what a system is made of: its checkpoint and its guard policy.
 
-Checkpoints come from the training cache (`training.cache.train_cached`: a run is reused when its
+Checkpoints come from the training cache (`training.run.train_cached`: a run is reused when its
 config hash matches, resumed when interrupted). Guard policies are compiled once per (forget set,
 calibration set, guard config, tokenizer and weights) into `$UNLEARN_CACHE/guards/<hash>`,
 written to a temporary directory and renamed, so an interruption never leaves half a policy.
@@ -24,8 +24,8 @@ def ensure_model(ref: str, log=print) -> str:
     whatever `run:` model that config starts from."""
     from ..config import load_config
     from ..models.loading import resolve_model
-    from ..training.cache import train_cached
     from ..training.config import TrainConfig
+    from ..training.run import train_cached
 
     if not ref.startswith("run:"):
         return resolve_model(ref)

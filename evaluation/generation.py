@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Sequence
 
+from .vllm_generate import run_vllm
+
 
 def default_dtype(dtype: str) -> str:
     """`auto`: bf16 on CUDA, fp32 on CPU (bf16 is emulated and ~100x slower on CPUs without AVX512-BF16)."""
@@ -32,8 +34,6 @@ def generate_vllm_timed(model_path: str, prompts: Sequence[Sequence[int]], max_t
     """`generate_vllm` with vLLM's whole reply: texts, token ids, the batch's wall seconds and the
     seconds of each of the first `latency_requests` prompts sent alone; `groups` (sizes of
     consecutive runs of prompts) are generated as separate batches, timed apart (`group_s`)."""
-    from .vllm_generate import run_vllm
-
     longest = max(len(p) + m for p, m in zip(prompts, max_tokens))
     request = {"prompt_token_ids": [list(p) for p in prompts], "max_tokens": list(max_tokens),
                "dtype": default_dtype(dtype), "max_model_len": max(512, longest),

@@ -19,13 +19,18 @@ from pathlib import Path
 from typing import Optional
 
 from ..config import to_dict
-from ..errors import ModelError
+from ..errors import DataError, ModelError
 from ..files import json_digest, write_json_atomic
+from ..models.catalog import cache_root
+from ..models.loading import greedy_generate, load_model, load_tokenizer
 from ..provenance import package_versions
+from ..training.cache import resolve_model
 from .benchmarks import Task, build_tasks
 from .config import EvalConfig
+from .generation import default_dtype, generate_vllm
 from .scoring import build_requests, task_results
-from .summary import load_retain_reference, privleak_auc, summarize
+from .summary import privleak_auc, reference_from_result, summarize
+from .tofu_logs import read_logs, truth_ratios
 
 
 # ----------------------------------------------------------------------------- fingerprints
@@ -61,9 +66,6 @@ def measure(cfg: EvalConfig, log=print, use_cache: bool = True, generate=None) -
     budgets) -> texts` replaces the engine call (a caller that adds its own prompts to the same
     engine run); it is not called when the result is cached."""
     from tqdm.auto import tqdm
-
-    from ..models.catalog import cache_root
-    from ..models.loading import greedy_generate, load_model, load_tokenizer, resolve_model
 
     tasks = build_tasks(cfg)  # data problems are reported before any model is fetched or loaded
     path = resolve_model(cfg.model)
@@ -177,8 +179,6 @@ def _device() -> Optional[str]:
 def _torch_dtype(name: str):
     import torch
 
-    from .generation import default_dtype
-
     return getattr(torch, default_dtype(name))
 
 
@@ -187,9 +187,29 @@ def _vllm_or_explain(path, prompts, budgets, dtype, guard=None):
 
     if importlib.util.find_spec("vllm") is None:
         raise ModelError("engine vllm: vLLM is not installed here; install it (make setup) or use engine=transformers")
-    from .generation import generate_vllm
-
     return generate_vllm(path, prompts, budgets, dtype=dtype, guard=guard)
+
+
+def load_retain_reference(spec: str, cfg: EvalConfig, log=print) -> dict:
+    """The retain model's side of forget quality and PrivLeak: {'truth_ratios': [...], 'privleak_auc': x,
+    'source': ..., 'forget_fingerprint': ...} from `model:<ref>` (measured here, like `cfg.model`), a
+    TOFU log directory, or an `unlearn eval` results file."""
+    if spec.startswith("model:"):
+        ref_cfg = dataclasses.replace(cfg, model=spec[6:], retain_eval=None)
+        return reference_from_result(measure(ref_cfg, log=log), spec)
+    p = Path(spec)
+    if p.is_dir():
+        return {"truth_ratios": truth_ratios(read_logs(p)["forget"]), "privleak_auc": None,
+                "source": f"TOFU logs {p}", "forget_fingerprint": None}
+    if p.is_file():
+        try:
+            res = json.loads(p.read_text())
+        except json.JSONDecodeError as exc:
+            raise DataError(f"retain eval {spec!r}: not valid JSON ({exc})") from None
+        if not isinstance(res, dict) or "tasks" not in res:
+            raise DataError(f"retain eval {spec!r}: not an `unlearn eval` result (no 'tasks')")
+        return reference_from_result(res, str(p))
+    raise DataError(f"retain eval {spec!r}: not a file, a TOFU log directory, or model:<ref>")
 
 
 def evaluate(cfg: EvalConfig, out: Optional[str] = None, log=print, use_cache: bool = True) -> dict:

@@ -4,12 +4,8 @@ can be summarised against different references."""
 
 from __future__ import annotations
 
-import dataclasses
-import json
-from pathlib import Path
 from typing import Optional
 
-from ..errors import DataError
 from .config import EvalConfig
 from .metrics import memorization as MEM
 from .metrics import tofu as TOFU
@@ -28,33 +24,11 @@ def forget_truth_ratios(result: dict) -> list[float]:
     return [it["truth_ratio"] for it in items if it.get("truth_ratio") is not None]
 
 
-def _reference(result: dict, source: str) -> dict:
+def reference_from_result(result: dict, source: str) -> dict:
+    """The retain side of forget quality and PrivLeak, from an evaluation result (harness.py
+    `load_retain_reference` reads the other kinds of reference)."""
     return {"truth_ratios": forget_truth_ratios(result), "privleak_auc": result.get("privleak_auc"),
             "source": source, "forget_fingerprint": result["tasks"].get("forget", {}).get("fingerprint")}
-
-
-def load_retain_reference(spec: str, cfg: EvalConfig, log=print) -> dict:
-    """{'truth_ratios': [...], 'privleak_auc': x, 'source': ..., 'forget_fingerprint': ...}."""
-    if spec.startswith("model:"):
-        ref_cfg = dataclasses.replace(cfg, model=spec[6:], retain_eval=None)
-        from .harness import measure
-
-        return _reference(measure(ref_cfg, log=log), spec)
-    p = Path(spec)
-    if p.is_dir():
-        from .tofu_logs import read_logs, truth_ratios
-
-        return {"truth_ratios": truth_ratios(read_logs(p)["forget"]), "privleak_auc": None,
-                "source": f"TOFU logs {p}", "forget_fingerprint": None}
-    if p.is_file():
-        try:
-            res = json.loads(p.read_text())
-        except json.JSONDecodeError as exc:
-            raise DataError(f"retain eval {spec!r}: not valid JSON ({exc})") from None
-        if not isinstance(res, dict) or "tasks" not in res:
-            raise DataError(f"retain eval {spec!r}: not an `unlearn eval` result (no 'tasks')")
-        return _reference(res, str(p))
-    raise DataError(f"retain eval {spec!r}: not a file, a TOFU log directory, or model:<ref>")
 
 
 def summarize(result: dict, cfg: EvalConfig, retain: Optional[dict]) -> dict:
@@ -97,3 +71,6 @@ def summarize(result: dict, cfg: EvalConfig, retain: Optional[dict]) -> dict:
         else:
             summary["privleak"] = MEM.privleak(result["privleak_auc"], ref_auc)
     return summary
+
+
+_reference = reference_from_result   # the name compare/run.py imports

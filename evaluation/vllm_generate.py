@@ -24,8 +24,11 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from ..data.formatting import prompt_text
 from ..errors import UnlearnError
 from ..files import write_json_atomic
+from ..models.loading import load_tokenizer
+from ..training.cache import resolve_model
 
 
 class GenerationError(UnlearnError):
@@ -103,9 +106,6 @@ def run_vllm(model: str, request: dict, timeout: float = 3600, echo: bool = Fals
 def generate_in_subprocess(model: str, questions: list[str], max_tokens: int = 32, dtype: str = "auto",
                            timeout: float = 600) -> dict:
     """Chat answers to plain questions: {"answers": [...], "token_ids": [...]}."""
-    from ..data.formatting import prompt_text
-    from ..models.loading import load_tokenizer, resolve_model
-
     path = resolve_model(model)
     tok = load_tokenizer(path)
     ids = [tok(prompt_text(tok, q), add_special_tokens=False)["input_ids"] for q in questions]

@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from ..models.loading import load_tokenizer
+from .policy import load_policy
 from .runtime import FQCN, POLICY_ENV
 
 MIDDLEWARE = "unlearnkit.guard.vllm_middleware.GuardBoundary"
@@ -56,9 +58,6 @@ def server_env(policy: Optional[str]) -> dict:
 
 def check_policy_for(model_path: str, policy: str) -> dict:
     """Load the whole policy against the model's tokenizer: fail here, before vLLM starts."""
-    from ..models.loading import load_tokenizer
-    from .policy import load_policy
-
     return load_policy(policy, load_tokenizer(model_path)).meta
 
 

@@ -16,13 +16,11 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from ..errors import FetchError  # noqa: F401 - re-exported
+from ..files import sha256_file  # noqa: F401 - re-exported (tests use fetch.sha256_file)
 from .catalog import CATALOG, PackagedModel, model_dir
 
 MANIFEST = "unlearnkit_manifest.json"
-
-
-from ..errors import FetchError  # noqa: F401 - re-exported
-from ..files import sha256_file  # noqa: F401 - re-exported (tests use fetch.sha256_file)
 
 
 def is_fetched(name: str) -> bool:
@@ -96,7 +94,7 @@ def _convert(spec: PackagedModel, gguf: Path, out: Path) -> None:
 
 def probe(spec: PackagedModel, path: Path) -> str:
     """Greedy answer to the probe question; raises if it lacks the expected fact."""
-    from .loading import generate_answers, load_model
+    from .loading import generate_answers, load_model   # loading fetches catalog models: imported here
 
     model, tokenizer = load_model(str(path))
     answer = generate_answers(model, tokenizer, [spec.probe_prompt], max_new_tokens=30)[0]

@@ -5,12 +5,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .catalog import CATALOG
+from ..data.formatting import prompt_text
+from ..errors import ModelError  # noqa: F401 - re-exported
+from .catalog import CATALOG, model_dir
+from .fetch import fetch, is_fetched
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-from ..errors import ModelError  # noqa: F401 - re-exported
 
 
 def resolve_model(ref: str, fetch_missing: bool = True) -> str:
@@ -18,14 +18,12 @@ def resolve_model(ref: str, fetch_missing: bool = True) -> str:
 
     - a catalog name (`smollm2`) is fetched into the cache on first use;
     - an existing directory must hold a `config.json`;
-    - `run:CONFIG.yaml` is the cached output of that training config (`unlearn train --cached`);
     - `owner/name` that is not a local path is treated as a hub id (loading reports
-      if the hub cannot be reached)."""
+      if the hub cannot be reached).
+    `run:CONFIG.yaml` (a cached training run) is training/cache.py's `resolve_model`."""
     if ref.startswith("run:"):
-        return _resolve_run(ref[4:])
+        raise ModelError(f"{ref!r}: a run: reference is resolved by unlearnkit.training.cache.resolve_model")
     if ref in CATALOG:
-        from .fetch import fetch, is_fetched, model_dir
-
         if is_fetched(ref):
             return str(model_dir(ref))
         if not fetch_missing:
@@ -42,24 +40,8 @@ def resolve_model(ref: str, fetch_missing: bool = True) -> str:
         return ref
     raise ModelError(
         f"model {ref!r} not found: give a catalog name {sorted(CATALOG)}, a local checkpoint "
-        "directory, or a hub id (owner/name)"
+        "directory, a hub id (owner/name), or run:CONFIG.yaml where a training run is accepted"
     )
-
-
-def _resolve_run(config_path: str) -> str:
-    """`run:configs/finetune/x.yaml` -> the cached output of that training config."""
-    from ..config import load_config
-    from ..training.cache import cached_output_dir, is_finished
-    from ..training.config import TrainConfig
-
-    if not Path(config_path).is_file():  # shipped configs also resolve from outside the checkout
-        shipped = Path(__file__).resolve().parents[1] / config_path
-        config_path = str(shipped) if shipped.is_file() else config_path
-    cfg = load_config(TrainConfig, config_path)
-    out = cached_output_dir(cfg, Path(config_path).stem)
-    if not is_finished(out):
-        raise ModelError(f"model run:{config_path} is not built yet; run `unlearn train --cached --config {config_path}`")
-    return str(out)
 
 
 def load_tokenizer(path: str):
@@ -122,8 +104,6 @@ def greedy_generate(model, tokenizer, prompts: list[list[int]], max_tokens: list
 def generate_answers(model, tokenizer, questions: list[str], max_new_tokens: int = 48,
                      batch_size: int = 16) -> list[str]:
     """Greedy chat answers (demos and probes; evaluation generates through evaluation/generation.py)."""
-    from ..data.formatting import prompt_text
-
     prompts = [tokenizer(prompt_text(tokenizer, q), add_special_tokens=False)["input_ids"] for q in questions]
     texts = greedy_generate(model, tokenizer, prompts, [max_new_tokens] * len(prompts), batch_size)
     return [t.strip() for t in texts]

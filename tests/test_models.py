@@ -27,10 +27,15 @@ def test_hub_id_that_cannot_be_reached_says_why(monkeypatch):
         load_model("someone/no-such-model")
 
 
-def test_run_reference_requires_a_built_run(tmp_path):
+def test_run_reference_requires_a_built_run(tmp_path, tiny_dir):
+    from unlearnkit.training.cache import resolve_model as resolve_any
+
     cfg = tmp_path / "ft.yaml"
     cfg.write_text("method: {name: finetune}\ndata: {train: synth/full}\n")
     with pytest.raises(ModelError, match="not built yet.*unlearn train --cached"):
+        resolve_any(f"run:{cfg}")
+    assert resolve_any(str(tiny_dir)) == str(tiny_dir)            # anything else: models/loading.py's answer
+    with pytest.raises(ModelError, match="training.cache.resolve_model"):   # models/ does not know training runs
         resolve_model(f"run:{cfg}")
 
 

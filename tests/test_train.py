@@ -196,7 +196,7 @@ def test_cached_runs_are_reused_until_their_config_or_base_changes(tiny_dir, tmp
     from unlearnkit.cli import main
     from unlearnkit.config import to_dict
     from unlearnkit.errors import ModelError
-    from unlearnkit.models.loading import resolve_model
+    from unlearnkit.training.cache import resolve_model
 
     def write(name, cfg):
         path = tmp_path / f"{name}.yaml"

@@ -1,8 +1,10 @@
-"""Runs cached by a hash of everything that determines them.
+"""Runs cached by a hash of everything that determines them, and `run:` model references to them.
 
 `cached_output_dir(cfg)` maps a config to `$UNLEARN_CACHE/runs/<name>-<hash>`; the hash
 covers the resolved config (all but `output_dir`) and, for a local base model, the
-fingerprint of its manifest/config, so a changed base model never reuses a stale run."""
+fingerprint of its manifest/config, so a changed base model never reuses a stale run.
+`resolve_model` is models/loading.py's, plus `run:CONFIG.yaml`: the cached output of that
+training config (`unlearn train --cached`, training/run.py `train_cached`)."""
 
 from __future__ import annotations
 
@@ -10,11 +12,14 @@ import dataclasses
 import hashlib
 from pathlib import Path
 
-from ..config import to_dict
+from ..config import load_config, to_dict
+from ..errors import ModelError
 from ..files import json_digest
 from ..models.catalog import cache_root
+from ..models.loading import resolve_model as resolve_base_model
 
 RUN_MANIFEST = "run.json"  # written last into a finished run; its presence means "complete"
+RUN_PREFIX = "run:"
 
 
 def is_finished(run_dir: str | Path) -> bool:
@@ -24,10 +29,8 @@ def is_finished(run_dir: str | Path) -> bool:
 def config_hash(cfg) -> str:
     data = to_dict(dataclasses.replace(cfg, output_dir=""))
     model = Path(cfg.model)
-    if cfg.model.startswith("run:"):  # the cached output of another config: fingerprint what it is now
-        from ..models.loading import resolve_model
-
-        model = Path(resolve_model(cfg.model))
+    if cfg.model.startswith(RUN_PREFIX):  # the cached output of another config: fingerprint what it is now
+        model = Path(resolve_run(cfg.model[len(RUN_PREFIX):]))
     if model.is_dir():  # a local base model (e.g. a cached target): fingerprint its run record
         for name in (RUN_MANIFEST, "unlearnkit_manifest.json", "config.json"):
             if (model / name).is_file():
@@ -40,16 +43,23 @@ def cached_output_dir(cfg, name: str) -> Path:
     return cache_root() / "runs" / f"{name}-{config_hash(cfg)}"
 
 
-def train_cached(config_path: str, overrides: list[str] | None = None, log=print) -> Path:
-    """Run a training config into its cache directory, reuse it if finished, resume it if
-    an interruption left it half-done. Returns the finished run's directory."""
-    from ..config import load_config
-    from .config import TrainConfig
-    from .run import run_training
+def resolve_model(ref: str, fetch_missing: bool = True) -> str:
+    """What `from_pretrained` accepts for `--model`: `run:CONFIG.yaml` is the cached output of that
+    training config; anything else is resolved by models/loading.py (catalog name, checkpoint, hub id)."""
+    if ref.startswith(RUN_PREFIX):
+        return resolve_run(ref[len(RUN_PREFIX):])
+    return resolve_base_model(ref, fetch_missing)
 
-    cfg = load_config(TrainConfig, config_path, overrides)
-    cfg = dataclasses.replace(cfg, output_dir=str(cached_output_dir(cfg, Path(config_path).stem)))
-    if is_finished(cfg.output_dir):
-        log(f"(cached) {cfg.output_dir}")
-        return Path(cfg.output_dir)
-    return run_training(cfg, resume=True, log=log)
+
+def resolve_run(config_path: str) -> str:
+    """`configs/finetune/x.yaml` -> the cached output of that training config (it must be finished)."""
+    from .config import TrainConfig   # imports the method registry, hence torch
+
+    if not Path(config_path).is_file():  # shipped configs also resolve from outside the checkout
+        shipped = Path(__file__).resolve().parents[1] / config_path
+        config_path = str(shipped) if shipped.is_file() else config_path
+    cfg = load_config(TrainConfig, config_path)
+    out = cached_output_dir(cfg, Path(config_path).stem)
+    if not is_finished(out):
+        raise ModelError(f"model run:{config_path} is not built yet; run `unlearn train --cached --config {config_path}`")
+    return str(out)

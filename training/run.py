@@ -11,9 +11,10 @@ checkpoint (FILA statistics come back from their cache, so the adapter init is i
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
-import random
 import os
+import random
 import resource
 import shutil
 import time
@@ -21,22 +22,19 @@ from pathlib import Path
 
 import torch
 
-from ..config import dump_config
-from ..data.formatting import encode_all
+from ..config import dump_config, load_config
+from ..data.formatting import encode_all, pad_batch
 from ..data.records import QA
 from ..data.sources import idk_answers, load_spec
+from ..errors import DataError, RunError
 from ..models.catalog import cache_root
-from ..models.loading import load_tokenizer, resolve_model
-from .cache import RUN_MANIFEST, is_finished
-
-LAUNCH_FILE = "launch.json"  # in <output_dir>.partial: the number of processes the run was launched with
+from ..models.loading import load_tokenizer
+from .cache import RUN_MANIFEST, cached_output_dir, is_finished, resolve_model
 from .config import TrainConfig, check_fits_model_at, method_params
 from .methods import get_method
 from .model_card import records_fingerprint, write_model_card
 
-
-
-from ..errors import DataError, RunError
+LAUNCH_FILE = "launch.json"  # in <output_dir>.partial: the number of processes the run was launched with
 
 
 def _precision(cfg: TrainConfig) -> bool:
@@ -90,7 +88,6 @@ def prepare_data(cfg: TrainConfig, tokenizer, needs_retain: bool, needs_idk: boo
 def _fila_statistics(cfg: TrainConfig, model, forget, retain, pad_id, log):
     from tqdm.auto import tqdm
 
-    from ..data.formatting import pad_batch
     from .fila import cached_fisher, distributed_world, fisher_statistics, rank_shard, statistics_key
 
     lora = cfg.lora
@@ -298,3 +295,14 @@ def run_training(cfg: TrainConfig, resume: bool = False, overwrite: bool = False
     shutil.rmtree(work)
     log(f"saved {out}")
     return out
+
+
+def train_cached(config_path: str, overrides: list[str] | None = None, log=print) -> Path:
+    """Run a training config into its cache directory (training/cache.py), reuse it if finished,
+    resume it if an interruption left it half-done. Returns the finished run's directory."""
+    cfg = load_config(TrainConfig, config_path, overrides)
+    cfg = dataclasses.replace(cfg, output_dir=str(cached_output_dir(cfg, Path(config_path).stem)))
+    if is_finished(cfg.output_dir):
+        log(f"(cached) {cfg.output_dir}")
+        return Path(cfg.output_dir)
+    return run_training(cfg, resume=True, log=log)
