@@ -196,7 +196,7 @@ def main() -> int:
     p.add_argument("--latency-requests", type=int, default=40)
     args = p.parse_args()
     from unlearnkit.guard.policy import read_meta
-    from unlearnkit.models.loading import resolve_model
+    from unlearnkit.training.cache import resolve_model   # run: references too
 
     parts, systems = args.parts.split(","), args.systems.split(",")
     model = resolve_model(args.model)

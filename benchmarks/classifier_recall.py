@@ -390,7 +390,8 @@ def main(argv=None) -> int:
     if not args.tofu_dir:
         p.error("--tofu-dir (or $UNLEARN_TOFU_DIR) is required")
 
-    from unlearnkit.models.loading import load_tokenizer, resolve_model
+    from unlearnkit.models.loading import load_tokenizer
+    from unlearnkit.training.cache import resolve_model   # run: references too
 
     model_path = resolve_model(args.model)
     tokenizer = load_tokenizer(model_path)

@@ -248,7 +248,8 @@ def main() -> int:
     os.environ.setdefault("UNLEARN_TOFU_DIR", str(ROOT.parent / "shared" / "data" / "tofu"))
     (ROOT / "runs" / "bench").mkdir(parents=True, exist_ok=True)
 
-    from unlearnkit.models.loading import load_tokenizer, resolve_model
+    from unlearnkit.models.loading import load_tokenizer
+    from unlearnkit.training.cache import resolve_model   # run: references too
 
     path = resolve_model(args.model)
     if not (Path(args.policy) / "policy.json").is_file():
