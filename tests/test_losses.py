@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from unlearnkit.training.losses import (
-    dpo_loss, grad_ascent_loss, ihl_loss, nll_loss, npo_loss, sequence_logprob, simnpo_loss, undial_loss,
+    dpo_loss, grad_ascent_loss, ihl_loss, nll_loss, npo_loss, random_unit_vector, rmu_forget_loss, rmu_loss,
+    rmu_retain_loss, satimp_loss, sequence_logprob, simnpo_loss, undial_loss, wga_loss,
 )
 
 V = 11
@@ -124,6 +125,8 @@ ALL_LOSSES = {
     "npo": lambda lg, lb, ref: npo_loss(lg, lb, ref),
     "simnpo": lambda lg, lb, ref: simnpo_loss(lg, lb),
     "undial": lambda lg, lb, ref: undial_loss(lg, lb, ref, 5.0),
+    "wga": lambda lg, lb, ref: wga_loss(lg, lb, 1.0),
+    "satimp": lambda lg, lb, ref: satimp_loss(lg, lb, 5.0, 1.0),
 }
 
 
@@ -147,7 +150,7 @@ def test_ignored_positions_have_no_effect(name):
     assert leaf.grad[~ignored].abs().max().item() > 0.0
 
 
-@pytest.mark.parametrize("name", ["grad_ascent", "ihl", "npo", "simnpo", "undial"])
+@pytest.mark.parametrize("name", ["grad_ascent", "ihl", "npo", "simnpo", "undial", "wga", "satimp"])
 def test_a_gradient_step_lowers_forget_probability(name):
     logits, labels = make_batch(14)
     ref = logits.clone()
@@ -180,3 +183,134 @@ def test_ihl_is_bounded_and_zero_gradient_free_when_other_token_dominates():
 def test_shape_mismatch_is_reported():
     with pytest.raises(ValueError, match="disagree"):
         nll_loss(torch.zeros(2, 5, V), torch.zeros(2, 4, dtype=torch.long))
+
+
+# --- token-weighted gradient ascent (WGA, SatImp) and RMU's activation losses ---
+
+def naive_weighted_ascent(logits, labels, weight):
+    """1/N sum_t weight(p_t) * log p_t over answer tokens, one position at a time."""
+    terms = []
+    for b, t, y in valid_positions(labels):
+        p = torch.softmax(logits[b, t].double(), -1)[y].item()
+        terms.append(weight(p) * math.log(p))
+    return sum(terms) / len(terms)
+
+
+@pytest.mark.parametrize("beta", [0.0, 1.0, 2.5])
+def test_wga_matches_loop(beta):
+    logits, labels = make_batch(20)
+    naive = naive_weighted_ascent(logits, labels, lambda p: p ** beta)
+    assert wga_loss(logits, labels, beta).item() == pytest.approx(naive, rel=1e-5)
+
+
+def test_wga_with_beta_0_is_gradient_ascent():
+    logits, labels = make_batch(21)
+    assert wga_loss(logits, labels, 0.0).item() == pytest.approx(grad_ascent_loss(logits, labels).item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("beta1, beta2", [(5.0, 1.0), (1.0, 0.0), (2.0, 3.0)])
+def test_satimp_matches_loop(beta1, beta2):
+    logits, labels = make_batch(22)
+    naive = naive_weighted_ascent(logits, labels, lambda p: p ** beta1 * (1 - p) ** beta2)
+    assert satimp_loss(logits, labels, beta1, beta2).item() == pytest.approx(naive, rel=1e-5)
+
+
+def test_satimp_without_importance_is_wga():
+    logits, labels = make_batch(23)
+    assert satimp_loss(logits, labels, 2.0, 0.0).item() == pytest.approx(wga_loss(logits, labels, 2.0).item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("name, fn", [("wga", lambda lg, lb: wga_loss(lg, lb, 1.0)),
+                                      ("satimp", lambda lg, lb: satimp_loss(lg, lb, 5.0, 1.0))])
+def test_token_weights_are_detached(name, fn):
+    """The gradient is w_t * d log p_t (weights held constant), as the formula says."""
+    logits, labels = make_batch(24)
+    leaf = logits.clone().requires_grad_(True)
+    fn(leaf, labels).backward()
+    naive = torch.zeros_like(logits, dtype=torch.float64)
+    pos = valid_positions(labels)
+    for b, t, y in pos:
+        p = torch.softmax(logits[b, t].double(), -1)
+        py = p[y].item()
+        w = py if name == "wga" else py ** 5 * (1 - py)
+        grad_logp = -p.clone()
+        grad_logp[y] += 1.0  # d log p_y / d logits
+        naive[b, t] = w * grad_logp / len(pos)
+    assert torch.allclose(leaf.grad.double(), naive, atol=1e-6)
+
+
+def make_hidden(seed, B=3, T=7, D=5):
+    return torch.randn(B, T, D, generator=torch.Generator().manual_seed(seed))
+
+
+def naive_activation_mse(hidden, target_at, labels):
+    """Per sequence: mean over answer-predicting positions of mean_d (h - target)^2; mean over sequences."""
+    B, T, D = hidden.shape
+    per_seq = []
+    for b in range(B):
+        terms = [sum((hidden[b, t, d].item() - target_at(b, t, d)) ** 2 for d in range(D)) / D
+                 for t in range(T - 1) if labels[b, t + 1] != -100]
+        per_seq.append(sum(terms) / len(terms) if terms else 0.0)
+    return sum(per_seq) / B
+
+
+def test_rmu_forget_loss_matches_loop():
+    _, labels = make_batch(25)
+    hidden = make_hidden(26)
+    u = random_unit_vector(5, seed=3)
+    c = 4.0
+    naive = naive_activation_mse(hidden, lambda b, t, d: c * u[d].item(), labels)
+    assert rmu_forget_loss(hidden, labels, u, c).item() == pytest.approx(naive, rel=1e-5)
+
+
+def test_rmu_retain_loss_and_total_match_loop():
+    _, labels = make_batch(27)
+    _, forget_labels = make_batch(28)
+    hidden, frozen, forget_hidden = make_hidden(29), make_hidden(30), make_hidden(31)
+    naive = naive_activation_mse(hidden, lambda b, t, d: frozen[b, t, d].item(), labels)
+    assert rmu_retain_loss(hidden, frozen, labels).item() == pytest.approx(naive, rel=1e-5)
+    assert rmu_retain_loss(frozen, frozen, labels).item() == 0.0
+    u, c, alpha = random_unit_vector(5, seed=0), 3.0, 7.0
+    forget = naive_activation_mse(forget_hidden, lambda b, t, d: c * u[d].item(), forget_labels)
+    total = rmu_loss(forget_hidden, forget_labels, hidden, frozen, labels, u, c, alpha)
+    assert total.item() == pytest.approx(forget + alpha * naive, rel=1e-5)
+
+
+def test_rmu_direction_is_a_fixed_unit_vector_per_seed():
+    u = random_unit_vector(576, seed=0)
+    assert u.norm().item() == pytest.approx(1.0, abs=1e-6) and (u >= 0).all()
+    assert torch.equal(u, random_unit_vector(576, seed=0))
+    assert not torch.equal(u, random_unit_vector(576, seed=1))
+    u.mul_(0)  # a caller scribbling on its copy does not change the direction
+    assert random_unit_vector(576, seed=0).norm().item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_rmu_losses_ignore_prompt_and_padding_positions():
+    _, labels = make_batch(32)
+    hidden, frozen = make_hidden(33), make_hidden(34)
+    u = random_unit_vector(5, seed=0)
+    ignored = torch.zeros_like(labels, dtype=torch.bool)
+    ignored[:, :-1] = labels[:, 1:] == -100
+    ignored[:, -1] = True
+    scrambled = hidden.clone()
+    scrambled[ignored] = torch.randn_like(scrambled[ignored]) * 50
+    for fn in (lambda h: rmu_forget_loss(h, labels, u, 2.0), lambda h: rmu_retain_loss(h, frozen, labels)):
+        assert fn(scrambled).item() == pytest.approx(fn(hidden).item(), rel=1e-6)
+        leaf = hidden.clone().requires_grad_(True)
+        fn(leaf).backward()
+        assert leaf.grad[ignored].abs().max().item() == 0.0 and leaf.grad[~ignored].abs().max().item() > 0
+
+
+def test_rmu_step_moves_forget_activations_toward_the_target():
+    _, labels = make_batch(35)
+    hidden = make_hidden(36)
+    u, c = random_unit_vector(5, seed=0), 10.0
+    leaf = hidden.clone().requires_grad_(True)
+    rmu_forget_loss(leaf, labels, u, c).backward()
+    stepped = (hidden - 0.5 * leaf.grad).detach()
+    assert rmu_forget_loss(stepped, labels, u, c) < rmu_forget_loss(hidden, labels, u, c)
+
+
+def test_rmu_shape_mismatch_is_reported():
+    with pytest.raises(ValueError, match="disagree"):
+        rmu_forget_loss(torch.zeros(2, 5, 3), torch.zeros(2, 4, dtype=torch.long), torch.ones(3), 1.0)

@@ -11,13 +11,17 @@ from unlearnkit.training.methods import METHODS
 from unlearnkit.training.run import run_training
 
 FORGET, RETAIN = "synth/forget?people=4&forget=1", "synth/retain?people=4&forget=1"
+# the tiny model has 2 decoder layers of width 32 (conftest): RMU steers block 0 to a target
+# of norm 4 (the shipped default, layer 7 and c = 270, is for SmolLM2-135M)
+TINY_METHOD_PARAMS = {"rmu": {"layer": 0, "steering_coeff": 4.0}}
 
 
 def make_cfg(tiny_dir, out, method="ihl", **extra):
     data = {"forget": FORGET, "retain": RETAIN, "max_length": 96}
     if method == "finetune":
         data = {"train": FORGET, "max_length": 96}
-    cfg = {"model": str(tiny_dir), "output_dir": str(out), "method": {"name": method},
+    method_cfg = {"name": method, **TINY_METHOD_PARAMS.get(method, {})}
+    cfg = {"model": str(tiny_dir), "output_dir": str(out), "method": method_cfg,
            "data": data, "optim": {"max_steps": 2, "batch_size": 4, "lr": 1e-3, "precision": "fp32",
                                    "save_steps": -1, "logging_steps": 1}}
     for key, value in extra.items():
@@ -229,3 +233,99 @@ def test_cached_runs_are_reused_until_their_config_or_base_changes(tiny_dir, tmp
     assert not cached and new_base != first
     rebuilt, cached = train(child)
     assert not cached and rebuilt != built
+
+
+# --- WGA, SatImp, RMU ---
+
+@pytest.fixture(scope="module")
+def tuned_tiny(tiny_dir, tmp_path_factory):
+    """The tiny model fine-tuned on the forget set, so its answers have probability to lose
+    (token-weighted ascent barely moves a random model: its weights p^beta are ~0)."""
+    out = tmp_path_factory.mktemp("tuned") / "ft"
+    return run_training(make_cfg(tiny_dir, out, "finetune", optim={"max_steps": 15, "lr": 1e-2}), log=quiet)
+
+
+def forget_probability(model_dir):
+    from unlearnkit.data.sources import load_spec
+    from unlearnkit.evaluation.probability import answer_probabilities, mean
+    from unlearnkit.models.loading import load_model
+
+    return mean(answer_probabilities(*load_model(str(model_dir)), load_spec(FORGET)))
+
+
+def logged(out, key):
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    return [entry[key] for entry in log if key in entry]
+
+
+@pytest.mark.parametrize("mode", ["full", "lora"])
+@pytest.mark.parametrize("method", ["wga", "satimp"])
+def test_weighted_ascent_lowers_forget_probability(tuned_tiny, tmp_path, method, mode):
+    extra = {"mode": mode, "lora": {"r": 4}} if mode == "lora" else {}
+    lr = 3e-3 if mode == "lora" else 1e-3
+    out = run_training(make_cfg(tuned_tiny, tmp_path / method, method, optim={"max_steps": 6, "lr": lr}, **extra),
+                       log=quiet)
+    assert forget_probability(out) < forget_probability(tuned_tiny)
+    assert len(logged(out, "retain_loss")) == 6
+
+
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_rmu_pulls_forget_activations_to_the_target_and_leaves_later_layers(tuned_tiny, tmp_path, mode):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    extra = {"mode": mode, "lora": {"r": 4}} if mode == "lora" else {}
+    lr = 1e-2 if mode == "lora" else 3e-3
+    out = run_training(make_cfg(tuned_tiny, tmp_path / "rmu", "rmu", optim={"max_steps": 8, "lr": lr}, **extra),
+                       log=quiet)
+    forget_loss = logged(out, "forget_loss")
+    assert len(forget_loss) == 8 and forget_loss[-1] < 0.8 * forget_loss[0]
+    assert len(logged(out, "retain_loss")) == 8
+    # the loss only reaches blocks 0..layer and the embeddings: block 1 and the final norm are untouched
+    before = AutoModelForCausalLM.from_pretrained(tuned_tiny).state_dict()
+    after = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    later = [k for k in before if k.startswith(("model.layers.1.", "model.norm."))]
+    assert later and all(torch.equal(before[k], after[k]) for k in later)
+    assert not torch.equal(before["model.layers.0.mlp.down_proj.weight"], after["model.layers.0.mlp.down_proj.weight"])
+
+
+def test_rmu_layer_out_of_range_is_refused_before_anything_is_written(tiny_dir, tmp_path):
+    from unlearnkit.config import ConfigError
+
+    cfg = make_cfg(tiny_dir, tmp_path / "run", "rmu")
+    cfg.method.layer = 2
+    with pytest.raises(ConfigError, match=r"method.layer 2 is out of range.*2 decoder layers.*valid layers are 0\.\.1"):
+        run_training(cfg, log=quiet)
+    assert not any(tmp_path.iterdir())
+
+
+def test_new_method_defaults_and_nonsense_values():
+    from unlearnkit.config import ConfigError, dump_config
+    from unlearnkit.training.config import method_params
+
+    def cfg(**method):
+        data = {"forget": FORGET, "retain": RETAIN}
+        return from_dict(TrainConfig, {"method": method, "data": data})
+
+    assert method_params(cfg(name="wga")).beta == 1.0
+    sat = method_params(cfg(name="satimp"))
+    assert (sat.beta, sat.beta2, sat.retain_weight, sat.forget_weight) == (5.0, 1.0, 0.1, 1.0)
+    rmu = method_params(cfg(name="rmu", retain_weight=50.0))
+    assert (rmu.layer, rmu.steering_coeff, rmu.retain_weight) == (7, 270.0, 50.0)
+    npo = cfg(name="npo")
+    assert npo.method.beta == 0.1 and npo.method.retain_weight == 1.0
+    # parameters of other methods stay out of a dump (and so out of cached runs' hashes)
+    dumped = dump_config(npo)
+    assert "beta: 0.1" in dumped and not any(k in dumped for k in ("beta2", "layer", "steering_coeff"))
+    assert "layer: 7" in dump_config(cfg(name="rmu"))
+    for method, message in [
+        ({"name": "wga", "layer": 3}, r"method.layer is not a parameter of method 'wga' \(it is used by rmu\)"),
+        ({"name": "rmu", "beta2": 1.0}, r"method.beta2 is not a parameter of method 'rmu' \(it is used by satimp\)"),
+        ({"name": "rmu", "layer": -1}, "layer must be >= 0"),
+        ({"name": "rmu", "steering_coeff": 0}, "steering_coeff must be > 0"),
+        ({"name": "rmu", "retain_weight": -1}, "must be >= 0"),
+        ({"name": "satimp", "beta2": -0.5}, "beta2 must be >= 0"),
+        ({"name": "wga", "beta": 0}, "beta must be > 0"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            cfg(**method)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 from ..config import ConfigError
-from .methods import METHODS
+from .methods import METHODS, MethodParams
 
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -34,19 +34,54 @@ class LoraConfig:
             raise ConfigError(f"lora.r must be >= 1, got {self.r}")
 
 
+SHARED_DEFAULTS = {"beta": 0.1, "retain_weight": 1.0, "forget_weight": 1.0}
+
+
+def _method_specific(default=None):
+    """A parameter only some methods read: absent from dumps (and run hashes) when unset."""
+    return field(default=default, metadata={"omit_if_none": True})
+
+
 @dataclass
 class MethodConfig:
+    """Unset (null) values take the method's default (methods.METHODS[name].defaults), then the
+    shared default; `validate` fills them in, so a dumped config records what was used."""
+
     name: str = "ihl"
-    beta: float = 0.1
-    gamma: float = 0.0
-    retain_weight: float = 1.0
-    forget_weight: float = 1.0
+    beta: Optional[float] = None            # NPO/IdkDPO/SimNPO temperature (0.1); WGA exponent (1.0); SatImp beta1 (5.0)
+    gamma: float = 0.0                      # SimNPO margin; UnDIAL logit adjustment
+    retain_weight: Optional[float] = None   # weight of the retain term (1.0); RMU's alpha
+    forget_weight: Optional[float] = None   # weight of the forget term (1.0)
+    beta2: Optional[float] = _method_specific()           # SatImp: exponent of (1 - p)
+    layer: Optional[int] = _method_specific()             # RMU: decoder block (0-based) steered
+    steering_coeff: Optional[float] = _method_specific()  # RMU: c, norm of the target c * u
 
     def validate(self):
         if self.name not in METHODS:
             raise ConfigError(f"method.name: unknown method {self.name!r}; valid methods: {sorted(METHODS)}")
+        own = METHODS[self.name].defaults
+        for key in METHOD_SPECIFIC:
+            if getattr(self, key) is not None and key not in own:
+                users = sorted(m.name for m in METHODS.values() if key in m.defaults)
+                raise ConfigError(f"method.{key} is not a parameter of method {self.name!r} "
+                                  f"(it is used by {', '.join(users)})")
+        for key in (*SHARED_DEFAULTS, *METHOD_SPECIFIC):
+            if getattr(self, key) is None and (key in own or key in SHARED_DEFAULTS):
+                setattr(self, key, own.get(key, SHARED_DEFAULTS.get(key)))
         if self.beta <= 0:
             raise ConfigError(f"method.beta must be > 0, got {self.beta}")
+        if self.retain_weight < 0 or self.forget_weight < 0:
+            raise ConfigError(f"method.retain_weight and method.forget_weight must be >= 0, "
+                              f"got {self.retain_weight} and {self.forget_weight}")
+        if self.beta2 is not None and self.beta2 < 0:
+            raise ConfigError(f"method.beta2 must be >= 0, got {self.beta2}")
+        if self.layer is not None and self.layer < 0:
+            raise ConfigError(f"method.layer must be >= 0 (a decoder block index), got {self.layer}")
+        if self.steering_coeff is not None and self.steering_coeff <= 0:
+            raise ConfigError(f"method.steering_coeff must be > 0, got {self.steering_coeff}")
+
+
+METHOD_SPECIFIC = ("beta2", "layer", "steering_coeff")
 
 
 @dataclass
@@ -88,6 +123,7 @@ class TrainConfig:
             raise ConfigError("LoRA options (lora.*) were given with mode=full; set mode=lora or drop them")
         if self.mode == "lora" and self.lora is None:
             self.lora = LoraConfig()
+        self.method.validate()  # idempotent; also covers a default (omitted) method section
         method = METHODS[self.method.name]
         if self.method.name == "finetune":
             if not self.data.train:
@@ -103,3 +139,35 @@ class TrainConfig:
                 raise ConfigError(f"method {self.method.name} needs data.retain (the retain set)")
         if self.lora is not None and self.lora.init == "fila" and not self.data.retain:
             raise ConfigError("lora.init=fila needs data.retain (Fisher importance is forget relative to retain)")
+
+
+def method_params(cfg: TrainConfig) -> MethodParams:
+    """The loss parameters of `cfg` (validated, so unset values hold their defaults); RMU's
+    random direction is drawn from the training seed."""
+    m = cfg.method
+    m.validate()
+    extra = {key: getattr(m, key) for key in METHOD_SPECIFIC if getattr(m, key) is not None}
+    return MethodParams(beta=m.beta, gamma=m.gamma, retain_weight=m.retain_weight,
+                        forget_weight=m.forget_weight, seed=cfg.optim.seed, **extra)
+
+
+def check_fits_model(cfg: TrainConfig, num_layers: int) -> None:
+    """Refuse, before anything is written, a method layer the model does not have."""
+    layer = cfg.method.layer
+    if layer is not None and not 0 <= layer < num_layers:
+        raise ConfigError(f"method.layer {layer} is out of range: model {cfg.model!r} has {num_layers} "
+                          f"decoder layers, so valid layers are 0..{num_layers - 1}")
+
+
+def check_fits_model_at(cfg: TrainConfig, model_path: str) -> None:
+    """`check_fits_model` with the layer count read from the model's config.json."""
+    if cfg.method.layer is None:
+        return
+    from transformers import AutoConfig
+
+    model_config = AutoConfig.from_pretrained(model_path)
+    num_layers = getattr(model_config.get_text_config(), "num_hidden_layers", None)
+    if num_layers is None:
+        raise ConfigError(f"method.layer: cannot tell how many decoder layers model {cfg.model!r} has "
+                          f"(its config has no num_hidden_layers)")
+    check_fits_model(cfg, num_layers)

@@ -20,6 +20,43 @@ def _logits(model, batch: dict) -> torch.Tensor:
     return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
 
 
+class _StopForward(Exception):
+    """Raised by the capture hook: nothing after the captured layer needs computing."""
+
+
+def decoder_layers(model) -> torch.nn.ModuleList:
+    """The stack of decoder blocks of a (possibly PEFT- or DDP-wrapped) causal LM."""
+    stacks = [(name, module) for name, module in model.named_modules()
+              if isinstance(module, torch.nn.ModuleList) and name.split(".")[-1] in ("layers", "h", "blocks")]
+    if len(stacks) != 1:
+        raise ValueError(f"cannot find the decoder layers of {type(model).__name__}: "
+                         f"candidate module lists {[name for name, _ in stacks]}")
+    return stacks[0][1]
+
+
+def hidden_at(model, batch: dict, layer: int) -> torch.Tensor:
+    """Output of decoder block `layer` ([B, T, D]); the forward pass stops right there, so
+    later blocks and the LM head are never run (and get no gradient)."""
+    blocks = decoder_layers(model)
+    if not 0 <= layer < len(blocks):
+        raise ValueError(f"layer {layer} is out of range: the model has {len(blocks)} decoder layers "
+                         f"(valid: 0..{len(blocks) - 1})")
+    captured = []
+
+    def capture(module, args, output):
+        captured.append(output[0] if isinstance(output, tuple) else output)
+        raise _StopForward
+
+    handle = blocks[layer].register_forward_hook(capture)
+    try:
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+    return captured[0]
+
+
 class FrozenReference:
     """A frozen copy of the initial model (NPO, IdkDPO, UnDIAL's teacher)."""
 
@@ -32,6 +69,13 @@ class FrozenReference:
         if next(self.model.parameters()).device != device:
             self.model.to(device)
         return _logits(self.model, batch)
+
+    @torch.no_grad()
+    def hidden(self, trained_model, batch: dict, layer: int) -> torch.Tensor:
+        device = batch["input_ids"].device
+        if next(self.model.parameters()).device != device:
+            self.model.to(device)
+        return hidden_at(self.model, batch, layer)
 
 
 class AdapterOffReference:
@@ -47,6 +91,12 @@ class AdapterOffReference:
         with peft_model.disable_adapter():
             return _logits(peft_model, batch)
 
+    @torch.no_grad()
+    def hidden(self, trained_model, batch: dict, layer: int) -> torch.Tensor:
+        peft_model = self.unwrap(trained_model)
+        with peft_model.disable_adapter():
+            return hidden_at(peft_model, batch, layer)
+
 
 class UnlearnTrainer(Trainer):
     def __init__(self, *args, method: Method, params: MethodParams, reference=None, **kwargs):
@@ -61,6 +111,30 @@ class UnlearnTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         forget = group(inputs, "forget")
         m = self.method
+        if m.needs_hidden_layer:
+            batch = self._hidden_inputs(model, inputs, forget)
+        else:
+            batch = self._logit_inputs(model, inputs, forget)
+        parts = m.loss(batch, self.params)
+        for key, value in parts.items():
+            if key != "loss":
+                self._parts[key] += float(value.detach())
+        self._n_parts += 1
+        return (parts["loss"], None) if return_outputs else parts["loss"]
+
+    def _hidden_inputs(self, model, inputs, forget) -> MethodInputs:
+        """Block `params.layer`'s outputs: forget and retain (trained), retain (reference)."""
+        layer = self.params.layer
+        batch = MethodInputs(forget_labels=forget["labels"], forget_hidden=hidden_at(model, forget, layer))
+        if self.method.needs_retain:
+            retain = group(inputs, "retain")
+            batch.retain_labels, batch.retain_hidden = retain["labels"], hidden_at(model, retain, layer)
+            if self.method.needs_reference:
+                batch.ref_retain_hidden = self.reference.hidden(model, retain, layer)
+        return batch
+
+    def _logit_inputs(self, model, inputs, forget) -> MethodInputs:
+        m = self.method
         batch = MethodInputs(forget_logits=_logits(model, forget), forget_labels=forget["labels"])
         if m.needs_retain:
             retain = group(inputs, "retain")
@@ -72,12 +146,7 @@ class UnlearnTrainer(Trainer):
             batch.ref_forget_logits = self.reference.logits(model, forget)
             if m.needs_idk:
                 batch.ref_idk_logits = self.reference.logits(model, group(inputs, "idk"))
-        parts = m.loss(batch, self.params)
-        for key, value in parts.items():
-            if key != "loss":
-                self._parts[key] += float(value.detach())
-        self._n_parts += 1
-        return (parts["loss"], None) if return_outputs else parts["loss"]
+        return batch
 
     def log(self, logs, *args, **kwargs):
         if self._n_parts and "loss" in logs:
