@@ -1,6 +1,6 @@
 """TOFU-mini benchmark of the weight-level methods (not a test: it prints measured figures).
 
-    python benchmarks/tofu_mini_methods.py [--methods grad_diff,npo,ihl,ihl_fila,undial]
+    python benchmarks/tofu_mini_methods.py [--methods grad_diff,npo,ihl,ihl_fila,undial,rmu,wga,satimp]
 
 Builds (or reuses from the cache) the TOFU-mini target and retain fine-tunes, then runs each
 method's config from configs/train/ as its own process (so peak memory is per run), and
@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_METHODS = ["grad_diff", "npo", "ihl", "ihl_fila", "undial"]
+DEFAULT_METHODS = ["grad_diff", "npo", "ihl", "ihl_fila", "undial", "rmu", "wga", "satimp"]
 
 
 def train_cached(config: Path) -> tuple[Path, float]:

@@ -310,8 +310,9 @@ def test_new_method_defaults_and_nonsense_values():
     assert method_params(cfg(name="wga")).beta == 1.0
     sat = method_params(cfg(name="satimp"))
     assert (sat.beta, sat.beta2, sat.retain_weight, sat.forget_weight) == (5.0, 1.0, 0.1, 1.0)
-    rmu = method_params(cfg(name="rmu", retain_weight=50.0))
-    assert (rmu.layer, rmu.steering_coeff, rmu.retain_weight) == (7, 270.0, 50.0)
+    rmu = method_params(cfg(name="rmu"))
+    assert (rmu.layer, rmu.steering_coeff, rmu.retain_weight, rmu.seed) == (7, 270.0, 1200.0, 0)
+    assert method_params(cfg(name="rmu", retain_weight=50.0)).retain_weight == 50.0
     npo = cfg(name="npo")
     assert npo.method.beta == 0.1 and npo.method.retain_weight == 1.0
     # parameters of other methods stay out of a dump (and so out of cached runs' hashes)

@@ -126,7 +126,7 @@ METHODS: dict[str, Method] = {
                needs_retain=True, defaults={"beta": 5.0, "beta2": 1.0, "retain_weight": 0.1},
                summary="saturation x importance weighted gradient ascent + retain NLL"),
         Method("rmu", _rmu_forget, retain_term=_rmu_retain, needs_retain=True, needs_reference=True,
-               needs_hidden_layer=True, defaults={"layer": 7, "steering_coeff": 270.0},
+               needs_hidden_layer=True, defaults={"layer": 7, "steering_coeff": 270.0, "retain_weight": 1200.0},
                summary="steer layer-L activations on forget to c*u, keep them on retain"),
     ]
 }
