@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 EXTRA  := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
 export UNLEARN_TOFU_DIR ?= $(abspath ../shared/data/tofu)
 
-.PHONY: setup browser demo test test-fast bench bench-eval bench-guard bench-agents clean
+.PHONY: setup browser demo lint test test-fast bench bench-eval bench-guard bench-agents clean
 
 $(VENV)/.installed: pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -28,10 +28,13 @@ setup: $(VENV)/.installed browser
 demo: setup
 	$(BIN)/unlearn demo
 
-test: setup
+lint: setup
+	$(BIN)/ruff check .
+
+test: setup lint
 	$(BIN)/python -m pytest
 
-test-fast: setup
+test-fast: setup lint
 	$(BIN)/python -m pytest -m "not slow"
 
 bench: setup

@@ -17,10 +17,9 @@ from typing import Any, TypeVar
 
 import yaml
 
-T = TypeVar("T")
-
-
 from .errors import ConfigError  # noqa: F401 - re-exported
+
+T = TypeVar("T")
 
 
 def _type_name(tp: Any) -> str:

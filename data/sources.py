@@ -18,14 +18,12 @@ import os
 from pathlib import Path
 from urllib.parse import parse_qsl
 
+from ..errors import DataError  # noqa: F401 - re-exported
 from .records import QA
 from .synth import synth_split
 
 TOFU_HUB_ID = "locuslab/TOFU"
 SOURCES = ["tofu/<split>", "tofu/<split>-<split>", "synth/<forget|retain|full>", "file:<path>", "text:<path>"]
-
-
-from ..errors import DataError  # noqa: F401 - re-exported
 
 
 def tofu_root() -> str:

@@ -54,9 +54,11 @@ def build_requests(tasks: list[Task], tokenizer, cfg: EvalConfig) -> Requests:
                     answers, keys = [r.answer], ["gt"]
                     para = r.answer if task.kind == "options" else r.extra.get("paraphrased_answer")
                     if isinstance(para, str) and task.kind == "qa":
-                        answers.append(para); keys.append("paraphrased")
+                        answers.append(para)
+                        keys.append("paraphrased")
                     for k, p in enumerate(r.extra.get("perturbed_answer") or []):
-                        answers.append(p); keys.append(f"perturbed{k}")
+                        answers.append(p)
+                        keys.append(f"perturbed{k}")
                     room = max(1, cfg.max_length - len(prompt))
                     req.tf.append((t, i, prompt, [_ids(tokenizer, a + eot)[:room] for a in answers], keys))
             elif task.kind == "verbmem":

@@ -59,7 +59,10 @@ def _build_tree(prefix: Sequence[int], continuations: Sequence[Sequence[int]], s
     tokens, parents, depths = [], [], []
     last = -1
     for d, tok in enumerate(prefix[shared:]):
-        tokens.append(int(tok)); parents.append(last); depths.append(d); last = len(tokens) - 1
+        tokens.append(int(tok))
+        parents.append(last)
+        depths.append(d)
+        last = len(tokens) - 1
     root_depth = len(prefix) - shared
     children: dict[tuple[int, int], int] = {}
     targets = []
@@ -68,7 +71,9 @@ def _build_tree(prefix: Sequence[int], continuations: Sequence[Sequence[int]], s
         for d, tok in enumerate(cont):
             key = (node, int(tok))
             if key not in children:
-                tokens.append(int(tok)); parents.append(node); depths.append(root_depth + d)
+                tokens.append(int(tok))
+                parents.append(node)
+                depths.append(root_depth + d)
                 children[key] = len(tokens) - 1
             node = children[key]
             path.append(node)

@@ -40,7 +40,10 @@ def test_common_prefix_leaves_one_token_per_item():
 def test_matches_plain_forward(tiny, budget):
     model, _ = tiny
     g = torch.Generator().manual_seed(0)
-    rand = lambda n: torch.randint(4, 300, (n,), generator=g).tolist()
+
+    def rand(n):
+        return torch.randint(4, 300, (n,), generator=g).tolist()
+
     common = rand(5)  # shared by every prefix, like a system prompt
     prefixes = [common + rand(3), common + rand(6), common + rand(1)]
     conts = [[rand(4), rand(4)[:2] + rand(3), rand(1)],
