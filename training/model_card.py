@@ -36,7 +36,7 @@ def base_model_id(model_ref: str) -> str:
     return CATALOG_HUB_IDS.get(model_ref, model_ref)
 
 
-def _card_data(manifest: dict, eval_results=None):
+def _card_data(manifest: dict, name: str, eval_results=None):
     from huggingface_hub import ModelCardData
 
     method = manifest["method"]
@@ -45,7 +45,7 @@ def _card_data(manifest: dict, eval_results=None):
         tags.append("fila")
     return ModelCardData(
         base_model=base_model_id(manifest["base_model"]), library_name="transformers",
-        pipeline_tag="text-generation", tags=tags, model_name=manifest.get("name") or f"unlearned-{method}",
+        pipeline_tag="text-generation", tags=tags, model_name=name,
         eval_results=eval_results or None,
         unlearning={"method": method, "mode": manifest["mode"], "init": manifest.get("init"),
                     "forget_set": manifest.get("forget_set"), "forget_fingerprint": manifest.get("forget_fingerprint"),
@@ -53,11 +53,11 @@ def _card_data(manifest: dict, eval_results=None):
     )
 
 
-def _body(manifest: dict, evaluated: str | None) -> str:
+def _body(manifest: dict, name: str, evaluated: str | None) -> str:
     forget = manifest.get("forget_set") or "-"
     lines = [
-        f"# {manifest.get('name') or 'unlearned-' + manifest['method']}", "",
-        f"`{base_model_id(manifest['base_model'])}` after unlearning with **{manifest['method']}** "
+        f"# {name}", "",
+        f"`{base_model_id(manifest['base_model'])}` after {'fine-tuning' if manifest['method'] == 'finetune' else 'unlearning'} with **{manifest['method']}** "
         f"({manifest['mode']}{', FILA init' if manifest.get('init') == 'fila' else ''}; merged weights) by unlearnkit.", "",
         f"- forget set: `{forget}` (fingerprint `{manifest.get('forget_fingerprint')}`, "
         f"{manifest['examples']['primary']} examples)",
@@ -71,10 +71,10 @@ def _body(manifest: dict, evaluated: str | None) -> str:
     return "\n".join(lines)
 
 
-def _write(run_dir: Path, card_data, manifest: dict, evaluated: str | None) -> Path:
+def _write(run_dir: Path, card_data, manifest: dict, name: str, evaluated: str | None) -> Path:
     from huggingface_hub import ModelCard
 
-    card = ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n{_body(manifest, evaluated)}")
+    card = ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n{_body(manifest, name, evaluated)}")
     path = Path(run_dir) / CARD_FILE
     tmp = path.with_name(path.name + ".partial")
     card.save(tmp)
@@ -82,10 +82,9 @@ def _write(run_dir: Path, card_data, manifest: dict, evaluated: str | None) -> P
     return path
 
 
-def write_model_card(run_dir: Path, manifest: dict) -> Path:
-    """Write `README.md` for the run described by `manifest` (run.json's fields plus
-    forget_set / forget_fingerprint / world_size)."""
-    return _write(run_dir, _card_data(manifest), manifest, None)
+def write_model_card(run_dir: Path, manifest: dict, name: str) -> Path:
+    """Write `README.md` for the run described by `manifest` (run.json's fields) named `name`."""
+    return _write(run_dir, _card_data(manifest, name), manifest, name, None)
 
 
 def eval_results(result: dict) -> list:
@@ -100,13 +99,12 @@ def eval_results(result: dict) -> list:
             if metric == "n_items" or isinstance(value, bool) or not isinstance(value, (int, float)):
                 continue
             out.append(EvalResult(task_type="text-generation", dataset_type=benchmark, dataset_name=benchmark,
-                                  dataset_split=task, metric_type=metric, metric_value=float(value),
-                                  source_name="unlearnkit"))
+                                  dataset_split=task, metric_type=metric, metric_value=float(value)))
     for metric in SUMMARY_METRICS:
         value = (result.get("summary") or {}).get(metric)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             out.append(EvalResult(task_type="text-generation", dataset_type=benchmark, dataset_name=benchmark,
-                                  metric_type=metric, metric_value=float(value), source_name="unlearnkit"))
+                                  metric_type=metric, metric_value=float(value)))
     return out
 
 
@@ -117,4 +115,4 @@ def add_evaluation(run_dir: Path, result: dict) -> Path:
     entries = eval_results(result)
     fp = result.get("tasks", {}).get("forget", {}).get("fingerprint")
     note = f"{result['benchmark']}, {len(entries)} metrics in the model-index (evaluated forget set: fingerprint `{fp}`)"
-    return _write(run_dir, _card_data(manifest, entries), manifest, note)
+    return _write(run_dir, _card_data(manifest, run_dir.name, entries), manifest, run_dir.name, note)

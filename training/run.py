@@ -282,12 +282,10 @@ def run_training(cfg: TrainConfig, resume: bool = False, overwrite: bool = False
         "precision": "bf16" if bf16 else "fp32", "device": str(trainer.args.device),
         "train_seconds": round(train_seconds, 1), "total_seconds": round(time.time() - started, 1),
         "peak_memory_mb": round(_peak_memory_mb(), 1), "resumed_from": str(checkpoint) if checkpoint else None,
-        "world_size": state.num_processes,
+        "world_size": state.num_processes, "forget_set": cfg.data.train or cfg.data.forget,
+        "forget_fingerprint": records_fingerprint(load_spec(cfg.data.train or cfg.data.forget)),
     }
-    spec = cfg.data.train or cfg.data.forget
-    card = {**manifest, "name": out.name, "forget_set": spec, "forget_fingerprint": records_fingerprint(load_spec(spec)),
-            "world_size": state.num_processes}
-    write_model_card(final, card)
+    write_model_card(final, manifest, out.name)
     (final / RUN_MANIFEST).write_text(json.dumps(manifest, indent=2))
     if out.exists():
         shutil.rmtree(out)
