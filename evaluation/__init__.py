@@ -1,1 +1,2 @@
-"""Metrics, attacks and reports (issue 3 onward); answer probability lives here already."""
+"""Measuring one system: benchmarks, generation, teacher forcing, pure metrics, attacks, the
+`unlearn eval` orchestrator (harness.py) and its tables; see docs/architecture.md."""

@@ -57,7 +57,7 @@ def _tofu_utility() -> list[Task]:
 
 
 def tofu_mini(cfg) -> list[Task]:
-    """DESIGN.md's CPU protocol: target fine-tuned on forget10, forget = forget01 (40 QA),
+    """TOFU-mini, the CPU protocol (docs/architecture.md): target fine-tuned on forget10, forget = forget01 (40 QA),
     retain = the other 360 QA of forget10, plus real authors and world facts."""
     return [_spec_task("forget", "qa", "tofu/forget01_perturbed", "forget"),
             _spec_task("retain", "qa", "tofu/forget10_perturbed-forget01_perturbed", "retain"),
