@@ -29,6 +29,7 @@ from .penalty import centred_unit, semantic_penalty
 from .phrases import STOPWORDS, distinctive_parts, group_targets, item_phrases, mentions, quoted, stems
 from ..files import json_digest, sha256_file
 from . import disguise
+from .calibrate import RatioProbe, calibrate_soft_mask, calibration_record, calibration_split, check_counterfactuals
 from .classifier import MIN_COLLAPSED, PromptClassifier, as_served
 from .policy import FILES, FORMAT, FORMAT_VERSION, GuardConfig, Policy, PolicyError, read_meta, tokenizer_fingerprint
 from .trie import token_sequences
@@ -105,6 +106,9 @@ def build_policy(forget: list[QA], out_dir: str | Path, model_path: str, tokeniz
     import faiss
 
     check_forget_set(forget)
+    cfg.validate()
+    if cfg.mode == "calibrated":
+        check_counterfactuals(forget)
     if not 0.0 <= cfg.fpr < 1.0:
         raise PolicyError(f"fpr must be in [0, 1), got {cfg.fpr}")
     asked = {item.question for item in forget}
@@ -187,7 +191,7 @@ def build_policy(forget: list[QA], out_dir: str | Path, model_path: str, tokeniz
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": package_versions(("unlearnkit", "torch", "transformers", "sentence-transformers", "faiss-cpu")),
-        "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
+        "config": cfg.as_meta(),
         "sources": {**(sources or {}), "forget_fingerprint": _fingerprint(forget), "n_forget": len(forget),
                     "retain_fingerprint": _fingerprint(retain) if retain else None},
         "embedder": {"name": EMBEDDER_NAME, "dim": int(vecs.shape[1])},
@@ -197,11 +201,35 @@ def build_policy(forget: list[QA], out_dir: str | Path, model_path: str, tokeniz
         "targets": [{**t, "phrases": p} for t, p in zip(targets, target_phrases)],
         "items": items, "calibration": calibration,
     }
-    _write(Path(out_dir), meta, index, item_seqs, target_seqs, penalties)
+    fit = None
+    if cfg.mode == "calibrated":
+        calibration["soft_mask"] = None   # fitted on the written policy, before it is published
+        fit = lambda root: _fit_soft_mask(root, forget, model_path, tokenizer, cfg, progress)  # noqa: E731
+    _write(Path(out_dir), meta, index, item_seqs, target_seqs, penalties, fit)
     return meta
 
 
-def _write(out: Path, meta: dict, index, item_seqs, target_seqs, penalties) -> None:
+def _fit_soft_mask(root: Path, forget: list[QA], model_path: str, tokenizer, cfg: GuardConfig, progress) -> dict:
+    """Calibrated mode (calibrate.py): the soft mask fitted on part of the forget set through the
+    policy as written, and the held-out part's median truth ratio at that mask."""
+    from ..models.loading import load_model
+    from .policy import load_policy
+    from .runtime import GuardRuntime
+
+    model, _ = load_model(model_path, dtype=torch.float32, device="cpu")
+    runtime = GuardRuntime(load_policy(root, tokenizer), tokenizer)
+    fitted, held_out = calibration_split(forget, cfg.calibration_fraction)
+    result = calibrate_soft_mask(RatioProbe(model, tokenizer, runtime, [forget[i] for i in fitted]), cfg, progress)
+    held = None
+    if held_out:
+        held = float(np.median(RatioProbe(model, tokenizer, runtime, [forget[i] for i in held_out]).ratios(result.soft_mask)))
+        progress(f"held-out forget items ({len(held_out)}): median truth ratio {held:.3f} at the fitted soft mask")
+    return calibration_record(result, fitted, held_out, held)
+
+
+def _write(out: Path, meta: dict, index, item_seqs, target_seqs, penalties, fit=None) -> None:
+    """Everything into a temporary directory, renamed into place once whole. `fit(tmp)`: a step that
+    needs the written policy (calibrated mode) and returns calibration figures for policy.json."""
     import faiss
     from safetensors.torch import save_file
 
@@ -219,6 +247,10 @@ def _write(out: Path, meta: dict, index, item_seqs, target_seqs, penalties) -> N
         meta["files"] = {name: sha256_file(tmp / name) for name in FILES}
         (tmp / "policy.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False))
         read_meta(tmp)
+        if fit is not None:
+            meta["calibration"].update(fit(tmp))
+            (tmp / "policy.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False))
+            read_meta(tmp)
         if out.exists():
             old = out.with_name(f".{out.name}.old")
             shutil.rmtree(old, ignore_errors=True)

@@ -37,6 +37,7 @@ class RequestGuard:
     extra_state: int = -1
     fallback: Optional[int] = None              # the token to force when the guard leaves no token (end of sequence)
     always_on: bool = False                     # the names check every unflagged request gets
+    soft: Optional[float] = None                # calibrated mode: matched tokens lose this many logits instead of being withheld
 
     def __post_init__(self):
         if self.text is not None and self.text_state < 0:
@@ -93,14 +94,18 @@ class RequestGuard:
                 self.penalty = self.penalty.to(row.device)
             n = min(width, self.penalty.shape[0])
             row[:n] += self.penalty[:n]
-        blocked = _block(row, self.trie.blocked_index(live, row.device), width)
+        policy = [self.trie.blocked_index(live, row.device)]
         if self.text is not None:
-            state = self.text.advance_tokens(self.text_state, extra) if extra else self.text_state
-            blocked |= _block(row, self.text.blocked_index(state, row.device), width)
+            policy.append(self.text.blocked_index(_state(self.text, self.text_state, extra), row.device))
+        if self.soft is None:
+            blocked = any([_block(row, index, width) for index in policy])
+        else:
+            blocked = False
+            _discourage(row, policy, self.soft, width)
+        # withheld in either mode: a name spelled out letter by letter, and the request's own targets
         for matcher, at in ((self.spelled, self.spelled_state), (self.extra, self.extra_state)):
             if matcher is not None:
-                state = matcher.advance_tokens(at, extra) if extra else at
-                blocked |= _block(row, matcher.blocked_index(state, row.device), width)
+                blocked |= _block(row, matcher.blocked_index(_state(matcher, at, extra), row.device), width)
         if blocked and self.fallback is not None and self.fallback < width and float(row.max()) == BLOCKED:
             # every token the request may still sample (its grammar, allowed_token_ids) is withheld:
             # end the response rather than hand the sampler a row with nothing to sample
@@ -115,6 +120,18 @@ def _block(row: torch.Tensor, index: torch.Tensor, width: int) -> bool:
         row[index] = BLOCKED
         return bool(index.numel())
     return False
+
+
+def _state(matcher: TextMatcher, state: int, extra: Sequence[int]) -> int:
+    return matcher.advance_tokens(state, extra) if extra else state
+
+
+def _discourage(row: torch.Tensor, indexes: list[torch.Tensor], amount: float, width: int) -> None:
+    """row[t] -= amount, once per token t matched by any of `indexes` (calibrated mode)."""
+    index = torch.cat(indexes).unique() if len(indexes) > 1 else indexes[0]
+    index = index[index < width]
+    if index.numel():
+        row[index] -= amount
 
 
 class GuardSlots:

@@ -20,6 +20,8 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
+
 import torch
 
 from ..errors import UnlearnError
@@ -46,6 +48,37 @@ class GuardConfig:
     penalty_min_sim: float = 0.45     # embedding cosine below which a token is not penalised
     max_retain: int = 3000            # retain prompts used for calibration (evenly spaced sample)
     refusal: str = "I'm sorry, but I can't share information about that."
+    # strict: withhold every token that completes a forbidden phrase (secrets). calibrated: lower those
+    # tokens by `soft_mask` logits instead, fitted at build time (calibrate.py) so that the guarded
+    # model prefers the true answers no more than the counterfactual ones (imitates not knowing them)
+    mode: str = "strict"
+    soft_mask: Optional[float] = None     # calibrated: a fixed strength (logits) instead of fitting one
+    calibration_ratio: float = 1.0        # calibrated: median truth ratio P(false)/P(true) to reach
+    calibration_fraction: float = 0.5     # calibrated: share of the forget items fitted on (every other one)
+
+    def validate(self) -> None:
+        if self.mode not in MODES:
+            raise PolicyError(f"mode must be one of {list(MODES)}, got {self.mode!r}")
+        if self.soft_mask is not None and not 0.0 <= self.soft_mask <= MAX_SOFT_MASK:
+            raise PolicyError(f"soft_mask must be between 0 and {MAX_SOFT_MASK} logits, got {self.soft_mask}")
+        if not 0.05 <= self.calibration_ratio <= 20.0:
+            raise PolicyError(f"calibration_ratio must be between 0.05 and 20, got {self.calibration_ratio}")
+        if not 0.0 < self.calibration_fraction <= 1.0:
+            raise PolicyError(f"calibration_fraction must be in (0, 1], got {self.calibration_fraction}")
+
+    def as_meta(self) -> dict:
+        """The config as policy.json records it; the calibrated-mode keys only when they are not the
+        strict defaults, so a strict policy's record (and every cache keyed on it) stays as it was."""
+        out = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        if self.mode == "strict" and self.soft_mask is None:
+            for k in CALIBRATED_KEYS:
+                out.pop(k)
+        return out
+
+
+MODES = ("strict", "calibrated")
+CALIBRATED_KEYS = ("mode", "soft_mask", "calibration_ratio", "calibration_fraction")
+MAX_SOFT_MASK = 60.0
 
 
 @dataclass
@@ -60,6 +93,14 @@ class Policy:
     @property
     def config(self) -> GuardConfig:
         return GuardConfig(**self.meta["config"])
+
+    @property
+    def soft_mask(self) -> Optional[float]:
+        """Logits a calibrated policy takes off each matched token; None: strict (withheld)."""
+        if self.meta["config"].get("mode", "strict") != "calibrated":
+            return None
+        value = self.meta["calibration"]["soft_mask"]   # None only inside `unlearn guard build`, while it is fitted
+        return None if value is None else float(value)
 
     @property
     def threshold(self) -> float:
@@ -102,9 +143,11 @@ def read_meta(root: str | Path) -> dict:
         if key not in meta:
             raise PolicyError(f"{meta_path}: missing {key!r}")
     try:
-        GuardConfig(**meta["config"])
+        GuardConfig(**meta["config"]).validate()
     except TypeError as exc:
         raise PolicyError(f"{meta_path}: bad config ({exc})") from None
+    if meta["config"].get("mode") == "calibrated" and "soft_mask" not in meta["calibration"]:
+        raise PolicyError(f"{meta_path}: a calibrated policy without its fitted soft_mask; rebuild it")
     return meta
 
 

@@ -178,6 +178,7 @@ class GuardRuntime:
         self._penalties: OrderedDict = OrderedDict()
         self.cache_size = cache_size
         self.stats = {"requests": 0, "flagged": 0, "failed": 0}
+        self.soft_mask = policy.soft_mask   # calibrated mode (calibrate.py): matched tokens lowered, not withheld
         self.name_probes = self._name_probes()
         self.name_sequences = token_sequences(tokenizer, self.name_probes)
         self.names = self._names_check()
@@ -305,7 +306,7 @@ class GuardRuntime:
         extra = self._request_matcher(args.targets) if args.targets else None
         return RequestGuard(self._trie(items, targets, args.targets), penalty=self._penalty(targets, args.penalty, temperature),
                             text=self._matcher(items, targets), spelled=self.names[2] if self.names else None,
-                            extra=extra, fallback=self.eos)
+                            extra=extra, fallback=self.eos, soft=self.soft_mask)
 
     def decide(self, prompts: list[Sequence[int]], args: list[RequestArgs]) -> list[Decision]:
         """Classify a batch; requests that share a threshold/top_k are embedded together."""

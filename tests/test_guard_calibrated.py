@@ -1,0 +1,130 @@
+"""Calibrated mode: matched tokens lowered by a fitted soft mask instead of withheld; the fit."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from unlearnkit.data.records import QA
+from unlearnkit.guard.calibrate import calibrate_soft_mask, calibration_split, check_counterfactuals, fit_soft_mask
+from unlearnkit.guard.decode import BLOCKED, RequestGuard
+from unlearnkit.guard.policy import GuardConfig, PolicyError
+from unlearnkit.guard.textmatch import TextMatcher, TokenTexts
+from unlearnkit.guard.trie import TokenTrie
+
+
+def test_soft_mask_lowers_matched_tokens_and_withholds_nothing():
+    trie = TokenTrie([[5, 7], [9]])
+    row = torch.zeros(12)
+    RequestGuard(trie, soft=2.5).apply_row(row)
+    assert row[9] == -2.5 and (row[[i for i in range(12) if i != 9]] == 0).all()   # 7 only after 5
+    row = torch.zeros(12)
+    RequestGuard(trie, soft=2.5).apply_row(row, extra=[5])
+    assert row[7] == -2.5 and row[9] == -2.5 and torch.isfinite(row).all()
+    row = torch.zeros(12)
+    RequestGuard(trie).apply_row(row, extra=[5])                                     # strict: withheld
+    assert row[7] == BLOCKED and row[9] == BLOCKED
+
+
+def test_request_targets_stay_withheld_in_calibrated_mode(tiny_dir):
+    from unlearnkit.models.loading import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_dir))
+    texts = TokenTexts(tok)
+    extra = TextMatcher(["Kalo Mirten"], texts)
+    ids = tok("Who is Kalo Mirten", add_special_tokens=False)["input_ids"]
+    guard = RequestGuard(TokenTrie(), soft=1.0, extra=extra)
+    guard.prime(ids[:-1])
+    row = torch.zeros(len(tok))
+    guard.apply_row(row)
+    assert row[ids[-1]] == BLOCKED
+
+
+def test_fit_finds_the_smallest_mask_reaching_the_ratio():
+    calls = []
+
+    def median_at(s):
+        calls.append(s)
+        return 0.5 * math.exp(s / 4)          # monotone; reaches 1 at s = 4 ln 2
+
+    s, value, reached = fit_soft_mask(median_at, 1.0)
+    assert reached and value >= 1.0 and s == pytest.approx(4 * math.log(2), rel=0.03)
+    assert fit_soft_mask(lambda s: 1.3, 1.0) == (0.0, 1.3, True)              # already ignorant: no mask
+    s, value, reached = fit_soft_mask(lambda s: 0.5 + s / 1000, 1.0)           # 0.56 at the top
+    assert not reached and value < 1.0
+
+
+def test_calibration_split_is_disjoint_and_spans_the_set():
+    fitted, held = calibration_split(list(range(40)), 0.5)
+    assert len(fitted) == 20 and set(fitted).isdisjoint(held) and sorted(fitted + held) == list(range(40))
+    assert fitted[:3] == [0, 2, 4]
+    assert calibration_split(list(range(5)), 1.0) == ([0, 1, 2, 3, 4], [])
+
+
+def test_sets_without_counterfactuals_are_refused_by_name():
+    good = QA("q", "a", {"paraphrased_answer": "a'", "perturbed_answer": ["b", "c"]})
+    check_counterfactuals([good])
+    with pytest.raises(PolicyError, match="1 of 2 items have none.*mode: strict"):
+        check_counterfactuals([good, QA("q2", "a2")])
+
+
+class FakeProbe:
+    requests = [None] * 4
+
+    def __init__(self, at):
+        self.at = at
+
+    def ratios(self, s, guarded=True):
+        if not guarded:
+            return [0.4] * 4
+        return [50.0] * 4 if s is None else [self.at(s)] * 4
+
+
+def test_an_unreachable_calibration_says_so_with_the_figures():
+    with pytest.raises(PolicyError, match=r"0\.400 unguarded, 0\.46\d at the largest soft mask"):
+        calibrate_soft_mask(FakeProbe(lambda s: 0.4 + s / 1000), GuardConfig(mode="calibrated"), progress=lambda *_: None)
+    fit = calibrate_soft_mask(FakeProbe(lambda s: 0.4 * math.exp(s / 3)), GuardConfig(mode="calibrated"), progress=lambda *_: None)
+    assert fit.median_ratio >= 1.0 and fit.soft_mask == pytest.approx(3 * math.log(2.5), rel=0.03)
+
+
+def test_bad_calibrated_configs_are_refused():
+    for bad, message in ((dict(mode="soft"), "mode must be one of"), (dict(soft_mask=-1.0), "soft_mask"),
+                         (dict(calibration_ratio=0.0), "calibration_ratio"), (dict(calibration_fraction=0), "fraction")):
+        with pytest.raises(PolicyError, match=message):
+            GuardConfig(**bad).validate()
+
+
+def test_strict_policies_record_the_config_they_always_did():
+    assert set(GuardConfig().as_meta()) == {"fpr", "default_threshold", "top_k", "key_words", "penalty",
+                                            "penalty_min_sim", "max_retain", "refusal"}
+    assert GuardConfig(mode="calibrated").as_meta()["mode"] == "calibrated"
+
+
+def test_calibrated_build_serves_what_it_measured(tmp_path, tiny_dir, guard_forget_set):
+    """A calibrated policy built on the tiny model: the fitted mask reaches the asked median truth
+    ratio on its items, the runtime serves that mask, and scoring through it gives the same ratios."""
+    from unlearnkit.guard.build import build_policy
+    from unlearnkit.guard.calibrate import RatioProbe
+    from unlearnkit.guard.policy import load_policy
+    from unlearnkit.guard.runtime import GuardRuntime
+    from unlearnkit.models.loading import load_model, load_tokenizer
+
+    forget = [QA(r.question, r.answer, {"paraphrased_answer": r.answer, "perturbed_answer": [
+        r.answer.replace("Kalo Mirten", "Aldo Brenn").replace("Ines Farrow", "Mara Dune").replace("19", "18")]})
+        for r in guard_forget_set]
+    tok = load_tokenizer(str(tiny_dir))
+    cfg = GuardConfig(fpr=0.25, penalty=0.0, mode="calibrated", calibration_ratio=1.5, calibration_fraction=0.6)
+    with pytest.raises(PolicyError, match="counterfactual"):
+        build_policy(guard_forget_set, tmp_path / "none", str(tiny_dir), tok, cfg, progress=lambda *_: None)
+    assert not (tmp_path / "none").exists()
+    meta = build_policy(forget, tmp_path / "p", str(tiny_dir), tok, cfg, progress=lambda *_: None)
+    cal = meta["calibration"]
+    assert cal["soft_mask"] > 0 and cal["median_truth_ratio"] >= 1.5 > cal["median_truth_ratio_unguarded"]
+    assert cal["median_truth_ratio_strict"] > cal["median_truth_ratio"]
+    policy = load_policy(tmp_path / "p", tok)
+    runtime = GuardRuntime(policy, tok)
+    assert runtime.soft_mask == pytest.approx(cal["soft_mask"])
+    model, _ = load_model(str(tiny_dir))
+    probe = RatioProbe(model, tok, runtime, [forget[i] for i in cal["fitted_items"]])
+    assert float(np.median(probe.ratios(runtime.soft_mask))) == pytest.approx(cal["median_truth_ratio"], rel=1e-5)
