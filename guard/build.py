@@ -107,7 +107,7 @@ def build_policy(forget: list[QA], out_dir: str | Path, model_path: str, tokeniz
 
     check_forget_set(forget)
     cfg.validate()
-    if cfg.mode == "calibrated":
+    if cfg.calibrated:
         check_counterfactuals(forget)
     if not 0.0 <= cfg.fpr < 1.0:
         raise PolicyError(f"fpr must be in [0, 1), got {cfg.fpr}")
@@ -202,7 +202,7 @@ def build_policy(forget: list[QA], out_dir: str | Path, model_path: str, tokeniz
         "items": items, "calibration": calibration,
     }
     fit = None
-    if cfg.mode == "calibrated":
+    if cfg.calibrated:
         calibration["soft_mask"] = None   # fitted on the written policy, before it is published
         fit = lambda root: _fit_soft_mask(root, forget, model_path, tokenizer, cfg, progress)  # noqa: E731
     _write(Path(out_dir), meta, index, item_seqs, target_seqs, penalties, fit)
@@ -218,7 +218,7 @@ def _fit_soft_mask(root: Path, forget: list[QA], model_path: str, tokenizer, cfg
 
     model, _ = load_model(model_path, dtype=torch.float32, device="cpu")
     runtime = GuardRuntime(load_policy(root, tokenizer), tokenizer)
-    fitted, held_out = calibration_split(forget, cfg.calibration_fraction)
+    fitted, held_out = calibration_split(forget, cfg.fraction)
     result = calibrate_soft_mask(RatioProbe(model, tokenizer, runtime, [forget[i] for i in fitted]), cfg, progress)
     held = None
     if held_out:

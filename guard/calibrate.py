@@ -120,12 +120,12 @@ def calibrate_soft_mask(probe: RatioProbe, cfg: GuardConfig, progress=print) -> 
     unguarded = float(np.median(probe.ratios(None, guarded=False)))
     strict = median(None)
     progress(f"calibrating the soft mask on {len(probe.requests)} forget items: median truth ratio "
-             f"{unguarded:.3f} unguarded, {strict:.3g} strict, target {cfg.calibration_ratio}")
+             f"{unguarded:.3f} unguarded, {strict:.3g} strict, target {cfg.ratio}")
     if cfg.soft_mask is not None:
         return Fit(cfg.soft_mask, median(cfg.soft_mask), unguarded, strict, True)
-    s, value, reached = fit_soft_mask(median, cfg.calibration_ratio)
+    s, value, reached = fit_soft_mask(median, cfg.ratio)
     if not reached:
-        raise PolicyError(f"mode: calibrated cannot reach a median truth ratio of {cfg.calibration_ratio} on the "
+        raise PolicyError(f"mode: calibrated cannot reach a median truth ratio of {cfg.ratio} on the "
                           f"calibration items: {unguarded:.3f} unguarded, {value:.3f} at the largest soft mask "
                           f"({MAX_SOFT_MASK} logits), {strict:.3g} strict. Lower calibration_ratio, or use mode: strict")
     progress(f"soft mask {s:.3f} logits: median truth ratio {value:.3f}")

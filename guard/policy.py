@@ -24,6 +24,7 @@ from typing import Optional
 
 import torch
 
+from ..config import to_dict
 from ..errors import UnlearnError
 from ..files import sha256_file
 
@@ -34,6 +35,14 @@ FILES = ("index.faiss", "sequences.json", "penalty.safetensors")
 
 class PolicyError(UnlearnError):
     """A guard policy cannot be built or loaded; the message says why."""
+
+
+MODES = ("strict", "calibrated")
+MAX_SOFT_MASK = 60.0
+
+
+def _unset():
+    return field(default=None, metadata={"omit_if_none": True})
 
 
 @dataclass
@@ -48,37 +57,43 @@ class GuardConfig:
     penalty_min_sim: float = 0.45     # embedding cosine below which a token is not penalised
     max_retain: int = 3000            # retain prompts used for calibration (evenly spaced sample)
     refusal: str = "I'm sorry, but I can't share information about that."
-    # strict: withhold every token that completes a forbidden phrase (secrets). calibrated: lower those
-    # tokens by `soft_mask` logits instead, fitted at build time (calibrate.py) so that the guarded
-    # model prefers the true answers no more than the counterfactual ones (imitates not knowing them)
-    mode: str = "strict"
-    soft_mask: Optional[float] = None     # calibrated: a fixed strength (logits) instead of fitting one
-    calibration_ratio: float = 1.0        # calibrated: median truth ratio P(false)/P(true) to reach
-    calibration_fraction: float = 0.5     # calibrated: share of the forget items fitted on (every other one)
+    # strict (unset): withhold every token that completes a forbidden phrase (secrets). calibrated:
+    # lower those tokens by a soft mask instead, fitted at build time (calibrate.py) so that the
+    # guarded model prefers the true answers no more than the counterfactual ones (imitates not
+    # knowing them). Unset keys stay out of policy.json, so a strict policy's record (and every cache
+    # keyed on it) is what it was before calibrated mode existed.
+    mode: Optional[str] = _unset()
+    soft_mask: Optional[float] = _unset()              # calibrated: a fixed strength (logits) instead of fitting one
+    calibration_ratio: Optional[float] = _unset()      # calibrated: median truth ratio P(false)/P(true) to reach (1.0)
+    calibration_fraction: Optional[float] = _unset()   # calibrated: share of the forget items fitted on (0.5)
+
+    @property
+    def calibrated(self) -> bool:
+        return self.mode == "calibrated"
+
+    @property
+    def ratio(self) -> float:
+        return 1.0 if self.calibration_ratio is None else self.calibration_ratio
+
+    @property
+    def fraction(self) -> float:
+        return 0.5 if self.calibration_fraction is None else self.calibration_fraction
 
     def validate(self) -> None:
-        if self.mode not in MODES:
+        if self.mode is not None and self.mode not in MODES:
             raise PolicyError(f"mode must be one of {list(MODES)}, got {self.mode!r}")
         if self.soft_mask is not None and not 0.0 <= self.soft_mask <= MAX_SOFT_MASK:
             raise PolicyError(f"soft_mask must be between 0 and {MAX_SOFT_MASK} logits, got {self.soft_mask}")
-        if not 0.05 <= self.calibration_ratio <= 20.0:
-            raise PolicyError(f"calibration_ratio must be between 0.05 and 20, got {self.calibration_ratio}")
-        if not 0.0 < self.calibration_fraction <= 1.0:
-            raise PolicyError(f"calibration_fraction must be in (0, 1], got {self.calibration_fraction}")
+        if not 0.05 <= self.ratio <= 20.0:
+            raise PolicyError(f"calibration_ratio must be between 0.05 and 20, got {self.ratio}")
+        if not 0.0 < self.fraction <= 1.0:
+            raise PolicyError(f"calibration_fraction must be in (0, 1], got {self.fraction}")
 
     def as_meta(self) -> dict:
-        """The config as policy.json records it; the calibrated-mode keys only when they are not the
-        strict defaults, so a strict policy's record (and every cache keyed on it) stays as it was."""
-        out = {k: getattr(self, k) for k in self.__dataclass_fields__}
-        if self.mode == "strict" and self.soft_mask is None:
-            for k in CALIBRATED_KEYS:
-                out.pop(k)
-        return out
+        """The config as policy.json records it (unset calibrated-mode keys left out)."""
+        return to_dict(self)
 
 
-MODES = ("strict", "calibrated")
-CALIBRATED_KEYS = ("mode", "soft_mask", "calibration_ratio", "calibration_fraction")
-MAX_SOFT_MASK = 60.0
 
 
 @dataclass
