@@ -25,6 +25,15 @@ class GuardSpec:
     retain: Optional[str] = None                 # calibration prompts (false-positive rate)
     config: str = "configs/guard/default.yaml"
     set: list[str] = field(default_factory=list)  # key=value overrides of the guard config
+    # more guards from the same sets, each a system modifier of its own (`target+<name>`): name -> overrides
+    # added to `set`, e.g. {guard_calibrated: [mode=calibrated]}
+    variants: dict[str, list[str]] = field(default_factory=dict)
+
+    def variant(self, name: Optional[str]) -> "GuardSpec":
+        """The spec of guard variant `name` (None: this one)."""
+        if name is None:
+            return self
+        return GuardSpec(self.forget, self.retain, self.config, [*self.set, *self.variants[name]])
 
 
 @dataclass
@@ -93,6 +102,9 @@ class CompareConfig:
         for name in self.methods:
             if name in BASES or "+" in name or name in MODIFIERS:
                 raise ConfigError(f"methods: {name!r} is reserved; name methods other than {list(BASES + MODIFIERS)}")
+        clash = sorted(set(self.guard.variants) & set(BASES + MODIFIERS + tuple(self.methods))) if self.guard else []
+        if clash:
+            raise ConfigError(f"guard.variants: {clash} already name a system part; choose other names")
         if not self.systems:
             raise ConfigError(f"systems: empty; valid systems look like {valid_system_names(self)[:6]} ...")
         names = [parse_system(s, self).name for s in self.systems]
@@ -117,6 +129,7 @@ class System:
     base: str
     guard: bool = False
     agents: bool = False
+    guard_variant: Optional[str] = None   # a named variant of `guard:` (GuardSpec.variants); None: the guard itself
 
     @property
     def kind(self) -> str:
@@ -130,7 +143,8 @@ class System:
 
 def valid_system_names(cfg: CompareConfig) -> list[str]:
     bases = list(BASES) + list(cfg.methods)
-    return bases + [f"{b}+{m}" for b in bases for m in ("guard", "agents", "guard+agents")]
+    guards = ["guard", *(cfg.guard.variants if cfg.guard else [])]
+    return bases + [f"{b}+{m}" for b in bases for m in (*guards, "agents", *(f"{g}+agents" for g in guards))]
 
 
 def parse_system(name: str, cfg: CompareConfig) -> System:
@@ -140,10 +154,16 @@ def parse_system(name: str, cfg: CompareConfig) -> System:
     if base not in bases:
         raise ConfigError(f"unknown system {name!r}: base {base!r} is not one of {bases} (methods come from "
                           f"`methods:`); valid systems: {valid_system_names(cfg)}")
-    bad = [m for m in mods if m not in MODIFIERS] or ([m for m in mods if mods.count(m) > 1][:1])
+    variants = list(cfg.guard.variants) if cfg.guard else []
+    bad = [m for m in mods if m not in MODIFIERS + tuple(variants)] or ([m for m in mods if mods.count(m) > 1][:1])
     if bad:
-        raise ConfigError(f"unknown system {name!r}: {bad[0]!r} is not one of {list(MODIFIERS)} (each once); "
-                          f"valid systems: {valid_system_names(cfg)}")
+        raise ConfigError(f"unknown system {name!r}: {bad[0]!r} is not one of {list(MODIFIERS) + variants} (each "
+                          f"once); valid systems: {valid_system_names(cfg)}")
+    chosen = [m for m in mods if m in variants]
+    if len(chosen) + ("guard" in mods) > 1:
+        raise ConfigError(f"system {name!r}: one guard per system (guard or one of {variants})")
+    if chosen:
+        mods = ["guard" if m in chosen else m for m in mods]
     if base == "retain" and not cfg.retain:
         raise ConfigError(f"system {name!r}: the config names no retain model (retain: <model ref>)")
     if "guard" in mods and cfg.guard is None:
@@ -152,5 +172,6 @@ def parse_system(name: str, cfg: CompareConfig) -> System:
         raise ConfigError(f"system {name!r}: the agents take their targets from the guard policy: add "
                           "`guard: {forget: <data spec>}` (the engine stays unguarded unless +guard)")
     guard, agents = "guard" in mods, "agents" in mods
-    canonical = base + ("+guard" if guard else "") + ("+agents" if agents else "")
-    return System(canonical, base, guard, agents)
+    variant = chosen[0] if chosen else None
+    canonical = base + (f"+{variant or 'guard'}" if guard else "") + ("+agents" if agents else "")
+    return System(canonical, base, guard, agents, variant)

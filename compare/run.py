@@ -78,7 +78,7 @@ def measure_system(system: System, cfg: CompareConfig, ecfg: EvalConfig, tasks, 
                  "checkpoint": path, "training": run_record(path)}
     policy = None
     if system.guard or system.agents:
-        policy, info = guard_policy(cfg.guard, path, log=log)
+        policy, info = guard_policy(cfg.guard.variant(system.guard_variant), path, log=log)
         out["guard"] = {"policy": policy, **info}
     engine_policy = policy if system.guard else None
     if system.agents:

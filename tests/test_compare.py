@@ -55,6 +55,21 @@ def test_system_names(tmp_path):
         make_cfg(tmp_path, methods={"guard": "x.yaml"})
 
 
+def test_guard_variants_are_system_modifiers(tmp_path):
+    cfg = make_cfg(tmp_path, guard={"forget": "synth/forget", "set": ["top_k=2"],
+                                    "variants": {"guard_calibrated": ["mode=calibrated"]}},
+                   systems=["target+guard", "ihl_fila+guard_calibrated", "target+agents+guard_calibrated"])
+    s = parse_system("ihl_fila+guard_calibrated", cfg)
+    assert (s.name, s.guard, s.guard_variant, s.kind) == ("ihl_fila+guard_calibrated", True, "guard_calibrated", "stack")
+    assert parse_system("target+agents+guard_calibrated", cfg).name == "target+guard_calibrated+agents"
+    assert cfg.guard.variant(s.guard_variant).set == ["top_k=2", "mode=calibrated"]
+    assert cfg.guard.variant(None) is cfg.guard and parse_system("target+guard", cfg).guard_variant is None
+    with pytest.raises(ConfigError, match="one guard per system"):
+        parse_system("target+guard+guard_calibrated", cfg)
+    with pytest.raises(ConfigError, match="already name a system part"):
+        make_cfg(tmp_path, guard={"forget": "synth/forget", "variants": {"agents": ["mode=calibrated"]}})
+
+
 def test_shipped_compare_configs_load():
     for path in sorted((ROOT / "configs/compare").glob("*.yaml")):
         cfg = RUN.load_compare_config(str(path))
