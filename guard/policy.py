@@ -207,5 +207,13 @@ def policy_summary(meta: dict) -> str:
                        ("paraphrase_recall", "paraphrased questions flagged")):
         if cal.get(key) is not None:
             lines.append(f"{label}: {cal[key]:.4f}")
+    if meta["config"].get("mode") == "calibrated" and cal.get("soft_mask") is not None:
+        lines.append(f"mode: calibrated, soft mask {cal['soft_mask']:.3f} logits (median truth ratio "
+                     f"{cal['median_truth_ratio_unguarded']:.3f} unguarded -> {cal['median_truth_ratio']:.3f} on "
+                     f"{len(cal['fitted_items'])} fitted items; strict would give {cal['median_truth_ratio_strict']:.3g})")
+        if cal.get("held_out_median_truth_ratio") is not None:
+            lines.append(f"held-out forget items: median truth ratio {cal['held_out_median_truth_ratio']:.3f}")
+    else:
+        lines.append("mode: strict (matched tokens withheld)")
     return "\n".join(lines)
 

@@ -128,3 +128,15 @@ def test_calibrated_build_serves_what_it_measured(tmp_path, tiny_dir, guard_forg
     model, _ = load_model(str(tiny_dir))
     probe = RatioProbe(model, tok, runtime, [forget[i] for i in cal["fitted_items"]])
     assert float(np.median(probe.ratios(runtime.soft_mask))) == pytest.approx(cal["median_truth_ratio"], rel=1e-5)
+
+
+def test_policy_summary_says_the_mode():
+    from unlearnkit.guard.policy import policy_summary
+
+    meta = {"targets": [], "items": [], "config": {}, "calibration": {"threshold": 0.5}}
+    assert "mode: strict" in policy_summary(meta)
+    meta = {**meta, "config": {"mode": "calibrated"}, "calibration": {
+        "threshold": 0.5, "soft_mask": 3.25, "median_truth_ratio_unguarded": 0.5, "median_truth_ratio": 1.01,
+        "fitted_items": [0, 2], "median_truth_ratio_strict": 40.0, "held_out_median_truth_ratio": 0.97}}
+    text = policy_summary(meta)
+    assert "soft mask 3.250 logits" in text and "held-out forget items: median truth ratio 0.970" in text
