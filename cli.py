@@ -194,6 +194,30 @@ def _cmd_attack(args) -> int:
     return 0 if all_ok(doc) else 1
 
 
+def _cmd_audit(args) -> int:
+    from .compare.audit import AuditSpec, leak_counts, run_audit
+    from .compare.report import ATTACK_TABLES, md_table, tables
+
+    spec = AuditSpec(endpoint=args.endpoint, model=args.model, forget=args.forget, retain=args.retain, out=args.out,
+                     forget_items=args.forget_items, neighbours=args.neighbours, max_new_tokens=args.max_new_tokens,
+                     refusals=list(args.refusal or []), concurrency=args.concurrency, timeout=args.timeout,
+                     all_jailbreaks=args.all_jailbreaks)
+    if args.attacks:
+        spec.attacks = [a for a in args.attacks.split(",") if a]
+    doc = run_audit(spec, report=not args.no_report, log=lambda msg: print(msg, file=sys.stderr))
+    attacks = doc["systems"][spec.model]["attacks"]
+    for title, header, rows, _ in tables(doc):
+        if title.startswith(ATTACK_TABLES):
+            print(f"\n{title}\n" + md_table(header, rows))
+    leaked = leak_counts(attacks)
+    print(f"\nforget probes leaking: {sum(a for a, _ in leaked.values())} / {sum(n for _, n in leaked.values())}")
+    if attacks["failed"]:
+        print(f"{len(attacks['failed'])} requests failed (first: {attacks['failed'][0]['error']}); not scored")
+    out = spec.out_dir()
+    print(f"report: {out / 'report.html'}  ({out / 'report.md'}, {out / 'results.json'})")
+    return 1 if attacks["failed"] else 0
+
+
 def _cmd_demo(args) -> int:
     from .demo import DEMO_CONFIG, run_demo
 
@@ -325,6 +349,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attacks", help="comma-separated attack names (default: the config's): "
                                      + ", ".join(attack_names()))
     p.set_defaults(func=_cmd_attack)
+
+    p = sub.add_parser("audit", help="the prompt attacks and neighbour probes against any OpenAI-compatible endpoint "
+                                     "(black box: was a deletion request honoured?)",
+                       description="Example: unlearn audit --endpoint http://127.0.0.1:8000/v1 --model model "
+                                   "--forget forget.jsonl --retain retain.jsonl --out runs/audit/x\n\nprompt attacks:\n"
+                                   + "\n".join(line for line in attacks_help().splitlines() if "(prompt)" in line),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--endpoint", required=True, help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
+    p.add_argument("--model", required=True, help="a model name the endpoint serves (GET /v1/models)")
+    p.add_argument("--forget", required=True, help="QA file (JSON lines / JSON list of question, answer) of what was deleted")
+    p.add_argument("--retain", help="QA file of what must be kept (neighbour probes: over-suppression)")
+    p.add_argument("--out", help="report directory (default runs/audit/<model>)")
+    p.add_argument("--attacks", help="comma-separated prompt attacks (default: all): " + ", ".join(attack_names("prompt")))
+    p.add_argument("--forget-items", dest="forget_items", type=int, help="forget items attacked (default: all)")
+    p.add_argument("--neighbours", type=int, default=10, help="retain items probed the same way (default 10)")
+    p.add_argument("--all-jailbreaks", dest="all_jailbreaks", action="store_true", help="every jailbreak wrapper per item")
+    p.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=64)
+    p.add_argument("--refusal", action="append", metavar="TEXT", help="the endpoint's canned refusal (repeatable)")
+    p.add_argument("--concurrency", type=int, default=4, help="requests in flight at once")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    p.add_argument("--no-report", dest="no_report", action="store_true", help="results.json only")
+    p.set_defaults(func=_cmd_audit)
 
     p = sub.add_parser("demo", help="the main job on the embedded default: compare weight-level unlearning, "
                                     "guards, agents and their stacks (configs/compare/demo.yaml)")

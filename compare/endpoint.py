@@ -104,12 +104,13 @@ class AgentServer:
             return list(pool.map(one, prompts))
 
 
-def chat(url: str, prompt: str, max_tokens: int = 128, timeout: float = 900) -> dict:
+def chat(url: str, prompt: str, max_tokens: int = 128, timeout: float = 900, model: str = "model") -> dict:
+    """One greedy chat request to the OpenAI-compatible server at `url` (its /v1 base) for `model`."""
     import httpx
 
     started = time.perf_counter()
     r = httpx.post(f"{url}/chat/completions", timeout=timeout, json={
-        "model": "model", "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
+        "model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
         "temperature": 0.0})
     body = r.json()
     text = body["choices"][0]["message"]["content"] if r.status_code == 200 else ""
