@@ -2,7 +2,9 @@
 
 `cached_output_dir(cfg)` maps a config to `$UNLEARN_CACHE/runs/<name>-<hash>`; the hash
 covers the resolved config (all but `output_dir`) and, for a local base model, the
-fingerprint of its manifest/config, so a changed base model never reuses a stale run.
+fingerprint of its manifest/config, so a changed base model never reuses a stale run. The
+precision is hashed as the one the run will use on this machine (`auto` resolved), spelled so
+that runs cached before `auto` was measured keep their hashes (precision.hashed_precision).
 `resolve_model` is models/loading.py's, plus `run:CONFIG.yaml`: the cached output of that
 training config (`unlearn train --cached`, training/run.py `train_cached`)."""
 
@@ -17,6 +19,7 @@ from ..errors import ModelError
 from ..files import json_digest
 from ..models.catalog import cache_root
 from ..models.loading import resolve_model as resolve_base_model
+from .precision import hashed_precision
 
 RUN_MANIFEST = "run.json"  # written last into a finished run; its presence means "complete"
 RUN_PREFIX = "run:"
@@ -28,6 +31,7 @@ def is_finished(run_dir: str | Path) -> bool:
 
 def config_hash(cfg) -> str:
     data = to_dict(dataclasses.replace(cfg, output_dir=""))
+    data["optim"]["precision"] = hashed_precision(cfg.optim.precision)  # what the run will use (precision.py)
     model = Path(cfg.model)
     if cfg.model.startswith(RUN_PREFIX):  # the cached output of another config: fingerprint what it is now
         model = Path(resolve_run(cfg.model[len(RUN_PREFIX):]))

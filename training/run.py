@@ -33,30 +33,23 @@ from .cache import RUN_MANIFEST, cached_output_dir, is_finished, resolve_model
 from .config import TrainConfig, check_fits_model_at, method_params
 from .methods import get_method
 from .model_card import records_fingerprint, write_model_card
+from .precision import auto_precision
 
 LAUNCH_FILE = "launch.json"  # in <output_dir>.partial: the number of processes the run was launched with
 
 
-def _precision(cfg: TrainConfig) -> bool:
-    """True for bf16 mixed precision (autocast on CPU, bf16 on CUDA)."""
-    if cfg.optim.precision == "fp32":
-        return False
-    if cfg.optim.precision == "bf16":
-        return True
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    return cpu_has_native_bf16()
+def _precision(cfg: TrainConfig, state, log) -> bool:
+    """True for bf16 mixed precision (autocast on CPU, bf16 on CUDA); `auto` is measured once per
+    machine (training/precision.py), decided on the main process and shared with the others."""
+    if cfg.optim.precision != "auto":
+        return cfg.optim.precision == "bf16"
+    choice = auto_precision(log=log) if state.is_main_process else None
+    if state.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
 
-
-def cpu_has_native_bf16() -> bool:
-    """True if the CPU has bf16 matrix instructions (AVX512-BF16 or AMX). Without them,
-    bf16 autocast is emulated: measured on a 2-core AVX2 EPYC, a bf16 matmul ran ~100x slower
-    than fp32, so `precision: auto` falls back to fp32 there."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+        choice = broadcast_object_list([choice])[0]
+    log(f"precision: auto -> {choice.precision} ({choice.reason})")
+    return choice.precision == "bf16"
 
 
 def _peak_memory_mb() -> float:
@@ -227,7 +220,7 @@ def run_training(cfg: TrainConfig, resume: bool = False, overwrite: bool = False
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
 
-    bf16 = _precision(cfg)
+    bf16 = _precision(cfg, state, log)
     o = cfg.optim
     args = TrainingArguments(
         output_dir=str(work / "checkpoints"),
