@@ -26,7 +26,16 @@ With a guarded backend, the live targets (which only the front knows) go to the 
 request, relayed or the graph's own model calls, in `vllm_xargs.unlearn_targets`, so its token
 filter enforces them too (`engine_targets` says what the engine's 64-target limit implies).
 
-GET /health is 503 when the backend is down (its process ended, or its /health does not answer).
+GET /health is 503 when the backend is down (its process ended, or its /health does not answer),
+and 503 with status "degraded" when the shared live targets file cannot be read (store.py): such a
+replica answers flagged requests 503 (Retry-After) instead of rewriting them against targets that
+may be stale, until the file reads again; unflagged requests still pass (the targets in force stay).
+
+POST /v1/unlearn/verdict (for gateways: LiteLLM, NeMo Guardrails, any OpenAI proxy; authenticated
+like the admin API): the body is an OpenAI chat (`messages`) or completions (`prompt`) request,
+checked by the same rules; the answer is the classifier's decision, never a target name, score or
+threshold: {"flagged": bool, "category": "policy" | "live" | "request" | null, "path": "passthrough"
+| "agents"}, where "request" means the request's own `unlearn_*` arguments flagged it.
 
 Admin (only with a token: $UNLEARN_ADMIN_TOKEN; `Authorization: Bearer <token>`):
     GET /admin/targets             policy targets (fixed) and live targets
@@ -55,7 +64,7 @@ from ..guard.runtime import PREFIX
 from .graph import Job, Pipeline
 from .lanes import Lanes
 from .request import BadRequest, FrontRequest, read_request
-from .store import TargetStore, parse_live_target
+from .store import StoreUnavailable, TargetStore, parse_live_target
 
 log = logging.getLogger("unlearnkit.agents")
 
@@ -73,6 +82,8 @@ class Verdict:
     reason: str                        # for the client: not flagged | flagged | tightened by request
     engine_targets: tuple[str, ...]    # names a guarded engine is sent (the request's own, then live ones)
     failed: bool = False               # the classifier raised: flagged (fail closed)
+    category: Optional[str] = None     # what flagged it: policy | live | request (the verdict endpoint's)
+    degraded: bool = False             # the shared live targets file could not be read (store.py)
 
 
 def client_reason(flagged: bool, tightened: bool) -> str:
@@ -156,6 +167,17 @@ class RewriteSlots:
             self.admitted -= 1
 
 
+def verdict_kind(body) -> tuple[Optional[str], Optional[Rejection]]:
+    """Which OpenAI request a verdict body is: chat (`messages`) or completions (`prompt`)."""
+    if not isinstance(body, dict):
+        return None, Rejection(400, None, "the body must be a JSON object: an OpenAI chat or completions request")
+    kinds = [k for k, field in (("chat", "messages"), ("completions", "prompt")) if field in body]
+    if len(kinds) != 1:
+        return None, Rejection(400, "messages", "a verdict request is an OpenAI chat request (with 'messages') "
+                               "or a completions request (with 'prompt'), exactly one of them")
+    return kinds[0], None
+
+
 async def read_bounded(request, limit: int = boundary.MAX_BODY_BYTES) -> bytes:
     """The body, or (past `limit`) `limit + 1` bytes without reading on: boundary.check answers 413."""
     declared = request.headers.get("content-length", "")
@@ -227,20 +249,28 @@ def create_app(store: TargetStore, pipeline: Pipeline, backend: str, *, model_na
     def classify(ask: FrontRequest) -> Verdict:
         """On the classification pool: a flood of rewrites (their own pool) cannot starve it."""
         whole, views = ask.prompt.whole, ask.prompt.views()
-        failed = False
+        failed, category = False, None
         try:
             store.refresh()   # a changed live-targets file is re-read (and embedded) here, off the event loop
             for segments in views:   # the user messages, then everything rendered
-                decision = store.classify(whole, segments, ask.args.threshold, ask.args.targets)
+                decision, category = store.classify_source(whole, segments, ask.args.threshold, ask.args.targets)
                 if decision.flagged:
                     break
             flagged = decision.flagged or ask.args.force
+            if flagged and category is None:
+                category = "request"   # unlearn_guard: true
             log.debug("agent front: %s (%s)", "flagged" if flagged else "not flagged", decision.reason)
         except Exception:   # fail closed: an unclassifiable request goes through the rewriter
             log.exception("agent front: classification failed; routing the request to the rewriter")
             flagged = failed = True
         targets = engine_targets(store, ask, [views[0][-1], whole]) if backend_guarded else ()
-        return Verdict(flagged, client_reason(flagged, ask.tightened), targets, failed)
+        return Verdict(flagged, client_reason(flagged, ask.tightened), targets, failed,
+                       None if failed else category, store.degraded is not None)
+
+    def unavailable() -> JSONResponse:
+        counters["store_refusals"] += 1
+        return error(503, "this replica cannot read the shared live targets store; retry shortly (another "
+                     "replica may answer)", "service_unavailable", {"retry-after": "5"})
 
     async def handle(request: Request, kind: str):
         ask, rejection = checked(kind, request.url.path, await read_bounded(request))
@@ -249,6 +279,8 @@ def create_app(store: TargetStore, pipeline: Pipeline, backend: str, *, model_na
         verdict = await asyncio.get_running_loop().run_in_executor(classify_pool, classify, ask)
         if verdict.failed:
             counters["classifier_errors"] += 1
+        if verdict.flagged and verdict.degraded:   # fail closed: never rewrite against stale live targets
+            return unavailable()
         if not verdict.flagged:
             counters["passthrough"] += 1
             return await passthrough(ask, verdict)
@@ -394,11 +426,40 @@ def create_app(store: TargetStore, pipeline: Pipeline, backend: str, *, model_na
 
     @app.get("/health")
     async def health():
-        """ok or 503; nothing about the targets (their number is the admin's: /admin/targets)."""
-        if await backend_healthy():
-            return {"status": "ok"}
-        counters["health_failures"] += 1
-        return error(503, "the model server behind this front is down", "backend_error")
+        """ok, or 503 (backend down, or degraded: the shared live targets file cannot be read); nothing
+        about the targets (their number is the admin's: /admin/targets)."""
+        if not await backend_healthy():
+            counters["health_failures"] += 1
+            return error(503, "the model server behind this front is down", "backend_error")
+        await run_in_threadpool(store.refresh)
+        if store.degraded is not None:
+            counters["health_failures"] += 1
+            return JSONResponse({"status": "degraded", "error": {
+                "message": "the shared live targets store cannot be read: flagged requests are refused",
+                "type": "service_unavailable", "param": None, "code": 503}}, status_code=503)
+        return {"status": "ok"}
+
+    # ---------------------------------------------------------------- verdict (gateways)
+    @app.post("/v1/unlearn/verdict")
+    async def verdict(request: Request):
+        """The classifier's decision on an OpenAI request, for a gateway; admin-authenticated."""
+        if (denied := authorised(request)) is not None:
+            return denied
+        raw = await read_bounded(request)
+        data, rejection = boundary.parse_body(raw)
+        if rejection is None:
+            kind, rejection = verdict_kind(data)
+        if rejection is not None:
+            return refuse(rejection)
+        ask, rejection = checked(kind, "/v1/chat/completions" if kind == "chat" else "/v1/completions", raw)
+        if rejection is not None:
+            return refuse(rejection)
+        result = await asyncio.get_running_loop().run_in_executor(classify_pool, classify, ask)
+        counters["verdicts_flagged" if result.flagged else "verdicts_passed"] += 1
+        if result.flagged and result.degraded:
+            return unavailable()
+        return {"flagged": result.flagged, "category": result.category if result.flagged else None,
+                "path": "agents" if result.flagged else "passthrough"}
 
     # ---------------------------------------------------------------- admin
     def authorised(request: Request) -> Optional[JSONResponse]:
@@ -416,7 +477,8 @@ def create_app(store: TargetStore, pipeline: Pipeline, backend: str, *, model_na
         if (denied := authorised(request)) is not None:
             return denied
         await run_in_threadpool(store.refresh)
-        return {"policy": store.policy_names(), "live": [t.to_json() for t in store.live_targets()]}
+        return {"policy": store.policy_names(), "live": [t.to_json() for t in store.live_targets()],
+                "live_version": store.version, "degraded": store.degraded}
 
     @app.post("/admin/targets")
     async def add_target(request: Request):
@@ -429,9 +491,11 @@ def create_app(store: TargetStore, pipeline: Pipeline, backend: str, *, model_na
             target = parse_live_target(data)
         except ValueError as exc:
             return error(400, str(exc))
-        await run_in_threadpool(store.refresh)
-        if not await run_in_threadpool(store.add, target):
-            return error(409, f"{target.name!r} is a policy target already", "conflict")
+        try:
+            if not await run_in_threadpool(store.add, target):
+                return error(409, f"{target.name!r} is a policy target already", "conflict")
+        except StoreUnavailable as exc:
+            return error(503, str(exc), "service_unavailable", {"retry-after": "5"})
         log.info("agent front: live target added: %s", target.name)
         return JSONResponse({"added": target.name, "live": len(store.live_targets())}, status_code=201)
 
@@ -442,8 +506,11 @@ def create_app(store: TargetStore, pipeline: Pipeline, backend: str, *, model_na
         await run_in_threadpool(store.refresh)
         if name.lower() in {n.lower() for n in store.policy_names()}:
             return error(409, f"{name!r} is compiled into the guard policy; rebuild the policy to remove it", "conflict")
-        if not await run_in_threadpool(store.remove, name):
-            return error(404, f"no live target {name!r}", "not_found")
+        try:
+            if not await run_in_threadpool(store.remove, name):
+                return error(404, f"no live target {name!r}", "not_found")
+        except StoreUnavailable as exc:
+            return error(503, str(exc), "service_unavailable", {"retry-after": "5"})
         log.info("agent front: live target removed: %s", name)
         return {"removed": name, "live": len(store.live_targets())}
 
@@ -453,6 +520,6 @@ def create_app(store: TargetStore, pipeline: Pipeline, backend: str, *, model_na
             return denied
         return {"front": dict(counters), "agents": dict(pipeline.stats), "rewrites_admitted": slots.admitted,
                 "rewrite_wait_s": round(lanes.waited, 3),
-                "live_targets_file_errors": store.reload_errors}
+                "live_targets_file_errors": store.reload_errors, "live_targets_degraded": store.degraded}
 
     return app

@@ -4,24 +4,42 @@ Two sources: the guard policy (its targets, forget items and faiss index: fixed,
 live targets added or removed while the server runs (`/admin/targets`, or by editing the live
 targets file, which is re-read when it changes). A live target is a name and optional facts.
 
+The live targets file is the replicas' shared store (several fronts behind a load balancer name the
+same file on a shared disk):
+  - a change is made under an exclusive lock on `<file>.lock` (flock), on the file as it is on disk
+    then (re-read under the lock: two replicas' concurrent changes both land), and written whole:
+    a temporary file beside it, fsync, os.replace, fsync of the directory. A reader sees the old or
+    the new file, never half of one, and a change acknowledged (201) survives a crash;
+  - every replica checks it before each request: a stat (inode, size, mtime, ctime), and at least
+    every `recheck_s` seconds a read and sha256 of its bytes (a rewrite the stat cannot tell apart
+    is still seen). A change made on one replica is enforced by the others from their next request,
+    and at most `recheck_s` later whatever the file system's timestamps do;
+  - a file that is gone after it existed, unreadable, or malformed makes the store *degraded*: the
+    targets in force stay as they were (never silently dropped), `degraded` says why, and the front
+    refuses flagged requests (503) and reports it on /health until the file reads again.
+
 Retrieval returns the `k` facts nearest to a text, so the audit/erase/critic prompts hold k facts
 whatever the number of targets.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import logging
 import os
+import tempfile
 import threading
-from dataclasses import dataclass, field
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
 from ..errors import ConfigError
-from ..files import write_json_atomic
 from ..guard.classifier import Decision, PromptClassifier
 from ..guard.embedder import embed
 from ..guard.phrases import ProbeIndex, mentions
@@ -30,6 +48,11 @@ log = logging.getLogger("unlearnkit.agents")
 
 MAX_NAME = 200
 MAX_FACTS = 32
+RECHECK_S = 1.0      # the longest a replica goes without reading the live targets file's bytes
+
+
+class StoreUnavailable(RuntimeError):
+    """The shared live targets file cannot be read (gone, unreadable, malformed): a change is refused."""
 
 
 @dataclass(frozen=True)
@@ -79,79 +102,174 @@ def parse_live_target(data) -> LiveTarget:
     return LiveTarget(" ".join(name.split()), tuple(f.strip() for f in facts if f.strip()))
 
 
+def target_text(target: LiveTarget) -> str:
+    """What a live target's embedding is computed from."""
+    return ". ".join((target.name,) + target.facts)
+
+
 @dataclass
 class _Live:
     targets: tuple[LiveTarget, ...] = ()
     vectors: Optional[np.ndarray] = None       # one unit embedding per target (name + facts)
     stamp: tuple = field(default_factory=tuple)
+    digest: str = ""                           # sha256 of the file's bytes it was read from
+    version: int = 0                           # the file's change counter
 
     def __post_init__(self):
         self.probes = ProbeIndex((p, n) for n, t in enumerate(self.targets) for p in t.probes)
+
+    def vector_of(self) -> dict[str, np.ndarray]:
+        if self.vectors is None:
+            return {}
+        return {target_text(t): v for t, v in zip(self.targets, self.vectors)}
 
     def named(self, text: str) -> list[LiveTarget]:
         return [self.targets[n] for n in sorted(self.probes.find(text))]
 
 
+def read_live_bytes(raw: bytes) -> tuple[tuple[LiveTarget, ...], int]:
+    """The live targets file's bytes -> (targets, version), or ValueError naming the problem."""
+    data = json.loads(raw.decode("utf-8")) if raw.strip() else None   # JSONDecodeError is a ValueError
+    items = data.get("targets") if isinstance(data, dict) else None
+    if not isinstance(items, list):
+        raise ValueError('expected {"version": int, "targets": [{"name": ..., "facts": [...]}, ...]}')
+    version = data.get("version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise ValueError(f"'version' must be an integer, got {version!r}")
+    return tuple(parse_live_target(t) for t in items), version
+
+
+def write_durable(path: Path, data) -> None:
+    """Write JSON so that a crash leaves the old file or the new one, and the new one once this
+    returns: a temporary file in the same directory, fsync, os.replace, fsync of the directory."""
+    mode = os.stat(path).st_mode & 0o777 if path.exists() else 0o644
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            os.fchmod(fh.fileno(), mode)
+            fh.write(json.dumps(data, indent=1))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
 class TargetStore:
     """A guard policy's targets plus live ones; thread-safe (snapshots are replaced whole)."""
 
-    def __init__(self, policy, live_file: Optional[str | Path] = None):
+    def __init__(self, policy, live_file: Optional[str | Path] = None, recheck_s: float = RECHECK_S):
         self.policy = policy
         self.classifier = PromptClassifier(policy)
         self.threshold = policy.threshold
         self.live_file = Path(live_file) if live_file else None
+        self.recheck_s = recheck_s
         self._lock = threading.Lock()
         self._live = _Live()
         self.reload_errors = 0
-        if self.live_file is not None and self.live_file.exists():
-            self._live = self._read_live_file(strict=True)
+        self.degraded: Optional[str] = None      # why the shared file cannot be read; None when it can
+        self._checked = ((), 0.0)                # (stamp, monotonic time) of the last look at the file
+        if self.live_file is not None:
+            self.live_file.parent.mkdir(parents=True, exist_ok=True)
+            with self._file_lock():
+                if not self.live_file.exists():   # the first replica to start creates it
+                    log.warning("live targets file %s does not exist; starting it empty", self.live_file)
+                    write_durable(self.live_file, {"version": 0, "targets": []})
+                try:
+                    self._live = self._read_live_file()
+                except (ValueError, OSError) as exc:
+                    raise ConfigError(f"live targets file {str(self.live_file)!r}: {exc}") from None
+            self._checked = (self._live.stamp, time.monotonic())
 
     # ------------------------------------------------------------------ live targets
-    def _embed_targets(self, targets: Sequence[LiveTarget]) -> Optional[np.ndarray]:
+    def _embed_targets(self, targets: Sequence[LiveTarget], known: Optional[dict] = None) -> Optional[np.ndarray]:
+        """One embedding per target; those in `known` (text -> vector) are not computed again."""
         if not targets:
             return None
-        return embed([". ".join((t.name,) + t.facts) for t in targets])
+        known = dict(known or {})
+        missing = list(dict.fromkeys(target_text(t) for t in targets if target_text(t) not in known))
+        if missing:
+            known.update(zip(missing, embed(missing)))
+        return np.stack([known[target_text(t)] for t in targets])
 
     def _file_stamp(self) -> tuple:
+        """(inode, size, mtime, ctime) of the live file; () when it does not exist."""
         try:
             st = os.stat(self.live_file)
-            return (st.st_mtime_ns, st.st_size)
+            return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         except FileNotFoundError:
             return ()
 
-    def _read_live_file(self, strict: bool) -> _Live:
+    @contextmanager
+    def _file_lock(self):
+        """Exclusive among this store's threads and every process (replica) using the same file."""
+        with self._lock, open(f"{self.live_file}.lock", "a") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+    def _read_live_file(self) -> _Live:
+        """The file as it is now; FileNotFoundError, OSError or ValueError when it cannot be used."""
         stamp = self._file_stamp()
-        try:
-            data = json.loads(self.live_file.read_text()) if stamp else {"targets": []}
-            items = data.get("targets") if isinstance(data, dict) else None
-            if not isinstance(items, list):
-                raise ValueError("expected {\"targets\": [{\"name\": ..., \"facts\": [...]}, ...]}")
-            targets = tuple(parse_live_target(t) for t in items)
-        except (ValueError, OSError) as exc:   # JSONDecodeError is a ValueError
-            if strict:
-                raise ConfigError(f"live targets file {str(self.live_file)!r}: {exc}") from None
-            raise
-        return _Live(targets, self._embed_targets(targets), stamp)
+        if not stamp:
+            raise FileNotFoundError(f"{self.live_file} is gone")
+        raw = self.live_file.read_bytes()
+        digest = hashlib.sha256(raw).hexdigest()
+        current = self._live
+        if digest == current.digest:
+            return replace(current, stamp=stamp)
+        targets, version = read_live_bytes(raw)
+        return _Live(targets, self._embed_targets(targets, current.vector_of()), stamp, digest, version)
+
+    def _degrade(self, why: str) -> None:
+        if self.degraded != why:
+            log.error("live targets store degraded: %s; keeping the %d targets in force and refusing flagged "
+                      "requests until it reads again", why, len(self._live.targets))
+        self.degraded = why
 
     def refresh(self) -> None:
-        """Re-read the live targets file if it changed (a stat per request). A malformed file is
-        logged and counted, and the targets in force stay as they were (never silently dropped)."""
+        """Bring the live targets up to date with the shared file: a stat per call, and its bytes when
+        the stat changed or `recheck_s` passed. A file that cannot be used degrades the store (the
+        targets in force stay; `degraded` says why) until it can be used again."""
         if self.live_file is None:
             return
         stamp = self._file_stamp()
-        if stamp == self._live.stamp:
+        seen, when = self._checked
+        if stamp == seen and time.monotonic() - when < self.recheck_s:
             return
         with self._lock:
-            if stamp == self._live.stamp:
+            seen, when = self._checked
+            if stamp == seen and time.monotonic() - when < self.recheck_s:
                 return
             try:
-                self._live = self._read_live_file(strict=False)
-                log.info("live targets reloaded from %s: %d", self.live_file, len(self._live.targets))
-            except (ValueError, OSError) as exc:
-                self.reload_errors += 1
-                self._live = _Live(self._live.targets, self._live.vectors, stamp)
-                log.error("live targets file %s is malformed (%s); keeping the %d targets in force",
-                          self.live_file, exc, len(self._live.targets))
+                live = self._read_live_file()
+            except FileNotFoundError:
+                self._degrade(f"the live targets file {self.live_file} is gone")
+            except OSError as exc:
+                self._degrade(f"the live targets file {self.live_file} cannot be read ({exc.strerror or exc})")
+            except ValueError as exc:
+                self.reload_errors += stamp != seen
+                self._degrade(f"the live targets file {self.live_file} is malformed ({exc})")
+            else:
+                if live.digest != self._live.digest:
+                    log.info("live targets reloaded from %s: %d (version %d)", self.live_file,
+                             len(live.targets), live.version)
+                if self.degraded:
+                    log.warning("live targets store readable again: %s", self.live_file)
+                self._live, self.degraded = live, None
+            self._checked = (stamp, time.monotonic())
+
+    @property
+    def version(self) -> int:
+        return self._live.version
 
     def policy_names(self) -> list[str]:
         return [t["name"] for t in self.policy.targets]
@@ -159,58 +277,82 @@ class TargetStore:
     def live_targets(self) -> tuple[LiveTarget, ...]:
         return self._live.targets
 
-    def _set_live(self, targets: tuple[LiveTarget, ...], vectors: Optional[np.ndarray]) -> None:
-        live = _Live(targets, vectors if targets else None)
-        if self.live_file is not None:
-            write_json_atomic(self.live_file, {"targets": [t.to_json() for t in targets]})
-            live.stamp = self._file_stamp()
-        self._live = live
-
-    def _keep(self, drop: str) -> tuple[tuple[LiveTarget, ...], Optional[np.ndarray]]:
-        """The live targets and their vectors without `drop` (case-insensitive)."""
-        rows = [n for n, t in enumerate(self._live.targets) if t.name.lower() != drop.lower()]
-        vectors = self._live.vectors[rows] if rows and self._live.vectors is not None else None
-        return tuple(self._live.targets[n] for n in rows), vectors
+    def _change(self, change, known: Optional[dict] = None) -> bool:
+        """Apply `change(targets) -> new targets, or None for no change` to the live targets as they
+        are in the shared file now (under its lock), and write the result durably before returning.
+        StoreUnavailable when the file cannot be read: a change is never made on a stale copy."""
+        if self.live_file is None:
+            with self._lock:
+                targets = change(self._live.targets)
+                if targets is None:
+                    return False
+                self._live = _Live(targets, self._embed_targets(targets, {**self._live.vector_of(), **(known or {})}))
+                return True
+        with self._file_lock():
+            try:
+                current = self._read_live_file()
+            except (ValueError, OSError) as exc:
+                self._degrade(f"the live targets file {self.live_file} cannot be used ({exc})")
+                raise StoreUnavailable(f"the live targets store cannot be read ({type(exc).__name__}); "
+                                       "no change was made") from None
+            self._live, self.degraded = current, None
+            targets = change(current.targets)
+            if targets is None:
+                return False
+            version = current.version + 1
+            write_durable(self.live_file, {"version": version, "targets": [t.to_json() for t in targets]})
+            raw = self.live_file.read_bytes()
+            vectors = self._embed_targets(targets, {**current.vector_of(), **(known or {})})
+            self._live = _Live(targets, vectors, self._file_stamp(),
+                               hashlib.sha256(raw).hexdigest(), version)
+            self._checked = (self._live.stamp, time.monotonic())
+            return True
 
     def add(self, target: LiveTarget) -> bool:
         """Add (or replace the facts of) a live target; False when it is already a policy target."""
         if target.name.lower() in {n.lower() for n in self.policy_names()}:
             return False
-        vector = self._embed_targets([target])
-        with self._lock:
-            kept, vectors = self._keep(target.name)
-            self._set_live(kept + (target,), vector if vectors is None else np.vstack([vectors, vector]))
-            return True
+        known = {target_text(target): self._embed_targets([target])[0]}   # embedded outside the file lock
+
+        def added(targets):
+            return tuple(t for t in targets if t.name.lower() != target.name.lower()) + (target,)
+        return self._change(added, known)
 
     def remove(self, name: str) -> bool:
-        with self._lock:
-            kept, vectors = self._keep(name.strip())
-            if len(kept) == len(self._live.targets):
-                return False
-            self._set_live(kept, vectors)
-            return True
+        drop = name.strip().lower()
+
+        def removed(targets):
+            kept = tuple(t for t in targets if t.name.lower() != drop)
+            return kept if len(kept) < len(targets) else None
+        return self._change(removed)
 
     # ------------------------------------------------------------------ per request
     def classify(self, whole: str, segments: list[str], threshold: Optional[float] = None,
                  extra_names: Sequence[str] = ()) -> Decision:
         """The policy classifier's decision, then the live targets' (named, or similar enough)."""
+        return self.classify_source(whole, segments, threshold, extra_names)[0]
+
+    def classify_source(self, whole: str, segments: list[str], threshold: Optional[float] = None,
+                        extra_names: Sequence[str] = ()) -> tuple[Decision, Optional[str]]:
+        """`classify`'s decision and what flagged it: "policy", "request" (the request's own
+        targets), "live", or None when not flagged."""
         decision = self.classifier.classify([(whole, segments)], threshold)[0]
         if decision.flagged:
-            return decision
+            return decision, "policy"
         named = [n for n in extra_names if mentions(whole, [n])]
         if named:
-            return Decision(True, float("nan"), f"names request target(s) {', '.join(named)}")
+            return Decision(True, float("nan"), f"names request target(s) {', '.join(named)}"), "request"
         live = self._live
         hits = [t.name for t in live.named(whole)]
         if hits:
-            return Decision(True, float("nan"), f"names live target(s) {', '.join(hits)}")
+            return Decision(True, float("nan"), f"names live target(s) {', '.join(hits)}"), "live"
         threshold = self.threshold if threshold is None else threshold
         if live.vectors is not None:   # the same texts the policy classifier embedded (cached)
             queries = [segments[-1]] + (["\n".join(segments)] if len(segments) > 1 else [])
             score = float((embed(queries) @ live.vectors.T).max())
             if score >= threshold:
-                return Decision(True, score, f"similarity {score:.3f} to a live target >= {threshold:.3f}")
-        return decision
+                return Decision(True, score, f"similarity {score:.3f} to a live target >= {threshold:.3f}"), "live"
+        return decision, None
 
     def live_names_for(self, texts: Sequence[str], limit: int) -> list[str]:
         """At most `limit` live target names, for a guarded engine's token filter: all of them when

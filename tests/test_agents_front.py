@@ -499,7 +499,7 @@ def test_the_front_gives_no_oracle(store, backend, fake_llm):
         def broken(*args, **kwargs):
             raise RuntimeError("embedder down")
 
-        store.classify = broken                                                   # fail closed, and say no more
+        store.classify = store.classify_source = broken                           # fail closed, and say no more
         r = chat(front.url, "What is the capital of France?")
         assert (r.headers["x-unlearn-path"], r.headers["x-unlearn-reason"]) == ("agents", "flagged")
     finally:
