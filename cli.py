@@ -218,6 +218,20 @@ def _cmd_audit(args) -> int:
     return 1 if attacks["failed"] else 0
 
 
+def _cmd_sequential(args) -> int:
+    from .compare.report import md_table, sequential_table
+    from .compare.run import load_compare_config, out_dir
+    from .compare.sequential import run_sequential
+
+    cfg = load_compare_config(args.config, list(args.overrides))
+    doc = run_sequential(cfg, log=lambda msg: print(msg, file=sys.stderr), report=not args.no_report)
+    for title, header, rows, _ in sequential_table(doc):
+        print(f"{title}\n" + md_table(header, rows))
+    print(f"\nreport: {out_dir(cfg) / 'sequential' / 'report.html'}  (results.json, the request configs and live "
+          "targets beside it)")
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from .demo import DEMO_CONFIG, run_demo
 
@@ -371,6 +385,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
     p.add_argument("--no-report", dest="no_report", action="store_true", help="results.json only")
     p.set_defaults(func=_cmd_audit)
+
+    p = sub.add_parser("sequential", help="deletion requests in turn: each unlearnt from the previous checkpoint, "
+                                          "measured after each (the config's `sequential:` section)",
+                       description="Example: unlearn sequential --config configs/compare/tofu-mini.yaml "
+                                   "sequential.method=ihl_fila sequential.split=tofu/forget01")
+    p.add_argument("--config", required=True, help="comparison config with a `sequential:` section (or set it here)")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. sequential.method=ihl_fila")
+    p.add_argument("--no-report", dest="no_report", action="store_true", help="results.json only")
+    p.set_defaults(func=_cmd_sequential)
 
     p = sub.add_parser("demo", help="the main job on the embedded default: compare weight-level unlearning, "
                                     "guards, agents and their stacks (configs/compare/demo.yaml)")

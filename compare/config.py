@@ -84,6 +84,28 @@ class AttackSpec:
 
 
 @dataclass
+class SequentialSpec:
+    """Deletion requests arriving one after another (`unlearn sequential`): request k is `method`'s
+    training config with `data.forget` = request k's set and `model: run:<request k-1's config>`.
+    Unset (no method) unless the comparison has sequential requests."""
+    method: str = ""                                     # a key of `methods`
+    requests: list[str] = field(default_factory=list)    # forget data specs, in arrival order
+    split: Optional[str] = None                          # or one data spec, one request per person in it
+    eval_each: bool = True                               # measure after every request (else the last only)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.method)
+
+    def validate(self) -> None:
+        if not self.method and (self.requests or self.split):
+            raise ConfigError("sequential.method: name the method (a key of `methods`) the requests are unlearnt with")
+        if self.method and bool(self.requests) == bool(self.split):
+            raise ConfigError("sequential: give exactly one of `requests: [spec, ...]` (forget sets in arrival order) "
+                              "or `split: <spec>` (one request per person in it)")
+
+
+@dataclass
 class CompareConfig:
     name: str
     eval: str                            # evaluation config (benchmark, metrics); its model is set per system
@@ -97,6 +119,7 @@ class CompareConfig:
     out_dir: Optional[str] = None        # default runs/compare/<name>
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     latency_requests: int = 8            # forget probes also sent one at a time: seconds per request
+    sequential: SequentialSpec = field(default_factory=SequentialSpec)   # requests in turn (`unlearn sequential`)
 
     def validate(self):
         for name in self.methods:
@@ -121,6 +144,9 @@ class CompareConfig:
             raise ConfigError("agents.concurrency must be >= 1")
         if self.latency_requests < 0:
             raise ConfigError("latency_requests must be >= 0")
+        if self.sequential.enabled and self.sequential.method not in self.methods:
+            raise ConfigError(f"sequential.method: {self.sequential.method!r} is not a key of `methods`; "
+                              f"valid: {sorted(self.methods)}")
 
 
 @dataclass(frozen=True)

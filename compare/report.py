@@ -210,6 +210,7 @@ def plots(doc: dict) -> dict[str, bytes]:
         axes[0].invert_yaxis()
         fig.suptitle("Cost per system (training = unlearning run + guard build)", fontsize=10)
         out["cost_per_system.png"] = _png(fig)
+    out.update(sequential_plot(doc))
     return out
 
 
@@ -265,6 +266,7 @@ def tables(doc: dict) -> list[tuple[str, list[str], list[list[str]], str]]:
         out.append(("Neighbour probes (retain items, same attacks): ROUGE-L recall / refusal rate",
                     ["system"] + cats, rows, "Over-suppression shows as lower ROUGE-L or more refusals than the target."))
     out += quantization_table(doc)
+    out += sequential_table(doc)
     rows = []
     for name, res in doc["systems"].items():
         tr = _get(res, "summary", "forget_truth_ratio")
@@ -330,6 +332,64 @@ def quantization_table(doc: dict) -> list[tuple[str, list[str], list[list[str]],
             "system.") + ("\nSkipped: " + "; ".join(skipped) if skipped else "")
     return [("Quantization attack (forget questions): leak rate / answer probability",
              ["system"] + labels + ["max leak rise", "max P(answer) ratio"], rows, note)]
+
+
+def sequential_steps(doc: dict) -> list[tuple[str, dict]]:
+    """[(system, its "sequential" part)] of a sequential-requests doc, in request order (else [])."""
+    return sorted(((n, r["sequential"]) for n, r in doc["systems"].items() if _get(r, "sequential")),
+                  key=lambda x: x[1]["after_request"])
+
+
+def sequential_table(doc: dict) -> list[tuple[str, list[str], list[list[str]], str]]:
+    """Sequential requests: after each request, forget quality / answer probability per request's
+    forget set, forget quality over the requests so far, model utility, training time."""
+    steps = sequential_steps(doc)
+    if not steps:
+        return []
+    labels = [r["request"] for r in steps[0][1]["requests"]]
+    rows = []
+    for name, seq in steps:
+        res = doc["systems"][name]
+        rows.append([name, str(seq["after_request"])] +
+                    [f"{_f(r['forget_quality'], 4)} / {_f(r['answer_probability'], 4)}" for r in seq["requests"]] +
+                    [_f(seq.get("forget_quality_so_far"), 4), _f(_get(res, "summary", "forget_quality"), 4),
+                     _f(_get(res, "summary", "model_utility")), _f(unlearning_seconds(res), 0)])
+    note = ("Request k is unlearnt from the checkpoint request k-1 left (its training config: model: run:<request "
+            "k-1's config>). Cells per request's forget set: forget quality (KS p-value of its items' truth ratios "
+            "against the retain model's on the same items) / mean answer probability; a request not yet made "
+            "shows what the model still knows of it. So far: forget quality over requests 1..k; all: the "
+            "benchmark's whole forget set.")
+    return [("Sequential requests: forget quality / answer probability per request after each one",
+             ["checkpoint", "requests done"] + [f"request {i}: {label}" for i, label in enumerate(labels, 1)] +
+             ["forget quality so far", "forget quality (all)", "model utility", "training s"], rows, note)]
+
+
+def sequential_plot(doc: dict) -> dict[str, bytes]:
+    """Answer probability per request's forget set and model utility against requests done."""
+    steps = sequential_steps(doc)
+    if not steps:
+        return {}
+    import matplotlib.pyplot as plt
+
+    done = [seq["after_request"] for _, seq in steps]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for i, label in enumerate(r["request"] for r in steps[0][1]["requests"]):
+        ys = [seq["requests"][i]["answer_probability"] for _, seq in steps]
+        left.plot(done, [math.nan if y is None else y for y in ys], marker="o", label=f"request {i + 1}: {label}"[:40])
+        fq = [seq["requests"][i]["forget_quality"] for _, seq in steps]
+        right.plot(done, [math.nan if y is None else y for y in fq], marker="o", label=f"FQ request {i + 1}")
+    mu = [_get(doc["systems"][n], "summary", "model_utility") for n, _ in steps]
+    right.plot(done, [math.nan if y is None else y for y in mu], marker="s", color="black", label="model utility")
+    left.set_xlabel("requests done")
+    left.set_ylabel("mean answer probability (forget items)")
+    left.set_title("What is still known of each request", fontsize=10)
+    right.set_xlabel("requests done")
+    right.set_yscale("log")
+    right.set_title("Forget quality per request and model utility", fontsize=10)
+    for ax in (left, right):
+        ax.set_xticks(done)
+        ax.legend(fontsize=7)
+    return {"sequential_requests.png": _png(fig)}
 
 
 def provenance_rows(doc: dict) -> list[list[str]]:
