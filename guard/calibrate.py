@@ -65,30 +65,106 @@ def check_counterfactuals(forget: Sequence[QA]) -> None:
 
 
 # ------------------------------------------------------------------ statistics pass
+@dataclass
+class TokenStats:
+    """Per scored token, through the guard with the soft mask at 0: its log-probability, the
+    log-sum-exp of the row's logits over the tokens the policy matches there (`matched_lse`, -inf
+    when none) and over the others (`other_lse`), and whether the token itself is matched. Any
+    soft mask s then gives  log p_s = logp0 + log(e^other + e^matched) - s*is_matched
+    - log(e^other + e^(matched - s))  with no further model pass."""
+
+    logp0: np.ndarray
+    other_lse: np.ndarray
+    matched_lse: np.ndarray
+    is_matched: np.ndarray
+
+    def logp(self, soft: float) -> np.ndarray:
+        both = np.logaddexp(self.other_lse, self.matched_lse)
+        return self.logp0 + both - soft * self.is_matched - np.logaddexp(self.other_lse, self.matched_lse - soft)
+
+
 class RatioProbe:
-    """Truth ratios of `items` under the guard at any soft-mask strength: prompts and continuations
-    built once, exactly as `unlearn eval` builds them; each call one teacher-forced pass."""
+    """Truth ratios of `items` under the guard: prompts and continuations built once, exactly as
+    `unlearn eval` builds them. `ratios(s)` is one teacher-forced pass at soft mask s;
+    `statistics()` one pass from which `ratios_at(s)` follows for every s by arithmetic."""
 
     def __init__(self, model, tokenizer, runtime: GuardRuntime, items: Sequence[QA]):
         self.model, self.runtime = model, runtime
         task = Task("calibration", "qa", list(items), "calibration", "forget")
         self.requests = build_requests([task], tokenizer, EvalConfig(metrics=["truth_ratio"])).tf
+        self._stats: list[dict[str, TokenStats]] | None = None
+
+    def _guards(self, soft_mask: float | None):
+        self.runtime.soft_mask = soft_mask
+        return self.runtime.guards([(r[2], None) for r in self.requests])
+
+    def _score(self, transform) -> list[dict]:
+        scored = score_continuations(self.model, [r[2] for r in self.requests], [r[3] for r in self.requests],
+                                     transform_logits=transform)
+        return [dict(zip(r[4], s)) for r, s in zip(self.requests, scored)]
 
     def ratios(self, soft_mask: float | None, guarded: bool = True) -> list[float]:
         """None: strict (withheld); guarded=False: the model alone."""
-        prefixes = [r[2] for r in self.requests]
         transform = None
         if guarded:
-            self.runtime.soft_mask = soft_mask
-            guards = self.runtime.guards([(p, None) for p in prefixes])
+            guards = self._guards(soft_mask)
             transform = lambda logits, owner, contexts: guarded_logits(guards, logits, owner, contexts)  # noqa: E731
-        scored = score_continuations(self.model, prefixes, [r[3] for r in self.requests], transform_logits=transform)
-        out = []
-        for (_, _, _, _, keys), s in zip(self.requests, scored):
-            by = dict(zip(keys, s))
-            perturbed = [by[k].avg_loss for k in keys if k.startswith("perturbed")]
-            out.append(TOFU.truth_ratio(by["paraphrased"].avg_loss, perturbed))
-        return out
+        return [_truth_ratio({k: -s.avg_loss for k, s in by.items()}) for by in self._score(transform)]
+
+    def statistics(self) -> list[dict[str, TokenStats]]:
+        if self._stats is None:
+            self._stats = self._record()
+        return self._stats
+
+    def ratios_at(self, soft_mask: float) -> list[float]:
+        return [_truth_ratio({k: float(t.logp(soft_mask).mean()) for k, t in by.items()}) for by in self.statistics()]
+
+    def _record(self) -> list[dict[str, TokenStats]]:
+        guards = self._guards(0.0)
+        # rows reach the transform item by item, continuation by continuation, token by token
+        targets = [[tok for cont in r[3] for tok in cont] for r in self.requests]
+        cursor = [0] * len(targets)
+        rows: list[list[tuple[float, float, bool]]] = [[] for _ in targets]
+
+        def transform(logits, owner, contexts):
+            out = guarded_logits(guards, logits, owner, contexts)
+            for n, item in enumerate(owner.tolist()):
+                target = targets[item][cursor[item]]
+                cursor[item] += 1
+                rows[item].append(_split(out[n], guards[item], contexts[n], target))
+            return out
+
+        scored = self._score(transform)
+        stats = []
+        for by, r, recorded in zip(scored, self.requests, rows):
+            per, k = {}, 0
+            for key, s in by.items():
+                other, matched, hit = (np.array(v) for v in zip(*recorded[k:k + s.n_tokens]))
+                per[key] = TokenStats(np.array(s.logprobs), other, matched, hit.astype(float))
+                k += s.n_tokens
+            stats.append(per)
+        return stats
+
+
+def _split(row, guard, context, target: int) -> tuple[float, float, bool]:
+    """(log-sum-exp over the row's unmatched tokens, over its matched ones, whether `target` is matched)."""
+    import torch
+
+    if guard is None:
+        return float(torch.logsumexp(row, -1)), -math.inf, False
+    index = torch.cat(guard.policy_matches(row.device, context)).unique()
+    index = index[index < row.shape[-1]]
+    if not index.numel():
+        return float(torch.logsumexp(row, -1)), -math.inf, False
+    matched = float(torch.logsumexp(row[index], -1))
+    rest = row.clone()
+    rest[index] = -math.inf
+    return float(torch.logsumexp(rest, -1)), matched, bool((index == target).any())
+
+
+def _truth_ratio(mean_logp: dict[str, float]) -> float:
+    perturbed = [-v for k, v in mean_logp.items() if k.startswith("perturbed")]
+    return TOFU.truth_ratio(-mean_logp["paraphrased"], perturbed)
 
 
 # ------------------------------------------------------------------ pure maths
@@ -116,20 +192,21 @@ def fit_soft_mask(median_at: Callable[[float], float], target: float, steps: int
 # ------------------------------------------------------------------ apply step
 def calibrate_soft_mask(probe: RatioProbe, cfg: GuardConfig, progress=print) -> Fit:
     """The soft mask for `cfg` (its fixed `soft_mask`, or fitted), with the figures that justify it."""
-    median = lambda s: float(np.median(probe.ratios(s)))   # noqa: E731
+    fast = lambda s: float(np.median(probe.ratios_at(s)))   # noqa: E731
     unguarded = float(np.median(probe.ratios(None, guarded=False)))
-    strict = median(None)
+    strict = float(np.median(probe.ratios(None)))
     progress(f"calibrating the soft mask on {len(probe.requests)} forget items: median truth ratio "
              f"{unguarded:.3f} unguarded, {strict:.3g} strict, target {cfg.ratio}")
     if cfg.soft_mask is not None:
-        return Fit(cfg.soft_mask, median(cfg.soft_mask), unguarded, strict, True)
-    s, value, reached = fit_soft_mask(median, cfg.ratio)
+        return Fit(cfg.soft_mask, float(np.median(probe.ratios(cfg.soft_mask))), unguarded, strict, True)
+    s, value, reached = fit_soft_mask(fast, cfg.ratio)
     if not reached:
         raise PolicyError(f"mode: calibrated cannot reach a median truth ratio of {cfg.ratio} on the "
                           f"calibration items: {unguarded:.3f} unguarded, {value:.3f} at the largest soft mask "
                           f"({MAX_SOFT_MASK} logits), {strict:.3g} strict. Lower calibration_ratio, or use mode: strict")
-    progress(f"soft mask {s:.3f} logits: median truth ratio {value:.3f}")
-    return Fit(s, value, unguarded, strict, True)
+    served = float(np.median(probe.ratios(s)))    # what decoding and `unlearn eval` will see
+    progress(f"soft mask {s:.3f} logits: median truth ratio {served:.3f} (fitted {value:.3f})")
+    return Fit(s, served, unguarded, strict, True)
 
 
 def calibration_record(fit: Fit, fitted: list[int], held_out: list[int], held_out_median: float | None) -> dict:

@@ -77,6 +77,17 @@ class RequestGuard:
     def blocked(self, live: Optional[frozenset] = None) -> list[int]:
         return sorted(self.trie.blocked(self.live if live is None else live))
 
+    def policy_matches(self, device, extra: Sequence[int] = ()) -> list[torch.Tensor]:
+        """Indexes of the tokens that would complete one of the policy's phrases here (withheld in
+        strict mode, lowered by `soft` in calibrated mode); `extra` as in apply_row."""
+        live = self.live
+        for tok in extra:
+            live = self.trie.advance(live, int(tok))
+        out = [self.trie.blocked_index(live, device)]
+        if self.text is not None:
+            out.append(self.text.blocked_index(_state(self.text, self.text_state, extra), device))
+        return out
+
     def apply_row(self, row: torch.Tensor, extra: Sequence[int] = ()) -> None:
         """Guard one row of logits in place. `extra` are tokens after the committed ones (draft
         tokens under speculative decoding) that this row's context also contains."""
@@ -85,18 +96,13 @@ class RequestGuard:
             row.fill_(BLOCKED)
             row[self.forced[at]] = 0.0
             return
-        live = self.live
-        for tok in extra:
-            live = self.trie.advance(live, int(tok))
         width = row.shape[-1]   # the model's vocabulary can be wider (or narrower) than the tokenizer's
         if self.penalty is not None:
             if self.penalty.device != row.device:
                 self.penalty = self.penalty.to(row.device)
             n = min(width, self.penalty.shape[0])
             row[:n] += self.penalty[:n]
-        policy = [self.trie.blocked_index(live, row.device)]
-        if self.text is not None:
-            policy.append(self.text.blocked_index(_state(self.text, self.text_state, extra), row.device))
+        policy = self.policy_matches(row.device, extra)
         if self.soft is None:
             blocked = any([_block(row, index, width) for index in policy])
         else:

@@ -80,6 +80,9 @@ class FakeProbe:
             return [0.4] * 4
         return [50.0] * 4 if s is None else [self.at(s)] * 4
 
+    def ratios_at(self, s):
+        return [self.at(s)] * 4
+
 
 def test_an_unreachable_calibration_says_so_with_the_figures():
     with pytest.raises(PolicyError, match=r"0\.400 unguarded, 0\.46\d at the largest soft mask"):
@@ -140,3 +143,22 @@ def test_policy_summary_says_the_mode():
         "fitted_items": [0, 2], "median_truth_ratio_strict": 40.0, "held_out_median_truth_ratio": 0.97}}
     text = policy_summary(meta)
     assert "soft mask 3.250 logits" in text and "held-out forget items: median truth ratio 0.970" in text
+
+
+def test_statistics_give_every_soft_mask_without_a_model_pass(tmp_path, tiny_dir, guard_forget_set):
+    """The one-pass statistics (calibrate.TokenStats) agree with a real guarded pass at each mask."""
+    from unlearnkit.guard.build import build_policy
+    from unlearnkit.guard.calibrate import RatioProbe
+    from unlearnkit.guard.policy import load_policy
+    from unlearnkit.guard.runtime import GuardRuntime
+    from unlearnkit.models.loading import load_model, load_tokenizer
+
+    forget = [QA(r.question, r.answer, {"paraphrased_answer": r.answer, "perturbed_answer": [
+        r.answer.replace("Kalo Mirten", "Aldo Brenn").replace("Ines Farrow", "Mara Dune")]}) for r in guard_forget_set]
+    tok = load_tokenizer(str(tiny_dir))
+    build_policy(forget, tmp_path / "p", str(tiny_dir), tok, GuardConfig(fpr=0.25), progress=lambda *_: None)
+    model, _ = load_model(str(tiny_dir))
+    probe = RatioProbe(model, tok, GuardRuntime(load_policy(tmp_path / "p", tok), tok), forget)
+    assert any(t.is_matched.any() for by in probe.statistics() for t in by.values())
+    for s in (0.0, 1.5, 6.0):
+        assert probe.ratios_at(s) == pytest.approx(probe.ratios(s), rel=1e-4)
