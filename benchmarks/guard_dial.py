@@ -49,7 +49,7 @@ def main() -> int:
     from unlearnkit.guard.calibrate import RatioProbe, calibration_split
     from unlearnkit.guard.policy import load_policy
     from unlearnkit.guard.runtime import GuardRuntime
-    from unlearnkit.models.loading import load_model, load_tokenizer
+    from unlearnkit.models.loading import load_model
     from unlearnkit.training.cache import resolve_model
 
     forget = load_spec(args.forget)
