@@ -9,6 +9,10 @@ Specs (one string each, so they fit in YAML and on the command line):
     synth/forget?people=20&seed=3&forget=2
     file:path/to/qa.jsonl        user QA pairs (JSON lines with question/answer, or a JSON list)
     text:path/to/book.txt        raw text for verbatim unlearning (paragraphs separated by blank lines)
+    muse/knowmem_forget          a split of the MUSE directory ($UNLEARN_MUSE_DIR, else ../shared/data/muse-news);
+                                 muse/raw_forget: raw/forget.txt as passages (data/muse.py)
+    muse/mini/train              MUSE-mini parts: train (forget + retain slice), guard, forget_text, retain_text,
+                                 knowmem_forget, knowmem_retain, verbmem, privleak_forget, privleak_holdout
 """
 
 from __future__ import annotations
@@ -19,11 +23,13 @@ from pathlib import Path
 from urllib.parse import parse_qsl
 
 from ..errors import DataError  # noqa: F401 - re-exported
+from .muse import load_muse_spec
 from .records import QA
 from .synth import synth_split
 
 TOFU_HUB_ID = "locuslab/TOFU"
-SOURCES = ["tofu/<split>", "tofu/<split>-<split>", "synth/<forget|retain|full>", "file:<path>", "text:<path>"]
+SOURCES = ["tofu/<split>", "tofu/<split>-<split>", "synth/<forget|retain|full>", "file:<path>", "text:<path>",
+           "muse/<split>", "muse/mini/<part>"]
 
 
 def tofu_root() -> str:
@@ -108,6 +114,8 @@ def load_spec(spec: str) -> list[QA]:
         return read_text_file(spec[5:])
     if spec.startswith("tofu/"):
         return load_tofu(spec[5:])
+    if spec.startswith("muse/"):
+        return load_muse_spec(spec)
     if spec.startswith("synth/"):
         split, _, query = spec[6:].partition("?")
         params = dict(parse_qsl(query))

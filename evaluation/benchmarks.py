@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from ..data.muse import SPLITS_BY_NAME, load_mini, muse_root, read_split, split_files
 from ..data.records import QA
 from ..data.sources import load_spec
 from ..errors import ConfigError, DataError
@@ -93,75 +94,45 @@ def files(cfg) -> list[Task]:
     return tasks
 
 
-MUSE_FILES = {
-    "verbmem": "verbmem/forget.json",
-    "knowmem_forget": "knowmem/forget_qa.json",
-    "knowmem_retain": "knowmem/retain_qa.json",
-    "privleak_forget": "privleak/forget.json",
-    "privleak_retain": "privleak/retain.json",
-    "privleak_holdout": "privleak/holdout.json",
-}
-
-
-def _read_json_list(path: Path) -> list:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: not valid JSON ({exc})") from None
-    if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
-        data = next(iter(data.values()))
-    if not isinstance(data, list) or not data:
-        raise DataError(f"{path}: expected a non-empty JSON list")
-    return data
-
-
-def _muse_records(path: Path, keys: tuple[str, str] | None) -> list[QA]:
-    out = []
-    for i, obj in enumerate(_read_json_list(path)):
-        if keys is None:  # privleak: strings or {"text": ...}
-            text = obj if isinstance(obj, str) else obj.get("text") if isinstance(obj, dict) else None
-            if not isinstance(text, str) or not text:
-                raise DataError(f"{path}[{i}]: expected a string or an object with 'text'")
-            out.append(QA(None, text))
-        else:
-            q, a = keys
-            if not isinstance(obj, dict) or not isinstance(obj.get(q), str) or not isinstance(obj.get(a), str):
-                raise DataError(f"{path}[{i}]: expected an object with string '{q}' and '{a}'")
-            out.append(QA(obj[q], obj[a]))
-    return out
+def _muse_root(cfg) -> Path:
+    return Path(cfg.muse_dir) if cfg.muse_dir else muse_root()
 
 
 def muse(cfg) -> list[Task]:
-    """A MUSE-format directory (as in the MUSE repository's data/<corpus>/): any of verbmem/,
-    knowmem/ (with optional *_icl.json few-shot files) and privleak/ (forget, holdout[, retain])."""
-    if not cfg.muse_dir:
-        raise ConfigError("benchmark muse needs muse_dir=<path to a MUSE corpus directory>")
-    root = Path(cfg.muse_dir)
-    if not root.is_dir():
-        raise DataError(f"MUSE directory {str(root)!r} does not exist")
-    tasks = []
-    if (root / MUSE_FILES["verbmem"]).is_file():
-        tasks.append(Task("verbmem", "verbmem", _muse_records(root / MUSE_FILES["verbmem"], ("prompt", "gt")),
-                          str(root / MUSE_FILES["verbmem"]), "forget"))
-    for name, role in (("knowmem_forget", "forget"), ("knowmem_retain", "retain")):
-        path = root / MUSE_FILES[name]
-        if path.is_file():
-            icl_path = path.with_name(path.stem + "_icl.json")
-            icl = _muse_records(icl_path, ("question", "answer")) if icl_path.is_file() else []
-            tasks.append(Task(name, "knowmem", _muse_records(path, ("question", "answer")), str(path), role, icl))
-    has_forget = (root / MUSE_FILES["privleak_forget"]).is_file()
-    has_holdout = (root / MUSE_FILES["privleak_holdout"]).is_file()
-    if has_forget != has_holdout:
-        raise DataError(f"{root}: privacy leakage needs both {MUSE_FILES['privleak_forget']} and "
-                        f"{MUSE_FILES['privleak_holdout']}")
-    if has_forget:
-        for name, role in (("privleak_forget", "forget"), ("privleak_holdout", "holdout"), ("privleak_retain", "retain")):
-            path = root / MUSE_FILES[name]
-            if path.is_file():
-                tasks.append(Task(name, "text", _muse_records(path, None), str(path), role))
-    if not tasks:
-        raise DataError(f"{root}: no MUSE files found; expected any of {sorted(MUSE_FILES.values())}")
-    return tasks
+    """A MUSE directory as its authors ship it (data/muse.py: every split, or a refusal naming the
+    missing files): verbmem, knowmem forget/retain with their few-shot prompts, privleak forget /
+    holdout / retain. muse_dir, else $UNLEARN_MUSE_DIR, else ../shared/data/muse-news."""
+    root = _muse_root(cfg)
+    files = split_files(root)
+    splits = {name: read_split(path, SPLITS_BY_NAME[name].fmt) for name, path in files.items()}
+    src = {name: str(path) for name, path in files.items()}
+    return [Task("verbmem", "verbmem", splits["verbmem_forget"], src["verbmem_forget"], "forget"),
+            Task("knowmem_forget", "knowmem", splits["knowmem_forget"], src["knowmem_forget"], "forget",
+                 splits["knowmem_forget_icl"]),
+            Task("knowmem_retain", "knowmem", splits["knowmem_retain"], src["knowmem_retain"], "retain",
+                 splits["knowmem_retain_icl"]),
+            *(Task(name, "text", splits[name], src[name], role)
+              for name, role in (("privleak_forget", "forget"), ("privleak_holdout", "holdout"),
+                                 ("privleak_retain", "retain")))]
+
+
+def muse_mini(cfg) -> list[Task]:
+    """MUSE-mini (data/muse.py): a target fine-tuned on a slice of MUSE-News's forget articles plus a
+    retain slice; knowmem = the authors' questions the slices answer (MUSE's few-shot prompts), the
+    same questions as chat QA (`forget`/`retain`: answer probability, and the items compare attacks),
+    verbmem = the forget passages cut in two, privleak = forget passages vs as many holdout passages."""
+    root = _muse_root(cfg)
+    mini = load_mini(root)
+    src = f"muse/mini ({root})"
+    return [Task("verbmem", "verbmem", mini.verbmem, f"{src} verbmem", "forget"),
+            Task("knowmem_forget", "knowmem", mini.knowmem_forget, f"{src} knowmem_forget", "forget",
+                 mini.knowmem_forget_icl),
+            Task("knowmem_retain", "knowmem", mini.knowmem_retain, f"{src} knowmem_retain", "retain",
+                 mini.knowmem_retain_icl),
+            Task("forget", "qa", mini.knowmem_forget, f"{src} knowmem_forget", "forget"),
+            Task("retain", "qa", mini.knowmem_retain, f"{src} knowmem_retain", "retain"),
+            Task("privleak_forget", "text", mini.privleak_forget, f"{src} privleak_forget", "forget"),
+            Task("privleak_holdout", "text", mini.privleak_holdout, f"{src} privleak_holdout", "holdout")]
 
 
 BENCHMARKS: dict[str, Callable] = {
@@ -170,6 +141,7 @@ BENCHMARKS: dict[str, Callable] = {
     "synthetic": synthetic,
     "files": files,
     "muse": muse,
+    "muse-mini": muse_mini,
 }
 
 

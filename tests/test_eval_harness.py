@@ -132,12 +132,16 @@ def test_muse_directory(tiny_dir, tmp_path):
         "knowmem/forget_qa_icl.json": [{"question": "Who baked?", "answer": "Sa Vorqui"}],
         "privleak/forget.json": texts,
         "privleak/holdout.json": [{"text": t} for t in other],
+        "knowmem/retain2_qa.json": [{"question": "What did Sa Vorqui bake?", "answer": "bread"}],
+        "knowmem/retain2_qa_icl.json": [{"question": "Where did Sa Vorqui bake?", "answer": "Hobart"}],
+        "privleak/retain2.json": other[:2],
     }.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text(json.dumps(data))
     res = evaluate(cfg_for(tiny_dir, benchmark="muse", muse_dir=str(root)), out=str(tmp_path / "m.json"),
                    log=lambda *_: None)
-    assert set(res["tasks"]) == {"verbmem", "knowmem_forget", "privleak_forget", "privleak_holdout"}
+    assert set(res["tasks"]) == {"verbmem", "knowmem_forget", "knowmem_retain", "privleak_forget", "privleak_holdout",
+                                 "privleak_retain"}
     verbmem = res["tasks"]["verbmem"]["aggregate"]
     assert 0 <= verbmem["rougeL_f1"] <= 1
     assert 0 <= verbmem["exact_memorization"] <= 1 and 0 <= verbmem["extraction_strength"] <= 1
