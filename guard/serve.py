@@ -21,6 +21,29 @@ from .policy import load_policy
 from .runtime import FQCN, POLICY_ENV
 
 MIDDLEWARE = "unlearnkit.guard.vllm_middleware.GuardBoundary"
+LOGITSPROCS_GROUP = "vllm.logits_processors"    # vLLM's entry-point group for logits processors
+
+
+def entry_point_processors() -> list[str]:
+    """The logits processors installed as entry points: vLLM loads them into every engine."""
+    from importlib.metadata import entry_points
+
+    return [f"{ep.name} = {ep.value}" for ep in entry_points(group=LOGITSPROCS_GROUP)]
+
+
+def check_explicit_guard(installed: Optional[list[str]] = None) -> None:
+    """The guard is loaded once, explicitly (--logits-processors), never as an entry point: under Model
+    Runner V2 an entry-point processor is loaded whatever the flags say and its validate_params is
+    skipped unless --logits-processors names some processor, and a second copy would guard twice.
+    ConfigError naming the entry point when an installed package registers the guard as one."""
+    from ..errors import ConfigError
+
+    installed = entry_point_processors() if installed is None else installed
+    ours = [ep for ep in installed if ep.split("=", 1)[-1].strip().startswith("unlearnkit.")]
+    if ours:
+        raise ConfigError(f"the unlearning guard is registered as a vLLM entry point ({', '.join(ours)}; group "
+                          f"{LOGITSPROCS_GROUP!r}); `unlearn serve` loads it with --logits-processors {FQCN}: "
+                          "remove the entry point from the installed package's metadata")
 
 
 def server_command(model_path: str, port: int, host: str = "127.0.0.1", guard: bool = True,
@@ -30,7 +53,8 @@ def server_command(model_path: str, port: int, host: str = "127.0.0.1", guard: b
            "--host", host, "--port", str(port), "--dtype", dtype, "--max-model-len", str(max_model_len),
            "--served-model-name", served_name or Path(model_path).name, "--seed", "0"]
     if guard:
-        # the token filter in the engine; every request through the boundary's rules first; returned
+        check_explicit_guard()
+        # the token filter in the engine, named explicitly (not an entry point: check_explicit_guard); every request through the boundary's rules first; returned
         # log-probabilities computed after the guard (vLLM's default is before any logits processor)
         cmd += ["--logits-processors", FQCN, "--middleware", MIDDLEWARE, "--logprobs-mode", "processed_logprobs"]
     if not _has_cuda() and "--enforce-eager" not in extra:
