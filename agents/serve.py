@@ -61,6 +61,12 @@ def run_agent_server(model_path: str, policy: str, *, port: int, host: str = "12
                          backend_alive=lambda: engine.poll() is None)   # /health: 503 once vLLM has exited
         print(f"agent front on http://{host}:{port}/v1 (k={cfg.k}, j={cfg.j}, threshold={cfg.threshold})",
               file=sys.stderr, flush=True)
+        if live_targets:   # replicas naming the same file share the live targets (agents/store.py)
+            print(f"live targets: {Path(live_targets).resolve()} (version {store.version}, {len(store.live_targets())} "
+                  f"targets; re-read on change, at least every {store.recheck_s:g} s)", file=sys.stderr, flush=True)
+        else:
+            print("live targets: this process only (--live-targets FILE to persist them and share them "
+                  "between replicas)", file=sys.stderr, flush=True)
         # uvicorn re-raises the SIGTERM it handled once it has shut down; make that an exception, so
         # the `finally` below still stops vLLM instead of the process dying with vLLM orphaned
         signal.signal(signal.SIGTERM, _exit_on_signal)
