@@ -39,7 +39,9 @@ def test_every_method_trains_and_writes_a_complete_artefact(tiny_dir, tmp_path, 
     for name in ("model.safetensors", "config.json", "tokenizer.json", "config.yaml", "train_log.jsonl", "run.json"):
         assert (out / name).is_file(), name
     run = json.loads((out / "run.json").read_text())
-    assert run["method"] == method and run["steps"] == 2 and run["trainable_fraction"] == 1.0
+    assert run["method"] == method and run["steps"] == 2
+    # RMU's forward stops at its block: what lies above it is frozen (freeze_unreached), the rest trains
+    assert (run["trainable_fraction"] < 1.0) if METHODS[method].needs_hidden_layer else run["trainable_fraction"] == 1.0
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert any("forget_loss" in entry for entry in log)
     assert not (tmp_path / "run.partial").exists()
@@ -287,6 +289,97 @@ def test_rmu_pulls_forget_activations_to_the_target_and_leaves_later_layers(tune
     later = [k for k in before if k.startswith(("model.layers.1.", "model.norm."))]
     assert later and all(torch.equal(before[k], after[k]) for k in later)
     assert not torch.equal(before["model.layers.0.mlp.down_proj.weight"], after["model.layers.0.mlp.down_proj.weight"])
+
+
+@pytest.mark.parametrize("tied", [True, False])
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_rmu_freezes_exactly_what_its_forward_does_not_reach(tiny_model_factory, mode, tied):
+    """Blocks above the steered one, the final norm and an untied LM head get no gradient from a
+    forward stopped at block 0, so they are frozen (DDP without the unused-parameter search would
+    wait for their gradients forever); block 0 and the embeddings, which it reaches, stay trainable."""
+    import torch
+
+    from unlearnkit.training.trainer import freeze_unreached
+
+    model = tiny_model_factory(300)
+    if not tied:
+        model.config.tie_word_embeddings = False
+        model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
+    if mode == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "down_proj"], task_type="CAUSAL_LM"))
+    trainable_before = {n for n, p in model.named_parameters() if p.requires_grad}
+    rng_state = torch.get_rng_state()
+    batch = {"input_ids": torch.tensor([[5, 6, 7, 8]]), "attention_mask": torch.ones(1, 4, dtype=torch.long)}
+    frozen = set(freeze_unreached(model, batch, layer=0))
+    assert torch.equal(torch.get_rng_state(), rng_state)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == trainable_before - frozen and all(p.grad is None for p in model.parameters())
+    assert frozen and all(".layers.1." in n or ".norm." in n or "lm_head" in n for n in frozen)
+    assert not any(".layers.0." in n or "embed_tokens" in n for n in frozen)
+    if mode == "full":
+        assert any(".layers.1." in n for n in frozen) and any(n.endswith("model.norm.weight") for n in frozen)
+        assert ("lm_head.weight" in frozen) == (not tied)
+        assert "model.embed_tokens.weight" in trainable and "model.layers.0.mlp.down_proj.weight" in trainable
+    else:
+        assert frozen == {n for n in trainable_before if ".layers.1." in n}  # layer 1's adapters
+        assert any(".layers.0." in n and "lora_" in n for n in trainable)
+
+
+def test_hidden_at_is_the_block_output_without_running_later_blocks(tiny_model_factory):
+    import torch
+
+    from unlearnkit.training.trainer import decoder_layers, hidden_at
+
+    model = tiny_model_factory(300).eval()
+    batch = {"input_ids": torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]]), "attention_mask": torch.ones(2, 4, dtype=torch.long)}
+    ran = []
+    decoder_layers(model)[1].register_forward_hook(lambda *_: ran.append(1))
+    hidden = hidden_at(model, batch, 0)
+    assert not ran and len(decoder_layers(model)) == 2  # block 1 skipped, the stack restored
+    full = model(**batch, output_hidden_states=True).hidden_states
+    torch.testing.assert_close(hidden, full[1])
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_rmu_forward_lets_ddp_reduce_every_trainable_gradient(tiny_model_factory, tmp_path, freeze):
+    """Under DDP with the unused-parameter search off (as training/run.py launches it), each RMU step
+    must hand every trainable gradient to the reduction: with the unreached parameters frozen it
+    does, step after step; left trainable, DDP refuses the second step."""
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from unlearnkit.training.trainer import freeze_unreached, hidden_at
+
+    model = tiny_model_factory(300)
+    batch = {"input_ids": torch.tensor([[5, 6, 7, 8]]), "attention_mask": torch.ones(1, 4, dtype=torch.long)}
+    if freeze:
+        freeze_unreached(model, batch, 0)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        ddp = DistributedDataParallel(model, find_unused_parameters=False)
+        reduced = []
+
+        def count(state, bucket):
+            reduced.append(bucket.buffer().numel())
+            done = torch.futures.Future()
+            done.set_result(bucket.buffer())
+            return done
+
+        ddp.register_comm_hook(None, count)
+        steps = 2
+        if not freeze:
+            with pytest.raises(RuntimeError, match="finished reduction"):
+                for _ in range(steps):
+                    hidden_at(ddp, batch, 0).pow(2).mean().backward()
+            return
+        for _ in range(steps):
+            hidden_at(ddp, batch, 0).pow(2).mean().backward()
+        assert sum(reduced) == steps * sum(p.numel() for p in model.parameters() if p.requires_grad)
+    finally:
+        dist.destroy_process_group()
 
 
 def test_rmu_layer_out_of_range_is_refused_before_anything_is_written(tiny_dir, tmp_path):

@@ -160,7 +160,7 @@ def run_training(cfg: TrainConfig, resume: bool = False, overwrite: bool = False
 
     from .batches import PairCollator, UnlearnDataset
     from .trainer import (AdapterOffReference, FrozenReference, MarkCompleteCheckpoints,
-                          UnlearnTrainer, last_complete_checkpoint)
+                          UnlearnTrainer, freeze_unreached, last_complete_checkpoint)
 
     out = Path(cfg.output_dir)
     work = out.with_name(out.name + ".partial")
@@ -217,6 +217,12 @@ def run_training(cfg: TrainConfig, resume: bool = False, overwrite: bool = False
             from .fila import apply_fila
 
             log(f"FILA: initialised {apply_fila(model, fisher_f, fisher_r)} LoRA layers")
+    if method.needs_hidden_layer:  # e.g. RMU: nothing above the steered block is trained
+        device = next(model.parameters()).device
+        probe = {k: v.to(device) for k, v in pad_batch(primary[:1], tokenizer.pad_token_id).items()}
+        frozen = freeze_unreached(model, probe, cfg.method.layer)
+        log(f"{cfg.method.name}: froze {len(frozen)} parameter tensors the forward stopped at block "
+            f"{cfg.method.layer} does not reach")
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
 
@@ -234,7 +240,7 @@ def run_training(cfg: TrainConfig, resume: bool = False, overwrite: bool = False
         remove_unused_columns=False,
         train_sampling_strategy="group_by_length" if o.group_by_length else "random",
         dataloader_num_workers=0, disable_tqdm=False,
-        ddp_find_unused_parameters=False,  # every trainable weight takes part in every method's forward
+        ddp_find_unused_parameters=False,  # every trainable weight takes part in every forward (RMU: see above)
     )
     if method.needs_reference and reference is None:
         reference = AdapterOffReference(lambda m: trainer.accelerator.unwrap_model(m))

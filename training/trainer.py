@@ -5,10 +5,12 @@ accumulation, checkpointing and resumption all come from the Trainer unchanged."
 from __future__ import annotations
 
 from collections import defaultdict
+from contextlib import contextmanager
+from inspect import signature
 from pathlib import Path
 
 import torch
-from transformers import Trainer, TrainerCallback
+from transformers import PreTrainedModel, Trainer, TrainerCallback
 
 from .batches import group
 from .methods import Method, MethodInputs, MethodParams
@@ -20,23 +22,45 @@ def _logits(model, batch: dict) -> torch.Tensor:
     return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
 
 
-class _StopForward(Exception):
-    """Raised by the capture hook: nothing after the captured layer needs computing."""
-
-
-def decoder_layers(model) -> torch.nn.ModuleList:
-    """The stack of decoder blocks of a (possibly PEFT- or DDP-wrapped) causal LM."""
+def _decoder_stack(model) -> tuple[str, torch.nn.ModuleList]:
     stacks = [(name, module) for name, module in model.named_modules()
               if isinstance(module, torch.nn.ModuleList) and name.split(".")[-1] in ("layers", "h", "blocks")]
     if len(stacks) != 1:
         raise ValueError(f"cannot find the decoder layers of {type(model).__name__}: "
                          f"candidate module lists {[name for name, _ in stacks]}")
-    return stacks[0][1]
+    return stacks[0]
+
+
+def decoder_layers(model) -> torch.nn.ModuleList:
+    """The stack of decoder blocks of a (possibly PEFT- or DDP-wrapped) causal LM."""
+    return _decoder_stack(model)[1]
+
+
+@contextmanager
+def _first_blocks_only(model, n: int):
+    """The model with its decoder stack cut after block `n - 1` (the same modules, restored after)."""
+    name, blocks = _decoder_stack(model)
+    parent_name, _, attr = name.rpartition(".")
+    parent = model.get_submodule(parent_name)
+    setattr(parent, attr, blocks[:n])
+    try:
+        yield
+    finally:
+        setattr(parent, attr, blocks)
+
+
+def _last_position_logits_only(model) -> dict:
+    """`logits_to_keep=1` where the causal LM takes it: the LM head on one position only."""
+    lm = next((m for m in model.modules() if isinstance(m, PreTrainedModel)), None)
+    return {"logits_to_keep": 1} if lm is not None and "logits_to_keep" in signature(lm.forward).parameters else {}
 
 
 def hidden_at(model, batch: dict, layer: int) -> torch.Tensor:
-    """Output of decoder block `layer` ([B, T, D]); the forward pass stops right there, so
-    later blocks and the LM head are never run (and get no gradient)."""
+    """Output of decoder block `layer` ([B, T, D]). The blocks above it are not run: the forward
+    runs on the stack cut after `layer`, then the final norm and the LM head (on one position),
+    whose output is dropped, so they get no gradient. The forward returns normally rather than
+    being stopped by an exception, so that a DDP wrapper finishes its forward and prepares the
+    gradient reduction (a stopped forward left DDP's ranks each training on its own shard)."""
     blocks = decoder_layers(model)
     if not 0 <= layer < len(blocks):
         raise ValueError(f"layer {layer} is out of range: the model has {len(blocks)} decoder layers "
@@ -45,16 +69,31 @@ def hidden_at(model, batch: dict, layer: int) -> torch.Tensor:
 
     def capture(module, args, output):
         captured.append(output[0] if isinstance(output, tuple) else output)
-        raise _StopForward
 
     handle = blocks[layer].register_forward_hook(capture)
     try:
-        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-    except _StopForward:
-        pass
+        with _first_blocks_only(model, layer + 1):
+            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False,
+                  **_last_position_logits_only(model))
     finally:
         handle.remove()
     return captured[0]
+
+
+def freeze_unreached(model, batch: dict, layer: int) -> list[str]:
+    """Freeze the trainable parameters that `hidden_at(model, batch, layer)` leaves without a
+    gradient (later blocks, the final norm, an untied LM head; a head tied to the input embeddings
+    is reached through them and stays trainable), found by one backward pass on `batch`. Under DDP
+    with the unused-parameter search off, a trainable parameter that gets no gradient would stall
+    the gradient reduction. Returns their names."""
+    with torch.random.fork_rng(devices=[]):  # the probe does not move the training's random stream
+        hidden_at(model, batch, layer).float().sum().backward()
+    unreached = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    for name, p in model.named_parameters():
+        p.grad = None
+        if name in unreached:
+            p.requires_grad_(False)
+    return unreached
 
 
 class FrozenReference:
