@@ -1,0 +1,249 @@
+"""What the report reads of a results.json, as dataclasses parsed at the edge.
+
+results.json is written as plain JSON by compare/run.py (`_compact`), compare/audit.py and
+compare/sequential.py, and stays exactly so on disk; `parse_doc` reads its systems into these types,
+one `from_json` per dataclass. Results of older versions lack the fields added since (the truth-ratio
+profile, the forget-quality reason, the guard build time, serving figures, the weights attacks,
+sequential requests...): a missing field, or a part that is not an object, reads as None / empty,
+so an older cached run still renders. Values are kept as the JSON holds them (an int stays an int:
+the report formats ints and floats differently).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+
+def _obj(d: Any) -> dict:
+    """`d` when it is a JSON object, else {} (a part an older result lacks, or holds as null)."""
+    return d if isinstance(d, dict) else {}
+
+
+@dataclass(frozen=True)
+class Rates:
+    """One attack category's aggregate over scored replies (evaluation/leakage.py `aggregate`)."""
+    n: Optional[int] = None
+    leak_rate: Optional[float] = None
+    rouge: Optional[float] = None
+    keywords: Optional[float] = None
+    refusal_rate: Optional[float] = None
+
+    @classmethod
+    def from_json(cls, d: Any) -> "Rates":
+        d = _obj(d)
+        return cls(d.get("n"), d.get("leak_rate"), d.get("rouge"), d.get("keywords"), d.get("refusal_rate"))
+
+
+NO_RATES = Rates()
+
+
+def _by_category(d: Any) -> dict[str, Rates]:
+    return {c: Rates.from_json(v) for c, v in _obj(d).items()}
+
+
+@dataclass(frozen=True)
+class Serving:
+    """Serving cost of the attack batch through the deployed path (compare/measure.py `_serving`)."""
+    tokens_per_s: Optional[float] = None
+    latency_median_s: Optional[float] = None
+    llm_calls_per_flagged: Optional[float] = None
+    server_start_s: Optional[float] = None
+
+    @classmethod
+    def from_json(cls, d: Any) -> "Serving":
+        d = _obj(d)
+        return cls(d.get("tokens_per_s"), d.get("latency_median_s"), d.get("llm_calls_per_flagged"),
+                   d.get("server_start_s"))
+
+
+@dataclass(frozen=True)
+class Attacks:
+    """Prompt attacks: {category: rates} per role (forget items, neighbour probes; each with an
+    'all' category, in the JSON's order) and the serving cost."""
+    forget: dict[str, Rates] = field(default_factory=dict)
+    neighbour: dict[str, Rates] = field(default_factory=dict)
+    serving: Serving = Serving()
+
+    @classmethod
+    def from_json(cls, d: Any) -> "Attacks":
+        by = _obj(_obj(d).get("by_category"))
+        return cls(_by_category(by.get("forget")), _by_category(by.get("neighbour")),
+                   Serving.from_json(_obj(d).get("serving")))
+
+    def forget_rates(self, category: str) -> Rates:
+        return self.forget.get(category, NO_RATES)
+
+    def neighbour_rates(self, category: str) -> Rates:
+        return self.neighbour.get(category, NO_RATES)
+
+    @property
+    def forget_all(self) -> Rates:
+        return self.forget_rates("all")
+
+    @property
+    def neighbour_all(self) -> Rates:
+        return self.neighbour_rates("all")
+
+
+@dataclass(frozen=True)
+class TruthRatio:
+    """The forget set's truth-ratio distribution (evaluation/metrics/tofu.py `truth_ratio_profile`)."""
+    median: Optional[float] = None
+    q1: Optional[float] = None
+    q3: Optional[float] = None
+    prefers_false: Optional[float] = None
+
+    @classmethod
+    def from_json(cls, d: Any) -> Optional["TruthRatio"]:
+        """None where the result has no profile (an empty one counts as none)."""
+        if not d or not isinstance(d, dict):
+            return None
+        return cls(d.get("median"), d.get("q1"), d.get("q3"), d.get("prefers_false"))
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """The headline metrics: the summary against the retain model, and the forget set's ROUGE-L."""
+    forget_quality: Optional[float] = None
+    forget_quality_reason: Optional[str] = None
+    model_utility: Optional[float] = None
+    ks_statistic: Optional[float] = None
+    truth_ratio: Optional[TruthRatio] = None
+    forget_rouge: Optional[float] = None          # aggregates.forget.rougeL_recall
+    para_rouge: Optional[float] = None            # ... of the paraphrased questions
+
+    @classmethod
+    def from_json(cls, summary: Any, aggregates: Any) -> "Metrics":
+        s, forget = _obj(summary), _obj(_obj(aggregates).get("forget"))
+        return cls(s.get("forget_quality"), s.get("forget_quality_reason"), s.get("model_utility"),
+                   s.get("ks_statistic"), TruthRatio.from_json(s.get("forget_truth_ratio")),
+                   forget.get("rougeL_recall"), forget.get("rougeL_recall_paraphrased_question"))
+
+
+@dataclass(frozen=True)
+class Training:
+    """The system's training run (build.py `run_record`)."""
+    train_seconds: Optional[float] = None
+    peak_memory_mb: Optional[float] = None
+    trainable_fraction: Optional[float] = None
+
+    @classmethod
+    def from_json(cls, d: Any) -> "Training":
+        d = _obj(d)
+        return cls(d.get("train_seconds"), d.get("peak_memory_mb"), d.get("trainable_fraction"))
+
+
+@dataclass(frozen=True)
+class FinetuneAttack:
+    """Relearning / benign relearning: the probed forget items' rates before and after (None: the
+    attack did not run, or was skipped with a reason)."""
+    before: Optional[Rates] = None
+    after: Optional[Rates] = None
+    skipped: Optional[str] = None
+
+    @classmethod
+    def from_json(cls, d: Any) -> "FinetuneAttack":
+        d = _obj(d)
+        rates = lambda k: Rates.from_json(d[k]) if d.get(k) else None  # noqa: E731
+        return cls(rates("before"), rates("after"), d.get("skipped"))
+
+    @property
+    def after_leak_rate(self) -> Optional[float]:
+        return self.after.leak_rate if self.after is not None else None
+
+
+@dataclass(frozen=True)
+class QuantRow:
+    """One quantized variant (or the unquantized checkpoint) of the quantization attack."""
+    leak_rate: Optional[float] = None
+    answer_probability: Optional[float] = None
+
+    @classmethod
+    def from_json(cls, d: Any) -> "QuantRow":
+        d = _obj(d)
+        return cls(d.get("leak_rate"), d.get("answer_probability"))
+
+
+@dataclass(frozen=True)
+class Quantize:
+    """The quantization attack: {variant label: row} (empty: not run), or the reason it was skipped."""
+    rows: dict[str, QuantRow] = field(default_factory=dict)
+    skipped: Optional[str] = None
+
+    @classmethod
+    def from_json(cls, d: Any) -> "Quantize":
+        d = _obj(d)
+        return cls({label: QuantRow.from_json(r) for label, r in _obj(d.get("rows")).items()}, d.get("skipped"))
+
+
+@dataclass(frozen=True)
+class RequestResult:
+    """One deletion request's forget set, measured after some request (compare/sequential.py)."""
+    request: Optional[str] = None
+    items: Optional[int] = None
+    answer_probability: Optional[float] = None
+    forget_quality: Optional[float] = None
+
+    @classmethod
+    def from_json(cls, d: Any) -> "RequestResult":
+        d = _obj(d)
+        return cls(d.get("request"), d.get("items"), d.get("answer_probability"), d.get("forget_quality"))
+
+
+@dataclass(frozen=True)
+class Sequential:
+    """A checkpoint of the sequential-requests chain: after which request, each request's figures."""
+    after_request: int
+    requests: list[RequestResult] = field(default_factory=list)
+    forget_quality_so_far: Optional[float] = None
+
+    @classmethod
+    def from_json(cls, d: Any) -> Optional["Sequential"]:
+        if not d or not isinstance(d, dict):
+            return None
+        return cls(d.get("after_request"), [RequestResult.from_json(r) for r in d.get("requests") or []],
+                   d.get("forget_quality_so_far"))
+
+
+@dataclass(frozen=True)
+class SystemResult:
+    """One system of a results.json: measured ("ok") or failed with a reason."""
+    name: str
+    status: Optional[str] = None
+    kind: Optional[str] = None
+    base: Optional[str] = None
+    reason: Optional[str] = None
+    metrics: Metrics = Metrics()
+    attacks: Attacks = Attacks()
+    training: Training = Training()
+    guard_build_seconds: Optional[float] = None
+    relearn: FinetuneAttack = FinetuneAttack()
+    benign_relearn: FinetuneAttack = FinetuneAttack()
+    quantize: Quantize = Quantize()
+    sequential: Optional[Sequential] = None
+
+    @classmethod
+    def from_json(cls, name: str, d: Any) -> "SystemResult":
+        if not isinstance(d, dict):
+            raise ValueError(f"results.json system {name!r}: expected an object, got {type(d).__name__}")
+        return cls(name, d.get("status"), d.get("kind"), d.get("base"), d.get("reason"),
+                   Metrics.from_json(d.get("summary"), d.get("aggregates")), Attacks.from_json(d.get("attacks")),
+                   Training.from_json(d.get("training")), _obj(d.get("guard")).get("build_seconds"),
+                   FinetuneAttack.from_json(d.get("relearn")), FinetuneAttack.from_json(d.get("benign_relearn")),
+                   Quantize.from_json(d.get("quantize")), Sequential.from_json(d.get("sequential")))
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def unlearning_seconds(self) -> Optional[float]:
+        """The weight-level unlearning run's training time (the target and retain fine-tunes are the
+        benchmark's set-up, not an unlearning cost)."""
+        return None if self.base in ("target", "retain") else self.training.train_seconds
+
+
+def parse_doc(doc: dict) -> dict[str, SystemResult]:
+    """{system name: its typed result} of a results.json doc, in the doc's order."""
+    return {name: SystemResult.from_json(name, res) for name, res in doc["systems"].items()}
