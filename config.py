@@ -41,6 +41,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 return _coerce(value, arg, where)
             except ConfigError as exc:
                 errors.append(str(exc))
+        if len(errors) == 1:  # Optional[X]: X's own message (e.g. the unknown key of a section)
+            raise ConfigError(errors[0])
         raise ConfigError(f"{where}: {value!r} does not match {_type_name(tp)}")
     if origin is typing.Literal:
         choices = typing.get_args(tp)

@@ -447,3 +447,54 @@ def test_same_seed_gives_the_same_weights_and_another_seed_does_not(tiny_dir, tm
     assert any(not torch.equal(first[k], base[k]) for k in first if k in base)  # it trained
     assert all(torch.equal(first[k], again[k]) for k in first)
     assert any(not torch.equal(first[k], other[k]) for k in first)
+
+
+# --- evaluation during training ---
+
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_evaluation_every_n_steps_keeps_the_best_checkpoint(tuned_tiny, tmp_path, mode):
+    """grad_diff from the fine-tuned tiny model, forget answer probability every 2 steps: each value
+    logged, the lowest one's weights kept in <run>/best (merged for LoRA) and named in run.json."""
+    from unlearnkit.data.sources import load_spec
+    from unlearnkit.evaluation.probability import answer_probabilities, mean
+    from unlearnkit.models.loading import load_model
+
+    extra = {"mode": mode, "lora": {"r": 4}} if mode == "lora" else {}
+    cfg = make_cfg(tuned_tiny, tmp_path / "run", "grad_diff", optim={"max_steps": 6, "lr": 3e-3},
+                   eval={"every_steps": 2, "metric": "forget_prob", "examples": 4}, **extra)
+    out = run_training(cfg, log=quiet)
+    summary = json.loads((out / "run.json").read_text())["eval"]
+    history = summary["history"]
+    assert [step for step, _ in history] == [2, 4, 6] and logged(out, "eval_forget_prob") == [v for _, v in history]
+    assert summary["mode"] == "min" and summary["best"]["value"] == min(v for _, v in history)
+    assert summary["best"]["step"] == min(history, key=lambda sv: sv[1])[0]
+    assert (out / "best" / "model.safetensors").is_file() and not list((out / "best").glob("adapter_*"))
+    assert not list(tmp_path.glob("run.partial"))
+    forget = load_spec(FORGET)[:4]
+    again = mean(answer_probabilities(*load_model(str(out / "best")), forget, max_length=96))
+    assert again == pytest.approx(summary["best"]["value"], rel=1e-4)
+
+
+def test_evaluation_ratio_is_maximised_and_can_skip_keeping(tuned_tiny, tmp_path):
+    cfg = make_cfg(tuned_tiny, tmp_path / "run", "grad_diff", optim={"max_steps": 2},
+                   eval={"every_steps": 1, "metric": "retain_over_forget", "keep_best": False})
+    out = run_training(cfg, log=quiet)
+    summary = json.loads((out / "run.json").read_text())["eval"]
+    assert summary["mode"] == "max" and summary["best"] is None and len(summary["history"]) == 2
+    assert all(v > 0 for _, v in summary["history"]) and not (out / "best").exists()
+
+
+def test_evaluation_config_refuses_what_it_cannot_do(tiny_dir, tmp_path):
+    from unlearnkit.config import ConfigError, dump_config
+
+    assert "\neval:" not in dump_config(make_cfg(tiny_dir, tmp_path / "r", "ihl"))  # absent: hashes unchanged
+    for evaluation, message in [
+        ({"every": 2}, r"unknown key\(s\) \['every'\]; valid keys are \['every_steps', 'examples', 'keep_best', 'metric', 'mode'\]"),
+        ({"metric": "accuracy"}, r"unknown metric 'accuracy'; valid metrics: \['forget_prob', 'retain_over_forget', 'retain_prob'\]"),
+        ({"mode": "best"}, r"eval.mode: 'best' is not one of"),
+        ({"every_steps": 0}, "every_steps must be >= 1"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            make_cfg(tiny_dir, tmp_path / "r", "ihl", eval=evaluation)
+    with pytest.raises(ConfigError, match="retain_prob needs data.retain"):
+        make_cfg(tiny_dir, tmp_path / "r", "finetune", eval={"metric": "retain_prob"})

@@ -109,6 +109,31 @@ class OptimConfig:
 
 
 @dataclass
+class EvalConfig:
+    """Evaluation during training (training/callbacks.py): every `every_steps` optimizer steps, a
+    cheap teacher-forced metric on the first `examples` forget (and retain) items; with keep_best,
+    the checkpoint best by it is kept (<output_dir>/best, reported in run.json)."""
+
+    every_steps: int = 10
+    metric: str = "forget_prob"        # forget_prob | retain_prob | retain_over_forget
+    mode: Optional[Literal["max", "min"]] = None   # unset: the metric's own direction
+    keep_best: bool = True
+    examples: int = 16
+
+    def validate(self):
+        from .callbacks import EVAL_METRICS  # transformers' TrainerCallback
+
+        if self.every_steps < 1:
+            raise ConfigError(f"eval.every_steps must be >= 1, got {self.every_steps}")
+        if self.metric not in EVAL_METRICS:
+            raise ConfigError(f"eval.metric: unknown metric {self.metric!r}; valid metrics: {sorted(EVAL_METRICS)}")
+        if self.examples < 1:
+            raise ConfigError(f"eval.examples must be >= 1, got {self.examples}")
+        if self.mode is None:
+            self.mode = EVAL_METRICS[self.metric].mode
+
+
+@dataclass
 class TrainConfig:
     model: str = "smollm2"
     output_dir: str = "runs/unlearned"
@@ -117,6 +142,8 @@ class TrainConfig:
     method: MethodConfig = field(default_factory=MethodConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    # evaluation during training; left out of dumps (and run hashes) when absent
+    eval: Optional[EvalConfig] = field(default=None, metadata={"omit_if_none": True})
 
     def validate(self):
         if self.mode == "full" and self.lora is not None:
@@ -137,6 +164,11 @@ class TrainConfig:
                 raise ConfigError("data.train is for method finetune; unlearning takes data.forget")
             if method.needs_retain and not self.data.retain:
                 raise ConfigError(f"method {self.method.name} needs data.retain (the retain set)")
+        if self.eval is not None:
+            from .callbacks import EVAL_METRICS
+
+            if EVAL_METRICS[self.eval.metric].needs_retain and not self.data.retain:
+                raise ConfigError(f"eval.metric {self.eval.metric} needs data.retain (retain answers to score)")
         if self.lora is not None and self.lora.init == "fila" and not self.data.retain:
             raise ConfigError("lora.init=fila needs data.retain (Fisher importance is forget relative to retain)")
 

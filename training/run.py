@@ -159,6 +159,7 @@ def run_training(cfg: TrainConfig, resume: bool = False, overwrite: bool = False
     from transformers import AutoModelForCausalLM, TrainingArguments
 
     from .batches import PairCollator, UnlearnDataset
+    from .callbacks import EvalEverySteps, eval_summary, read_best
     from .trainer import (AdapterOffReference, FrozenReference, MarkCompleteCheckpoints,
                           UnlearnTrainer, freeze_unreached, last_complete_checkpoint)
 
@@ -244,10 +245,15 @@ def run_training(cfg: TrainConfig, resume: bool = False, overwrite: bool = False
     )
     if method.needs_reference and reference is None:
         reference = AdapterOffReference(lambda m: trainer.accelerator.unwrap_model(m))
+    extra_callbacks = list(callbacks or [])
+    if cfg.eval is not None:
+        extra_callbacks.append(EvalEverySteps(
+            cfg.eval, tokenizer, load_spec(cfg.data.train or cfg.data.forget),
+            load_spec(cfg.data.retain) if cfg.data.retain else None, work, cfg.data.max_length, log))
     trainer = UnlearnTrainer(
         model=model, args=args, train_dataset=UnlearnDataset(primary, retain if method.needs_retain else None,
                                                              idk, seed=o.seed + state.process_index),
-        data_collator=PairCollator(tokenizer.pad_token_id), callbacks=[MarkCompleteCheckpoints(), *(callbacks or [])],
+        data_collator=PairCollator(tokenizer.pad_token_id), callbacks=[MarkCompleteCheckpoints(), *extra_callbacks],
         method=method, reference=reference,
         params=method_params(cfg),
     )
@@ -284,6 +290,10 @@ def run_training(cfg: TrainConfig, resume: bool = False, overwrite: bool = False
         "world_size": state.num_processes, "forget_set": cfg.data.train or cfg.data.forget,
         "forget_fingerprint": records_fingerprint(load_spec(cfg.data.train or cfg.data.forget)),
     }
+    if cfg.eval is not None:
+        manifest["eval"] = eval_summary(cfg.eval, work, trainer.state.log_history)
+        if manifest["eval"]["best"]:
+            shutil.move(str(work / read_best(work)["dir"]), str(final / "best"))
     write_model_card(final, manifest, out.name)
     (final / RUN_MANIFEST).write_text(json.dumps(manifest, indent=2))
     if out.exists():
