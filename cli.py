@@ -97,6 +97,11 @@ def _cmd_eval(args) -> int:
 
         written = write_logs({name: t["items"] for name, t in result["tasks"].items()}, args.tofu_logs)
         print(f"TOFU-format logs: {written}")
+    if args.export_open_unlearning:
+        from .evaluation.export import export_open_unlearning
+
+        eval_file, summary_file = export_open_unlearning(result, args.export_open_unlearning)
+        print(f"open-unlearning layout: {eval_file}, {summary_file}")
     return 0
 
 
@@ -298,6 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "teacher-forced metrics through its mask and penalty)")
     p.add_argument("--no-cache", action="store_true", help="measure again even if cached")
     p.add_argument("--tofu-logs", metavar="DIR", help="also write TOFU's per-item log files (eval_log_forget.json, ...)")
+    p.add_argument("--export-open-unlearning", dest="export_open_unlearning", metavar="DIR",
+                   help="also write TOFU_EVAL.json and TOFU_SUMMARY.json in open-unlearning's layout")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any eval-config key, e.g. --set max_new_tokens=64 (repeatable)")
     esub = p.add_subparsers(dest="action")
