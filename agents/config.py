@@ -82,7 +82,7 @@ class AgentConfig:
     # seconds a rewrite's model call waits while passthrough requests are in flight (lanes.py); 0: never
     passthrough_first: float = 2.0
     llm: EndpointConfig = field(default_factory=EndpointConfig)
-    # per-node endpoints (answer, audit, erase, critic, compose); a node not named uses `llm`
+    # per-node endpoints (the model-calling NODES below); a node not named uses `llm`
     nodes: dict[str, EndpointConfig] = field(default_factory=dict)
     prompts: Prompts = field(default_factory=Prompts)
 
@@ -118,7 +118,10 @@ class AgentConfig:
         return self.nodes.get(node, self.llm)
 
 
+# the rewrite graph's nodes (agents/graph.py): those that call a model (each may have its own endpoint,
+# `nodes:`), and those that do not
 NODES = ("answer", "audit", "erase", "critic", "compose")
+LOCAL_NODES = ("finish", "refuse")
 
 
 def load_agent_config(path: Optional[str] = None, overrides: Optional[list[str]] = None) -> AgentConfig:

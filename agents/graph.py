@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Callable, Optional, Sequence, TypedDict
 
 from ..guard.phrases import mentions
-from .config import NODES, AgentConfig
+from .config import LOCAL_NODES, NODES, AgentConfig
 from .llm import ChatModel, LLMError
 from .nodes import (choose, clean_rewrite, format_facts, format_variants, last_user_message, parse_score,
                     parse_verdict)
@@ -342,7 +342,7 @@ class Pipeline:
         from langgraph.graph import END, START, StateGraph
 
         g = StateGraph(State)
-        for name in ("answer", "audit", "finish", "erase", "critic", "compose", "refuse"):
+        for name in (*NODES, *LOCAL_NODES):
             g.add_node(name, getattr(self, name))
         failed_or = lambda nxt: (lambda s: "refuse" if s.get("failed") else nxt)  # noqa: E731
         g.add_edge(START, "answer")

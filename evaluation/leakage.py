@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from typing import Iterable, Optional, Sequence
 
+from .metrics.means import finite_mean
 from .metrics.rouge import rouge_l_recall
 
 REFUSAL_PATTERNS = (
@@ -60,8 +61,9 @@ def score_reply(reply: str, gold: str, keywords: Sequence[str], refusals: Sequen
 
 
 def _mean(values: Iterable) -> Optional[float]:
-    vals = [float(v) for v in values if v is not None]
-    return round(sum(vals) / len(vals), 4) if vals else None
+    """finite_mean (a True counts 1), rounded to 4 places."""
+    m = finite_mean(values)
+    return None if m is None else round(m, 4)
 
 
 def aggregate(scored: Sequence[dict]) -> dict:

@@ -11,6 +11,7 @@ import torch
 from ..data.formatting import encode_qa, pad_batch
 from ..data.records import QA
 from ..training.losses import sequence_logprob
+from .metrics.means import finite_mean
 
 
 @torch.no_grad()
@@ -30,5 +31,6 @@ def answer_probabilities(model, tokenizer, records: list[QA], max_length: int = 
 
 
 def mean(values: list[float]) -> float:
-    finite = [v for v in values if v == v]
-    return sum(finite) / len(finite) if finite else float("nan")
+    """finite_mean, NaN where no probability is finite (what the training callback logs)."""
+    m = finite_mean(values)
+    return float("nan") if m is None else m

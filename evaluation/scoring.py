@@ -4,18 +4,19 @@ per-task aggregates (the numbers themselves come from the pure functions in metr
 from __future__ import annotations
 
 import dataclasses
-import math
-from typing import Optional
 
 from ..data.formatting import end_of_turn, prompt_text
 from .benchmarks import Task
 from .config import GENERATION_METRICS, EvalConfig, expand_metrics
 from .metrics import memorization as MEM
 from .metrics import tofu as TOFU
+from .metrics.means import finite_mean
 from .metrics.rouge import rouge_scores
 
 MUSE_VERBMEM_TOKENS = 128
 MUSE_KNOWMEM_TOKENS = 32
+# the record fields of a qa/options item's generated answers, in record order
+QA_GENERATION_KEYS = ("generated", "generated_paraphrased_question")
 
 
 # ----------------------------------------------------------------------------- requests
@@ -34,6 +35,23 @@ def _knowmem_prompt(icl, question: str) -> str:
     return f"{shots}Question: {question}\nAnswer:"
 
 
+def qa_generation_prompts(task: Task, r) -> list[tuple[str, str]]:
+    """(record field, question) of each answer a qa/options item generates: its question, and a
+    forget item's paraphrased question where it has one (the field names are QA_GENERATION_KEYS)."""
+    out = [("generated", r.question)]
+    pq = r.extra.get("paraphrased_question")
+    if task.role == "forget" and isinstance(pq, str) and pq:
+        out.append(("generated_paraphrased_question", pq))
+    return out
+
+
+def generation_jobs(tasks: list[Task]) -> list[tuple[int, int, str, str]]:
+    """(task, item, record field, question) of every qa/options generation prompt, in the order
+    build_requests asks them (what another deployed path, e.g. the agent front, is asked instead)."""
+    return [(t, i, key, question) for t, task in enumerate(tasks) if task.kind in ("qa", "options")
+            for i, r in enumerate(task.items) for key, question in qa_generation_prompts(task, r)]
+
+
 def build_requests(tasks: list[Task], tokenizer, cfg: EvalConfig) -> Requests:
     metrics = expand_metrics(cfg.metrics)
     want_gen = bool(GENERATION_METRICS & metrics)
@@ -45,11 +63,9 @@ def build_requests(tasks: list[Task], tokenizer, cfg: EvalConfig) -> Requests:
             if task.kind in ("qa", "options"):
                 prompt = _ids(tokenizer, prompt_text(tokenizer, r.question))
                 if want_gen:
-                    req.gen.append((t, i, "generated", prompt, cfg.max_new_tokens))
-                    pq = r.extra.get("paraphrased_question")
-                    if task.role == "forget" and isinstance(pq, str) and pq:
-                        req.gen.append((t, i, "generated_paraphrased_question",
-                                        _ids(tokenizer, prompt_text(tokenizer, pq)), cfg.max_new_tokens))
+                    for key, text in qa_generation_prompts(task, r):
+                        ids = prompt if key == "generated" else _ids(tokenizer, prompt_text(tokenizer, text))
+                        req.gen.append((t, i, key, ids, cfg.max_new_tokens))
                 if want_tf:
                     answers, keys = [r.answer], ["gt"]
                     para = r.answer if task.kind == "options" else r.extra.get("paraphrased_answer")
@@ -84,17 +100,22 @@ def _knowmem_answer(text: str) -> str:
     return text.split("\n\n")[0].split("Question:")[0].strip()
 
 
+def qa_generation_fields(r, key: str, text: str) -> dict:
+    """The record fields of one generated answer of item `r` (`key`: one of QA_GENERATION_KEYS),
+    with its ROUGE against the item's answer."""
+    text = text.strip()
+    if key == "generated":
+        return {"generated_text": [r.question, text, r.answer], **rouge_scores(r.answer, text)}
+    return {"generated_paraphrased_question": text,
+            "rougeL_recall_paraphrased_question": rouge_scores(r.answer, text)["rougeL_recall"]}
+
+
 def _qa_record(task: Task, r, gen: dict, scored: dict, keys_present: bool) -> dict:
     """One item in TOFU's log field names (plus EM/ES and paraphrased-question ROUGE)."""
     rec: dict = {"question": r.question, "answer": r.answer}
-    if "generated" in gen:
-        text = gen["generated"].strip()
-        rec["generated_text"] = [r.question, text, r.answer]
-        rec.update(rouge_scores(r.answer, text))
-    if "generated_paraphrased_question" in gen:
-        text = gen["generated_paraphrased_question"].strip()
-        rec["generated_paraphrased_question"] = text
-        rec["rougeL_recall_paraphrased_question"] = rouge_scores(r.answer, text)["rougeL_recall"]
+    for key in QA_GENERATION_KEYS:
+        if key in gen:
+            rec.update(qa_generation_fields(r, key, gen[key]))
     if keys_present:
         gt = scored["gt"]
         rec.update(avg_gt_loss=gt.avg_loss, gt_loss=-gt.sum_logprob, num_token_gt=gt.n_tokens,
@@ -115,35 +136,30 @@ def _qa_record(task: Task, r, gen: dict, scored: dict, keys_present: bool) -> di
     return rec
 
 
-def _mean(values) -> Optional[float]:
-    vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    return sum(vals) / len(vals) if vals else None
-
-
 def aggregate(task: Task, items: list[dict], cfg: EvalConfig) -> dict:
     metrics = expand_metrics(cfg.metrics)
     agg: dict = {"n_items": len(items)}
     col = lambda k: [it[k] for it in items if k in it]  # noqa: E731
     if task.kind in ("qa", "options"):
         if "probability" in metrics and col("probability"):
-            agg["probability"] = _mean(col("probability"))
+            agg["probability"] = finite_mean(col("probability"))
         if "rouge" in metrics and col("rougeL_recall"):
-            agg["rougeL_recall"] = _mean(col("rougeL_recall"))
-            agg["rouge1_recall"] = _mean(col("rouge1_recall"))
+            agg["rougeL_recall"] = finite_mean(col("rougeL_recall"))
+            agg["rouge1_recall"] = finite_mean(col("rouge1_recall"))
             if col("rougeL_recall_paraphrased_question"):
-                agg["rougeL_recall_paraphrased_question"] = _mean(col("rougeL_recall_paraphrased_question"))
+                agg["rougeL_recall_paraphrased_question"] = finite_mean(col("rougeL_recall_paraphrased_question"))
         if "truth_ratio" in metrics and col("truth_ratio"):
             score = TOFU.forget_truth_ratio_score if task.role == "forget" else TOFU.retain_truth_ratio_score
             agg["truth_ratio"] = score(col("truth_ratio"))
         if "memorization" in metrics and col("exact_memorization"):
-            agg["exact_memorization"] = _mean(col("exact_memorization"))
-            agg["extraction_strength"] = _mean(col("extraction_strength"))
+            agg["exact_memorization"] = finite_mean(col("exact_memorization"))
+            agg["extraction_strength"] = finite_mean(col("extraction_strength"))
     elif task.kind in ("verbmem", "knowmem"):
         for key in ("rougeL_f1", "exact_memorization", "extraction_strength"):
             if col(key):
-                agg[key] = _mean(col(key))
+                agg[key] = finite_mean(col(key))
     elif task.kind == "text" and col("min_k"):
-        agg[f"min_{int(cfg.min_k * 100)}%"] = _mean(col("min_k"))
+        agg[f"min_{int(cfg.min_k * 100)}%"] = finite_mean(col("min_k"))
     return agg
 
 

@@ -182,16 +182,17 @@ def test_stage_cache_resumes_without_remeasuring(tmp_path):
 
 
 def test_agent_replies_replace_generation_metrics_only():
-    from unlearnkit.compare.measure import _gen_jobs, with_replies
+    from unlearnkit.compare.measure import with_replies
     from unlearnkit.data.records import QA
     from unlearnkit.evaluation.benchmarks import Task
     from unlearnkit.evaluation.config import EvalConfig
+    from unlearnkit.evaluation.scoring import generation_jobs
 
     task = Task("forget", "qa", [QA("Where was Kalo born?", "Kalo was born in Utrecht.",
                                     {"paraphrased_question": "Kalo's birthplace?"})], "x")
     engine = {"tasks": {"forget": {"items": [{"question": "Where was Kalo born?", "answer": "Kalo was born in Utrecht.",
                                               "rougeL_recall": 1.0, "probability": 0.9}], "aggregate": {}}}}
-    jobs = _gen_jobs([task])
+    jobs = generation_jobs([task])
     assert [j[2] for j in jobs] == ["generated", "generated_paraphrased_question"]
     out = with_replies(engine, [task], EvalConfig(metrics=["probability", "rouge"]),
                        {(0, 0, "generated"): "I'm sorry.", (0, 0, "generated_paraphrased_question"): "Utrecht."})
