@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from .results import QuantRow, Sequential, SystemResult, Training, parse_doc
+from .results import Provenance, QuantRow, ReportDoc, Sequential, SystemResult, Training, parse_doc
 
 # metric -> (what it measures, can weight edits move it, can a token guard, can agents)
 PARADIGMS = {
@@ -268,7 +268,10 @@ def _cost_plot(rows: list[HeadlineRow]) -> dict[str, bytes]:
 # ----------------------------------------------------------------------------- tables
 def tables(doc: dict) -> list[Table]:
     """[(title, header, rows, note)] shared by the markdown and the HTML."""
-    systems = parse_doc(doc)
+    return _tables(parse_doc(doc))
+
+
+def _tables(systems: Systems) -> list[Table]:
     return (headline_table(systems) + leak_table(systems) + neighbour_table(systems) + _quantization(systems)
             + _sequential(systems) + truth_ratio_table(systems) + cost_table(systems) + paradigm_table()
             + failed_table(systems))
@@ -469,14 +472,12 @@ def _sequential_plot(systems: Systems) -> dict[str, bytes]:
     return {"sequential_requests.png": _png(fig)}
 
 
-def provenance_rows(doc: dict) -> list[list[str]]:
-    p = doc.get("provenance", {})
-    rows = [["started", p.get("started", "")], ["wall seconds", str(doc.get("wall_s", ""))]]
-    rows += [[f"version {k}", str(v)] for k, v in (p.get("versions") or {}).items()]
-    rows += [[f"data {k}", f"{v['source']} ({v['items']} items, sha256 {v['fingerprint']})"]
-             for k, v in (p.get("data") or {}).items()]
-    rows += [[f"weights {k}", f"sha256 {v}"] for k, v in (doc.get("fingerprints") or {}).items()]
-    rows += [["probes", str(p.get("probes"))]]
+def provenance_rows(p: Provenance) -> list[list[str]]:
+    rows = [["started", p.started], ["wall seconds", str(p.wall_s)]]
+    rows += [[f"version {k}", str(v)] for k, v in p.versions.items()]
+    rows += [[f"data {k}", f"{v.source} ({v.items} items, sha256 {v.fingerprint})"] for k, v in p.data.items()]
+    rows += [[f"weights {k}", f"sha256 {v}"] for k, v in p.fingerprints.items()]
+    rows += [["probes", str(p.probes)]]
     return rows
 
 
@@ -490,13 +491,14 @@ def md_table(header, rows) -> str:
 def markdown(doc: dict, images: list[str]) -> str:
     import yaml
 
-    parts = [f"# Unlearning comparison: {doc['name']}", ""]
-    for title, header, rows, note in tables(doc):
+    report = ReportDoc.from_json(doc)
+    parts = [f"# Unlearning comparison: {report.name}", ""]
+    for title, header, rows, note in _tables(report.systems):
         parts += [f"## {title}", "", md_table(header, rows), ""]
         parts += [note, ""] if note else []
     parts += ["## Plots", ""] + [f"![{Path(i).stem}]({i})" for i in images] + [""]
-    parts += ["## Reproduce", "", md_table(["what", "value"], provenance_rows(doc)), "", "Config:", "", "```yaml",
-              yaml.safe_dump(doc.get("provenance", {}).get("config", {}), sort_keys=False).strip(), "```", ""]
+    parts += ["## Reproduce", "", md_table(["what", "value"], provenance_rows(report.provenance)), "", "Config:", "",
+              "```yaml", yaml.safe_dump(report.provenance.config, sort_keys=False).strip(), "```", ""]
     return "\n".join(parts)
 
 
@@ -513,10 +515,11 @@ def html_page(doc: dict, pngs: dict[str, bytes]) -> str:
            "td,th{border:1px solid #bbb;padding:3px 7px;font-size:13px;text-align:right}td:first-child,th{text-align:left}"
            "th{background:#eee}img{max-width:100%;border:1px solid #ddd;margin:.5em 0}pre{background:#f6f6f6;padding:1em}"
            ".note{color:#555;font-size:12px;white-space:pre-line}")
+    report = ReportDoc.from_json(doc)
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Unlearning comparison: "
-             f"{html.escape(doc['name'])}</title><style>{css}</style></head><body>",
-             f"<h1>Unlearning comparison: {html.escape(doc['name'])}</h1>"]
-    for title, header, rows, note in tables(doc):
+             f"{html.escape(report.name)}</title><style>{css}</style></head><body>",
+             f"<h1>Unlearning comparison: {html.escape(report.name)}</h1>"]
+    for title, header, rows, note in _tables(report.systems):
         parts += [f"<h2>{html.escape(title)}</h2>", _html_table(header, rows)]
         if note:
             parts.append(f"<p class='note'>{html.escape(note)}</p>")
@@ -524,9 +527,8 @@ def html_page(doc: dict, pngs: dict[str, bytes]) -> str:
     for name, data in pngs.items():
         parts.append(f"<figure><img alt='{html.escape(Path(name).stem)}' "
                      f"src='data:image/png;base64,{base64.b64encode(data).decode()}'></figure>")
-    parts += ["<h2>Reproduce</h2>", _html_table(["what", "value"], provenance_rows(doc)),
-              "<pre>" + html.escape(yaml.safe_dump(doc.get("provenance", {}).get("config", {}), sort_keys=False)) +
-              "</pre></body></html>"]
+    parts += ["<h2>Reproduce</h2>", _html_table(["what", "value"], provenance_rows(report.provenance)),
+              "<pre>" + html.escape(yaml.safe_dump(report.provenance.config, sort_keys=False)) + "</pre></body></html>"]
     return "\n".join(parts)
 
 

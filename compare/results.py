@@ -244,6 +244,51 @@ class SystemResult:
         return None if self.base in ("target", "retain") else self.training.train_seconds
 
 
+@dataclass(frozen=True)
+class DataRecord:
+    """Where a data set came from: its source, item count and content fingerprint."""
+    source: Optional[str] = None
+    items: Optional[int] = None
+    fingerprint: Optional[str] = None
+
+    @classmethod
+    def from_json(cls, d: Any) -> "DataRecord":
+        d = _obj(d)
+        return cls(d.get("source"), d.get("items"), d.get("fingerprint"))
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What reproduces a report: when it started, its wall time, package versions, data sets, weights
+    fingerprints, probe counts and the config it ran (kept as the JSON holds it)."""
+    started: Any = ""
+    wall_s: Any = ""
+    versions: dict = field(default_factory=dict)
+    data: dict[str, DataRecord] = field(default_factory=dict)
+    fingerprints: dict = field(default_factory=dict)
+    probes: Any = None
+    config: Any = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, doc: dict) -> "Provenance":
+        p = _obj(doc.get("provenance"))
+        return cls(p.get("started", ""), doc.get("wall_s", ""), p.get("versions") or {},
+                   {k: DataRecord.from_json(v) for k, v in (p.get("data") or {}).items()},
+                   doc.get("fingerprints") or {}, p.get("probes"), p.get("config", {}))
+
+
+@dataclass(frozen=True)
+class ReportDoc:
+    """A results.json as the report reads it: its name, systems in order, provenance."""
+    name: str
+    systems: dict[str, SystemResult]
+    provenance: Provenance
+
+    @classmethod
+    def from_json(cls, doc: dict) -> "ReportDoc":
+        return cls(doc["name"], parse_doc(doc), Provenance.from_json(doc))
+
+
 def parse_doc(doc: dict) -> dict[str, SystemResult]:
     """{system name: its typed result} of a results.json doc, in the doc's order."""
     return {name: SystemResult.from_json(name, res) for name, res in doc["systems"].items()}

@@ -58,6 +58,10 @@ def test_an_older_result_reads_with_its_missing_fields_empty():
     # a skipped weights attack reads as not run
     skipped = RS.SystemResult.from_json("s", {"status": "ok", "relearn": {"skipped": "served"}})
     assert skipped.relearn.skipped == "served" and skipped.relearn.after_leak_rate is None
+    # a doc without provenance (an older or hand-made one) still has its reproduce rows
+    doc = RS.ReportDoc.from_json({"name": "old", "systems": {"s": {"status": "ok"}}})
+    assert doc.provenance.config == {} and R.provenance_rows(doc.provenance) == [
+        ["started", ""], ["wall seconds", ""], ["probes", "None"]]
 
 
 def test_the_typed_result_reads_what_the_json_holds():
