@@ -26,7 +26,7 @@ from ..data.records import QA
 from ..provenance import package_versions
 from .embedder import EMBEDDER_NAME, embed
 from .penalty import centred_unit, semantic_penalty
-from .phrases import STOPWORDS, distinctive_parts, group_targets, item_phrases, mentions, quoted, stems
+from .phrases import STOPWORDS, Background, MentionIndex, distinctive_parts, group_targets, item_phrases, quoted, stems
 from ..files import json_digest, sha256_file
 from . import disguise
 from .calibrate import RatioProbe, calibrate_soft_mask, calibration_record, calibration_split, check_counterfactuals
@@ -122,24 +122,30 @@ def build_policy(forget: list[QA], out_dir: str | Path, model_path: str, tokeniz
     # ("South Africa": a place the retain set asks about too, not what the forget set is about);
     # probes: the name + its distinctive parts
     background = [r.question for r in retain]
-    target_names = [n for n in group_targets(questions) if not any(mentions(b, [n]) for b in background)]
+    known = Background(background)    # asked once per name and name part: indexed (10^4 targets x 10^3 prompts)
+    target_names = [n for n in group_targets(questions) if not known.mentions(n)]
     targets = []
     spelled = [disguise.collapsed(disguise.fold(q)) for q in background]
     for name in target_names:
-        probes = list(dict.fromkeys([name] + (distinctive_parts(name, background) if background else [])))
+        probes = list(dict.fromkeys([name] + (distinctive_parts(name, known) if background else [])))
         targets.append({"name": name, "probes": probes, "collapsed": collapsed_probes(probes, spelled)})
     items = []
+    probed = MentionIndex([target["probes"] for target in targets])
     for item in forget:
         text = f"{item.question or ''} {item.answer}"
-        hit = [t for t, target in enumerate(targets) if mentions(text, target["probes"])]
+        hit = probed.find(text)
         items.append({"question": item.question, "answer": item.answer, "targets": hit,
                       "phrases": item_phrases(item.question, item.answer, with_key_words=cfg.key_words)})
     progress(f"{len(forget)} forget items, {len(targets)} targets: {', '.join(t['name'] for t in targets) or '-'}")
 
     item_seqs = [token_sequences(tokenizer, it["phrases"]) for it in items]
     target_phrases = []
+    by_target: list[list[dict]] = [[] for _ in targets]
+    for it in items:
+        for t in dict.fromkeys(it["targets"]):
+            by_target[t].append(it)
     for t, target in enumerate(targets):
-        mine = [it for it in items if t in it["targets"]]
+        mine = by_target[t]
         titles = [q for it in mine for q in quoted(it["answer"])]
         parts = [p for n in [target["name"]] for p in n.split() if p.lower() not in STOPWORDS]
         parts += stems(target["name"])

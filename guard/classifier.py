@@ -133,6 +133,31 @@ def _collapsed_names(targets: list[dict]) -> list[tuple[str, int]]:
     return list(out)
 
 
+class CollapsedIndex:
+    """Which (collapsed probe, target) pairs occur in a text, forwards or backwards, in time linear in
+    the text whatever the number of probes: each probe (and its reverse) is keyed by its first
+    MIN_COLLAPSED characters, looked up at every position of the text, then checked in full. The
+    same answers as testing `key in text or key[::-1] in text` for every pair."""
+
+    def __init__(self, pairs: list[tuple[str, int]]):
+        self.by_head: dict[str, list[tuple[str, int]]] = {}
+        for key, target in pairs:
+            for form in dict.fromkeys((key, key[::-1])):
+                self.by_head.setdefault(form[:MIN_COLLAPSED], []).append((form, target))
+
+    def __bool__(self) -> bool:
+        return bool(self.by_head)
+
+    def find(self, text: str) -> set[int]:
+        found: set[int] = set()
+        heads = self.by_head
+        for i in range(len(text) - MIN_COLLAPSED + 1):
+            for form, target in heads.get(text[i:i + MIN_COLLAPSED], ()):
+                if target not in found and text.startswith(form, i):
+                    found.add(target)
+        return found
+
+
 def queries(whole: str, segments: list[str], max_words: int = WINDOW_WORDS) -> list[str]:
     """The texts the semantic test embeds for one prompt, without repeats: the last user message
     (folded) first, then its de-leeted / joined / turned-round forms where they differ
@@ -161,10 +186,13 @@ class PromptClassifier:
         probes = [(p, t) for t, target in enumerate(policy.targets) for p in target["probes"]]
         # the probes folded too, so a name written with diacritics matches its folded spelling
         self.probes = ProbeIndex(probes + [(disguise.fold(p), t) for p, t in probes])
-        self.collapsed = _collapsed_names(policy.targets)
+        self.collapsed = CollapsedIndex(_collapsed_names(policy.targets))
         self.item_targets = [tuple(item["targets"]) for item in policy.items]
-        self.target_items = [tuple(i for i, ts in enumerate(self.item_targets) if t in ts)
-                             for t in range(len(policy.targets))]
+        target_items: list[list[int]] = [[] for _ in policy.targets]
+        for i, ts in enumerate(self.item_targets):     # one pass: items x targets is 10^9 at 10^4 targets
+            for t in dict.fromkeys(ts):
+                target_items[t].append(i)
+        self.target_items = [tuple(items) for items in target_items]
         self._cache: OrderedDict = OrderedDict()      # (text, k) -> (similarities, item ids)
         self._cache_size = cache_size
         self._lock = threading.Lock()
@@ -185,10 +213,8 @@ class PromptClassifier:
         for view in disguise.lexical_views(text):
             found |= self.probes.find(view)
         if self.collapsed:
-            views = disguise.collapsed_views(text)
-            for key, target in self.collapsed:
-                if target not in found and any(key in v or key[::-1] in v for v in views):
-                    found.add(target)
+            for view in disguise.collapsed_views(text):
+                found |= self.collapsed.find(view)
         return found
 
     def _search(self, texts: list[str], k: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:

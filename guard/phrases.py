@@ -374,11 +374,31 @@ def _contains(low_text: str, phrase: str) -> bool:
     return _whole_words(phrase.lower()).search(low_text) is not None
 
 
-def distinctive_parts(name: str, background: list[str]) -> list[str]:
+class Background:
+    """Texts (e.g. the retain prompts) asked many times whether they mention a phrase: lower-cased
+    once, and a phrase one of whose words occurs in none of them is answered without a scan (a
+    match as whole words needs every word of the phrase), so thousands of names cost thousands of
+    set look-ups, not names x texts regular-expression searches. The same answers as `mentions`."""
+
+    def __init__(self, texts: list[str]):
+        self.low = [t.lower() for t in texts]
+        self.words = {w for t in self.low for w in word_tokens(t)}
+
+    def __len__(self) -> int:
+        return len(self.low)
+
+    def mentions(self, phrase: str) -> bool:
+        """Whether any text contains `phrase` as whole words (case-insensitive)."""
+        if not all(w in self.words for w in word_tokens(phrase)):
+            return False
+        return any(_contains(t, phrase) for t in self.low)
+
+
+def distinctive_parts(name: str, background: "list[str] | Background") -> list[str]:
     """Words of a name that never occur in the background texts (e.g. the retain prompts): a
     question naming only "Abilov" still names the target, one saying "American" does not."""
-    low = [t.lower() for t in background]
-    return [p for p in name_parts(name) if len(p) >= 4 and not any(_contains(t, p) for t in low)]
+    bg = background if isinstance(background, Background) else Background(background)
+    return [p for p in name_parts(name) if len(p) >= 4 and not bg.mentions(p)]
 
 
 def mentions(text: str, probes: list[str]) -> str | None:
@@ -420,3 +440,17 @@ class ProbeIndex:
                     found.update(hit)
         return found
 
+
+
+class MentionIndex:
+    """Which of many probe lists a text mentions (`mentions`), without testing every list: the
+    candidates come from a ProbeIndex (which finds a superset: it ignores the spacing between
+    words), each confirmed with `mentions`. `find(text)` equals
+    `[k for k, probes in enumerate(lists) if mentions(text, probes)]`."""
+
+    def __init__(self, probe_lists: list[list[str]]):
+        self.lists = probe_lists
+        self.index = ProbeIndex((p, k) for k, probes in enumerate(probe_lists) for p in probes)
+
+    def find(self, text: str) -> list[int]:
+        return [k for k in sorted(self.index.find(text)) if mentions(text, self.lists[k])]

@@ -34,6 +34,7 @@ from .penalty import dense_penalty
 from .policy import Policy, load_policy, read_meta
 from .textmatch import TextMatcher, TokenTexts, normalise
 from .trie import TokenTrie, token_sequences
+from .union import MatcherUnion, TrieUnion
 
 log = logging.getLogger("unlearnkit.guard")
 
@@ -212,6 +213,11 @@ class GuardRuntime:
             targets, items = self.classifier.expand({t}, set())
             self._trie(items, targets)
             self._matcher(items, targets)
+        if self.names is not None:   # the shared names check's start-state sets (every target's names)
+            self.names[0].blocked(frozenset())
+            for matcher in self.names[1:]:
+                if matcher is not None:
+                    matcher.blocked(matcher.start)
 
     @classmethod
     def from_env(cls, tokenizer_path: str) -> Optional["GuardRuntime"]:
@@ -248,7 +254,10 @@ class GuardRuntime:
             cache.popitem(last=False)
         return value
 
-    def _trie(self, items: tuple[int, ...], targets: tuple[int, ...], extra: tuple[str, ...] = ()) -> TokenTrie:
+    def _trie(self, items: tuple[int, ...], targets: tuple[int, ...], extra: tuple[str, ...] = ()):
+        """The request's own sequences, cached per (items, targets, short extra phrases), beside the
+        names check's trie (built once and shared, union.py: a flagged, forced or tightened request
+        keeps the names check without rebuilding it)."""
         def make():
             trie = TokenTrie()
             for i in items:
@@ -259,21 +268,21 @@ class GuardRuntime:
                     trie.add(seq)
             for seq in token_sequences(self.tokenizer, _short(extra)):
                 trie.add(seq)
-            for seq in self.name_sequences:   # a flagged, forced or tightened request keeps the names check
-                trie.add(seq)
-            return trie
+            return TrieUnion(trie, self.names[0]) if self.names is not None else trie
         # request-added phrases of 4+ characters are matched by the text matcher alone (on characters,
         # so every token split and case is covered): tokenising all their variants for the trie cost
         # ~40 ms per request with 64 fresh targets, inside the engine's step loop. Shorter ones (which
         # the text matcher skips: as a prefix "it" would block "itself") go in the trie as before.
         return self._cached(self._tries, (items, targets, _short(extra)), make)
 
-    def _matcher(self, items: tuple[int, ...], targets: tuple[int, ...]) -> TextMatcher:
-        """The phrases of `items` and `targets`, and the names check, cached per (items, targets)."""
+    def _matcher(self, items: tuple[int, ...], targets: tuple[int, ...]):
+        """The phrases of `items` and `targets`, cached per (items, targets), beside the names
+        check's matcher (built once and shared, union.py)."""
         def make():
             phrases = [p for i in items for p in self.policy.items[i]["phrases"]]
             phrases += [p for t in targets for p in self.policy.targets[t].get("phrases", [self.policy.targets[t]["name"]])]
-            return _text_matcher(phrases + self.name_probes, self.token_texts)
+            own = _text_matcher(phrases, self.token_texts)
+            return MatcherUnion(own, self.names[1]) if self.names is not None else own
         return self._cached(self._matchers, (items, targets), make)
 
     def _request_matcher(self, extra: tuple[str, ...]) -> TextMatcher:

