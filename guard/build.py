@@ -23,13 +23,15 @@ import numpy as np
 import torch
 
 from ..data.records import QA
+from ..data.sources import load_spec
 from ..provenance import package_versions
 from .embedder import EMBEDDER_NAME, embed
 from .penalty import centred_unit, semantic_penalty
 from .phrases import STOPWORDS, Background, MentionIndex, distinctive_parts, group_targets, item_phrases, quoted, stems
 from ..files import json_digest, sha256_file
 from . import disguise
-from .calibrate import RatioProbe, calibrate_soft_mask, calibration_record, calibration_split, check_counterfactuals
+from .calibrate import (RatioProbe, calibrate_soft_mask, calibration_record, calibration_split, check_counterfactuals,
+                        reference_items)
 from .classifier import MIN_COLLAPSED, PromptClassifier, as_served
 from .policy import FILES, FORMAT, FORMAT_VERSION, GuardConfig, Policy, PolicyError, read_meta, tokenizer_fingerprint
 from .trie import token_sequences
@@ -225,7 +227,13 @@ def _fit_soft_mask(root: Path, forget: list[QA], model_path: str, tokenizer, cfg
     model, _ = load_model(model_path, dtype=torch.float32, device="cpu")
     runtime = GuardRuntime(load_policy(root, tokenizer), tokenizer)
     fitted, held_out = calibration_split(forget, cfg.fraction)
-    result = calibrate_soft_mask(RatioProbe(model, tokenizer, runtime, [forget[i] for i in fitted]), cfg, progress)
+    reference = None
+    if cfg.calibration_reference:
+        items = reference_items(load_spec(cfg.calibration_reference), forget)
+        progress(f"scoring {len(items)} never-learnt reference items ({cfg.calibration_reference})")
+        reference = RatioProbe(model, tokenizer, runtime, items).ratios(None, guarded=False)
+    result = calibrate_soft_mask(RatioProbe(model, tokenizer, runtime, [forget[i] for i in fitted]), cfg, progress,
+                                 reference)
     held = None
     if held_out:
         held = float(np.median(RatioProbe(model, tokenizer, runtime, [forget[i] for i in held_out]).ratios(result.soft_mask)))

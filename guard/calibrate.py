@@ -35,6 +35,7 @@ from .runtime import GuardRuntime
 from .scoring import guarded_logits
 
 STEPS = 12          # bisection steps on log(1 + s): s to within ~2% of [0, MAX_SOFT_MASK]
+REFERENCE_ITEMS = 200   # never-learnt items scored for the reference distribution (evenly spaced)
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,8 @@ class Fit:
     median_ratio_unguarded: float
     median_ratio_strict: float
     reached: bool
+    reference_median: float | None = None   # the model's own median truth ratio on facts it never learnt
+    reference_ks: float | None = None       # KS distance of the fitted items' ratios to those, at soft_mask
 
 
 def calibration_split(forget: Sequence[QA], fraction: float) -> tuple[list[int], list[int]]:
@@ -54,14 +57,14 @@ def calibration_split(forget: Sequence[QA], fraction: float) -> tuple[list[int],
     return fitted, [i for i in range(n) if i not in set(fitted)]
 
 
-def check_counterfactuals(forget: Sequence[QA]) -> None:
-    missing = [n for n, r in enumerate(forget)
+def check_counterfactuals(items: Sequence[QA], what: str = "the forget set") -> None:
+    missing = [n for n, r in enumerate(items)
                if not (isinstance(r.extra.get("paraphrased_answer"), str) and r.extra.get("perturbed_answer"))]
-    if missing:
-        raise PolicyError(f"mode: calibrated fits the guard on each forget item's paraphrased and perturbed "
-                          f"(counterfactual) answers; {len(missing)} of {len(forget)} items have none "
-                          f"(e.g. item {missing[0]}). Use a set that has them (e.g. tofu/forget01_perturbed) "
-                          f"or mode: strict")
+    if not items or missing:
+        raise PolicyError(f"mode: calibrated fits the guard on paraphrased and perturbed (counterfactual) answers; "
+                          f"{len(missing)} of {len(items)} items of {what} have none"
+                          f"{f' (e.g. item {missing[0]})' if missing else ''}. Use a set that has them "
+                          f"(e.g. tofu/forget01_perturbed, tofu/retain_perturbed) or mode: strict")
 
 
 # ------------------------------------------------------------------ statistics pass
@@ -189,16 +192,48 @@ def fit_soft_mask(median_at: Callable[[float], float], target: float, steps: int
     return math.expm1(b), at_b, True
 
 
+def ks_distance(a: Sequence[float], b: Sequence[float]) -> float:
+    """Two-sample Kolmogorov-Smirnov statistic: the largest gap between the empirical CDFs."""
+    a, b = np.sort(np.asarray(a, float)), np.sort(np.asarray(b, float))
+    points = np.concatenate([a, b])
+    return float(np.max(np.abs(np.searchsorted(a, points, "right") / a.size - np.searchsorted(b, points, "right") / b.size)))
+
+
+def fit_to_reference(ratios_at: Callable[[float], Sequence[float]], reference: Sequence[float],
+                     top: float = MAX_SOFT_MASK, step: float = 0.125) -> tuple[float, float]:
+    """The soft mask s in [0, top] (grid of `step`) whose truth ratios are closest, in KS distance,
+    to `reference` (the model's own ratios on facts it never learnt); the smallest s among ties.
+    Returns (s, distance)."""
+    best = (0.0, math.inf)
+    for s in np.arange(0.0, top + 1e-9, step):
+        d = ks_distance(ratios_at(float(s)), reference)
+        if d < best[1] - 1e-12:
+            best = (float(s), d)
+    return best
+
+
 # ------------------------------------------------------------------ apply step
-def calibrate_soft_mask(probe: RatioProbe, cfg: GuardConfig, progress=print) -> Fit:
-    """The soft mask for `cfg` (its fixed `soft_mask`, or fitted), with the figures that justify it."""
+def calibrate_soft_mask(probe: RatioProbe, cfg: GuardConfig, progress=print,
+                        reference: Sequence[float] | None = None) -> Fit:
+    """The soft mask for `cfg` (its fixed `soft_mask`, or fitted), with the figures that justify it.
+    `reference`: the model's own truth ratios on counterfactual items it never learnt (the target a
+    model that never saw the forget facts would show); without it, the median ratio `cfg.ratio`."""
     fast = lambda s: float(np.median(probe.ratios_at(s)))   # noqa: E731
     unguarded = float(np.median(probe.ratios(None, guarded=False)))
     strict = float(np.median(probe.ratios(None)))
+    goal = f"the model's own ratios on {len(reference)} never-learnt items (median {np.median(reference):.3f})" \
+        if reference is not None else f"median {cfg.ratio}"
     progress(f"calibrating the soft mask on {len(probe.requests)} forget items: median truth ratio "
-             f"{unguarded:.3f} unguarded, {strict:.3g} strict, target {cfg.ratio}")
+             f"{unguarded:.3f} unguarded, {strict:.3g} strict; target: {goal}")
     if cfg.soft_mask is not None:
         return Fit(cfg.soft_mask, float(np.median(probe.ratios(cfg.soft_mask))), unguarded, strict, True)
+    if reference is not None:
+        s, distance = fit_to_reference(probe.ratios_at, reference)
+        served = probe.ratios(s)
+        progress(f"soft mask {s:.3f} logits: median truth ratio {np.median(served):.3f}, KS distance to the "
+                 f"reference {ks_distance(served, reference):.3f} (fitted {distance:.3f})")
+        return Fit(s, float(np.median(served)), unguarded, strict, True, float(np.median(reference)),
+                   ks_distance(served, reference))
     s, value, reached = fit_soft_mask(fast, cfg.ratio)
     if not reached:
         raise PolicyError(f"mode: calibrated cannot reach a median truth ratio of {cfg.ratio} on the "
@@ -210,6 +245,22 @@ def calibrate_soft_mask(probe: RatioProbe, cfg: GuardConfig, progress=print) -> 
 
 
 def calibration_record(fit: Fit, fitted: list[int], held_out: list[int], held_out_median: float | None) -> dict:
-    return {"soft_mask": fit.soft_mask, "fitted_items": fitted, "median_truth_ratio": fit.median_ratio,
-            "median_truth_ratio_unguarded": fit.median_ratio_unguarded,
-            "median_truth_ratio_strict": fit.median_ratio_strict, "held_out_median_truth_ratio": held_out_median}
+    out = {"soft_mask": fit.soft_mask, "fitted_items": fitted, "median_truth_ratio": fit.median_ratio,
+           "median_truth_ratio_unguarded": fit.median_ratio_unguarded,
+           "median_truth_ratio_strict": fit.median_ratio_strict, "held_out_median_truth_ratio": held_out_median}
+    if fit.reference_median is not None:
+        out.update(reference_median_truth_ratio=fit.reference_median, reference_ks_distance=fit.reference_ks)
+    return out
+
+
+def reference_items(items: Sequence[QA], forget: Sequence[QA], limit: int = REFERENCE_ITEMS) -> list[QA]:
+    """At most `limit` reference items (evenly spaced), none of them a forget question."""
+    asked = {r.question for r in forget}
+    overlap = [r.question for r in items if r.question in asked]
+    if overlap:
+        raise PolicyError(f"calibration_reference must hold facts the model never learnt; {len(overlap)} of its "
+                          f"items are forget questions (e.g. {overlap[0]!r})")
+    check_counterfactuals(items, "calibration_reference")
+    if len(items) > limit:
+        items = [items[int(i * len(items) / limit)] for i in range(limit)]
+    return list(items)

@@ -66,6 +66,10 @@ class GuardConfig:
     soft_mask: Optional[float] = _unset()              # calibrated: a fixed strength (logits) instead of fitting one
     calibration_ratio: Optional[float] = _unset()      # calibrated: median truth ratio P(false)/P(true) to reach (1.0)
     calibration_fraction: Optional[float] = _unset()   # calibrated: share of the forget items fitted on (0.5)
+    # calibrated: a data spec of items like the forget set's, with counterfactual answers, that the model
+    # never learnt (TOFU-mini: tofu/retain_perturbed); the mask is fitted so the forget items' truth
+    # ratios match the model's own on these (KS distance), instead of reaching calibration_ratio
+    calibration_reference: Optional[str] = _unset()
 
     @property
     def calibrated(self) -> bool:

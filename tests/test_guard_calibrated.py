@@ -65,7 +65,7 @@ def test_calibration_split_is_disjoint_and_spans_the_set():
 def test_sets_without_counterfactuals_are_refused_by_name():
     good = QA("q", "a", {"paraphrased_answer": "a'", "perturbed_answer": ["b", "c"]})
     check_counterfactuals([good])
-    with pytest.raises(PolicyError, match="1 of 2 items have none.*mode: strict"):
+    with pytest.raises(PolicyError, match="1 of 2 items of the forget set have none.*mode: strict"):
         check_counterfactuals([good, QA("q2", "a2")])
 
 
@@ -162,3 +162,58 @@ def test_statistics_give_every_soft_mask_without_a_model_pass(tmp_path, tiny_dir
     assert any(t.is_matched.any() for by in probe.statistics() for t in by.values())
     for s in (0.0, 1.5, 6.0):
         assert probe.ratios_at(s) == pytest.approx(probe.ratios(s), rel=1e-4)
+
+
+def test_ks_distance_is_scipys():
+    from scipy.stats import ks_2samp
+
+    from unlearnkit.guard.calibrate import ks_distance
+
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        a, b = rng.lognormal(size=17), rng.lognormal(0.3, size=40)
+        assert ks_distance(a, b) == pytest.approx(ks_2samp(a, b).statistic)
+
+
+def test_fit_to_reference_finds_the_mask_that_matches_the_distribution():
+    from unlearnkit.guard.calibrate import fit_to_reference
+
+    rng = np.random.default_rng(1)
+    base = rng.lognormal(-0.6, 0.4, size=30)              # a model that knows: prefers the true answers
+    reference = base * math.exp(3.0 / 4)                   # never learnt: the same shape, shifted
+    s, distance = fit_to_reference(lambda s: base * math.exp(s / 4), reference)
+    assert s == pytest.approx(3.0, abs=0.13) and distance < 0.05
+
+
+def test_reference_items_must_be_never_learnt_counterfactual_items():
+    from unlearnkit.guard.calibrate import reference_items
+
+    item = lambda q: QA(q, "a", {"paraphrased_answer": "a'", "perturbed_answer": ["b"]})  # noqa: E731
+    forget = [item("q1")]
+    assert len(reference_items([item(f"r{i}") for i in range(500)], forget)) == 200
+    with pytest.raises(PolicyError, match="never learnt.*forget questions"):
+        reference_items([item("r1"), item("q1")], forget)
+    with pytest.raises(PolicyError, match="calibration_reference have none"):
+        reference_items([QA("r1", "a")], forget)
+
+
+def test_calibrated_build_against_a_reference(tmp_path, tiny_dir, guard_forget_set, monkeypatch):
+    import json
+
+    from unlearnkit.guard.build import build_policy
+    from unlearnkit.models.loading import load_tokenizer
+
+    swap = lambda a: a.replace("Kalo Mirten", "Aldo Brenn").replace("Ines Farrow", "Mara Dune")  # noqa: E731
+    forget = [QA(r.question, r.answer, {"paraphrased_answer": r.answer, "perturbed_answer": [swap(r.answer)]})
+              for r in guard_forget_set]
+    unseen = [QA(f"Who is author number {i}?", f"Author number {i} writes poems about rivers.",
+                 {"paraphrased_answer": f"Number {i} is a poet of rivers.",
+                  "perturbed_answer": [f"Author number {i} builds bridges."]}) for i in range(12)]
+    ref = tmp_path / "unseen.jsonl"
+    ref.write_text("\n".join(json.dumps(r.to_json()) for r in unseen))
+    cfg = GuardConfig(fpr=0.25, penalty=0.0, mode="calibrated", calibration_reference=f"file:{ref}")
+    meta = build_policy(forget, tmp_path / "p", str(tiny_dir), load_tokenizer(str(tiny_dir)), cfg,
+                        progress=lambda *_: None)
+    cal = meta["calibration"]
+    assert 0 <= cal["soft_mask"] <= 60 and 0 <= cal["reference_ks_distance"] <= 1
+    assert cal["reference_median_truth_ratio"] > 0 and meta["config"]["calibration_reference"] == f"file:{ref}"
