@@ -195,7 +195,33 @@ def plots(doc: dict) -> dict[str, bytes]:
     out.update(_leak_plot(systems, rows))
     out.update(_cost_plot(rows))
     out.update(_sequential_plot(systems))
+    out.update(_dial_plot(systems))
     return out
+
+
+def _dial_plot(systems: Systems) -> dict[str, bytes]:
+    """Forget quality, leak rate and model utility against the soft mask, per base (strict at the right)."""
+    import matplotlib.pyplot as plt
+
+    points = dial_points(systems)
+    if len({r.guard_soft_mask for _, r in points}) < 2:
+        return {}
+    top = max((r.guard_soft_mask or 0.0) for _, r in points) * 1.25 + 1.0   # where strict is drawn
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    for base in sorted({r.base or "" for _, r in points}):
+        mine = [r for _, r in points if (r.base or "") == base]
+        xs = [top if r.guard_soft_mask is None else r.guard_soft_mask for r in mine]
+        series = ([r.metrics.forget_quality for r in mine], [r.attacks.forget_all.leak_rate for r in mine],
+                  [r.metrics.model_utility for r in mine])
+        for ax, values in zip(axes, series):
+            ax.plot(xs, [float("nan") if v is None else v for v in values], "o-", label=base)
+    for ax, label in zip(axes, ("forget quality (KS p)", "leak rate (prompt attacks)", "model utility")):
+        ax.set_xlabel(f"soft mask (logits); strict drawn at {top:.0f}")
+        ax.set_ylabel(label)
+    axes[0].set_yscale("log")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    return {"guard_dial.png": _png(fig)}
 
 
 def _quality_plot(rows: list[HeadlineRow]) -> dict[str, bytes]:
@@ -273,7 +299,8 @@ def tables(doc: dict) -> list[Table]:
 
 def _tables(systems: Systems) -> list[Table]:
     return (headline_table(systems) + leak_table(systems) + neighbour_table(systems) + _quantization(systems)
-            + _sequential(systems) + truth_ratio_table(systems) + cost_table(systems) + paradigm_table()
+            + _sequential(systems) + truth_ratio_table(systems) + dial_table(systems) + cost_table(systems)
+            + paradigm_table()
             + failed_table(systems))
 
 
@@ -346,6 +373,29 @@ def truth_ratio_table(systems: Systems) -> list[Table]:
              "the facts (the retain model) sits near R = 1; one that still knows them sits below; one pushed to "
              "prefer false answers sits above. Forget quality (KS test against the retain model's R) is low at "
              "both ends: forgetting is not the same as being indistinguishable from never having learnt.")]
+
+
+def dial_points(systems: Systems) -> list[tuple[str, SystemResult]]:
+    """Guarded systems whose guard mode was recorded, per base, strict last (the dial's far end)."""
+    points = [(n, r) for n, r in systems.items() if r.ok and r.guard_mode]
+    return sorted(points, key=lambda p: (p[1].base or "", p[1].guard_soft_mask is None, p[1].guard_soft_mask or 0.0))
+
+
+def dial_table(systems: Systems) -> list[Table]:
+    rows = []
+    for name, r in dial_points(systems):
+        tr = r.metrics.truth_ratio
+        rows.append([name, r.guard_mode, "withheld" if r.guard_soft_mask is None else _f(r.guard_soft_mask, 3),
+                     _f(r.metrics.forget_quality, 4), _f(tr.median if tr else None, 3),
+                     _f(r.attacks.forget_all.leak_rate, 3), _f(r.metrics.model_utility, 3)])
+    if not rows:
+        return []
+    return [("Guard modes: the calibration dial", ["system", "mode", "soft mask (logits)", "forget quality",
+                                                   "median R (forget)", "leak rate (prompt attacks)", "model utility"],
+             rows, "Strict withholds every token completing a forbidden phrase; calibrated lowers it by the soft "
+                   "mask, fitted at build time (guard/calibrate.py) so the guarded model's truth ratios match a "
+                   "model that never learnt the facts. More mask: fewer leaks, until the model prefers the false "
+                   "answers (median R above the retain model's) and forget quality falls again.")]
 
 
 def cost_table(systems: Systems) -> list[Table]:

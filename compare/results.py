@@ -218,6 +218,8 @@ class SystemResult:
     attacks: Attacks = Attacks()
     training: Training = Training()
     guard_build_seconds: Optional[float] = None
+    guard_mode: Optional[str] = None        # strict | calibrated (results written before modes existed: None)
+    guard_soft_mask: Optional[float] = None
     relearn: FinetuneAttack = FinetuneAttack()
     benign_relearn: FinetuneAttack = FinetuneAttack()
     quantize: Quantize = Quantize()
@@ -230,6 +232,7 @@ class SystemResult:
         return cls(name, d.get("status"), d.get("kind"), d.get("base"), d.get("reason"),
                    Metrics.from_json(d.get("summary"), d.get("aggregates")), Attacks.from_json(d.get("attacks")),
                    Training.from_json(d.get("training")), _obj(d.get("guard")).get("build_seconds"),
+                   _obj(d.get("guard")).get("mode"), _obj(d.get("guard")).get("soft_mask"),
                    FinetuneAttack.from_json(d.get("relearn")), FinetuneAttack.from_json(d.get("benign_relearn")),
                    Quantize.from_json(d.get("quantize")), Sequential.from_json(d.get("sequential")))
 

@@ -67,6 +67,16 @@ def benign_pool(tasks) -> list:
     return list(retain.items) if retain is not None else []
 
 
+def guard_mode(policy: str) -> dict:
+    """How the policy treats what it matches: strict (withheld) or calibrated (lowered by its soft mask)."""
+    from ..guard.policy import read_meta
+
+    meta = read_meta(policy)
+    calibrated = meta["config"].get("mode") == "calibrated"
+    return {"mode": "calibrated" if calibrated else "strict",
+            "soft_mask": meta["calibration"].get("soft_mask") if calibrated else None}
+
+
 def measure_system(system: System, cfg: CompareConfig, ecfg: EvalConfig, tasks, forget, probes,
                    stages: Sequence[str], work: Path, log=_stderr) -> dict:
     from .build import checkpoint, guard_policy, run_record
@@ -79,7 +89,7 @@ def measure_system(system: System, cfg: CompareConfig, ecfg: EvalConfig, tasks, 
     policy = None
     if system.guard or system.agents:
         policy, info = guard_policy(cfg.guard.variant(system.guard_variant), path, log=log)
-        out["guard"] = {"policy": policy, **info}
+        out["guard"] = {"policy": policy, **info, **guard_mode(policy)}
     engine_policy = policy if system.guard else None
     if system.agents:
         engine = engine_metrics(ecfg, path, engine_policy, log=log) if "metrics" in stages else None

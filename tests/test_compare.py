@@ -383,3 +383,23 @@ def test_report_shows_the_weights_attacks():
     assert all(t[0].startswith(R.ATTACK_TABLES) for t in R.tables(doc)[1:4])
     assert "benign_relearn" not in by_title.get("Leak rate per attack category (forget items)", [""])[0]
     assert "Quantization attack" not in str([t[0] for t in R.tables(report_doc())])
+
+
+def test_guard_modes_make_a_dial_table_and_plot():
+    """Guarded systems that record their mode: one dial row each (strict last), and the dial plot."""
+    import copy
+    import json
+
+    from unlearnkit.compare.report import plots, tables
+
+    doc = json.loads((ROOT / "tests/data/report/compare_unit.results.json").read_text())
+    assert not [t for t in tables(doc) if t[0].startswith("Guard modes")]   # nothing recorded: no table
+    ok = [n for n, r in doc["systems"].items() if r.get("status") == "ok"]
+    strict, soft = copy.deepcopy(doc["systems"][ok[0]]), copy.deepcopy(doc["systems"][ok[0]])
+    strict["guard"] = {"policy": "p", "mode": "strict", "soft_mask": None}
+    soft["guard"] = {"policy": "q", "mode": "calibrated", "soft_mask": 6.875}
+    doc["systems"] = {"target+guard": strict, "target+guard_calibrated": soft}
+    (dial,) = [t for t in tables(doc) if t[0].startswith("Guard modes")]
+    assert [row[:3] for row in dial[2]] == [["target+guard_calibrated", "calibrated", "6.875"],
+                                            ["target+guard", "strict", "withheld"]]
+    assert "guard_dial.png" in plots(doc)
