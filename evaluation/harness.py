@@ -200,7 +200,8 @@ def load_retain_reference(spec: str, cfg: EvalConfig, log=print) -> dict:
     'source': ..., 'forget_fingerprint': ...} from `model:<ref>` (measured here, like `cfg.model`), a
     TOFU log directory, or an `unlearn eval` results file."""
     if spec.startswith("model:"):
-        ref_cfg = dataclasses.replace(cfg, model=spec[6:], retain_eval=None)
+        # the retain model is the reference as it is: never through the evaluated system's guard
+        ref_cfg = dataclasses.replace(cfg, model=spec[6:], retain_eval=None, guard=None)
         return reference_from_result(measure(ref_cfg, log=log), spec)
     p = Path(spec)
     if p.is_dir():

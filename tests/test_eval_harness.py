@@ -240,3 +240,14 @@ def test_vllm_engine_generates_what_transformers_generates(vllm_sized_model, tmp
         gv = [it["generated_text"][1] for it in v["tasks"][name]["items"]]
         gt = [it["generated_text"][1] for it in t["tasks"][name]["items"]]
         assert gv == gt and sum(map(bool, gv)) >= 2
+
+
+def test_the_retain_reference_is_never_measured_through_the_guard(monkeypatch, tiny_dir):
+    """`--guard P --retain-eval model:R`: R is the never-trained reference as it is, not R behind P."""
+    from unlearnkit.evaluation import harness
+
+    seen = []
+    monkeypatch.setattr(harness, "measure", lambda cfg, log=print: seen.append(cfg) or {"tasks": {}})
+    monkeypatch.setattr(harness, "reference_from_result", lambda res, source: {"source": source})
+    harness.load_retain_reference("model:other", cfg_for(tiny_dir, guard="some/policy", retain_eval="model:other"))
+    assert [(c.model, c.guard, c.retain_eval) for c in seen] == [("other", None, None)]
