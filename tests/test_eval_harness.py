@@ -249,5 +249,6 @@ def test_the_retain_reference_is_never_measured_through_the_guard(monkeypatch, t
     seen = []
     monkeypatch.setattr(harness, "measure", lambda cfg, log=print: seen.append(cfg) or {"tasks": {}})
     monkeypatch.setattr(harness, "reference_from_result", lambda res, source: {"source": source})
-    harness.load_retain_reference("model:other", cfg_for(tiny_dir, guard="some/policy", retain_eval="model:other"))
+    harness.load_retain_reference("model:other", cfg_for(tiny_dir, guard="some/policy", retain_eval="model:other",
+                                                         engine="vllm"))
     assert [(c.model, c.guard, c.retain_eval) for c in seen] == [("other", None, None)]
