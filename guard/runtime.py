@@ -313,7 +313,12 @@ class GuardRuntime:
         if not decision.flagged and args.force:   # guarded on request: against its nearest items
             targets, items = self.classifier.expand(set(), set(decision.nearest))
         extra = self._request_matcher(args.targets) if args.targets else None
-        return RequestGuard(self._trie(items, targets, args.targets), penalty=self._penalty(targets, args.penalty, temperature),
+        # calibrated mode: the fitted soft mask is the whole intervention; the policy's fixed semantic penalty
+        # on top would move the truth ratios the fit matched (it took IHL+FILA's forget quality 0.92 -> 0.17).
+        # A request that asks for a penalty (unlearn_penalty: tightening) still gets it.
+        wants_penalty = self.soft_mask is None or args.penalty is not None
+        penalty = self._penalty(targets, args.penalty, temperature) if wants_penalty else None
+        return RequestGuard(self._trie(items, targets, args.targets), penalty=penalty,
                             text=self._matcher(items, targets), spelled=self.names[2] if self.names else None,
                             extra=extra, fallback=self.eos, soft=self.soft_mask)
 

@@ -217,3 +217,23 @@ def test_calibrated_build_against_a_reference(tmp_path, tiny_dir, guard_forget_s
     cal = meta["calibration"]
     assert 0 <= cal["soft_mask"] <= 60 and 0 <= cal["reference_ks_distance"] <= 1
     assert cal["reference_median_truth_ratio"] > 0 and meta["config"]["calibration_reference"] == f"file:{ref}"
+
+
+def test_calibrated_guards_carry_no_fixed_penalty_unless_a_request_asks(tiny_policy, tiny_dir):
+    from unlearnkit.guard.classifier import Decision
+    from unlearnkit.guard.policy import load_policy
+    from unlearnkit.guard.runtime import GuardRuntime, RequestArgs
+    from unlearnkit.models.loading import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_dir))
+    runtime = GuardRuntime(load_policy(tiny_policy, tok), tok)
+    text = tok.apply_chat_template([{"role": "user", "content": "Who is the author Kalo Mirten?"}], tokenize=False,
+                                   add_generation_prompt=True)
+    q = tok(text, add_special_tokens=False)["input_ids"]
+    decision = runtime.decide([q], [RequestArgs()])[0]
+    assert decision.flagged and runtime.guard_for(decision, RequestArgs()).penalty is not None   # strict
+    runtime.soft_mask = 3.0
+    guard = runtime.guard_for(decision, RequestArgs())
+    assert guard.penalty is None and guard.soft == 3.0
+    assert runtime.guard_for(decision, RequestArgs(penalty=8.0)).penalty is not None             # tightened
+    assert isinstance(decision, Decision)
