@@ -100,9 +100,13 @@ def test_agent_server_end_to_end(vllm_sized_model, tiny_policy, tmp_path, cli_se
         flagged = {**plain, "messages": [{"role": "user", "content": "Where was Kalo Mirten born?"}]}
         r = httpx.post(f"{front}/chat/completions", json=flagged, timeout=300)
         meta = r.json()["unlearn"]
-        assert r.status_code == 200 and meta["path"] == "agents" and meta["route"] == "rewritten", meta
-        # the scripted answer, then at least one erase call, one critic call per rewrite and the compose call
-        assert meta["llm_calls"] >= 5 and meta["prompt_tokens"] > 0, meta
+        # the draft names a target, so it can never pass as clean: rewritten, or refused when the tiny random
+        # engine's rewrites come out empty or score too low (which of the two depends on that model's words)
+        assert r.status_code == 200 and meta["path"] == "agents" and meta["route"] in ("rewritten", "refused"), meta
+        assert "internal error" not in meta.get("reason", ""), meta
+        # the scripted answer, then the engine: at least one erase call (rewritten: also a critic call per
+        # rewrite and the compose call)
+        assert meta["llm_calls"] >= (5 if meta["route"] == "rewritten" else 2) and meta["prompt_tokens"] > 0, meta
         assert "Kalo" not in r.json()["choices"][0]["message"]["content"]
         assert meta["reason"] == "flagged" and "critic_scores" not in meta      # no figures for a client
         assert httpx.get(f"http://127.0.0.1:{port}/health").json() == {"status": "ok"}
