@@ -47,6 +47,7 @@ class Fit:
     reached: bool
     reference_median: float | None = None   # the model's own median truth ratio on facts it never learnt
     reference_ks: float | None = None       # KS distance of the fitted items' ratios to those, at soft_mask
+    semantic_penalty: bool = False          # the policy's semantic penalty kept under the mask (the fit chose it)
 
 
 def calibration_split(forget: Sequence[QA], fraction: float) -> tuple[list[int], list[int]]:
@@ -95,10 +96,10 @@ class RatioProbe:
         self.model, self.runtime = model, runtime
         task = Task("calibration", "qa", list(items), "calibration", "forget")
         self.requests = build_requests([task], tokenizer, EvalConfig(metrics=["truth_ratio"])).tf
-        self._stats: list[dict[str, TokenStats]] | None = None
+        self._stats: dict[bool, list[dict[str, TokenStats]]] = {}
 
-    def _guards(self, soft_mask: float | None):
-        self.runtime.soft_mask = soft_mask
+    def _guards(self, soft_mask: float | None, penalty: bool = False):
+        self.runtime.soft_mask, self.runtime.calibrated_penalty = soft_mask, penalty
         return self.runtime.guards([(r[2], None) for r in self.requests])
 
     def _score(self, transform) -> list[dict]:
@@ -106,24 +107,25 @@ class RatioProbe:
                                      transform_logits=transform)
         return [dict(zip(r[4], s)) for r, s in zip(self.requests, scored)]
 
-    def ratios(self, soft_mask: float | None, guarded: bool = True) -> list[float]:
-        """None: strict (withheld); guarded=False: the model alone."""
+    def ratios(self, soft_mask: float | None, guarded: bool = True, penalty: bool = False) -> list[float]:
+        """None: strict (withheld); guarded=False: the model alone; penalty: the policy's semantic penalty too."""
         transform = None
         if guarded:
-            guards = self._guards(soft_mask)
+            guards = self._guards(soft_mask, penalty)
             transform = lambda logits, owner, contexts: guarded_logits(guards, logits, owner, contexts)  # noqa: E731
         return [_truth_ratio({k: -s.avg_loss for k, s in by.items()}) for by in self._score(transform)]
 
-    def statistics(self) -> list[dict[str, TokenStats]]:
-        if self._stats is None:
-            self._stats = self._record()
-        return self._stats
+    def statistics(self, penalty: bool = False) -> list[dict[str, TokenStats]]:
+        if penalty not in self._stats:
+            self._stats[penalty] = self._record(penalty)
+        return self._stats[penalty]
 
-    def ratios_at(self, soft_mask: float) -> list[float]:
-        return [_truth_ratio({k: float(t.logp(soft_mask).mean()) for k, t in by.items()}) for by in self.statistics()]
+    def ratios_at(self, soft_mask: float, penalty: bool = False) -> list[float]:
+        return [_truth_ratio({k: float(t.logp(soft_mask).mean()) for k, t in by.items()})
+                for by in self.statistics(penalty)]
 
-    def _record(self) -> list[dict[str, TokenStats]]:
-        guards = self._guards(0.0)
+    def _record(self, penalty: bool) -> list[dict[str, TokenStats]]:
+        guards = self._guards(0.0, penalty)
         # rows reach the transform item by item, continuation by continuation, token by token
         targets = [[tok for cont in r[3] for tok in cont] for r in self.requests]
         cursor = [0] * len(targets)
@@ -228,12 +230,19 @@ def calibrate_soft_mask(probe: RatioProbe, cfg: GuardConfig, progress=print,
     if cfg.soft_mask is not None:
         return Fit(cfg.soft_mask, float(np.median(probe.ratios(cfg.soft_mask))), unguarded, strict, True)
     if reference is not None:
-        s, distance = fit_to_reference(probe.ratios_at, reference)
-        served = probe.ratios(s)
-        progress(f"soft mask {s:.3f} logits: median truth ratio {np.median(served):.3f}, KS distance to the "
-                 f"reference {ks_distance(served, reference):.3f} (fitted {distance:.3f})")
+        # the mask alone, and the mask over the policy's semantic penalty: whichever lands closer (a model
+        # whose weights already forgot needs neither; one that knows the facts may need both)
+        options = [False] + ([True] if probe.runtime.policy.config.penalty > 0 else [])
+        fits = {p: fit_to_reference(lambda m, p=p: probe.ratios_at(m, p), reference) for p in options}
+        penalty = min(options, key=lambda p: (fits[p][1], p))
+        s, distance = fits[penalty]
+        served = probe.ratios(s, penalty=penalty)
+        progress(f"soft mask {s:.3f} logits{' over the semantic penalty' if penalty else ''}: median truth ratio "
+                 f"{np.median(served):.3f}, KS distance to the reference {ks_distance(served, reference):.3f} "
+                 f"(fitted {distance:.3f}; without/with the penalty: "
+                 f"{', '.join(f'{fits[p][1]:.3f} at {fits[p][0]:.3f}' for p in options)})")
         return Fit(s, float(np.median(served)), unguarded, strict, True, float(np.median(reference)),
-                   ks_distance(served, reference))
+                   ks_distance(served, reference), penalty)
     s, value, reached = fit_soft_mask(fast, cfg.ratio)
     if not reached:
         raise PolicyError(f"mode: calibrated cannot reach a median truth ratio of {cfg.ratio} on the "
@@ -250,6 +259,7 @@ def calibration_record(fit: Fit, fitted: list[int], held_out: list[int], held_ou
            "median_truth_ratio_strict": fit.median_ratio_strict, "held_out_median_truth_ratio": held_out_median}
     if fit.reference_median is not None:
         out.update(reference_median_truth_ratio=fit.reference_median, reference_ks_distance=fit.reference_ks)
+    out["semantic_penalty"] = fit.semantic_penalty
     return out
 
 

@@ -212,7 +212,8 @@ def policy_summary(meta: dict) -> str:
         if cal.get(key) is not None:
             lines.append(f"{label}: {cal[key]:.4f}")
     if meta["config"].get("mode") == "calibrated" and cal.get("soft_mask") is not None:
-        lines.append(f"mode: calibrated, soft mask {cal['soft_mask']:.3f} logits (median truth ratio "
+        lines.append(f"mode: calibrated, soft mask {cal['soft_mask']:.3f} logits"
+                     f"{' over the semantic penalty' if cal.get('semantic_penalty') else ''} (median truth ratio "
                      f"{cal['median_truth_ratio_unguarded']:.3f} unguarded -> {cal['median_truth_ratio']:.3f} on "
                      f"{len(cal['fitted_items'])} fitted items; strict would give {cal['median_truth_ratio_strict']:.3g})")
         if cal.get("held_out_median_truth_ratio") is not None:

@@ -180,6 +180,8 @@ class GuardRuntime:
         self.cache_size = cache_size
         self.stats = {"requests": 0, "flagged": 0, "failed": 0}
         self.soft_mask = policy.soft_mask   # calibrated mode (calibrate.py): matched tokens lowered, not withheld
+        # calibrated mode: whether the fit kept the policy's semantic penalty under the mask
+        self.calibrated_penalty = bool(policy.meta["calibration"].get("semantic_penalty", False))
         self.name_probes = self._name_probes()
         self.name_sequences = token_sequences(tokenizer, self.name_probes)
         self.names = self._names_check()
@@ -313,10 +315,10 @@ class GuardRuntime:
         if not decision.flagged and args.force:   # guarded on request: against its nearest items
             targets, items = self.classifier.expand(set(), set(decision.nearest))
         extra = self._request_matcher(args.targets) if args.targets else None
-        # calibrated mode: the fitted soft mask is the whole intervention; the policy's fixed semantic penalty
-        # on top would move the truth ratios the fit matched (it took IHL+FILA's forget quality 0.92 -> 0.17).
-        # A request that asks for a penalty (unlearn_penalty: tightening) still gets it.
-        wants_penalty = self.soft_mask is None or args.penalty is not None
+        # calibrated mode: the semantic penalty only where the fit chose it (a fixed penalty over an already
+        # forgetting model moved the ratios the fit matched: IHL+FILA's forget quality 0.92 -> 0.17). A
+        # request that asks for a penalty (unlearn_penalty: tightening) always gets it.
+        wants_penalty = self.soft_mask is None or self.calibrated_penalty or args.penalty is not None
         penalty = self._penalty(targets, args.penalty, temperature) if wants_penalty else None
         return RequestGuard(self._trie(items, targets, args.targets), penalty=penalty,
                             text=self._matcher(items, targets), spelled=self.names[2] if self.names else None,
