@@ -42,6 +42,7 @@ def main() -> int:
     parser.add_argument("--forget", default="tofu/forget01_perturbed")
     parser.add_argument("--strengths", default="0,1,2,4,6,8,10,12,16")
     parser.add_argument("--check", default="8", help="strengths also measured by a real guarded pass")
+    parser.add_argument("--penalty", action="store_true", help="keep the policy's semantic penalty under the mask")
     parser.add_argument("--out", default=str(ROOT / "runs" / "bench" / "guard_dial.json"))
     args = parser.parse_args()
 
@@ -64,12 +65,13 @@ def main() -> int:
     probe = RatioProbe(model, tok, GuardRuntime(load_policy(args.policy, tok), tok), forget)
     rows = {"retain model": retain, "unguarded": probe.ratios(None, guarded=False), "strict": probe.ratios(None)}
     for s in [float(x) for x in args.strengths.split(",")]:
-        rows[f"s={s:g}"] = probe.ratios_at(s)
+        rows[f"s={s:g}"] = probe.ratios_at(s, args.penalty)
     checks = {}
     for s in [float(x) for x in args.check.split(",") if x]:
-        real = probe.ratios(s)
-        checks[f"s={s:g}"] = float(np.max(np.abs(np.log(real) - np.log(probe.ratios_at(s)))))
+        real = probe.ratios(s, penalty=args.penalty)
+        checks[f"s={s:g}"] = float(np.max(np.abs(np.log(real) - np.log(probe.ratios_at(s, args.penalty)))))
     out = {"policy": args.policy, "model": args.model, "n_items": len(forget), "held_out": held_out,
+           "semantic_penalty": args.penalty,
            "max_abs_log_ratio_error_vs_real_pass": checks, "rows": {}}
     print(f"{'system':<14} {'FQ (all 40)':>11} {'KS D':>6} {'median R':>9} {'prefers false':>13} {'FQ (held-out)':>13}")
     for name, ratios in rows.items():
