@@ -70,6 +70,13 @@ class GuardConfig:
     # never learnt (TOFU-mini: tofu/retain_perturbed); the mask is fitted so the forget items' truth
     # ratios match the model's own on these (KS distance), instead of reaching calibration_ratio
     calibration_reference: Optional[str] = _unset()
+    # calibrated: keep the policy's semantic penalty under the mask (true when unset; false for weights
+    # that already forgot, where a fixed penalty pushes the ratios past a never-learnt model's)
+    calibration_penalty: Optional[bool] = _unset()
+
+    @property
+    def keeps_penalty(self) -> bool:
+        return self.calibration_penalty is None or bool(self.calibration_penalty)
 
     @property
     def calibrated(self) -> bool:

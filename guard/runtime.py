@@ -315,9 +315,9 @@ class GuardRuntime:
         if not decision.flagged and args.force:   # guarded on request: against its nearest items
             targets, items = self.classifier.expand(set(), set(decision.nearest))
         extra = self._request_matcher(args.targets) if args.targets else None
-        # calibrated mode: the semantic penalty only where the fit chose it (a fixed penalty over an already
-        # forgetting model moved the ratios the fit matched: IHL+FILA's forget quality 0.92 -> 0.17). A
-        # request that asks for a penalty (unlearn_penalty: tightening) always gets it.
+        # calibrated mode: the semantic penalty only where the policy keeps it under the mask (a fixed penalty
+        # over an already forgetting model moves the ratios the fit matched). A request that asks for a
+        # penalty (unlearn_penalty: tightening) always gets it.
         wants_penalty = self.soft_mask is None or self.calibrated_penalty or args.penalty is not None
         penalty = self._penalty(targets, args.penalty, temperature) if wants_penalty else None
         return RequestGuard(self._trie(items, targets, args.targets), penalty=penalty,

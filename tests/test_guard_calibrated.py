@@ -242,29 +242,28 @@ def test_calibrated_guards_carry_no_fixed_penalty_unless_a_request_asks(tiny_pol
     assert isinstance(decision, Decision)
 
 
-def test_the_fit_keeps_the_semantic_penalty_only_where_it_lands_closer():
+def test_the_fit_keeps_the_semantic_penalty_unless_the_config_drops_it():
     from types import SimpleNamespace
 
     rng = np.random.default_rng(2)
     reference = rng.lognormal(-0.15, 0.4, size=60)
     base = np.sort(rng.lognormal(-0.6, 0.4, size=20))
+    asked = []
 
     class TwoWayProbe(FakeProbe):
         runtime = SimpleNamespace(policy=SimpleNamespace(config=GuardConfig(penalty=4.0)))
 
         def ratios(self, s, guarded=True, penalty=False):
-            return list(base) if not guarded else self.ratios_at(s or 0.0, penalty)
+            return list(base) if not guarded else list(base * math.exp((s or 0.0) / 8 + (0.3 if penalty else 0.0)))
 
         def ratios_at(self, s, penalty=False):
-            # without the penalty no mask reaches the reference's spread; with it, a mask near 2 does
-            return list(base * (math.exp(min(s, 1.0) / 8) if not penalty else math.exp(0.45) * math.exp(s / 20)))
+            asked.append(penalty)
+            return self.ratios(s, penalty=penalty)
 
     fit = calibrate_soft_mask(TwoWayProbe(None), GuardConfig(mode="calibrated"), progress=lambda *_: None,
                               reference=list(reference))
-    assert fit.semantic_penalty and fit.reference_ks < 0.3
-    ignorant = lambda s, penalty=False: list(reference[:20] * (math.exp(2) if penalty else 1.0))  # noqa: E731
-    probe = TwoWayProbe(None)
-    probe.ratios_at = ignorant
-    probe.ratios = lambda s, guarded=True, penalty=False: ignorant(s, penalty)
-    fit = calibrate_soft_mask(probe, GuardConfig(mode="calibrated"), progress=lambda *_: None, reference=list(reference))
-    assert not fit.semantic_penalty and fit.soft_mask == 0.0       # already like never-learnt: nothing added
+    assert fit.semantic_penalty and set(asked) == {True} and fit.reference_ks < 0.3
+    asked.clear()
+    fit = calibrate_soft_mask(TwoWayProbe(None), GuardConfig(mode="calibrated", calibration_penalty=False),
+                              progress=lambda *_: None, reference=list(reference))
+    assert not fit.semantic_penalty and set(asked) == {False}
