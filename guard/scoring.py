@@ -4,7 +4,7 @@ When a guarded system is scored (answer probability, truth ratio, forget quality
 inference), every teacher-forced position goes through the same `RequestGuard` that decoding
 would use for that prompt: its penalty is added and the tokens it would block at that point of
 the continuation are blocked. A blocked token's probability is 0; so that means and ratios of
-log-probabilities stay finite, its logit is set to `FLOOR` below the row's best instead of -inf
+log-probabilities stay finite, its logit (and only a blocked one's) is set to `FLOOR` below the row's best instead of -inf
 (probability <= e^-60 relative to the top token, i.e. 0 to every printed digit). Plain torch.
 """
 
@@ -34,6 +34,7 @@ def guarded_logits(guards: Sequence[Optional[RequestGuard]], logits: torch.Tenso
     if guarded:
         rows = torch.tensor(guarded, device=out.device)
         part = out[rows]
-        floor = part.max(dim=-1, keepdim=True).values - FLOOR
-        out[rows] = torch.maximum(part, floor)
+        floor = (part.max(dim=-1, keepdim=True).values - FLOOR).expand_as(part)
+        # only what the guard withheld: a token the model itself finds that unlikely keeps its logit
+        out[rows] = torch.where(torch.isneginf(part), floor, part)
     return out

@@ -267,3 +267,15 @@ def test_the_fit_keeps_the_semantic_penalty_unless_the_config_drops_it():
     fit = calibrate_soft_mask(TwoWayProbe(None), GuardConfig(mode="calibrated", calibration_penalty=False),
                               progress=lambda *_: None, reference=list(reference))
     assert not fit.semantic_penalty and set(asked) == {False}
+
+
+def test_scoring_floors_only_what_the_guard_withheld():
+    """A token the model itself puts 80 logits below the best keeps its logit; a withheld one is floored."""
+    from unlearnkit.guard.scoring import FLOOR, guarded_logits
+
+    logits = torch.zeros(1, 12)
+    logits[0, 3] = -80.0                                   # the model's own near-impossible token
+    out = guarded_logits([RequestGuard(TokenTrie([[9]]))], logits, torch.tensor([0]), [[]])
+    assert out[0, 3] == -80.0 and out[0, 9] == -FLOOR and out[0, 0] == 0.0
+    soft = guarded_logits([RequestGuard(TokenTrie([[9]]), soft=0.0)], logits, torch.tensor([0]), [[]])
+    assert torch.equal(soft, logits)                        # mask 0: the unguarded row, exactly
