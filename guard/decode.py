@@ -86,6 +86,8 @@ class RequestGuard:
         out = [self.trie.blocked_index(live, device)]
         if self.text is not None:
             out.append(self.text.blocked_index(_state(self.text, self.text_state, extra), device))
+        if self.soft is not None and self.spelled is not None:   # calibrated: the names, however written, too
+            out.append(self.spelled.blocked_index(_state(self.spelled, self.spelled_state, extra), device))
         return out
 
     def apply_row(self, row: torch.Tensor, extra: Sequence[int] = ()) -> None:
@@ -108,8 +110,10 @@ class RequestGuard:
         else:
             blocked = False
             _discourage(row, policy, self.soft, width)
-        # withheld in either mode: a name spelled out letter by letter, and the request's own targets
-        for matcher, at in ((self.spelled, self.spelled_state), (self.extra, self.extra_state)):
+        # withheld: the request's own targets in either mode, a name spelled letter by letter in strict mode
+        # (the spelled matcher also matches the plain name; calibrated mode lowers it with the other phrases)
+        withheld = [(self.extra, self.extra_state)] + ([(self.spelled, self.spelled_state)] if self.soft is None else [])
+        for matcher, at in withheld:
             if matcher is not None:
                 blocked |= _block(row, matcher.blocked_index(_state(matcher, at, extra), row.device), width)
         if blocked and self.fallback is not None and self.fallback < width and float(row.max()) == BLOCKED:
