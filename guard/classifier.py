@@ -197,6 +197,11 @@ class PromptClassifier:
         self._cache_size = cache_size
         self._lock = threading.Lock()
 
+    def warm_up(self) -> None:
+        """Load the sentence embedder and run it once (about half a second on 2 cores), so the first
+        requests an engine admits do not wait for it."""
+        embed(["warm up"])
+
     def expand(self, targets: set[int], items: set[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """Close a set of targets and items: the targets of the items, then all items of the targets."""
         for i in list(items):

@@ -209,8 +209,9 @@ class GuardRuntime:
         return TokenTrie(self.name_sequences), TextMatcher(self.name_probes, self.token_texts), spelled
 
     def warm_up(self, max_targets: int = 64) -> None:
-        """Build each target's trie now (the usual flagged request touches one target), so the first
-        request about it does not pay for it."""
+        """Load the classifier's embedder and build each target's trie now (the usual flagged request
+        touches one target), so the first requests do not pay for either."""
+        self.classifier.warm_up()
         for t in range(min(max_targets, len(self.policy.targets))):
             targets, items = self.classifier.expand({t}, set())
             self._trie(items, targets)

@@ -4,6 +4,7 @@ request's own trie / text matcher instead of merged into them."""
 
 from __future__ import annotations
 
+import functools
 import random
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from unlearnkit.guard import disguise
 from unlearnkit.guard.classifier import MIN_COLLAPSED, CollapsedIndex, PromptClassifier
 from unlearnkit.guard.phrases import Background, MentionIndex, distinctive_parts, mentions
+from unlearnkit.guard.runtime import RequestArgs
 from unlearnkit.guard.textmatch import TextMatcher, TokenTexts
 from unlearnkit.guard.trie import TokenTrie
 from unlearnkit.guard.union import MatcherUnion, TrieUnion
@@ -168,3 +170,18 @@ def test_text_matcher_blocked_is_unchanged_by_the_start_state_cache(tiny_tokeniz
             node = matcher.fail[node]
     for state in range(len(matcher.goto)):
         assert matcher.blocked(state) == walk(state)
+
+
+def test_warm_up_loads_the_embedder_before_any_request(runtime, monkeypatch):
+    """An engine warms its runtime up at start: the first admitted requests must not wait for the
+    sentence embedder to load (about half a second on 2 cores)."""
+    from unlearnkit.guard import embedder as E
+
+    loads = []
+    real = E._load.__wrapped__
+    fresh = functools.lru_cache(maxsize=2)(lambda device: loads.append(device) or real(device))
+    monkeypatch.setattr(E, "_load", fresh)
+    runtime.warm_up(max_targets=1)
+    assert loads == ["cpu"]
+    runtime.decide([[5, 17, 42]], [RequestArgs()])
+    assert loads == ["cpu"]   # the request found it loaded

@@ -21,7 +21,15 @@ def test_the_faster_of_two_timings_is_chosen():
         P.choose({"fp32": 1.0})
 
 
-def test_measurement_is_cached_per_machine_and_logged(tmp_path, monkeypatch):
+@pytest.fixture
+def no_cuda(monkeypatch):
+    """The CPU path of `auto` (on a CUDA machine it answers bf16 without measuring)."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+def test_measurement_is_cached_per_machine_and_logged(tmp_path, monkeypatch, no_cuda):
     monkeypatch.setattr(P, "_MEMO", {})
     calls, lines = [], []
 
@@ -47,7 +55,7 @@ def test_measurement_is_cached_per_machine_and_logged(tmp_path, monkeypatch):
     assert len(list(tmp_path.glob("*.json"))) == 2  # another CPU model / torch version: its own answer
 
 
-def test_a_broken_cache_file_is_refused_with_the_remedy(tmp_path, monkeypatch):
+def test_a_broken_cache_file_is_refused_with_the_remedy(tmp_path, monkeypatch, no_cuda):
     monkeypatch.setattr(P, "_MEMO", {})
     P.auto_precision(tmp_path, measure=lambda: {"fp32": 1.0, "bf16": 2.0}, log=lambda *_: None)
     (cached,) = tmp_path.glob("*.json")

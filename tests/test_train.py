@@ -89,7 +89,7 @@ def test_merged_checkpoint_computes_what_the_trained_adapter_computed(tiny_dir, 
         def on_train_end(self, args, state, control, model=None, **kwargs):
             model.eval()
             with torch.no_grad():
-                logits["peft"] = model(input_ids=inputs).logits.clone()
+                logits["peft"] = model(input_ids=inputs.to(model.device)).logits.cpu()   # on CUDA the model is there
 
     cfg = make_cfg(tiny_dir, tmp_path / "lora", "grad_diff", mode="lora", lora={"r": 4},
                    optim={"max_steps": 4, "lr": 2e-2})
