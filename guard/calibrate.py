@@ -9,9 +9,13 @@ logits by a fixed `s` instead; `s` is fitted on part of the forget set so that t
 
     R(s) = P_s(perturbed)^(1/|perturbed|) / P_s(paraphrased)^(1/|paraphrased|)
 
-(TOFU's truth ratio, through the guard exactly as served) reaches `calibration_ratio` (1: the true
-answer is no more likely than a false one). Needs no retain model, only the forget items' own
-counterfactual answers. Steps as in training/fila.py: a statistics pass (median R at a given s, the
+(TOFU's truth ratio, through the guard exactly as served) reaches the model's *own* median truth
+ratio on counterfactual items it never learnt (`calibration_reference`, e.g. TOFU's retain_perturbed
+authors for a target fine-tuned on others), or without a reference `calibration_ratio` (1: the true
+answer is no more likely than a false one). Needs no retain model, only counterfactual answers.
+Why the median and not the whole distribution: fitting the KS distance to the reference on 20 items
+was tried and is too noisy (distances of 0.100-0.125 there spanned forget quality 0.27-0.92 on the
+40 TOFU-mini forget items); the median of the fitted items moves smoothly with the mask. Steps as in training/fila.py: a statistics pass (median R at a given s, the
 target model teacher-forced through the guard), pure maths (bisection on s), an apply step (the
 fitted s and its figures in policy.json).
 """
@@ -35,7 +39,7 @@ from .runtime import GuardRuntime
 from .scoring import guarded_logits
 
 STEPS = 12          # bisection steps on log(1 + s): s to within ~2% of [0, MAX_SOFT_MASK]
-REFERENCE_ITEMS = 200   # never-learnt items scored for the reference distribution (evenly spaced)
+REFERENCE_ITEMS = 400   # never-learnt items scored for the reference median (evenly spaced)
 
 
 @dataclass(frozen=True)
@@ -201,19 +205,6 @@ def ks_distance(a: Sequence[float], b: Sequence[float]) -> float:
     return float(np.max(np.abs(np.searchsorted(a, points, "right") / a.size - np.searchsorted(b, points, "right") / b.size)))
 
 
-def fit_to_reference(ratios_at: Callable[[float], Sequence[float]], reference: Sequence[float],
-                     top: float = MAX_SOFT_MASK, step: float = 0.125) -> tuple[float, float]:
-    """The soft mask s in [0, top] (grid of `step`) whose truth ratios are closest, in KS distance,
-    to `reference` (the model's own ratios on facts it never learnt); the smallest s among ties.
-    Returns (s, distance)."""
-    best = (0.0, math.inf)
-    for s in np.arange(0.0, top + 1e-9, step):
-        d = ks_distance(ratios_at(float(s)), reference)
-        if d < best[1] - 1e-12:
-            best = (float(s), d)
-    return best
-
-
 # ------------------------------------------------------------------ apply step
 def calibrate_soft_mask(probe: RatioProbe, cfg: GuardConfig, progress=print,
                         reference: Sequence[float] | None = None) -> Fit:
@@ -230,20 +221,7 @@ def calibrate_soft_mask(probe: RatioProbe, cfg: GuardConfig, progress=print,
     if cfg.soft_mask is not None:
         return Fit(cfg.soft_mask, float(np.median(probe.ratios(cfg.soft_mask))), unguarded, strict, True)
     if reference is not None:
-        # the mask over the policy's semantic penalty, or alone (calibration_penalty: false). Choosing between
-        # the two by the fit's own KS distance was tried: on 20 fitted items it picked the worse one for the
-        # TOFU-mini target (0.100 vs 0.125; forget quality 0.27 vs 0.92 on all items), so it is the config's.
-        options = [cfg.keeps_penalty and probe.runtime.policy.config.penalty > 0]
-        fits = {p: fit_to_reference(lambda m, p=p: probe.ratios_at(m, p), reference) for p in options}
-        penalty = options[0]
-        s, distance = fits[penalty]
-        served = probe.ratios(s, penalty=penalty)
-        progress(f"soft mask {s:.3f} logits{' over the semantic penalty' if penalty else ''}: median truth ratio "
-                 f"{np.median(served):.3f}, KS distance to the reference {ks_distance(served, reference):.3f} "
-                 f"(fitted {distance:.3f}; without/with the penalty: "
-                 f"{', '.join(f'{fits[p][1]:.3f} at {fits[p][0]:.3f}' for p in options)})")
-        return Fit(s, float(np.median(served)), unguarded, strict, True, float(np.median(reference)),
-                   ks_distance(served, reference), penalty)
+        return _fit_to_reference(probe, cfg, reference, unguarded, strict, progress)
     s, value, reached = fit_soft_mask(fast, cfg.ratio)
     if not reached:
         raise PolicyError(f"mode: calibrated cannot reach a median truth ratio of {cfg.ratio} on the "
@@ -252,6 +230,29 @@ def calibrate_soft_mask(probe: RatioProbe, cfg: GuardConfig, progress=print,
     served = float(np.median(probe.ratios(s)))    # what decoding and `unlearn eval` will see
     progress(f"soft mask {s:.3f} logits: median truth ratio {served:.3f} (fitted {value:.3f})")
     return Fit(s, served, unguarded, strict, True)
+
+
+def _fit_to_reference(probe: RatioProbe, cfg: GuardConfig, reference: Sequence[float], unguarded: float,
+                      strict: float, progress) -> Fit:
+    """The smallest mask at which the fitted items' median truth ratio reaches the reference's (the
+    model's own median on facts it never learnt), over the policy's semantic penalty unless the config
+    drops it. Where the model alone already reaches it (an unlearnt checkpoint), mask 0 and no penalty:
+    the guard has nothing to add to the ratios."""
+    goal = float(np.median(reference))
+    if unguarded >= goal:
+        s, penalty = 0.0, False
+    else:
+        penalty = cfg.keeps_penalty and probe.runtime.policy.config.penalty > 0
+        s, value, reached = fit_soft_mask(lambda m: float(np.median(probe.ratios_at(m, penalty))), goal)
+        if not reached:
+            raise PolicyError(f"mode: calibrated cannot reach the reference's median truth ratio {goal:.3f} on the "
+                              f"calibration items: {unguarded:.3f} unguarded, {value:.3f} at the largest soft mask "
+                              f"({MAX_SOFT_MASK} logits), {strict:.3g} strict. Use mode: strict")
+    served = probe.ratios(s, penalty=penalty)
+    distance = ks_distance(served, reference)
+    progress(f"soft mask {s:.3f} logits{' over the semantic penalty' if penalty else ''}: median truth ratio "
+             f"{np.median(served):.3f} (reference {goal:.3f}), KS distance to the reference {distance:.3f}")
+    return Fit(s, float(np.median(served)), unguarded, strict, True, goal, distance, penalty)
 
 
 def calibration_record(fit: Fit, fitted: list[int], held_out: list[int], held_out_median: float | None) -> dict:

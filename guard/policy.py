@@ -68,7 +68,7 @@ class GuardConfig:
     calibration_fraction: Optional[float] = _unset()   # calibrated: share of the forget items fitted on (0.5)
     # calibrated: a data spec of items like the forget set's, with counterfactual answers, that the model
     # never learnt (TOFU-mini: tofu/retain_perturbed); the mask is fitted so the forget items' truth
-    # ratios match the model's own on these (KS distance), instead of reaching calibration_ratio
+    # median truth ratio matches the model's own median on these, instead of reaching calibration_ratio
     calibration_reference: Optional[str] = _unset()
     # calibrated: keep the policy's semantic penalty under the mask (true when unset; false for weights
     # that already forgot, where a fixed penalty pushes the ratios past a never-learnt model's)

@@ -1,6 +1,7 @@
 """Calibrated mode: matched tokens lowered by a fitted soft mask instead of withheld; the fit."""
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -71,16 +72,17 @@ def test_sets_without_counterfactuals_are_refused_by_name():
 
 class FakeProbe:
     requests = [None] * 4
+    runtime = SimpleNamespace(policy=SimpleNamespace(config=GuardConfig(penalty=0.0)))
 
     def __init__(self, at):
         self.at = at
 
-    def ratios(self, s, guarded=True):
+    def ratios(self, s, guarded=True, penalty=False):
         if not guarded:
             return [0.4] * 4
         return [50.0] * 4 if s is None else [self.at(s)] * 4
 
-    def ratios_at(self, s):
+    def ratios_at(self, s, penalty=False):
         return [self.at(s)] * 4
 
 
@@ -89,6 +91,9 @@ def test_an_unreachable_calibration_says_so_with_the_figures():
         calibrate_soft_mask(FakeProbe(lambda s: 0.4 + s / 1000), GuardConfig(mode="calibrated"), progress=lambda *_: None)
     fit = calibrate_soft_mask(FakeProbe(lambda s: 0.4 * math.exp(s / 3)), GuardConfig(mode="calibrated"), progress=lambda *_: None)
     assert fit.median_ratio >= 1.0 and fit.soft_mask == pytest.approx(3 * math.log(2.5), rel=0.03)
+    with pytest.raises(PolicyError, match=r"cannot reach the reference's median truth ratio 90\.000.*0\.400 unguarded"):
+        calibrate_soft_mask(FakeProbe(lambda s: 0.4 + s / 1000), GuardConfig(mode="calibrated", penalty=0.0),
+                            progress=lambda *_: None, reference=[80.0, 90.0, 100.0])
 
 
 def test_bad_calibrated_configs_are_refused():
@@ -175,14 +180,31 @@ def test_ks_distance_is_scipys():
         assert ks_distance(a, b) == pytest.approx(ks_2samp(a, b).statistic)
 
 
-def test_fit_to_reference_finds_the_mask_that_matches_the_distribution():
-    from unlearnkit.guard.calibrate import fit_to_reference
-
+def test_the_reference_fit_reaches_the_reference_median_and_adds_nothing_to_a_model_already_there():
     rng = np.random.default_rng(1)
     base = rng.lognormal(-0.6, 0.4, size=30)              # a model that knows: prefers the true answers
-    reference = base * math.exp(3.0 / 4)                   # never learnt: the same shape, shifted
-    s, distance = fit_to_reference(lambda s: base * math.exp(s / 4), reference)
-    assert s == pytest.approx(3.0, abs=0.13) and distance < 0.05
+    reference = list(base * math.exp(3.0 / 4))             # never learnt: the same shape, shifted
+
+    class Shifting(FakeProbe):
+        runtime = SimpleNamespace(policy=SimpleNamespace(config=GuardConfig(penalty=0.0)))
+
+        def __init__(self, start):
+            super().__init__(None)
+            self.start = start
+
+        def ratios(self, s, guarded=True, penalty=False):
+            return list(self.start * (math.exp((s or 0.0) / 4) if guarded and s is not None else 1.0))
+
+        def ratios_at(self, s, penalty=False):
+            return self.ratios(s, penalty=penalty)
+
+    fit = calibrate_soft_mask(Shifting(base), GuardConfig(mode="calibrated"), progress=lambda *_: None,
+                              reference=reference)
+    assert fit.soft_mask == pytest.approx(3.0, abs=0.1) and fit.reference_ks < 0.1
+    assert fit.median_ratio == pytest.approx(np.median(reference), rel=0.03)
+    already = calibrate_soft_mask(Shifting(np.array(reference) * 1.1), GuardConfig(mode="calibrated"),
+                                  progress=lambda *_: None, reference=reference)
+    assert already.soft_mask == 0.0 and not already.semantic_penalty
 
 
 def test_reference_items_must_be_never_learnt_counterfactual_items():
@@ -190,7 +212,7 @@ def test_reference_items_must_be_never_learnt_counterfactual_items():
 
     item = lambda q: QA(q, "a", {"paraphrased_answer": "a'", "perturbed_answer": ["b"]})  # noqa: E731
     forget = [item("q1")]
-    assert len(reference_items([item(f"r{i}") for i in range(500)], forget)) == 200
+    assert len(reference_items([item(f"r{i}") for i in range(500)], forget)) == 400
     with pytest.raises(PolicyError, match="never learnt.*forget questions"):
         reference_items([item("r1"), item("q1")], forget)
     with pytest.raises(PolicyError, match="calibration_reference have none"):
@@ -243,7 +265,6 @@ def test_calibrated_guards_carry_no_fixed_penalty_unless_a_request_asks(tiny_pol
 
 
 def test_the_fit_keeps_the_semantic_penalty_unless_the_config_drops_it():
-    from types import SimpleNamespace
 
     rng = np.random.default_rng(2)
     reference = rng.lognormal(-0.15, 0.4, size=60)
