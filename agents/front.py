@@ -55,8 +55,10 @@ import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
+
+import httpx
 
 from ..guard import boundary
 from ..guard.boundary import Rejection
@@ -199,55 +201,209 @@ async def cancel_when_gone(request, job: Job) -> None:
     job.cancel()
 
 
-def create_app(store: TargetStore, pipeline: Pipeline, backend: str, *, model_name: str,
-               backend_guarded: bool, admin_token: Optional[str] = None, timeout: float = 600.0,
-               backend_alive: Optional[Callable[[], bool]] = None, classify_workers: int = CLASSIFY_WORKERS):
-    """`backend_alive`: whether the backend's process still runs (serve.py), checked by /health."""
-    import httpx
-    from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse, Response, StreamingResponse
-    from starlette.concurrency import run_in_threadpool
+def error_response(status: int, message: str, kind: str = "invalid_request_error", headers: Optional[dict] = None):
+    """An OpenAI-style error body with `status`."""
+    from fastapi.responses import JSONResponse
 
-    backend = backend.rstrip("/") + "/"    # the backend's OpenAI base URL (".../v1")
-    counters: Counter = Counter()
-    state: dict = {}
-    meta = store.policy.meta                # the same policy the guarded engine checks `unlearn_*` against
-    classify_pool = ThreadPoolExecutor(classify_workers, thread_name_prefix="unlearn-classify")
-    slots = RewriteSlots(pipeline.cfg.max_rewrites, pipeline.cfg.rewrite_queue)
-    lanes = Lanes(pipeline.cfg.passthrough_first)
+    return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": status}},
+                        status_code=status, headers=headers)
+
+
+def backend_unreachable(exc: Exception):
+    """502: the backend did not answer (`exc` is the client's error)."""
+    return error_response(502, f"the model server behind this front is unreachable ({type(exc).__name__})",
+                          "backend_error")
+
+
+def relayed_stream(upstream, headers: dict, done: Callable[[], None]):
+    """The backend's streamed answer, relayed as its bytes arrive; `done` runs when the stream ends
+    (or the client leaves)."""
+    from fastapi.responses import StreamingResponse
+
+    async def relay():
+        try:
+            async for chunk in upstream.aiter_raw():
+                yield chunk
+        finally:
+            await upstream.aclose()
+            done()
+
+    return StreamingResponse(relay(), status_code=upstream.status_code, headers=headers,
+                             media_type=upstream.headers.get("content-type", "text/event-stream"))
+
+
+def relayed_answer(upstream, headers: dict, reason: str):
+    """The backend's whole answer: a 200 JSON object gets the `unlearn` object; what is not JSON goes
+    back as it came."""
+    from fastapi.responses import JSONResponse, Response
+
+    try:
+        data = upstream.json()
+    except ValueError:
+        return Response(upstream.content, status_code=upstream.status_code, headers=headers,
+                        media_type=upstream.headers.get("content-type"))
+    if isinstance(data, dict) and upstream.status_code == 200:
+        data["unlearn"] = {"path": "passthrough", "reason": reason}
+    return JSONResponse(data, status_code=upstream.status_code, headers=headers)
+
+
+async def await_rewrite(request, future: asyncio.Future, job: Job):
+    """The rewrite's result; if the client disconnects first, its job is cancelled (no model call
+    starts after that, and a queued one never starts its graph)."""
+    watcher = asyncio.create_task(cancel_when_gone(request, job))
+    try:
+        return await future
+    except asyncio.CancelledError:
+        job.cancel()
+        raise
+    finally:
+        watcher.cancel()
+
+
+def answer_chunks(answer: str) -> list[str]:
+    """The answer in pieces of STREAM_CHUNK_WORDS words, each but the first led by its space."""
+    words = answer.split(" ")
+    chunks = []
+    for start in range(0, len(words), STREAM_CHUNK_WORDS):
+        text = " ".join(words[start:start + STREAM_CHUNK_WORDS])
+        chunks.append(text if start == 0 else " " + text)
+    return chunks
+
+
+@dataclass(frozen=True)
+class RewriteReply:
+    """How a rewrite's result is written back: an OpenAI chat or completions response (or its stream
+    events) with `n` identical choices and the `unlearn` object."""
+
+    kind: str      # chat | completions
+    n: int
+    rid: str
+    created: int
+    model: str
+    reason: str
+
+    @classmethod
+    def for_request(cls, ask: FrontRequest, reason: str, model_name: str) -> "RewriteReply":
+        """The reply to `ask`: a fresh id, now, the model the client named (else `model_name`)."""
+        model = ask.body.get("model")
+        model = model if isinstance(model, str) and model else model_name
+        rid = f"{'chatcmpl' if ask.kind == 'chat' else 'cmpl'}-unlearn-{uuid.uuid4().hex[:24]}"
+        return cls(ask.kind, ask.n, rid, int(time.time()), model, reason)
+
+    def meta(self, result) -> dict:
+        return {"path": "agents", "reason": self.reason, **result.metadata()}
+
+    @staticmethod
+    def usage(result) -> dict:
+        return {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
+                "total_tokens": result.prompt_tokens + result.completion_tokens}
+
+    def completion(self, result) -> dict:
+        """The whole response's body."""
+        if self.kind == "chat":
+            choices = [{"index": i, "message": {"role": "assistant", "content": result.answer},
+                        "finish_reason": "stop"} for i in range(self.n)]
+        else:
+            choices = [{"index": i, "text": result.answer, "finish_reason": "stop"} for i in range(self.n)]
+        return {"id": self.rid, "object": "chat.completion" if self.kind == "chat" else "text_completion",
+                "created": self.created, "model": self.model, "choices": choices, "usage": self.usage(result),
+                "unlearn": self.meta(result)}
+
+    def event(self, choices: list, extra_fields: Optional[dict] = None) -> bytes:
+        """One server-sent event of the stream."""
+        data = {"id": self.rid, "object": "chat.completion.chunk" if self.kind == "chat" else "text_completion",
+                "created": self.created, "model": self.model, "choices": choices, **(extra_fields or {})}
+        return f"data: {json.dumps(data)}\n\n".encode()
+
+    def piece(self, i: int, text: Optional[str], finish: Optional[str] = None, role: bool = False) -> dict:
+        """Choice `i` of a stream event: a chat delta, or a completion's text."""
+        if self.kind == "chat":
+            delta = {"role": "assistant"} if role else ({"content": text} if text is not None else {})
+            return {"index": i, "delta": delta, "finish_reason": finish}
+        return {"index": i, "text": text or "", "finish_reason": finish}
+
+    async def events(self, request, future: asyncio.Future, job: Job):
+        """The stream: (chat) the role at once, the answer in word chunks once the graph is done, then
+        the stop event with usage and `unlearn`, then [DONE]."""
+        try:
+            if self.kind == "chat":   # the first event at once: the graph takes seconds
+                yield self.event([self.piece(i, None, role=True) for i in range(self.n)])
+            result = await await_rewrite(request, future, job)
+            for text in answer_chunks(result.answer):
+                yield self.event([self.piece(i, text) for i in range(self.n)])
+            yield self.event([self.piece(i, None, "stop") for i in range(self.n)],
+                             {"usage": self.usage(result), "unlearn": self.meta(result)})
+            yield b"data: [DONE]\n\n"
+        finally:   # the stream ended early (the client left): no further model call for it
+            if not future.done():
+                job.cancel()
+
+
+@dataclass
+class Front:
+    """What the front's endpoints share: the targets, the rewriter, the backend and its client, the
+    thread pools and the counters (GET /admin/stats)."""
+
+    store: TargetStore
+    pipeline: Pipeline
+    backend: str                       # the backend's OpenAI base URL (".../v1/")
+    model_name: str
+    backend_guarded: bool
+    admin_token: Optional[str]
+    timeout: float
+    backend_alive: Optional[Callable[[], bool]]
+    classify_pool: ThreadPoolExecutor
+    slots: RewriteSlots
+    lanes: Lanes
+    meta: dict                         # the same policy the guarded engine checks `unlearn_*` against
+    counters: Counter = field(default_factory=Counter)
+    client: Optional[httpx.AsyncClient] = None   # opened by `lifespan`
 
     @asynccontextmanager
-    async def lifespan(_app):
-        state["client"] = httpx.AsyncClient(base_url=backend, timeout=timeout)
+    async def lifespan(self, _app):
+        """The backend's client while the app runs; the pools shut down after it."""
+        self.client = httpx.AsyncClient(base_url=self.backend, timeout=self.timeout)
         yield
-        await state["client"].aclose()
-        classify_pool.shutdown(wait=False, cancel_futures=True)
-        slots.pool.shutdown(wait=False, cancel_futures=True)
+        await self.client.aclose()
+        self.classify_pool.shutdown(wait=False, cancel_futures=True)
+        self.slots.pool.shutdown(wait=False, cancel_futures=True)
 
-    # no /docs, /redoc, /openapi.json: a guarded front serves its endpoints and nothing else
-    app = FastAPI(title="unlearnkit agent front", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.counters = counters
+    def refuse(self, rejection: Rejection):
+        from fastapi.responses import JSONResponse
 
-    def error(status: int, message: str, kind: str = "invalid_request_error", headers: Optional[dict] = None):
-        return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": status}},
-                            status_code=status, headers=headers)
-
-    def refuse(rejection: Rejection) -> JSONResponse:
-        counters["bad_requests"] += 1
+        self.counters["bad_requests"] += 1
         return JSONResponse(rejection.body(), status_code=rejection.status)
 
-    def checked(kind: str, path: str, raw: bytes) -> tuple[Optional[FrontRequest], Optional[Rejection]]:
+    def unavailable(self):
+        self.counters["store_refusals"] += 1
+        return error_response(503, "this replica cannot read the shared live targets store; retry shortly (another "
+                              "replica may answer)", "service_unavailable", {"retry-after": "5"})
+
+    def authorised(self, request):
+        """None when the request carries the admin token; else the 403 (no token set) or 401."""
+        if not self.admin_token:
+            return error_response(403, "the admin endpoint is disabled: start the server with $UNLEARN_ADMIN_TOKEN set",
+                                  "permission_error")
+        given = request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {self.admin_token}".encode()):
+            self.counters["admin_denied"] += 1
+            return error_response(401, "missing or wrong admin token (Authorization: Bearer <token>)",
+                                  "authentication_error")
+        return None
+
+    def checked(self, kind: str, path: str, raw: bytes) -> tuple[Optional[FrontRequest], Optional[Rejection]]:
         """boundary.py's rules (the guarded engine's), then the front's own (request.py)."""
-        body, rejection = boundary.check("POST", path, raw, meta)
+        body, rejection = boundary.check("POST", path, raw, self.meta)
         if rejection is not None:
             return None, rejection
         try:
-            return read_request(kind, body, meta), None
+            return read_request(kind, body, self.meta), None
         except BadRequest as exc:
             return None, Rejection(400, exc.field, str(exc))
 
-    def classify(ask: FrontRequest) -> Verdict:
+    def classify(self, ask: FrontRequest) -> Verdict:
         """On the classification pool: a flood of rewrites (their own pool) cannot starve it."""
+        store = self.store
         whole, views = ask.prompt.whole, ask.prompt.views()
         failed, category = False, None
         try:
@@ -263,218 +419,164 @@ def create_app(store: TargetStore, pipeline: Pipeline, backend: str, *, model_na
         except Exception:   # fail closed: an unclassifiable request goes through the rewriter
             log.exception("agent front: classification failed; routing the request to the rewriter")
             flagged = failed = True
-        targets = engine_targets(store, ask, [views[0][-1], whole]) if backend_guarded else ()
+        targets = engine_targets(store, ask, [views[0][-1], whole]) if self.backend_guarded else ()
         return Verdict(flagged, client_reason(flagged, ask.tightened), targets, failed,
                        None if failed else category, store.degraded is not None)
 
-    def unavailable() -> JSONResponse:
-        counters["store_refusals"] += 1
-        return error(503, "this replica cannot read the shared live targets store; retry shortly (another "
-                     "replica may answer)", "service_unavailable", {"retry-after": "5"})
+    async def classified(self, ask: FrontRequest) -> Verdict:
+        """`classify(ask)`, run on the classification pool."""
+        return await asyncio.get_running_loop().run_in_executor(self.classify_pool, self.classify, ask)
 
-    async def handle(request: Request, kind: str):
-        ask, rejection = checked(kind, request.url.path, await read_bounded(request))
+    async def handle(self, request, kind: str):
+        """A chat or completions request: checked, classified, then relayed or rewritten."""
+        ask, rejection = self.checked(kind, request.url.path, await read_bounded(request))
         if rejection is not None:
-            return refuse(rejection)
-        verdict = await asyncio.get_running_loop().run_in_executor(classify_pool, classify, ask)
+            return self.refuse(rejection)
+        verdict = await self.classified(ask)
         if verdict.failed:
-            counters["classifier_errors"] += 1
+            self.counters["classifier_errors"] += 1
         if verdict.flagged and verdict.degraded:   # fail closed: never rewrite against stale live targets
-            return unavailable()
+            return self.unavailable()
         if not verdict.flagged:
-            counters["passthrough"] += 1
-            return await passthrough(ask, verdict)
-        counters["agents"] += 1
-        return await rewrite(request, ask, verdict)
+            self.counters["passthrough"] += 1
+            return await self.passthrough(ask, verdict)
+        self.counters["agents"] += 1
+        return await self.rewrite(request, ask, verdict)
 
-    async def passthrough(ask: FrontRequest, verdict: Verdict):
+    async def passthrough(self, ask: FrontRequest, verdict: Verdict):
+        """Relay an unflagged request to the backend and its answer back (streamed or whole)."""
         headers = {"x-unlearn-path": "passthrough", "x-unlearn-reason": verdict.reason}
-        body = forwarded_body(ask.body, verdict.engine_targets, backend_guarded)
-        client = state["client"]
+        body = forwarded_body(ask.body, verdict.engine_targets, self.backend_guarded)
+        client = self.client
         url = "chat/completions" if ask.kind == "chat" else "completions"   # relative to the backend's /v1
-        lanes.enter()   # rewrites' model calls wait while this runs (lanes.py)
+        self.lanes.enter()   # rewrites' model calls wait while this runs (lanes.py)
         streaming = False
         try:
             if ask.stream:
                 upstream = await client.send(client.build_request("POST", url, json=body), stream=True)
-
-                async def relay():
-                    try:
-                        async for chunk in upstream.aiter_raw():
-                            yield chunk
-                    finally:
-                        await upstream.aclose()
-                        lanes.leave()
                 streaming = True
-                return StreamingResponse(relay(), status_code=upstream.status_code, headers=headers,
-                                         media_type=upstream.headers.get("content-type", "text/event-stream"))
+                return relayed_stream(upstream, headers, self.lanes.leave)
             upstream = await client.post(url, json=body)
         except httpx.HTTPError as exc:
-            counters["backend_errors"] += 1
-            log.error("agent front: backend %s unreachable: %s", backend, exc)
-            return error(502, f"the model server behind this front is unreachable ({type(exc).__name__})", "backend_error")
+            self.counters["backend_errors"] += 1
+            log.error("agent front: backend %s unreachable: %s", self.backend, exc)
+            return backend_unreachable(exc)
         finally:
             if not streaming:
-                lanes.leave()
-        try:
-            data = upstream.json()
-        except ValueError:
-            return Response(upstream.content, status_code=upstream.status_code, headers=headers,
-                            media_type=upstream.headers.get("content-type"))
-        if isinstance(data, dict) and upstream.status_code == 200:
-            data["unlearn"] = {"path": "passthrough", "reason": verdict.reason}
-        return JSONResponse(data, status_code=upstream.status_code, headers=headers)
+                self.lanes.leave()
+        return relayed_answer(upstream, headers, verdict.reason)
 
-    async def outcome(request: Request, future: asyncio.Future, job: Job):
-        """The rewrite's result; if the client disconnects first, its job is cancelled (no model call
-        starts after that, and a queued one never starts its graph)."""
-        watcher = asyncio.create_task(cancel_when_gone(request, job))
-        try:
-            return await future
-        except asyncio.CancelledError:
-            job.cancel()
-            raise
-        finally:
-            watcher.cancel()
+    async def rewrite(self, request, ask: FrontRequest, verdict: Verdict):
+        """Answer a flagged request with the agent graph (whole or streamed); 429 when every rewrite
+        place is taken."""
+        from fastapi.responses import JSONResponse, StreamingResponse
 
-    async def rewrite(request: Request, ask: FrontRequest, verdict: Verdict):
-        job = Job(verdict.engine_targets, turn=lanes.rewrite_turn)
-        future = slots.submit(pipeline.run, ask.prompt.messages, ask.args.targets, job)
+        job = Job(verdict.engine_targets, turn=self.lanes.rewrite_turn)
+        future = self.slots.submit(self.pipeline.run, ask.prompt.messages, ask.args.targets, job)
         if future is None:
-            counters["rewrites_busy"] += 1
-            return error(429, "the rewriter is busy; retry shortly", "rate_limit_error", {"retry-after": "1"})
-        kind, n = ask.kind, ask.n
-        rid = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-unlearn-{uuid.uuid4().hex[:24]}"
-        created = int(time.time())
-        model = ask.body.get("model")
-        model = model if isinstance(model, str) and model else model_name
+            self.counters["rewrites_busy"] += 1
+            return error_response(429, "the rewriter is busy; retry shortly", "rate_limit_error", {"retry-after": "1"})
+        reply = RewriteReply.for_request(ask, verdict.reason, self.model_name)
         headers = {"x-unlearn-path": "agents", "x-unlearn-reason": verdict.reason}
+        if ask.stream:
+            return StreamingResponse(reply.events(request, future, job), media_type="text/event-stream",
+                                     headers=headers)
+        result = await await_rewrite(request, future, job)
+        headers["x-unlearn-route"] = result.route
+        return JSONResponse(reply.completion(result), headers=headers)
 
-        def meta_of(result) -> dict:
-            return {"path": "agents", "reason": verdict.reason, **result.metadata()}
+    async def backend_healthy(self) -> bool:
+        """Whether the backend's process runs and its /health answers 200."""
+        if self.backend_alive is not None and not self.backend_alive():
+            return False
+        try:
+            upstream = await self.client.get(health_url(self.backend), timeout=BACKEND_HEALTH_TIMEOUT)
+        except httpx.HTTPError:
+            return False
+        return upstream.status_code == 200
 
-        def usage(result) -> dict:
-            return {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
-                    "total_tokens": result.prompt_tokens + result.completion_tokens}
 
-        if not ask.stream:
-            result = await outcome(request, future, job)
-            headers["x-unlearn-route"] = result.route
-            if kind == "chat":
-                choices = [{"index": i, "message": {"role": "assistant", "content": result.answer},
-                            "finish_reason": "stop"} for i in range(n)]
-            else:
-                choices = [{"index": i, "text": result.answer, "finish_reason": "stop"} for i in range(n)]
-            return JSONResponse({"id": rid, "object": "chat.completion" if kind == "chat" else "text_completion",
-                                 "created": created, "model": model, "choices": choices, "usage": usage(result),
-                                 "unlearn": meta_of(result)}, headers=headers)
-
-        def event(choices: list, extra_fields: Optional[dict] = None) -> bytes:
-            data = {"id": rid, "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
-                    "created": created, "model": model, "choices": choices, **(extra_fields or {})}
-            return f"data: {json.dumps(data)}\n\n".encode()
-
-        def piece(i: int, text: Optional[str], finish: Optional[str] = None, role: bool = False) -> dict:
-            if kind == "chat":
-                delta = {"role": "assistant"} if role else ({"content": text} if text is not None else {})
-                return {"index": i, "delta": delta, "finish_reason": finish}
-            return {"index": i, "text": text or "", "finish_reason": finish}
-
-        async def events():
-            try:
-                if kind == "chat":   # the first event at once: the graph takes seconds
-                    yield event([piece(i, None, role=True) for i in range(n)])
-                result = await outcome(request, future, job)
-                words = result.answer.split(" ")
-                for start in range(0, len(words), STREAM_CHUNK_WORDS):
-                    text = " ".join(words[start:start + STREAM_CHUNK_WORDS])
-                    text = text if start == 0 else " " + text
-                    yield event([piece(i, text) for i in range(n)])
-                yield event([piece(i, None, "stop") for i in range(n)],
-                            {"usage": usage(result), "unlearn": meta_of(result)})
-                yield b"data: [DONE]\n\n"
-            finally:   # the stream ended early (the client left): no further model call for it
-                if not future.done():
-                    job.cancel()
-
-        return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+def add_openai_routes(app, front: Front) -> None:
+    """POST /v1/chat/completions and /v1/completions (classified, then relayed or rewritten); GET
+    /v1/models (relayed)."""
+    from fastapi import Request
+    from fastapi.responses import Response
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
-        return await handle(request, "chat")
+        return await front.handle(request, "chat")
 
     @app.post("/v1/completions")
     async def completions(request: Request):
-        return await handle(request, "completions")
+        return await front.handle(request, "completions")
 
     @app.get("/v1/models")
     async def models():
         try:
-            upstream = await state["client"].get("models")
+            upstream = await front.client.get("models")
         except httpx.HTTPError as exc:
-            return error(502, f"the model server behind this front is unreachable ({type(exc).__name__})", "backend_error")
+            return backend_unreachable(exc)
         return Response(upstream.content, status_code=upstream.status_code, media_type="application/json")
 
-    async def backend_healthy() -> bool:
-        if backend_alive is not None and not backend_alive():
-            return False
-        try:
-            upstream = await state["client"].get(health_url(backend), timeout=BACKEND_HEALTH_TIMEOUT)
-        except httpx.HTTPError:
-            return False
-        return upstream.status_code == 200
+
+def add_health_route(app, front: Front) -> None:
+    """GET /health."""
+    from fastapi.responses import JSONResponse
+    from starlette.concurrency import run_in_threadpool
 
     @app.get("/health")
     async def health():
         """ok, or 503 (backend down, or degraded: the shared live targets file cannot be read); nothing
         about the targets (their number is the admin's: /admin/targets)."""
-        if not await backend_healthy():
-            counters["health_failures"] += 1
-            return error(503, "the model server behind this front is down", "backend_error")
-        await run_in_threadpool(store.refresh)
-        if store.degraded is not None:
-            counters["health_failures"] += 1
+        if not await front.backend_healthy():
+            front.counters["health_failures"] += 1
+            return error_response(503, "the model server behind this front is down", "backend_error")
+        await run_in_threadpool(front.store.refresh)
+        if front.store.degraded is not None:
+            front.counters["health_failures"] += 1
             return JSONResponse({"status": "degraded", "error": {
                 "message": "the shared live targets store cannot be read: flagged requests are refused",
                 "type": "service_unavailable", "param": None, "code": 503}}, status_code=503)
         return {"status": "ok"}
 
-    # ---------------------------------------------------------------- verdict (gateways)
+
+def add_verdict_route(app, front: Front) -> None:
+    """POST /v1/unlearn/verdict (for gateways)."""
+    from fastapi import Request
+
     @app.post("/v1/unlearn/verdict")
     async def verdict(request: Request):
         """The classifier's decision on an OpenAI request, for a gateway; admin-authenticated."""
-        if (denied := authorised(request)) is not None:
+        if (denied := front.authorised(request)) is not None:
             return denied
         raw = await read_bounded(request)
         data, rejection = boundary.parse_body(raw)
         if rejection is None:
             kind, rejection = verdict_kind(data)
         if rejection is not None:
-            return refuse(rejection)
-        ask, rejection = checked(kind, "/v1/chat/completions" if kind == "chat" else "/v1/completions", raw)
+            return front.refuse(rejection)
+        ask, rejection = front.checked(kind, "/v1/chat/completions" if kind == "chat" else "/v1/completions", raw)
         if rejection is not None:
-            return refuse(rejection)
-        result = await asyncio.get_running_loop().run_in_executor(classify_pool, classify, ask)
-        counters["verdicts_flagged" if result.flagged else "verdicts_passed"] += 1
+            return front.refuse(rejection)
+        result = await front.classified(ask)
+        front.counters["verdicts_flagged" if result.flagged else "verdicts_passed"] += 1
         if result.flagged and result.degraded:
-            return unavailable()
+            return front.unavailable()
         return {"flagged": result.flagged, "category": result.category if result.flagged else None,
                 "path": "agents" if result.flagged else "passthrough"}
 
-    # ---------------------------------------------------------------- admin
-    def authorised(request: Request) -> Optional[JSONResponse]:
-        if not admin_token:
-            return error(403, "the admin endpoint is disabled: start the server with $UNLEARN_ADMIN_TOKEN set",
-                         "permission_error")
-        given = request.headers.get("authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {admin_token}".encode()):
-            counters["admin_denied"] += 1
-            return error(401, "missing or wrong admin token (Authorization: Bearer <token>)", "authentication_error")
-        return None
+
+def add_admin_routes(app, front: Front) -> None:
+    """/admin/targets (list, add, remove live targets) and /admin/stats, with the admin token."""
+    from fastapi import Request
+    from fastapi.responses import JSONResponse
+    from starlette.concurrency import run_in_threadpool
+
+    store = front.store
 
     @app.get("/admin/targets")
     async def list_targets(request: Request):
-        if (denied := authorised(request)) is not None:
+        if (denied := front.authorised(request)) is not None:
             return denied
         await run_in_threadpool(store.refresh)
         return {"policy": store.policy_names(), "live": [t.to_json() for t in store.live_targets()],
@@ -482,44 +584,65 @@ def create_app(store: TargetStore, pipeline: Pipeline, backend: str, *, model_na
 
     @app.post("/admin/targets")
     async def add_target(request: Request):
-        if (denied := authorised(request)) is not None:
+        if (denied := front.authorised(request)) is not None:
             return denied
         data, rejection = boundary.parse_body(await read_bounded(request))
         if rejection is not None:
-            return refuse(rejection)
+            return front.refuse(rejection)
         try:
             target = parse_live_target(data)
         except ValueError as exc:
-            return error(400, str(exc))
+            return error_response(400, str(exc))
         try:
             if not await run_in_threadpool(store.add, target):
-                return error(409, f"{target.name!r} is a policy target already", "conflict")
+                return error_response(409, f"{target.name!r} is a policy target already", "conflict")
         except StoreUnavailable as exc:
-            return error(503, str(exc), "service_unavailable", {"retry-after": "5"})
+            return error_response(503, str(exc), "service_unavailable", {"retry-after": "5"})
         log.info("agent front: live target added: %s", target.name)
         return JSONResponse({"added": target.name, "live": len(store.live_targets())}, status_code=201)
 
     @app.delete("/admin/targets/{name}")
     async def remove_target(name: str, request: Request):
-        if (denied := authorised(request)) is not None:
+        if (denied := front.authorised(request)) is not None:
             return denied
         await run_in_threadpool(store.refresh)
         if name.lower() in {n.lower() for n in store.policy_names()}:
-            return error(409, f"{name!r} is compiled into the guard policy; rebuild the policy to remove it", "conflict")
+            return error_response(409, f"{name!r} is compiled into the guard policy; rebuild the policy to remove it",
+                                  "conflict")
         try:
             if not await run_in_threadpool(store.remove, name):
-                return error(404, f"no live target {name!r}", "not_found")
+                return error_response(404, f"no live target {name!r}", "not_found")
         except StoreUnavailable as exc:
-            return error(503, str(exc), "service_unavailable", {"retry-after": "5"})
+            return error_response(503, str(exc), "service_unavailable", {"retry-after": "5"})
         log.info("agent front: live target removed: %s", name)
         return {"removed": name, "live": len(store.live_targets())}
 
     @app.get("/admin/stats")
     async def stats(request: Request):
-        if (denied := authorised(request)) is not None:
+        if (denied := front.authorised(request)) is not None:
             return denied
-        return {"front": dict(counters), "agents": dict(pipeline.stats), "rewrites_admitted": slots.admitted,
-                "rewrite_wait_s": round(lanes.waited, 3),
+        return {"front": dict(front.counters), "agents": dict(front.pipeline.stats),
+                "rewrites_admitted": front.slots.admitted, "rewrite_wait_s": round(front.lanes.waited, 3),
                 "live_targets_file_errors": store.reload_errors, "live_targets_degraded": store.degraded}
 
+
+def create_app(store: TargetStore, pipeline: Pipeline, backend: str, *, model_name: str,
+               backend_guarded: bool, admin_token: Optional[str] = None, timeout: float = 600.0,
+               backend_alive: Optional[Callable[[], bool]] = None, classify_workers: int = CLASSIFY_WORKERS):
+    """`backend_alive`: whether the backend's process still runs (serve.py), checked by /health."""
+    from fastapi import FastAPI
+
+    front = Front(store=store, pipeline=pipeline, backend=backend.rstrip("/") + "/", model_name=model_name,
+                  backend_guarded=backend_guarded, admin_token=admin_token, timeout=timeout, backend_alive=backend_alive,
+                  classify_pool=ThreadPoolExecutor(classify_workers, thread_name_prefix="unlearn-classify"),
+                  slots=RewriteSlots(pipeline.cfg.max_rewrites, pipeline.cfg.rewrite_queue),
+                  lanes=Lanes(pipeline.cfg.passthrough_first), meta=store.policy.meta)
+    # no /docs, /redoc, /openapi.json: a guarded front serves its endpoints and nothing else
+    app = FastAPI(title="unlearnkit agent front", lifespan=front.lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)
+    app.state.counters = front.counters
+    add_openai_routes(app, front)
+    add_health_route(app, front)
+    add_verdict_route(app, front)
+    add_admin_routes(app, front)
     return app
