@@ -19,6 +19,7 @@ import resource
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -151,36 +152,42 @@ def _prepare_output(out: Path, work: Path, config_text: str, resume: bool, overw
     (work / LAUNCH_FILE).write_text(json.dumps({"world_size": world}))
 
 
-def run_training(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, log=print,
-                 callbacks: list | None = None) -> Path:
-    """Train as `cfg` says and return the finished run's directory; `callbacks` are extra
-    `transformers.TrainerCallback`s (e.g. to measure forgetting after every epoch)."""
-    from accelerate import PartialState
-    from transformers import AutoModelForCausalLM, TrainingArguments
+@dataclasses.dataclass
+class TrainInputs:
+    """What a run trains, resolved before anything is written: the method, the model's path and
+    tokenizer, whether LoRA starts from FILA, and the encoded (primary, retain, idk) sets."""
 
-    from .batches import PairCollator, UnlearnDataset
-    from .callbacks import EvalEverySteps, eval_summary, read_best
-    from .trainer import (AdapterOffReference, FrozenReference, MarkCompleteCheckpoints,
-                          UnlearnTrainer, freeze_unreached, last_complete_checkpoint)
+    method: Any
+    model_path: str
+    tokenizer: Any
+    fila: bool
+    primary: list
+    retain: list | None
+    idk: list | None
 
-    out = Path(cfg.output_dir)
-    work = out.with_name(out.name + ".partial")
-    config_text = dump_config(cfg)
-    started = time.time()
-    method = get_method(cfg.method.name)
-    torch.manual_seed(cfg.optim.seed)
-    # bad model or data references fail here, before anything is written
+
+@dataclasses.dataclass
+class Trained:
+    """What `trainer.train` returned, the checkpoint it resumed from, and its seconds."""
+
+    result: Any
+    checkpoint: Path | None
+    seconds: float
+
+
+def _resolve_inputs(cfg: TrainConfig, method) -> TrainInputs:
+    """The model and the data: bad references fail here, before anything is written."""
     model_path = resolve_model(cfg.model)
     tokenizer = load_tokenizer(model_path)
     check_fits_model_at(cfg, model_path)  # e.g. an RMU layer the model does not have
     fila = cfg.lora is not None and cfg.lora.init == "fila"
     primary, retain, idk = prepare_data(cfg, tokenizer, method.needs_retain or fila, method.needs_idk)
-    # under `accelerate launch`, only the main process checks and creates dirs; on a machine without CUDA
-    # the ranks must be told they are CPU processes (gloo), or each one believes it runs alone
-    state = PartialState(cpu=not torch.cuda.is_available())
-    check_shardable(cfg, len(primary), state.num_processes, _sharded_weights(state))
-    if not state.is_main_process:
-        log = lambda *_: None  # noqa: E731 - one copy of each message, from rank 0
+    return TrainInputs(method, model_path, tokenizer, fila, primary, retain, idk)
+
+
+def _claim_output(out: Path, work: Path, config_text: str, resume: bool, overwrite: bool, state) -> None:
+    """`_prepare_output` on the main process only; every rank stops with its refusal, or waits until
+    the directories exist."""
     refusal = None
     if state.is_main_process:
         try:
@@ -194,6 +201,12 @@ def run_training(cfg: TrainConfig, resume: bool = False, overwrite: bool = False
     if refusal is not None:
         raise RunError(refusal)
     state.wait_for_everyone()
+
+
+def _load_model(cfg: TrainConfig, model_path: str):
+    """The base model in fp32, with gradient checkpointing if the config asks."""
+    from transformers import AutoModelForCausalLM
+
     try:
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     except Exception as exc:  # noqa: BLE001
@@ -201,35 +214,67 @@ def run_training(cfg: TrainConfig, resume: bool = False, overwrite: bool = False
     if cfg.optim.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
+    return model
 
+
+def _add_lora(cfg: TrainConfig, model, inputs: TrainInputs, state, log):
+    """The model wrapped in LoRA adapters; with FILA, initialised from Fisher statistics of the
+    forget and retain sets."""
+    from peft import LoraConfig, get_peft_model
+
+    if inputs.fila:
+        model.to(state.device)  # the statistics pass on this rank's accelerator
+        fisher_f, fisher_r = _fila_statistics(cfg, model, inputs.primary, inputs.retain,
+                                              inputs.tokenizer.pad_token_id, log)
+    model = get_peft_model(model, LoraConfig(
+        r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+        target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM"))
+    if inputs.fila:
+        from .fila import apply_fila
+
+        log(f"FILA: initialised {apply_fila(model, fisher_f, fisher_r)} LoRA layers")
+    return model
+
+
+def _freeze_unreached(cfg: TrainConfig, model, inputs: TrainInputs, log) -> None:
+    """e.g. RMU: nothing above the steered block is trained."""
+    from .trainer import freeze_unreached
+
+    device = next(model.parameters()).device
+    probe = {k: v.to(device) for k, v in pad_batch(inputs.primary[:1], inputs.tokenizer.pad_token_id).items()}
+    frozen = freeze_unreached(model, probe, cfg.method.layer)
+    log(f"{cfg.method.name}: froze {len(frozen)} parameter tensors the forward stopped at block "
+        f"{cfg.method.layer} does not reach")
+
+
+def _build_model(cfg: TrainConfig, inputs: TrainInputs, state, log):
+    """The model to train (full, LoRA or FILA) and the method's frozen reference copy, if it needs
+    one and has no adapters to switch off (None otherwise)."""
+    from .trainer import FrozenReference
+
+    method = inputs.method
+    model = _load_model(cfg, inputs.model_path)
     reference = None
-    if method.needs_reference and not (cfg.lora is not None and not fila):
+    if method.needs_reference and not (cfg.lora is not None and not inputs.fila):
         reference = FrozenReference(copy.deepcopy(model))
     if cfg.lora is not None:
-        from peft import LoraConfig, get_peft_model
+        model = _add_lora(cfg, model, inputs, state, log)
+    if method.needs_hidden_layer:
+        _freeze_unreached(cfg, model, inputs, log)
+    return model, reference
 
-        if fila:
-            model.to(state.device)  # the statistics pass on this rank's accelerator
-            fisher_f, fisher_r = _fila_statistics(cfg, model, primary, retain, tokenizer.pad_token_id, log)
-        model = get_peft_model(model, LoraConfig(
-            r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-            target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM"))
-        if fila:
-            from .fila import apply_fila
 
-            log(f"FILA: initialised {apply_fila(model, fisher_f, fisher_r)} LoRA layers")
-    if method.needs_hidden_layer:  # e.g. RMU: nothing above the steered block is trained
-        device = next(model.parameters()).device
-        probe = {k: v.to(device) for k, v in pad_batch(primary[:1], tokenizer.pad_token_id).items()}
-        frozen = freeze_unreached(model, probe, cfg.method.layer)
-        log(f"{cfg.method.name}: froze {len(frozen)} parameter tensors the forward stopped at block "
-            f"{cfg.method.layer} does not reach")
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+def _param_counts(model) -> tuple[int, int]:
+    """(trainable, total) parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad), sum(p.numel() for p in model.parameters())
 
-    bf16 = _precision(cfg, state, log)
+
+def _training_arguments(cfg: TrainConfig, work: Path, bf16: bool):
+    """`TrainingArguments` from the config's `optim` section; checkpoints go to <work>/checkpoints."""
+    from transformers import TrainingArguments
+
     o = cfg.optim
-    args = TrainingArguments(
+    return TrainingArguments(
         output_dir=str(work / "checkpoints"),
         num_train_epochs=o.epochs, max_steps=o.max_steps, learning_rate=o.lr,
         per_device_train_batch_size=o.batch_size, gradient_accumulation_steps=o.grad_accum,
@@ -243,29 +288,58 @@ def run_training(cfg: TrainConfig, resume: bool = False, overwrite: bool = False
         dataloader_num_workers=0, disable_tqdm=False,
         ddp_find_unused_parameters=False,  # every trainable weight takes part in every forward (RMU: see above)
     )
-    if method.needs_reference and reference is None:
-        reference = AdapterOffReference(lambda m: trainer.accelerator.unwrap_model(m))
-    extra_callbacks = list(callbacks or [])
+
+
+def _extra_callbacks(cfg: TrainConfig, tokenizer, work: Path, callbacks: list | None, log) -> list:
+    """The caller's callbacks, then the periodic evaluation if the config has an `eval` section."""
+    from .callbacks import EvalEverySteps
+
+    extra = list(callbacks or [])
     if cfg.eval is not None:
-        extra_callbacks.append(EvalEverySteps(
+        extra.append(EvalEverySteps(
             cfg.eval, tokenizer, load_spec(cfg.data.train or cfg.data.forget),
             load_spec(cfg.data.retain) if cfg.data.retain else None, work, cfg.data.max_length, log))
+    return extra
+
+
+def _build_trainer(cfg: TrainConfig, inputs: TrainInputs, model, reference, args, state, work: Path,
+                   callbacks: list | None, log):
+    """The `UnlearnTrainer`: the method, its reference (the model with its adapters off, under LoRA),
+    this rank's data order, and the callbacks."""
+    from .batches import PairCollator, UnlearnDataset
+    from .trainer import AdapterOffReference, MarkCompleteCheckpoints, UnlearnTrainer
+
+    method = inputs.method
+    if method.needs_reference and reference is None:
+        reference = AdapterOffReference(lambda m: trainer.accelerator.unwrap_model(m))
+    extra_callbacks = _extra_callbacks(cfg, inputs.tokenizer, work, callbacks, log)
     trainer = UnlearnTrainer(
-        model=model, args=args, train_dataset=UnlearnDataset(primary, retain if method.needs_retain else None,
-                                                             idk, seed=o.seed + state.process_index),
-        data_collator=PairCollator(tokenizer.pad_token_id), callbacks=[MarkCompleteCheckpoints(), *extra_callbacks],
+        model=model, args=args,
+        train_dataset=UnlearnDataset(inputs.primary, inputs.retain if method.needs_retain else None, inputs.idk,
+                                     seed=cfg.optim.seed + state.process_index),
+        data_collator=PairCollator(inputs.tokenizer.pad_token_id),
+        callbacks=[MarkCompleteCheckpoints(), *extra_callbacks],
         method=method, reference=reference,
         params=method_params(cfg),
     )
+    return trainer
+
+
+def _train(trainer, work: Path, resume: bool, log) -> Trained:
+    """Train, from the last complete checkpoint when resuming."""
+    from .trainer import last_complete_checkpoint
+
     checkpoint = last_complete_checkpoint(work / "checkpoints") if resume else None
     if checkpoint is not None:
         log(f"resuming from {checkpoint}")
     train_started = time.time()
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    train_seconds = time.time() - train_started
+    return Trained(result, checkpoint, time.time() - train_started)
 
-    if not trainer.is_world_process_zero():
-        return out
+
+def _save_final(cfg: TrainConfig, trainer, tokenizer, work: Path, config_text: str) -> Path:
+    """<work>/final: the trained model (LoRA merged into the weights), its tokenizer, the config and
+    the training log."""
     final_model = trainer.accelerator.unwrap_model(trainer.model)
     if cfg.lora is not None:
         final_model = final_model.merge_and_unload()
@@ -278,28 +352,82 @@ def run_training(cfg: TrainConfig, resume: bool = False, overwrite: bool = False
     with open(final / "train_log.jsonl", "w") as fh:
         for entry in trainer.state.log_history:
             fh.write(json.dumps(entry) + "\n")
-    manifest = {
+    return final
+
+
+def _run_manifest(cfg: TrainConfig, inputs: TrainInputs, trainer, trained: Trained, params: tuple[int, int],
+                  bf16: bool, world: int, started: float) -> dict:
+    """The run's record (run.json): what was trained on what, how long, how big, on what."""
+    trainable, total = params
+    checkpoint = trained.checkpoint
+    return {
         "method": cfg.method.name, "mode": cfg.mode, "init": cfg.lora.init if cfg.lora else None,
-        "base_model": cfg.model, "resolved_model": model_path,
-        "examples": {"primary": len(primary), "retain": len(retain or []), "idk": len(idk or [])},
-        "steps": trainer.state.global_step, "train_loss": result.training_loss,
+        "base_model": cfg.model, "resolved_model": inputs.model_path,
+        "examples": {"primary": len(inputs.primary), "retain": len(inputs.retain or []), "idk": len(inputs.idk or [])},
+        "steps": trainer.state.global_step, "train_loss": trained.result.training_loss,
         "trainable_params": trainable, "total_params": total, "trainable_fraction": trainable / total,
         "precision": "bf16" if bf16 else "fp32", "device": str(trainer.args.device),
-        "train_seconds": round(train_seconds, 1), "total_seconds": round(time.time() - started, 1),
+        "train_seconds": round(trained.seconds, 1), "total_seconds": round(time.time() - started, 1),
         "peak_memory_mb": round(_peak_memory_mb(), 1), "resumed_from": str(checkpoint) if checkpoint else None,
-        "world_size": state.num_processes, "forget_set": cfg.data.train or cfg.data.forget,
+        "world_size": world, "forget_set": cfg.data.train or cfg.data.forget,
         "forget_fingerprint": records_fingerprint(load_spec(cfg.data.train or cfg.data.forget)),
     }
-    if cfg.eval is not None:
-        manifest["eval"] = eval_summary(cfg.eval, work, trainer.state.log_history)
-        if manifest["eval"]["best"]:
-            shutil.move(str(work / read_best(work)["dir"]), str(final / "best"))
+
+
+def _eval_record(cfg: TrainConfig, work: Path, final: Path, log_history: list) -> dict:
+    """The periodic evaluations' summary; the best checkpoint they kept, if any, moves to final/best."""
+    from .callbacks import eval_summary, read_best
+
+    summary = eval_summary(cfg.eval, work, log_history)
+    if summary["best"]:
+        shutil.move(str(work / read_best(work)["dir"]), str(final / "best"))
+    return summary
+
+
+def _publish(final: Path, out: Path, work: Path, manifest: dict) -> None:
+    """Model card and run.json into `final`, which then replaces `out` in one rename; `work` goes."""
     write_model_card(final, manifest, out.name)
     (final / RUN_MANIFEST).write_text(json.dumps(manifest, indent=2))
     if out.exists():
         shutil.rmtree(out)
     final.rename(out)
     shutil.rmtree(work)
+
+
+def run_training(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, log=print,
+                 callbacks: list | None = None) -> Path:
+    """Train as `cfg` says and return the finished run's directory; `callbacks` are extra
+    `transformers.TrainerCallback`s (e.g. to measure forgetting after every epoch)."""
+    from accelerate import PartialState
+
+    out = Path(cfg.output_dir)
+    work = out.with_name(out.name + ".partial")
+    config_text = dump_config(cfg)
+    started = time.time()
+    method = get_method(cfg.method.name)
+    torch.manual_seed(cfg.optim.seed)
+    inputs = _resolve_inputs(cfg, method)
+    # under `accelerate launch`, only the main process checks and creates dirs; on a machine without CUDA
+    # the ranks must be told they are CPU processes (gloo), or each one believes it runs alone
+    state = PartialState(cpu=not torch.cuda.is_available())
+    check_shardable(cfg, len(inputs.primary), state.num_processes, _sharded_weights(state))
+    if not state.is_main_process:
+        log = lambda *_: None  # noqa: E731 - one copy of each message, from rank 0
+    _claim_output(out, work, config_text, resume, overwrite, state)
+    model, reference = _build_model(cfg, inputs, state, log)
+    params = _param_counts(model)
+    bf16 = _precision(cfg, state, log)
+    args = _training_arguments(cfg, work, bf16)
+    trainer = _build_trainer(cfg, inputs, model, reference, args, state, work, callbacks, log)
+    trained = _train(trainer, work, resume, log)
+
+    if not trainer.is_world_process_zero():
+        return out
+    final = _save_final(cfg, trainer, inputs.tokenizer, work, config_text)
+    manifest = _run_manifest(cfg, inputs, trainer, trained, params, bf16, state.num_processes, started)
+    if cfg.eval is not None:
+        manifest["eval"] = _eval_record(cfg, work, final, trainer.state.log_history)
+    _publish(final, out, work, manifest)
     log(f"saved {out}")
     return out
 
