@@ -250,12 +250,8 @@ def _comparison_args(p) -> None:
     p.add_argument("--systems", help="comma-separated subset of the config's systems")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .evaluation.attacks import attack_names, attacks_help
-
-    parser = argparse.ArgumentParser(prog="unlearn", description="LLM unlearning toolkit")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _add_models_parser(sub) -> None:
+    """`unlearn models fetch | list`."""
     p = sub.add_parser("models", help="fetch and list models that build offline")
     msub = p.add_subparsers(dest="action", required=True)
     f = msub.add_parser("fetch", help="fetch, convert and verify a catalog model; prints its path")
@@ -263,6 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     msub.add_parser("list", help="catalog models and whether they are fetched")
     p.set_defaults(func=_cmd_models)
 
+
+def _add_data_parser(sub) -> None:
+    """`unlearn data synth`."""
     p = sub.add_parser("data", help="data utilities")
     dsub = p.add_subparsers(dest="action", required=True)
     s = dsub.add_parser("synth", help="write fictitious authors in TOFU's format (deterministic by seed)")
@@ -272,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     p.set_defaults(func=_cmd_data)
 
+
+def _add_train_parser(sub) -> None:
+    """`unlearn train`."""
     p = sub.add_parser("train", help="fine-tune or unlearn from a YAML config",
                        description="Example: unlearn train --config configs/train/ihl_fila.yaml optim.lr=2e-4")
     p.add_argument("--config", required=True)
@@ -282,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write to $UNLEARN_CACHE/runs/<config>-<hash>; reuse it if finished, resume if interrupted")
     p.set_defaults(func=_cmd_train)
 
+
+def _add_eval_parser(sub) -> None:
+    """`unlearn eval` (and `eval tofu-logs`)."""
     p = sub.add_parser("eval", help="TOFU / MUSE metrics of a model on a benchmark",
                        description="Examples: unlearn eval --model run:configs/finetune/tofu_mini_target.yaml "
                                    "--benchmark tofu-mini --retain-eval model:run:configs/finetune/tofu_mini_retain.yaml"
@@ -314,6 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_cmd_eval, action=None)
 
+
+def _add_guard_parser(sub) -> None:
+    """`unlearn guard build | show`."""
     p = sub.add_parser("guard", help="compile and inspect inference-time guard policies")
     gsub = p.add_subparsers(dest="action", required=True)
     b = gsub.add_parser("build", help="compile a forget set into a guard policy directory",
@@ -330,6 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_guard)
 
+
+def _add_serve_parser(sub) -> None:
+    """`unlearn serve` (with `--agents`, the agent front)."""
     p = sub.add_parser("serve", help="vLLM's OpenAI-compatible server on localhost, optionally guarded",
                        description="Example: unlearn serve --model smollm2 --guard runs/guard/forget01 --port 8000"
                                    "  (arguments after -- go to vLLM)")
@@ -353,12 +364,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("vllm_args", nargs=argparse.REMAINDER, help="-- then extra vLLM server arguments")
     p.set_defaults(func=_cmd_serve)
 
+
+def _add_compare_parser(sub) -> None:
+    """`unlearn compare`."""
     p = sub.add_parser("compare", help="build every system, measure and attack each the same way, write one report",
                        description="Example: unlearn compare --config configs/compare/tofu-mini.yaml  (cached: a "
                                    "re-run or an interrupted run resumes; key=value overrides the config)")
     _comparison_args(p)
     p.add_argument("--no-report", dest="no_report", action="store_true", help="results.json only")
     p.set_defaults(func=_cmd_compare)
+
+
+def _add_attack_parser(sub) -> None:
+    """`unlearn attack`."""
+    from .evaluation.attacks import attack_names, attacks_help
 
     p = sub.add_parser("attack", help="the attack suite alone on a comparison's systems (leak rate per category)",
                        description="Example: unlearn attack --config configs/compare/tofu-mini.yaml "
@@ -370,6 +389,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attacks", help="comma-separated attack names (default: the config's): "
                                      + ", ".join(attack_names()))
     p.set_defaults(func=_cmd_attack)
+
+
+def _add_audit_parser(sub) -> None:
+    """`unlearn audit`."""
+    from .evaluation.attacks import attack_names, attacks_help
 
     p = sub.add_parser("audit", help="the prompt attacks and neighbour probes against any OpenAI-compatible endpoint "
                                      "(black box: was a deletion request honoured?)",
@@ -393,6 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-report", dest="no_report", action="store_true", help="results.json only")
     p.set_defaults(func=_cmd_audit)
 
+
+def _add_sequential_parser(sub) -> None:
+    """`unlearn sequential`."""
     p = sub.add_parser("sequential", help="deletion requests in turn: each unlearnt from the previous checkpoint, "
                                           "measured after each (the config's `sequential:` section)",
                        description="Example: unlearn sequential --config configs/compare/tofu-mini.yaml "
@@ -402,11 +429,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-report", dest="no_report", action="store_true", help="results.json only")
     p.set_defaults(func=_cmd_sequential)
 
+
+def _add_demo_parser(sub) -> None:
+    """`unlearn demo`."""
     p = sub.add_parser("demo", help="the main job on the embedded default: compare weight-level unlearning, "
                                     "guards, agents and their stacks (configs/compare/demo.yaml)")
     p.add_argument("--config", default=None, help="comparison config (default: configs/compare/demo.yaml)")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides of the comparison config")
     p.set_defaults(func=_cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `unlearn` parser: one subcommand per job."""
+    parser = argparse.ArgumentParser(prog="unlearn", description="LLM unlearning toolkit")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_models_parser(sub)
+    _add_data_parser(sub)
+    _add_train_parser(sub)
+    _add_eval_parser(sub)
+    _add_guard_parser(sub)
+    _add_serve_parser(sub)
+    _add_compare_parser(sub)
+    _add_attack_parser(sub)
+    _add_audit_parser(sub)
+    _add_sequential_parser(sub)
+    _add_demo_parser(sub)
     return parser
 
 
