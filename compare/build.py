@@ -61,6 +61,7 @@ def guard_policy(spec: GuardSpec, model_path: str, log=print) -> tuple[str, dict
     from ..data.sources import load_spec
     from ..evaluation.harness import model_fingerprint
     from ..guard.build import build_policy
+    from ..guard.calibrate import FIT_VERSION
     from ..guard.policy import GuardConfig
     from ..models.catalog import cache_root
     from ..models.loading import load_tokenizer
@@ -70,7 +71,9 @@ def guard_policy(spec: GuardSpec, model_path: str, log=print) -> tuple[str, dict
     retain = load_spec(spec.retain) if spec.retain else None
     out = cache_root() / "guards" / json_digest({"config": to_dict(gcfg), "forget": [r.to_json() for r in forget],
                                                  "retain": [r.question for r in retain or []],
-                                                 "model": model_fingerprint(model_path)})
+                                                 "model": model_fingerprint(model_path),
+                                                 # calibrated: a policy fitted by an older fit is not reused
+                                                 **({"fit": FIT_VERSION} if gcfg.calibrated else {})})
     record = out / BUILD_RECORD
     if record.is_file():
         log(f"(cached) guard policy {out}")

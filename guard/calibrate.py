@@ -39,6 +39,7 @@ from .runtime import GuardRuntime
 from .scoring import guarded_logits
 
 STEPS = 12          # bisection steps on log(1 + s): s to within ~2% of [0, MAX_SOFT_MASK]
+FIT_VERSION = 2         # bumped when the fit changes what it picks (2: median to the reference's), for build caches
 REFERENCE_ITEMS = 400   # never-learnt items scored for the reference median (evenly spaced)
 
 
