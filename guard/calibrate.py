@@ -39,7 +39,8 @@ from .runtime import GuardRuntime
 from .scoring import guarded_logits
 
 STEPS = 12          # bisection steps on log(1 + s): s to within ~2% of [0, MAX_SOFT_MASK]
-FIT_VERSION = 2         # bumped when the fit changes what it picks (2: median to the reference's), for build caches
+FIT_VERSION = 3         # bumped when a calibrated build changes (2: median to the reference's; 3: a fixed mask keeps
+                        # the semantic penalty like a fitted one), so build caches do not reuse older policies
 REFERENCE_ITEMS = 400   # never-learnt items scored for the reference median (evenly spaced)
 
 
@@ -219,8 +220,10 @@ def calibrate_soft_mask(probe: RatioProbe, cfg: GuardConfig, progress=print,
         if reference is not None else f"median {cfg.ratio}"
     progress(f"calibrating the soft mask on {len(probe.requests)} forget items: median truth ratio "
              f"{unguarded:.3f} unguarded, {strict:.3g} strict; target: {goal}")
-    if cfg.soft_mask is not None:
-        return Fit(cfg.soft_mask, float(np.median(probe.ratios(cfg.soft_mask))), unguarded, strict, True)
+    if cfg.soft_mask is not None:   # a fixed mask, over the semantic penalty as a fitted one is (unless dropped)
+        penalty = cfg.keeps_penalty and probe.runtime.policy.config.penalty > 0
+        served = float(np.median(probe.ratios(cfg.soft_mask, penalty=penalty)))
+        return Fit(cfg.soft_mask, served, unguarded, strict, True, semantic_penalty=penalty)
     if reference is not None:
         return _fit_to_reference(probe, cfg, reference, unguarded, strict, progress)
     s, value, reached = fit_soft_mask(fast, cfg.ratio)

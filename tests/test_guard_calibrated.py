@@ -300,3 +300,22 @@ def test_scoring_floors_only_what_the_guard_withheld():
     assert out[0, 3] == -80.0 and out[0, 9] == -FLOOR and out[0, 0] == 0.0
     soft = guarded_logits([RequestGuard(TokenTrie([[9]]), soft=0.0)], logits, torch.tensor([0]), [[]])
     assert torch.equal(soft, logits)                        # mask 0: the unguarded row, exactly
+
+
+def test_a_fixed_mask_keeps_the_semantic_penalty_like_a_fitted_one():
+    """Dial points (a fixed soft_mask) and the fitted mask must mean the same thing: mask over the
+    policy's penalty unless the config drops it, and the recorded ratio is the one served."""
+    seen = []
+
+    class Probe(FakeProbe):
+        runtime = SimpleNamespace(policy=SimpleNamespace(config=GuardConfig(penalty=4.0)))
+
+        def ratios(self, s, guarded=True, penalty=False):
+            seen.append(penalty)
+            return [0.4] * 4 if not guarded else [2.0 if penalty else 1.0] * 4
+
+    kept = calibrate_soft_mask(Probe(None), GuardConfig(mode="calibrated", soft_mask=6.0), progress=lambda *_: None)
+    assert kept.semantic_penalty and kept.median_ratio == 2.0 and seen[-1] is True
+    dropped = calibrate_soft_mask(Probe(None), GuardConfig(mode="calibrated", soft_mask=6.0, calibration_penalty=False),
+                                  progress=lambda *_: None)
+    assert not dropped.semantic_penalty and dropped.median_ratio == 1.0
