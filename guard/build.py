@@ -236,7 +236,8 @@ def _fit_soft_mask(root: Path, forget: list[QA], model_path: str, tokenizer, cfg
                                  reference)
     held = None
     if held_out:
-        held = float(np.median(RatioProbe(model, tokenizer, runtime, [forget[i] for i in held_out]).ratios(result.soft_mask)))
+        probe = RatioProbe(model, tokenizer, runtime, [forget[i] for i in held_out])
+        held = float(np.median(probe.ratios(result.soft_mask, penalty=result.semantic_penalty)))   # as served
         progress(f"held-out forget items ({len(held_out)}): median truth ratio {held:.3f} at the fitted soft mask")
     return calibration_record(result, fitted, held_out, held)
 

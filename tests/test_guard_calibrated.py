@@ -319,3 +319,28 @@ def test_a_fixed_mask_keeps_the_semantic_penalty_like_a_fitted_one():
     dropped = calibrate_soft_mask(Probe(None), GuardConfig(mode="calibrated", soft_mask=6.0, calibration_penalty=False),
                                   progress=lambda *_: None)
     assert not dropped.semantic_penalty and dropped.median_ratio == 1.0
+
+
+def test_the_held_out_figure_is_measured_as_served(tmp_path, tiny_dir, guard_forget_set):
+    """A build's held-out median truth ratio comes from the guard as it will be served: the mask over
+    the semantic penalty when the policy keeps it."""
+    from unlearnkit.guard.build import build_policy
+    from unlearnkit.guard.calibrate import RatioProbe
+    from unlearnkit.guard.policy import load_policy
+    from unlearnkit.guard.runtime import GuardRuntime
+    from unlearnkit.models.loading import load_model, load_tokenizer
+
+    swap = lambda a: a.replace("Kalo Mirten", "Aldo Brenn").replace("Ines Farrow", "Mara Dune")  # noqa: E731
+    forget = [QA(r.question, r.answer, {"paraphrased_answer": r.answer, "perturbed_answer": [swap(r.answer)]})
+              for r in guard_forget_set]
+    tok = load_tokenizer(str(tiny_dir))
+    cfg = GuardConfig(fpr=0.25, penalty=6.0, mode="calibrated", soft_mask=3.0)
+    meta = build_policy(forget, tmp_path / "p", str(tiny_dir), tok, cfg, progress=lambda *_: None)
+    cal = meta["calibration"]
+    assert cal["semantic_penalty"]
+    model, _ = load_model(str(tiny_dir))
+    held = [forget[i] for i in range(len(forget)) if i not in set(cal["fitted_items"])]
+    probe = RatioProbe(model, tok, GuardRuntime(load_policy(tmp_path / "p", tok), tok), held)
+    served = float(np.median(probe.ratios(3.0, penalty=True)))
+    assert cal["held_out_median_truth_ratio"] == pytest.approx(served, rel=1e-5)
+    assert served != pytest.approx(float(np.median(probe.ratios(3.0, penalty=False))), rel=1e-3)
