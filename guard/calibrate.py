@@ -15,9 +15,10 @@ authors for a target fine-tuned on others), or without a reference `calibration_
 answer is no more likely than a false one). Needs no retain model, only counterfactual answers.
 Why the median and not the whole distribution: fitting the KS distance to the reference on 20 items
 was tried and is too noisy (distances of 0.100-0.125 there spanned forget quality 0.27-0.92 on the
-40 TOFU-mini forget items); the median of the fitted items moves smoothly with the mask. Steps as in training/fila.py: a statistics pass (median R at a given s, the
-target model teacher-forced through the guard), pure maths (bisection on s), an apply step (the
-fitted s and its figures in policy.json).
+40 TOFU-mini forget items); the median of the fitted items moves smoothly with the mask.
+Steps as in training/fila.py: a statistics pass (median R at a given s, the target model
+teacher-forced through the guard), pure maths (bisection on s), an apply step (the fitted s and
+its figures in policy.json).
 """
 
 from __future__ import annotations
@@ -221,7 +222,7 @@ def calibrate_soft_mask(probe: RatioProbe, cfg: GuardConfig, progress=print,
     progress(f"calibrating the soft mask on {len(probe.requests)} forget items: median truth ratio "
              f"{unguarded:.3f} unguarded, {strict:.3g} strict; target: {goal}")
     if cfg.soft_mask is not None:   # a fixed mask, over the semantic penalty as a fitted one is (unless dropped)
-        penalty = cfg.keeps_penalty and probe.runtime.policy.config.penalty > 0
+        penalty = _keeps_penalty(probe, cfg)
         served = float(np.median(probe.ratios(cfg.soft_mask, penalty=penalty)))
         return Fit(cfg.soft_mask, served, unguarded, strict, True, semantic_penalty=penalty)
     if reference is not None:
@@ -236,6 +237,11 @@ def calibrate_soft_mask(probe: RatioProbe, cfg: GuardConfig, progress=print,
     return Fit(s, served, unguarded, strict, True)
 
 
+def _keeps_penalty(probe: RatioProbe, cfg: GuardConfig) -> bool:
+    """Whether the mask goes over the policy's semantic penalty: unless the config drops it or there is none."""
+    return cfg.keeps_penalty and probe.runtime.policy.config.penalty > 0
+
+
 def _fit_to_reference(probe: RatioProbe, cfg: GuardConfig, reference: Sequence[float], unguarded: float,
                       strict: float, progress) -> Fit:
     """The smallest mask at which the fitted items' median truth ratio reaches the reference's (the
@@ -246,7 +252,7 @@ def _fit_to_reference(probe: RatioProbe, cfg: GuardConfig, reference: Sequence[f
     if unguarded >= goal:
         s, penalty = 0.0, False
     else:
-        penalty = cfg.keeps_penalty and probe.runtime.policy.config.penalty > 0
+        penalty = _keeps_penalty(probe, cfg)
         s, value, reached = fit_soft_mask(lambda m: float(np.median(probe.ratios_at(m, penalty))), goal)
         if not reached:
             raise PolicyError(f"mode: calibrated cannot reach the reference's median truth ratio {goal:.3f} on the "
