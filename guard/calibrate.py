@@ -40,8 +40,9 @@ from .runtime import GuardRuntime
 from .scoring import guarded_logits
 
 STEPS = 12          # bisection steps on log(1 + s): s to within ~2% of [0, MAX_SOFT_MASK]
-FIT_VERSION = 3         # bumped when a calibrated build changes (2: median to the reference's; 3: a fixed mask keeps
-                        # the semantic penalty like a fitted one), so build caches do not reuse older policies
+FIT_VERSION = 4         # bumped when a calibrated build changes (2: median to the reference's; 3: a fixed mask keeps
+                        # the semantic penalty like a fitted one; 4: names the prompt did not write stay withheld,
+                        # withheld.py), so build caches do not reuse older policies
 REFERENCE_ITEMS = 400   # never-learnt items scored for the reference median (evenly spaced)
 
 
@@ -165,6 +166,8 @@ def _split(row, guard, context, target: int) -> tuple[float, float, bool]:
     if guard is None:
         return float(torch.logsumexp(row, -1)), -math.inf, False
     index = torch.cat(guard.policy_matches(row.device, context)).unique()
+    if guard.withheld is not None:   # a name the prompt did not write stays withheld at every mask
+        index = index[~torch.isin(index, torch.cat(guard.withheld.indexes(row.device, context)))]
     index = index[index < row.shape[-1]]
     if not index.numel():
         return float(torch.logsumexp(row, -1)), -math.inf, False

@@ -23,6 +23,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -46,6 +47,7 @@ class Decision:
     targets: tuple[int, ...] = ()
     items: tuple[int, ...] = ()
     nearest: tuple[int, ...] = ()   # the top-k retrieved items, also for unflagged prompts (a forced guard uses them)
+    named: tuple[int, ...] = ()     # the targets the prompt names (the lexical test's hits)
 
 
 def _common_suffix(a: str, b: str) -> str:
@@ -156,6 +158,22 @@ class CollapsedIndex:
                 if target not in found and text.startswith(form, i):
                     found.add(target)
         return found
+
+
+def spelled_out(text: str, phrases: Sequence[str]) -> set[str]:
+    """The phrases `text` contains, read as the lexical test reads a prompt: as whole words in any
+    lexical view, or, for phrases of MIN_COLLAPSED+ letters, inside a collapsed view (forwards or
+    backwards). `PromptClassifier.named` for a few phrases, without a policy."""
+    words = ProbeIndex([(p, p) for p in phrases] + [(disguise.fold(p), p) for p in phrases])
+    found: set[str] = set()
+    for view in disguise.lexical_views(text):
+        found |= words.find(view)
+    letters = CollapsedIndex([(disguise.collapsed(disguise.fold(p)), p) for p in phrases
+                              if len(disguise.collapsed(disguise.fold(p))) >= MIN_COLLAPSED])
+    if letters:
+        for view in disguise.collapsed_views(text):
+            found |= letters.find(view)
+    return found
 
 
 def queries(whole: str, segments: list[str], max_words: int = WINDOW_WORDS) -> list[str]:
@@ -275,7 +293,8 @@ class PromptClassifier:
                 if hits:
                     names = ", ".join(self.policy.targets[t]["name"] for t in sorted(hits))
                     also = set(nearest) if score >= threshold else set()   # the same rule as unnamed prompts
-                    out[n] = Decision(True, score, f"names {names}", *self.expand(set(hits), also), nearest=nearest)
+                    out[n] = Decision(True, score, f"names {names}", *self.expand(set(hits), also), nearest=nearest,
+                                      named=tuple(sorted(hits)))
                 elif score >= threshold:
                     out[n] = Decision(True, score, f"similarity {score:.3f} >= {threshold:.3f}",
                                       *self.expand(set(), set(nearest)), nearest=nearest)

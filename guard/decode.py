@@ -18,6 +18,7 @@ import torch
 
 from .textmatch import TextMatcher
 from .trie import TokenTrie
+from .withheld import Withheld
 
 BLOCKED = float("-inf")
 
@@ -38,6 +39,7 @@ class RequestGuard:
     fallback: Optional[int] = None              # the token to force when the guard leaves no token (end of sequence)
     always_on: bool = False                     # the names check every unflagged request gets
     soft: Optional[float] = None                # calibrated mode: matched tokens lose this many logits instead of being withheld
+    withheld: Optional[Withheld] = None         # calibrated mode: the names the prompt did not write, withheld
 
     def __post_init__(self):
         if self.text is not None and self.text_state < 0:
@@ -61,6 +63,8 @@ class RequestGuard:
             self.spelled_state = self.spelled.advance_tokens(self.spelled_state, tokens)
         if self.extra is not None:
             self.extra_state = self.extra.advance_tokens(self.extra_state, tokens)
+        if self.withheld is not None:
+            self.withheld.advance(tokens)
 
     def prime(self, context: Sequence[int]) -> None:
         """Read the end of the prompt before any output (not counted as consumed output): a
@@ -111,11 +115,15 @@ class RequestGuard:
             blocked = False
             _discourage(row, policy, self.soft, width)
         # withheld: the request's own targets in either mode, a name spelled letter by letter in strict mode
-        # (the spelled matcher also matches the plain name; calibrated mode lowers it with the other phrases)
+        # (the spelled matcher also matches the plain name; calibrated mode lowers it with the other phrases
+        # and withholds, through `withheld`, the names its prompt did not write)
         withheld = [(self.extra, self.extra_state)] + ([(self.spelled, self.spelled_state)] if self.soft is None else [])
         for matcher, at in withheld:
             if matcher is not None:
                 blocked |= _block(row, matcher.blocked_index(_state(matcher, at, extra), row.device), width)
+        if self.withheld is not None:
+            for index in self.withheld.indexes(row.device, extra):
+                blocked |= _block(row, index, width)
         if blocked and self.fallback is not None and self.fallback < width and float(row.max()) == BLOCKED:
             # every token the request may still sample (its grammar, allowed_token_ids) is withheld:
             # end the response rather than hand the sampler a row with nothing to sample

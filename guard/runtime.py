@@ -28,13 +28,14 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from .classifier import Decision, PromptClassifier, UserTurn
+from .classifier import Decision, PromptClassifier, UserTurn, spelled_out
 from .decode import RequestGuard
 from .penalty import dense_penalty
 from .policy import Policy, load_policy, read_meta
 from .textmatch import TextMatcher, TokenTexts, normalise
 from .trie import TokenTrie, token_sequences
-from .union import MatcherUnion, TrieUnion
+from .union import MatcherDifference, MatcherUnion, TrieDifference, TrieUnion
+from .withheld import Withheld, exempt_phrases
 
 log = logging.getLogger("unlearnkit.guard")
 
@@ -174,9 +175,11 @@ class GuardRuntime:
         self.refusal = list(refusal) + ([eos] if eos is not None else [])
         self.eos = eos
         self.token_texts = TokenTexts(tokenizer)
+        self.spelled_texts = self.token_texts.spelled()
         self._matchers: OrderedDict = OrderedDict()
         self._tries: OrderedDict = OrderedDict()
         self._penalties: OrderedDict = OrderedDict()
+        self._exempt: OrderedDict = OrderedDict()
         self.cache_size = cache_size
         self.stats = {"requests": 0, "flagged": 0, "failed": 0}
         self.soft_mask = policy.soft_mask   # calibrated mode (calibrate.py): matched tokens lowered, not withheld
@@ -185,6 +188,7 @@ class GuardRuntime:
         self.name_probes = self._name_probes()
         self.name_sequences = token_sequences(tokenizer, self.name_probes)
         self.names = self._names_check()
+        self.check_phrases = frozenset(self.name_probes) | frozenset(self._full_names())   # what the names check matches
 
     def _distinct_targets(self) -> list[dict]:
         """Targets with a distinctive word. One whose only probe is its name (e.g. "African American":
@@ -203,10 +207,36 @@ class GuardRuntime:
         one by chance). None for a policy without targets (e.g. a set of news facts)."""
         if not self.name_probes:
             return None
-        full = [t["name"] for t in self._distinct_targets()
-                if len(normalise(t["name"]).replace(" ", "")) >= SPELLED_MIN]
-        spelled = TextMatcher(full, self.token_texts.spelled(), spelled=True) if full else None
+        full = self._full_names()
+        spelled = TextMatcher(full, self.spelled_texts, spelled=True) if full else None
         return TokenTrie(self.name_sequences), TextMatcher(self.name_probes, self.token_texts), spelled
+
+    def _full_names(self) -> list[str]:
+        """The names the names check also matches spelled out letter by letter."""
+        return [t["name"] for t in self._distinct_targets() if len(normalise(t["name"]).replace(" ", "")) >= SPELLED_MIN]
+
+    def _withheld(self, whole: str, targets: Sequence[int]) -> Optional[Withheld]:
+        """Calibrated mode: the names check over one request, less the phrases of `targets` that its
+        prompt (`whole`) spells out itself (withheld.py). None for a policy without names."""
+        if self.names is None:
+            return None
+        own = [p for t in targets for p in [*self.policy.targets[t].get("probes", []), self.policy.targets[t]["name"]]]
+        written = spelled_out(whole, [p for p in dict.fromkeys(own) if p in self.check_phrases])
+        exempt = exempt_phrases(written, self.check_phrases) if written else ()
+        if not exempt:
+            return Withheld(*self.names)
+        return Withheld(*self._cached(self._exempt, exempt, lambda: self._names_less(exempt)))
+
+    def _names_less(self, exempt: tuple[str, ...]) -> tuple:
+        """The names check's structures less the `exempt` phrases (set differences, union.py)."""
+        probes = [p for p in exempt if p in self.name_probes]
+        full = [p for p in exempt if p in set(self._full_names())]
+        trie = TrieDifference(self.names[0], TokenTrie(token_sequences(self.tokenizer, probes)))
+        text = MatcherDifference(self.names[1], TextMatcher(probes, self.token_texts))
+        spelled = self.names[2]
+        if spelled is not None and full:
+            spelled = MatcherDifference(spelled, TextMatcher(full, self.spelled_texts, spelled=True))
+        return trie, text, spelled
 
     def warm_up(self, max_targets: int = 64) -> None:
         """Load the classifier's embedder and build each target's trie now (the usual flagged request
@@ -304,9 +334,11 @@ class GuardRuntime:
         return self._cached(self._penalties, (targets, scale), lambda: dense_penalty(
             self.vocab_size, [self.policy.penalties[t] for t in targets], scale))
 
-    def guard_for(self, decision: Decision, args: RequestArgs, temperature: float = 1.0) -> Optional[RequestGuard]:
+    def guard_for(self, decision: Decision, args: RequestArgs, temperature: float = 1.0,
+                  prompt: Sequence[int] = ()) -> Optional[RequestGuard]:
         """A flagged (or tightened) request's full guard; else the always-on names check (or None
-        when the policy has no targets)."""
+        when the policy has no targets). `prompt`: its token ids (in calibrated mode, the names
+        they write are lowered rather than withheld)."""
         if not (decision.flagged or args.force or args.targets):
             if self.names is None:
                 return None
@@ -321,9 +353,11 @@ class GuardRuntime:
         # penalty (unlearn_penalty: tightening) always gets it.
         wants_penalty = self.soft_mask is None or self.calibrated_penalty or args.penalty is not None
         penalty = self._penalty(targets, args.penalty, temperature) if wants_penalty else None
+        withheld = (self._withheld(self.tokenizer.decode(list(prompt), skip_special_tokens=False), targets)
+                    if self.soft_mask is not None else None)
         return RequestGuard(self._trie(items, targets, args.targets), penalty=penalty,
                             text=self._matcher(items, targets), spelled=self.names[2] if self.names else None,
-                            extra=extra, fallback=self.eos, soft=self.soft_mask)
+                            extra=extra, fallback=self.eos, soft=self.soft_mask, withheld=withheld)
 
     def decide(self, prompts: list[Sequence[int]], args: list[RequestArgs]) -> list[Decision]:
         """Classify a batch; requests that share a threshold/top_k are embedded together."""
@@ -357,7 +391,7 @@ class GuardRuntime:
             decisions = self.decide(prompts, [a or RequestArgs() for a in args])
         except Exception:  # retry one by one, so one bad request does not refuse its neighbours
             decisions = [self._decide_one(p, a or RequestArgs()) for p, a in zip(prompts, args)]
-        out = [self._guard_or_refuse(d, a, t) for d, a, t in zip(decisions, args, temperatures)]
+        out = [self._guard_or_refuse(d, a, t, p) for d, a, t, p in zip(decisions, args, temperatures, prompts)]
         for guard, prompt in zip(out, prompts):
             if guard is not None and guard.forced is None and prompt:
                 guard.prime(list(prompt)[-PRIME_TOKENS:])
@@ -365,12 +399,12 @@ class GuardRuntime:
         return out
 
     def _guard_or_refuse(self, decision: Optional[Decision], args: Optional[RequestArgs],
-                         temperature: float = 1.0) -> Optional[RequestGuard]:
+                         temperature: float = 1.0, prompt: Optional[Sequence[int]] = None) -> Optional[RequestGuard]:
         """The request's guard; a forced refusal when it could not be classified, its arguments are
         invalid, or building its guard fails (fail closed, logged)."""
         if decision is not None and args is not None:
             try:
-                return self.guard_for(decision, args, temperature)
+                return self.guard_for(decision, args, temperature, prompt or ())
             except Exception:
                 log.exception("unlearning guard: building a request's guard failed; refusing it (fail closed)")
         elif args is None:

@@ -9,6 +9,9 @@ unions below keep the shared part built once and combine the states instead. Wha
 exactly what the merged structure blocks: a token completes a phrase of the union of two sets iff
 it completes a phrase of one of them, and each set's live matches do not depend on the other's.
 
+`TrieDifference` and `MatcherDifference` pair the two the same way but block what the first blocks
+and the second does not: the names check less the names a request wrote itself (withheld.py).
+
 `TrieUnion` has TokenTrie's decode-time interface (a live state is a frozenset of node ids: the
 second trie's shifted by OFFSET); `MatcherUnion` has TextMatcher's (a state is one int, the pair of
 states packed). Both cache the blocked-token index per state, as the single structures do.
@@ -56,6 +59,14 @@ class TrieUnion:
         return out
 
 
+class TrieDifference(TrieUnion):
+    """Tokens completing a sequence of the first trie and none of the second."""
+
+    def blocked(self, live: frozenset) -> frozenset:
+        a, b = self._split(live)
+        return self.first.blocked(a) - self.second.blocked(b)
+
+
 class MatcherUnion:
     def __init__(self, first: TextMatcher, second: TextMatcher):
         if first.texts is not second.texts:
@@ -94,3 +105,11 @@ class MatcherUnion:
                 self._index.clear()
             out = self._index[key] = torch.tensor(sorted(self.blocked(state)), dtype=torch.long, device=device)
         return out
+
+
+class MatcherDifference(MatcherUnion):
+    """Tokens completing a phrase of the first matcher and none of the second."""
+
+    def blocked(self, state: int) -> frozenset[int]:
+        a, b = divmod(state, self.size)
+        return self.first.blocked(a) - self.second.blocked(b)

@@ -344,3 +344,74 @@ def test_the_held_out_figure_is_measured_as_served(tmp_path, tiny_dir, guard_for
     served = float(np.median(probe.ratios(3.0, penalty=True)))
     assert cal["held_out_median_truth_ratio"] == pytest.approx(served, rel=1e-5)
     assert served != pytest.approx(float(np.median(probe.ratios(3.0, penalty=False))), rel=1e-3)
+
+
+def _fates(guard, tok, text: str) -> list[float]:
+    """What the guard leaves of each token of `text` in turn (0 untouched, -s lowered, -inf withheld)."""
+    out = []
+    for t in tok(text, add_special_tokens=False)["input_ids"]:
+        row = torch.zeros(len(tok))
+        guard.apply_row(row)
+        out.append(float(row[t]))
+        guard.feed([t])
+    return out
+
+
+def _chat_ids(tok, content: str) -> list[int]:
+    text = tok.apply_chat_template([{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+@pytest.mark.parametrize("written", ["Who is the author Kalo Mirten?", "Who is the author K a l o  M i r t e n?",
+                                     "Who is the author Каlo Mіrten?"])
+def test_calibrated_mode_lowers_a_name_the_prompt_wrote_and_withholds_the_others(tiny_policy, tiny_dir, written):
+    """A never-learnt model can repeat the name it was asked about (in any disguise the classifier
+    reads), but cannot produce another target's name, nor one it was not given."""
+    from unlearnkit.guard.policy import load_policy
+    from unlearnkit.guard.runtime import GuardRuntime, RequestArgs
+    from unlearnkit.models.loading import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_dir))
+    runtime = GuardRuntime(load_policy(tiny_policy, tok), tok)
+    runtime.soft_mask = 3.0
+    ids = _chat_ids(tok, written)
+    decision = runtime.decide([ids], [RequestArgs()])[0]
+    assert decision.flagged and decision.named
+    kalo = _fates(runtime.guards([(ids, None)])[0], tok, " Kalo Mirten")
+    assert -3.0 in kalo and not any(math.isinf(v) for v in kalo)
+    ines = _fates(runtime.guards([(ids, None)])[0], tok, " Ines Farrow")
+    assert any(math.isinf(v) for v in ines)
+    runtime.soft_mask = None                                   # strict: both withheld
+    assert any(math.isinf(v) for v in _fates(runtime.guards([(ids, None)])[0], tok, " Kalo Mirten"))
+
+
+def test_calibrated_mode_withholds_the_name_of_a_target_asked_about_without_it(tiny_policy, tiny_dir):
+    from unlearnkit.guard.classifier import Decision
+    from unlearnkit.guard.policy import load_policy
+    from unlearnkit.guard.runtime import GuardRuntime, RequestArgs
+    from unlearnkit.models.loading import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_dir))
+    runtime = GuardRuntime(load_policy(tiny_policy, tok), tok)
+    runtime.soft_mask = 3.0
+    ids = _chat_ids(tok, "Who is the Dutch poet born in 1961 in Utrecht?")
+    kalo = [t for t, target in enumerate(runtime.policy.targets) if target["name"] == "Kalo Mirten"]
+    targets, items = runtime.classifier.expand(set(kalo), set())
+    guard = runtime.guard_for(Decision(True, 0.9, "similarity", targets, items), RequestArgs(), prompt=ids)
+    guard.prime(ids[-32:])
+    fates = _fates(guard, tok, " Kalo Mirten")
+    assert any(math.isinf(v) for v in fates)
+    facts = _fates(runtime.guard_for(Decision(True, 0.9, "similarity", targets, items), RequestArgs(), prompt=ids),
+                   tok, " Utrecht")
+    assert -3.0 in facts and not any(math.isinf(v) for v in facts)      # a fact is lowered, not withheld
+
+
+def test_an_exempt_phrase_that_ends_another_name_stays_withheld():
+    from unlearnkit.guard.withheld import exempt_phrases
+
+    check = ["Basil Mahfouz Al-Kuwaiti", "Al-Kuwaiti", "Basil", "Nikolai Abilov"]
+    assert exempt_phrases(["Al-Kuwaiti"], check) == ()                     # "...Al-Kuwaiti" ends with it
+    assert exempt_phrases(["Basil", "Basil Mahfouz Al-Kuwaiti", "Al-Kuwaiti"], check) == (
+        "Al-Kuwaiti", "Basil", "Basil Mahfouz Al-Kuwaiti")
+    assert exempt_phrases(["Nikolai Abilov"], check) == ("Nikolai Abilov",)
+    assert exempt_phrases(["al kuwaiti"], ["Basil Mahfouz Al-Kuwaiti", "al kuwaiti"]) == ()

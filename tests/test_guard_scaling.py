@@ -185,3 +185,25 @@ def test_warm_up_loads_the_embedder_before_any_request(runtime, monkeypatch):
     assert loads == ["cpu"]
     runtime.decide([[5, 17, 42]], [RequestArgs()])
     assert loads == ["cpu"]   # the request found it loaded
+
+
+def test_differences_block_what_a_structure_without_the_exempt_phrases_blocks(tiny_dir):
+    from unlearnkit.guard.trie import token_sequences
+    from unlearnkit.guard.union import MatcherDifference, TrieDifference
+    from unlearnkit.models.loading import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_dir))
+    texts = TokenTexts(tok)
+    every, exempt = ["Kalo Mirten", "Ines Farrow", "Utrecht"], ["Ines Farrow"]
+    rest = [p for p in every if p not in exempt]
+    trie = TrieDifference(TokenTrie(token_sequences(tok, every)), TokenTrie(token_sequences(tok, exempt)))
+    plain_trie = TokenTrie(token_sequences(tok, rest))
+    matcher = MatcherDifference(TextMatcher(every, texts), TextMatcher(exempt, texts))
+    plain = TextMatcher(rest, texts)
+    for text in (" Kalo Mirten lives in Utrecht", " Ines Farrow", " Ines Farrow and Kalo Mirten"):
+        live, plain_live, state, plain_state = frozenset(), frozenset(), matcher.start, plain.start
+        for t in tok(text, add_special_tokens=False)["input_ids"]:
+            assert trie.blocked(live) == plain_trie.blocked(plain_live)
+            assert matcher.blocked(state) == plain.blocked(plain_state)
+            live, plain_live = trie.advance(live, t), plain_trie.advance(plain_live, t)
+            state, plain_state = matcher.advance_tokens(state, [t]), plain.advance_tokens(plain_state, [t])
