@@ -216,16 +216,27 @@ class GuardRuntime:
         return [t["name"] for t in self._distinct_targets() if len(normalise(t["name"]).replace(" ", "")) >= SPELLED_MIN]
 
     def _withheld(self, whole: str, targets: Sequence[int]) -> Optional[Withheld]:
-        """Calibrated mode: the names check over one request, less the phrases of `targets` that its
-        prompt (`whole`) spells out itself (withheld.py). None for a policy without names."""
+        """Calibrated mode: the names check over one request, less what it may lower instead of
+        withholding (withheld.py): the phrases of `targets` its prompt (`whole`) spells out itself,
+        and every name of a target that shares a forget item with a target the prompt names (facts
+        about the subject asked about). None for a policy without names."""
         if self.names is None:
             return None
-        own = [p for t in targets for p in [*self.policy.targets[t].get("probes", []), self.policy.targets[t]["name"]]]
-        written = spelled_out(whole, [p for p in dict.fromkeys(own) if p in self.check_phrases])
-        exempt = exempt_phrases(written, self.check_phrases) if written else ()
+        phrases = {t: self._check_phrases_of(t) for t in targets}
+        written = spelled_out(whole, [p for ps in phrases.values() for p in ps])
+        named = {t for t, ps in phrases.items() if written.intersection(ps)}
+        related = {t for i in self.classifier.expand(set(named), set())[1] for t in self.classifier.item_targets[i]} - named
+        allowed = written.union(*(self._check_phrases_of(t) for t in related))
+        exempt = exempt_phrases(allowed, self.check_phrases) if allowed else ()
         if not exempt:
             return Withheld(*self.names)
         return Withheld(*self._cached(self._exempt, exempt, lambda: self._names_less(exempt)))
+
+    def _check_phrases_of(self, target: int) -> list[str]:
+        """The phrases of one target that the names check matches (none for a target without a
+        distinctive word)."""
+        t = self.policy.targets[target]
+        return [p for p in dict.fromkeys([*t.get("probes", []), t["name"]]) if p in self.check_phrases]
 
     def _names_less(self, exempt: tuple[str, ...]) -> tuple:
         """The names check's structures less the `exempt` phrases (set differences, union.py)."""

@@ -6,9 +6,15 @@ learnt an author can repeat the name a client wrote, but cannot produce it unpro
 the client did not give is a disclosure however it is reached ("Who is the author born in Kuwait
 City on 08/09/1956?", a name asked for in disguise, by its first word, or read off a log-probability
 field). A calibrated request therefore keeps strict mode's names check (every distinctive target's
-name and distinctive parts, the full names spelled out letter by letter) withheld, except the
-phrases its own prompt spells out (read through the classifier's lexical views,
-`classifier.spelled_out`), which are only lowered with the other phrases.
+name and distinctive parts, the full names spelled out letter by letter) withheld, except
+- the phrases its own prompt spells out (read through the classifier's lexical views,
+  `classifier.spelled_out`): a never-learnt model echoes them;
+- every name of a target that shares a forget item with a target the prompt names (a book title
+  in an answer about its author): facts about the subject asked about, which calibrated mode
+  imitates ignorance of like any other fact. Withholding them too put a strict residue in every
+  such answer (TOFU-mini: IHL+FILA's calibrated forget quality fell from 0.92 to 0.40 with
+  "Le Petit Sultan" withheld in two answers about its author).
+Those are lowered with the other phrases.
 
 With exemptions each structure of the check is a difference (union.py): a token is withheld iff it
 completes a phrase of the check and no exempt phrase. That is what a check built without the
@@ -24,14 +30,14 @@ from typing import Any, Iterable, Optional, Sequence
 from .disguise import collapsed, fold
 
 
-def exempt_phrases(written: Iterable[str], check: Iterable[str]) -> tuple[str, ...]:
-    """The phrases of `written` (names-check phrases the prompt spells out) that may be lowered
-    rather than withheld: those that no other phrase of `check` ends with (compared on their
-    letters and digits: "Al-Kuwaiti" ends "Basil Mahfouz Al-Kuwaiti")."""
-    written = sorted(set(written))
-    mine = {collapsed(fold(p)) for p in written}
+def exempt_phrases(allowed: Iterable[str], check: Iterable[str]) -> tuple[str, ...]:
+    """The phrases of `allowed` (names-check phrases a request may have lowered) that are lowered:
+    those that no other phrase of `check` ends with (compared on their letters and digits: "Al-Kuwaiti"
+    ends "Basil Mahfouz Al-Kuwaiti")."""
+    allowed = sorted(set(allowed))
+    mine = {collapsed(fold(p)) for p in allowed}
     others = [c for c in {collapsed(fold(p)) for p in check} if c not in mine]
-    return tuple(p for p in written if not any(o.endswith(collapsed(fold(p))) for o in others))
+    return tuple(p for p in allowed if not any(o.endswith(collapsed(fold(p))) for o in others))
 
 
 @dataclass
