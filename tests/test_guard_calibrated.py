@@ -415,3 +415,27 @@ def test_an_exempt_phrase_that_ends_another_name_stays_withheld():
         "Al-Kuwaiti", "Basil", "Basil Mahfouz Al-Kuwaiti")
     assert exempt_phrases(["Nikolai Abilov"], check) == ("Nikolai Abilov",)
     assert exempt_phrases(["al kuwaiti"], ["Basil Mahfouz Al-Kuwaiti", "al kuwaiti"]) == ()
+
+
+def test_calibrated_mode_lowers_the_names_of_targets_that_share_an_item_with_the_one_named(tiny_policy, tiny_dir):
+    """A book title in an answer about its author is a fact about the subject asked about: lowered
+    like the other facts, not withheld (withheld.py). Here Ines Farrow is made to share an item."""
+    from unlearnkit.guard.policy import load_policy
+    from unlearnkit.guard.runtime import GuardRuntime
+    from unlearnkit.models.loading import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_dir))
+    runtime = GuardRuntime(load_policy(tiny_policy, tok), tok)
+    runtime.soft_mask = 3.0
+    names = [t["name"] for t in runtime.policy.targets]
+    kalo, ines = names.index("Kalo Mirten"), names.index("Ines Farrow")
+    ids = _chat_ids(tok, "Who is the author Kalo Mirten?")
+    assert any(math.isinf(v) for v in _fates(runtime.guards([(ids, None)])[0], tok, " Ines Farrow"))
+    shared = runtime.classifier.target_items[kalo][0]
+    runtime.classifier.item_targets[shared] = (kalo, ines)
+    runtime.classifier.target_items[ines] = runtime.classifier.target_items[ines] + (shared,)
+    fates = _fates(runtime.guards([(ids, None)])[0], tok, " Ines Farrow")
+    assert -3.0 in fates and not any(math.isinf(v) for v in fates)
+    unnamed = _chat_ids(tok, "Who is the Dutch poet born in 1961 in Utrecht?")   # names no target: nothing related
+    guard = runtime.guards([(unnamed, {"unlearn_guard": True})])[0]
+    assert any(math.isinf(v) for v in _fates(guard, tok, " Ines Farrow"))
