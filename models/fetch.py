@@ -19,6 +19,7 @@ from pathlib import Path
 from ..errors import FetchError  # noqa: F401 - re-exported
 from ..files import sha256_file  # noqa: F401 - re-exported (tests use fetch.sha256_file)
 from .catalog import CATALOG, PackagedModel, model_dir
+from .checkpoint import generate_answers, load_checkpoint
 
 MANIFEST = "unlearnkit_manifest.json"
 
@@ -122,9 +123,7 @@ def _convert(spec: PackagedModel, gguf: Path, out: Path) -> None:
 
 def probe(spec: PackagedModel, path: Path) -> str:
     """Greedy answer to the probe question; raises if it lacks the expected fact."""
-    from .loading import generate_answers, load_model   # loading fetches catalog models: imported here
-
-    model, tokenizer = load_model(str(path))
+    model, tokenizer = load_checkpoint(str(path))
     answer = generate_answers(model, tokenizer, [spec.probe_prompt], max_new_tokens=30)[0]
     if spec.probe_expect.lower() not in answer.lower():
         raise FetchError(f"probe generation failed: {spec.probe_prompt!r} -> {answer!r} (expected {spec.probe_expect!r})")

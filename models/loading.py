@@ -1,13 +1,13 @@
-"""Resolve `--model` (catalog name, local checkpoint, or hub id) and load it."""
+"""Resolve `--model` (catalog name, local checkpoint, or hub id) and load it (checkpoint.py)."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-from ..data.formatting import prompt_text
 from ..errors import ModelError  # noqa: F401 - re-exported
 from .catalog import CATALOG, model_dir
+from .checkpoint import generate_answers, greedy_generate, load_checkpoint, load_tokenizer  # noqa: F401 - re-exported
 from .fetch import fetch, is_fetched
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -44,66 +44,6 @@ def resolve_model(ref: str, fetch_missing: bool = True) -> str:
     )
 
 
-def load_tokenizer(path: str):
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if tokenizer.chat_template is None:
-        raise ModelError(f"{path}: the tokenizer has no chat template")
-    return tokenizer
-
-
 def load_model(ref: str, dtype=None, device: str | None = None):
-    """(model, tokenizer) in eval mode; float32 on CPU unless `dtype` says otherwise."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    path = resolve_model(ref)
-    try:
-        tokenizer = load_tokenizer(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
-    except ModelError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - hub/IO errors of many types become one message
-        raise ModelError(f"could not load model {ref!r} from {path!r}: {type(exc).__name__}: {exc}") from None
-    if device:
-        model.to(device)
-    model.eval()
-    return model, tokenizer
-
-
-def greedy_generate(model, tokenizer, prompts: list[list[int]], max_tokens: list[int], batch_size: int = 16,
-                    progress=None) -> list[str]:
-    """Batched greedy decoding of token-id prompts with left padding (the transformers engine)."""
-    import torch
-
-    order = sorted(range(len(prompts)), key=lambda i: (max_tokens[i], len(prompts[i])))
-    texts: list[str] = [""] * len(prompts)
-    pad = tokenizer.pad_token_id
-    device = next(model.parameters()).device
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        width = max(len(prompts[i]) for i in idx)
-        ids = torch.full((len(idx), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for r, i in enumerate(idx):
-            ids[r, width - len(prompts[i]):] = torch.tensor(list(prompts[i]))
-            mask[r, width - len(prompts[i]):] = 1
-        with torch.inference_mode():
-            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
-                                 max_new_tokens=max(max_tokens[i] for i in idx), pad_token_id=pad)
-        for r, i in enumerate(idx):
-            texts[i] = tokenizer.decode(out[r, width:width + max_tokens[i]], skip_special_tokens=True)
-        if progress is not None:
-            progress(len(idx))
-    return texts
-
-
-def generate_answers(model, tokenizer, questions: list[str], max_new_tokens: int = 48,
-                     batch_size: int = 16) -> list[str]:
-    """Greedy chat answers (demos and probes; evaluation generates through evaluation/generation.py)."""
-    prompts = [tokenizer(prompt_text(tokenizer, q), add_special_tokens=False)["input_ids"] for q in questions]
-    texts = greedy_generate(model, tokenizer, prompts, [max_new_tokens] * len(prompts), batch_size)
-    return [t.strip() for t in texts]
+    """(model, tokenizer) of a model reference, in eval mode; float32 on CPU unless `dtype` says otherwise."""
+    return load_checkpoint(resolve_model(ref), dtype, device, ref)
