@@ -40,9 +40,10 @@ from .runtime import GuardRuntime
 from .scoring import guarded_logits
 
 STEPS = 12          # bisection steps on log(1 + s): s to within ~2% of [0, MAX_SOFT_MASK]
-FIT_VERSION = 5         # bumped when a calibrated build changes (2: median to the reference's; 3: a fixed mask keeps
+FIT_VERSION = 6         # bumped when a calibrated build changes (2: median to the reference's; 3: a fixed mask keeps
                         # the semantic penalty like a fitted one; 4: names the prompt did not write stay withheld,
-                        # withheld.py; 5: names of targets sharing an item with a named one lowered), so build caches do
+                        # withheld.py; 5: names of targets sharing an item with a named one lowered; 6: only those with at most
+                        # half its items, and names running on past an exempt one withheld), so build caches do
                         # not reuse older policies
 REFERENCE_ITEMS = 400   # never-learnt items scored for the reference median (evenly spaced)
 

@@ -35,7 +35,7 @@ from .policy import Policy, load_policy, read_meta
 from .textmatch import TextMatcher, TokenTexts, normalise
 from .trie import TokenTrie, token_sequences
 from .union import MatcherDifference, MatcherUnion, TrieDifference, TrieUnion
-from .withheld import Withheld, exempt_phrases
+from .withheld import CheckPhrases, Withheld
 
 log = logging.getLogger("unlearnkit.guard")
 
@@ -188,7 +188,7 @@ class GuardRuntime:
         self.name_probes = self._name_probes()
         self.name_sequences = token_sequences(tokenizer, self.name_probes)
         self.names = self._names_check()
-        self.check_phrases = frozenset(self.name_probes) | frozenset(self._full_names())   # what the names check matches
+        self.check_phrases = CheckPhrases([*self.name_probes, *self._full_names()])   # what the names check matches
 
     def _distinct_targets(self) -> list[dict]:
         """Targets with a distinctive word. One whose only probe is its name (e.g. "African American":
@@ -215,22 +215,28 @@ class GuardRuntime:
         """The names the names check also matches spelled out letter by letter."""
         return [t["name"] for t in self._distinct_targets() if len(normalise(t["name"]).replace(" ", "")) >= SPELLED_MIN]
 
-    def _withheld(self, whole: str, targets: Sequence[int]) -> Optional[Withheld]:
+    def _withheld(self, whole: str, targets: Sequence[int], named: Sequence[int]) -> Optional[Withheld]:
         """Calibrated mode: the names check over one request, less what it may lower instead of
         withholding (withheld.py): the phrases of `targets` its prompt (`whole`) spells out itself,
-        and every name of a target that shares a forget item with a target the prompt names (facts
-        about the subject asked about). None for a policy without names."""
+        and every name of a target with at most half as many forget items that shares one with a
+        target the prompt names (`named`, the classifier's lexical hits, of which it wrote a phrase):
+        facts about the subject asked about. None for a policy without names."""
         if self.names is None:
             return None
         phrases = {t: self._check_phrases_of(t) for t in targets}
         written = spelled_out(whole, [p for ps in phrases.values() for p in ps])
-        named = {t for t, ps in phrases.items() if written.intersection(ps)}
-        related = {t for i in self.classifier.expand(set(named), set())[1] for t in self.classifier.item_targets[i]} - named
-        allowed = written.union(*(self._check_phrases_of(t) for t in related))
-        exempt = exempt_phrases(allowed, self.check_phrases) if allowed else ()
-        if not exempt:
-            return Withheld(*self.names)
-        return Withheld(*self._cached(self._exempt, exempt, lambda: self._names_less(exempt)))
+        named = {t for t in named if written.intersection(phrases.get(t, ()))}
+        allowed = written.union(*(self._check_phrases_of(t) for t in self._details_of(named)))
+        if not allowed:
+            return Withheld(self.names[0], list(self.names[1:]))
+        return self._cached(self._exempt, tuple(sorted(allowed)), lambda: self._names_less(allowed)).fresh()
+
+    def _details_of(self, named: set[int]) -> set[int]:
+        """Targets that share a forget item with a named one and have at most half as many items (a
+        book title beside its author; not the author beside the book, nor another author)."""
+        items = self.classifier.target_items
+        return {t for n in named for i in items[n] for t in self.classifier.item_targets[i]
+                if t not in named and 2 * len(items[t]) <= len(items[n])}
 
     def _check_phrases_of(self, target: int) -> list[str]:
         """The phrases of one target that the names check matches (none for a target without a
@@ -238,16 +244,24 @@ class GuardRuntime:
         t = self.policy.targets[target]
         return [p for p in dict.fromkeys([*t.get("probes", []), t["name"]]) if p in self.check_phrases]
 
-    def _names_less(self, exempt: tuple[str, ...]) -> tuple:
-        """The names check's structures less the `exempt` phrases (set differences, union.py)."""
-        probes = [p for p in exempt if p in self.name_probes]
+    def _names_less(self, allowed: set[str]) -> Withheld:
+        """The names check's structures less the exempt phrases of `allowed` (set differences,
+        union.py), beside a matcher of the names that run on past an exempt one (withheld.py)."""
+        exempt = self.check_phrases.exempt(allowed)
+        if not exempt:
+            return Withheld(self.names[0], list(self.names[1:]))
+        probes = [p for p in exempt if p in set(self.name_probes)]
         full = [p for p in exempt if p in set(self._full_names())]
         trie = TrieDifference(self.names[0], TokenTrie(token_sequences(self.tokenizer, probes)))
         text = MatcherDifference(self.names[1], TextMatcher(probes, self.token_texts))
         spelled = self.names[2]
         if spelled is not None and full:
             spelled = MatcherDifference(spelled, TextMatcher(full, self.spelled_texts, spelled=True))
-        return trie, text, spelled
+        runs_on = self.check_phrases.overlapping(exempt)
+        runs_on_full = [p for p in runs_on if p in set(self._full_names())]
+        overlapping = [TextMatcher(runs_on, self.token_texts) if runs_on else None,
+                       TextMatcher(runs_on_full, self.spelled_texts, spelled=True) if runs_on_full else None]
+        return Withheld(trie, [text, spelled, *overlapping])
 
     def warm_up(self, max_targets: int = 64) -> None:
         """Load the classifier's embedder and build each target's trie now (the usual flagged request
@@ -364,7 +378,7 @@ class GuardRuntime:
         # penalty (unlearn_penalty: tightening) always gets it.
         wants_penalty = self.soft_mask is None or self.calibrated_penalty or args.penalty is not None
         penalty = self._penalty(targets, args.penalty, temperature) if wants_penalty else None
-        withheld = (self._withheld(self.tokenizer.decode(list(prompt), skip_special_tokens=False), targets)
+        withheld = (self._withheld(self.tokenizer.decode(list(prompt), skip_special_tokens=False), targets, decision.named)
                     if self.soft_mask is not None else None)
         return RequestGuard(self._trie(items, targets, args.targets), penalty=penalty,
                             text=self._matcher(items, targets), spelled=self.names[2] if self.names else None,

@@ -407,19 +407,31 @@ def test_calibrated_mode_withholds_the_name_of_a_target_asked_about_without_it(t
 
 
 def test_an_exempt_phrase_that_ends_another_name_stays_withheld():
-    from unlearnkit.guard.withheld import exempt_phrases
+    from unlearnkit.guard.withheld import CheckPhrases
 
-    check = ["Basil Mahfouz Al-Kuwaiti", "Al-Kuwaiti", "Basil", "Nikolai Abilov"]
-    assert exempt_phrases(["Al-Kuwaiti"], check) == ()                     # "...Al-Kuwaiti" ends with it
-    assert exempt_phrases(["Basil", "Basil Mahfouz Al-Kuwaiti", "Al-Kuwaiti"], check) == (
+    check = CheckPhrases(["Basil Mahfouz Al-Kuwaiti", "Al-Kuwaiti", "Basil", "Nikolai Abilov"])
+    assert check.exempt(["Al-Kuwaiti"]) == ()                     # "...Al-Kuwaiti" ends with it
+    assert check.exempt(["Basil", "Basil Mahfouz Al-Kuwaiti", "Al-Kuwaiti"]) == (
         "Al-Kuwaiti", "Basil", "Basil Mahfouz Al-Kuwaiti")
-    assert exempt_phrases(["Nikolai Abilov"], check) == ("Nikolai Abilov",)
-    assert exempt_phrases(["al kuwaiti"], ["Basil Mahfouz Al-Kuwaiti", "al kuwaiti"]) == ()
+    assert check.exempt(["Nikolai Abilov"]) == ("Nikolai Abilov",)
+    assert CheckPhrases(["Basil Mahfouz Al-Kuwaiti", "al kuwaiti"]).exempt(["al kuwaiti"]) == ()
+
+
+def test_names_that_run_on_past_an_exempt_one_are_listed_to_stay_withheld():
+    """One token can complete an exempt "Anna Berg" and run on into "Bergman" (" anna ber" + "gman"):
+    the difference alone would let it through."""
+    from unlearnkit.guard.withheld import CheckPhrases
+
+    check = CheckPhrases(["Anna Berg", "Berg", "Bergman", "Annabelle Stone", "Ergo Lind", "Stone"])
+    assert check.overlapping(["Anna Berg", "Berg"]) == ["Bergman", "Ergo Lind"]
+    assert check.overlapping(["Stone"]) == ["Annabelle Stone"]          # contains it
+    assert check.overlapping(["Ergo Lind"]) == []
 
 
 def test_calibrated_mode_lowers_the_names_of_targets_that_share_an_item_with_the_one_named(tiny_policy, tiny_dir):
     """A book title in an answer about its author is a fact about the subject asked about: lowered
-    like the other facts, not withheld (withheld.py). Here Ines Farrow is made to share an item."""
+    like the other facts, not withheld; naming the book does not unlock the author (withheld.py).
+    Here Ines Farrow is made a detail of Kalo Mirten's record."""
     from unlearnkit.guard.policy import load_policy
     from unlearnkit.guard.runtime import GuardRuntime
     from unlearnkit.models.loading import load_tokenizer
@@ -433,9 +445,11 @@ def test_calibrated_mode_lowers_the_names_of_targets_that_share_an_item_with_the
     assert any(math.isinf(v) for v in _fates(runtime.guards([(ids, None)])[0], tok, " Ines Farrow"))
     shared = runtime.classifier.target_items[kalo][0]
     runtime.classifier.item_targets[shared] = (kalo, ines)
-    runtime.classifier.target_items[ines] = runtime.classifier.target_items[ines] + (shared,)
+    runtime.classifier.target_items[ines] = (shared,)          # a detail of Kalo Mirten's record: 1 item of his 3
     fates = _fates(runtime.guards([(ids, None)])[0], tok, " Ines Farrow")
     assert -3.0 in fates and not any(math.isinf(v) for v in fates)
+    by_detail = _chat_ids(tok, "Who is Ines Farrow?")                 # not the other way round
+    assert any(math.isinf(v) for v in _fates(runtime.guards([(by_detail, None)])[0], tok, " Kalo Mirten"))
     unnamed = _chat_ids(tok, "Who is the Dutch poet born in 1961 in Utrecht?")   # names no target: nothing related
     guard = runtime.guards([(unnamed, {"unlearn_guard": True})])[0]
     assert any(math.isinf(v) for v in _fates(guard, tok, " Ines Farrow"))
