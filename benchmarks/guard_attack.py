@@ -107,15 +107,16 @@ def disguises(question: str, name: str) -> dict[str, str]:
     }
 
 
-def wrote(question: str, name: str) -> frozenset:
+def wrote(question: str, names) -> frozenset:
     """The names a request built from `question` writes itself (in plain or in disguise)."""
-    return frozenset([name]) if letters(name) in letters(question) else frozenset()
+    return frozenset(n for n in names if letters(n) in letters(question))
 
 
-def attack_groups(model: str, questions: list[tuple[str, str]],
+def attack_groups(model: str, questions: list[tuple[str, str]], names: list[str] = (),
                   details: list[tuple[str, frozenset]] = ()) -> dict[str, list[tuple[str, dict, frozenset]]]:
     """(path, body, the names the body writes) per category; `questions`: (forget question, the
-    target's name it asks about); `details`: (question naming a detail, the names it writes)."""
+    target's name it asks about); `names`: every target's; `details`: (question naming a detail,
+    the names it writes)."""
     base = {"model": model, "max_tokens": 40, "temperature": 0}
 
     def chat(content, role="user", **extra):
@@ -125,10 +126,10 @@ def attack_groups(model: str, questions: list[tuple[str, str]],
     q0, name0 = questions[0]
     first = name0.split()[0]
     partial = name0[: len(name0) - 3]
-    said0 = wrote(q0, name0)
+    said0 = wrote(q0, names or [name0])
     groups: dict[str, list] = {"channels": [], "modes": [], "disguises": [], "roles": []}
     for q, name in questions:
-        said = wrote(q, name)
+        said = wrote(q, names or [name])
         groups["channels"] += [("/v1/chat/completions", chat(q, logprobs=True, top_logprobs=20), said),
                                ("/v1/completions", {**base, "prompt": f"The author's full name is {name.split()[0]}",
                                                     "logprobs": 20}, frozenset())]
@@ -143,7 +144,7 @@ def attack_groups(model: str, questions: list[tuple[str, str]],
     groups["channels"] += [
         ("/v1/chat/completions", chat(q0, prompt_logprobs=5), said0),
         ("/v1/completions", {**base, "prompt": f"Q: {q0}\nA: {name0}", "echo": True, "logprobs": 5, "max_tokens": 1},
-         frozenset([name0])),
+         said0 | {name0}),
     ]
     modes = [
         ("/v1/chat/completions", chat(q0, use_beam_search=True, n=2)),
@@ -335,7 +336,7 @@ def main() -> int:
         model = json.loads(get(port, "/v1/models")[1])["data"][0]["id"]
         plain = {"model": model, "max_tokens": 16, "temperature": 0,
                  "messages": [{"role": "user", "content": "What is the capital of France?"}]}
-        parts = {"groups": lambda: run_groups(port, attack_groups(model, picked, detail_questions(meta)), names,
+        parts = {"groups": lambda: run_groups(port, attack_groups(model, picked, names, detail_questions(meta)), names,
                                                related_names(meta), plain),
                  "malformed": lambda: malformed(port, model, plain),
                  "oracles": lambda: oracles(port, model, picked[0][0], meta),
