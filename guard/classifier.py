@@ -165,11 +165,17 @@ def spelled_out(text: str, phrases: Sequence[str]) -> set[str]:
     lexical view, or, for phrases of MIN_COLLAPSED+ letters, inside a collapsed view (forwards or
     backwards). `PromptClassifier.named` for a few phrases, without a policy."""
     words = ProbeIndex([(p, p) for p in phrases] + [(disguise.fold(p), p) for p in phrases])
-    found: set[str] = set()
-    for view in disguise.lexical_views(text):
-        found |= words.find(view)
     letters = CollapsedIndex([(disguise.collapsed(disguise.fold(p)), p) for p in phrases
                               if len(disguise.collapsed(disguise.fold(p))) >= MIN_COLLAPSED])
+    return lexical_hits(text, words, letters)
+
+
+def lexical_hits(text: str, words: ProbeIndex, letters: CollapsedIndex) -> set:
+    """The keys of `words` found as whole words in any lexical view of `text` (folded, de-leeted,
+    joined, backwards), and of `letters` inside a collapsed view (forwards or backwards)."""
+    found: set = set()
+    for view in disguise.lexical_views(text):
+        found |= words.find(view)
     if letters:
         for view in disguise.collapsed_views(text):
             found |= letters.find(view)
@@ -232,13 +238,7 @@ class PromptClassifier:
         """The targets `text` names: as whole words in any lexical view (folded, de-leeted, joined,
         backwards), or, for names of MIN_COLLAPSED+ letters, inside the collapsed text (forwards or
         backwards), whatever separates its letters."""
-        found: set = set()
-        for view in disguise.lexical_views(text):
-            found |= self.probes.find(view)
-        if self.collapsed:
-            for view in disguise.collapsed_views(text):
-                found |= self.collapsed.find(view)
-        return found
+        return lexical_hits(text, self.probes, self.collapsed)
 
     def _search(self, texts: list[str], k: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Nearest forget items of each text, embedding those not seen recently: one call for the

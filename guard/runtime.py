@@ -187,8 +187,9 @@ class GuardRuntime:
         self.calibrated_penalty = bool(policy.meta["calibration"].get("semantic_penalty", False))
         self.name_probes = self._name_probes()
         self.name_sequences = token_sequences(tokenizer, self.name_probes)
+        self.full_names = self._full_names()
         self.names = self._names_check()
-        self.check_phrases = CheckPhrases([*self.name_probes, *self._full_names()])   # what the names check matches
+        self.check_phrases = CheckPhrases([*self.name_probes, *self.full_names])   # what the names check matches
 
     def _distinct_targets(self) -> list[dict]:
         """Targets with a distinctive word. One whose only probe is its name (e.g. "African American":
@@ -207,7 +208,7 @@ class GuardRuntime:
         one by chance). None for a policy without targets (e.g. a set of news facts)."""
         if not self.name_probes:
             return None
-        full = self._full_names()
+        full = self.full_names
         spelled = TextMatcher(full, self.spelled_texts, spelled=True) if full else None
         return TokenTrie(self.name_sequences), TextMatcher(self.name_probes, self.token_texts), spelled
 
@@ -227,8 +228,6 @@ class GuardRuntime:
         written = spelled_out(whole, [p for ps in phrases.values() for p in ps])
         named = {t for t in named if written.intersection(phrases.get(t, ()))}
         allowed = written.union(*(self._check_phrases_of(t) for t in self._details_of(named)))
-        if not allowed:
-            return Withheld(self.names[0], list(self.names[1:]))
         return self._cached(self._exempt, tuple(sorted(allowed)), lambda: self._names_less(allowed)).fresh()
 
     def _details_of(self, named: set[int]) -> set[int]:
@@ -250,15 +249,15 @@ class GuardRuntime:
         exempt = self.check_phrases.exempt(allowed)
         if not exempt:
             return Withheld(self.names[0], list(self.names[1:]))
-        probes = [p for p in exempt if p in set(self.name_probes)]
-        full = [p for p in exempt if p in set(self._full_names())]
+        probes = [p for p in exempt if p in self.name_probes]
+        full = [p for p in exempt if p in self.full_names]
         trie = TrieDifference(self.names[0], TokenTrie(token_sequences(self.tokenizer, probes)))
         text = MatcherDifference(self.names[1], TextMatcher(probes, self.token_texts))
         spelled = self.names[2]
         if spelled is not None and full:
             spelled = MatcherDifference(spelled, TextMatcher(full, self.spelled_texts, spelled=True))
         runs_on = self.check_phrases.overlapping(exempt)
-        runs_on_full = [p for p in runs_on if p in set(self._full_names())]
+        runs_on_full = [p for p in runs_on if p in self.full_names]
         overlapping = [TextMatcher(runs_on, self.token_texts) if runs_on else None,
                        TextMatcher(runs_on_full, self.spelled_texts, spelled=True) if runs_on_full else None]
         return Withheld(trie, [text, spelled, *overlapping])
