@@ -299,7 +299,7 @@ def tables(doc: dict) -> list[Table]:
 
 def _tables(systems: Systems) -> list[Table]:
     return (headline_table(systems) + leak_table(systems) + neighbour_table(systems) + _quantization(systems)
-            + _sequential(systems) + truth_ratio_table(systems) + dial_table(systems) + cost_table(systems)
+            + _sequential(systems) + truth_ratio_table(systems) + spread_table(systems) + dial_table(systems) + cost_table(systems)
             + paradigm_table()
             + failed_table(systems))
 
@@ -373,6 +373,25 @@ def truth_ratio_table(systems: Systems) -> list[Table]:
              "the facts (the retain model) sits near R = 1; one that still knows them sits below; one pushed to "
              "prefer false answers sits above. Forget quality (KS test against the retain model's R) is low at "
              "both ends: forgetting is not the same as being indistinguishable from never having learnt.")]
+
+
+def _span(interval, digits: int) -> str:
+    return "—" if interval is None else f"{_f(interval.low, digits)} – {_f(interval.high, digits)}"
+
+
+def spread_table(systems: Systems) -> list[Table]:
+    rows = [[name, _f(m.forget_quality, 4), _span(m.forget_quality_interval, 4), _f(m.model_utility),
+             _span(m.model_utility_interval, 3)]
+            for name, m in ((n, r.metrics) for n, r in systems.items() if r.ok)
+            if m.forget_quality_interval or m.model_utility_interval]
+    if not rows:
+        return []
+    return [("Spread from one run: bootstrap intervals over items",
+             ["system", "forget quality", "95% interval", "model utility", "95% interval"], rows,
+             "Percentile bootstrap (1,000 resamples) of each system's one evaluation: forget items resampled "
+             "(paired with the retain model's same items), each utility set resampled on its own "
+             "(evaluation/metrics/bootstrap.py). The spread of the measurement over items, not over training "
+             "seeds; overlapping intervals mean the item sample cannot tell the systems apart.")]
 
 
 def dial_points(systems: Systems) -> list[tuple[str, SystemResult]]:

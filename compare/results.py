@@ -103,6 +103,21 @@ class TruthRatio:
 
 
 @dataclass(frozen=True)
+class Interval:
+    """A bootstrap interval over items (evaluation/metrics/bootstrap.py)."""
+    low: float
+    high: float
+    level: float
+
+    @classmethod
+    def from_json(cls, d: Any) -> Optional["Interval"]:
+        d = _obj(d)
+        if d.get("low") is None or d.get("high") is None:
+            return None
+        return cls(d["low"], d["high"], d.get("level", 0.95))
+
+
+@dataclass(frozen=True)
 class Metrics:
     """The headline metrics: the summary against the retain model, and the forget set's ROUGE-L."""
     forget_quality: Optional[float] = None
@@ -112,13 +127,16 @@ class Metrics:
     truth_ratio: Optional[TruthRatio] = None
     forget_rouge: Optional[float] = None          # aggregates.forget.rougeL_recall
     para_rouge: Optional[float] = None            # ... of the paraphrased questions
+    forget_quality_interval: Optional[Interval] = None
+    model_utility_interval: Optional[Interval] = None
 
     @classmethod
     def from_json(cls, summary: Any, aggregates: Any) -> "Metrics":
         s, forget = _obj(summary), _obj(_obj(aggregates).get("forget"))
         return cls(s.get("forget_quality"), s.get("forget_quality_reason"), s.get("model_utility"),
                    s.get("ks_statistic"), TruthRatio.from_json(s.get("forget_truth_ratio")),
-                   forget.get("rougeL_recall"), forget.get("rougeL_recall_paraphrased_question"))
+                   forget.get("rougeL_recall"), forget.get("rougeL_recall_paraphrased_question"),
+                   Interval.from_json(s.get("forget_quality_interval")), Interval.from_json(s.get("model_utility_interval")))
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Optional
 
 from .config import EvalConfig
+from .metrics import bootstrap as BOOT
 from .metrics import memorization as MEM
 from .metrics import tofu as TOFU
 
@@ -31,7 +32,15 @@ def reference_from_result(result: dict, source: str) -> dict:
             "source": source, "forget_fingerprint": result["tasks"].get("forget", {}).get("fingerprint")}
 
 
-def summarize(result: dict, cfg: EvalConfig, retain: Optional[dict]) -> dict:
+def _utility_interval(result: dict, components: dict, resamples: int) -> Optional[dict]:
+    items = {name: result["tasks"][name]["items"] for name in BOOT.utility_sets() if name in result["tasks"]}
+    got = BOOT.model_utility_interval(items, list(components), resamples) if resamples else None
+    return got.to_json() if got else None
+
+
+def summarize(result: dict, cfg: EvalConfig, retain: Optional[dict], resamples: int = BOOT.N_RESAMPLES) -> dict:
+    """Model utility, forget quality and PrivLeak of one measurement against `retain` (the retain model's
+    side), with bootstrap intervals over items for the first two (`resamples` 0: none)."""
     tasks = result["tasks"]
     aggs = {name: t["aggregate"] for name, t in tasks.items()}
     summary: dict = {}
@@ -39,6 +48,8 @@ def summarize(result: dict, cfg: EvalConfig, retain: Optional[dict]) -> dict:
         mu = TOFU.model_utility(aggs)
         summary["model_utility"] = mu["model_utility"]
         summary["model_utility_components"] = mu["components"]
+        if mu["model_utility"] is not None:
+            summary["model_utility_interval"] = _utility_interval(result, mu["components"], resamples)
         if mu["model_utility"] is None:
             summary["model_utility_reason"] = "no retain / utility set with probability, ROUGE and truth ratio"
     if "forget_quality" in cfg.metrics and "forget" in tasks:
@@ -58,6 +69,8 @@ def summarize(result: dict, cfg: EvalConfig, retain: Optional[dict]) -> dict:
         else:
             fq = TOFU.forget_quality(mine, retain["truth_ratios"])
             summary.update(fq)
+            got = BOOT.forget_quality_interval(mine, retain["truth_ratios"], resamples) if resamples else None
+            summary["forget_quality_interval"] = got.to_json() if got else None
             summary["forget_quality_reference"] = retain["source"]
     if result.get("privleak_auc") is not None and "privleak" in cfg.metrics:
         summary["mia_auc"] = result["privleak_auc"]

@@ -25,6 +25,13 @@ def render(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _spread(interval) -> str:
+    """A bootstrap interval over items, as the table shows it ('' when there is none)."""
+    if not interval:
+        return ""
+    return f"; 95% over items {_fmt(interval['low'])}-{_fmt(interval['high'])}"
+
+
 def results_table(result: dict) -> str:
     tasks = result["tasks"]
     cols = [(k, h) for k, h in COLUMNS if any(k in t["aggregate"] for t in tasks.values())]
@@ -35,13 +42,14 @@ def results_table(result: dict) -> str:
     out = [f"{result['model']['ref']} on {result['benchmark']}", render(rows), ""]
     s = result.get("summary", {})
     if "model_utility" in s:
-        out.append(f"model utility   {_fmt(s['model_utility'])}  ({len(s.get('model_utility_components', {}))} components)")
+        out.append(f"model utility   {_fmt(s['model_utility'])}  ({len(s.get('model_utility_components', {}))} components"
+                   f"{_spread(s.get('model_utility_interval'))})")
     if "forget_quality" in s:
         if s["forget_quality"] is None:
             out.append(f"forget quality  missing: {s.get('forget_quality_reason')}")
         else:
             out.append(f"forget quality  {_fmt(s['forget_quality'])}  (KS statistic {s['ks_statistic']:.4f}; "
-                       f"reference {s.get('forget_quality_reference')})")
+                       f"reference {s.get('forget_quality_reference')}{_spread(s.get('forget_quality_interval'))})")
     if "forget_truth_ratio" in s:
         tr = s["forget_truth_ratio"]
         out.append(f"forget R        median {tr['median']:.3g} (quartiles {tr['q1']:.3g}-{tr['q3']:.3g}); "

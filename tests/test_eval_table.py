@@ -29,3 +29,15 @@ def test_table_reads_forget_quality_through_the_truth_ratio():
     text = results_table(result)
     assert "forget R        median 25 (quartiles 7.62-45)" in text
     assert "false answers preferred on 75% of 4 items" in text
+
+
+def test_table_shows_the_bootstrap_intervals():
+    result = {"model": {"ref": "m"}, "benchmark": "tofu",
+              "tasks": {"forget": {"aggregate": {"n_items": 4, "truth_ratio": 0.1}}},
+              "summary": {"forget_quality": 0.3, "ks_statistic": 0.2, "forget_quality_reference": "retain",
+                          "forget_quality_interval": {"low": 0.01, "high": 0.9},
+                          "model_utility": 0.25, "model_utility_components": {"a": 1},
+                          "model_utility_interval": {"low": 0.125, "high": 0.5}}}
+    text = results_table(result)
+    assert "model utility   0.2500  (1 components; 95% over items 0.1250-0.5000)" in text
+    assert "reference retain; 95% over items 0.0100-0.9000)" in text

@@ -81,3 +81,14 @@ def test_the_typed_result_reads_what_the_json_holds():
 def test_a_system_that_is_not_an_object_is_refused_naming_it():
     with pytest.raises(ValueError, match=r"results\.json system 'x': expected an object, got list"):
         RS.SystemResult.from_json("x", [1, 2])
+
+
+def test_bootstrap_intervals_get_their_table_and_old_results_none():
+    doc = json.loads((DATA / "compare_failed.results.json").read_text())
+    assert not any(t[0].startswith("Spread from one run") for t in R.tables(doc))   # fixtures predate intervals
+    name, res = next((n, r) for n, r in doc["systems"].items() if r.get("summary", {}).get("forget_quality") is not None)
+    res["summary"]["forget_quality_interval"] = {"low": 0.01, "high": 0.5, "level": 0.95}
+    res["summary"]["model_utility_interval"] = {"low": 0.2, "high": 0.3, "level": 0.95}
+    table = next(t for t in R.tables(doc) if t[0].startswith("Spread from one run"))
+    assert table[2] == [[name, R._f(res["summary"]["forget_quality"], 4), "0.0100 – 0.5000",
+                         R._f(res["summary"].get("model_utility")), "0.200 – 0.300"]]
