@@ -59,7 +59,7 @@ def guard_policy(spec: GuardSpec, model_path: str, log=print) -> tuple[str, dict
     """(policy dir, {'build_seconds': ...}) for the guard of `spec` compiled for `model_path`."""
     from ..config import load_config, to_dict
     from ..data.sources import load_spec
-    from ..evaluation.harness import model_fingerprint
+    from ..evaluation.systems import model_fingerprint
     from ..guard.build import build_policy
     from ..guard.calibrate import FIT_VERSION
     from ..guard.policy import GuardConfig

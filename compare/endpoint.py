@@ -92,16 +92,19 @@ class AgentServer:
         """One greedy chat request: {'status', 'text', 'unlearn' (the front's record), 'seconds'}."""
         return chat(self.url, prompt, max_tokens)
 
-    def ask_many(self, prompts: Sequence[str], max_tokens: int = 128, workers: int = 8,
+    def ask_many(self, prompts: Sequence[str], max_tokens: int | Sequence[int] = 128, workers: int = 8,
                  progress: Optional[Callable[[int], None]] = None) -> list[dict]:
-        def one(p):
-            out = self.ask(p, max_tokens)
+        """`ask` for every prompt, `workers` at once (`max_tokens`: one budget, or one per prompt), in order."""
+        budgets = [max_tokens] * len(prompts) if isinstance(max_tokens, int) else list(max_tokens)
+
+        def one(job):
+            out = self.ask(*job)
             if progress:
                 progress(1)
             return out
 
         with ThreadPoolExecutor(workers) as pool:
-            return list(pool.map(one, prompts))
+            return list(pool.map(one, zip(prompts, budgets)))
 
 
 def chat(url: str, prompt: str, max_tokens: int = 128, timeout: float = 900, model: str = "model") -> dict:

@@ -27,10 +27,12 @@ from ..config import to_dict
 from ..files import json_digest, write_json_atomic
 from ..evaluation.attacks import Probe, benign_texts, keywords_of, relearn_split
 from ..evaluation.config import EvalConfig
-from ..evaluation.harness import policy_identity
+from ..evaluation.harness import cached_measure
 from ..evaluation.leakage import by_category, score_reply
+from ..evaluation.measure import measure
 from ..evaluation.metrics.means import finite_mean
-from ..evaluation.scoring import QA_GENERATION_KEYS, aggregate, generation_jobs, qa_generation_fields
+from ..evaluation.scoring import Prompt, build_requests
+from ..evaluation.systems import Batch, Generated, Guarded, Replayed, Weights, model_fingerprint, policy_identity
 from .config import CompareConfig, System
 
 
@@ -105,55 +107,53 @@ def eval_config(ecfg: EvalConfig, path: str, policy: Optional[str]) -> EvalConfi
 
 
 def engine_metrics(ecfg: EvalConfig, path: str, policy: Optional[str], log=print) -> dict:
-    from ..evaluation.harness import measure
+    return cached_measure(eval_config(ecfg, path, policy), log=log).result
 
-    return measure(eval_config(ecfg, path, policy), log=log)
+
+def probe_batch(tokenizer, probes: Sequence[Probe], cfg: CompareConfig) -> Batch:
+    """The attack probes as one generation batch (chat prompts), its first `latency_requests` timed alone."""
+    from ..data.formatting import prompt_text
+
+    return Batch([Prompt(tokenizer(prompt_text(tokenizer, p.prompt), add_special_tokens=False)["input_ids"],
+                         cfg.attacks.max_new_tokens, p.prompt) for p in probes],
+                 latency=min(cfg.latency_requests, len(probes)))
+
+
+def _probe_record(out: Generated, n: int) -> dict:
+    """What the attack cache keeps of the probes' generation: replies and the serving figures."""
+    return {"replies": out.texts, "serving": _serving(sum(out.tokens), out.seconds, out.latency_s, n)}
 
 
 def engine_system(ecfg: EvalConfig, path: str, policy: Optional[str], probes: Sequence[Probe], cfg: CompareConfig,
                   want_metrics: bool = True, log=print) -> tuple[Optional[dict], dict]:
-    """(metrics, attacks) through offline vLLM, with the guard's processor when `policy`. When
-    neither is cached, one engine run generates the probes (one batch, timed: the serving figures),
-    then the metric prompts (a second batch), then the first `latency_requests` probes one at a time."""
-    from ..data.formatting import prompt_text
-    from ..evaluation.generation import default_dtype, generate_vllm_timed
-    from ..evaluation.harness import measure, model_fingerprint
+    """(metrics, attacks) through offline vLLM, with the guard's processor when `policy`. When neither is
+    cached, one engine run generates the probes (one batch, timed: the serving figures, then the first
+    `latency_requests` one at a time), then the metric prompts."""
+    from ..evaluation.generation import default_dtype
     from ..models.loading import load_tokenizer
 
     key = {"stage": "attacks", "model": model_fingerprint(path), "policy": policy_fingerprint(policy),
            "prompts": [p.prompt for p in probes], "max_new_tokens": cfg.attacks.max_new_tokens,
            "dtype": cfg.dtype, "latency": cfg.latency_requests}
-    attack_run: dict = {}
-
-    def run(metric_prompts, metric_budgets):
-        tok = load_tokenizer(path)
-        ids = [tok(prompt_text(tok, p.prompt), add_special_tokens=False)["input_ids"] for p in probes]
-        log(f"vLLM{' + guard' if policy else ''}: {len(probes)} attack probes"
-            + (f", then {len(metric_prompts)} metric prompts" if metric_prompts else ""))
-        out = generate_vllm_timed(path, ids + list(metric_prompts),
-                                  [cfg.attacks.max_new_tokens] * len(ids) + list(metric_budgets), dtype=cfg.dtype,
-                                  guard=policy, latency_requests=min(cfg.latency_requests, len(ids)),
-                                  groups=[len(ids)] + ([len(metric_prompts)] if metric_prompts else []))
-        n_tokens = sum(len(t) for t in out["token_ids"][:len(ids)])
-        attack_run.update(replies=out["texts"][:len(ids)],
-                          serving=_serving(n_tokens, out["group_s"][0], out["latency_s"], len(ids)))
-        write_json_atomic(_cache_file("attacks", key), attack_run)   # kept even if teacher forcing fails next
-        return out["texts"][len(ids):]
-
-    metrics = None
+    tok = load_tokenizer(path)
+    batch = probe_batch(tok, probes, cfg)
+    metrics, probed = None, None
     if want_metrics:
         mcfg = eval_config(ecfg, path, policy)
         # one engine run for both only where they would run alike (vLLM, same dtype)
         carry = (bool(probes) and not _cache_file("attacks", key).is_file() and mcfg.engine == "vllm"
                  and default_dtype(mcfg.dtype) == default_dtype(cfg.dtype))
-        metrics = measure(mcfg, log=log, generate=run if carry else None)
+        got = cached_measure(mcfg, log=log, extra=[batch] if carry else ())
+        metrics, probed = got.result, (got.extra[0] if got.extra else None)
 
     def make():
         if not probes:
             return {"replies": [], "serving": {}}
-        if not attack_run:
-            run([], [])
-        return dict(attack_run)
+        if probed is not None:
+            return _probe_record(probed, len(probes))
+        log(f"vLLM{' + guard' if policy else ''}: {len(probes)} attack probes")
+        system = Guarded(path, tok, policy, cfg.dtype) if policy else Weights(path, tok, "vllm", cfg.dtype)
+        return _probe_record(system.generate([batch])[0], len(probes))
 
     # replies are cached, scores are not: a change of scoring rules never needs the engine again
     got = _cached("attacks", key, make, log)
@@ -161,73 +161,53 @@ def engine_system(ecfg: EvalConfig, path: str, policy: Optional[str], probes: Se
 
 
 # ----------------------------------------------------------------------------- agent systems
-def with_replies(result: dict, tasks, ecfg: EvalConfig, replies: dict) -> dict:
-    """The engine's measurement with its generation-based fields replaced by the agents' replies
-    (keyed (task, item, key)), aggregates recomputed; probability-based fields stay the engine's."""
-    out = json.loads(json.dumps(result))
-    for t, task in enumerate(tasks):
-        if task.name not in out["tasks"] or task.kind not in ("qa", "options"):
-            continue
-        items = out["tasks"][task.name]["items"]
-        for i, (rec, r) in enumerate(zip(items, task.items)):
-            for key in QA_GENERATION_KEYS:
-                if (t, i, key) in replies:
-                    rec.update(qa_generation_fields(r, key, replies[(t, i, key)]))
-        out["tasks"][task.name]["aggregate"] = aggregate(task, items, ecfg)
-    return out
+def _agent_serving(out: Generated, server, n: int) -> dict:
+    routes = [r.get("route") or r.get("path") for r in out.records]
+    calls = [r.get("llm_calls") for r in out.records if r.get("path") != "passthrough"]
+    calls = [c for c in calls if c is not None]
+    return {**_serving(sum(out.tokens), out.seconds, out.latency_s, n), "server_start_s": round(server.start_s, 1),
+            "routes": {k: routes.count(k) for k in sorted(set(map(str, routes)))},
+            "llm_calls_per_flagged": round(statistics.mean(calls), 2) if calls else None}
 
 
 def agent_system(system: System, path: str, policy: str, engine_result: Optional[dict], tasks, ecfg: EvalConfig,
                  probes: Sequence[Probe], cfg: CompareConfig, workdir: Path, log=print) -> dict:
-    """Metrics (when `engine_result` is given: the engine's, generation replaced) and attacks
-    through `unlearn serve --agents` (one server for both)."""
+    """Metrics (when `engine_result` is given: the engine's numbers, generation replaced by the front's
+    replies) and attacks through `unlearn serve --agents` (one server for both)."""
     from tqdm.auto import tqdm
 
     from ..evaluation.generation import default_dtype
-    from ..evaluation.harness import model_fingerprint
     from ..models.loading import load_tokenizer
     from .endpoint import AgentServer
+    from .systems import AgentFront
 
-    jobs = generation_jobs(tasks) if engine_result is not None else []
+    tok = load_tokenizer(path)
+    gen = build_requests(tasks, tok, ecfg).gen if engine_result is not None else []
+    jobs = [g for g in gen if g.prompt.question is not None]
     key = {"stage": "agents", "system": system.name, "model": model_fingerprint(path),
-           "policy": policy_fingerprint(policy), "agents": agents_fingerprint(cfg), "eval": to_dict(eval_config(ecfg, "", None)), "jobs": [j[3] for j in jobs],
-           "prompts": [p.prompt for p in probes], "max_new_tokens": cfg.attacks.max_new_tokens,
-           "latency": cfg.latency_requests, "dtype": cfg.dtype}
+           "policy": policy_fingerprint(policy), "agents": agents_fingerprint(cfg), "eval": to_dict(eval_config(ecfg, "", None)),
+           "jobs": [g.prompt.question for g in jobs], "prompts": [p.prompt for p in probes],
+           "max_new_tokens": cfg.attacks.max_new_tokens, "latency": cfg.latency_requests, "dtype": cfg.dtype}
 
     def make():
-        tok = load_tokenizer(path)
-        dtype = default_dtype(cfg.dtype)
         with AgentServer(path, policy, workdir / "logs" / f"{system.name}.server.log", agents_only=not system.guard,
-                         dtype=dtype, max_model_len=cfg.agents.max_model_len, config=cfg.agents.config,
-                         overrides=cfg.agents.set) as server:
+                         dtype=default_dtype(cfg.dtype), max_model_len=cfg.agents.max_model_len,
+                         config=cfg.agents.config, overrides=cfg.agents.set) as server:
             log(f"agent server up in {server.start_s:.0f} s; {len(jobs)} metric prompts, {len(probes)} probes")
             with tqdm(total=len(jobs) + len(probes), desc=f"{system.name} over HTTP", unit="req") as bar:
-                metric_replies = server.ask_many([j[3] for j in jobs], ecfg.max_new_tokens, cfg.agents.concurrency,
-                                                 bar.update)
-                t0 = time.perf_counter()
-                attack_replies = server.ask_many([p.prompt for p in probes], cfg.attacks.max_new_tokens,
-                                                 cfg.agents.concurrency, bar.update)
-                batch_s = time.perf_counter() - t0
-            latency = [server.ask(p.prompt, cfg.attacks.max_new_tokens)["seconds"]
-                       for p in probes[:cfg.latency_requests]]
-        failed = [r for r in metric_replies + attack_replies if r["status"] != 200]
-        if failed:
-            raise RuntimeError(f"{len(failed)} requests to the agent server failed (first: HTTP {failed[0]['status']})")
-        routes = [r["unlearn"].get("route") or r["unlearn"].get("path") for r in attack_replies]
-        calls = [r["unlearn"].get("llm_calls") for r in attack_replies if r["unlearn"].get("path") != "passthrough"]
-        n_tokens = sum(len(tok(r["text"], add_special_tokens=False)["input_ids"]) for r in attack_replies)
-        return {"metric_replies": [[t, i, k, r["text"]] for (t, i, k, _), r in zip(jobs, metric_replies)],
-                "replies": [r["text"] for r in attack_replies], "serving": {**_serving(n_tokens, batch_s, latency, len(probes)),
-                                      "server_start_s": round(server.start_s, 1),
-                                      "routes": {k: routes.count(k) for k in sorted(set(map(str, routes)))},
-                                      "llm_calls_per_flagged": round(statistics.mean(c for c in calls if c is not None), 2)
-                                      if any(c is not None for c in calls) else None}}
+                front = AgentFront(server, tok, system.name, cfg.agents.concurrency, bar.update)
+                metric_out, probe_out = front.generate([Batch([g.prompt for g in jobs]), probe_batch(tok, probes, cfg)])
+        return {"metric_replies": [[g.task, g.item, g.key, text] for g, text in zip(jobs, metric_out.texts)],
+                "replies": probe_out.texts, "serving": _agent_serving(probe_out, server, len(probes))}
 
     out = _cached("agents", key, make, log)
-    replies = {(t, i, k): text for t, i, k, text in out["metric_replies"]}
-    return {"metrics": with_replies(engine_result, tasks, ecfg, replies) if engine_result is not None else None,
-            "attacks": {**score_probes(probes, out["replies"], cfg, refusal_texts(policy, cfg)),
-                        "serving": out["serving"]}}
+    metrics = None
+    if engine_result is not None:   # the front's replies, replayed through the one measuring path
+        recorded = {(t, i, k): text for t, i, k, text in out["metric_replies"]}
+        replayed = Replayed([recorded.get((g.task, g.item, g.key)) for g in gen], system.name)
+        metrics = {**engine_result, "tasks": measure(replayed, tasks, ecfg, tok, base=engine_result, log=log).tasks}
+    return {"metrics": metrics, "attacks": {**score_probes(probes, out["replies"], cfg, refusal_texts(policy, cfg)),
+                                            "serving": out["serving"]}}
 
 
 # ----------------------------------------------------------------------------- weights attacks
@@ -260,9 +240,8 @@ def _finetune_attack(stage: str, path: str, taught: list, forget, probed: list[i
     deleted once measured (their replies are cached)."""
     from ..config import from_dict
     from ..data.formatting import prompt_text
-    from ..evaluation.harness import _device, _torch_dtype, model_fingerprint
     from ..models.catalog import cache_root
-    from ..models.loading import greedy_generate, load_model
+    from ..models.loading import load_tokenizer
     from ..training.cache import cached_output_dir
     from ..training.config import TrainConfig
     from ..training.run import run_training
@@ -288,10 +267,10 @@ def _finetune_attack(stage: str, path: str, taught: list, forget, probed: list[i
         questions = [forget[i].question for i in probed]
         replies = {}
         for name, model_dir in (("before", path), ("after", str(run_dir))):
-            model, tok = load_model(model_dir, dtype=_torch_dtype(cfg.dtype), device=_device())
-            ids = [tok(prompt_text(tok, q), add_special_tokens=False)["input_ids"] for q in questions]
-            replies[name] = greedy_generate(model, tok, ids, [cfg.attacks.max_new_tokens] * len(ids))
-            del model
+            tok = load_tokenizer(model_dir)
+            batch = Batch([Prompt(tok(prompt_text(tok, q), add_special_tokens=False)["input_ids"],
+                                  cfg.attacks.max_new_tokens, q) for q in questions])
+            replies[name] = Weights(model_dir, tok, "transformers", cfg.dtype, name).generate([batch])[0].texts
         shutil.rmtree(run_dir, ignore_errors=True)
         return {"taught": len(taught), "probed": len(probed), "train_seconds": round(train_s, 1), "replies": replies}
 
@@ -355,7 +334,6 @@ def quantized_replies(t: AttackTarget, spec) -> dict:
     """(cached) The attacked forget items' plain questions answered and their answers' probability
     (evaluation/harness.py, through the guard where the system has one) by the system's checkpoint
     quantized by `spec` (None: unquantized). The quantized checkpoint is deleted once measured."""
-    from ..evaluation.harness import measure, model_fingerprint
     from ..models.catalog import cache_root
 
     items = [t.forget[i] for i in t.picked]
@@ -381,7 +359,7 @@ def quantized_replies(t: AttackTarget, spec) -> dict:
                               engine=engine, dtype=t.cfg.dtype, max_new_tokens=t.cfg.attacks.max_new_tokens,
                               max_length=t.ecfg.max_length, token_budget=t.ecfg.token_budget, guard=t.policy)
             mcfg.validate()
-            got = measure(mcfg, log=t.log)["tasks"]["forget"]["items"]
+            got = cached_measure(mcfg, log=t.log).result["tasks"]["forget"]["items"]
         finally:
             shutil.rmtree(work, ignore_errors=True)
         return {"quantized": stats, "seconds": round(time.time() - started, 1),

@@ -196,7 +196,7 @@ def run_compare(cfg: CompareConfig, stages: Sequence[str] = ("metrics", "attacks
                 only: Optional[Sequence[str]] = None, report: bool = True, log=_stderr) -> dict:
     from tqdm.auto import tqdm
 
-    from ..evaluation.harness import model_fingerprint
+    from ..evaluation.systems import model_fingerprint
 
     ecfg = load_config(EvalConfig, cfg.eval)
     ecfg.validate()

@@ -4,6 +4,7 @@ per-task aggregates (the numbers themselves come from the pure functions in metr
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional
 
 from ..data.formatting import end_of_turn, prompt_text
 from .benchmarks import Task
@@ -20,10 +21,40 @@ QA_GENERATION_KEYS = ("generated", "generated_paraphrased_question")
 
 
 # ----------------------------------------------------------------------------- requests
+@dataclasses.dataclass(frozen=True)
+class Prompt:
+    """One generation prompt as every kind of system takes it: the engine's token ids (the chat template
+    applied where `question` is set), the answer budget, and the user turn for systems that take chat
+    messages (None: a raw-text completion, e.g. MUSE's few-shot and verbatim prompts)."""
+    ids: list[int]
+    budget: int
+    question: Optional[str] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class GenRequest:
+    """Item `item` of task `task` asks for one generated answer, recorded under `key`."""
+    task: int
+    item: int
+    key: str
+    prompt: Prompt
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreRequest:
+    """Item `item` of task `task` asks for the log-probabilities of its `continuations` after `prefix`
+    (teacher forcing), recorded under `keys` (gt, paraphrased, perturbed<k>, text)."""
+    task: int
+    item: int
+    prefix: list[int]
+    continuations: list[list[int]]
+    keys: list[str]
+
+
 @dataclasses.dataclass
 class Requests:
-    gen: list = dataclasses.field(default_factory=list)   # (task, item, key, prompt ids, max tokens)
-    tf: list = dataclasses.field(default_factory=list)    # (task, item, prefix ids, [continuation ids], [keys])
+    gen: list[GenRequest] = dataclasses.field(default_factory=list)
+    tf: list[ScoreRequest] = dataclasses.field(default_factory=list)
 
 
 def _ids(tokenizer, text: str, special: bool = False) -> list[int]:
@@ -45,14 +76,30 @@ def qa_generation_prompts(task: Task, r) -> list[tuple[str, str]]:
     return out
 
 
-def generation_jobs(tasks: list[Task]) -> list[tuple[int, int, str, str]]:
-    """(task, item, record field, question) of every qa/options generation prompt, in the order
-    build_requests asks them (what another deployed path, e.g. the agent front, is asked instead)."""
-    return [(t, i, key, question) for t, task in enumerate(tasks) if task.kind in ("qa", "options")
-            for i, r in enumerate(task.items) for key, question in qa_generation_prompts(task, r)]
+def _qa_requests(t: int, i: int, task: Task, r, tokenizer, cfg: EvalConfig, want_gen: bool, want_tf: bool,
+                 eot: str) -> Requests:
+    out = Requests()
+    prompt = _ids(tokenizer, prompt_text(tokenizer, r.question))
+    if want_gen:
+        for key, text in qa_generation_prompts(task, r):
+            ids = prompt if key == "generated" else _ids(tokenizer, prompt_text(tokenizer, text))
+            out.gen.append(GenRequest(t, i, key, Prompt(ids, cfg.max_new_tokens, text)))
+    if want_tf:
+        answers, keys = [r.answer], ["gt"]
+        para = r.answer if task.kind == "options" else r.extra.get("paraphrased_answer")
+        if isinstance(para, str) and task.kind == "qa":
+            answers.append(para)
+            keys.append("paraphrased")
+        for k, p in enumerate(r.extra.get("perturbed_answer") or []):
+            answers.append(p)
+            keys.append(f"perturbed{k}")
+        room = max(1, cfg.max_length - len(prompt))
+        out.tf.append(ScoreRequest(t, i, prompt, [_ids(tokenizer, a + eot)[:room] for a in answers], keys))
+    return out
 
 
 def build_requests(tasks: list[Task], tokenizer, cfg: EvalConfig) -> Requests:
+    """Every generation and teacher-forcing request the config's metrics need, in task and item order."""
     metrics = expand_metrics(cfg.metrics)
     want_gen = bool(GENERATION_METRICS & metrics)
     want_tf = bool(metrics - GENERATION_METRICS - {"privleak"})
@@ -61,36 +108,23 @@ def build_requests(tasks: list[Task], tokenizer, cfg: EvalConfig) -> Requests:
     for t, task in enumerate(tasks):
         for i, r in enumerate(task.items):
             if task.kind in ("qa", "options"):
-                prompt = _ids(tokenizer, prompt_text(tokenizer, r.question))
-                if want_gen:
-                    for key, text in qa_generation_prompts(task, r):
-                        ids = prompt if key == "generated" else _ids(tokenizer, prompt_text(tokenizer, text))
-                        req.gen.append((t, i, key, ids, cfg.max_new_tokens))
-                if want_tf:
-                    answers, keys = [r.answer], ["gt"]
-                    para = r.answer if task.kind == "options" else r.extra.get("paraphrased_answer")
-                    if isinstance(para, str) and task.kind == "qa":
-                        answers.append(para)
-                        keys.append("paraphrased")
-                    for k, p in enumerate(r.extra.get("perturbed_answer") or []):
-                        answers.append(p)
-                        keys.append(f"perturbed{k}")
-                    room = max(1, cfg.max_length - len(prompt))
-                    req.tf.append((t, i, prompt, [_ids(tokenizer, a + eot)[:room] for a in answers], keys))
+                got = _qa_requests(t, i, task, r, tokenizer, cfg, want_gen, want_tf, eot)
+                req.gen += got.gen
+                req.tf += got.tf
             elif task.kind == "verbmem":
                 prompt = _ids(tokenizer, r.question, special=True)
                 if want_gen:
-                    req.gen.append((t, i, "generated", prompt, MUSE_VERBMEM_TOKENS))
+                    req.gen.append(GenRequest(t, i, "generated", Prompt(prompt, MUSE_VERBMEM_TOKENS)))
                 if "memorization" in metrics and prompt:
                     room = max(1, cfg.max_length - len(prompt))
-                    req.tf.append((t, i, prompt, [_ids(tokenizer, r.answer)[:room]], ["gt"]))
+                    req.tf.append(ScoreRequest(t, i, prompt, [_ids(tokenizer, r.answer)[:room]], ["gt"]))
             elif task.kind == "knowmem" and want_gen:
-                req.gen.append((t, i, "generated", _ids(tokenizer, _knowmem_prompt(task.icl, r.question), special=True),
-                                MUSE_KNOWMEM_TOKENS))
+                ids = _ids(tokenizer, _knowmem_prompt(task.icl, r.question), special=True)
+                req.gen.append(GenRequest(t, i, "generated", Prompt(ids, MUSE_KNOWMEM_TOKENS)))
             elif task.kind == "text" and "privleak" in metrics:
                 ids = _ids(tokenizer, r.answer, special=True)[:cfg.max_length]
                 if len(ids) >= 2:
-                    req.tf.append((t, i, ids[:1], [ids[1:]], ["text"]))
+                    req.tf.append(ScoreRequest(t, i, ids[:1], [ids[1:]], ["text"]))
     return req
 
 

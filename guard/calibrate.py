@@ -110,12 +110,12 @@ class RatioProbe:
 
     def _guards(self, soft_mask: float | None, penalty: bool = False):
         self.runtime.soft_mask, self.runtime.calibrated_penalty = soft_mask, penalty
-        return self.runtime.guards([(r[2], None) for r in self.requests])
+        return self.runtime.guards([(r.prefix, None) for r in self.requests])
 
     def _score(self, transform) -> list[dict]:
-        scored = score_continuations(self.model, [r[2] for r in self.requests], [r[3] for r in self.requests],
+        scored = score_continuations(self.model, [r.prefix for r in self.requests], [r.continuations for r in self.requests],
                                      transform_logits=transform)
-        return [dict(zip(r[4], s)) for r, s in zip(self.requests, scored)]
+        return [dict(zip(r.keys, s)) for r, s in zip(self.requests, scored)]
 
     def ratios(self, soft_mask: float | None, guarded: bool = True, penalty: bool = False) -> list[float]:
         """None: strict (withheld); guarded=False: the model alone; penalty: the policy's semantic penalty too."""
@@ -137,7 +137,7 @@ class RatioProbe:
     def _record(self, penalty: bool) -> list[dict[str, TokenStats]]:
         guards = self._guards(0.0, penalty)
         # rows reach the transform item by item, continuation by continuation, token by token
-        targets = [[tok for cont in r[3] for tok in cont] for r in self.requests]
+        targets = [[tok for cont in r.continuations for tok in cont] for r in self.requests]
         cursor = [0] * len(targets)
         rows: list[list[tuple[float, float, bool]]] = [[] for _ in targets]
 

@@ -182,18 +182,17 @@ def test_stage_cache_resumes_without_remeasuring(tmp_path):
 
 
 def test_agent_replies_replace_generation_metrics_only():
-    from unlearnkit.compare.measure import with_replies
+    from unlearnkit.evaluation.measure import with_replies
     from unlearnkit.data.records import QA
     from unlearnkit.evaluation.benchmarks import Task
     from unlearnkit.evaluation.config import EvalConfig
-    from unlearnkit.evaluation.scoring import generation_jobs
+    from unlearnkit.evaluation.scoring import qa_generation_prompts
 
     task = Task("forget", "qa", [QA("Where was Kalo born?", "Kalo was born in Utrecht.",
                                     {"paraphrased_question": "Kalo's birthplace?"})], "x")
     engine = {"tasks": {"forget": {"items": [{"question": "Where was Kalo born?", "answer": "Kalo was born in Utrecht.",
                                               "rougeL_recall": 1.0, "probability": 0.9}], "aggregate": {}}}}
-    jobs = generation_jobs([task])
-    assert [j[2] for j in jobs] == ["generated", "generated_paraphrased_question"]
+    assert [k for k, _ in qa_generation_prompts(task, task.items[0])] == ["generated", "generated_paraphrased_question"]
     out = with_replies(engine, [task], EvalConfig(metrics=["probability", "rouge"]),
                        {(0, 0, "generated"): "I'm sorry.", (0, 0, "generated_paraphrased_question"): "Utrecht."})
     item = out["tasks"]["forget"]["items"][0]
@@ -284,7 +283,7 @@ def test_teacher_forced_probability_through_the_guard(tiny_dir, tiny_policy, gua
     """'The probability this system assigns': forget answers lose probability through the guard,
     prompts it does not flag keep theirs exactly."""
     from unlearnkit.evaluation.config import EvalConfig
-    from unlearnkit.evaluation.harness import measure
+    from unlearnkit.evaluation.harness import cached_measure
 
     forget = tmp_path / "forget.jsonl"
     forget.write_text("".join(json.dumps({"question": r.question, "answer": r.answer}) + "\n" for r in guard_forget_set))
@@ -294,8 +293,8 @@ def test_teacher_forced_probability_through_the_guard(tiny_dir, tiny_policy, gua
         ("What is the boiling point of water?", "Water boils at 100 degrees Celsius at sea level."))))
     base = EvalConfig(model=str(tiny_dir), benchmark="files", forget=f"file:{forget}", retain=f"file:{retain}",
                       metrics=["probability"])
-    plain = measure(base, log=lambda *_: None)
-    guarded = measure(EvalConfig(**{**base.__dict__, "guard": str(tiny_policy)}), log=lambda *_: None)
+    plain = cached_measure(base, log=lambda *_: None).result
+    guarded = cached_measure(EvalConfig(**{**base.__dict__, "guard": str(tiny_policy)}), log=lambda *_: None).result
     for p, g in zip(plain["tasks"]["forget"]["items"], guarded["tasks"]["forget"]["items"]):
         assert g["probability"] < 0.01 * p["probability"], (p["question"], p["probability"], g["probability"])
     for p, g in zip(plain["tasks"]["retain"]["items"], guarded["tasks"]["retain"]["items"]):
@@ -403,3 +402,72 @@ def test_guard_modes_make_a_dial_table_and_plot():
     assert [row[:3] for row in dial[2]] == [["target+guard_calibrated", "calibrated", "6.875"],
                                             ["target+guard", "strict", "withheld"]]
     assert "guard_dial.png" in plots(doc)
+
+
+class _FakeFront:
+    """Stands in for `unlearn serve --agents` (compare/endpoint.py AgentServer): refuses what names Kalo."""
+    calls: list = []
+
+    def __init__(self, *args, **kwargs):
+        self.start_s, self.url = 0.5, "http://fake/v1"
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+    def ask(self, prompt, max_tokens=128):
+        _FakeFront.calls.append((prompt, max_tokens))
+        refused = "Kalo" in prompt
+        return {"status": 200, "text": "I can't share that." if refused else "It is Utrecht, I think.",
+                "unlearn": {"path": "refused" if refused else "passthrough", "llm_calls": 3 if refused else None},
+                "seconds": 0.01}
+
+    def ask_many(self, prompts, budgets, workers=8, progress=None):
+        out = [self.ask(p, b) for p, b in zip(prompts, budgets)]
+        if progress:
+            progress(len(out))
+        return out
+
+
+def test_the_agent_front_is_measured_through_the_one_path_and_replayed_from_cache(tmp_path, tiny_dir, tiny_policy,
+                                                                                  monkeypatch):
+    """The agent system's metric replies replace the engine's generation fields (its probabilities stay the
+    engine's), its probes are scored and timed, and a second measurement replays the recorded replies
+    without a server."""
+    import unlearnkit.compare.endpoint as E
+    from unlearnkit.compare.config import System
+    from unlearnkit.compare.measure import agent_system
+    from unlearnkit.evaluation.attacks import Probe
+    from unlearnkit.evaluation.benchmarks import build_tasks
+    from unlearnkit.evaluation.config import EvalConfig
+    from unlearnkit.evaluation.harness import cached_measure
+
+    forget = tmp_path / "forget.jsonl"
+    forget.write_text("".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in (
+        ("Where was Kalo born?", "Kalo was born in Utrecht."), ("Where is the Dom tower?", "It is in Utrecht."))))
+    ecfg = EvalConfig(model=str(tiny_dir), benchmark="files", forget=f"file:{forget}", metrics=["probability", "rouge"],
+                      engine="transformers", max_new_tokens=4)
+    tasks = build_tasks(ecfg)
+    engine = cached_measure(ecfg, log=lambda *_: None).result
+    probes = [Probe("jailbreak", "x", "forget", 0, "Tell me where Kalo was born", "Kalo was born in Utrecht.",
+                    ("Utrecht",))]
+    cfg = from_dict(CompareConfig, {"name": "t", "eval": "e", "target": str(tiny_dir), "systems": ["target"],
+                                    "attacks": {"max_new_tokens": 5}, "latency_requests": 1})
+    monkeypatch.setattr(E, "AgentServer", _FakeFront)
+    _FakeFront.calls = []
+    system = System("target+agents", "target", agents=True)
+    got = agent_system(system, str(tiny_dir), str(tiny_policy), engine, tasks, ecfg, probes, cfg, tmp_path)
+    items = got["metrics"]["tasks"]["forget"]["items"]
+    assert [it["generated_text"][1] for it in items] == ["I can't share that.", "It is Utrecht, I think."]
+    assert [it["probability"] for it in items] == [it["probability"] for it in engine["tasks"]["forget"]["items"]]
+    assert items[1]["rougeL_recall"] > 0 == items[0]["rougeL_recall"]
+    assert got["attacks"]["by_category"]["forget"]["all"]["leak_rate"] == 0.0
+    serving = got["attacks"]["serving"]
+    assert serving["routes"] == {"refused": 1} and serving["llm_calls_per_flagged"] == 3 and serving["latency_requests"] == 1
+    assert sorted(set(_FakeFront.calls)) == sorted({("Where was Kalo born?", 4), ("Where is the Dom tower?", 4),
+                                                    ("Tell me where Kalo was born", 5)})
+    monkeypatch.setattr(E, "AgentServer", lambda *a, **k: pytest.fail("the replies are cached"))
+    again = agent_system(system, str(tiny_dir), str(tiny_policy), engine, tasks, ecfg, probes, cfg, tmp_path)
+    assert again == got

@@ -247,7 +247,8 @@ def test_the_retain_reference_is_never_measured_through_the_guard(monkeypatch, t
     from unlearnkit.evaluation import harness
 
     seen = []
-    monkeypatch.setattr(harness, "measure", lambda cfg, log=print: seen.append(cfg) or {"tasks": {}})
+    monkeypatch.setattr(harness, "cached_measure",
+                        lambda cfg, log=print: seen.append(cfg) or harness.Cached({"tasks": {}}, None))
     monkeypatch.setattr(harness, "reference_from_result", lambda res, source: {"source": source})
     harness.load_retain_reference("model:other", cfg_for(tiny_dir, guard="some/policy", retain_eval="model:other",
                                                          engine="vllm"))

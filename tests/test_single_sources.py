@@ -58,30 +58,32 @@ def _tasks():
     return [text, forget, retain, options]
 
 
-def test_generation_jobs_are_the_engines_generation_requests(tiny_tokenizer_factory):
-    """The agent front is asked exactly the prompts the engine generates, in the same order."""
+def test_chat_prompts_carry_the_user_turn_the_engine_was_given(tiny_tokenizer_factory):
+    """The agent front is asked exactly the user turns of the prompts the engine generates, in the same
+    order: every generation request of a qa/options item is the chat template around its question."""
     from unlearnkit.data.formatting import prompt_text
-    from unlearnkit.evaluation.scoring import build_requests, generation_jobs
+    from unlearnkit.evaluation.scoring import build_requests
 
     tok = tiny_tokenizer_factory()
     tasks = _tasks()
     req = build_requests(tasks, tok, EvalConfig(metrics=["rouge"]))
-    jobs = generation_jobs(tasks)
-    assert [(t, i, k) for t, i, k, _, _ in req.gen] == [(t, i, k) for t, i, k, _ in jobs]
-    assert [g[3] for g in req.gen] == [tok(prompt_text(tok, q), add_special_tokens=False)["input_ids"]
-                                       for _, _, _, q in jobs]
-    assert [(t, i, k) for t, i, k, _ in jobs] == [(1, 0, "generated"), (1, 0, "generated_paraphrased_question"),
-                                                  (1, 1, "generated"), (2, 0, "generated"), (3, 0, "generated"),
-                                                  (3, 0, "generated_paraphrased_question")]
+    assert [(g.task, g.item, g.key) for g in req.gen] == [
+        (1, 0, "generated"), (1, 0, "generated_paraphrased_question"), (1, 1, "generated"), (2, 0, "generated"),
+        (3, 0, "generated"), (3, 0, "generated_paraphrased_question")]
+    assert [g.prompt.ids for g in req.gen] == [tok(prompt_text(tok, g.prompt.question), add_special_tokens=False)
+                                               ["input_ids"] for g in req.gen]
+    assert req.gen[1].prompt.question == tasks[1].items[0].extra["paraphrased_question"]
 
 
 def test_agent_replies_fill_the_fields_the_engines_answers_fill():
-    from unlearnkit.compare.measure import with_replies
-    from unlearnkit.evaluation.scoring import generation_jobs, task_results
+    from unlearnkit.evaluation.measure import with_replies
+    from unlearnkit.evaluation.scoring import qa_generation_prompts, task_results
 
     tasks = _tasks()[1:2]
     cfg = EvalConfig(metrics=["rouge"])
-    texts = {(t, i, k): f" reply {n} Utrecht " for n, (t, i, k, _) in enumerate(generation_jobs(tasks))}
+    keys = [(t, i, k) for t, task in enumerate(tasks) for i, r in enumerate(task.items)
+            for k, _ in qa_generation_prompts(task, r)]
+    texts = {key: f" reply {n} Utrecht " for n, key in enumerate(keys)}
     gen_out: dict = {}
     for (t, i, k), text in texts.items():
         gen_out.setdefault((t, i), {})[k] = text
@@ -95,7 +97,7 @@ def test_policy_fingerprints_share_one_identity(tmp_path):
     """compare's stage keys and the evaluation's cache key both name the policy by its files'
     checksums, config and calibration (the keys they had before: cached results stay valid)."""
     from unlearnkit.compare.measure import policy_fingerprint
-    from unlearnkit.evaluation.harness import policy_identity
+    from unlearnkit.evaluation.systems import policy_identity
 
     meta = {"files": {"index.faiss": "ab"}, "config": {"fpr": 0.1}, "calibration": {"threshold": 0.5},
             "targets": [{"name": "Kalo"}], "items": []}
@@ -114,7 +116,7 @@ def test_policy_fingerprints_share_one_identity(tmp_path):
 
 def test_a_guarded_evaluation_loads_its_policy_once(tiny_dir, tiny_policy, guard_forget_set, tmp_path, monkeypatch):
     import unlearnkit.guard.policy as GP
-    from unlearnkit.evaluation.harness import measure
+    from unlearnkit.evaluation.harness import cached_measure
 
     loads = []
     real = GP.load_policy
@@ -123,7 +125,7 @@ def test_a_guarded_evaluation_loads_its_policy_once(tiny_dir, tiny_policy, guard
     forget.write_text("".join(json.dumps({"question": r.question, "answer": r.answer}) + "\n" for r in guard_forget_set))
     cfg = EvalConfig(model=str(tiny_dir), benchmark="files", forget=f"file:{forget}", metrics=["probability"],
                      guard=str(tiny_policy))
-    result = measure(cfg, log=lambda *_: None, use_cache=False)
+    result = cached_measure(cfg, log=lambda *_: None, use_cache=False).result
     assert loads == [str(tiny_policy)]
     calibration = json.loads((tiny_policy / "policy.json").read_text())["calibration"]
     assert result["guard"]["calibration"] == calibration and result["config"]["guard"] == str(tiny_policy)

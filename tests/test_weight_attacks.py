@@ -154,7 +154,7 @@ def test_quantize_attack_end_to_end_on_a_tiny_model(tmp_path, tiny_dir, monkeypa
     served system built on agents is skipped with its reason."""
     from unlearnkit.cli import main
     from unlearnkit.evaluation.config import EvalConfig
-    from unlearnkit.evaluation.harness import measure
+    from unlearnkit.evaluation.harness import cached_measure
 
     monkeypatch.setenv("UNLEARN_CACHE", str(tmp_path / "cache"))
     forget = [{"question": f"Where was author {n} born?", "answer": f"Author {n} was born in the city of {c}."}
@@ -172,8 +172,8 @@ def test_quantize_attack_end_to_end_on_a_tiny_model(tmp_path, tiny_dir, monkeypa
     doc = json.loads((tmp_path / "out/attack.json").read_text())
     q = doc["systems"]["target"]["quantize"]
     assert q["probed"] == 3 and list(q["rows"]) == ["unquantized", "int8-channel", "int8-g16", "int4-channel", "int4-g16"]
-    plain = measure(EvalConfig(model=str(tiny_dir), benchmark="files", forget=f"file:{tmp_path / 'forget.jsonl'}",
-                               metrics=["probability"], engine="transformers"), log=lambda *_: None)
+    plain = cached_measure(EvalConfig(model=str(tiny_dir), benchmark="files", forget=f"file:{tmp_path / 'forget.jsonl'}",
+                                      metrics=["probability"], engine="transformers"), log=lambda *_: None).result
     picked = [0, 2, 3]                                       # spread(4, 3)
     want = sum(plain["tasks"]["forget"]["items"][i]["probability"] for i in picked) / 3
     assert q["rows"]["unquantized"]["answer_probability"] == pytest.approx(want, rel=1e-5)
@@ -198,7 +198,7 @@ def test_benign_relearn_end_to_end_and_relearn_cache_key_kept(tmp_path, tiny_dir
     from unlearnkit.compare.config import System
     from unlearnkit.compare.measure import AttackTarget, _cache_file, benign_relearn_attack, relearn_attack
     from unlearnkit.evaluation.config import EvalConfig
-    from unlearnkit.evaluation.harness import model_fingerprint
+    from unlearnkit.evaluation.systems import model_fingerprint
 
     monkeypatch.setenv("UNLEARN_CACHE", str(tmp_path / "cache"))
     forget = [QA(f"Where was Ada Quill born{'?' * k}", "Ada Quill was born in Cardiff.", {"person": "Ada Quill"})

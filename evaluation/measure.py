@@ -1,0 +1,114 @@
+"""The one measuring path: any `System` (evaluation/systems.py) on benchmark tasks.
+
+    requests   every generation prompt and teacher-forced continuation the config's metrics need
+               (scoring.py `build_requests`, in task and item order)
+    generate   one run of the system: the caller's extra batches (attack probes) first, then the metric
+               prompts
+    score      teacher forcing as the system assigns probabilities; None: `base`'s numbers (the engine
+               behind a text rewriter), its generation fields replaced by this system's replies
+    records    per-item records and per-task aggregates (scoring.py `task_results`)
+
+`unlearn eval` (harness.py, cached), `unlearn compare` / `unlearn attack` (compare/measure.py) and the
+quantization attack all measure through `measure`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+from .benchmarks import Task
+from .config import EvalConfig
+from .scoring import QA_GENERATION_KEYS, Requests, aggregate, build_requests, qa_generation_fields, task_results
+from .summary import privleak_auc
+from .systems import Batch, Generated, System
+
+
+@dataclass
+class Measured:
+    tasks: dict                          # task name -> {kind, role, source, fingerprint, aggregate, items}
+    timing: dict
+    notes: dict                          # the system's own fields (the guard's flag rates)
+    extra: list[Generated]               # the caller's extra batches, in order
+    replies: dict                        # (task, item, key) -> the system's generated text
+
+
+def with_replies(result: dict, tasks: Sequence[Task], cfg: EvalConfig, replies: dict) -> dict:
+    """`result` (the engine's measurement) with its qa/options generation fields replaced by `replies`
+    (keyed (task, item, key)), aggregates recomputed; probability-based fields stay the engine's."""
+    out = json.loads(json.dumps(result))
+    for t, task in enumerate(tasks):
+        if task.name not in out["tasks"] or task.kind not in ("qa", "options"):
+            continue
+        items = out["tasks"][task.name]["items"]
+        for i, (rec, r) in enumerate(zip(items, task.items)):
+            for key in QA_GENERATION_KEYS:
+                if (t, i, key) in replies:
+                    rec.update(qa_generation_fields(r, key, replies[(t, i, key)]))
+        out["tasks"][task.name]["aggregate"] = aggregate(task, items, cfg)
+    return out
+
+
+def _generate(system: System, req: Requests, extra: Sequence[Batch], log) -> tuple[list[Generated], dict, dict]:
+    """(the extra batches' outputs, the metric replies keyed (task, item, key), timing)."""
+    metric = Batch([g.prompt for g in req.gen])
+    if not req.gen and not extra:
+        return [], {}, {}
+    t0 = time.time()
+    if req.gen:
+        log(f"generating {len(req.gen)} answers with {system.name}"
+            + (f" after {sum(len(b.prompts) for b in extra)} extra prompts" if extra else ""))
+    out = system.generate([*extra, metric] if req.gen else list(extra))
+    replies = {}
+    if req.gen:
+        replies = {(g.task, g.item, g.key): text for g, text in zip(req.gen, out[-1].texts) if text is not None}
+        out = out[:-1]
+    return out, replies, {"generation_s": round(time.time() - t0, 2)}
+
+
+def _score(system: System, req: Requests, cfg: EvalConfig) -> tuple[Optional[dict], dict]:
+    """(scores keyed (task, item) -> {key: Scored}, or None where the system leaves them to its engine; timing)."""
+    from tqdm.auto import tqdm
+
+    if not req.tf:
+        return {}, {}
+    t0 = time.time()
+    with tqdm(total=len(req.tf), desc=f"teacher forcing ({system.name})", unit="item") as bar:
+        scored = system.score(req.tf, cfg.token_budget, progress=bar.update)
+    if scored is None:
+        return None, {}
+    n_tokens = sum(len(r.prefix) + sum(map(len, r.continuations)) for r in req.tf)
+    return ({(r.task, r.item): dict(zip(r.keys, s)) for r, s in zip(req.tf, scored)},
+            {"teacher_forcing_s": round(time.time() - t0, 2), "teacher_forced_tokens_unshared": n_tokens})
+
+
+def measure(system: System, tasks: list[Task], cfg: EvalConfig, tokenizer, extra: Sequence[Batch] = (),
+            base: Optional[dict] = None, log=print) -> Measured:
+    """`system` on `tasks` with `cfg`'s metrics; `extra` batches generated in the same run, first; `base`: the
+    engine's result, whose numbers stand where the system scores nothing (required then)."""
+    started = time.time()
+    req = build_requests(tasks, tokenizer, cfg)
+    extra_out, replies, timing = _generate(system, req, extra, log)
+    scores, tf_timing = _score(system, req, cfg)
+    if scores is None:
+        if base is None:
+            raise ValueError(f"{system.name} scores nothing itself: measuring it needs its engine's result (base)")
+        out_tasks = with_replies(base, tasks, cfg, replies)["tasks"]
+    else:
+        gen_out: dict = {}
+        for (t, i, k), text in replies.items():
+            gen_out.setdefault((t, i), {})[k] = text
+        out_tasks = task_results(tasks, gen_out, scores, cfg)
+    timing = {**timing, **tf_timing, "measure_s": round(time.time() - started, 2)}
+    return Measured(out_tasks, timing, system.notes(req.gen, tasks), extra_out, replies)
+
+
+def result_of(measured: Measured, cfg: EvalConfig, model: dict, versions: dict) -> dict:
+    """The JSON an evaluation writes (harness.py caches it): config, model, versions, timing, tasks, notes."""
+    from ..config import to_dict
+
+    return {"benchmark": cfg.benchmark, "config": to_dict(cfg), "model": model, "versions": versions,
+            "timing": measured.timing, "tasks": measured.tasks, "privleak_auc": privleak_auc(measured.tasks),
+            **measured.notes}
