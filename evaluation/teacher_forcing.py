@@ -133,6 +133,70 @@ def _lm_parts(model):
 LogitsTransform = Callable[[torch.Tensor, torch.Tensor, list], torch.Tensor]
 
 
+def _batch_inputs(trees: Sequence[_Tree], batch: list[int], shared: int, dtype, device):
+    """(input ids, depth positions, additive tree attention mask) of the trees in `batch`, padded to the
+    widest; every row sees the shared prefix and its own ancestors."""
+    width = max(len(trees[i].tokens) for i in batch)
+    rows = len(batch)
+    input_ids = torch.zeros(rows, width, dtype=torch.long)
+    positions = torch.zeros(rows, width, dtype=torch.long)
+    allowed = torch.zeros(rows, 1, width, shared + width, dtype=torch.bool)
+    allowed[:, :, :, :shared] = True
+    for r, i in enumerate(batch):
+        t = trees[i]
+        n = len(t.tokens)
+        input_ids[r, :n] = torch.tensor(t.tokens)
+        positions[r, :n] = torch.tensor(t.depths) + shared
+        positions[r, n:] = shared
+        allowed[r, 0, :, shared:] = _ancestor_mask(t, width)
+    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+    return input_ids.to(device), positions.to(device), mask.to(device)
+
+
+def _hidden(model, body, shared_ids: torch.Tensor, input_ids, positions, mask) -> torch.Tensor:
+    """The decoder's last hidden states of a batch of trees, the shared prefix run once into a KV cache."""
+    cache = None
+    if shared_ids.shape[1]:
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=model.config)
+        body(input_ids=shared_ids, past_key_values=cache, use_cache=True)
+        cache.batch_repeat_interleave(input_ids.shape[0])
+    return body(input_ids=input_ids, position_ids=positions, attention_mask=mask,
+                past_key_values=cache, use_cache=cache is not None).last_hidden_state
+
+
+def _scored_tokens(trees: Sequence[_Tree], batch: list[int], hidden: torch.Tensor, head,
+                   transform_logits: Optional[LogitsTransform]) -> tuple[list[float], list[bool]]:
+    """(log-probability, is-greedy) of every continuation token of the batch, in tree, path, token order.
+    Every scored token is predicted by its parent node's output; a parent shared by several continuations
+    (a common answer prefix) goes through the output head once."""
+    device = hidden.device
+    sources: dict[tuple[int, int], int] = {}
+    src_of, tgt_tok, owner, contexts = [], [], [], []
+    for r, i in enumerate(batch):
+        t = trees[i]
+        for path in t.targets:
+            for j, node in enumerate(path):
+                src_of.append(sources.setdefault((r, t.parents[node]), len(sources)))
+                tgt_tok.append(t.tokens[node])
+                owner.append(i)
+                if transform_logits is not None:
+                    contexts.append([t.tokens[n] for n in path[:j]])
+    if not sources:
+        return [], []
+    rows_idx = torch.tensor([r for r, _ in sources], device=device)
+    src_idx = torch.tensor([n for _, n in sources], device=device)
+    logits = head(hidden[rows_idx, src_idx]).float()
+    src = torch.tensor(src_of, device=device)
+    if transform_logits is not None:  # per scored token: the guard may depend on the item
+        logits = transform_logits(logits[src], torch.tensor(owner, device=device), contexts)
+        src = torch.arange(len(src_of), device=device)
+    lse = torch.logsumexp(logits, dim=-1)  # log-softmax at the targets only, no [N, V] copy
+    tgt = torch.tensor(tgt_tok, device=device)
+    return (logits[src, tgt] - lse[src]).tolist(), (logits.argmax(dim=-1)[src] == tgt).tolist()
+
+
 @torch.inference_mode()
 def score_continuations(
     model,
@@ -162,60 +226,9 @@ def score_continuations(
     shared_ids = torch.tensor([list(prefixes[0][:shared])], device=device)
     trees = [_build_tree(p, c, shared) for p, c in zip(prefixes, continuations)]
     results: list[list[Scored]] = [[] for _ in trees]
-    blocked = torch.finfo(dtype).min
-
     for batch in _batches([len(t.tokens) for t in trees], token_budget):
-        width = max(len(trees[i].tokens) for i in batch)
-        rows = len(batch)
-        input_ids = torch.zeros(rows, width, dtype=torch.long)
-        positions = torch.zeros(rows, width, dtype=torch.long)
-        allowed = torch.zeros(rows, 1, width, shared + width, dtype=torch.bool)
-        allowed[:, :, :, :shared] = True
-        for r, i in enumerate(batch):
-            t = trees[i]
-            n = len(t.tokens)
-            input_ids[r, :n] = torch.tensor(t.tokens)
-            positions[r, :n] = torch.tensor(t.depths) + shared
-            positions[r, n:] = shared
-            allowed[r, 0, :, shared:] = _ancestor_mask(t, width)
-        mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, blocked).to(device)
-
-        cache = None
-        if shared:
-            from transformers import DynamicCache
-
-            cache = DynamicCache(config=model.config)
-            body(input_ids=shared_ids, past_key_values=cache, use_cache=True)
-            cache.batch_repeat_interleave(rows)
-        hidden = body(input_ids=input_ids.to(device), position_ids=positions.to(device), attention_mask=mask,
-                      past_key_values=cache, use_cache=cache is not None).last_hidden_state
-
-        # every scored token is predicted by its parent node's output; a parent shared by several
-        # continuations (a common answer prefix) goes through the output head once
-        sources: dict[tuple[int, int], int] = {}
-        src_of, tgt_tok, owner, contexts = [], [], [], []
-        for r, i in enumerate(batch):
-            t = trees[i]
-            for path in t.targets:
-                for j, node in enumerate(path):
-                    src_of.append(sources.setdefault((r, t.parents[node]), len(sources)))
-                    tgt_tok.append(t.tokens[node])
-                    owner.append(i)
-                    if transform_logits is not None:
-                        contexts.append([t.tokens[n] for n in path[:j]])
-        token_logp, greedy = [], []
-        if sources:
-            rows_idx = torch.tensor([r for r, _ in sources], device=device)
-            src_idx = torch.tensor([n for _, n in sources], device=device)
-            logits = head(hidden[rows_idx, src_idx]).float()
-            src = torch.tensor(src_of, device=device)
-            if transform_logits is not None:  # per scored token: the guard may depend on the item
-                logits = transform_logits(logits[src], torch.tensor(owner, device=device), contexts)
-                src = torch.arange(len(src_of), device=device)
-            lse = torch.logsumexp(logits, dim=-1)  # log-softmax at the targets only, no [N, V] copy
-            tgt = torch.tensor(tgt_tok, device=device)
-            token_logp = (logits[src, tgt] - lse[src]).tolist()
-            greedy = (logits.argmax(dim=-1)[src] == tgt).tolist()
+        hidden = _hidden(model, body, shared_ids, *_batch_inputs(trees, batch, shared, dtype, device))
+        token_logp, greedy = _scored_tokens(trees, batch, hidden, head, transform_logits)
         k = 0
         for i in batch:
             for path in trees[i].targets:

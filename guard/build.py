@@ -102,56 +102,106 @@ def _fingerprint(records: list[QA]) -> str:
     return json_digest([r.to_json() for r in records])
 
 
-def build_policy(forget: list[QA], out_dir: str | Path, model_path: str, tokenizer, cfg: GuardConfig,
-                 retain: Optional[list[QA]] = None, sources: Optional[dict] = None, progress=print) -> dict:
-    """Compile and write the policy; returns its policy.json contents."""
-    import faiss
+def _retain_prompts(forget: list[QA], retain: Optional[list[QA]], cfg: GuardConfig) -> list[QA]:
+    """The calibration prompts: retain questions the forget set does not ask, spread down to max_retain."""
+    asked = {item.question for item in forget}
+    retain = [r for r in (retain or []) if r.question and r.question not in asked]   # never calibrate on the forget set
+    if retain and len(retain) > cfg.max_retain:
+        step = len(retain) / cfg.max_retain
+        retain = [retain[int(i * step)] for i in range(cfg.max_retain)]
+    return retain
 
+
+def _targets(questions: list[str], background: list[str]) -> list[dict]:
+    """Recurring names the questions ask about, less those the retain prompts also name ("South Africa": a
+    place the retain set asks about too, not what the forget set is about); each with its probes (the name
+    and its distinctive parts) and their collapsed spellings."""
+    known = Background(background)    # asked once per name and name part: indexed (10^4 targets x 10^3 prompts)
+    spelled = [disguise.collapsed(disguise.fold(q)) for q in background]
+    targets = []
+    for name in (n for n in group_targets(questions) if not known.mentions(n)):
+        probes = list(dict.fromkeys([name] + (distinctive_parts(name, known) if background else [])))
+        targets.append({"name": name, "probes": probes, "collapsed": collapsed_probes(probes, spelled)})
+    return targets
+
+
+def _items(forget: list[QA], targets: list[dict], cfg: GuardConfig) -> list[dict]:
+    """Each forget item with the targets its question or answer names and the phrases it withholds."""
+    probed = MentionIndex([target["probes"] for target in targets])
+    return [{"question": item.question, "answer": item.answer, "targets": probed.find(f"{item.question or ''} {item.answer}"),
+             "phrases": item_phrases(item.question, item.answer, with_key_words=cfg.key_words)} for item in forget]
+
+
+def _target_phrases(targets: list[dict], items: list[dict]) -> list[list[str]]:
+    """Per target: its name, the name's parts and stems, and the titles quoted in its items' answers."""
+    by_target: list[list[dict]] = [[] for _ in targets]
+    for it in items:
+        for t in dict.fromkeys(it["targets"]):
+            by_target[t].append(it)
+    out = []
+    for target, mine in zip(targets, by_target):
+        titles = [q for it in mine for q in quoted(it["answer"])]
+        parts = [p for p in target["name"].split() if p.lower() not in STOPWORDS] + stems(target["name"])
+        out.append(list(dict.fromkeys([target["name"], *parts, *titles])))
+    return out
+
+
+def _threshold(classifier: PromptClassifier, tokenizer, background: list[str], cfg: GuardConfig) -> dict:
+    """The semantic threshold at the configured false-positive rate on the retain prompts, scored exactly as
+    served (chat template, every disguise view and window); prompts that name a target count as flagged."""
+    if not background:
+        return {"threshold": cfg.default_threshold, "retain_fpr": None}
+    scored = classifier.classify(as_served(tokenizer, background), threshold=math.inf)   # flagged = named a target
+    named = np.array([d.flagged for d in scored])
+    scores = np.array([d.score for d in scored])
+    threshold, fpr = calibrate(named, scores, cfg.fpr)
+    rest = scores[~named]
+    return {"threshold": threshold, "retain_fpr": fpr, "retain_named": int(named.sum()),
+            "retain_score_p50": float(np.median(rest)), "retain_score_p99": float(np.quantile(rest, 0.99))}
+
+
+def _recalls(classifier: PromptClassifier, tokenizer, index, vecs, forget: list[QA], threshold: float) -> dict:
+    """How often the classifier flags the forget questions, their paraphrases, and each question scored
+    against the *other* items only (leave-one-out: how well the policy generalises to a question it was not
+    built from)."""
+    questions = [_item_text(item) for item in forget]
+
+    def recall(texts: list[str]) -> float:
+        return float(np.mean([d.flagged for d in classifier.classify(as_served(tokenizer, texts), threshold)]))
+
+    sims, _ = index.search(vecs, 2)
+    second = sims[:, 1] if sims.shape[1] > 1 else np.zeros(len(questions))
+    named = np.array([bool(classifier.named(q)) for q in questions])
+    paraphrases = [item.extra["paraphrased_question"] for item in forget
+                   if isinstance(item.extra.get("paraphrased_question"), str)]
+    return {"forget_recall_leave_one_out": float((named | (second >= threshold)).mean()),
+            "forget_recall": recall(questions), "paraphrase_recall": recall(paraphrases) if paraphrases else None}
+
+
+def _check_build_inputs(forget: list[QA], cfg: GuardConfig) -> None:
     check_forget_set(forget)
     cfg.validate()
     if cfg.calibrated:
         check_counterfactuals(forget)
     if not 0.0 <= cfg.fpr < 1.0:
         raise PolicyError(f"fpr must be in [0, 1), got {cfg.fpr}")
-    asked = {item.question for item in forget}
-    retain = [r for r in (retain or []) if r.question and r.question not in asked]   # never calibrate on the forget set
-    if retain and len(retain) > cfg.max_retain:
-        step = len(retain) / cfg.max_retain
-        retain = [retain[int(i * step)] for i in range(cfg.max_retain)]
-    questions = [_item_text(item) for item in forget]
 
-    # targets: recurring names the questions ask about, less those the retain prompts also name
-    # ("South Africa": a place the retain set asks about too, not what the forget set is about);
-    # probes: the name + its distinctive parts
+
+def build_policy(forget: list[QA], out_dir: str | Path, model_path: str, tokenizer, cfg: GuardConfig,
+                 retain: Optional[list[QA]] = None, sources: Optional[dict] = None, progress=print) -> dict:
+    """Compile and write the policy; returns its policy.json contents."""
+    import faiss
+
+    _check_build_inputs(forget, cfg)
+    retain = _retain_prompts(forget, retain, cfg)
+    questions = [_item_text(item) for item in forget]
     background = [r.question for r in retain]
-    known = Background(background)    # asked once per name and name part: indexed (10^4 targets x 10^3 prompts)
-    target_names = [n for n in group_targets(questions) if not known.mentions(n)]
-    targets = []
-    spelled = [disguise.collapsed(disguise.fold(q)) for q in background]
-    for name in target_names:
-        probes = list(dict.fromkeys([name] + (distinctive_parts(name, known) if background else [])))
-        targets.append({"name": name, "probes": probes, "collapsed": collapsed_probes(probes, spelled)})
-    items = []
-    probed = MentionIndex([target["probes"] for target in targets])
-    for item in forget:
-        text = f"{item.question or ''} {item.answer}"
-        hit = probed.find(text)
-        items.append({"question": item.question, "answer": item.answer, "targets": hit,
-                      "phrases": item_phrases(item.question, item.answer, with_key_words=cfg.key_words)})
+    targets = _targets(questions, background)
+    items = _items(forget, targets, cfg)
     progress(f"{len(forget)} forget items, {len(targets)} targets: {', '.join(t['name'] for t in targets) or '-'}")
 
     item_seqs = [token_sequences(tokenizer, it["phrases"]) for it in items]
-    target_phrases = []
-    by_target: list[list[dict]] = [[] for _ in targets]
-    for it in items:
-        for t in dict.fromkeys(it["targets"]):
-            by_target[t].append(it)
-    for t, target in enumerate(targets):
-        mine = by_target[t]
-        titles = [q for it in mine for q in quoted(it["answer"])]
-        parts = [p for n in [target["name"]] for p in n.split() if p.lower() not in STOPWORDS]
-        parts += stems(target["name"])
-        target_phrases.append(list(dict.fromkeys([target["name"], *parts, *titles])))
+    target_phrases = _target_phrases(targets, items)
     target_seqs = [token_sequences(tokenizer, phrases) for phrases in target_phrases]
     progress("semantic penalty over the vocabulary")
     penalties = _penalties(model_path, tokenizer, target_phrases, cfg)
@@ -165,35 +215,12 @@ def build_policy(forget: list[QA], out_dir: str | Path, model_path: str, tokeniz
     classifier = PromptClassifier(Policy(Path(out_dir), {"config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
                                                          "calibration": {"threshold": cfg.default_threshold},
                                                          "targets": targets, "items": items}, index, [], []))
-    calibration: dict = {"fpr_target": cfg.fpr, "calibrated": bool(retain), "n_retain": len(retain),
-                         "prompts": "chat template" if getattr(tokenizer, "chat_template", None) else "plain text"}
     if retain:
         progress(f"calibrating on {len(retain)} retain prompts")
-        # scored exactly as served: rendered with the chat template, every disguise view and window
-        scored = classifier.classify(as_served(tokenizer, background), threshold=math.inf)   # flagged = named a target
-        named = np.array([d.flagged for d in scored])
-        scores = np.array([d.score for d in scored])
-        threshold, fpr = calibrate(named, scores, cfg.fpr)
-        rest = scores[~named]
-        calibration.update(threshold=threshold, retain_fpr=fpr, retain_named=int(named.sum()),
-                           retain_score_p50=float(np.median(rest)), retain_score_p99=float(np.quantile(rest, 0.99)))
-    else:
-        threshold = cfg.default_threshold
-        calibration.update(threshold=threshold, retain_fpr=None)
-
-    def recall(texts: list[str]) -> float:
-        return float(np.mean([d.flagged for d in classifier.classify(as_served(tokenizer, texts), threshold)]))
-
-    # each forget question is in the index itself, so score it against the *other* items: how
-    # well the policy generalises to a question it was not built from
-    sims, _ = index.search(vecs, 2)
-    second = sims[:, 1] if sims.shape[1] > 1 else np.zeros(len(questions))
-    named_f = np.array([bool(classifier.named(q)) for q in questions])
-    calibration["forget_recall_leave_one_out"] = float((named_f | (second >= threshold)).mean())
-    calibration["forget_recall"] = recall(questions)
-    paraphrases = [item.extra["paraphrased_question"] for item in forget
-                   if isinstance(item.extra.get("paraphrased_question"), str)]
-    calibration["paraphrase_recall"] = recall(paraphrases) if paraphrases else None
+    calibration: dict = {"fpr_target": cfg.fpr, "calibrated": bool(retain), "n_retain": len(retain),
+                         "prompts": "chat template" if getattr(tokenizer, "chat_template", None) else "plain text",
+                         **_threshold(classifier, tokenizer, background, cfg)}
+    calibration.update(_recalls(classifier, tokenizer, index, vecs, forget, calibration["threshold"]))
 
     meta = {
         "format": FORMAT, "format_version": FORMAT_VERSION,

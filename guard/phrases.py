@@ -254,22 +254,20 @@ def _unit_forms(n: str, unit: str, value: int | None) -> list[str]:
     return out
 
 
-def quantities(text: str) -> list[str]:
-    """Numbers, dates and quantities as the units they are, in every surface form a model writes:
-    "11,000" (also 11000, 11 000), "1.75 million" (also 1,750,000 and 1750000), "7.4" (7,4), "12%"
-    (12 percent, 12 per cent), dates (see `dates`), times ("17:00", "5pm"), ranges ("2002-03",
-    "10 to 12%"), money ("£45.50", "20p" / 20 pence) and a number with its unit ("3 days" / three
-    days, "3,800m" / 3,800 metres). A one-digit number is forbidden only with its unit or sign
-    ("5%", "3 days"), never alone."""
-    out = dates(text)
-    taken = [m.span() for p in (_DAY_MONTH, _MONTH_DAY, _ISO_DATE, _SLASH_DATE, _CLOCK) for m in p.finditer(text)]
-    inside = lambda m: any(a <= m.start() < b for a, b in taken)  # noqa: E731
+def _percent_forms(text: str) -> list[str]:
+    out = []
     for m in _PERCENT.finditer(text):
         n = m.group("n")
         for form in dict.fromkeys([n, n.replace(",", "."), n.replace(".", ",")]):
             out += [f"{form}%", f"{form} %", f"{form} percent", f"{form} per cent"]
+    return out
+
+
+def _range_forms(text: str, taken: list) -> list[str]:
+    """Ranges outside the spans `taken` (dates, times), whose spans are added to `taken`."""
+    out = []
     for m in _RANGE.finditer(text):
-        if inside(m):
+        if _inside(m, taken):
             continue
         a, b, pct = m.group("a"), m.group("b"), "%" if m.group("pct") else ""
         seps = ["-", "–", "/", " to "]
@@ -279,6 +277,11 @@ def quantities(text: str) -> list[str]:
         if pct:
             out += [f"{a}{sep}{b} percent" for sep in ("-", " to ")]
         taken.append(m.span())
+    return out
+
+
+def _scaled_forms(text: str) -> list[str]:
+    out = []
     for m in _SCALED.finditer(text):
         n, scale, cur = m.group("n"), m.group("scale").lower(), m.group("cur") or ""
         if scale == "m" and not cur:
@@ -288,8 +291,13 @@ def quantities(text: str) -> list[str]:
         forms = [f"{n} {word}", f"{n}{_SCALE_SHORT[word]}", f"{n} {_SCALE_SHORT[word]}",
                  _grouped(value, ","), str(value), _grouped(value, " ")]
         out += [cur + f for f in forms if cur] + forms
+    return out
+
+
+def _amount_forms(text: str, taken: list) -> list[str]:
+    out = []
     for m in _AMOUNT.finditer(text):
-        if inside(m):
+        if _inside(m, taken):
             continue
         n, cur, unit = m.group("n"), m.group("cur") or "", (m.group("unit") or "")
         forms = number_forms(n) if _worth_alone(n) else []
@@ -299,6 +307,11 @@ def quantities(text: str) -> list[str]:
         if unit.lower() in UNITS:
             out += [f"{n}{unit}", f"{n} {unit}"] + [f"{n} {long}" for long in UNITS[unit.lower()]]
         out += forms
+    return out
+
+
+def _clock_forms(text: str) -> list[str]:
+    out = []
     for m in _CLOCK.finditer(text):
         h, mins = int(m.group("h")), m.group("m")
         if h < 24 and int(mins) < 60:
@@ -306,16 +319,39 @@ def quantities(text: str) -> list[str]:
             ampm = "am" if h < 12 else "pm"
             out += [m.group(0), f"{h}:{mins}", f"{h:02d}:{mins}", f"{h:02d}.{mins}", f"{half}:{mins} {ampm}",
                     f"{half}:{mins}{ampm}"] + ([f"{half}{ampm}", f"{half} {ampm}"] if mins == "00" else [])
+    return out
+
+
+def _counted_forms(text: str, taken: list) -> list[str]:
+    """A number with its unit, in digits or in words ("3 days" / three days)."""
+    out = []
     for pattern, numeric in ((_DIGITS_UNIT, True), (_NUMBER_WORD, False)):
         for m in pattern.finditer(text):
             unit = m.group("unit")
-            if inside(m) or unit.lower() in STOPWORDS or unit.lower() in _MONTH_NO:
+            if _inside(m, taken) or unit.lower() in STOPWORDS or unit.lower() in _MONTH_NO:
                 continue
             n = m.group("n")
             if numeric and len(n) >= 4:                # a year: forbidden on its own already
                 continue
             value = int(n) if numeric else _word_value(n)
             out += _unit_forms(str(value), unit, value) + ([f"{n}{m.group('sep')}{unit}"] if not numeric else [])
+    return out
+
+
+def _inside(m, taken: list) -> bool:
+    return any(a <= m.start() < b for a, b in taken)
+
+
+def quantities(text: str) -> list[str]:
+    """Numbers, dates and quantities as the units they are, in every surface form a model writes:
+    "11,000" (also 11000, 11 000), "1.75 million" (also 1,750,000 and 1750000), "7.4" (7,4), "12%"
+    (12 percent, 12 per cent), dates (see `dates`), times ("17:00", "5pm"), ranges ("2002-03",
+    "10 to 12%"), money ("£45.50", "20p" / 20 pence) and a number with its unit ("3 days" / three
+    days, "3,800m" / 3,800 metres). A one-digit number is forbidden only with its unit or sign
+    ("5%", "3 days"), never alone."""
+    taken = [m.span() for p in (_DAY_MONTH, _MONTH_DAY, _ISO_DATE, _SLASH_DATE, _CLOCK) for m in p.finditer(text)]
+    out = dates(text) + _percent_forms(text) + _range_forms(text, taken) + _scaled_forms(text)
+    out += _amount_forms(text, taken) + _clock_forms(text) + _counted_forms(text, taken)
     return list(dict.fromkeys(o for o in out if o.strip()))
 
 
