@@ -298,7 +298,7 @@ def tables(doc: dict) -> list[Table]:
 
 
 def _tables(systems: Systems) -> list[Table]:
-    return (headline_table(systems) + leak_table(systems) + neighbour_table(systems) + _quantization(systems)
+    return (headline_table(systems) + leak_table(systems) + neighbour_table(systems) + _quantization(systems) + finetune_table(systems)
             + _sequential(systems) + truth_ratio_table(systems) + spread_table(systems) + dial_table(systems) + cost_table(systems)
             + paradigm_table()
             + failed_table(systems))
@@ -477,6 +477,28 @@ def _quantization(systems: Systems) -> list[Table]:
             "system.") + ("\nSkipped: " + "; ".join(skipped) if skipped else "")
     return [("Quantization attack (forget questions): leak rate / answer probability",
              ["system"] + labels + ["max leak rise", "max P(answer) ratio"], rows, note)]
+
+
+def _before_after(attack) -> str:
+    if attack.after is None:
+        return "n/a"
+    before = attack.before.leak_rate if attack.before is not None else None
+    return f"{_f(before, 2)} → {_f(attack.after.leak_rate, 2)}"
+
+
+def finetune_table(systems: Systems) -> list[Table]:
+    """The fine-tuning attacks' leak rates before and after, per system that ran one."""
+    ran = {n: r for n, r in systems.items() if r.relearn.after is not None or r.benign_relearn.after is not None}
+    if not ran:
+        return []
+    skipped = sorted({f"{n}: {a.skipped}" for n, r in systems.items() for a in (r.relearn, r.benign_relearn)
+                      if a.skipped})
+    rows = [[name, _before_after(r.relearn), _before_after(r.benign_relearn)] for name, r in ran.items()]
+    return [("Fine-tuning attacks (forget questions): leak rate before → after",
+             ["system", "relearn (half the forget facts)", "benign relearn (texts naming no forget subject)"], rows,
+             "The weights fine-tuned, then the probed forget items' plain questions asked: relearn teaches the "
+             "even-numbered forget items and asks the odd ones; benign relearning teaches a few retain items that "
+             "name no forget subject and asks the attacked items." + ("\nSkipped: " + "; ".join(skipped) if skipped else ""))]
 
 
 def sequential_steps(systems: Systems) -> list[tuple[str, Sequential]]:

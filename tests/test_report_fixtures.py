@@ -6,7 +6,8 @@ run with every table (weights attacks, truth ratios, cost, a NaN forget quality)
 a failed system, an audit of an endpoint, sequential requests, a real tiny vLLM run, and an older
 result that lacks the fields later versions added. The expected *.report.md / *.report.html were
 rendered by the dict-reading report, before the change; the HTML's inlined PNGs are left empty
-(matplotlib's bytes are not the report's figures)."""
+(matplotlib's bytes are not the report's figures). Tables added since (the fine-tuning attacks) were
+added to the expected files by re-rendering them; their diff held only the new table."""
 
 import json
 from pathlib import Path
