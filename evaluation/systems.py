@@ -269,6 +269,7 @@ class Replayed:
 
 def engine_system(cfg, tokenizer, path: str) -> Weights:
     """The system an evaluation config describes: `path`'s weights, behind `cfg.guard` when set."""
+    name = Path(path).name or str(path)
     if cfg.guard:
-        return Guarded(path, tokenizer, cfg.guard, cfg.dtype, name=cfg.model)
-    return Weights(path, tokenizer, cfg.engine, cfg.dtype, name=cfg.model)
+        return Guarded(path, tokenizer, cfg.guard, cfg.dtype, name=f"{name} + guard")
+    return Weights(path, tokenizer, cfg.engine, cfg.dtype, name=name)
