@@ -32,6 +32,7 @@ from .classifier import Decision, PromptClassifier, UserTurn, spelled_out
 from .decode import RequestGuard
 from .penalty import dense_penalty
 from .policy import Policy, load_policy, read_meta
+from .reload import PolicyWatch
 from .textmatch import TextMatcher, TokenTexts, normalise
 from .trie import TokenTrie, token_sequences
 from .union import MatcherDifference, MatcherUnion, TrieDifference, TrieUnion
@@ -123,17 +124,18 @@ def parse_request_args(extra_args: Optional[dict], meta: dict) -> RequestArgs:
     return RequestArgs(**out)
 
 
-_META_CACHE: dict[str, dict] = {}
+_META_CACHE: dict[str, PolicyWatch] = {}
 
 
 def policy_meta_from_env() -> Optional[dict]:
-    """policy.json of the policy named by $UNLEARN_GUARD_POLICY (cached): what the front end needs."""
+    """policy.json of the policy named by $UNLEARN_GUARD_POLICY: what the front end needs (read again
+    when the directory is replaced: guard/reload.py)."""
     root = os.environ.get(POLICY_ENV)
     if not root:
         return None
     if root not in _META_CACHE:
-        _META_CACHE[root] = read_meta(root)
-    return _META_CACHE[root]
+        _META_CACHE[root] = PolicyWatch(root, lambda: read_meta(root), read_meta(root), background=False)
+    return _META_CACHE[root].get()
 
 
 def validate_sampling_params(extra_args: Optional[dict]) -> None:
@@ -277,12 +279,8 @@ class GuardRuntime:
                     matcher.blocked(matcher.start)
 
     @classmethod
-    def from_env(cls, tokenizer_path: str) -> Optional["GuardRuntime"]:
-        """The runtime for $UNLEARN_GUARD_POLICY, or None when it is not set (the guard is inert)."""
-        root = os.environ.get(POLICY_ENV)
-        if not root:
-            log.warning("%s is not set: the unlearning guard is inert", POLICY_ENV)
-            return None
+    def load(cls, root: str, tokenizer_path: str) -> "GuardRuntime":
+        """The runtime for the policy at `root`, verified against the model's tokenizer and warmed up."""
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
@@ -292,6 +290,12 @@ class GuardRuntime:
         runtime = cls(policy, tokenizer)
         runtime.warm_up()   # in an engine, before the first request
         return runtime
+
+    @classmethod
+    def from_env(cls, tokenizer_path: str) -> Optional["GuardRuntime"]:
+        """The runtime for $UNLEARN_GUARD_POLICY, or None when it is not set (the guard is inert)."""
+        watch = watched_runtime(tokenizer_path)
+        return watch.get() if watch is not None else None
 
     # ------------------------------------------------------------------ per request
     def prompt_parts(self, prompt_ids: Sequence[int]) -> tuple[str, list[str]]:
@@ -444,3 +448,13 @@ class GuardRuntime:
         except Exception:
             log.exception("unlearning guard: the classifier failed on a request; refusing it (fail closed)")
             return None
+
+
+def watched_runtime(tokenizer_path: str) -> Optional[PolicyWatch]:
+    """The runtime for $UNLEARN_GUARD_POLICY, loaded again when that directory is replaced (guard/reload.py);
+    None when it is not set (the guard is inert). A bad policy raises here: the engine fails at start-up."""
+    root = os.environ.get(POLICY_ENV)
+    if not root:
+        log.warning("%s is not set: the unlearning guard is inert", POLICY_ENV)
+        return None
+    return PolicyWatch(root, lambda: GuardRuntime.load(root, tokenizer_path), GuardRuntime.load(root, tokenizer_path))

@@ -58,7 +58,7 @@ def _constraint_errors_as_400(send):
 class GuardBoundary:
     def __init__(self, app):
         self.app = app
-        self.meta = policy_meta_from_env()
+        policy_meta_from_env()     # a bad policy fails the server at start-up
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -67,7 +67,7 @@ class GuardBoundary:
         raw, complete = (await _read_body(receive)) if method == "POST" else (b"", True)
         if not complete:
             return
-        body, rejection = check(method, path, raw, self.meta)
+        body, rejection = check(method, path, raw, policy_meta_from_env())   # a replaced policy's own limits
         if rejection is not None:
             log.info("unlearning guard: refused %s %s with %d (%s)", method, path, rejection.status, rejection.field or "-")
             return await _answer(send, rejection)

@@ -1,7 +1,8 @@
 """vLLM V1 logits-processor adapter (the interface vLLM's CPU backend uses).
 
 Thin: batch bookkeeping maps onto `GuardSlots`, classification onto `GuardRuntime.guards`, called
-once per batch of newly added requests in `update_state` (not per decode step). vLLM reports
+once per batch of newly added requests in `update_state` (not per decode step), with the policy in
+force then (a replaced policy directory is taken up without a restart: guard/reload.py). vLLM reports
 removed, then added, then moved requests; output-token lists are live references that vLLM
 appends to, so the guard advances its trie matches lazily in `apply`.
 """
@@ -14,13 +15,15 @@ import torch
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
 from .decode import GuardSlots
-from .runtime import GuardRuntime, validate_sampling_params
+from .runtime import GuardRuntime, validate_sampling_params, watched_runtime
 
 
 class GuardProcessorV1(LogitsProcessor):
     def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool,
                  runtime: Optional[GuardRuntime] = None):
-        self.runtime = runtime or GuardRuntime.from_env(vllm_config.model_config.tokenizer)
+        # the policy is watched (guard/reload.py) unless a runtime is given (tests)
+        self.watch = None if runtime is not None else watched_runtime(vllm_config.model_config.tokenizer)
+        self.runtime = runtime if runtime is not None else (self.watch.get() if self.watch else None)
         self.slots = GuardSlots()
 
     @classmethod
@@ -33,6 +36,8 @@ class GuardProcessorV1(LogitsProcessor):
     def update_state(self, batch_update: Optional[BatchUpdate]) -> None:
         if batch_update is None or self.runtime is None:
             return
+        if self.watch is not None:   # a replaced policy classifies the requests admitted from now on
+            self.runtime = self.watch.get()
         for index in batch_update.removed:
             self.slots.remove(index)
         added = list(batch_update.added)

@@ -19,10 +19,12 @@ from .runtime import validate_sampling_params
 
 class GuardProcessorV2(LogitsProcessor):
     def __init__(self, vllm_config, req_states, runtime=None):
-        from .runtime import GuardRuntime
+        from .runtime import watched_runtime
 
         self.state = req_states
-        self.runtime = runtime or GuardRuntime.from_env(vllm_config.model_config.tokenizer)
+        # the policy is watched (guard/reload.py) unless a runtime is given (tests)
+        self.watch = None if runtime is not None else watched_runtime(vllm_config.model_config.tokenizer)
+        self.runtime = runtime if runtime is not None else (self.watch.get() if self.watch else None)
         self.guards: dict = {}           # slot -> RequestGuard (flagged requests only)
         self.pending: dict = {}          # slot -> sampling params, admitted but not classified yet
 
@@ -40,6 +42,8 @@ class GuardProcessorV2(LogitsProcessor):
     def apply_staged_writes(self) -> None:
         if not self.pending:
             return
+        if self.watch is not None:   # a replaced policy classifies the requests admitted from now on
+            self.runtime = self.watch.get()
         slots = list(self.pending)
         requests, outputs = [], []
         for slot in slots:

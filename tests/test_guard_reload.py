@@ -1,0 +1,172 @@
+"""A served policy replaced on disk is taken up without a restart (guard/reload.py): the watch itself with
+a fake loader and clock, then the V1 adapter over real tiny policies (a new target withheld from the next
+admitted request on, a request already decoding keeping its guard, a broken replacement leaving the old
+policy in force) and the front end's request checks reading the new policy's limits."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+from tests.conftest import GUARD_RETAIN
+from unlearnkit.guard.reload import PolicyWatch, signature
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def _replace(root, content: dict) -> None:
+    """As `unlearn guard build --out` does: the new directory renamed over the old one."""
+    new = root.with_name(root.name + ".new")
+    new.mkdir()
+    (new / "policy.json").write_text(json.dumps(content))
+    old = root.with_name(root.name + ".old")
+    root.rename(old)
+    new.rename(root)
+    shutil.rmtree(old)
+
+
+def test_the_watch_swaps_in_a_replaced_directory_after_its_period_and_keeps_the_old_on_failure(tmp_path):
+    root = tmp_path / "policy"
+    root.mkdir()
+    (root / "policy.json").write_text(json.dumps({"v": 1}))
+    clock, loads = Clock(), []
+
+    def load():
+        loads.append(1)
+        got = json.loads((root / "policy.json").read_text())
+        if got.get("broken"):
+            raise ValueError("checksum mismatch")
+        return got
+
+    watch = PolicyWatch(root, load, {"v": 1}, period=2.0, background=False, clock=clock)
+    _replace(root, {"v": 2})
+    assert watch.get() == {"v": 1} and loads == []          # not looked at before its period
+    clock.now = 2.0
+    assert watch.get() == {"v": 2} and watch.reloads == 1
+    clock.now = 4.0
+    assert watch.get() == {"v": 2} and len(loads) == 1       # unchanged: not loaded again
+    shutil.rmtree(root)                                      # mid-rename: no directory
+    clock.now = 6.0
+    assert watch.get() == {"v": 2}
+    root.mkdir()
+    (root / "policy.json").write_text(json.dumps({"v": 3, "broken": True}))
+    clock.now = 8.0
+    assert watch.get() == {"v": 2} and len(loads) == 2       # failed: the old one stays in force
+    clock.now = 10.0
+    assert watch.get() == {"v": 2} and len(loads) == 2       # and is not retried until it changes again
+    _replace(root, {"v": 4})
+    clock.now = 12.0
+    assert watch.get() == {"v": 4}
+
+
+def test_a_background_load_never_blocks_get(tmp_path):
+    import threading
+
+    root = tmp_path / "policy"
+    root.mkdir()
+    (root / "policy.json").write_text("{}")
+    release = threading.Event()
+    clock = Clock()
+    watch = PolicyWatch(root, lambda: release.wait(10) and "new", "old", period=0.0, clock=clock)
+    _replace(root, {"v": 2})
+    assert watch.get() == "old"                              # loading in the background
+    assert watch.get() == "old"
+    release.set()
+    watch.wait(10)
+    assert watch.get() == "new"
+    assert signature(root) == watch._sig
+
+
+def _build(out, forget, tiny_dir):
+    from unlearnkit.data.records import QA
+    from unlearnkit.guard.build import build_policy
+    from unlearnkit.guard.policy import GuardConfig
+    from unlearnkit.models.loading import load_tokenizer
+
+    build_policy(forget, out, str(tiny_dir), load_tokenizer(str(tiny_dir)), GuardConfig(fpr=0.1),
+                 retain=[QA(q, "an answer") for q in GUARD_RETAIN], progress=lambda *_: None)
+
+
+def test_the_engine_guard_takes_up_a_rebuilt_policy_between_batches(tmp_path, tiny_dir, guard_forget_set, monkeypatch):
+    pytest.importorskip("vllm")
+    from types import SimpleNamespace
+
+    from vllm import SamplingParams
+    from vllm.v1.sample.logits_processor import BatchUpdate
+
+    from unlearnkit.data.formatting import prompt_text
+    from unlearnkit.guard import runtime as RT
+    from unlearnkit.guard.vllm_v1 import GuardProcessorV1
+    from unlearnkit.models.loading import load_tokenizer
+
+    kalo = [qa for qa in guard_forget_set if "Kalo" in qa.question]
+    root = tmp_path / "served"
+    _build(root, kalo, tiny_dir)                                # request 1: Kalo Mirten only
+    monkeypatch.setenv(RT.POLICY_ENV, str(root))
+    proc = GuardProcessorV1(SimpleNamespace(model_config=SimpleNamespace(tokenizer=str(tiny_dir))),
+                            torch.device("cpu"), False)
+    proc.watch.period = 0.0
+    tok = load_tokenizer(str(tiny_dir))
+    ines = tok(prompt_text(tok, "What award did Ines Farrow win?"), add_special_tokens=False)["input_ids"]
+    about_kalo = tok(prompt_text(tok, "Where does Kalo Mirten live?"), add_special_tokens=False)["input_ids"]
+
+    proc.update_state(BatchUpdate(1, removed=[], added=[(0, SamplingParams(max_tokens=8), about_kalo, [])], moved=[]))
+    kalo_guard = proc.slots.slots[0][0]
+    assert kalo_guard is not None and not kalo_guard.always_on
+    assert not [t["name"] for t in proc.runtime.policy.targets if "Ines" in t["name"]]
+
+    old_runtime = proc.runtime
+    _build(root, guard_forget_set, tiny_dir)                    # request 2 arrives: Ines Farrow added, no restart
+    proc.update_state(BatchUpdate(2, removed=[], added=[(1, SamplingParams(max_tokens=8), ines, [])], moved=[]))
+    proc.watch.wait(60)
+    proc.update_state(BatchUpdate(3, removed=[], added=[(2, SamplingParams(max_tokens=8), ines, [])], moved=[]))
+    assert proc.watch.reloads == 1
+    assert [t["name"] for t in proc.runtime.policy.targets if "Ines" in t["name"]]
+    before, after = proc.slots.slots[1][0], proc.slots.slots[2][0]
+    assert before is not after and before.trie is not after.trie  # admitted while the new one loaded: the old policy
+    assert after is not None and not after.always_on           # the new target's question is flagged
+    assert proc.slots.slots[0][0] is kalo_guard                 # the request already decoding keeps its guard
+    name = tok(" Ines Farrow", add_special_tokens=False)["input_ids"]
+
+    def completes_the_name(runtime) -> bool:
+        guard = runtime.guards([(ines, None)])[0]
+        guard.feed(name[:-1])
+        return name[-1] in guard.blocked()
+
+    assert completes_the_name(proc.runtime) and not completes_the_name(old_runtime)   # the new target is withheld
+
+    (root / "penalty.safetensors").write_bytes(b"corrupt")     # a broken replacement
+    (root / "policy.json").write_text((root / "policy.json").read_text() + " ")
+    proc.update_state(BatchUpdate(3, removed=[1], added=[(1, SamplingParams(max_tokens=8), ines, [])], moved=[]))
+    proc.watch.wait(60)
+    proc.update_state(BatchUpdate(3, removed=[1], added=[(1, SamplingParams(max_tokens=8), ines, [])], moved=[]))
+    assert proc.watch.reloads == 1 and proc.slots.slots[1][0] is not None   # the old policy still in force
+
+
+def test_the_front_end_checks_read_the_replaced_policy(tmp_path, tiny_dir, guard_forget_set, monkeypatch):
+    from unlearnkit.guard import runtime as RT
+
+    root = tmp_path / "served"
+    _build(root, guard_forget_set, tiny_dir)
+    monkeypatch.setenv(RT.POLICY_ENV, str(root))
+    monkeypatch.setattr(RT, "_META_CACHE", {})
+    first = RT.policy_meta_from_env()
+    RT._META_CACHE[str(root)].period = 0.0
+    meta = json.loads((root / "policy.json").read_text())
+    meta["calibration"]["threshold"] = 0.123
+    tmp = root.with_name("new")
+    shutil.copytree(root, tmp)
+    (tmp / "policy.json").write_text(json.dumps(meta))
+    shutil.rmtree(root)
+    os.rename(tmp, root)
+    assert RT.policy_meta_from_env()["calibration"]["threshold"] == 0.123 != first["calibration"]["threshold"]
