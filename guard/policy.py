@@ -177,11 +177,8 @@ def read_meta(root: str | Path) -> dict:
     return meta
 
 
-def load_policy(root: str | Path, tokenizer=None) -> Policy:
-    """Load and verify a policy; with `tokenizer`, also check it is the one the policy was built for."""
-    import faiss
-    from safetensors.torch import load_file
-
+def verified_meta(root: str | Path) -> dict:
+    """`read_meta`, and every file of the policy present and matching its checksum in policy.json."""
     root = Path(root)
     meta = read_meta(root)
     for name in FILES:
@@ -191,6 +188,16 @@ def load_policy(root: str | Path, tokenizer=None) -> Policy:
         if sha256_file(path) != meta["files"].get(name):
             raise PolicyError(f"guard policy {str(root)!r}: {name} does not match its checksum in policy.json "
                               "(corrupt or edited); rebuild the policy")
+    return meta
+
+
+def load_policy(root: str | Path, tokenizer=None) -> Policy:
+    """Load and verify a policy; with `tokenizer`, also check it is the one the policy was built for."""
+    import faiss
+    from safetensors.torch import load_file
+
+    root = Path(root)
+    meta = verified_meta(root)
     if tokenizer is not None:
         fp = tokenizer_fingerprint(tokenizer)
         if fp != meta["tokenizer"]["fingerprint"]:

@@ -31,8 +31,8 @@ import torch
 from .classifier import Decision, PromptClassifier, UserTurn, spelled_out
 from .decode import RequestGuard
 from .penalty import dense_penalty
-from .policy import Policy, load_policy, read_meta
-from .reload import PolicyWatch
+from .policy import Policy, load_policy, read_meta, verified_meta
+from .reload import PolicyWatch, signature
 from .textmatch import TextMatcher, TokenTexts, normalise
 from .trie import TokenTrie, token_sequences
 from .union import MatcherDifference, MatcherUnion, TrieDifference, TrieUnion
@@ -134,7 +134,9 @@ def policy_meta_from_env() -> Optional[dict]:
     if not root:
         return None
     if root not in _META_CACHE:
-        _META_CACHE[root] = PolicyWatch(root, lambda: read_meta(root), read_meta(root), background=False)
+        # a replacement is adopted once its files verify (the engine loads the same files)
+        sig = signature(root)
+        _META_CACHE[root] = PolicyWatch(root, lambda: verified_meta(root), read_meta(root), sig, background=False)
     return _META_CACHE[root].get()
 
 
@@ -293,9 +295,9 @@ class GuardRuntime:
 
     @classmethod
     def from_env(cls, tokenizer_path: str) -> Optional["GuardRuntime"]:
-        """The runtime for $UNLEARN_GUARD_POLICY, or None when it is not set (the guard is inert)."""
-        watch = watched_runtime(tokenizer_path)
-        return watch.get() if watch is not None else None
+        """The runtime for $UNLEARN_GUARD_POLICY as it is now (not watched), or None when it is not set."""
+        root = os.environ.get(POLICY_ENV)
+        return cls.load(root, tokenizer_path) if root else None
 
     # ------------------------------------------------------------------ per request
     def prompt_parts(self, prompt_ids: Sequence[int]) -> tuple[str, list[str]]:
@@ -457,4 +459,15 @@ def watched_runtime(tokenizer_path: str) -> Optional[PolicyWatch]:
     if not root:
         log.warning("%s is not set: the unlearning guard is inert", POLICY_ENV)
         return None
-    return PolicyWatch(root, lambda: GuardRuntime.load(root, tokenizer_path), GuardRuntime.load(root, tokenizer_path))
+    sig = signature(root)     # before loading: a replacement during start-up is taken up after it
+    return PolicyWatch(root, lambda: GuardRuntime.load(root, tokenizer_path), GuardRuntime.load(root, tokenizer_path),
+                       sig)
+
+
+def engine_runtime(vllm_config, runtime: Optional[GuardRuntime]) -> tuple[Optional[GuardRuntime], Optional[PolicyWatch]]:
+    """What an adapter starts with: (the runtime, the watch that replaces it), or (`runtime`, None) when one
+    is given (tests)."""
+    if runtime is not None:
+        return runtime, None
+    watch = watched_runtime(vllm_config.model_config.tokenizer)
+    return (watch.get() if watch is not None else None), watch

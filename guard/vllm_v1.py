@@ -15,15 +15,13 @@ import torch
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
 from .decode import GuardSlots
-from .runtime import GuardRuntime, validate_sampling_params, watched_runtime
+from .runtime import GuardRuntime, engine_runtime, validate_sampling_params
 
 
 class GuardProcessorV1(LogitsProcessor):
     def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool,
                  runtime: Optional[GuardRuntime] = None):
-        # the policy is watched (guard/reload.py) unless a runtime is given (tests)
-        self.watch = None if runtime is not None else watched_runtime(vllm_config.model_config.tokenizer)
-        self.runtime = runtime if runtime is not None else (self.watch.get() if self.watch else None)
+        self.runtime, self.watch = engine_runtime(vllm_config, runtime)   # the policy watched: guard/reload.py
         self.slots = GuardSlots()
 
     @classmethod

@@ -19,12 +19,10 @@ from .runtime import validate_sampling_params
 
 class GuardProcessorV2(LogitsProcessor):
     def __init__(self, vllm_config, req_states, runtime=None):
-        from .runtime import watched_runtime
+        from .runtime import engine_runtime
 
         self.state = req_states
-        # the policy is watched (guard/reload.py) unless a runtime is given (tests)
-        self.watch = None if runtime is not None else watched_runtime(vllm_config.model_config.tokenizer)
-        self.runtime = runtime if runtime is not None else (self.watch.get() if self.watch else None)
+        self.runtime, self.watch = engine_runtime(vllm_config, runtime)   # the policy watched: guard/reload.py
         self.guards: dict = {}           # slot -> RequestGuard (flagged requests only)
         self.pending: dict = {}          # slot -> sampling params, admitted but not classified yet
 

@@ -6,6 +6,7 @@ policy in force) and the front end's request checks reading the new policy's lim
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 
@@ -36,6 +37,8 @@ def _replace(root, content: dict) -> None:
 
 
 def test_the_watch_swaps_in_a_replaced_directory_after_its_period_and_keeps_the_old_on_failure(tmp_path):
+    from unlearnkit.guard.policy import PolicyError
+
     root = tmp_path / "policy"
     root.mkdir()
     (root / "policy.json").write_text(json.dumps({"v": 1}))
@@ -45,10 +48,12 @@ def test_the_watch_swaps_in_a_replaced_directory_after_its_period_and_keeps_the_
         loads.append(1)
         got = json.loads((root / "policy.json").read_text())
         if got.get("broken"):
-            raise ValueError("checksum mismatch")
+            raise PolicyError("checksum mismatch")
+        if got.get("flaky") and len(loads) < 5:
+            raise MemoryError("two policies do not fit")
         return got
 
-    watch = PolicyWatch(root, load, {"v": 1}, period=2.0, background=False, clock=clock)
+    watch = PolicyWatch(root, load, {"v": 1}, signature(root), period=2.0, background=False, clock=clock)
     _replace(root, {"v": 2})
     assert watch.get() == {"v": 1} and loads == []          # not looked at before its period
     clock.now = 2.0
@@ -57,34 +62,69 @@ def test_the_watch_swaps_in_a_replaced_directory_after_its_period_and_keeps_the_
     assert watch.get() == {"v": 2} and len(loads) == 1       # unchanged: not loaded again
     shutil.rmtree(root)                                      # mid-rename: no directory
     clock.now = 6.0
-    assert watch.get() == {"v": 2}
+    assert watch.get() == {"v": 2} and len(loads) == 1
     root.mkdir()
     (root / "policy.json").write_text(json.dumps({"v": 3, "broken": True}))
     clock.now = 8.0
     assert watch.get() == {"v": 2} and len(loads) == 2       # failed: the old one stays in force
     clock.now = 10.0
-    assert watch.get() == {"v": 2} and len(loads) == 2       # and is not retried until it changes again
-    _replace(root, {"v": 4})
+    assert watch.get() == {"v": 2} and len(loads) == 2       # a policy error: not retried until it changes
+    _replace(root, {"v": 4, "flaky": True})
     clock.now = 12.0
-    assert watch.get() == {"v": 4}
+    assert watch.get() == {"v": 2} and len(loads) == 3       # another error: retried at the next period
+    clock.now = 14.0
+    assert watch.get() == {"v": 2} and len(loads) == 4
+    clock.now = 16.0
+    assert watch.get() == {"v": 4, "flaky": True} and len(loads) == 5 and watch.reloads == 2
 
 
-def test_a_background_load_never_blocks_get(tmp_path):
+def test_a_background_load_never_blocks_get_and_is_swapped_in_once(tmp_path):
     import threading
 
     root = tmp_path / "policy"
     root.mkdir()
     (root / "policy.json").write_text("{}")
-    release = threading.Event()
-    clock = Clock()
-    watch = PolicyWatch(root, lambda: release.wait(10) and "new", "old", period=0.0, clock=clock)
+    release, loads = threading.Event(), []
+    watch = PolicyWatch(root, lambda: loads.append(1) or (release.wait(10) and "new"), "old", signature(root),
+                        period=0.0)
     _replace(root, {"v": 2})
     assert watch.get() == "old"                              # loading in the background
-    assert watch.get() == "old"
+    assert watch.get() == "old" and len(loads) == 1          # one load at a time
     release.set()
     watch.wait(10)
-    assert watch.get() == "new"
-    assert signature(root) == watch._sig
+    for _ in range(3):
+        assert watch.get() == "new"
+    watch.wait(10)
+    assert len(loads) == 1 and watch.reloads == 1            # the finished load is not loaded again
+
+
+def test_a_replacement_during_the_first_load_is_taken_up(tmp_path):
+    root = tmp_path / "policy"
+    root.mkdir()
+    (root / "policy.json").write_text(json.dumps({"v": 1}))
+    before = signature(root)                                 # taken before the first load
+    _replace(root, {"v": 2})                                 # lands while the server starts
+    watch = PolicyWatch(root, lambda: json.loads((root / "policy.json").read_text()), {"v": 1}, before,
+                        period=0.0, background=False)
+    assert watch.get() == {"v": 2}
+
+
+def test_a_load_that_saw_the_files_change_is_discarded_and_retried(tmp_path):
+    root = tmp_path / "policy"
+    root.mkdir()
+    (root / "policy.json").write_text(json.dumps({"v": 1}))
+    seen = []
+
+    def load():
+        seen.append(json.loads((root / "policy.json").read_text()))
+        if len(seen) == 1:
+            _replace(root, {"v": 3})                         # a second rebuild lands mid-load
+        return seen[-1]
+
+    watch = PolicyWatch(root, load, {"v": 1}, signature(root), period=0.0, background=False)
+    _replace(root, {"v": 2})
+    assert watch.get() == {"v": 1}                           # the mixed load is dropped
+    assert watch.get() == {"v": 3} and len(seen) == 2
 
 
 def _build(out, forget, tiny_dir):
@@ -97,7 +137,8 @@ def _build(out, forget, tiny_dir):
                  retain=[QA(q, "an answer") for q in GUARD_RETAIN], progress=lambda *_: None)
 
 
-def test_the_engine_guard_takes_up_a_rebuilt_policy_between_batches(tmp_path, tiny_dir, guard_forget_set, monkeypatch):
+def test_the_engine_guard_takes_up_a_rebuilt_policy_between_batches(tmp_path, tiny_dir, guard_forget_set, monkeypatch,
+                                                                    caplog):
     pytest.importorskip("vllm")
     from types import SimpleNamespace
 
@@ -133,24 +174,29 @@ def test_the_engine_guard_takes_up_a_rebuilt_policy_between_batches(tmp_path, ti
     assert proc.watch.reloads == 1
     assert [t["name"] for t in proc.runtime.policy.targets if "Ines" in t["name"]]
     before, after = proc.slots.slots[1][0], proc.slots.slots[2][0]
-    assert before is not after and before.trie is not after.trie  # admitted while the new one loaded: the old policy
     assert after is not None and not after.always_on           # the new target's question is flagged
     assert proc.slots.slots[0][0] is kalo_guard                 # the request already decoding keeps its guard
     name = tok(" Ines Farrow", add_special_tokens=False)["input_ids"]
 
-    def completes_the_name(runtime) -> bool:
-        guard = runtime.guards([(ines, None)])[0]
+    def completes_the_name(guard) -> bool:
+        if guard is None:
+            return False
         guard.feed(name[:-1])
         return name[-1] in guard.blocked()
 
-    assert completes_the_name(proc.runtime) and not completes_the_name(old_runtime)   # the new target is withheld
+    # the same prompt: admitted while the new policy loaded (the old policy's guard), and after it
+    assert completes_the_name(after) and not completes_the_name(before)
+    assert not completes_the_name(old_runtime.guards([(ines, None)])[0])
 
+    in_force = proc.runtime
     (root / "penalty.safetensors").write_bytes(b"corrupt")     # a broken replacement
-    (root / "policy.json").write_text((root / "policy.json").read_text() + " ")
-    proc.update_state(BatchUpdate(3, removed=[1], added=[(1, SamplingParams(max_tokens=8), ines, [])], moved=[]))
-    proc.watch.wait(60)
-    proc.update_state(BatchUpdate(3, removed=[1], added=[(1, SamplingParams(max_tokens=8), ines, [])], moved=[]))
-    assert proc.watch.reloads == 1 and proc.slots.slots[1][0] is not None   # the old policy still in force
+    with caplog.at_level(logging.ERROR, logger="unlearnkit.guard"):
+        proc.update_state(BatchUpdate(3, removed=[1], added=[(1, SamplingParams(max_tokens=8), ines, [])], moved=[]))
+        proc.watch.wait(60)
+        proc.update_state(BatchUpdate(3, removed=[1], added=[(1, SamplingParams(max_tokens=8), ines, [])], moved=[]))
+    assert proc.runtime is in_force and proc.watch.reloads == 1   # the old policy still in force
+    assert "does not match its checksum" in caplog.text and "stays in force" in caplog.text
+    assert completes_the_name(proc.slots.slots[1][0])
 
 
 def test_the_front_end_checks_read_the_replaced_policy(tmp_path, tiny_dir, guard_forget_set, monkeypatch):
