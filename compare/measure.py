@@ -23,21 +23,27 @@ from pathlib import Path
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
-from ..config import to_dict
+from ..config import from_dict, to_dict
+from ..data.formatting import prompt_text
 from ..files import json_digest, write_json_atomic
 from ..evaluation.attacks import Probe, benign_texts, keywords_of, relearn_split
 from ..evaluation.config import EvalConfig
+from ..evaluation.generation import default_dtype
 from ..evaluation.harness import cached_measure
 from ..evaluation.leakage import by_category, score_reply
 from ..evaluation.measure import measure
 from ..evaluation.metrics.means import finite_mean
 from ..evaluation.scoring import Prompt, build_requests
 from ..evaluation.systems import Batch, Generated, Guarded, Replayed, Weights, model_fingerprint, policy_identity
+from ..models.catalog import cache_root
+from ..models.loading import load_tokenizer
+from ..training.cache import cached_output_dir
+from . import endpoint
 from .config import CompareConfig, System
+from .systems import AgentFront
 
 
 def _cache_file(kind: str, key_obj) -> Path:
-    from ..models.catalog import cache_root
 
     return cache_root() / "compare" / f"{kind}-{json_digest(key_obj)}.json"
 
@@ -112,7 +118,6 @@ def engine_metrics(ecfg: EvalConfig, path: str, policy: Optional[str], log=print
 
 def probe_batch(tokenizer, probes: Sequence[Probe], cfg: CompareConfig) -> Batch:
     """The attack probes as one generation batch (chat prompts), its first `latency_requests` timed alone."""
-    from ..data.formatting import prompt_text
 
     return Batch([Prompt(tokenizer(prompt_text(tokenizer, p.prompt), add_special_tokens=False)["input_ids"],
                          cfg.attacks.max_new_tokens, p.prompt) for p in probes],
@@ -129,8 +134,6 @@ def engine_system(ecfg: EvalConfig, path: str, policy: Optional[str], probes: Se
     """(metrics, attacks) through offline vLLM, with the guard's processor when `policy`. When neither is
     cached, one engine run generates the probes (one batch, timed: the serving figures, then the first
     `latency_requests` one at a time), then the metric prompts."""
-    from ..evaluation.generation import default_dtype
-    from ..models.loading import load_tokenizer
 
     key = {"stage": "attacks", "model": model_fingerprint(path), "policy": policy_fingerprint(policy),
            "prompts": [p.prompt for p in probes], "max_new_tokens": cfg.attacks.max_new_tokens,
@@ -176,10 +179,6 @@ def agent_system(system: System, path: str, policy: str, engine_result: Optional
     replies) and attacks through `unlearn serve --agents` (one server for both)."""
     from tqdm.auto import tqdm
 
-    from ..evaluation.generation import default_dtype
-    from ..models.loading import load_tokenizer
-    from .endpoint import AgentServer
-    from .systems import AgentFront
 
     tok = load_tokenizer(path)
     gen = build_requests(tasks, tok, ecfg).gen if engine_result is not None else []
@@ -190,7 +189,7 @@ def agent_system(system: System, path: str, policy: str, engine_result: Optional
            "max_new_tokens": cfg.attacks.max_new_tokens, "latency": cfg.latency_requests, "dtype": cfg.dtype}
 
     def make():
-        with AgentServer(path, policy, workdir / "logs" / f"{system.name}.server.log", agents_only=not system.guard,
+        with endpoint.AgentServer(path, policy, workdir / "logs" / f"{system.name}.server.log", agents_only=not system.guard,
                          dtype=default_dtype(cfg.dtype), max_model_len=cfg.agents.max_model_len,
                          config=cfg.agents.config, overrides=cfg.agents.set) as server:
             log(f"agent server up in {server.start_s:.0f} s; {len(jobs)} metric prompts, {len(probes)} probes")
@@ -238,12 +237,7 @@ def _finetune_attack(stage: str, path: str, taught: list, forget, probed: list[i
     """Fine-tune `path` on the `taught` QA items, then ask the forget items at `probed` (plain
     questions), before and after; leak rates as for the prompt attacks. The fine-tuned weights are
     deleted once measured (their replies are cached)."""
-    from ..config import from_dict
-    from ..data.formatting import prompt_text
-    from ..models.catalog import cache_root
-    from ..models.loading import load_tokenizer
-    from ..training.cache import cached_output_dir
-    from ..training.config import TrainConfig
+    from ..training.config import TrainConfig   # its method registry imports torch
     from ..training.run import run_training
 
     key = {"stage": stage, "model": model_fingerprint(path), "taught": [r.to_json() for r in taught],
@@ -334,7 +328,6 @@ def quantized_replies(t: AttackTarget, spec) -> dict:
     """(cached) The attacked forget items' plain questions answered and their answers' probability
     (evaluation/harness.py, through the guard where the system has one) by the system's checkpoint
     quantized by `spec` (None: unquantized). The quantized checkpoint is deleted once measured."""
-    from ..models.catalog import cache_root
 
     items = [t.forget[i] for i in t.picked]
     engine = "vllm" if t.policy else t.ecfg.engine

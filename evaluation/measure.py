@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
+from ..config import to_dict
 from .benchmarks import Task
 from .config import EvalConfig
 from .scoring import QA_GENERATION_KEYS, Requests, aggregate, build_requests, qa_generation_fields, task_results
@@ -107,8 +108,6 @@ def measure(system: System, tasks: list[Task], cfg: EvalConfig, tokenizer, extra
 
 def result_of(measured: Measured, cfg: EvalConfig, model: dict, versions: dict) -> dict:
     """The JSON an evaluation writes (harness.py caches it): config, model, versions, timing, tasks, notes."""
-    from ..config import to_dict
-
     return {"benchmark": cfg.benchmark, "config": to_dict(cfg), "model": model, "versions": versions,
             "timing": measured.timing, "tasks": measured.tasks, "privleak_auc": privleak_auc(measured.tasks),
             **measured.notes}

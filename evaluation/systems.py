@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Optional, Protocol, Sequence
 
 from ..errors import ModelError
+from ..models.loading import greedy_generate, load_model
+from .generation import default_dtype, generate_vllm_timed
 from .scoring import GenRequest, Prompt, ScoreRequest
 
 
@@ -82,8 +84,6 @@ def policy_identity(meta: dict) -> list:
 def torch_dtype(name: str):
     import torch
 
-    from .generation import default_dtype
-
     return getattr(torch, default_dtype(name))
 
 
@@ -115,8 +115,6 @@ class Weights:
     def model(self):
         """The transformers model, loaded once (generation with engine transformers, and teacher forcing)."""
         if self._model is None:
-            from ..models.loading import load_model
-
             self._model, _ = load_model(self.path, dtype=torch_dtype(self.dtype), device=device())
         return self._model
 
@@ -135,8 +133,6 @@ class Weights:
     def _vllm(self, batches: Sequence[Batch]) -> list[Generated]:
         import importlib.util
 
-        from .generation import generate_vllm_timed
-
         if importlib.util.find_spec("vllm") is None:
             raise ModelError("engine vllm: vLLM is not installed here; install it (make setup) or use engine=transformers")
         _check_latency(batches)
@@ -154,8 +150,6 @@ class Weights:
 
     def _transformers(self, batch: Batch) -> Generated:
         from tqdm.auto import tqdm
-
-        from ..models.loading import greedy_generate
 
         ids, budgets = [p.ids for p in batch.prompts], [p.budget for p in batch.prompts]
         started = time.perf_counter()
