@@ -216,3 +216,40 @@ def test_the_front_end_checks_read_the_replaced_policy(tmp_path, tiny_dir, guard
     shutil.rmtree(root)
     os.rename(tmp, root)
     assert RT.policy_meta_from_env()["calibration"]["threshold"] == 0.123 != first["calibration"]["threshold"]
+
+
+def test_the_model_runner_v2_adapter_takes_up_a_rebuilt_policy_too(tmp_path, tiny_dir, guard_forget_set, monkeypatch):
+    pytest.importorskip("vllm")
+    from types import SimpleNamespace
+
+    from vllm import SamplingParams
+
+    from tests.test_guard_adapters import FakeReqStates
+    from unlearnkit.data.formatting import prompt_text
+    from unlearnkit.guard import runtime as RT
+    from unlearnkit.guard.vllm_v2 import GuardProcessorV2
+    from unlearnkit.models.loading import load_tokenizer
+
+    root = tmp_path / "served"
+    _build(root, [qa for qa in guard_forget_set if "Kalo" in qa.question], tiny_dir)
+    monkeypatch.setenv(RT.POLICY_ENV, str(root))
+    state = FakeReqStates(max_reqs=4, max_len=96)
+    proc = GuardProcessorV2(SimpleNamespace(model_config=SimpleNamespace(tokenizer=str(tiny_dir))), state)
+    proc.watch.period = 0.0
+    old_runtime = proc.runtime
+    tok = load_tokenizer(str(tiny_dir))
+    ines = tok(prompt_text(tok, "What award did Ines Farrow win?"), add_special_tokens=False)["input_ids"]
+    _build(root, guard_forget_set, tiny_dir)
+    proc.add_request(0, SamplingParams(max_tokens=8))
+    state.admit(0, ines)
+    proc.apply_staged_writes()                 # starts the load; classified by the policy in force
+    proc.watch.wait(60)
+    proc.add_request(1, SamplingParams(max_tokens=8))
+    state.admit(1, ines)
+    proc.apply_staged_writes()
+    assert proc.runtime is not old_runtime and proc.watch.reloads == 1
+    assert [t["name"] for t in proc.runtime.policy.targets if "Ines" in t["name"]]
+    name = tok(" Ines Farrow", add_special_tokens=False)["input_ids"]
+    guard = proc.guards[1]
+    guard.feed(name[:-1])
+    assert name[-1] in guard.blocked()
