@@ -92,6 +92,9 @@ class SequentialSpec:
     requests: list[str] = field(default_factory=list)    # forget data specs, in arrival order
     split: Optional[str] = None                          # or one data spec, one request per person in it
     eval_each: bool = True                               # measure after every request (else the last only)
+    # also the target behind a guard rebuilt over requests 1..k after each request k (what a served policy
+    # rebuilt in place enforces without a restart: guard/reload.py); the comparison's `guard:` settings
+    guard: bool = False
 
     @property
     def enabled(self) -> bool:

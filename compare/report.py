@@ -504,7 +504,12 @@ def finetune_table(systems: Systems) -> list[Table]:
 def sequential_steps(systems: Systems) -> list[tuple[str, Sequential]]:
     """[(system, its sequential part)] of a sequential-requests doc, in request order (else [])."""
     return sorted(((n, r.sequential) for n, r in systems.items() if r.sequential is not None),
-                  key=lambda x: x[1].after_request)
+                  key=lambda x: (x[1].after_request, systems[x[0]].kind == "guard"))
+
+
+def _chain(systems: Systems, kind: str) -> list[tuple[str, Sequential]]:
+    """The steps of one chain (the reference, then the weight-level checkpoints or the guards) in order."""
+    return [(n, s) for n, s in sequential_steps(systems) if systems[n].kind in ("reference", kind)]
 
 
 def sequential_table(doc: dict) -> list[Table]:
@@ -526,7 +531,8 @@ def _sequential(systems: Systems) -> list[Table]:
                     [_f(seq.forget_quality_so_far, 4), _f(res.metrics.forget_quality, 4),
                      _f(res.metrics.model_utility), _f(res.unlearning_seconds, 0)])
     note = ("Request k is unlearnt from the checkpoint request k-1 left (its training config: model: run:<request "
-            "k-1's config>). Cells per request's forget set: forget quality (KS p-value of its items' truth ratios "
+            "k-1's config>); target+guard@k is the target behind a guard built over requests 1..k (a served policy "
+            "rebuilt in place, taken up without a restart), its training time the policy build. Cells per request's forget set: forget quality (KS p-value of its items' truth ratios "
             "against the retain model's on the same items) / mean answer probability; a request not yet made "
             "shows what the model still knows of it. So far: forget quality over requests 1..k; all: the "
             "benchmark's whole forget set.")
@@ -537,8 +543,8 @@ def _sequential(systems: Systems) -> list[Table]:
 
 def _sequential_plot(systems: Systems) -> dict[str, bytes]:
     """Answer probability per request's forget set and model utility against requests done."""
-    steps = sequential_steps(systems)
-    if not steps:
+    steps = _chain(systems, "weight")
+    if len(steps) < 2:
         return {}
     import matplotlib.pyplot as plt
 

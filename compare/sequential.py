@@ -136,13 +136,28 @@ def _cumulative(result: dict, retain_result: Optional[dict], sets: Sequence[tupl
 
 
 def _step(name: str, base: str, path: str, result: dict, summary: dict, requests: list[dict], done: int,
-          cumulative: Optional[float]) -> dict:
+          cumulative: Optional[float], guard: Optional[dict] = None) -> dict:
+    """One checkpoint of the chain (`guard`: the policy over requests 1..done it is served behind, with its
+    build record) as a system of compare's results layout."""
     from .build import run_record
 
-    return {"status": "ok", "system": name, "kind": "reference" if done == 0 else "weight", "base": base,
-            "checkpoint": path, "training": run_record(path) if done else {}, "summary": summary,
-            "aggregates": {n: t["aggregate"] for n, t in result["tasks"].items()},
-            "sequential": {"after_request": done, "requests": requests, "forget_quality_so_far": cumulative}}
+    kind = "reference" if done == 0 else "guard" if guard else "weight"
+    training = {"train_seconds": guard.get("build_seconds")} if guard else run_record(path) if done else {}
+    return {"status": "ok", "system": name, "kind": kind, "base": base, "checkpoint": path, "training": training,
+            "summary": summary, "aggregates": {n: t["aggregate"] for n, t in result["tasks"].items()},
+            "sequential": {"after_request": done, "requests": requests, "forget_quality_so_far": cumulative},
+            **({"guard": guard} if guard else {})}
+
+
+def guard_over(cfg: CompareConfig, sets: Sequence[tuple[str, list]], upto: int, work: Path):
+    """The comparison's guard spec with requests 1..upto's items as its forget set (written to `work`)."""
+    import dataclasses
+
+    if cfg.guard is None:
+        raise ConfigError("sequential.guard: the comparison config has no `guard:` section to build the guard with")
+    data = work / f"guard-requests1-{upto}.jsonl"
+    _write_if_changed(data, "".join(json.dumps(r.to_json()) + "\n" for _, items in sets[:upto] for r in items))
+    return dataclasses.replace(cfg.guard, forget=f"file:{data}")
 
 
 def run_sequential(cfg: CompareConfig, log=print, report: bool = True) -> dict:
@@ -151,10 +166,12 @@ def run_sequential(cfg: CompareConfig, log=print, report: bool = True) -> dict:
 
     from ..evaluation.summary import reference_from_result, summarize
     from ..training.run import train_cached
-    from .build import ensure_model
+    from .build import ensure_model, guard_policy
     from .measure import engine_metrics
     from .run import out_dir
 
+    if cfg.sequential.guard and cfg.guard is None:
+        raise ConfigError("sequential.guard: the comparison config has no `guard:` section to build the guard with")
     if not cfg.sequential.enabled:
         raise ConfigError("this comparison config has no `sequential:` section; add "
                           "`sequential: {method: <a key of methods>, requests: [spec, ...]}` (or `split: <spec>`)")
@@ -168,23 +185,31 @@ def run_sequential(cfg: CompareConfig, log=print, report: bool = True) -> dict:
     retain_result = engine_metrics(ecfg, ensure_model(cfg.retain, log), None, log=log) if cfg.retain else None
     ref = reference_from_result(retain_result, "retain") if retain_result else None
 
-    def measured(name: str, base: str, path: str, done: int) -> dict:
-        result = engine_metrics(ecfg, path, None, log=log)
+    def measured(name: str, base: str, path: str, done: int, policy: Optional[str] = None,
+                 guard: Optional[dict] = None) -> dict:
+        result = engine_metrics(ecfg, path, policy, log=log)
         summary = summarize(result, sum_cfg, ref)
         if ref is None:
             summary["forget_quality"] = None
             summary["forget_quality_reason"] = "no retain model in this comparison (config: retain: <model ref>)"
         return _step(name, base, path, result, summary, per_request(result, retain_result, sets), done,
-                     _cumulative(result, retain_result, sets, done) if done else None)
+                     _cumulative(result, retain_result, sets, done) if done else None, guard)
+
+    def guarded(k: int) -> dict:
+        policy, info = guard_policy(guard_over(cfg, sets, k, work), target, log=log)
+        return measured(f"target+guard{STEP_SEPARATOR}{k}", "target", target, k, policy, {"policy": policy, **info})
 
     started = time.time()
-    steps = {"target": measured("target", "target", ensure_model(cfg.target, log), 0)}
+    target = ensure_model(cfg.target, log)
+    steps = {"target": measured("target", "target", target, 0)}
     for k, path in enumerate(configs, 1):
         log(f"\n== request {k}/{len(configs)}: {sets[k - 1][0]}")
         checkpoint = str(train_cached(str(path), log=log))   # its run.json holds the training time
         name = f"{cfg.sequential.method}{STEP_SEPARATOR}{k}"
         if cfg.sequential.eval_each or k == len(configs):
             steps[name] = measured(name, cfg.sequential.method, checkpoint, k)
+            if cfg.sequential.guard:
+                steps[f"target+guard{STEP_SEPARATOR}{k}"] = guarded(k)
         write_json_atomic(work / f"request{k}.targets.json", {"targets": live_targets(sets[k - 1][1])})
     doc = {"name": f"{cfg.name}: sequential requests ({cfg.sequential.method})",
            "provenance": {"config": to_dict(cfg), "eval_config": to_dict(ecfg),

@@ -115,3 +115,46 @@ def test_sequential_needs_its_section(tmp_path, tiny_dir):
     cfg.sequential.method = ""
     with pytest.raises(ConfigError, match="no `sequential:` section"):
         run_sequential(cfg, log=quiet)
+
+
+def test_the_guard_is_rebuilt_over_the_requests_so_far_and_measured_after_each(tmp_path, tiny_dir, monkeypatch):
+    """`sequential.guard`: after request k, the target behind a policy built over requests 1..k (what a
+    served policy rebuilt in place enforces). The guarded measurement itself runs in vLLM; here the engine's
+    metrics are taken unguarded (recorded with the policy they were asked for) so the test stays on the CPU."""
+    import unlearnkit.compare.measure as M
+    from unlearnkit.compare.sequential import run_sequential
+    from unlearnkit.data.sources import load_spec
+    from unlearnkit.guard.policy import read_meta
+
+    real, asked = M.engine_metrics, []
+
+    def engine_metrics(ecfg, path, policy, log=print):
+        asked.append((path, policy))
+        return real(ecfg, path, None, log=log)
+
+    monkeypatch.setattr(M, "engine_metrics", engine_metrics)
+    cfg_path = write_configs(tmp_path, tiny_dir, method="ihl", split=FORGET, guard=True)
+    doc = yaml.safe_load(Path(cfg_path).read_text())
+    doc["guard"] = {"forget": FORGET, "retain": RETAIN, "set": ["fpr=0.1"]}
+    Path(cfg_path).write_text(yaml.safe_dump(doc))
+    out = run_sequential(load_compare_config(cfg_path), log=quiet)
+    assert list(out["systems"]) == ["target", "ihl@1", "target+guard@1", "ihl@2", "target+guard@2"]
+    people = list(dict.fromkeys(r.extra["person"] for r in load_spec(FORGET)))
+    policies = [p for _, p in asked if p]
+    assert len(policies) == 2 and all(path == str(tiny_dir) for path, p in asked if p)   # the target, guarded
+    named = [{t["name"] for t in read_meta(p)["targets"]} for p in policies]
+    assert people[0] in named[0] and people[1] not in named[0]           # request 1's people only
+    assert {people[0], people[1]} <= named[1]                             # then requests 1..2
+    g2 = out["systems"]["target+guard@2"]
+    assert g2["kind"] == "guard" and g2["guard"]["policy"] == policies[1] and g2["training"]["train_seconds"] > 0
+    assert g2["sequential"]["after_request"] == 2
+    md = (tmp_path / "out" / "sequential" / "report.md").read_text()
+    assert "target+guard@2" in md and "a guard built over requests 1..k" in md
+
+
+def test_a_sequential_guard_needs_a_guard_section(tmp_path, tiny_dir):
+    from unlearnkit.compare.sequential import run_sequential
+
+    cfg = load_compare_config(write_configs(tmp_path, tiny_dir, method="ihl", split=FORGET, guard=True))
+    with pytest.raises(ConfigError, match="no `guard:` section"):
+        run_sequential(cfg, log=quiet)
