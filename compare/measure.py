@@ -44,7 +44,6 @@ from .systems import AgentFront
 
 
 def _cache_file(kind: str, key_obj) -> Path:
-
     return cache_root() / "compare" / f"{kind}-{json_digest(key_obj)}.json"
 
 
@@ -118,7 +117,6 @@ def engine_metrics(ecfg: EvalConfig, path: str, policy: Optional[str], log=print
 
 def probe_batch(tokenizer, probes: Sequence[Probe], cfg: CompareConfig) -> Batch:
     """The attack probes as one generation batch (chat prompts), its first `latency_requests` timed alone."""
-
     return Batch([Prompt(tokenizer(prompt_text(tokenizer, p.prompt), add_special_tokens=False)["input_ids"],
                          cfg.attacks.max_new_tokens, p.prompt) for p in probes],
                  latency=min(cfg.latency_requests, len(probes)))
@@ -178,7 +176,6 @@ def agent_system(system: System, path: str, policy: str, engine_result: Optional
     """Metrics (when `engine_result` is given: the engine's numbers, generation replaced by the front's
     replies) and attacks through `unlearn serve --agents` (one server for both)."""
     from tqdm.auto import tqdm
-
 
     tok = load_tokenizer(path)
     gen = build_requests(tasks, tok, ecfg).gen if engine_result is not None else []
@@ -328,7 +325,6 @@ def quantized_replies(t: AttackTarget, spec) -> dict:
     """(cached) The attacked forget items' plain questions answered and their answers' probability
     (evaluation/harness.py, through the guard where the system has one) by the system's checkpoint
     quantized by `spec` (None: unquantized). The quantized checkpoint is deleted once measured."""
-
     items = [t.forget[i] for i in t.picked]
     engine = "vllm" if t.policy else t.ecfg.engine
     key = {"stage": "quantize", "model": model_fingerprint(t.path), "policy": policy_fingerprint(t.policy),

@@ -21,17 +21,11 @@ def default_dtype(dtype: str) -> str:
     return "bfloat16" if torch.cuda.is_available() else "float32"
 
 
-def generate_vllm(model_path: str, prompts: Sequence[Sequence[int]], max_tokens: Sequence[int],
-                  dtype: str = "auto", echo: bool = True, guard: Optional[str] = None) -> list[str]:
-    """Greedy answers from vLLM; with `guard` (a policy dir) through the guard's logits processor,
-    exactly as `unlearn serve --guard` decodes."""
-    return generate_vllm_timed(model_path, prompts, max_tokens, dtype, echo, guard)["texts"]
-
-
 def generate_vllm_timed(model_path: str, prompts: Sequence[Sequence[int]], max_tokens: Sequence[int],
                         dtype: str = "auto", echo: bool = True, guard: Optional[str] = None,
                         latency_requests: int = 0, groups: Optional[Sequence[int]] = None) -> dict:
-    """`generate_vllm` with vLLM's whole reply: texts, token ids, the batch's wall seconds and the
+    """Greedy answers from vLLM (with `guard`, a policy dir: through the guard's logits processor, exactly as
+    `unlearn serve --guard` decodes), with vLLM's whole reply: texts, token ids, the batch's wall seconds and the
     seconds of each of the first `latency_requests` prompts sent alone; `groups` (sizes of
     consecutive runs of prompts) are generated as separate batches, timed apart (`group_s`)."""
     longest = max(len(p) + m for p, m in zip(prompts, max_tokens))

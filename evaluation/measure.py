@@ -33,7 +33,6 @@ class Measured:
     timing: dict
     notes: dict                          # the system's own fields (the guard's flag rates)
     extra: list[Generated]               # the caller's extra batches, in order
-    replies: dict                        # (task, item, key) -> the system's generated text
 
 
 def with_replies(result: dict, tasks: Sequence[Task], cfg: EvalConfig, replies: dict) -> dict:
@@ -53,20 +52,18 @@ def with_replies(result: dict, tasks: Sequence[Task], cfg: EvalConfig, replies: 
 
 
 def _generate(system: System, req: Requests, extra: Sequence[Batch], log) -> tuple[list[Generated], dict, dict]:
-    """(the extra batches' outputs, the metric replies keyed (task, item, key), timing)."""
-    metric = Batch([g.prompt for g in req.gen])
-    if not req.gen and not extra:
-        return [], {}, {}
+    """(the extra batches' outputs, the metric replies keyed (task, item, key), timing: of the metric prompts'
+    run, extra prompts included, when there are metric prompts)."""
+    n_extra = sum(len(b.prompts) for b in extra)
+    if not req.gen:
+        if n_extra:
+            log(f"generating {n_extra} extra prompts with {system.name}")
+        return (system.generate(list(extra)) if extra else []), {}, {}
     t0 = time.time()
-    if req.gen:
-        log(f"generating {len(req.gen)} answers with {system.name}"
-            + (f" after {sum(len(b.prompts) for b in extra)} extra prompts" if extra else ""))
-    out = system.generate([*extra, metric] if req.gen else list(extra))
-    replies = {}
-    if req.gen:
-        replies = {(g.task, g.item, g.key): text for g, text in zip(req.gen, out[-1].texts) if text is not None}
-        out = out[:-1]
-    return out, replies, {"generation_s": round(time.time() - t0, 2)}
+    log(f"generating {len(req.gen)} answers with {system.name}" + (f" after {n_extra} extra prompts" if extra else ""))
+    out = system.generate([*extra, Batch([g.prompt for g in req.gen])])
+    replies = {(g.task, g.item, g.key): text for g, text in zip(req.gen, out[-1].texts) if text is not None}
+    return out[:-1], replies, {"generation_s": round(time.time() - t0, 2)}
 
 
 def _score(system: System, req: Requests, cfg: EvalConfig) -> tuple[Optional[dict], dict]:
@@ -74,7 +71,7 @@ def _score(system: System, req: Requests, cfg: EvalConfig) -> tuple[Optional[dic
     from tqdm.auto import tqdm
 
     if not req.tf:
-        return {}, {}
+        return (None if system.score([], cfg.token_budget) is None else {}), {}
     t0 = time.time()
     with tqdm(total=len(req.tf), desc=f"teacher forcing ({system.name})", unit="item") as bar:
         scored = system.score(req.tf, cfg.token_budget, progress=bar.update)
@@ -103,7 +100,7 @@ def measure(system: System, tasks: list[Task], cfg: EvalConfig, tokenizer, extra
             gen_out.setdefault((t, i), {})[k] = text
         out_tasks = task_results(tasks, gen_out, scores, cfg)
     timing = {**timing, **tf_timing, "measure_s": round(time.time() - started, 2)}
-    return Measured(out_tasks, timing, system.notes(req.gen, tasks), extra_out, replies)
+    return Measured(out_tasks, timing, system.notes(req.gen, tasks), extra_out)
 
 
 def result_of(measured: Measured, cfg: EvalConfig, model: dict, versions: dict) -> dict:

@@ -170,6 +170,8 @@ class Weights:
     def score(self, requests: Sequence[ScoreRequest], token_budget: int, progress=None) -> Optional[list]:
         from .teacher_forcing import score_continuations
 
+        if not requests:
+            return []
         return score_continuations(self.model(), [r.prefix for r in requests], [r.continuations for r in requests],
                                    token_budget=token_budget, transform_logits=self._transform(requests),
                                    progress=progress)
@@ -183,19 +185,22 @@ class Guarded(Weights):
     `unlearn serve --guard`), teacher forcing through the same mask and penalty (guard/scoring.py)."""
 
     def __init__(self, path: str, tokenizer, policy_dir: str, dtype: str = "auto", name: str = "guarded"):
-        from ..guard.policy import load_policy
-
         super().__init__(path, tokenizer, "vllm", dtype, name)
         self.policy_dir = policy_dir
-        self.policy = load_policy(policy_dir, tokenizer)   # loaded and checked whole once, before any generation
-        self._runtime = None
+
+    @cached_property
+    def policy(self):
+        """Loaded and checked whole once, on first use (the fingerprint: before any generation); a run that
+        only generates leaves it to the engine."""
+        from ..guard.policy import load_policy
+
+        return load_policy(self.policy_dir, self.tokenizer)
 
     def runtime(self):
-        if self._runtime is None:
-            from ..guard.runtime import GuardRuntime
+        """A fresh runtime (its caches cold: the flag rates' classification time is measured as the engine's)."""
+        from ..guard.runtime import GuardRuntime
 
-            self._runtime = GuardRuntime(self.policy, self.tokenizer)
-        return self._runtime
+        return GuardRuntime(self.policy, self.tokenizer)
 
     def fingerprint(self) -> str:
         # the weights plus everything in the policy (all its files are checksummed)

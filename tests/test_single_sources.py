@@ -139,3 +139,28 @@ def test_the_graph_has_the_configs_nodes():
     assert set(pipeline.graph.get_graph().nodes) - {"__start__", "__end__"} == set(NODES) | set(LOCAL_NODES)
     with pytest.raises(ValueError, match=r"no model for node\(s\) \['compose'\]"):
         Pipeline(AgentConfig(), None, {n: object() for n in NODES[:-1]})
+
+
+def test_a_replayed_front_keeps_the_engines_numbers_and_raw_completions(tiny_tokenizer_factory):
+    """A system that scores nothing (the agent front, replayed) answers chat prompts only: its replies replace
+    the engine's qa generation fields, while the engine's knowmem completions and probabilities stand, also
+    when the metrics need no teacher forcing at all."""
+    from unlearnkit.evaluation.measure import measure
+    from unlearnkit.evaluation.scoring import build_requests, task_results
+    from unlearnkit.evaluation.systems import Replayed
+
+    tok = tiny_tokenizer_factory()
+    qa = Task("forget", "qa", [QA("Where was Kalo born?", "Kalo was born in Utrecht.")], "x")
+    knowmem = Task("knowmem_forget", "knowmem", [QA("Where was Kalo born?", "Utrecht")], "x")
+    tasks = [qa, knowmem]
+    cfg = EvalConfig(metrics=["rouge"])
+    engine = {"tasks": task_results(tasks, {(0, 0): {"generated": "Utrecht, I think."},
+                                            (1, 0): {"generated": "Utrecht"}}, {}, cfg)}
+    gen = build_requests(tasks, tok, cfg).gen
+    front = Replayed(["I can't share that." if g.prompt.question else None for g in gen], "front")
+    got = measure(front, tasks, cfg, tok, base=engine, log=lambda *_: None).tasks
+    assert got["forget"]["items"][0]["generated_text"][1] == "I can't share that."
+    assert got["knowmem_forget"] == engine["tasks"]["knowmem_forget"]
+    assert got["knowmem_forget"]["aggregate"]["rougeL_f1"] == 1.0
+    with pytest.raises(ValueError, match="needs its engine's result"):
+        measure(front, tasks, cfg, tok, log=lambda *_: None)
