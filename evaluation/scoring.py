@@ -4,7 +4,7 @@ per-task aggregates (the numbers themselves come from the pure functions in metr
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Callable, Optional
 
 from ..data.formatting import end_of_turn, prompt_text
 from .benchmarks import Task
@@ -76,15 +76,25 @@ def qa_generation_prompts(task: Task, r) -> list[tuple[str, str]]:
     return out
 
 
-def _qa_requests(t: int, i: int, task: Task, r, tokenizer, cfg: EvalConfig, want_gen: bool, want_tf: bool,
-                 eot: str) -> Requests:
+@dataclasses.dataclass(frozen=True)
+class Wants:
+    """What a config's metrics ask of the engines, read once per build."""
+    metrics: set
+    gen: bool            # a generation metric (ROUGE)
+    tf: bool             # a teacher-forced one
+    eot: str             # the chat template's end of turn (appended to scored answers)
+
+
+def _qa_requests(t: int, i: int, task: Task, r, tokenizer, cfg: EvalConfig, w: Wants) -> Requests:
+    """Its question's answer and a forget item's paraphrased question's (generated); the answer, its
+    paraphrase and perturbations (teacher forced; options: the true answer and the false options)."""
     out = Requests()
     prompt = _ids(tokenizer, prompt_text(tokenizer, r.question))
-    if want_gen:
+    if w.gen:
         for key, text in qa_generation_prompts(task, r):
             ids = prompt if key == "generated" else _ids(tokenizer, prompt_text(tokenizer, text))
             out.gen.append(GenRequest(t, i, key, Prompt(ids, cfg.max_new_tokens, text)))
-    if want_tf:
+    if w.tf:
         answers, keys = [r.answer], ["gt"]
         para = r.answer if task.kind == "options" else r.extra.get("paraphrased_answer")
         if isinstance(para, str) and task.kind == "qa":
@@ -94,37 +104,53 @@ def _qa_requests(t: int, i: int, task: Task, r, tokenizer, cfg: EvalConfig, want
             answers.append(p)
             keys.append(f"perturbed{k}")
         room = max(1, cfg.max_length - len(prompt))
-        out.tf.append(ScoreRequest(t, i, prompt, [_ids(tokenizer, a + eot)[:room] for a in answers], keys))
+        out.tf.append(ScoreRequest(t, i, prompt, [_ids(tokenizer, a + w.eot)[:room] for a in answers], keys))
+    return out
+
+
+def _verbmem_requests(t: int, i: int, task: Task, r, tokenizer, cfg: EvalConfig, w: Wants) -> Requests:
+    """The passage's first half continued (generated); its second half (teacher forced, for memorisation)."""
+    out = Requests()
+    prompt = _ids(tokenizer, r.question, special=True)
+    if w.gen:
+        out.gen.append(GenRequest(t, i, "generated", Prompt(prompt, MUSE_VERBMEM_TOKENS)))
+    if "memorization" in w.metrics and prompt:
+        room = max(1, cfg.max_length - len(prompt))
+        out.tf.append(ScoreRequest(t, i, prompt, [_ids(tokenizer, r.answer)[:room]], ["gt"]))
+    return out
+
+
+def _knowmem_requests(t: int, i: int, task: Task, r, tokenizer, cfg: EvalConfig, w: Wants) -> Requests:
+    """The question after MUSE's few-shot examples (generated)."""
+    out = Requests()
+    if w.gen:
+        ids = _ids(tokenizer, _knowmem_prompt(task.icl, r.question), special=True)
+        out.gen.append(GenRequest(t, i, "generated", Prompt(ids, MUSE_KNOWMEM_TOKENS)))
+    return out
+
+
+def _text_requests(t: int, i: int, task: Task, r, tokenizer, cfg: EvalConfig, w: Wants) -> Requests:
+    """The passage's token log-probabilities (teacher forced, for Min-K% membership inference)."""
+    out = Requests()
+    if "privleak" in w.metrics:
+        ids = _ids(tokenizer, r.answer, special=True)[:cfg.max_length]
+        if len(ids) >= 2:
+            out.tf.append(ScoreRequest(t, i, ids[:1], [ids[1:]], ["text"]))
     return out
 
 
 def build_requests(tasks: list[Task], tokenizer, cfg: EvalConfig) -> Requests:
     """Every generation and teacher-forcing request the config's metrics need, in task and item order."""
     metrics = expand_metrics(cfg.metrics)
-    want_gen = bool(GENERATION_METRICS & metrics)
-    want_tf = bool(metrics - GENERATION_METRICS - {"privleak"})
-    eot = end_of_turn(tokenizer)
+    w = Wants(metrics, bool(GENERATION_METRICS & metrics), bool(metrics - GENERATION_METRICS - {"privleak"}),
+              end_of_turn(tokenizer))
     req = Requests()
     for t, task in enumerate(tasks):
+        kind = TASK_KINDS[task.kind]
         for i, r in enumerate(task.items):
-            if task.kind in ("qa", "options"):
-                got = _qa_requests(t, i, task, r, tokenizer, cfg, want_gen, want_tf, eot)
-                req.gen += got.gen
-                req.tf += got.tf
-            elif task.kind == "verbmem":
-                prompt = _ids(tokenizer, r.question, special=True)
-                if want_gen:
-                    req.gen.append(GenRequest(t, i, "generated", Prompt(prompt, MUSE_VERBMEM_TOKENS)))
-                if "memorization" in metrics and prompt:
-                    room = max(1, cfg.max_length - len(prompt))
-                    req.tf.append(ScoreRequest(t, i, prompt, [_ids(tokenizer, r.answer)[:room]], ["gt"]))
-            elif task.kind == "knowmem" and want_gen:
-                ids = _ids(tokenizer, _knowmem_prompt(task.icl, r.question), special=True)
-                req.gen.append(GenRequest(t, i, "generated", Prompt(ids, MUSE_KNOWMEM_TOKENS)))
-            elif task.kind == "text" and "privleak" in metrics:
-                ids = _ids(tokenizer, r.answer, special=True)[:cfg.max_length]
-                if len(ids) >= 2:
-                    req.tf.append(ScoreRequest(t, i, ids[:1], [ids[1:]], ["text"]))
+            got = kind.requests(t, i, task, r, tokenizer, cfg, w)
+            req.gen += got.gen
+            req.tf += got.tf
     return req
 
 
@@ -144,13 +170,13 @@ def qa_generation_fields(r, key: str, text: str) -> dict:
             "rougeL_recall_paraphrased_question": rouge_scores(r.answer, text)["rougeL_recall"]}
 
 
-def _qa_record(task: Task, r, gen: dict, scored: dict, keys_present: bool) -> dict:
+def _qa_record(task: Task, r, gen: dict, scored: dict, cfg: EvalConfig) -> dict:
     """One item in TOFU's log field names (plus EM/ES and paraphrased-question ROUGE)."""
     rec: dict = {"question": r.question, "answer": r.answer}
     for key in QA_GENERATION_KEYS:
         if key in gen:
             rec.update(qa_generation_fields(r, key, gen[key]))
-    if keys_present:
+    if "gt" in scored:
         gt = scored["gt"]
         rec.update(avg_gt_loss=gt.avg_loss, gt_loss=-gt.sum_logprob, num_token_gt=gt.n_tokens,
                    exact_memorization=MEM.exact_memorization(gt.greedy),
@@ -170,32 +196,79 @@ def _qa_record(task: Task, r, gen: dict, scored: dict, keys_present: bool) -> di
     return rec
 
 
-def aggregate(task: Task, items: list[dict], cfg: EvalConfig) -> dict:
-    metrics = expand_metrics(cfg.metrics)
-    agg: dict = {"n_items": len(items)}
-    col = lambda k: [it[k] for it in items if k in it]  # noqa: E731
-    if task.kind in ("qa", "options"):
-        if "probability" in metrics and col("probability"):
-            agg["probability"] = finite_mean(col("probability"))
-        if "rouge" in metrics and col("rougeL_recall"):
-            agg["rougeL_recall"] = finite_mean(col("rougeL_recall"))
-            agg["rouge1_recall"] = finite_mean(col("rouge1_recall"))
-            if col("rougeL_recall_paraphrased_question"):
-                agg["rougeL_recall_paraphrased_question"] = finite_mean(col("rougeL_recall_paraphrased_question"))
-        if "truth_ratio" in metrics and col("truth_ratio"):
-            score = TOFU.forget_truth_ratio_score if task.role == "forget" else TOFU.retain_truth_ratio_score
-            agg["truth_ratio"] = score(col("truth_ratio"))
-        if "memorization" in metrics and col("exact_memorization"):
-            agg["exact_memorization"] = finite_mean(col("exact_memorization"))
-            agg["extraction_strength"] = finite_mean(col("extraction_strength"))
-    elif task.kind in ("verbmem", "knowmem"):
-        for key in ("rougeL_f1", "exact_memorization", "extraction_strength"):
-            if col(key):
-                agg[key] = finite_mean(col(key))
-    elif task.kind == "text" and col("min_k"):
-        agg[f"min_{int(cfg.min_k * 100)}%"] = finite_mean(col("min_k"))
+def _muse_record(task: Task, r, gen: dict, scored: dict, cfg: EvalConfig) -> dict:
+    """verbmem / knowmem: the generated continuation or answer with its ROUGE-L F1; verbmem's memorisation."""
+    rec = {"prompt": r.question, "answer": r.answer}
+    if "gt" in scored:  # verbmem: is the true continuation what greedy decoding reproduces?
+        rec["exact_memorization"] = MEM.exact_memorization(scored["gt"].greedy)
+        rec["extraction_strength"] = MEM.extraction_strength(scored["gt"].greedy)
+    if "generated" in gen:
+        text = gen["generated"] if task.kind == "verbmem" else _knowmem_answer(gen["generated"])
+        rec["generated"] = text
+        rec["rougeL_f1"] = rouge_scores(r.answer, text)["rougeL_f1"]
+    return rec
+
+
+def _text_record(task: Task, r, gen: dict, scored: dict, cfg: EvalConfig) -> dict:
+    """A passage's Min-K% score (membership inference) and mean loss."""
+    if "text" not in scored:
+        return {"n_tokens": 0}
+    text = scored["text"]
+    return {"n_tokens": text.n_tokens, "min_k": MEM.min_k_score(text.logprobs, cfg.min_k), "avg_loss": text.avg_loss}
+
+
+def _column(items: list[dict], key: str) -> list:
+    return [it[key] for it in items if key in it]
+
+
+def _qa_aggregate(task: Task, items: list[dict], cfg: EvalConfig, metrics: set) -> dict:
+    agg: dict = {}
+    col = lambda k: _column(items, k)  # noqa: E731
+    if "probability" in metrics and col("probability"):
+        agg["probability"] = finite_mean(col("probability"))
+    if "rouge" in metrics and col("rougeL_recall"):
+        agg["rougeL_recall"] = finite_mean(col("rougeL_recall"))
+        agg["rouge1_recall"] = finite_mean(col("rouge1_recall"))
+        if col("rougeL_recall_paraphrased_question"):
+            agg["rougeL_recall_paraphrased_question"] = finite_mean(col("rougeL_recall_paraphrased_question"))
+    if "truth_ratio" in metrics and col("truth_ratio"):
+        score = TOFU.forget_truth_ratio_score if task.role == "forget" else TOFU.retain_truth_ratio_score
+        agg["truth_ratio"] = score(col("truth_ratio"))
+    if "memorization" in metrics and col("exact_memorization"):
+        agg["exact_memorization"] = finite_mean(col("exact_memorization"))
+        agg["extraction_strength"] = finite_mean(col("extraction_strength"))
     return agg
 
+
+def _muse_aggregate(task: Task, items: list[dict], cfg: EvalConfig, metrics: set) -> dict:
+    return {key: finite_mean(_column(items, key)) for key in ("rougeL_f1", "exact_memorization", "extraction_strength")
+            if _column(items, key)}
+
+
+def _text_aggregate(task: Task, items: list[dict], cfg: EvalConfig, metrics: set) -> dict:
+    return {f"min_{int(cfg.min_k * 100)}%": finite_mean(_column(items, "min_k"))} if _column(items, "min_k") else {}
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskKind:
+    """How one kind of task is measured: the engine requests of an item, its record from the engines' outputs
+    (gen: {key: text}, scored: {key: Scored}), the task's aggregate over the records."""
+    requests: Callable
+    record: Callable
+    aggregate: Callable
+
+
+TASK_KINDS: dict[str, TaskKind] = {
+    "qa": TaskKind(_qa_requests, _qa_record, _qa_aggregate),            # TOFU-style question / answer
+    "options": TaskKind(_qa_requests, _qa_record, _qa_aggregate),       # the true answer among false options
+    "verbmem": TaskKind(_verbmem_requests, _muse_record, _muse_aggregate),   # MUSE verbatim memorisation
+    "knowmem": TaskKind(_knowmem_requests, _muse_record, _muse_aggregate),   # MUSE knowledge memorisation
+    "text": TaskKind(_text_requests, _text_record, _text_aggregate),    # passages for membership inference
+}
+
+
+def aggregate(task: Task, items: list[dict], cfg: EvalConfig) -> dict:
+    return {"n_items": len(items), **TASK_KINDS[task.kind].aggregate(task, items, cfg, expand_metrics(cfg.metrics))}
 
 
 def task_results(tasks: list[Task], gen_out: dict, scored_out: dict, cfg: EvalConfig) -> dict:
@@ -203,28 +276,9 @@ def task_results(tasks: list[Task], gen_out: dict, scored_out: dict, cfg: EvalCo
     keyed by (task index, item index)."""
     out_tasks = {}
     for t, task in enumerate(tasks):
-        items = []
-        for i, r in enumerate(task.items):
-            gen = gen_out.get((t, i), {})
-            sc = scored_out.get((t, i), {})
-            if task.kind in ("qa", "options"):
-                items.append(_qa_record(task, r, gen, sc, "gt" in sc))
-            elif task.kind in ("verbmem", "knowmem"):
-                rec = {"prompt": r.question, "answer": r.answer}
-                if "gt" in sc:  # verbmem: is the true continuation what greedy decoding reproduces?
-                    rec["exact_memorization"] = MEM.exact_memorization(sc["gt"].greedy)
-                    rec["extraction_strength"] = MEM.extraction_strength(sc["gt"].greedy)
-                if "generated" in gen:
-                    text = gen["generated"] if task.kind == "verbmem" else _knowmem_answer(gen["generated"])
-                    rec["generated"] = text
-                    rec["rougeL_f1"] = rouge_scores(r.answer, text)["rougeL_f1"]
-                items.append(rec)
-            else:
-                rec = {"n_tokens": 0}
-                if "text" in sc:
-                    rec = {"n_tokens": sc["text"].n_tokens, "min_k": MEM.min_k_score(sc["text"].logprobs, cfg.min_k),
-                           "avg_loss": sc["text"].avg_loss}
-                items.append(rec)
+        record = TASK_KINDS[task.kind].record
+        items = [record(task, r, gen_out.get((t, i), {}), scored_out.get((t, i), {}), cfg)
+                 for i, r in enumerate(task.items)]
         out_tasks[task.name] = {"kind": task.kind, "role": task.role, "source": task.source,
                                 "fingerprint": task.fingerprint(), "aggregate": aggregate(task, items, cfg),
                                 "items": items}
