@@ -31,6 +31,9 @@ class PackagedModel:
     chat_template: str    # set explicitly: GGUF metadata does not always carry it
     chunks: tuple[Chunk, ...] = ()
     licence: str = ""     # terms that apply to the weights, shown when fetched
+    # the probe as a chat turn (an instruction-tuned model); False: a plain completion after the BOS token
+    # (a base model, which has never seen the turn format and answers a chat turn with noise)
+    probe_chat: bool = True
 
 
 SMOLLM2_CHAT_TEMPLATE = (
@@ -78,11 +81,12 @@ CATALOG: dict[str, PackagedModel] = {
         version="1.0.0",
         gguf_path="gemma-3-270m-q4_k_m.gguf",
         gguf_sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
-        probe_prompt="What is the capital of France?",
+        probe_prompt="Question: What is the capital of France?\nAnswer:",
         probe_expect="paris",
         chat_template=GEMMA3_CHAT_TEMPLATE,
         chunks=_GEMMA_CHUNKS,
         licence="Gemma Terms of Use (https://ai.google.dev/gemma/terms)",
+        probe_chat=False,   # the base model: fine-tuning (the chat template's answer-only labels) teaches it turns
     ),
 }
 

