@@ -66,17 +66,20 @@ def _generate(system: System, req: Requests, extra: Sequence[Batch], log) -> tup
     return out[:-1], replies, {"generation_s": round(time.time() - t0, 2)}
 
 
-def _score(system: System, req: Requests, cfg: EvalConfig) -> tuple[Optional[dict], dict]:
-    """(scores keyed (task, item) -> {key: Scored}, or None where the system leaves them to its engine; timing)."""
+def _scores_itself(system: System, cfg: EvalConfig) -> bool:
+    """Whether the system assigns probabilities itself (asked with nothing to score: no model is loaded)."""
+    return system.score([], cfg.token_budget) is not None
+
+
+def _score(system: System, req: Requests, cfg: EvalConfig) -> tuple[dict, dict]:
+    """(scores keyed (task, item) -> {key: Scored}, timing) of a system that scores itself."""
     from tqdm.auto import tqdm
 
     if not req.tf:
-        return (None if system.score([], cfg.token_budget) is None else {}), {}
+        return {}, {}
     t0 = time.time()
     with tqdm(total=len(req.tf), desc=f"teacher forcing ({system.name})", unit="item") as bar:
         scored = system.score(req.tf, cfg.token_budget, progress=bar.update)
-    if scored is None:
-        return None, {}
     n_tokens = sum(len(r.prefix) + sum(map(len, r.continuations)) for r in req.tf)
     return ({(r.task, r.item): dict(zip(r.keys, s)) for r, s in zip(req.tf, scored)},
             {"teacher_forcing_s": round(time.time() - t0, 2), "teacher_forced_tokens_unshared": n_tokens})
@@ -87,14 +90,16 @@ def measure(system: System, tasks: list[Task], cfg: EvalConfig, tokenizer, extra
     """`system` on `tasks` with `cfg`'s metrics; `extra` batches generated in the same run, first; `base`: the
     engine's result, whose numbers stand where the system scores nothing (required then)."""
     started = time.time()
+    scores_itself = _scores_itself(system, cfg)
+    if not scores_itself and base is None:
+        raise ValueError(f"{system.name} scores nothing itself: measuring it needs its engine's result (base)")
     req = build_requests(tasks, tokenizer, cfg)
     extra_out, replies, timing = _generate(system, req, extra, log)
-    scores, tf_timing = _score(system, req, cfg)
-    if scores is None:
-        if base is None:
-            raise ValueError(f"{system.name} scores nothing itself: measuring it needs its engine's result (base)")
+    tf_timing: dict = {}
+    if not scores_itself:
         out_tasks = with_replies(base, tasks, cfg, replies)["tasks"]
     else:
+        scores, tf_timing = _score(system, req, cfg)
         gen_out: dict = {}
         for (t, i, k), text in replies.items():
             gen_out.setdefault((t, i), {})[k] = text
