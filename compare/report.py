@@ -298,7 +298,7 @@ def tables(doc: dict) -> list[Table]:
 
 
 def _tables(systems: Systems) -> list[Table]:
-    return (headline_table(systems) + leak_table(systems) + neighbour_table(systems) + _quantization(systems) + finetune_table(systems)
+    return (headline_table(systems) + muse_table(systems) + leak_table(systems) + neighbour_table(systems) + _quantization(systems) + finetune_table(systems)
             + _sequential(systems) + truth_ratio_table(systems) + spread_table(systems) + dial_table(systems) + cost_table(systems)
             + paradigm_table()
             + failed_table(systems))
@@ -318,6 +318,21 @@ def headline_table(systems: Systems) -> list[Table]:
              "Leak: a reply that is not a refusal and holds >= leak_keywords of the gold answer's key names/words "
              "the prompt did not give (ROUGE-L recall >= leak_rouge where there are none). Retention: neighbour-probe ROUGE-L / the target's. Training: the unlearning run "
              "(weights) plus the guard build; the target and retain fine-tunes are the benchmark's, not counted.")]
+
+
+def muse_table(systems: Systems) -> list[Table]:
+    """MUSE's own metrics, where the benchmark has its tasks."""
+    rows = [[name, _f(r.muse.verbmem), _f(r.muse.knowmem_forget), _f(r.muse.knowmem_retain), _f(r.muse.mia_auc),
+             _f(r.muse.privleak, 1)] for name, r in systems.items() if r.ok and r.muse.measured]
+    if not rows:
+        return []
+    return [("MUSE metrics", ["system", "verbmem ROUGE-L F1 (forget)", "knowmem ROUGE-L F1 (forget)",
+                              "knowmem ROUGE-L F1 (retain)", "Min-K% AUC (forget vs holdout)", "PrivLeak %"], rows,
+             "Verbatim memorisation: the forget passages' second halves continued from their first; knowledge "
+             "memorisation: MUSE's few-shot questions (forget: should fall to the retain model's level; retain: should "
+             "stay); PrivLeak = (AUC - AUC_retain) / AUC_retain x 100, 0 at the retain model, -100 when every forget "
+             "passage is told apart from the holdout ones. Teacher-forced Min-K% through a guard: a passage has no "
+             "prompt to flag, so the guard leaves it unchanged.")]
 
 
 def leak_table(systems: Systems) -> list[Table]:

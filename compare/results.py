@@ -140,6 +140,27 @@ class Metrics:
 
 
 @dataclass(frozen=True)
+class Muse:
+    """MUSE's metrics: verbatim and knowledge memorisation (ROUGE-L F1) and membership inference (Min-K% AUC
+    forget vs holdout, PrivLeak against the retain model's AUC). None where the benchmark has no such task."""
+    verbmem: Optional[float] = None
+    knowmem_forget: Optional[float] = None
+    knowmem_retain: Optional[float] = None
+    mia_auc: Optional[float] = None
+    privleak: Optional[float] = None
+
+    @classmethod
+    def from_json(cls, summary: Any, aggregates: Any) -> "Muse":
+        s, a = _obj(summary), _obj(aggregates)
+        f1 = lambda task: _obj(a.get(task)).get("rougeL_f1")  # noqa: E731
+        return cls(f1("verbmem"), f1("knowmem_forget"), f1("knowmem_retain"), s.get("mia_auc"), s.get("privleak"))
+
+    @property
+    def measured(self) -> bool:
+        return any(v is not None for v in (self.verbmem, self.knowmem_forget, self.knowmem_retain, self.mia_auc))
+
+
+@dataclass(frozen=True)
 class Training:
     """The system's training run (build.py `run_record`)."""
     train_seconds: Optional[float] = None
@@ -242,6 +263,7 @@ class SystemResult:
     benign_relearn: FinetuneAttack = FinetuneAttack()
     quantize: Quantize = Quantize()
     sequential: Optional[Sequential] = None
+    muse: Muse = Muse()
 
     @classmethod
     def from_json(cls, name: str, d: Any) -> "SystemResult":
@@ -252,7 +274,8 @@ class SystemResult:
                    Training.from_json(d.get("training")), _obj(d.get("guard")).get("build_seconds"),
                    _obj(d.get("guard")).get("mode"), _obj(d.get("guard")).get("soft_mask"),
                    FinetuneAttack.from_json(d.get("relearn")), FinetuneAttack.from_json(d.get("benign_relearn")),
-                   Quantize.from_json(d.get("quantize")), Sequential.from_json(d.get("sequential")))
+                   Quantize.from_json(d.get("quantize")), Sequential.from_json(d.get("sequential")),
+                   Muse.from_json(d.get("summary"), d.get("aggregates")))
 
     @property
     def ok(self) -> bool:

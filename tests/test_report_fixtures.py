@@ -93,3 +93,15 @@ def test_bootstrap_intervals_get_their_table_and_old_results_none():
     table = next(t for t in R.tables(doc) if t[0].startswith("Spread from one run"))
     assert table[2] == [[name, R._f(res["summary"]["forget_quality"], 4), "0.0100 – 0.5000",
                          R._f(res["summary"].get("model_utility")), "0.200 – 0.300"]]
+
+
+def test_muse_metrics_get_their_table_where_the_benchmark_has_them():
+    doc = json.loads((DATA / "compare_failed.results.json").read_text())
+    assert not any(t[0] == "MUSE metrics" for t in R.tables(doc))          # TOFU results: no MUSE table
+    ok = next(n for n, r in doc["systems"].items() if r.get("status") == "ok")
+    res = doc["systems"][ok]
+    res["aggregates"] = {**res.get("aggregates", {}), "verbmem": {"rougeL_f1": 0.25}, "knowmem_forget": {"rougeL_f1": 0.125},
+                         "knowmem_retain": {"rougeL_f1": 0.5}}
+    res["summary"] = {**res.get("summary", {}), "mia_auc": 0.0, "privleak": -100.0}
+    table = next(t for t in R.tables(doc) if t[0] == "MUSE metrics")
+    assert table[2] == [[ok, "0.250", "0.125", "0.500", "0.000", "-100.0"]]
