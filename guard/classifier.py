@@ -28,7 +28,7 @@ from typing import Sequence
 import numpy as np
 
 from . import disguise
-from .embedder import embed
+from .embedder import embed, load_embedder
 from .phrases import ProbeIndex
 
 MIN_COLLAPSED = 8      # letters a name needs before it is also searched for with separators removed
@@ -223,8 +223,9 @@ class PromptClassifier:
 
     def warm_up(self) -> None:
         """Load the sentence embedder and run it once (about half a second on 2 cores), so the first
-        requests an engine admits do not wait for it."""
-        embed(["warm up"])
+        requests an engine admits do not wait for it. Not through `embed`: its cache of recent texts would
+        answer a second warm-up in the same process without touching the model."""
+        load_embedder()(["warm up"])
 
     def expand(self, targets: set[int], items: set[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """Close a set of targets and items: the targets of the items, then all items of the targets."""
