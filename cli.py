@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Optional
 
 
 def _cmd_models(args) -> int:
@@ -88,14 +89,17 @@ def _cmd_eval(args) -> int:
     log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
     result = evaluate(cfg, out=out, log=log, use_cache=not args.no_cache)
     print(results_table(result))
-    if "guard" in result:
-        rates = ", ".join(f"{k} {v:.3f}" for k, v in result["guard"]["flagged_rate"].items())
+    if result.guard is not None:
+        rates = ", ".join(f"{k} {v:.3f}" for k, v in result.guard.flagged_rate.items())
         print(f"guard flagged: {rates}")
     print(f"results: {out}")
+    card = _card_with_evaluation(cfg, result)
+    if card:
+        print(f"model card with these results: {card}")
     if args.tofu_logs:
         from .evaluation.tofu_logs import write_logs
 
-        written = write_logs({name: t["items"] for name, t in result["tasks"].items()}, args.tofu_logs)
+        written = write_logs({name: t.to_json()["items"] for name, t in result.tasks.items()}, args.tofu_logs)
         print(f"TOFU-format logs: {written}")
     if args.export_open_unlearning:
         from .evaluation.export import export_open_unlearning
@@ -103,6 +107,18 @@ def _cmd_eval(args) -> int:
         eval_file, summary_file = export_open_unlearning(result, args.export_open_unlearning)
         print(f"open-unlearning layout: {eval_file}, {summary_file}")
     return 0
+
+
+def _card_with_evaluation(cfg, result) -> Optional[Path]:
+    """A finished run's model card rewritten with the evaluation of its weights (in model-index form);
+    None for a model that is not a run, or weights measured behind a guard (not the checkpoint's numbers)."""
+    from .training.cache import is_finished
+    from .training.model_card import add_evaluation
+
+    path = Path(result.model.get("path", ""))
+    if cfg.guard or not is_finished(path):
+        return None
+    return add_evaluation(path, result.to_json())
 
 
 def _cmd_guard(args) -> int:

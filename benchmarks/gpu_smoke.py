@@ -77,8 +77,8 @@ def main() -> int:
                                      "dtype": dtype, "max_new_tokens": 16})
         t0 = time.time()
         res = evaluate(cfg, log=quiet)
-        probs[name] = [it["probability"] for it in res["tasks"]["forget"]["items"]]
-        print(f"eval {name}: {time.time() - t0:.1f} s, forget P {res['tasks']['forget']['aggregate']['probability']:.4f}")
+        probs[name] = [it.probability for it in res.tasks["forget"].items]
+        print(f"eval {name}: {time.time() - t0:.1f} s, forget P {res.tasks['forget'].aggregate['probability']:.4f}")
     os.environ["CUDA_VISIBLE_DEVICES"] = ""
     import subprocess
 
@@ -87,7 +87,7 @@ def main() -> int:
             f"cfg=from_dict(EvalConfig, {{'model': {str(unlearned)!r}, 'benchmark': 'synthetic', 'engine': 'transformers',"
             "'forget': 'synth/forget?people=6&forget=2', 'retain': 'synth/retain?people=6&forget=2', 'dtype': 'float32',"
             "'max_new_tokens': 16, 'metrics': ['probability']});"
-            "print(json.dumps([it['probability'] for it in evaluate(cfg, log=lambda *_: None)['tasks']['forget']['items']]))")
+            "print(json.dumps([it.probability for it in evaluate(cfg, log=lambda *_: None).tasks['forget'].items]))")
     cpu = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                                     env={**os.environ, "UNLEARN_CACHE": str(tmp / "cpu-cache")}).stdout.splitlines()[-1])
     d32 = max(abs(a - b) for a, b in zip(probs["cuda-fp32"], cpu))

@@ -33,6 +33,7 @@ from ..evaluation.harness import cached_measure
 from ..evaluation.leakage import by_category, score_reply
 from ..evaluation.measure import measure
 from ..evaluation.metrics.means import finite_mean
+from ..evaluation.results import EvalResult
 from ..evaluation.scoring import Prompt, build_requests
 from ..evaluation.systems import Batch, Generated, Guarded, Replayed, Weights, model_fingerprint, policy_identity
 from ..models.catalog import cache_root
@@ -111,7 +112,7 @@ def eval_config(ecfg: EvalConfig, path: str, policy: Optional[str]) -> EvalConfi
     return out
 
 
-def engine_metrics(ecfg: EvalConfig, path: str, policy: Optional[str], log=print) -> dict:
+def engine_metrics(ecfg: EvalConfig, path: str, policy: Optional[str], log=print) -> EvalResult:
     return cached_measure(eval_config(ecfg, path, policy), log=log).result
 
 
@@ -128,7 +129,7 @@ def _probe_record(out: Generated, n: int) -> dict:
 
 
 def engine_system(ecfg: EvalConfig, path: str, policy: Optional[str], probes: Sequence[Probe], cfg: CompareConfig,
-                  want_metrics: bool = True, log=print) -> tuple[Optional[dict], dict]:
+                  want_metrics: bool = True, log=print) -> tuple[Optional[EvalResult], dict]:
     """(metrics, attacks) through offline vLLM, with the guard's processor when `policy`. When neither is
     cached, one engine run generates the probes (one batch, timed: the serving figures, then the first
     `latency_requests` one at a time), then the metric prompts."""
@@ -171,7 +172,7 @@ def _agent_serving(out: Generated, server, n: int) -> dict:
             "llm_calls_per_flagged": round(statistics.mean(calls), 2) if calls else None}
 
 
-def agent_system(system: System, path: str, policy: str, engine_result: Optional[dict], tasks, ecfg: EvalConfig,
+def agent_system(system: System, path: str, policy: str, engine_result: Optional[EvalResult], tasks, ecfg: EvalConfig,
                  probes: Sequence[Probe], cfg: CompareConfig, workdir: Path, log=print) -> dict:
     """Metrics (when `engine_result` is given: the engine's numbers, generation replaced by the front's
     replies) and attacks through `unlearn serve --agents` (one server for both)."""
@@ -201,7 +202,8 @@ def agent_system(system: System, path: str, policy: str, engine_result: Optional
     if engine_result is not None:   # the front's replies, replayed through the one measuring path
         recorded = {(t, i, k): text for t, i, k, text in out["metric_replies"]}
         replayed = Replayed([recorded.get((g.task, g.item, g.key)) for g in gen], system.name)
-        metrics = {**engine_result, "tasks": measure(replayed, tasks, ecfg, tok, base=engine_result, log=log).tasks}
+        metrics = dataclasses.replace(engine_result,
+                                      tasks=measure(replayed, tasks, ecfg, tok, base=engine_result, log=log).tasks)
     return {"metrics": metrics, "attacks": {**score_probes(probes, out["replies"], cfg, refusal_texts(policy, cfg)),
                                             "serving": out["serving"]}}
 
@@ -348,11 +350,11 @@ def quantized_replies(t: AttackTarget, spec) -> dict:
                               engine=engine, dtype=t.cfg.dtype, max_new_tokens=t.cfg.attacks.max_new_tokens,
                               max_length=t.ecfg.max_length, token_budget=t.ecfg.token_budget, guard=t.policy)
             mcfg.validate()
-            got = cached_measure(mcfg, log=t.log).result["tasks"]["forget"]["items"]
+            got = cached_measure(mcfg, log=t.log).result.tasks["forget"].items
         finally:
             shutil.rmtree(work, ignore_errors=True)
         return {"quantized": stats, "seconds": round(time.time() - started, 1),
-                "replies": [r["generated_text"][1] for r in got], "probabilities": [r["probability"] for r in got]}
+                "replies": [r.generated for r in got], "probabilities": [r.probability for r in got]}
 
     return _cached("quantize", key, make, t.log)
 

@@ -20,6 +20,8 @@ from ..config import load_config, to_dict
 from ..errors import ConfigError, DataError
 from ..evaluation.attacks import build_probes, spread
 from ..evaluation.config import EvalConfig
+from ..evaluation.results import EvalResult, Summary
+from ..evaluation.summary import Reference, reference_from_result, summarize
 from ..files import write_json_atomic
 from .config import CompareConfig, System, parse_system
 
@@ -107,22 +109,21 @@ def measure_system(system: System, cfg: CompareConfig, ecfg: EvalConfig, tasks, 
     return out
 
 
-def retain_reference(cfg: CompareConfig, ecfg: EvalConfig, results: dict, log=_stderr) -> tuple[Optional[dict], str]:
-    """(the retain model's forget truth ratios, reason when there are none)."""
-    from ..evaluation.summary import _reference
-
+def retain_reference(cfg: CompareConfig, ecfg: EvalConfig, results: dict,
+                     log=_stderr) -> tuple[Optional[Reference], str]:
+    """(the retain model's side of forget quality, reason when there is none)."""
     if not cfg.retain:
         return None, "no retain model in this comparison (config: retain: <model ref>), so forget quality has no reference"
     got = results.get("retain")
     if got is not None and got.get("status") != "ok":
         return None, f"the retain model failed: {got.get('reason')}"
     if got is not None and got.get("metrics"):
-        return _reference(got["metrics"], "retain"), ""
+        return reference_from_result(got["metrics"], "retain"), ""
     try:   # not listed as a system: measure it as the reference only (cached)
         from .build import ensure_model
         from .measure import engine_metrics
 
-        return _reference(engine_metrics(ecfg, ensure_model(cfg.retain, log), None, log=log), "retain"), ""
+        return reference_from_result(engine_metrics(ecfg, ensure_model(cfg.retain, log), None, log=log), "retain"), ""
     except Exception as exc:  # noqa: BLE001 - reported, never a number
         return None, f"the retain model could not be measured: {type(exc).__name__}: {exc}"
 
@@ -131,27 +132,27 @@ def summaries(cfg: CompareConfig, ecfg: EvalConfig, results: dict, log=_stderr) 
     """Each measured system's headline metrics (forget quality against the retain model)."""
     import dataclasses
 
-    from ..evaluation.summary import summarize
-
     ref, reason = retain_reference(cfg, ecfg, results, log)
     sum_cfg = dataclasses.replace(ecfg, metrics=sorted(set(ecfg.metrics) | {"forget_quality", "model_utility"}))
     for res in results.values():
         if res.get("status") != "ok" or not res.get("metrics"):
             continue
         s = summarize(res["metrics"], sum_cfg, ref)
-        if ref is None:
-            s["forget_quality"], s["forget_quality_reason"] = None, reason
-        res["summary"] = s
+        res["summary"] = s.without_reference(reason) if ref is None else s
 
 
 def _compact(res: dict) -> dict:
     """What results.json keeps of a system (per-item records go to systems/<name>.json)."""
-    out = {k: v for k, v in res.items() if k not in ("metrics", "attacks", "relearn", "benign_relearn", "quantize")}
+    out = {k: v for k, v in res.items()
+           if k not in ("metrics", "attacks", "relearn", "benign_relearn", "quantize", "summary")}
+    if res.get("summary") is not None:
+        out["summary"] = res["summary"].to_json()
     if res.get("metrics"):
-        out["aggregates"] = {n: t["aggregate"] for n, t in res["metrics"]["tasks"].items()}
-        out["timing"] = res["metrics"].get("timing")
-        if "guard" in res["metrics"]:
-            out["guard_flagged_rate"] = res["metrics"]["guard"].get("flagged_rate")
+        metrics: EvalResult = res["metrics"]
+        out["aggregates"] = {n: t.aggregate for n, t in metrics.tasks.items()}
+        out["timing"] = metrics.timing
+        if metrics.guard is not None:
+            out["guard_flagged_rate"] = metrics.guard.flagged_rate
     if res.get("attacks"):
         out["attacks"] = {"by_category": res["attacks"]["by_category"], "serving": res["attacks"]["serving"]}
     for name in ("relearn", "benign_relearn"):
@@ -188,7 +189,19 @@ def _earlier(work: Path, cfg: CompareConfig, stages: Sequence[str]) -> dict:
     for name in sorted(wanted):
         f = work / "systems" / f"{name}{suffix}"
         if f.is_file():
-            out[name] = json.loads(f.read_text())
+            out[name] = _system_from_json(json.loads(f.read_text()), str(f))
+    return out
+
+
+def _system_json(res: dict) -> dict:
+    """A system's full results as systems/<name>.json holds them (its metrics as JSON)."""
+    return {k: (v.to_json() if k in ("metrics", "summary") and v is not None else v) for k, v in res.items()}
+
+
+def _system_from_json(doc: dict, what: str) -> dict:
+    out = {**doc, "metrics": EvalResult.from_json(doc["metrics"], f"{what}: metrics") if doc.get("metrics") else None}
+    if isinstance(doc.get("summary"), dict):
+        out["summary"] = Summary.from_json(doc["summary"])
     return out
 
 
@@ -225,7 +238,7 @@ def run_compare(cfg: CompareConfig, stages: Sequence[str] = ("metrics", "attacks
         results[system.name] = res
         if res["status"] == "ok":
             write_json_atomic(work / "systems" / (f"{system.name}.json" if "metrics" in stages
-                                                   else f"{system.name}.attack.json"), res)
+                                                   else f"{system.name}.attack.json"), _system_json(res))
         doc["systems"] = {k: _compact(v) for k, v in results.items()}
         write_json_atomic(results_file, doc)
     bar.close()

@@ -34,6 +34,8 @@ from ..data.sources import load_spec
 from ..errors import ConfigError, DataError
 from ..evaluation.attacks import subjects
 from ..evaluation.config import EvalConfig
+from ..evaluation.results import EvalResult, QARecord, Summary, column
+from ..evaluation.summary import reference_from_result, summarize
 from ..files import write_json_atomic
 from .config import CompareConfig
 
@@ -106,11 +108,12 @@ def live_targets(items: Sequence) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- per-request numbers
-def _by_question(result: dict) -> dict[str, dict]:
-    return {it["question"]: it for it in result["tasks"]["forget"]["items"] if it.get("question")}
+def _by_question(result: EvalResult) -> dict[str, QARecord]:
+    return {it.question: it for it in result.tasks["forget"].items if it.question}
 
 
-def per_request(result: dict, retain_result: Optional[dict], sets: Sequence[tuple[str, list]]) -> list[dict]:
+def per_request(result: EvalResult, retain_result: Optional[EvalResult],
+                sets: Sequence[tuple[str, list]]) -> list[dict]:
     """Per request: forget items found in the benchmark, their mean answer probability and forget
     quality against the retain model's truth ratios on the same items."""
     from ..evaluation.metrics.tofu import forget_quality
@@ -119,23 +122,21 @@ def per_request(result: dict, retain_result: Optional[dict], sets: Sequence[tupl
     out = []
     for label, items in sets:
         rows = [mine[r.question] for r in items if r.question in mine]
-        probs = [x["probability"] for x in rows if x.get("probability") is not None]
-        tr = [x["truth_ratio"] for x in rows if x.get("truth_ratio") is not None]
-        tr_ref = [ref[r.question]["truth_ratio"] for r in items
-                  if r.question in ref and ref[r.question].get("truth_ratio") is not None]
+        probs, tr = column(rows, "probability"), column(rows, "truth_ratio")
+        tr_ref = column([ref[r.question] for r in items if r.question in ref], "truth_ratio")
         out.append({"request": label, "items": len(rows),
                     "answer_probability": sum(probs) / len(probs) if probs else None,
                     "forget_quality": forget_quality(tr, tr_ref)["forget_quality"] if tr and tr_ref else None})
     return out
 
 
-def _cumulative(result: dict, retain_result: Optional[dict], sets: Sequence[tuple[str, list]], upto: int) -> Optional[float]:
+def _cumulative(result: EvalResult, retain_result: Optional[EvalResult], sets: Sequence[tuple[str, list]], upto: int) -> Optional[float]:
     """Forget quality over the forget items of requests 1..upto (what should be forgotten by now)."""
     return per_request(result, retain_result, [("so far", [r for _, items in sets[:upto] for r in items])])[0][
         "forget_quality"]
 
 
-def _step(name: str, base: str, path: str, result: dict, summary: dict, requests: list[dict], done: int,
+def _step(name: str, base: str, path: str, result: EvalResult, summary: Summary, requests: list[dict], done: int,
           cumulative: Optional[float], guard: Optional[dict] = None) -> dict:
     """One checkpoint of the chain (`guard`: the policy over requests 1..done it is served behind, with its
     build record) as a system of compare's results layout."""
@@ -144,7 +145,7 @@ def _step(name: str, base: str, path: str, result: dict, summary: dict, requests
     kind = "reference" if done == 0 else "guard" if guard else "weight"
     training = {"train_seconds": guard.get("build_seconds")} if guard else run_record(path) if done else {}
     return {"status": "ok", "system": name, "kind": kind, "base": base, "checkpoint": path, "training": training,
-            "summary": summary, "aggregates": {n: t["aggregate"] for n, t in result["tasks"].items()},
+            "summary": summary.to_json(), "aggregates": {n: t.aggregate for n, t in result.tasks.items()},
             "sequential": {"after_request": done, "requests": requests, "forget_quality_so_far": cumulative},
             **({"guard": guard} if guard else {})}
 
@@ -164,7 +165,6 @@ def run_sequential(cfg: CompareConfig, log=print, report: bool = True) -> dict:
     """Train the chain of requests (cached), measure after each, write results and the report."""
     import dataclasses
 
-    from ..evaluation.summary import reference_from_result, summarize
     from ..training.run import train_cached
     from .build import ensure_model, guard_policy
     from .measure import engine_metrics
@@ -190,8 +190,7 @@ def run_sequential(cfg: CompareConfig, log=print, report: bool = True) -> dict:
         result = engine_metrics(ecfg, path, policy, log=log)
         summary = summarize(result, sum_cfg, ref)
         if ref is None:
-            summary["forget_quality"] = None
-            summary["forget_quality_reason"] = "no retain model in this comparison (config: retain: <model ref>)"
+            summary = summary.without_reference("no retain model in this comparison (config: retain: <model ref>)")
         return _step(name, base, path, result, summary, per_request(result, retain_result, sets), done,
                      _cumulative(result, retain_result, sets, done) if done else None, guard)
 

@@ -44,5 +44,5 @@ class AgentFront:
     def score(self, requests, token_budget: int, progress=None) -> None:
         return None
 
-    def notes(self, requests, tasks) -> dict:
-        return {}
+    def notes(self, requests, tasks) -> None:
+        return None

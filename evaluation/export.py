@@ -40,6 +40,7 @@ from pathlib import Path
 from ..errors import DataError
 from ..files import write_json_atomic
 from .metrics import tofu as TOFU
+from .results import EvalResult
 
 SUITE = "TOFU"
 TASK_PREFIX = {"forget": "forget", "retain": "retain", "real_authors": "ra", "world_facts": "wf"}
@@ -106,23 +107,23 @@ def _task_metrics(prefix: str, kind: str, items: list[dict]) -> dict:
     return out
 
 
-def open_unlearning_logs(result: dict) -> dict:
+def open_unlearning_logs(result: EvalResult) -> dict:
     """TOFU_EVAL.json's content for an `unlearn eval` result (with its `summary`)."""
-    tasks = result.get("tasks") or {}
-    if tasks.get("forget", {}).get("kind") != "qa" or any(t.get("kind") in ("verbmem", "knowmem")
-                                                          for t in tasks.values()):
-        raise DataError(f"open-unlearning export: benchmark {result.get('benchmark')!r} is not TOFU-shaped (it "
+    tasks = result.tasks
+    forget = tasks.get("forget")
+    if forget is None or forget.kind != "qa" or any(t.kind in ("verbmem", "knowmem") for t in tasks.values()):
+        raise DataError(f"open-unlearning export: benchmark {result.benchmark!r} is not TOFU-shaped (it "
                         "needs a 'forget' QA task and no MUSE tasks); valid benchmarks: tofu, tofu-mini, synthetic, files")
     logs: dict = {}
     for name, prefix in TASK_PREFIX.items():
-        if name in tasks:
-            logs.update(_task_metrics(prefix, tasks[name]["kind"], tasks[name]["items"]))
-    summary = result.get("summary") or {}
+        if name in tasks:   # the records as JSON: this layout is written field by field from them
+            logs.update(_task_metrics(prefix, tasks[name].kind, tasks[name].to_json()["items"]))
+    summary = result.summary.to_json() if result.summary else {}
     for key in ("forget_quality", "model_utility", "privleak"):
         if summary.get(key) is not None:
             logs[key] = {"agg_value": summary[key]}
-    if result.get("privleak_auc") is not None:
-        auc = 1.0 - result["privleak_auc"]
+    if result.privleak_auc is not None:
+        auc = 1.0 - result.privleak_auc
         logs["mia_min_k"] = {"agg_value": auc, "auc": auc}
     return dict(sorted(logs.items()))
 
@@ -133,7 +134,7 @@ def open_unlearning_summary(logs: dict) -> dict:
             if k in logs and logs[k].get("agg_value") is not None}
 
 
-def export_open_unlearning(result: dict, out_dir: str | Path) -> tuple[Path, Path]:
+def export_open_unlearning(result: EvalResult, out_dir: str | Path) -> tuple[Path, Path]:
     """Write TOFU_EVAL.json and TOFU_SUMMARY.json into `out_dir` (each renamed into place whole)."""
     logs = open_unlearning_logs(result)
     out = Path(out_dir)

@@ -25,7 +25,8 @@ from ..training.cache import resolve_model
 from .benchmarks import Task, build_tasks
 from .config import EvalConfig
 from .measure import measure, result_of
-from .summary import reference_from_result, summarize
+from .results import EvalResult
+from .summary import Reference, reference_from_result, summarize
 from .systems import Batch, Generated, engine_system
 from .tofu_logs import read_logs, truth_ratios
 
@@ -36,7 +37,7 @@ def _versions() -> dict:
 
 @dataclass
 class Cached:
-    result: dict                         # the evaluation's JSON
+    result: EvalResult
     extra: Optional[list[Generated]]     # the extra batches' outputs (None: the result came from the cache)
 
 
@@ -60,29 +61,27 @@ def cached_measure(cfg: EvalConfig, log=print, use_cache: bool = True, extra: Se
     cache_file = cache_root() / "evals" / f"{cfg.benchmark}-{key}.json"
     if use_cache and cache_file.is_file():
         log(f"(cached) {cache_file}")
-        return Cached(json.loads(cache_file.read_text()), None)
+        return Cached(EvalResult.from_json(json.loads(cache_file.read_text()), str(cache_file)), None)
     try:
         got = measure(system, tasks, cfg, tokenizer, extra=extra, log=log)
     finally:
         system.close()
     result = result_of(got, cfg, {"ref": cfg.model, "path": path, "fingerprint": system.weights_fingerprint},
                        _versions())
-    write_json_atomic(cache_file, result)
+    write_json_atomic(cache_file, result.to_json())
     return Cached(result, got.extra)
 
 
-def load_retain_reference(spec: str, cfg: EvalConfig, log=print) -> dict:
-    """The retain model's side of forget quality and PrivLeak: {'truth_ratios': [...], 'privleak_auc': x,
-    'source': ..., 'forget_fingerprint': ...} from `model:<ref>` (measured here, like `cfg.model`), a
-    TOFU log directory, or an `unlearn eval` results file."""
+def load_retain_reference(spec: str, cfg: EvalConfig, log=print) -> Reference:
+    """The retain model's side of forget quality and PrivLeak from `model:<ref>` (measured here, like
+    `cfg.model`), a TOFU log directory, or an `unlearn eval` results file."""
     if spec.startswith("model:"):
         # the retain model is the reference as it is: never through the evaluated system's guard
         ref_cfg = dataclasses.replace(cfg, model=spec[6:], retain_eval=None, guard=None)
         return reference_from_result(cached_measure(ref_cfg, log=log).result, spec)
     p = Path(spec)
     if p.is_dir():
-        return {"truth_ratios": truth_ratios(read_logs(p)["forget"]), "privleak_auc": None,
-                "source": f"TOFU logs {p}", "forget_fingerprint": None}
+        return Reference(truth_ratios(read_logs(p)["forget"]), None, f"TOFU logs {p}", None)
     if p.is_file():
         try:
             res = json.loads(p.read_text())
@@ -90,16 +89,17 @@ def load_retain_reference(spec: str, cfg: EvalConfig, log=print) -> dict:
             raise DataError(f"retain eval {spec!r}: not valid JSON ({exc})") from None
         if not isinstance(res, dict) or "tasks" not in res:
             raise DataError(f"retain eval {spec!r}: not an `unlearn eval` result (no 'tasks')")
-        return reference_from_result(res, str(p))
+        return reference_from_result(EvalResult.from_json(res, f"retain eval {spec!r}"), str(p))
     raise DataError(f"retain eval {spec!r}: not a file, a TOFU log directory, or model:<ref>")
 
 
-def evaluate(cfg: EvalConfig, out: Optional[str] = None, log=print, use_cache: bool = True) -> dict:
+def evaluate(cfg: EvalConfig, out: Optional[str] = None, log=print, use_cache: bool = True) -> EvalResult:
+    """`cfg`'s system measured (cached) and summarised against its retain reference; written to `out`."""
     t0 = time.time()
     result = cached_measure(cfg, log=log, use_cache=use_cache).result
     retain = load_retain_reference(cfg.retain_eval, cfg, log=log) if cfg.retain_eval else None
-    result = {**result, "summary": summarize(result, cfg, retain), "config": to_dict(cfg),
-              "wall_s": round(time.time() - t0, 2)}
+    result = dataclasses.replace(result, summary=summarize(result, cfg, retain), config=to_dict(cfg),
+                                 wall_s=round(time.time() - t0, 2))
     if out:
-        write_json_atomic(Path(out), result)
+        write_json_atomic(Path(out), result.to_json())
     return result

@@ -14,7 +14,7 @@ quantization attack all measure through `measure`.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -22,32 +22,32 @@ from typing import Optional, Sequence
 from ..config import to_dict
 from .benchmarks import Task
 from .config import EvalConfig
-from .scoring import QA_GENERATION_KEYS, Requests, aggregate, build_requests, qa_generation_fields, task_results
+from .results import EvalResult, GuardNotes, TaskResult
+from .scoring import QA_GENERATION_KEYS, Requests, build_requests, qa_generation_fields, task_result, task_results
 from .summary import privleak_auc
 from .systems import Batch, Generated, System
 
 
 @dataclass
 class Measured:
-    tasks: dict                          # task name -> {kind, role, source, fingerprint, aggregate, items}
+    tasks: dict[str, TaskResult]
     timing: dict
-    notes: dict                          # the system's own fields (the guard's flag rates)
+    guard: Optional[GuardNotes]          # what the system notes of itself (the guard's flag rates)
     extra: list[Generated]               # the caller's extra batches, in order
 
 
-def with_replies(result: dict, tasks: Sequence[Task], cfg: EvalConfig, replies: dict) -> dict:
-    """`result` (the engine's measurement) with its qa/options generation fields replaced by `replies`
+def with_replies(tasks_out: dict[str, TaskResult], tasks: Sequence[Task], cfg: EvalConfig,
+                 replies: dict) -> dict[str, TaskResult]:
+    """`tasks_out` (the engine's measurement) with its qa/options generation fields replaced by `replies`
     (keyed (task, item, key)), aggregates recomputed; probability-based fields stay the engine's."""
-    out = json.loads(json.dumps(result))
+    out = dict(tasks_out)
     for t, task in enumerate(tasks):
-        if task.name not in out["tasks"] or task.kind not in ("qa", "options"):
+        if task.name not in out or task.kind not in ("qa", "options"):
             continue
-        items = out["tasks"][task.name]["items"]
-        for i, (rec, r) in enumerate(zip(items, task.items)):
-            for key in QA_GENERATION_KEYS:
-                if (t, i, key) in replies:
-                    rec.update(qa_generation_fields(r, key, replies[(t, i, key)]))
-        out["tasks"][task.name]["aggregate"] = aggregate(task, items, cfg)
+        items = [dataclasses.replace(rec, **{f: v for key in QA_GENERATION_KEYS if (t, i, key) in replies
+                                            for f, v in qa_generation_fields(r, key, replies[(t, i, key)]).items()})
+                 for i, (rec, r) in enumerate(zip(out[task.name].items, task.items))]
+        out[task.name] = task_result(task, items, cfg)
     return out
 
 
@@ -86,7 +86,7 @@ def _score(system: System, req: Requests, cfg: EvalConfig) -> tuple[dict, dict]:
 
 
 def measure(system: System, tasks: list[Task], cfg: EvalConfig, tokenizer, extra: Sequence[Batch] = (),
-            base: Optional[dict] = None, log=print) -> Measured:
+            base: Optional[EvalResult] = None, log=print) -> Measured:
     """`system` on `tasks` with `cfg`'s metrics; `extra` batches generated in the same run, first; `base`: the
     engine's result, whose numbers stand where the system scores nothing (required then)."""
     started = time.time()
@@ -97,7 +97,7 @@ def measure(system: System, tasks: list[Task], cfg: EvalConfig, tokenizer, extra
     extra_out, replies, timing = _generate(system, req, extra, log)
     tf_timing: dict = {}
     if not scores_itself:
-        out_tasks = with_replies(base, tasks, cfg, replies)["tasks"]
+        out_tasks = with_replies(base.tasks, tasks, cfg, replies)
     else:
         scores, tf_timing = _score(system, req, cfg)
         gen_out: dict = {}
@@ -108,8 +108,7 @@ def measure(system: System, tasks: list[Task], cfg: EvalConfig, tokenizer, extra
     return Measured(out_tasks, timing, system.notes(req.gen, tasks), extra_out)
 
 
-def result_of(measured: Measured, cfg: EvalConfig, model: dict, versions: dict) -> dict:
-    """The JSON an evaluation writes (harness.py caches it): config, model, versions, timing, tasks, notes."""
-    return {"benchmark": cfg.benchmark, "config": to_dict(cfg), "model": model, "versions": versions,
-            "timing": measured.timing, "tasks": measured.tasks, "privleak_auc": privleak_auc(measured.tasks),
-            **measured.notes}
+def result_of(measured: Measured, cfg: EvalConfig, model: dict, versions: dict) -> EvalResult:
+    """What an evaluation records (harness.py caches it): config, model, versions, timing, tasks, guard notes."""
+    return EvalResult(cfg.benchmark, to_dict(cfg), model, versions, measured.timing, measured.tasks,
+                      privleak_auc(measured.tasks), measured.guard)

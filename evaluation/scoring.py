@@ -13,6 +13,7 @@ from .metrics import memorization as MEM
 from .metrics import tofu as TOFU
 from .metrics.means import finite_mean
 from .metrics.rouge import rouge_scores
+from .results import MuseRecord, QARecord, Record, TaskResult, TextRecord, column
 
 MUSE_VERBMEM_TOKENS = 128
 MUSE_KNOWMEM_TOKENS = 32
@@ -170,35 +171,43 @@ def qa_generation_fields(r, key: str, text: str) -> dict:
             "rougeL_recall_paraphrased_question": rouge_scores(r.answer, text)["rougeL_recall"]}
 
 
-def _qa_record(task: Task, r, gen: dict, scored: dict, cfg: EvalConfig) -> dict:
+def _teacher_forced_fields(task: Task, scored: dict) -> dict:
+    """A qa/options item's fields from its teacher-forced answers: the true answer's loss and memorisation,
+    the perturbed and paraphrased answers' losses, the truth ratio and the answer probability."""
+    gt = scored["gt"]
+    out = dict(avg_gt_loss=gt.avg_loss, gt_loss=-gt.sum_logprob, num_token_gt=gt.n_tokens,
+               exact_memorization=MEM.exact_memorization(gt.greedy),
+               extraction_strength=MEM.extraction_strength(gt.greedy))
+    pert = [scored[k] for k in sorted(scored) if k.startswith("perturbed")]
+    para = scored["gt"] if task.kind == "options" else scored.get("paraphrased")
+    pert_losses = [s.avg_loss for s in pert]
+    if pert:
+        out.update(average_perturb_loss=pert_losses, perturb_loss=[-s.sum_logprob for s in pert],
+                   num_token_perturb=[s.n_tokens for s in pert])
+    if para is not None:
+        out.update(avg_paraphrased_loss=para.avg_loss, paraphrased_loss=-para.sum_logprob,
+                   num_token_paraphrased=para.n_tokens)
+    if para is not None and pert:
+        out["truth_ratio"] = TOFU.truth_ratio(para.avg_loss, pert_losses)
+    out["probability"] = (TOFU.option_probability(gt.avg_loss, pert_losses)
+                          if task.kind == "options" else TOFU.answer_probability(gt.avg_loss))
+    return out
+
+
+def _qa_record(task: Task, r, gen: dict, scored: dict, cfg: EvalConfig) -> QARecord:
     """One item in TOFU's log field names (plus EM/ES and paraphrased-question ROUGE)."""
-    rec: dict = {"question": r.question, "answer": r.answer}
+    rec: dict = {}
     for key in QA_GENERATION_KEYS:
         if key in gen:
             rec.update(qa_generation_fields(r, key, gen[key]))
     if "gt" in scored:
-        gt = scored["gt"]
-        rec.update(avg_gt_loss=gt.avg_loss, gt_loss=-gt.sum_logprob, num_token_gt=gt.n_tokens,
-                   exact_memorization=MEM.exact_memorization(gt.greedy),
-                   extraction_strength=MEM.extraction_strength(gt.greedy))
-        pert = [scored[k] for k in sorted(scored) if k.startswith("perturbed")]
-        para = scored["gt"] if task.kind == "options" else scored.get("paraphrased")
-        if pert:
-            rec.update(average_perturb_loss=[s.avg_loss for s in pert], perturb_loss=[-s.sum_logprob for s in pert],
-                       num_token_perturb=[s.n_tokens for s in pert])
-        if para is not None:
-            rec.update(avg_paraphrased_loss=para.avg_loss, paraphrased_loss=-para.sum_logprob,
-                       num_token_paraphrased=para.n_tokens)
-        if para is not None and pert:
-            rec["truth_ratio"] = TOFU.truth_ratio(para.avg_loss, rec["average_perturb_loss"])
-        rec["probability"] = (TOFU.option_probability(gt.avg_loss, rec["average_perturb_loss"])
-                              if task.kind == "options" else TOFU.answer_probability(gt.avg_loss))
-    return rec
+        rec.update(_teacher_forced_fields(task, scored))
+    return QARecord(r.question, r.answer, **rec)
 
 
-def _muse_record(task: Task, r, gen: dict, scored: dict, cfg: EvalConfig) -> dict:
+def _muse_record(task: Task, r, gen: dict, scored: dict, cfg: EvalConfig) -> MuseRecord:
     """verbmem / knowmem: the generated continuation or answer with its ROUGE-L F1; verbmem's memorisation."""
-    rec = {"prompt": r.question, "answer": r.answer}
+    rec: dict = {}
     if "gt" in scored:  # verbmem: is the true continuation what greedy decoding reproduces?
         rec["exact_memorization"] = MEM.exact_memorization(scored["gt"].greedy)
         rec["extraction_strength"] = MEM.extraction_strength(scored["gt"].greedy)
@@ -206,24 +215,20 @@ def _muse_record(task: Task, r, gen: dict, scored: dict, cfg: EvalConfig) -> dic
         text = gen["generated"] if task.kind == "verbmem" else _knowmem_answer(gen["generated"])
         rec["generated"] = text
         rec["rougeL_f1"] = rouge_scores(r.answer, text)["rougeL_f1"]
-    return rec
+    return MuseRecord(r.question, r.answer, **rec)
 
 
-def _text_record(task: Task, r, gen: dict, scored: dict, cfg: EvalConfig) -> dict:
+def _text_record(task: Task, r, gen: dict, scored: dict, cfg: EvalConfig) -> TextRecord:
     """A passage's Min-K% score (membership inference) and mean loss."""
     if "text" not in scored:
-        return {"n_tokens": 0}
+        return TextRecord(0)
     text = scored["text"]
-    return {"n_tokens": text.n_tokens, "min_k": MEM.min_k_score(text.logprobs, cfg.min_k), "avg_loss": text.avg_loss}
+    return TextRecord(text.n_tokens, MEM.min_k_score(text.logprobs, cfg.min_k), text.avg_loss)
 
 
-def _column(items: list[dict], key: str) -> list:
-    return [it[key] for it in items if key in it]
-
-
-def _qa_aggregate(task: Task, items: list[dict], cfg: EvalConfig, metrics: set) -> dict:
+def _qa_aggregate(task: Task, items: list[QARecord], cfg: EvalConfig, metrics: set) -> dict:
     agg: dict = {}
-    col = lambda k: _column(items, k)  # noqa: E731
+    col = lambda k: column(items, k)  # noqa: E731
     if "probability" in metrics and col("probability"):
         agg["probability"] = finite_mean(col("probability"))
     if "rouge" in metrics and col("rougeL_recall"):
@@ -240,13 +245,13 @@ def _qa_aggregate(task: Task, items: list[dict], cfg: EvalConfig, metrics: set) 
     return agg
 
 
-def _muse_aggregate(task: Task, items: list[dict], cfg: EvalConfig, metrics: set) -> dict:
-    return {key: finite_mean(_column(items, key)) for key in ("rougeL_f1", "exact_memorization", "extraction_strength")
-            if _column(items, key)}
+def _muse_aggregate(task: Task, items: list[MuseRecord], cfg: EvalConfig, metrics: set) -> dict:
+    return {key: finite_mean(column(items, key)) for key in ("rougeL_f1", "exact_memorization", "extraction_strength")
+            if column(items, key)}
 
 
-def _text_aggregate(task: Task, items: list[dict], cfg: EvalConfig, metrics: set) -> dict:
-    return {f"min_{int(cfg.min_k * 100)}%": finite_mean(_column(items, "min_k"))} if _column(items, "min_k") else {}
+def _text_aggregate(task: Task, items: list[TextRecord], cfg: EvalConfig, metrics: set) -> dict:
+    return {f"min_{int(cfg.min_k * 100)}%": finite_mean(column(items, "min_k"))} if column(items, "min_k") else {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -267,19 +272,20 @@ TASK_KINDS: dict[str, TaskKind] = {
 }
 
 
-def aggregate(task: Task, items: list[dict], cfg: EvalConfig) -> dict:
+def aggregate(task: Task, items: list[Record], cfg: EvalConfig) -> dict:
     return {"n_items": len(items), **TASK_KINDS[task.kind].aggregate(task, items, cfg, expand_metrics(cfg.metrics))}
 
 
-def task_results(tasks: list[Task], gen_out: dict, scored_out: dict, cfg: EvalConfig) -> dict:
-    """{task name: {kind, role, source, fingerprint, aggregate, items}} from the engines' outputs,
-    keyed by (task index, item index)."""
+def task_result(task: Task, items: list[Record], cfg: EvalConfig) -> TaskResult:
+    return TaskResult(task.kind, task.role, task.source, task.fingerprint(), aggregate(task, items, cfg), items)
+
+
+def task_results(tasks: list[Task], gen_out: dict, scored_out: dict, cfg: EvalConfig) -> dict[str, TaskResult]:
+    """{task name: TaskResult} from the engines' outputs, keyed by (task index, item index)."""
     out_tasks = {}
     for t, task in enumerate(tasks):
         record = TASK_KINDS[task.kind].record
         items = [record(task, r, gen_out.get((t, i), {}), scored_out.get((t, i), {}), cfg)
                  for i, r in enumerate(task.items)]
-        out_tasks[task.name] = {"kind": task.kind, "role": task.role, "source": task.source,
-                                "fingerprint": task.fingerprint(), "aggregate": aggregate(task, items, cfg),
-                                "items": items}
+        out_tasks[task.name] = task_result(task, items, cfg)
     return out_tasks

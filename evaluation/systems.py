@@ -9,7 +9,8 @@
     score(requests, budget)      teacher-forced log-probabilities of continuations as this system assigns
                                  them; None where the paradigm cannot move probabilities (a text rewriter):
                                  the engine's numbers stand
-    notes(requests, tasks)       result fields of its own (the guard's flag rates)
+    notes(requests, tasks)       what it records of itself: a guarded system its guard's flag rates
+                                 (results.py GuardNotes), others None
 
 `evaluation/measure.py` `measure(system, tasks, ...)` is the one measuring path over them.
 """
@@ -27,6 +28,7 @@ from typing import Optional, Protocol, Sequence
 from ..errors import ModelError
 from ..models.loading import greedy_generate, load_model
 from .generation import default_dtype, generate_vllm_timed
+from .results import GuardNotes
 from .scoring import GenRequest, Prompt, ScoreRequest
 
 
@@ -54,7 +56,7 @@ class System(Protocol):
 
     def score(self, requests: Sequence[ScoreRequest], token_budget: int, progress=None) -> Optional[list]: ...
 
-    def notes(self, requests: Sequence[GenRequest], tasks: Sequence) -> dict: ...
+    def notes(self, requests: Sequence[GenRequest], tasks: Sequence) -> Optional[GuardNotes]: ...
 
 
 # ----------------------------------------------------------------------------- fingerprints
@@ -176,8 +178,8 @@ class Weights:
                                    token_budget=token_budget, transform_logits=self._transform(requests),
                                    progress=progress)
 
-    def notes(self, requests: Sequence[GenRequest], tasks: Sequence) -> dict:
-        return {}
+    def notes(self, requests: Sequence[GenRequest], tasks: Sequence) -> Optional[GuardNotes]:
+        return None
 
 
 class Guarded(Weights):
@@ -218,7 +220,7 @@ class Guarded(Weights):
 
         return partial(guarded_logits, self.runtime().guards([(r.prefix, None) for r in requests]))
 
-    def notes(self, requests: Sequence[GenRequest], tasks: Sequence) -> dict:
+    def notes(self, requests: Sequence[GenRequest], tasks: Sequence) -> GuardNotes:
         """Which generation prompts the guard flags, per set (its false-positive rate on retain sets), from
         the same classifier on the same prompt ids as the engine's processor."""
         from ..guard.runtime import RequestArgs
@@ -230,12 +232,10 @@ class Guarded(Weights):
         flagged: dict = {}
         for g, d in zip(requests, decisions):
             flagged.setdefault(f"{tasks[g.task].name}/{g.key}", []).append(bool(d.flagged))
-        return {"guard": {"policy": str(Path(self.policy_dir).resolve()),
-                          "calibration": self.policy.meta["calibration"],
-                          "flagged_rate": {k: round(sum(v) / len(v), 4) for k, v in flagged.items()},
-                          "flagged": {k: sum(v) for k, v in flagged.items()},
-                          "prompts": {k: len(v) for k, v in flagged.items()},
-                          "classify_ms_per_prompt": round(1000 * seconds / max(1, len(prompts)), 3)}}
+        return GuardNotes(str(Path(self.policy_dir).resolve()), self.policy.meta["calibration"],
+                          {k: round(sum(v) / len(v), 4) for k, v in flagged.items()},
+                          {k: sum(v) for k, v in flagged.items()}, {k: len(v) for k, v in flagged.items()},
+                          round(1000 * seconds / max(1, len(prompts)), 3))
 
 
 class Replayed:
@@ -262,8 +262,8 @@ class Replayed:
     def score(self, requests: Sequence[ScoreRequest], token_budget: int, progress=None) -> Optional[list]:
         return None
 
-    def notes(self, requests: Sequence[GenRequest], tasks: Sequence) -> dict:
-        return {}
+    def notes(self, requests: Sequence[GenRequest], tasks: Sequence) -> Optional[GuardNotes]:
+        return None
 
 
 def engine_system(cfg, tokenizer, path: str) -> Weights:

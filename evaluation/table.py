@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .results import EvalResult, Summary
+
 COLUMNS = [("probability", "prob"), ("rougeL_recall", "ROUGE-L"), ("truth_ratio", "truth ratio"),
            ("exact_memorization", "EM"), ("extraction_strength", "ES"),
            ("rougeL_recall_paraphrased_question", "ROUGE-L para-Q"), ("rougeL_f1", "ROUGE-L F1")]
@@ -32,35 +34,40 @@ def _spread(interval) -> str:
     return f"; 95% over items {_fmt(interval['low'])}-{_fmt(interval['high'])}"
 
 
-def results_table(result: dict) -> str:
-    tasks = result["tasks"]
-    cols = [(k, h) for k, h in COLUMNS if any(k in t["aggregate"] for t in tasks.values())]
-    cols += sorted({(k, "Min-" + k[4:]) for t in tasks.values() for k in t["aggregate"] if k.startswith("min_")})
-    rows = [["set", "n"] + [h for _, h in cols]]
-    for name, t in tasks.items():
-        rows.append([name, str(t["aggregate"]["n_items"])] + [_fmt(t["aggregate"].get(k)) for k, _ in cols])
-    out = [f"{result['model']['ref']} on {result['benchmark']}", render(rows), ""]
-    s = result.get("summary", {})
-    if "model_utility" in s:
-        out.append(f"model utility   {_fmt(s['model_utility'])}  ({len(s.get('model_utility_components', {}))} components"
-                   f"{_spread(s.get('model_utility_interval'))})")
-    if "forget_quality" in s:
-        if s["forget_quality"] is None:
-            out.append(f"forget quality  missing: {s.get('forget_quality_reason')}")
-        else:
-            out.append(f"forget quality  {_fmt(s['forget_quality'])}  (KS statistic {s['ks_statistic']:.4f}; "
-                       f"reference {s.get('forget_quality_reference')}{_spread(s.get('forget_quality_interval'))})")
-    if "forget_truth_ratio" in s:
-        tr = s["forget_truth_ratio"]
+def _summary_lines(s: Summary) -> list[str]:
+    out = []
+    if s.utility is not None:
+        out.append(f"model utility   {_fmt(s.utility.value)}  ({len(s.utility.components)} components"
+                   f"{_spread(s.utility.interval)})")
+    fq = s.forget
+    if fq is not None and fq.value is None:
+        out.append(f"forget quality  missing: {fq.reason}")
+    elif fq is not None:
+        out.append(f"forget quality  {_fmt(fq.value)}  (KS statistic {fq.ks_statistic:.4f}; "
+                   f"reference {fq.reference}{_spread(fq.interval)})")
+    if fq is not None and fq.truth_ratio is not None:
+        tr = fq.truth_ratio
         out.append(f"forget R        median {tr['median']:.3g} (quartiles {tr['q1']:.3g}-{tr['q3']:.3g}); "
                    f"false answers preferred on {tr['prefers_false']:.0%} of {tr['n']} items")
-    if "mia_auc" in s:
-        leak = _fmt(s.get("privleak")) if s.get("privleak") is not None else f"missing: {s.get('privleak_reason')}"
-        out.append(f"MIA AUC         {_fmt(s['mia_auc'])}   PrivLeak {leak}")
-    timing = result.get("timing", {})
-    if timing or "wall_s" in result:
-        parts = [f"{k[:-2]} {v:.0f}s" for k, v in timing.items() if k.endswith("_s")]
-        out.append(f"time            {result.get('wall_s', 0):.0f}s" + (f" ({', '.join(parts)})" if parts else ""))
+    if s.privleak is not None:
+        pl = s.privleak
+        leak = _fmt(pl.value) if pl.value is not None else f"missing: {pl.reason}"
+        out.append(f"MIA AUC         {_fmt(pl.mia_auc)}   PrivLeak {leak}")
+    return out
+
+
+def results_table(result: EvalResult) -> str:
+    tasks = result.tasks
+    cols = [(k, h) for k, h in COLUMNS if any(k in t.aggregate for t in tasks.values())]
+    cols += sorted({(k, "Min-" + k[4:]) for t in tasks.values() for k in t.aggregate if k.startswith("min_")})
+    rows = [["set", "n"] + [h for _, h in cols]]
+    for name, t in tasks.items():
+        rows.append([name, str(t.aggregate["n_items"])] + [_fmt(t.aggregate.get(k)) for k, _ in cols])
+    out = [f"{result.model['ref']} on {result.benchmark}", render(rows), ""]
+    out += _summary_lines(result.summary or Summary())
+    if result.timing or result.wall_s is not None:
+        parts = [f"{k[:-2]} {v:.0f}s" for k, v in result.timing.items() if k.endswith("_s")]
+        out.append(f"time            {result.wall_s or 0:.0f}s" + (f" ({', '.join(parts)})" if parts else ""))
     return "\n".join(out)
 
 

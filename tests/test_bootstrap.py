@@ -12,13 +12,14 @@ from scipy.stats import ks_2samp
 from unlearnkit.evaluation.config import EvalConfig
 from unlearnkit.evaluation.metrics import bootstrap as B
 from unlearnkit.evaluation.metrics import tofu as T
+from unlearnkit.evaluation.results import EvalResult, QARecord, TaskResult
 from unlearnkit.evaluation.scoring import aggregate
-from unlearnkit.evaluation.summary import summarize
+from unlearnkit.evaluation.summary import Reference, summarize
 
 
 def _items(rng, n, missing_rouge=()):
-    return [{"probability": float(rng.uniform(0.05, 0.9)), "truth_ratio": float(rng.uniform(0.2, 1.6)),
-             **({} if i in missing_rouge else {"rougeL_recall": float(rng.uniform(0, 1))})} for i in range(n)]
+    return [QARecord("q", "a", probability=float(rng.uniform(0.05, 0.9)), truth_ratio=float(rng.uniform(0.2, 1.6)),
+                     **({} if i in missing_rouge else {"rougeL_recall": float(rng.uniform(0, 1))})) for i in range(n)]
 
 
 def test_forget_quality_interval_is_the_quantiles_of_paired_resampled_ks_p_values():
@@ -63,7 +64,7 @@ def test_model_utility_interval_recomputes_the_point_estimate_per_resample():
 
 
 def test_identical_items_give_an_interval_of_width_zero_and_empty_input_none():
-    same = [{"probability": 0.5, "rougeL_recall": 0.25, "truth_ratio": 0.5}] * 5
+    same = [QARecord("q", "a", probability=0.5, rougeL_recall=0.25, truth_ratio=0.5)] * 5
     got = B.model_utility_interval({"retain": same}, ["retain.probability", "retain.rougeL_recall",
                                                       "retain.truth_ratio"], resamples=20)
     assert got.low == got.high == pytest.approx(T.harmonic_mean([0.5, 0.25, 0.5]))
@@ -73,17 +74,18 @@ def test_identical_items_give_an_interval_of_width_zero_and_empty_input_none():
 
 def test_summary_carries_both_intervals_and_none_when_asked_for_none():
     rng = np.random.default_rng(6)
-    tasks = {"forget": {"items": [{"truth_ratio": float(x)} for x in rng.uniform(0.2, 1.5, 10)],
-                        "aggregate": {}, "fingerprint": "f"}}
+    forget = [QARecord("q", "a", truth_ratio=float(x)) for x in rng.uniform(0.2, 1.5, 10)]
+    tasks = {"forget": TaskResult("qa", "forget", "test", "f", {}, forget)}
     for name in ("retain", "real_authors", "world_facts"):
         items = _items(rng, 8)
-        tasks[name] = {"items": items, "aggregate": aggregate(SimpleNamespace(kind="qa", role="retain"), items,
-                                                                EvalConfig())}
-    ref = {"truth_ratios": list(rng.uniform(0.5, 1.2, 10)), "source": "retain", "forget_fingerprint": "f"}
-    s = summarize({"tasks": tasks}, EvalConfig(), ref, resamples=50)
-    assert s["forget_quality_interval"]["low"] <= s["forget_quality_interval"]["high"]
-    assert s["model_utility_interval"]["low"] < s["model_utility"] < s["model_utility_interval"]["high"]
-    assert s["forget_quality_interval"]["method"].startswith("percentile bootstrap")
-    none = summarize({"tasks": tasks}, EvalConfig(), ref, resamples=0)
-    assert none["forget_quality_interval"] is None and none["model_utility_interval"] is None
-    assert none["forget_quality"] == s["forget_quality"]
+        tasks[name] = TaskResult("qa", "retain", "test", name, aggregate(SimpleNamespace(kind="qa", role="retain"),
+                                                                           items, EvalConfig()), items)
+    result = EvalResult("tofu", {}, {}, {}, {}, tasks)
+    ref = Reference(list(rng.uniform(0.5, 1.2, 10)), None, "retain", "f")
+    s = summarize(result, EvalConfig(), ref, resamples=50)
+    assert s.forget.interval["low"] <= s.forget.interval["high"]
+    assert s.utility.interval["low"] < s.utility.value < s.utility.interval["high"]
+    assert s.forget.interval["method"].startswith("percentile bootstrap")
+    none = summarize(result, EvalConfig(), ref, resamples=0)
+    assert none.forget.interval is None and none.utility.interval is None
+    assert none.forget.value == s.forget.value

@@ -16,6 +16,7 @@ from unlearnkit.compare import run as RUN
 from unlearnkit.compare.config import CompareConfig, parse_system
 from unlearnkit.config import from_dict
 from unlearnkit.evaluation.metrics import tofu as T
+from unlearnkit.evaluation.results import EvalResult, ForgetQuality, QARecord, Summary, TaskResult, Utility
 from unlearnkit.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,14 +91,14 @@ def test_unknown_key_in_compare_config(tmp_path):
 def _fake_result(system, truth_ratios, leak, neighbour_rouge, fail=None):
     if fail:
         raise RuntimeError(fail)
-    items = [{"truth_ratio": t} for t in truth_ratios]
-    forget = {"fingerprint": "f", "items": items, "aggregate": {"rougeL_recall": leak}}
+    items = [QARecord("q", "a", truth_ratio=t) for t in truth_ratios]
+    forget = TaskResult("qa", "forget", "test", "f", {"rougeL_recall": leak}, items)
     cats = {"paraphrase": {"n": 2, "leak_rate": leak, "rouge": leak, "keywords": leak, "refusal_rate": 0.0}}
     cats["all"] = cats["paraphrase"]
     nb = {"paraphrase": {"n": 1, "leak_rate": 0.5, "rouge": neighbour_rouge, "keywords": 0.5, "refusal_rate": 0.0}}
     nb["all"] = nb["paraphrase"]
     return {"status": "ok", "system": system.name, "kind": system.kind, "base": system.base, "checkpoint": None,
-            "training": {"train_seconds": 12.0}, "metrics": {"tasks": {"forget": forget}, "privleak_auc": None},
+            "training": {"train_seconds": 12.0}, "metrics": EvalResult(tasks={"forget": forget}),
             "attacks": {"by_category": {"forget": cats, "neighbour": nb}, "records": [],
                         "serving": {"tokens_per_s": 100.0, "latency_median_s": 0.5}}}
 
@@ -190,16 +191,16 @@ def test_agent_replies_replace_generation_metrics_only():
 
     task = Task("forget", "qa", [QA("Where was Kalo born?", "Kalo was born in Utrecht.",
                                     {"paraphrased_question": "Kalo's birthplace?"})], "x")
-    engine = {"tasks": {"forget": {"items": [{"question": "Where was Kalo born?", "answer": "Kalo was born in Utrecht.",
-                                              "rougeL_recall": 1.0, "probability": 0.9}], "aggregate": {}}}}
+    record = QARecord("Where was Kalo born?", "Kalo was born in Utrecht.", rougeL_recall=1.0, probability=0.9)
+    engine = {"forget": TaskResult("qa", "forget", "x", "f", {}, [record])}
     assert [k for k, _ in qa_generation_prompts(task, task.items[0])] == ["generated", "generated_paraphrased_question"]
     out = with_replies(engine, [task], EvalConfig(metrics=["probability", "rouge"]),
                        {(0, 0, "generated"): "I'm sorry.", (0, 0, "generated_paraphrased_question"): "Utrecht."})
-    item = out["tasks"]["forget"]["items"][0]
-    assert item["rougeL_recall"] == 0.0 and item["probability"] == 0.9          # probability: the engine's
-    assert out["tasks"]["forget"]["aggregate"]["probability"] == 0.9
-    assert 0 < item["rougeL_recall_paraphrased_question"] < 1
-    assert engine["tasks"]["forget"]["items"][0]["rougeL_recall"] == 1.0         # input untouched
+    item = out["forget"].items[0]
+    assert item.rougeL_recall == 0.0 and item.probability == 0.9          # probability: the engine's
+    assert out["forget"].aggregate["probability"] == 0.9
+    assert 0 < item.rougeL_recall_paraphrased_question < 1
+    assert engine["forget"].items[0] is record and record.rougeL_recall == 1.0         # input untouched
 
 
 # ----------------------------------------------------------------------------- report
@@ -212,8 +213,8 @@ def report_doc():
     for name, tr, leak, nb in (("target", [0.2, 0.3, 0.25], 0.9, 0.8), ("retain", [0.6, 0.7, 0.65], 0.2, 0.8),
                                ("ihl_fila", [0.55, 0.66, 0.7], 0.25, 0.5)):
         res = _fake_result(System(name, name if name != "ihl_fila" else "ihl_fila"), tr, leak, nb)
-        res["summary"] = {"forget_quality": 0.5 if name != "target" else 1e-5, "model_utility": 0.4,
-                          "forget_truth_ratio": T.truth_ratio_profile(tr)}
+        res["summary"] = Summary(Utility(0.4, {}), ForgetQuality(0.5 if name != "target" else 1e-5, None,
+                                                                  truth_ratio=T.truth_ratio_profile(tr)))
         doc["systems"][name] = RUN._compact(res)
     doc["systems"]["broken"] = {"status": "failed", "kind": "weight", "reason": "ValueError: bad <config>"}
     return doc
@@ -295,10 +296,10 @@ def test_teacher_forced_probability_through_the_guard(tiny_dir, tiny_policy, gua
                       metrics=["probability"])
     plain = cached_measure(base, log=lambda *_: None).result
     guarded = cached_measure(EvalConfig(**{**base.__dict__, "guard": str(tiny_policy)}), log=lambda *_: None).result
-    for p, g in zip(plain["tasks"]["forget"]["items"], guarded["tasks"]["forget"]["items"]):
-        assert g["probability"] < 0.01 * p["probability"], (p["question"], p["probability"], g["probability"])
-    for p, g in zip(plain["tasks"]["retain"]["items"], guarded["tasks"]["retain"]["items"]):
-        assert g["probability"] == pytest.approx(p["probability"], rel=1e-6)
+    for p, g in zip(plain.tasks["forget"].items, guarded.tasks["forget"].items):
+        assert g.probability < 0.01 * p.probability, (p.question, p.probability, g.probability)
+    for p, g in zip(plain.tasks["retain"].items, guarded.tasks["retain"].items):
+        assert g.probability == pytest.approx(p.probability, rel=1e-6)
 
 
 # ----------------------------------------------------------------------------- end to end (tiny model, real vLLM)
@@ -459,10 +460,10 @@ def test_the_agent_front_is_measured_through_the_one_path_and_replayed_from_cach
     _FakeFront.calls = []
     system = System("target+agents", "target", agents=True)
     got = agent_system(system, str(tiny_dir), str(tiny_policy), engine, tasks, ecfg, probes, cfg, tmp_path)
-    items = got["metrics"]["tasks"]["forget"]["items"]
-    assert [it["generated_text"][1] for it in items] == ["I can't share that.", "It is Utrecht, I think."]
-    assert [it["probability"] for it in items] == [it["probability"] for it in engine["tasks"]["forget"]["items"]]
-    assert items[1]["rougeL_recall"] > 0 == items[0]["rougeL_recall"]
+    items = got["metrics"].tasks["forget"].items
+    assert [it.generated for it in items] == ["I can't share that.", "It is Utrecht, I think."]
+    assert [it.probability for it in items] == [it.probability for it in engine.tasks["forget"].items]
+    assert items[1].rougeL_recall > 0 == items[0].rougeL_recall
     assert got["attacks"]["by_category"]["forget"]["all"]["leak_rate"] == 0.0
     serving = got["attacks"]["serving"]
     assert serving["routes"] == {"refused": 1} and serving["llm_calls_per_flagged"] == 3 and serving["latency_requests"] == 1

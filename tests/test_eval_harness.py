@@ -33,8 +33,9 @@ def other_model(tmp_path_factory, tiny_tokenizer_factory, tiny_model_factory):
 
 def test_synthetic_results_are_complete(tiny_dir, tiny, tmp_path):
     out = tmp_path / "r.json"
-    res = evaluate(cfg_for(tiny_dir), out=str(out), log=lambda *_: None)
-    assert json.loads(out.read_text())["tasks"].keys() == {"forget", "retain"}
+    res = evaluate(cfg_for(tiny_dir), out=str(out), log=lambda *_: None).to_json()
+    assert json.loads(out.read_text()) == json.loads(json.dumps(res))   # the file is the result, whole
+    assert res["tasks"].keys() == {"forget", "retain"}
     forget = res["tasks"]["forget"]
     assert forget["aggregate"]["n_items"] == 4 and len(forget["items"]) == 4
     for it in forget["items"]:
@@ -58,7 +59,7 @@ def test_probabilities_agree_with_the_training_side_formula(tiny_dir, tiny):
     from unlearnkit.evaluation.probability import answer_probabilities
 
     model, tok = tiny
-    res = evaluate(cfg_for(tiny_dir, metrics=["probability"]), log=lambda *_: None)
+    res = evaluate(cfg_for(tiny_dir, metrics=["probability"]), log=lambda *_: None).to_json()
     records = load_spec("synth/forget")[:4]
     expected = answer_probabilities(model, tok, records)
     got = [it["probability"] for it in res["tasks"]["forget"]["items"]]
@@ -69,14 +70,14 @@ def test_probabilities_agree_with_the_training_side_formula(tiny_dir, tiny):
 def test_forget_quality_against_retain_results(tiny_dir, other_model, tmp_path):
     own = tmp_path / "own.json"
     evaluate(cfg_for(tiny_dir), out=str(own), log=lambda *_: None)
-    same = evaluate(cfg_for(tiny_dir, retain_eval=str(own)), log=lambda *_: None)["summary"]
+    same = evaluate(cfg_for(tiny_dir, retain_eval=str(own)), log=lambda *_: None).to_json()["summary"]
     assert same["forget_quality"] == pytest.approx(1.0) and same["ks_statistic"] == 0.0
-    other = evaluate(cfg_for(tiny_dir, retain_eval=f"model:{other_model}"), log=lambda *_: None)["summary"]
+    other = evaluate(cfg_for(tiny_dir, retain_eval=f"model:{other_model}"), log=lambda *_: None).to_json()["summary"]
     assert 0 <= other["forget_quality"] <= 1 and other["ks_statistic"] > 0
     assert other["forget_quality_reference"] == f"model:{other_model}"
     # retain results for a different forget set are refused, not compared
     mismatch = evaluate(cfg_for(tiny_dir, retain_eval=str(own), forget="synth/forget?seed=5",
-                                retain="synth/retain?seed=5"), log=lambda *_: None)["summary"]
+                                retain="synth/retain?seed=5"), log=lambda *_: None).to_json()["summary"]
     assert mismatch["forget_quality"] is None and "different forget set" in mismatch["forget_quality_reason"]
 
 
@@ -116,7 +117,7 @@ def test_failure_leaves_no_results(tiny_dir, tmp_path, monkeypatch):
 def test_user_files_without_perturbations(tiny_dir, tmp_path):
     f = tmp_path / "forget.jsonl"
     f.write_text(json.dumps({"question": "Who is Kalo Mirten?", "answer": "A glassblower from Ghent."}) + "\n")
-    res = evaluate(cfg_for(tiny_dir, benchmark="files", forget=f"file:{f}"), log=lambda *_: None)
+    res = evaluate(cfg_for(tiny_dir, benchmark="files", forget=f"file:{f}"), log=lambda *_: None).to_json()
     item = res["tasks"]["forget"]["items"][0]
     assert "truth_ratio" not in item and math.isfinite(item["probability"])
     assert res["summary"]["forget_quality"] is None
@@ -139,7 +140,7 @@ def test_muse_directory(tiny_dir, tmp_path):
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text(json.dumps(data))
     res = evaluate(cfg_for(tiny_dir, benchmark="muse", muse_dir=str(root)), out=str(tmp_path / "m.json"),
-                   log=lambda *_: None)
+                   log=lambda *_: None).to_json()
     assert set(res["tasks"]) == {"verbmem", "knowmem_forget", "knowmem_retain", "privleak_forget", "privleak_holdout",
                                  "privleak_retain"}
     verbmem = res["tasks"]["verbmem"]["aggregate"]
@@ -151,7 +152,7 @@ def test_muse_directory(tiny_dir, tmp_path):
     reference = tmp_path / "retain.json"  # a retain model whose MIA AUC was 0.5
     reference.write_text(json.dumps({"tasks": {}, "privleak_auc": 0.5}))
     again = evaluate(cfg_for(tiny_dir, benchmark="muse", muse_dir=str(root), retain_eval=str(reference)),
-                     log=lambda *_: None)["summary"]
+                     log=lambda *_: None).to_json()["summary"]
     assert again["privleak"] == pytest.approx((again["mia_auc"] - 0.5) / 0.5 * 100)
 
 
@@ -237,8 +238,8 @@ def test_vllm_engine_generates_what_transformers_generates(vllm_sized_model, tmp
     v = evaluate(from_dict(EvalConfig, {**common, "engine": "vllm"}), log=lambda *_: None)
     t = evaluate(from_dict(EvalConfig, common), log=lambda *_: None)
     for name in ("forget", "retain"):
-        gv = [it["generated_text"][1] for it in v["tasks"][name]["items"]]
-        gt = [it["generated_text"][1] for it in t["tasks"][name]["items"]]
+        gv = [it.generated for it in v.tasks[name].items]
+        gt = [it.generated for it in t.tasks[name].items]
         assert gv == gt and sum(map(bool, gv)) >= 2
 
 

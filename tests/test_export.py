@@ -1,6 +1,7 @@
 """open-unlearning's TOFU_EVAL.json / TOFU_SUMMARY.json from a result built here through the project's
 own scoring and summary code; the exported numbers recomputed with open-unlearning's formulas."""
 
+import dataclasses
 import json
 import math
 import random
@@ -13,6 +14,7 @@ from unlearnkit.errors import DataError
 from unlearnkit.evaluation.benchmarks import Task
 from unlearnkit.evaluation.config import EvalConfig
 from unlearnkit.evaluation.export import export_open_unlearning, open_unlearning_logs
+from unlearnkit.evaluation.results import EvalResult, PrivLeak, TaskResult
 from unlearnkit.evaluation.scoring import task_results
 from unlearnkit.evaluation.summary import reference_from_result, summarize
 from unlearnkit.evaluation.teacher_forcing import Scored
@@ -22,7 +24,7 @@ def _scored(rng, n_tokens):
     return Scored([math.log(rng.uniform(0.05, 0.95)) for _ in range(n_tokens)], [rng.random() < 0.5 for _ in range(n_tokens)])
 
 
-def build_result(seed: int, n: int = 6) -> dict:
+def build_result(seed: int, n: int = 6) -> tuple[EvalResult, EvalConfig]:
     """Tasks as TOFU-mini has them (forget/retain QA with paraphrased and perturbed answers, real
     authors/world facts with options), engine outputs drawn at random, through task_results and summarize."""
     rng = random.Random(seed)
@@ -38,16 +40,15 @@ def build_result(seed: int, n: int = 6) -> dict:
             gen_out[(t, i)] = {"generated": f"{name} answer {rng.choice(['number', 'was'])} {i}"}
             keys = ["gt"] + (["paraphrased"] if kind == "qa" else []) + [f"perturbed{k}" for k in range(3)]
             scored_out[(t, i)] = {k: _scored(rng, rng.randint(2, 6)) for k in keys}
-    result = {"benchmark": "tofu-mini", "tasks": task_results(tasks, gen_out, scored_out, cfg), "privleak_auc": None}
-    return result, cfg
+    return EvalResult("tofu-mini", {}, {}, {}, {}, task_results(tasks, gen_out, scored_out, cfg)), cfg
 
 
 @pytest.fixture(scope="module")
 def results():
     retain, cfg = build_result(seed=1)
     unlearned, _ = build_result(seed=2)
-    unlearned["summary"] = summarize(unlearned, cfg, reference_from_result(retain, "retain"))
-    retain["summary"] = summarize(retain, cfg, None)
+    unlearned = dataclasses.replace(unlearned, summary=summarize(unlearned, cfg, reference_from_result(retain, "retain")))
+    retain = dataclasses.replace(retain, summary=summarize(retain, cfg, None))
     return unlearned, retain
 
 
@@ -84,8 +85,8 @@ def test_numbers_follow_open_unlearnings_formulas(results):
     logs, ref_logs = open_unlearning_logs(unlearned), open_unlearning_logs(retain)
     by_index = lambda name, key, src=logs: [v[key] for v in src[name]["value_by_index"].values()]  # noqa: E731
 
-    assert logs["forget_Q_A_Prob"]["agg_value"] == pytest.approx(unlearned["tasks"]["forget"]["aggregate"]["probability"])
-    assert logs["forget_Q_A_ROUGE"]["agg_value"] == pytest.approx(unlearned["tasks"]["forget"]["aggregate"]["rougeL_recall"])
+    assert logs["forget_Q_A_Prob"]["agg_value"] == pytest.approx(unlearned.tasks["forget"].aggregate["probability"])
+    assert logs["forget_Q_A_ROUGE"]["agg_value"] == pytest.approx(unlearned.tasks["forget"].aggregate["rougeL_recall"])
     # truth_ratio handler: wrong = exp(-mean perturbed avg_loss), correct = exp(-paraphrased (ra/wf: true) avg_loss)
     for prefix, correct_name, aggregator in [("forget", "forget_Q_A_PARA_Prob", "closer"),
                                              ("retain", "retain_Q_A_PARA_Prob", "true"),
@@ -106,13 +107,14 @@ def test_numbers_follow_open_unlearnings_formulas(results):
     assert logs["model_utility"]["agg_value"] == pytest.approx(hmean(components))
     # ks_test: forget_truth_ratio here against the retain model's (what its reference_logs read)
     fq = ks_2samp(by_index("forget_truth_ratio", "score"), by_index("forget_truth_ratio", "score", ref_logs)).pvalue
-    assert logs["forget_quality"]["agg_value"] == pytest.approx(fq) == unlearned["summary"]["forget_quality"]
+    assert logs["forget_quality"]["agg_value"] == pytest.approx(fq) == unlearned.summary.forget.value
     assert "forget_quality" not in open_unlearning_logs(retain)   # no reference: no value, as open-unlearning
 
 
 def test_privleak_follows_open_unlearnings_auc_convention(results):
     unlearned, _ = results
-    res = {**unlearned, "privleak_auc": 0.8, "summary": {**unlearned["summary"], "privleak": 60.0}}
+    res = dataclasses.replace(unlearned, privleak_auc=0.8,
+                              summary=dataclasses.replace(unlearned.summary, privleak=PrivLeak(0.8, 60.0)))
     logs = open_unlearning_logs(res)
     # open-unlearning labels forget 0 and holdout 1: its AUC is 1 - ours, and privleak comes out the same
     assert logs["mia_min_k"]["agg_value"] == pytest.approx(0.2)
@@ -122,8 +124,8 @@ def test_privleak_follows_open_unlearnings_auc_convention(results):
 
 
 def test_muse_results_are_refused_naming_the_valid_benchmarks():
-    result = {"benchmark": "muse", "tasks": {"verbmem": {"kind": "verbmem", "items": []},
-                                             "forget": {"kind": "qa", "items": []}}}
+    result = EvalResult("muse", {}, {}, {}, {}, {"verbmem": TaskResult("verbmem", "forget", "t", "f", {}, []),
+                                                 "forget": TaskResult("qa", "forget", "t", "f", {}, [])})
     with pytest.raises(DataError, match="benchmark 'muse' is not TOFU-shaped.*valid benchmarks: tofu, tofu-mini"):
         open_unlearning_logs(result)
 

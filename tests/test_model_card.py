@@ -52,3 +52,35 @@ def test_a_finished_run_carries_a_model_card_and_evaluation_results_join_it(tiny
     assert "unlearning" in meta["tags"] and "4 metrics in the model-index" in text
     assert entry["name"] == "npo-run" and meta["unlearning"]["forget_fingerprint"] == records_fingerprint(forget)
     assert json.loads((out / "run.json").read_text())["method"] == "npo"  # the manifest is left as it was
+
+
+def test_unlearn_eval_of_a_run_writes_its_numbers_into_the_card_and_a_guarded_one_does_not(tiny_dir, tmp_path):
+    from unlearnkit.cli import main
+
+    cfg = from_dict(TrainConfig, {
+        "model": str(tiny_dir), "output_dir": str(tmp_path / "ft-run"), "method": {"name": "finetune"},
+        "data": {"train": FORGET, "max_length": 64},
+        "optim": {"max_steps": 1, "batch_size": 4, "precision": "fp32", "save_steps": -1}})
+    out = run_training(cfg, log=lambda *_: None)
+    result_file = tmp_path / "r.json"
+    assert main(["eval", "--model", str(out), "--benchmark", "synthetic", "--engine", "transformers",
+                 "--max-items", "2", "--metrics", "probability", "--out", str(result_file)]) == 0
+    meta, text = front_matter(out / "README.md")
+    [entry] = meta["model-index"]
+    result = json.loads(result_file.read_text())
+    scores = {(r["dataset"]["split"], m["type"]): m["value"] for r in entry["results"] for m in r["metrics"]}
+    assert scores[("forget", "probability")] == result["tasks"]["forget"]["aggregate"]["probability"]
+    assert result["tasks"]["forget"]["fingerprint"] in text
+
+    # weights measured behind a guard are not the checkpoint's numbers: the card is left as it is
+    import dataclasses
+
+    from unlearnkit.cli import _card_with_evaluation
+    from unlearnkit.evaluation.config import EvalConfig
+    from unlearnkit.evaluation.results import EvalResult
+
+    (out / "README.md").write_text("card as it was")
+    guarded = EvalConfig(model=str(out), guard="some/policy")
+    assert _card_with_evaluation(guarded, EvalResult.from_json(result)) is None
+    assert _card_with_evaluation(dataclasses.replace(guarded, guard=None), EvalResult.from_json(result)) == out / "README.md"
+    assert (out / "README.md").read_text() != "card as it was"

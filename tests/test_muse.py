@@ -192,11 +192,11 @@ def test_mini_evaluates_end_to_end(tiny_dir, tmp_path):
                                  "engine": "transformers", "max_new_tokens": 4,
                                  "metrics": ["probability", "rouge", "memorization", "privleak"]})
     res = evaluate(cfg, out=str(tmp_path / "r.json"), log=lambda *_: None)
-    aggs = {name: t["aggregate"] for name, t in res["tasks"].items()}
+    aggs = {name: t.aggregate for name, t in res.tasks.items()}
     for name in ("verbmem", "knowmem_forget", "knowmem_retain"):
         assert 0 <= aggs[name]["rougeL_f1"] <= 1
     assert math.isfinite(aggs["forget"]["probability"]) and 0 <= aggs["retain"]["rougeL_recall"] <= 1
-    assert 0 <= res["summary"]["mia_auc"] <= 1
+    assert 0 <= res.summary.privleak.mia_auc <= 1
 
 
 # ----------------------------------------------------------------------------- the real MUSE-News copy

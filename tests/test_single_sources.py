@@ -11,6 +11,7 @@ from unlearnkit.data.records import QA
 from unlearnkit.evaluation.benchmarks import Task
 from unlearnkit.evaluation.config import EvalConfig
 from unlearnkit.evaluation.metrics.means import finite_mean
+from unlearnkit.evaluation.results import EvalResult, QARecord
 from unlearnkit.files import json_digest
 
 NAN = float("nan")
@@ -43,7 +44,7 @@ def test_every_mean_is_the_finite_mean():
     assert agg["leak_rate"] == round(2 / 3, 4) and agg["keywords"] == 0.75 and agg["refusal_rate"] == round(1 / 3, 4)
     assert probability_mean([0.2, NAN, 0.4]) == pytest.approx(0.3) and math.isnan(probability_mean([NAN]))
     task = Task("forget", "qa", [QA("q", "a")] * 3, "x")
-    items = [{"probability": 0.2}, {"probability": NAN}, {"probability": 0.4}]
+    items = [QARecord("q", "a", probability=p) for p in (0.2, NAN, 0.4)]
     assert aggregate(task, items, EvalConfig(metrics=["probability"]))["probability"] == pytest.approx(0.3)
 
 
@@ -89,7 +90,7 @@ def test_agent_replies_fill_the_fields_the_engines_answers_fill():
         gen_out.setdefault((t, i), {})[k] = text
     engine = task_results(tasks, gen_out, {}, cfg)
     blank = task_results(tasks, {}, {}, cfg)
-    replaced = with_replies({"tasks": blank}, tasks, cfg, texts)["tasks"]
+    replaced = with_replies(blank, tasks, cfg, texts)
     assert replaced == engine
 
 
@@ -128,7 +129,7 @@ def test_a_guarded_evaluation_loads_its_policy_once(tiny_dir, tiny_policy, guard
     result = cached_measure(cfg, log=lambda *_: None, use_cache=False).result
     assert loads == [str(tiny_policy)]
     calibration = json.loads((tiny_policy / "policy.json").read_text())["calibration"]
-    assert result["guard"]["calibration"] == calibration and result["config"]["guard"] == str(tiny_policy)
+    assert result.guard.calibration == calibration and result.config["guard"] == str(tiny_policy)
 
 
 def test_the_graph_has_the_configs_nodes():
@@ -154,13 +155,13 @@ def test_a_replayed_front_keeps_the_engines_numbers_and_raw_completions(tiny_tok
     knowmem = Task("knowmem_forget", "knowmem", [QA("Where was Kalo born?", "Utrecht")], "x")
     tasks = [qa, knowmem]
     cfg = EvalConfig(metrics=["rouge"])
-    engine = {"tasks": task_results(tasks, {(0, 0): {"generated": "Utrecht, I think."},
-                                            (1, 0): {"generated": "Utrecht"}}, {}, cfg)}
+    engine = EvalResult("muse", {}, {}, {}, {}, task_results(tasks, {(0, 0): {"generated": "Utrecht, I think."},
+                                                                 (1, 0): {"generated": "Utrecht"}}, {}, cfg))
     gen = build_requests(tasks, tok, cfg).gen
     front = Replayed(["I can't share that." if g.prompt.question else None for g in gen], "front")
     got = measure(front, tasks, cfg, tok, base=engine, log=lambda *_: None).tasks
-    assert got["forget"]["items"][0]["generated_text"][1] == "I can't share that."
-    assert got["knowmem_forget"] == engine["tasks"]["knowmem_forget"]
-    assert got["knowmem_forget"]["aggregate"]["rougeL_f1"] == 1.0
+    assert got["forget"].items[0].generated == "I can't share that."
+    assert got["knowmem_forget"] == engine.tasks["knowmem_forget"]
+    assert got["knowmem_forget"].aggregate["rougeL_f1"] == 1.0
     with pytest.raises(ValueError, match="needs its engine's result"):
         measure(front, tasks, cfg, tok, log=lambda *_: None)

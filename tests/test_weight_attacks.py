@@ -175,7 +175,7 @@ def test_quantize_attack_end_to_end_on_a_tiny_model(tmp_path, tiny_dir, monkeypa
     plain = cached_measure(EvalConfig(model=str(tiny_dir), benchmark="files", forget=f"file:{tmp_path / 'forget.jsonl'}",
                                       metrics=["probability"], engine="transformers"), log=lambda *_: None).result
     picked = [0, 2, 3]                                       # spread(4, 3)
-    want = sum(plain["tasks"]["forget"]["items"][i]["probability"] for i in picked) / 3
+    want = sum(plain.tasks["forget"].items[i].probability for i in picked) / 3
     assert q["rows"]["unquantized"]["answer_probability"] == pytest.approx(want, rel=1e-5)
     shift = {k: abs(r["answer_probability"] - want) for k, r in q["rows"].items()}
     assert 0 < shift["int8-channel"] < shift["int4-channel"]

@@ -67,12 +67,13 @@ def forget_quality_interval(mine: Sequence[float], reference: Sequence[float], r
     return _interval(values, level)
 
 
-def _column(items: Sequence[dict], key: str) -> np.ndarray:
-    """One per-item metric as floats, NaN where an item lacks it (skipped by the means, as finite_mean does)."""
-    return np.asarray([np.nan if it.get(key) is None else it[key] for it in items], dtype=float)
+def _column(items: Sequence, key: str) -> np.ndarray:
+    """One per-item metric of the records (results.py) as floats, NaN where an item lacks it (skipped by
+    the means, as finite_mean does)."""
+    return np.asarray([np.nan if getattr(it, key, None) is None else getattr(it, key) for it in items], dtype=float)
 
 
-def _set_components(items: Sequence[dict], idx: np.ndarray) -> dict[str, float]:
+def _set_components(items: Sequence, idx: np.ndarray) -> dict[str, float]:
     """The utility aggregates of one set recomputed on the items `idx` (one resample)."""
     out = {}
     for metric in ("probability", "rougeL_recall"):
@@ -86,7 +87,7 @@ def _set_components(items: Sequence[dict], idx: np.ndarray) -> dict[str, float]:
     return out
 
 
-def model_utility_interval(task_items: dict[str, Sequence[dict]], components: Sequence[str],
+def model_utility_interval(task_items: dict[str, Sequence], components: Sequence[str],
                            resamples: int = N_RESAMPLES, level: float = LEVEL, seed: int = 0) -> Optional[Interval]:
     """Bootstrap interval of model utility: `task_items` maps a utility set's name to its per-item records,
     `components` names the `set.metric` components the point estimate used (model_utility's 'components')."""
