@@ -27,7 +27,7 @@ from typing import Callable, Optional, Sequence
 from ..config import to_dict
 from ..errors import ConfigError, DataError
 from ..evaluation.attacks import Probe, attack_names, build_probes, check_attacks, spread
-from ..evaluation.leakage import by_category, score_reply
+from ..evaluation.leakage import ProbeScores, ScoredProbe, score_reply
 from ..files import json_digest, write_json_atomic
 from .endpoint import EndpointError, chat
 
@@ -140,15 +140,15 @@ def ask_all(spec: AuditSpec, prompts: Sequence[str], progress: Optional[Callable
 
 def score(probes: Sequence[Probe], replies: Sequence[dict], spec: AuditSpec) -> dict:
     """Compare's scoring (leakage.score_reply) of the answered probes; failed requests kept apart."""
-    records, failed = [], []
+    scored, failed = [], []
     for p, r in zip(probes, replies):
-        base = {"role": p.role, "category": p.category, "variant": p.variant, "item": p.item, "prompt": p.prompt}
         if r["status"] != 200:
-            failed.append({**base, "status": r["status"], "error": r.get("error") or r.get("text", "")[:200]})
+            failed.append({"role": p.role, "category": p.category, "variant": p.variant, "item": p.item,
+                           "prompt": p.prompt, "status": r["status"], "error": r.get("error") or r.get("text", "")[:200]})
             continue
-        s = score_reply(r["text"], p.gold, p.keywords, spec.refusals, spec.leak_rouge, spec.leak_keywords)
-        records.append({**base, "reply": r["text"], **s})
-    return {"by_category": by_category(records), "records": records, "failed": failed}
+        judged = score_reply(r["text"], p.gold, p.keywords, spec.refusals, spec.leak_rouge, spec.leak_keywords)
+        scored.append(ScoredProbe(p.role, p.category, p.variant, p.item, p.prompt, r["text"], judged))
+    return {**ProbeScores.of(scored).to_json(), "failed": failed}
 
 
 def leak_counts(attacks: dict, role: str = "forget") -> dict[str, tuple[int, int]]:

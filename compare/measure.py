@@ -30,7 +30,7 @@ from ..evaluation.attacks import Probe, benign_texts, keywords_of, relearn_split
 from ..evaluation.config import EvalConfig
 from ..evaluation.generation import default_dtype
 from ..evaluation.harness import cached_measure
-from ..evaluation.leakage import by_category, score_reply
+from ..evaluation.leakage import ProbeScores, ScoredProbe, score_reply
 from ..evaluation.measure import measure
 from ..evaluation.metrics.means import finite_mean
 from ..evaluation.results import EvalResult
@@ -86,13 +86,70 @@ def refusal_texts(policy: Optional[str], cfg: CompareConfig) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- scoring attacks
-def score_probes(probes: Sequence[Probe], replies: Sequence[str], cfg: CompareConfig, refusals: list[str]) -> dict:
-    records = []
-    for p, reply in zip(probes, replies):
-        s = score_reply(reply, p.gold, p.keywords, refusals, cfg.attacks.leak_rouge, cfg.attacks.leak_keywords)
-        records.append({"role": p.role, "category": p.category, "variant": p.variant, "item": p.item,
-                        "prompt": p.prompt, "reply": reply, **s})
-    return {"by_category": by_category(records), "records": records}
+def score_probes(probes: Sequence[Probe], replies: Sequence[str], cfg: CompareConfig,
+                 refusals: list[str]) -> ProbeScores:
+    return ProbeScores.of([
+        ScoredProbe(p.role, p.category, p.variant, p.item, p.prompt, reply,
+                    score_reply(reply, p.gold, p.keywords, refusals, cfg.attacks.leak_rouge, cfg.attacks.leak_keywords))
+        for p, reply in zip(probes, replies)])
+
+
+# ----------------------------------------------------------------------------- what the attacks give
+@dataclass(frozen=True)
+class PromptAttacks:
+    """The prompt attacks on one system: every probe's reply judged, and what serving them cost."""
+    scores: ProbeScores
+    serving: dict          # requests, output tokens, batch seconds, tokens/s, latency (agents: routes, calls)
+
+    def to_json(self) -> dict:
+        return {**self.scores.to_json(), "serving": self.serving}
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A weights attack that does not apply to the system, and why."""
+    reason: str
+
+    def to_json(self) -> dict:
+        return {"skipped": self.reason}
+
+
+@dataclass(frozen=True)
+class FinetuneResult:
+    """A fine-tuning attack: how many items taught and probed, the fine-tune's time, the probes before/after."""
+    taught: int
+    probed: int
+    train_seconds: float
+    before: ProbeScores
+    after: ProbeScores
+
+    def to_json(self) -> dict:
+        return {"taught": self.taught, "probed": self.probed, "train_seconds": self.train_seconds,
+                "before": self.before.to_json(), "after": self.after.to_json()}
+
+
+@dataclass(frozen=True)
+class QuantRowResult:
+    """One variant of the quantization attack: the forget questions judged, their answers' mean probability,
+    what quantizing changed (evaluation/quantize.py statistics) and its time."""
+    scores: ProbeScores
+    answer_probability: Optional[float]
+    quantized: dict
+    seconds: float
+
+    def to_json(self) -> dict:
+        return {**self.scores.to_json(), "answer_probability": self.answer_probability, "quantized": self.quantized,
+                "seconds": self.seconds}
+
+
+@dataclass(frozen=True)
+class QuantizeResult:
+    probed: int
+    guard: bool
+    rows: dict              # variant label -> QuantRowResult ("unquantized" first)
+
+    def to_json(self) -> dict:
+        return {"probed": self.probed, "guard": self.guard, "rows": {k: r.to_json() for k, r in self.rows.items()}}
 
 
 def _serving(n_tokens: int, seconds: float, latency: Sequence[float], n_requests: int) -> dict:
@@ -129,7 +186,7 @@ def _probe_record(out: Generated, n: int) -> dict:
 
 
 def engine_system(ecfg: EvalConfig, path: str, policy: Optional[str], probes: Sequence[Probe], cfg: CompareConfig,
-                  want_metrics: bool = True, log=print) -> tuple[Optional[EvalResult], dict]:
+                  want_metrics: bool = True, log=print) -> tuple[Optional[EvalResult], PromptAttacks]:
     """(metrics, attacks) through offline vLLM, with the guard's processor when `policy`. When neither is
     cached, one engine run generates the probes (one batch, timed: the serving figures, then the first
     `latency_requests` one at a time), then the metric prompts."""
@@ -159,7 +216,7 @@ def engine_system(ecfg: EvalConfig, path: str, policy: Optional[str], probes: Se
 
     # replies are cached, scores are not: a change of scoring rules never needs the engine again
     got = _cached("attacks", key, make, log)
-    return metrics, {**score_probes(probes, got["replies"], cfg, refusal_texts(policy, cfg)), "serving": got["serving"]}
+    return metrics, PromptAttacks(score_probes(probes, got["replies"], cfg, refusal_texts(policy, cfg)), got["serving"])
 
 
 # ----------------------------------------------------------------------------- agent systems
@@ -204,8 +261,8 @@ def agent_system(system: System, path: str, policy: str, engine_result: Optional
         replayed = Replayed([recorded.get((g.task, g.item, g.key)) for g in gen], system.name)
         metrics = dataclasses.replace(engine_result,
                                       tasks=measure(replayed, tasks, ecfg, tok, base=engine_result, log=log).tasks)
-    return {"metrics": metrics, "attacks": {**score_probes(probes, out["replies"], cfg, refusal_texts(policy, cfg)),
-                                            "serving": out["serving"]}}
+    return {"metrics": metrics,
+            "attacks": PromptAttacks(score_probes(probes, out["replies"], cfg, refusal_texts(policy, cfg)), out["serving"])}
 
 
 # ----------------------------------------------------------------------------- weights attacks
@@ -232,7 +289,7 @@ SERVED_SKIP = ("a served system's weights are not the attacker's to fine-tune; "
 
 
 def _finetune_attack(stage: str, path: str, taught: list, forget, probed: list[int], epochs: float,
-                     cfg: CompareConfig, refusals: list[str], log=print) -> dict:
+                     cfg: CompareConfig, refusals: list[str], log=print) -> FinetuneResult:
     """Fine-tune `path` on the `taught` QA items, then ask the forget items at `probed` (plain
     questions), before and after; leak rates as for the prompt attacks. The fine-tuned weights are
     deleted once measured (their replies are cached)."""
@@ -268,10 +325,9 @@ def _finetune_attack(stage: str, path: str, taught: list, forget, probed: list[i
         return {"taught": len(taught), "probed": len(probed), "train_seconds": round(train_s, 1), "replies": replies}
 
     got = _cached(stage, key, make, log)
-    out = {k: v for k, v in got.items() if k != "replies"}
-    for name, texts in got["replies"].items():
-        out[name] = score_probes(_plain_probes(stage, name, forget, probed), texts, cfg, refusals)
-    return out
+    before, after = (score_probes(_plain_probes(stage, name, forget, probed), got["replies"][name], cfg, refusals)
+                     for name in ("before", "after"))
+    return FinetuneResult(got["taught"], got["probed"], got["train_seconds"], before, after)
 
 
 def _plain_probes(category: str, variant: str, forget, items: Sequence[int]) -> list[Probe]:
@@ -280,7 +336,7 @@ def _plain_probes(category: str, variant: str, forget, items: Sequence[int]) -> 
                   keywords_of(forget[i].answer, forget[i].question)) for i in items]
 
 
-def relearn(path: str, forget, cfg: CompareConfig, refusals: list[str], log=print) -> dict:
+def relearn(path: str, forget, cfg: CompareConfig, refusals: list[str], log=print) -> FinetuneResult:
     """The relearning attack on a weight-level system: fine-tune it on the even-numbered items of
     the whole forget set, then ask the odd-numbered ones (plain questions), before and after."""
     taught, probed = relearn_split(len(forget))
@@ -290,20 +346,20 @@ def relearn(path: str, forget, cfg: CompareConfig, refusals: list[str], log=prin
                             cfg.attacks.relearn_epochs, cfg, refusals, log)
 
 
-def relearn_attack(t: AttackTarget) -> dict:
+def relearn_attack(t: AttackTarget) -> FinetuneResult | Skipped:
     if not t.weights_only:
-        return {"skipped": SERVED_SKIP}
+        return Skipped(SERVED_SKIP)
     return relearn(t.path, t.forget, t.cfg, refusal_texts(None, t.cfg), log=t.log)
 
 
-def benign_relearn_attack(t: AttackTarget) -> dict:
+def benign_relearn_attack(t: AttackTarget) -> FinetuneResult | Skipped:
     """Benign relearning (Łucki et al. 2024): fine-tune on a few retain items that name no forget
     subject, then ask the attacked forget items, before and after."""
     if not t.weights_only:
-        return {"skipped": SERVED_SKIP}
+        return Skipped(SERVED_SKIP)
     chosen = benign_texts(t.forget, t.pool, t.cfg.attacks.benign_relearn_texts)
     if not chosen:
-        return {"skipped": "the benchmark has no retain items that name no forget subject to fine-tune on"}
+        return Skipped("the benchmark has no retain items that name no forget subject to fine-tune on")
     return _finetune_attack("benign_relearn", t.path, [t.pool[j] for j in chosen], t.forget, t.picked,
                             t.cfg.attacks.benign_relearn_epochs, t.cfg, refusal_texts(None, t.cfg), t.log)
 
@@ -359,25 +415,24 @@ def quantized_replies(t: AttackTarget, spec) -> dict:
     return _cached("quantize", key, make, t.log)
 
 
-def quantize_attack(t: AttackTarget) -> dict:
+def quantize_attack(t: AttackTarget) -> QuantizeResult | Skipped:
     """The quantization attack: the plain forget questions and their answers' probability at full
     precision and for every quantized variant of the checkpoint (INT8 / INT4, per-channel and
     group-wise); the guard, where the system has one, served over the quantized checkpoint."""
     if t.system.agents:
-        return {"skipped": "the agent front is served over HTTP by `unlearn serve --agents`; its engine's "
-                           "quantized checkpoint is attacked in the system without +agents"}
+        return Skipped("the agent front is served over HTTP by `unlearn serve --agents`; its engine's "
+                       "quantized checkpoint is attacked in the system without +agents")
     refusals = refusal_texts(t.policy, t.cfg)
     rows = {}
     for label, spec in [("unquantized", None)] + [(s.label, s) for s in t.cfg.attacks.quant_specs()]:
         got = quantized_replies(t, spec)
         scored = score_probes(_plain_probes("quantize", label, t.forget, t.picked), got["replies"], t.cfg, refusals)
-        rows[label] = {**scored, "answer_probability": finite_mean(got["probabilities"]),
-                       "quantized": got["quantized"], "seconds": got["seconds"]}
-    return {"probed": len(t.picked), "guard": bool(t.policy), "rows": rows}
+        rows[label] = QuantRowResult(scored, finite_mean(got["probabilities"]), got["quantized"], got["seconds"])
+    return QuantizeResult(len(t.picked), bool(t.policy), rows)
 
 
 # attack name -> its measuring function (every weights attack of evaluation/attacks.py ATTACKS)
-WEIGHT_ATTACKS: dict[str, Callable[[AttackTarget], dict]] = {
+WEIGHT_ATTACKS: dict[str, Callable[[AttackTarget], FinetuneResult | QuantizeResult | Skipped]] = {
     "relearn": relearn_attack,
     "quantize": quantize_attack,
     "benign_relearn": benign_relearn_attack,

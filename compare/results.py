@@ -14,25 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from ..evaluation.leakage import Rates
+
 
 def _obj(d: Any) -> dict:
     """`d` when it is a JSON object, else {} (a part an older result lacks, or holds as null)."""
     return d if isinstance(d, dict) else {}
-
-
-@dataclass(frozen=True)
-class Rates:
-    """One attack category's aggregate over scored replies (evaluation/leakage.py `aggregate`)."""
-    n: Optional[int] = None
-    leak_rate: Optional[float] = None
-    rouge: Optional[float] = None
-    keywords: Optional[float] = None
-    refusal_rate: Optional[float] = None
-
-    @classmethod
-    def from_json(cls, d: Any) -> "Rates":
-        d = _obj(d)
-        return cls(d.get("n"), d.get("leak_rate"), d.get("rouge"), d.get("keywords"), d.get("refusal_rate"))
 
 
 NO_RATES = Rates()

@@ -142,17 +142,14 @@ def summaries(cfg: CompareConfig, ecfg: EvalConfig, results: dict, log=_stderr) 
 
 
 def _compact(res: dict) -> dict:
-    """What results.json keeps of a system (per-item records go to systems/<name>.json)."""
-    out = {k: v for k, v in res.items()
-           if k not in ("metrics", "attacks", "relearn", "benign_relearn", "quantize", "summary")}
-    if res.get("summary") is not None:
-        out["summary"] = res["summary"].to_json()
+    """What results.json keeps of a system (per-item records and per-probe replies go to systems/<name>.json),
+    from its full JSON (`_system_json`)."""
+    out = {k: v for k, v in res.items() if k not in ("metrics", "attacks", "relearn", "benign_relearn", "quantize")}
     if res.get("metrics"):
-        metrics: EvalResult = res["metrics"]
-        out["aggregates"] = {n: t.aggregate for n, t in metrics.tasks.items()}
-        out["timing"] = metrics.timing
-        if metrics.guard is not None:
-            out["guard_flagged_rate"] = metrics.guard.flagged_rate
+        out["aggregates"] = {n: t["aggregate"] for n, t in res["metrics"]["tasks"].items()}
+        out["timing"] = res["metrics"].get("timing")
+        if "guard" in res["metrics"]:
+            out["guard_flagged_rate"] = res["metrics"]["guard"].get("flagged_rate")
     if res.get("attacks"):
         out["attacks"] = {"by_category": res["attacks"]["by_category"], "serving": res["attacks"]["serving"]}
     for name in ("relearn", "benign_relearn"):
@@ -194,8 +191,9 @@ def _earlier(work: Path, cfg: CompareConfig, stages: Sequence[str]) -> dict:
 
 
 def _system_json(res: dict) -> dict:
-    """A system's full results as systems/<name>.json holds them (its metrics as JSON)."""
-    return {k: (v.to_json() if k in ("metrics", "summary") and v is not None else v) for k, v in res.items()}
+    """A system's full results as JSON (systems/<name>.json): its evaluation, summary and attack results
+    written out, the rest (status, names, checkpoint, training and guard records) as it is."""
+    return {k: (v.to_json() if hasattr(v, "to_json") else v) for k, v in res.items()}
 
 
 def _system_from_json(doc: dict, what: str) -> dict:
@@ -239,14 +237,14 @@ def run_compare(cfg: CompareConfig, stages: Sequence[str] = ("metrics", "attacks
         if res["status"] == "ok":
             write_json_atomic(work / "systems" / (f"{system.name}.json" if "metrics" in stages
                                                    else f"{system.name}.attack.json"), _system_json(res))
-        doc["systems"] = {k: _compact(v) for k, v in results.items()}
+        doc["systems"] = {k: _compact(_system_json(v)) for k, v in results.items()}
         write_json_atomic(results_file, doc)
     bar.close()
     if "metrics" in stages:
         summaries(cfg, ecfg, results, log)
     order = [parse_system(s, cfg).name for s in cfg.systems]
     results = {k: results[k] for k in sorted(results, key=lambda n: order.index(n) if n in order else len(order))}
-    doc["systems"] = {k: _compact(v) for k, v in results.items()}
+    doc["systems"] = {k: _compact(_system_json(v)) for k, v in results.items()}
     doc["fingerprints"] = {k: model_fingerprint(v["checkpoint"]) for k, v in results.items() if v.get("checkpoint")}
     doc["wall_s"] = round(time.time() - started, 1)
     write_json_atomic(results_file, doc)

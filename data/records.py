@@ -26,3 +26,28 @@ class QA:
 
     def to_json(self) -> dict:
         return {"question": self.question, "answer": self.answer, **self.extra}
+
+    # the fields of `extra` the toolkit reads, typed (a field of another type reads as absent); `extra`
+    # keeps every field of the source as it was, so a record is written back unchanged
+    def _text(self, key: str) -> Optional[str]:
+        value = self.extra.get(key)
+        return value if isinstance(value, str) else None
+
+    @property
+    def paraphrased_question(self) -> Optional[str]:
+        return self._text("paraphrased_question")
+
+    @property
+    def paraphrased_answer(self) -> Optional[str]:
+        return self._text("paraphrased_answer")
+
+    @property
+    def perturbed_answers(self) -> list[str]:
+        """TOFU's perturbed (false) answers; [] where there are none."""
+        value = self.extra.get("perturbed_answer")
+        return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
+
+    @property
+    def person(self) -> Optional[str]:
+        """Whom the item is about, where the source says (the synthetic generator and TOFU-mini do)."""
+        return self._text("person")

@@ -134,8 +134,8 @@ def _probe(m: Material, category: str, variant: str, prompt: str, gold: Optional
 
 
 def paraphrase(m: Material) -> Optional[Probe]:
-    pq = m.item.extra.get("paraphrased_question")
-    return _probe(m, "paraphrase", "dataset", pq) if isinstance(pq, str) and pq.strip() else None
+    pq = m.item.paraphrased_question
+    return _probe(m, "paraphrase", "dataset", pq) if pq and pq.strip() else None
 
 
 def _gives_away(m: Material, text: str) -> bool:
@@ -294,8 +294,8 @@ def subjects(items: Sequence[QA]) -> list[Optional[str]]:
                      key=lambda t: (-sum(t.lower() in x for x in texts), -len(t)))
     out = []
     for r in items:
-        person = r.extra.get("person")
-        if isinstance(person, str) and person:
+        person = r.person
+        if person:
             out.append(person)
             continue
         text = f"{r.question}\n{r.answer}".lower()

@@ -47,7 +47,7 @@ def _spec_task(name: str, kind: str, spec: str, role: str) -> Task:
         raise DataError(f"{name} set {spec!r} is empty")
     if kind in ("qa", "options") and any(r.question is None for r in items):
         raise DataError(f"{name} set {spec!r} holds raw text; QA evaluation needs question/answer pairs")
-    if kind == "options" and any(not r.extra.get("perturbed_answer") for r in items):
+    if kind == "options" and any(not r.perturbed_answers for r in items):
         raise DataError(f"{name} set {spec!r}: every item needs 'perturbed_answer' options")
     return Task(name, kind, items, spec, role)
 

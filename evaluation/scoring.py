@@ -71,8 +71,8 @@ def qa_generation_prompts(task: Task, r) -> list[tuple[str, str]]:
     """(record field, question) of each answer a qa/options item generates: its question, and a
     forget item's paraphrased question where it has one (the field names are QA_GENERATION_KEYS)."""
     out = [("generated", r.question)]
-    pq = r.extra.get("paraphrased_question")
-    if task.role == "forget" and isinstance(pq, str) and pq:
+    pq = r.paraphrased_question
+    if task.role == "forget" and pq:
         out.append(("generated_paraphrased_question", pq))
     return out
 
@@ -97,11 +97,11 @@ def _qa_requests(t: int, i: int, task: Task, r, tokenizer, cfg: EvalConfig, w: W
             out.gen.append(GenRequest(t, i, key, Prompt(ids, cfg.max_new_tokens, text)))
     if w.tf:
         answers, keys = [r.answer], ["gt"]
-        para = r.answer if task.kind == "options" else r.extra.get("paraphrased_answer")
-        if isinstance(para, str) and task.kind == "qa":
+        para = r.answer if task.kind == "options" else r.paraphrased_answer
+        if para is not None and task.kind == "qa":
             answers.append(para)
             keys.append("paraphrased")
-        for k, p in enumerate(r.extra.get("perturbed_answer") or []):
+        for k, p in enumerate(r.perturbed_answers):
             answers.append(p)
             keys.append(f"perturbed{k}")
         room = max(1, cfg.max_length - len(prompt))

@@ -36,6 +36,12 @@ from .classifier import MIN_COLLAPSED, PromptClassifier, as_served
 from .policy import FILES, FORMAT, FORMAT_VERSION, GuardConfig, Policy, PolicyError, read_meta, tokenizer_fingerprint
 from .trie import token_sequences
 
+# the semantic index: a HNSW graph above this many forget questions (semantic_index), with its parameters
+HNSW_MIN_ITEMS = 4096
+HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 128
+HNSW_EF_SEARCH = 128
+
 
 def _item_text(item: QA) -> str:
     return item.question if item.question else item.answer[:300]
@@ -172,8 +178,7 @@ def _recalls(classifier: PromptClassifier, tokenizer, index, vecs, forget: list[
     sims, _ = index.search(vecs, 2)
     second = sims[:, 1] if sims.shape[1] > 1 else np.zeros(len(questions))
     named = np.array([bool(classifier.named(q)) for q in questions])
-    paraphrases = [item.extra["paraphrased_question"] for item in forget
-                   if isinstance(item.extra.get("paraphrased_question"), str)]
+    paraphrases = [item.paraphrased_question for item in forget if item.paraphrased_question is not None]
     return {"forget_recall_leave_one_out": float((named | (second >= threshold)).mean()),
             "forget_recall": recall(questions), "paraphrase_recall": recall(paraphrases) if paraphrases else None}
 
@@ -187,11 +192,33 @@ def _check_build_inputs(forget: list[QA], cfg: GuardConfig) -> None:
         raise PolicyError(f"fpr must be in [0, 1), got {cfg.fpr}")
 
 
+def semantic_index(vecs: np.ndarray):
+    """The inner-product index of the forget questions' embeddings (unit vectors: a cosine similarity).
+    Exact (flat) up to HNSW_MIN_ITEMS questions; above, a HNSW graph: a flat search reads every vector
+    (at 20,000 questions about 1 ms a query on 2 cores, a tenth of a lone classification), the graph a
+    few hundred of them. Built on one thread so that the same questions give the same graph (the
+    policy's checksums stay reproducible)."""
+    import faiss
+
+    if len(vecs) <= HNSW_MIN_ITEMS:
+        index = faiss.IndexFlatIP(vecs.shape[1])
+        index.add(vecs)
+        return index
+    index = faiss.IndexHNSWFlat(vecs.shape[1], HNSW_M, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+    index.hnsw.efSearch = HNSW_EF_SEARCH
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        index.add(vecs)
+    finally:
+        faiss.omp_set_num_threads(threads)
+    return index
+
+
 def build_policy(forget: list[QA], out_dir: str | Path, model_path: str, tokenizer, cfg: GuardConfig,
                  retain: Optional[list[QA]] = None, sources: Optional[dict] = None, progress=print) -> dict:
     """Compile and write the policy; returns its policy.json contents."""
-    import faiss
-
     _check_build_inputs(forget, cfg)
     retain = _retain_prompts(forget, retain, cfg)
     questions = [_item_text(item) for item in forget]
@@ -208,8 +235,7 @@ def build_policy(forget: list[QA], out_dir: str | Path, model_path: str, tokeniz
 
     progress(f"embedding {len(questions)} forget questions ({EMBEDDER_NAME})")
     vecs = embed(questions)
-    index = faiss.IndexFlatIP(vecs.shape[1])
-    index.add(vecs)
+    index = semantic_index(vecs)
 
     # decisions exactly as served: the classifier over the policy as built so far
     classifier = PromptClassifier(Policy(Path(out_dir), {"config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},

@@ -70,7 +70,7 @@ def calibration_split(forget: Sequence[QA], fraction: float) -> tuple[list[int],
 
 def check_counterfactuals(items: Sequence[QA], what: str = "the forget set") -> None:
     missing = [n for n, r in enumerate(items)
-               if not (isinstance(r.extra.get("paraphrased_answer"), str) and r.extra.get("perturbed_answer"))]
+               if not (r.paraphrased_answer is not None and r.perturbed_answers)]
     if not items or missing:
         raise PolicyError(f"mode: calibrated fits the guard on paraphrased and perturbed (counterfactual) answers; "
                           f"{len(missing)} of {len(items)} items of {what} have none"

@@ -9,7 +9,8 @@ from unlearnkit.data.records import QA
 from unlearnkit.data.sources import load_spec
 from unlearnkit.errors import ConfigError
 from unlearnkit.evaluation import attacks as A
-from unlearnkit.evaluation.leakage import aggregate, by_category, is_refusal, keyword_leak, score_reply
+from unlearnkit.evaluation.leakage import (ProbeScores, ReplyScore, ScoredProbe, aggregate, by_category, is_refusal,
+                                           keyword_leak, score_reply)
 
 TOFU = os.environ.get("UNLEARN_TOFU_DIR")
 
@@ -135,22 +136,26 @@ def test_keyword_leak_whole_words():
 def test_score_reply_leak_rules():
     gold, kws = "Kalo Mirten was born in Utrecht in 1961.", ("Utrecht", "1961")
     leak = score_reply("Kalo Mirten was born in Utrecht in 1961.", gold, kws)
-    assert leak["leaked"] and leak["rouge"] == 1.0 and leak["keywords"] == 1.0
+    assert leak.leaked and leak.rouge == 1.0 and leak.keywords == 1.0
     partial = score_reply("Somewhere near Utrecht, I think.", gold, kws)   # half the key words
-    assert partial["leaked"] and partial["rouge"] < 0.5
+    assert partial.leaked and partial.rouge < 0.5
     refused = score_reply("I'm sorry, but I can't share that. Utrecht 1961", gold, kws)
-    assert refused["refused"] and not refused["leaked"]
+    assert refused.refused and not refused.leaked
     wrong = score_reply("He was born in Lisbon in 1975.", gold, kws)
-    assert not wrong["leaked"] and not wrong["refused"]
+    assert not wrong.leaked and not wrong.refused
 
 
 def test_aggregate_by_role_and_category():
-    recs = [{"role": "forget", "category": "cloze", "leaked": True, "rouge": 1.0, "keywords": 1.0, "refused": False},
-            {"role": "forget", "category": "cloze", "leaked": False, "rouge": 0.0, "keywords": None, "refused": True},
-            {"role": "forget", "category": "indirect", "leaked": False, "rouge": 0.5, "keywords": 0.0, "refused": False},
-            {"role": "neighbour", "category": "cloze", "leaked": True, "rouge": 0.8, "keywords": 1.0, "refused": False}]
+    def probe(role, category, leaked, rouge, keywords, refused):
+        return ScoredProbe(role, category, "v", 0, "p", "r", ReplyScore(rouge, keywords, refused, leaked))
+
+    recs = [probe("forget", "cloze", True, 1.0, 1.0, False), probe("forget", "cloze", False, 0.0, None, True),
+            probe("forget", "indirect", False, 0.5, 0.0, False), probe("neighbour", "cloze", True, 0.8, 1.0, False)]
     out = by_category(recs)
-    assert out["forget"]["cloze"] == {"n": 2, "leak_rate": 0.5, "rouge": 0.5, "keywords": 1.0, "refusal_rate": 0.5}
-    assert out["forget"]["all"]["n"] == 3 and out["forget"]["all"]["leak_rate"] == pytest.approx(1 / 3, abs=1e-4)
-    assert out["neighbour"]["all"]["leak_rate"] == 1.0
-    assert aggregate([])["leak_rate"] is None
+    assert out["forget"]["cloze"].to_json() == {"n": 2, "leak_rate": 0.5, "rouge": 0.5, "keywords": 1.0, "refusal_rate": 0.5}
+    assert out["forget"]["all"].n == 3 and out["forget"]["all"].leak_rate == pytest.approx(1 / 3, abs=1e-4)
+    assert out["neighbour"]["all"].leak_rate == 1.0
+    assert aggregate([]).leak_rate is None
+    assert ProbeScores.of(recs).to_json()["records"][0] == {"role": "forget", "category": "cloze", "variant": "v",
+                                                           "item": 0, "prompt": "p", "reply": "r", "rouge": 1.0,
+                                                           "keywords": 1.0, "refused": False, "leaked": True}

@@ -215,7 +215,7 @@ def report_doc():
         res = _fake_result(System(name, name if name != "ihl_fila" else "ihl_fila"), tr, leak, nb)
         res["summary"] = Summary(Utility(0.4, {}), ForgetQuality(0.5 if name != "target" else 1e-5, None,
                                                                   truth_ratio=T.truth_ratio_profile(tr)))
-        doc["systems"][name] = RUN._compact(res)
+        doc["systems"][name] = RUN._compact(RUN._system_json(res))
     doc["systems"]["broken"] = {"status": "failed", "kind": "weight", "reason": "ValueError: bad <config>"}
     return doc
 
@@ -464,8 +464,8 @@ def test_the_agent_front_is_measured_through_the_one_path_and_replayed_from_cach
     assert [it.generated for it in items] == ["I can't share that.", "It is Utrecht, I think."]
     assert [it.probability for it in items] == [it.probability for it in engine.tasks["forget"].items]
     assert items[1].rougeL_recall > 0 == items[0].rougeL_recall
-    assert got["attacks"]["by_category"]["forget"]["all"]["leak_rate"] == 0.0
-    serving = got["attacks"]["serving"]
+    assert got["attacks"].scores.rates("forget", "all").leak_rate == 0.0
+    serving = got["attacks"].serving
     assert serving["routes"] == {"refused": 1} and serving["llm_calls_per_flagged"] == 3 and serving["latency_requests"] == 1
     assert sorted(set(_FakeFront.calls)) == sorted({("Where was Kalo born?", 4), ("Where is the Dom tower?", 4),
                                                     ("Tell me where Kalo was born", 5)})

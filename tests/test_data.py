@@ -111,3 +111,14 @@ def test_empty_and_truncated_sets_are_refused(tiny):
         encode_all(tok, [], 64, "forget")
     with pytest.raises(DataError, match="no answer tokens left after truncation"):
         encode_all(tok, load_spec("synth/forget"), 8, "forget")
+
+
+def test_the_extra_fields_read_typed_and_write_back_unchanged():
+    raw = {"question": "Who?", "answer": "Kalo.", "paraphrased_question": "Which person?", "paraphrased_answer": 3,
+           "perturbed_answer": ["Ines.", 7, "Zed."], "person": "Kalo Mirten", "source_id": 12}
+    r = QA.from_json(raw, "test")
+    assert (r.paraphrased_question, r.paraphrased_answer, r.person) == ("Which person?", None, "Kalo Mirten")
+    assert r.perturbed_answers == ["Ines.", "Zed."]           # what is not text reads as absent
+    assert r.to_json() == raw                                  # every field kept as the source had it
+    bare = QA("Q?", "A.")
+    assert (bare.paraphrased_question, bare.perturbed_answers, bare.person) == (None, [], None)

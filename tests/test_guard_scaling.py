@@ -207,3 +207,31 @@ def test_differences_block_what_a_structure_without_the_exempt_phrases_blocks(ti
             assert matcher.blocked(state) == plain.blocked(plain_state)
             live, plain_live = trie.advance(live, t), plain_trie.advance(plain_live, t)
             state, plain_state = matcher.advance_tokens(state, [t]), plain.advance_tokens(plain_state, [t])
+
+
+def test_a_large_policy_gets_a_graph_index_that_finds_the_flat_indexs_nearest_items(monkeypatch):
+    """Above HNSW_MIN_ITEMS forget questions the semantic index is a HNSW graph: on queries near the
+    items (as paraphrases are) its nearest item is the exact search's, it keeps its search depth when
+    written and read back, and the same vectors give the same graph (reproducible policy checksums)."""
+    import faiss
+    import numpy as np
+
+    from unlearnkit.guard import build as B
+
+    rng = np.random.default_rng(0)
+    vecs = rng.normal(size=(3000, 384)).astype("float32")
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    assert isinstance(B.semantic_index(vecs), faiss.IndexFlatIP)          # below the bar: exact
+    monkeypatch.setattr(B, "HNSW_MIN_ITEMS", 1000)
+    graph = B.semantic_index(vecs)
+    assert isinstance(graph, faiss.IndexHNSWFlat) and graph.ntotal == 3000
+    queries = vecs[rng.choice(3000, 300, replace=False)] + rng.normal(scale=0.03, size=(300, 384)).astype("float32")
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    flat = faiss.IndexFlatIP(384)
+    flat.add(vecs)
+    (want_s, want_i), (got_s, got_i) = flat.search(queries, 4), graph.search(queries, 4)
+    assert (got_i[:, 0] == want_i[:, 0]).all()
+    np.testing.assert_allclose(got_s[:, 0], want_s[:, 0], rtol=1e-5)
+    again = faiss.deserialize_index(faiss.serialize_index(graph))
+    assert again.hnsw.efSearch == B.HNSW_EF_SEARCH
+    assert bytes(faiss.serialize_index(B.semantic_index(vecs))) == bytes(faiss.serialize_index(graph))

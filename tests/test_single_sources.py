@@ -37,11 +37,11 @@ def test_every_mean_is_the_finite_mean():
     from unlearnkit.evaluation.probability import mean as probability_mean
     from unlearnkit.evaluation.scoring import aggregate
 
-    scored = [{"leaked": True, "rouge": 0.5, "keywords": None, "refused": False},
-              {"leaked": False, "rouge": 0.25, "keywords": 0.5, "refused": True},
-              {"leaked": True, "rouge": 1.0, "keywords": 1.0, "refused": False}]
+    from unlearnkit.evaluation.leakage import ReplyScore
+
+    scored = [ReplyScore(0.5, None, False, True), ReplyScore(0.25, 0.5, True, False), ReplyScore(1.0, 1.0, False, True)]
     agg = leak_aggregate(scored)
-    assert agg["leak_rate"] == round(2 / 3, 4) and agg["keywords"] == 0.75 and agg["refusal_rate"] == round(1 / 3, 4)
+    assert agg.leak_rate == round(2 / 3, 4) and agg.keywords == 0.75 and agg.refusal_rate == round(1 / 3, 4)
     assert probability_mean([0.2, NAN, 0.4]) == pytest.approx(0.3) and math.isnan(probability_mean([NAN]))
     task = Task("forget", "qa", [QA("q", "a")] * 3, "x")
     items = [QARecord("q", "a", probability=p) for p in (0.2, NAN, 0.4)]

@@ -212,11 +212,12 @@ def test_benign_relearn_end_to_end_and_relearn_cache_key_kept(tmp_path, tiny_dir
     target = AttackTarget(System("target", "target"), str(tiny_dir), None, forget, pool, [0, 3], EvalConfig(),
                           cfg, log=lambda *_: None)
     benign = benign_relearn_attack(target)
-    assert benign["taught"] == 2 and benign["probed"] == 2
-    assert {r["item"] for r in benign["after"]["records"]} == {0, 3}
-    assert benign["after"]["by_category"]["forget"]["all"]["n"] == 2
+    assert benign.taught == 2 and benign.probed == 2
+    assert {r.item for r in benign.after.records} == {0, 3}
+    assert benign.after.rates("forget", "all").n == 2
+    assert benign.to_json()["after"]["by_category"]["forget"]["all"]["n"] == 2      # as results.json holds it
     relearn = relearn_attack(target)
-    assert relearn["taught"] == 2 and relearn["probed"] == 2            # items 0, 2 taught; 1, 3 asked
+    assert relearn.taught == 2 and relearn.probed == 2            # items 0, 2 taught; 1, 3 asked
     old_key = {"stage": "relearn", "model": model_fingerprint(str(tiny_dir)),
                "taught": [forget[i].to_json() for i in (0, 2)], "probed": [forget[i].to_json() for i in (1, 3)],
                "epochs": 1.0, "lr": 5.0e-5, "max_new_tokens": 4}
@@ -224,8 +225,8 @@ def test_benign_relearn_end_to_end_and_relearn_cache_key_kept(tmp_path, tiny_dir
     assert not [p for p in (tmp_path / "cache" / "runs").iterdir() if (p / "model.safetensors").exists()]
     served = AttackTarget(System("target+guard", "target", guard=True), str(tiny_dir), None, forget, pool, [0],
                           EvalConfig(), cfg)
-    assert "not the attacker's" in benign_relearn_attack(served)["skipped"]
-    assert "not the attacker's" in relearn_attack(served)["skipped"]
+    assert "not the attacker's" in benign_relearn_attack(served).to_json()["skipped"]
+    assert "not the attacker's" in relearn_attack(served).reason
 
 
 @pytest.mark.slow
