@@ -161,6 +161,23 @@ def guard_over(cfg: CompareConfig, sets: Sequence[tuple[str, list]], upto: int, 
     return dataclasses.replace(cfg.guard, forget=f"file:{data}")
 
 
+def _check_sequential(cfg: CompareConfig) -> None:
+    if cfg.sequential.guard and cfg.guard is None:
+        raise ConfigError("sequential.guard: the comparison config has no `guard:` section to build the guard with")
+    if not cfg.sequential.enabled:
+        raise ConfigError("this comparison config has no `sequential:` section; add "
+                          "`sequential: {method: <a key of methods>, requests: [spec, ...]}` (or `split: <spec>`)")
+
+
+def _provenance(cfg: CompareConfig, ecfg: EvalConfig, sets, configs, work: Path) -> dict:
+    """The configs, and per request its items, training config and live-targets file."""
+    return {"config": to_dict(cfg), "eval_config": to_dict(ecfg),
+            "requests": [{"request": label, "items": len(items), "training_config": str(p),
+                          "live_targets": str(work / f"request{k}.targets.json")}
+                         for k, ((label, items), p) in enumerate(zip(sets, configs), 1)],
+            "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
 def run_sequential(cfg: CompareConfig, log=print, report: bool = True) -> dict:
     """Train the chain of requests (cached), measure after each, write results and the report."""
     import dataclasses
@@ -170,11 +187,7 @@ def run_sequential(cfg: CompareConfig, log=print, report: bool = True) -> dict:
     from .measure import engine_metrics
     from .run import out_dir
 
-    if cfg.sequential.guard and cfg.guard is None:
-        raise ConfigError("sequential.guard: the comparison config has no `guard:` section to build the guard with")
-    if not cfg.sequential.enabled:
-        raise ConfigError("this comparison config has no `sequential:` section; add "
-                          "`sequential: {method: <a key of methods>, requests: [spec, ...]}` (or `split: <spec>`)")
+    _check_sequential(cfg)
     ecfg = load_config(EvalConfig, cfg.eval)
     ecfg.validate()
     work = out_dir(cfg) / "sequential"
@@ -211,12 +224,8 @@ def run_sequential(cfg: CompareConfig, log=print, report: bool = True) -> dict:
                 steps[f"target+guard{STEP_SEPARATOR}{k}"] = guarded(k)
         write_json_atomic(work / f"request{k}.targets.json", {"targets": live_targets(sets[k - 1][1])})
     doc = {"name": f"{cfg.name}: sequential requests ({cfg.sequential.method})",
-           "provenance": {"config": to_dict(cfg), "eval_config": to_dict(ecfg),
-                          "requests": [{"request": label, "items": len(items), "training_config": str(p),
-                                        "live_targets": str(work / f"request{k}.targets.json")}
-                                       for k, ((label, items), p) in enumerate(zip(sets, configs), 1)],
-                          "started": time.strftime("%Y-%m-%d %H:%M:%S")},
-           "systems": steps, "wall_s": round(time.time() - started, 1)}
+           "provenance": _provenance(cfg, ecfg, sets, configs, work), "systems": steps,
+           "wall_s": round(time.time() - started, 1)}
     write_json_atomic(work / "results.json", doc)
     if report:
         from .report import write_report
