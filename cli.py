@@ -55,11 +55,24 @@ def _cmd_train(args) -> int:
         from .training.run import train_cached
 
         print(train_cached(args.config, args.overrides, log=log))
+        _leave_process_group()
         return 0
     cfg = load_config(TrainConfig, args.config, args.overrides)
     out = run_training(cfg, resume=args.resume, overwrite=args.overwrite, log=log)
     print(out)
+    _leave_process_group()
     return 0
+
+
+def _leave_process_group() -> None:
+    """Under `accelerate launch`, every rank leaves the process group before exiting: left to interpreter
+    shutdown, a rank's gloo threads were once torn down mid-exit ('terminate called without an active
+    exception', exit code -6) after a run had been saved."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def _cmd_eval(args) -> int:
