@@ -123,6 +123,9 @@ class CompareConfig:
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     latency_requests: int = 8            # forget probes also sent one at a time: seconds per request
     sequential: SequentialSpec = field(default_factory=SequentialSpec)   # requests in turn (`unlearn sequential`)
+    # more training seeds: each weight-level method is also trained with optim.seed = s and measured (no
+    # attacks); the report gives mean, sd and range over its own run and these (compare/seeds.py)
+    seeds: list[int] = field(default_factory=list)
 
     def validate(self):
         for name in self.methods:
@@ -147,6 +150,8 @@ class CompareConfig:
             raise ConfigError("agents.concurrency must be >= 1")
         if self.latency_requests < 0:
             raise ConfigError("latency_requests must be >= 0")
+        if any(s < 0 for s in self.seeds) or len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"seeds: {self.seeds!r} must be distinct non-negative integers (optim.seed values)")
         if self.sequential.enabled and self.sequential.method not in self.methods:
             raise ConfigError(f"sequential.method: {self.sequential.method!r} is not a key of `methods`; "
                               f"valid: {sorted(self.methods)}")

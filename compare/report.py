@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from .results import Provenance, QuantRow, ReportDoc, Sequential, SystemResult, Training, parse_doc
+from .seeds import spread
 
 # metric -> (what it measures, can weight edits move it, can a token guard, can agents)
 PARADIGMS = {
@@ -299,7 +300,7 @@ def tables(doc: dict) -> list[Table]:
 
 def _tables(systems: Systems) -> list[Table]:
     return (headline_table(systems) + muse_table(systems) + leak_table(systems) + neighbour_table(systems) + _quantization(systems) + finetune_table(systems)
-            + _sequential(systems) + truth_ratio_table(systems) + spread_table(systems) + dial_table(systems) + cost_table(systems)
+            + _sequential(systems) + truth_ratio_table(systems) + spread_table(systems) + seeds_table(systems) + dial_table(systems) + cost_table(systems)
             + paradigm_table()
             + failed_table(systems))
 
@@ -407,6 +408,34 @@ def spread_table(systems: Systems) -> list[Table]:
              "(paired with the retain model's same items), each utility set resampled on its own "
              "(evaluation/metrics/bootstrap.py). The spread of the measurement over items, not over training "
              "seeds; overlapping intervals mean the item sample cannot tell the systems apart.")]
+
+
+def _over_seeds(values, digits: int) -> list[str]:
+    s = spread(values)
+    if s is None:
+        return ["—", "—"]
+    sd = "" if s.sd is None else f" ± {_f(s.sd, digits)}"
+    return [f"{_f(s.mean, digits)}{sd}", f"{_f(s.low, digits)} – {_f(s.high, digits)}"]
+
+
+def seeds_table(systems: Systems) -> list[Table]:
+    rows = []
+    for name, r in systems.items():
+        if r.seeds:
+            rows.append([name, ", ".join(str(x.seed) for x in r.seeds),
+                         *_over_seeds([x.forget_quality for x in r.seeds], 4),
+                         *_over_seeds([x.model_utility for x in r.seeds], 3),
+                         _over_seeds([x.train_seconds for x in r.seeds], 0)[0]])
+        elif r.seeds_error:
+            rows.append([name, f"failed: {r.seeds_error}", *["—"] * 5])
+    if not rows:
+        return []
+    return [("Spread over training seeds",
+             ["system", "seeds", "forget quality (mean ± sd)", "range", "model utility (mean ± sd)", "range",
+              "training s (mean ± sd)"], rows,
+             "Each weight-level method trained once per seed (`optim.seed`: data order, initialisation, the RMU "
+             "direction) and measured the same way as its row above, which is the first seed listed; sd is the "
+             "sample standard deviation over seeds (compare/seeds.py).")]
 
 
 def dial_points(systems: Systems) -> list[tuple[str, SystemResult]]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from ..evaluation.leakage import Rates
+from .seeds import SeedRun
 
 
 def _obj(d: Any) -> dict:
@@ -251,6 +252,8 @@ class SystemResult:
     quantize: Quantize = Quantize()
     sequential: Optional[Sequential] = None
     muse: Muse = Muse()
+    seeds: tuple[SeedRun, ...] = ()         # with `seeds:`: the system's own run, then its other seeds
+    seeds_error: Optional[str] = None
 
     @classmethod
     def from_json(cls, name: str, d: Any) -> "SystemResult":
@@ -262,7 +265,8 @@ class SystemResult:
                    _obj(d.get("guard")).get("mode"), _obj(d.get("guard")).get("soft_mask"),
                    FinetuneAttack.from_json(d.get("relearn")), FinetuneAttack.from_json(d.get("benign_relearn")),
                    Quantize.from_json(d.get("quantize")), Sequential.from_json(d.get("sequential")),
-                   Muse.from_json(d.get("summary"), d.get("aggregates")))
+                   Muse.from_json(d.get("summary"), d.get("aggregates")),
+                   tuple(SeedRun.from_json(r) for r in d.get("seeds") or []), d.get("seeds_error"))
 
     @property
     def ok(self) -> bool:

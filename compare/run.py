@@ -129,7 +129,8 @@ def retain_reference(cfg: CompareConfig, ecfg: EvalConfig, results: dict,
 
 
 def summaries(cfg: CompareConfig, ecfg: EvalConfig, results: dict, log=_stderr) -> None:
-    """Each measured system's headline metrics (forget quality against the retain model)."""
+    """Each measured system's headline metrics (forget quality against the retain model), and with
+    `seeds:` the weight-level systems' other training seeds (compare/seeds.py)."""
     import dataclasses
 
     ref, reason = retain_reference(cfg, ecfg, results, log)
@@ -139,6 +140,24 @@ def summaries(cfg: CompareConfig, ecfg: EvalConfig, results: dict, log=_stderr) 
             continue
         s = summarize(res["metrics"], sum_cfg, ref)
         res["summary"] = s.without_reference(reason) if ref is None else s
+    if cfg.seeds:
+        _seed_spread(cfg, sum_cfg, ref, results, log)
+
+
+def _seed_spread(cfg: CompareConfig, sum_cfg: EvalConfig, ref: Optional[Reference], results: dict, log) -> None:
+    """`seeds` of each measured weight-level system: its own run first, then the other seeds'."""
+    from .seeds import config_seed, own_run, seed_runs
+
+    for res in results.values():
+        system = parse_system(res["system"], cfg)
+        if res.get("status") != "ok" or not res.get("summary") or system.kind != "weight":
+            continue
+        try:
+            runs = [own_run(res, config_seed(cfg.methods[system.base])), *seed_runs(system, cfg, sum_cfg, ref, log)]
+            res["seeds"] = [r.to_json() for r in runs]
+        except Exception as exc:  # noqa: BLE001 - reported beside the system's own numbers, never a number
+            log(f"!! {system.name}: the other seeds failed: {type(exc).__name__}: {exc}")
+            res["seeds_error"] = f"{type(exc).__name__}: {exc}"
 
 
 def _compact(res: dict) -> dict:

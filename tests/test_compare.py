@@ -170,6 +170,57 @@ def test_only_subset_must_be_in_the_config(tmp_path, fake_world):
         RUN.check_only(["retain+guard"], cfg)
 
 
+def test_seeds_train_and_measure_each_weight_level_method_again(tmp_path, monkeypatch, fake_world):
+    from unlearnkit.compare import seeds as SEEDS
+
+    trained = []
+    ratios = {3: [0.6, 0.7, 0.65], 5: [0.2, 0.3, 0.25]}   # seed 3 forgets like the retain model, seed 5 not at all
+
+    def fake_train(config, seed, log=print):
+        trained.append((Path(config).stem, seed))
+        return str(tmp_path / f"seed{seed}")
+
+    def fake_measure(ecfg, path, log=print):
+        items = [QARecord("q", "a", truth_ratio=t) for t in ratios[int(path[-1])]]
+        return EvalResult(tasks={"forget": TaskResult("qa", "forget", "test", "f", {}, items)})
+
+    monkeypatch.setattr(SEEDS, "train_seed", fake_train)
+    monkeypatch.setattr(SEEDS, "measure_seed", fake_measure)
+    doc = RUN.run_compare(make_cfg(tmp_path, seeds=[0, 3, 5]))
+    assert trained == [("ihl_fila", 3), ("ihl_fila", 5)]          # seed 0 is the config's own run
+    runs = doc["systems"]["ihl_fila"]["seeds"]
+    assert [r["seed"] for r in runs] == [0, 3, 5]
+    assert runs[0]["forget_quality"] == doc["systems"]["ihl_fila"]["summary"]["forget_quality"]
+    assert runs[1]["forget_quality"] == pytest.approx(1.0) and runs[2]["forget_quality"] < 0.2
+    assert all("seeds" not in doc["systems"][n] for n in ("target", "retain", "target+guard"))
+    md = (tmp_path / "out/report.md").read_text()
+    table = md.split("## Spread over training seeds")[1].split("##")[0]
+    fq = [r["forget_quality"] for r in runs]
+    mean, sd = sum(fq) / 3, (sum((x - sum(fq) / 3) ** 2 for x in fq) / 2) ** 0.5
+    assert f"| ihl_fila | 0, 3, 5 | {mean:.4f} ± {sd:.4f} |" in table
+
+
+def test_a_failing_seed_is_reported_beside_the_measured_run(tmp_path, monkeypatch, fake_world):
+    from unlearnkit.compare import seeds as SEEDS
+
+    def broken(config, seed, log=print):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(SEEDS, "train_seed", broken)
+    doc = RUN.run_compare(make_cfg(tmp_path, seeds=[1]))
+    assert doc["systems"]["ihl_fila"]["status"] == "ok" and "forget_quality" in doc["systems"]["ihl_fila"]["summary"]
+    assert doc["systems"]["ihl_fila"]["seeds_error"] == "RuntimeError: disk full"
+    assert "| ihl_fila | failed: RuntimeError: disk full |" in (tmp_path / "out/report.md").read_text()
+
+
+@pytest.mark.parametrize("seeds, message", [([1, 1], "must be distinct non-negative integers"),
+                                             ([-2], "must be distinct non-negative integers"),
+                                             ([True], r"seeds\[0\]: expected an integer")])
+def test_bad_seeds_are_refused(tmp_path, seeds, message):
+    with pytest.raises(ConfigError, match=message):
+        make_cfg(tmp_path, seeds=seeds)
+
+
 def test_stage_cache_resumes_without_remeasuring(tmp_path):
     from unlearnkit.compare.measure import _cached
 
