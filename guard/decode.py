@@ -40,6 +40,7 @@ class RequestGuard:
     always_on: bool = False                     # the names check every unflagged request gets
     soft: Optional[float] = None                # calibrated mode: matched tokens lose this many logits instead of being withheld
     withheld: Optional[Withheld] = None         # calibrated mode: the names the prompt did not write, withheld
+    _penalty_entries: Optional[tuple] = field(default=None, repr=False, compare=False)   # (key, index, values)
 
     def __post_init__(self):
         if self.text is not None and self.text_state < 0:
@@ -94,6 +95,15 @@ class RequestGuard:
             out.append(self.spelled.blocked_index(_state(self.spelled, self.spelled_state, extra), device))
         return out
 
+    def _sparse_penalty(self, width: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The penalty's non-zero entries below `width` (a few hundred of a 49k vocabulary: adding them
+        costs a fraction of adding the dense row), found once per request."""
+        if self._penalty_entries is None or self._penalty_entries[0] != (width, device):
+            dense = self.penalty.to(device)[:width]
+            index = dense.nonzero().squeeze(1)
+            self._penalty_entries = ((width, device), index, dense[index])
+        return self._penalty_entries[1], self._penalty_entries[2]
+
     def apply_row(self, row: torch.Tensor, extra: Sequence[int] = ()) -> None:
         """Guard one row of logits in place. `extra` are tokens after the committed ones (draft
         tokens under speculative decoding) that this row's context also contains."""
@@ -104,10 +114,8 @@ class RequestGuard:
             return
         width = row.shape[-1]   # the model's vocabulary can be wider (or narrower) than the tokenizer's
         if self.penalty is not None:
-            if self.penalty.device != row.device:
-                self.penalty = self.penalty.to(row.device)
-            n = min(width, self.penalty.shape[0])
-            row[:n] += self.penalty[:n]
+            index, values = self._sparse_penalty(width, row.device)
+            row.index_add_(0, index, values)
         policy = self.policy_matches(row.device, extra)
         if self.soft is None:
             blocked = any([_block(row, index, width) for index in policy])
@@ -124,7 +132,7 @@ class RequestGuard:
         if self.withheld is not None:
             for index in self.withheld.indexes(row.device, extra):
                 blocked |= _block(row, index, width)
-        if blocked and self.fallback is not None and self.fallback < width and float(row.max()) == BLOCKED:
+        if blocked and self.fallback is not None and self.fallback < width and _nothing_left(row, self.fallback):
             # every token the request may still sample (its grammar, allowed_token_ids) is withheld:
             # end the response rather than hand the sampler a row with nothing to sample
             row[self.fallback] = 0.0
@@ -138,6 +146,13 @@ def _block(row: torch.Tensor, index: torch.Tensor, width: int) -> bool:
         row[index] = BLOCKED
         return bool(index.numel())
     return False
+
+
+def _nothing_left(row: torch.Tensor, probe: int) -> bool:
+    """Whether every entry of `row` is withheld. `probe` (the end-of-sequence token, which no phrase
+    holds) is read first: when it is still allowed, as it is for nearly every row, the row is not
+    scanned (a scan of a 49k vocabulary costs more than the rest of a names-checked row's guard)."""
+    return float(row[probe]) == BLOCKED and float(row.max()) == BLOCKED
 
 
 def _state(matcher: TextMatcher, state: int, extra: Sequence[int]) -> int:

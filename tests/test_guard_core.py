@@ -184,3 +184,38 @@ def test_guard_rows_fit_a_wider_or_narrower_vocabulary():
     narrow = torch.zeros(8)
     guard.apply_row(narrow)                                    # id 11 does not exist here: skipped
     assert narrow[3] == float("-inf") and narrow[[0, 1, 2, 4]].eq(-1).all()
+
+
+# ----------------------------------------------------------------------------- a row with nothing left
+def test_a_row_left_without_tokens_ends_the_response():
+    """Another processor (a grammar, allowed_token_ids) left only the token the guard withholds: the
+    guard ends the response (end of sequence) instead of handing the sampler a row of -inf."""
+    guard = RequestGuard(TokenTrie([[9]]), fallback=0)
+    row = torch.full((12,), float("-inf"))
+    row[9] = 1.0
+    guard.apply_row(row)
+    assert row[9] == float("-inf") and row[0] == 0.0
+
+
+def test_an_end_of_sequence_withheld_by_another_processor_stays_withheld():
+    """min_tokens withholds end-of-sequence: while other tokens are left, the guard must not give it back."""
+    guard = RequestGuard(TokenTrie([[9]]), fallback=0)
+    row = torch.zeros(12)
+    row[0] = float("-inf")
+    guard.apply_row(row)
+    assert row[0] == float("-inf") and row[9] == float("-inf") and torch.isfinite(row[1:9]).all()
+
+
+def test_the_penalty_is_added_as_the_dense_row_would_be():
+    """Only the penalty's non-zero entries are added; the row comes out as adding the whole dense
+    penalty gives, with withheld entries kept and a model vocabulary narrower than the penalty."""
+    gen = torch.Generator().manual_seed(0)
+    penalty = torch.zeros(50)
+    penalty[torch.randperm(50, generator=gen)[:7]] = -torch.rand(7, generator=gen) * 4
+    for width in (50, 40):
+        row = torch.randn(width, generator=gen)
+        row[3] = float("-inf")
+        expected = row + penalty[:width]
+        guard = RequestGuard(TokenTrie(), penalty=penalty)
+        guard.apply_row(row)
+        assert torch.equal(row, expected)
