@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from ..evaluation.leakage import Rates
+from ..evaluation.metrics.bootstrap import Interval
 from .seeds import SeedRun
 
 
@@ -88,21 +89,6 @@ class TruthRatio:
         if not d or not isinstance(d, dict):
             return None
         return cls(d.get("median"), d.get("q1"), d.get("q3"), d.get("prefers_false"))
-
-
-@dataclass(frozen=True)
-class Interval:
-    """A bootstrap interval over items (evaluation/metrics/bootstrap.py)."""
-    low: float
-    high: float
-    level: float
-
-    @classmethod
-    def from_json(cls, d: Any) -> Optional["Interval"]:
-        d = _obj(d)
-        if d.get("low") is None or d.get("high") is None:
-            return None
-        return cls(d["low"], d["high"], d.get("level", 0.95))
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,13 @@ class Interval:
         return {"low": self.low, "high": self.high, "level": self.level, "resamples": self.resamples,
                 "method": "percentile bootstrap over items (one run)"}
 
+    @classmethod
+    def from_json(cls, d) -> Optional["Interval"]:
+        """The interval `to_json` wrote; None for anything else (a result measured without one)."""
+        if not isinstance(d, dict) or d.get("low") is None or d.get("high") is None:
+            return None
+        return cls(d["low"], d["high"], d.get("level", LEVEL), d.get("resamples", N_RESAMPLES))
+
 
 def _interval(values: Sequence[float], level: float) -> Optional[Interval]:
     v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=float)
