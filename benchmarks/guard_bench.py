@@ -5,7 +5,9 @@
 
 1. Throughput: the same prompts (TOFU-mini forget questions, their paraphrases and retain
    questions: mixed flagged and unflagged) through plain and guarded offline vLLM, alternating
-   plain/guarded for --rounds rounds in ABBA order; generated tokens per second of `llm.generate`
+   plain/guarded for --rounds rounds in ABBA order (with --interleaved: one plain and one guarded
+   engine started once and kept, each batch sent to them in turn, so engine start-up and the
+   machine's drift between engine runs stay out of the pairs); generated tokens per second of `llm.generate`
    (engine start excluded); the guarded/plain ratio of each round's pair, their mean and its 95%
    confidence interval (separate engine runs vary by about +-10%: read the interval, not one
    round). The guarded engine runs the always-on names check on every unflagged request. Also the guard's own work per decode step, timed without the model.
@@ -45,7 +47,7 @@ def prompts_for(tokenizer, n_retain: int):
 
     forget = load_spec("tofu/forget01_perturbed")
     retain = load_spec("tofu/forget10-forget01")[:n_retain]
-    questions = [r.question for r in forget] + [r.extra["paraphrased_question"] for r in forget] + \
+    questions = [r.question for r in forget] + [r.paraphrased_question for r in forget] + \
                 [r.question for r in retain]
     ids = [tokenizer(prompt_text(tokenizer, q), add_special_tokens=False)["input_ids"] for q in questions]
     return questions, ids
@@ -75,6 +77,81 @@ def throughput(path: str, policy: str, ids, max_tokens: int, rounds: int) -> dic
     return {"runs": runs, "plain_tok_s": plain, "guarded_tok_s": guarded, "ratio": guarded / plain,
             "pair_ratios": ratios, "ratio_mean": statistics.mean(ratios), "ratio_ci95": ci95(ratios),
             "prompts": len(ids), "max_tokens": max_tokens, "outputs": outputs}
+
+
+RESULT = "GUARD_BENCH_RESULT "
+
+
+def worker(kind: str, path: str, ids_file: str, max_tokens: int) -> int:
+    """One engine (plain, or guarded by $UNLEARN_GUARD_POLICY) kept alive: each line on stdin generates
+    the whole batch once and answers one RESULT line (tokens, seconds) on stdout."""
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    from unlearnkit.guard.runtime import FQCN
+
+    prompts = [TokensPrompt(prompt_token_ids=p) for p in json.loads(Path(ids_file).read_text())]
+    llm = LLM(model=path, dtype="float32", max_model_len=1024, seed=0, enforce_eager=True,
+              logits_processors=[FQCN] if kind == "guarded" else None)
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens)
+    llm.generate(prompts[:8], params, use_tqdm=False)     # warm up
+    print(RESULT + json.dumps({"ready": True}), flush=True)
+    for _ in sys.stdin:
+        started = time.perf_counter()
+        outs = llm.generate(prompts, params, use_tqdm=False)
+        seconds = time.perf_counter() - started
+        print(RESULT + json.dumps({"tokens": sum(len(o.outputs[0].token_ids) for o in outs), "seconds": seconds}),
+              flush=True)
+    return 0
+
+
+def _answer(proc) -> dict:
+    for line in proc.stdout:
+        if line.startswith(RESULT):
+            return json.loads(line[len(RESULT):])
+    raise RuntimeError(f"benchmark engine exited (code {proc.wait()})")
+
+
+def interleaved_throughput(path: str, policy: str, ids, max_tokens: int, rounds: int) -> dict:
+    """Throughput of a plain and a guarded engine alive side by side, the same batch sent to each in
+    turn (ABBA over rounds); the guarded/plain ratio of each round's pair, their mean and 95% CI."""
+    import tempfile
+
+    from unlearnkit.guard.runtime import POLICY_ENV
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ids_file = Path(tmp) / "ids.json"
+        ids_file.write_text(json.dumps(ids))
+        procs = {}
+        for kind in ("plain", "guarded"):     # one at a time: start-up is not measured, but it is heavy
+            env = {**os.environ, "VLLM_LOGGING_LEVEL": "WARNING", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+            env.pop(POLICY_ENV, None)
+            if kind == "guarded":
+                env[POLICY_ENV] = str(Path(policy).resolve())
+            procs[kind] = subprocess.Popen([sys.executable, __file__, "--worker", kind, "--model", path,
+                                            "--ids", str(ids_file), "--max-tokens", str(max_tokens)],
+                                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                           text=True, env=env)
+            _answer(procs[kind])
+        runs = {"plain": [], "guarded": []}
+        try:
+            for r in range(rounds):
+                for kind in (("plain", "guarded") if r % 2 == 0 else ("guarded", "plain")):
+                    procs[kind].stdin.write("go\n")
+                    procs[kind].stdin.flush()
+                    got = _answer(procs[kind])
+                    runs[kind].append({**got, "tok_s": got["tokens"] / got["seconds"]})
+                print(f"round {r + 1}: plain {runs['plain'][-1]['tok_s']:.1f} tok/s, guarded "
+                      f"{runs['guarded'][-1]['tok_s']:.1f} tok/s", flush=True)
+        finally:
+            for proc in procs.values():
+                proc.stdin.close()
+                proc.wait(timeout=120)
+    ratios = [g["tok_s"] / p["tok_s"] for p, g in zip(runs["plain"], runs["guarded"])]
+    return {"runs": runs, "pair_ratios": ratios, "ratio_mean": statistics.mean(ratios), "ratio_ci95": ci95(ratios),
+            "ratio_median": statistics.median(ratios), "prompts": len(ids), "max_tokens": max_tokens,
+            "mode": "interleaved: two engines kept alive, the batch sent to each in turn"}
 
 
 def ci95(values: list[float]) -> tuple[float, float] | None:
@@ -253,8 +330,14 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3, help="alternating plain/guarded runs (0: skip them)")
     parser.add_argument("--skip-server", action="store_true")
+    parser.add_argument("--interleaved", action="store_true",
+                        help="throughput only: a plain and a guarded engine kept alive, batches sent in turn")
+    parser.add_argument("--worker", choices=["plain", "guarded"], help=argparse.SUPPRESS)
+    parser.add_argument("--ids", help=argparse.SUPPRESS)
     parser.add_argument("--out", default=str(ROOT / "runs" / "bench" / "guard_bench.json"))
     args = parser.parse_args()
+    if args.worker:
+        return worker(args.worker, args.model, args.ids, args.max_tokens)
     os.environ.setdefault("UNLEARN_TOFU_DIR", str(ROOT.parent / "shared" / "data" / "tofu"))
     (ROOT / "runs" / "bench").mkdir(parents=True, exist_ok=True)
 
@@ -267,6 +350,14 @@ def main() -> int:
                 "--model", path, "--out", args.policy)
     questions, ids = prompts_for(load_tokenizer(path), args.retain_prompts)
     report = {"model": path, "policy": args.policy}
+    if args.interleaved:
+        report["throughput"] = tp = interleaved_throughput(path, args.policy, ids, args.max_tokens, args.rounds)
+        ci = tp["ratio_ci95"]
+        print(f"guarded/plain throughput, interleaved: mean of {len(tp['pair_ratios'])} pairs {tp['ratio_mean']:.3f}"
+              + (f", 95% CI [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "") + f", median {tp['ratio_median']:.3f}")
+        Path(args.out).write_text(json.dumps(report, indent=1))
+        print(f"results: {args.out}")
+        return 0
     report["classification"] = cost = classification_cost(path, args.policy, ids)
     print(f"classification: single request median {cost['single_median_ms']:.2f} ms (p90 {cost['single_p90_ms']:.2f}; "
           f"by name {cost['named_median_ms']:.2f}, by embedding {cost['embedded_median_ms']:.2f}); "

@@ -24,6 +24,7 @@ from ..evaluation.results import EvalResult, Summary
 from ..evaluation.summary import Reference, reference_from_result, summarize
 from ..files import write_json_atomic
 from .config import CompareConfig, System, parse_system
+from .seeds import config_seed, own_run, seed_runs
 
 
 def load_compare_config(path: str, overrides: Optional[list[str]] = None) -> CompareConfig:
@@ -141,19 +142,18 @@ def summaries(cfg: CompareConfig, ecfg: EvalConfig, results: dict, log=_stderr) 
         s = summarize(res["metrics"], sum_cfg, ref)
         res["summary"] = s.without_reference(reason) if ref is None else s
     if cfg.seeds:
-        _seed_spread(cfg, sum_cfg, ref, results, log)
+        _seed_spread(cfg, ecfg, sum_cfg, ref, results, log)
 
 
-def _seed_spread(cfg: CompareConfig, sum_cfg: EvalConfig, ref: Optional[Reference], results: dict, log) -> None:
+def _seed_spread(cfg: CompareConfig, ecfg: EvalConfig, sum_cfg: EvalConfig, ref: Optional[Reference], results: dict,
+                 log) -> None:
     """`seeds` of each measured weight-level system: its own run first, then the other seeds'."""
-    from .seeds import config_seed, own_run, seed_runs
-
     for res in results.values():
         system = parse_system(res["system"], cfg)
         if res.get("status") != "ok" or not res.get("summary") or system.kind != "weight":
             continue
         try:
-            runs = [own_run(res, config_seed(cfg.methods[system.base])), *seed_runs(system, cfg, sum_cfg, ref, log)]
+            runs = [own_run(res, config_seed(cfg.methods[system.base])), *seed_runs(system, cfg, ecfg, sum_cfg, ref, log)]
             res["seeds"] = [r.to_json() for r in runs]
         except Exception as exc:  # noqa: BLE001 - reported beside the system's own numbers, never a number
             log(f"!! {system.name}: the other seeds failed: {type(exc).__name__}: {exc}")

@@ -84,16 +84,17 @@ def _train_seconds(path: str) -> Optional[float]:
     return run_record(path).get("train_seconds")
 
 
-def seed_runs(system: System, cfg: CompareConfig, sum_cfg: EvalConfig, ref: Optional[Reference],
+def seed_runs(system: System, cfg: CompareConfig, ecfg: EvalConfig, sum_cfg: EvalConfig, ref: Optional[Reference],
               log=print) -> list[SeedRun]:
-    """The system's method trained and measured with each of `cfg.seeds` other than its config's own."""
+    """The system's method trained and measured with each of `cfg.seeds` other than its config's own:
+    measured with `ecfg` and summarised with `sum_cfg` against `ref`, as compare does its own run."""
     config = cfg.methods[system.base]
     own = config_seed(config)
     runs = []
     for seed in (s for s in cfg.seeds if s != own):
         log(f"-- {system.name}: seed {seed}")
         path = train_seed(config, seed, log=log)
-        summary = summarize(measure_seed(sum_cfg, path, log=log), sum_cfg, ref)
+        summary = summarize(measure_seed(ecfg, path, log=log), sum_cfg, ref)
         runs.append(SeedRun(seed, path, _train_seconds(path), _forget_quality(summary), _utility(summary)))
     return runs
 
