@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 from ..evaluation.leakage import Rates
 from ..evaluation.metrics.bootstrap import Interval
+from ..evaluation.results import ForgetQuality, Summary, Utility
 from .seeds import SeedRun
 
 
@@ -106,11 +107,11 @@ class Metrics:
 
     @classmethod
     def from_json(cls, summary: Any, aggregates: Any) -> "Metrics":
-        s, forget = _obj(summary), _obj(_obj(aggregates).get("forget"))
-        return cls(s.get("forget_quality"), s.get("forget_quality_reason"), s.get("model_utility"),
-                   s.get("ks_statistic"), TruthRatio.from_json(s.get("forget_truth_ratio")),
+        s, forget = Summary.from_json(summary), _obj(_obj(aggregates).get("forget"))
+        fq, utility = s.forget or ForgetQuality(None), s.utility or Utility(None, {})
+        return cls(fq.value, fq.reason, utility.value, fq.ks_statistic, TruthRatio.from_json(fq.truth_ratio),
                    forget.get("rougeL_recall"), forget.get("rougeL_recall_paraphrased_question"),
-                   Interval.from_json(s.get("forget_quality_interval")), Interval.from_json(s.get("model_utility_interval")))
+                   Interval.from_json(fq.interval), Interval.from_json(utility.interval))
 
 
 @dataclass(frozen=True)
@@ -125,9 +126,10 @@ class Muse:
 
     @classmethod
     def from_json(cls, summary: Any, aggregates: Any) -> "Muse":
-        s, a = _obj(summary), _obj(aggregates)
+        leak, a = Summary.from_json(summary).privleak, _obj(aggregates)
         f1 = lambda task: _obj(a.get(task)).get("rougeL_f1")  # noqa: E731
-        return cls(f1("verbmem"), f1("knowmem_forget"), f1("knowmem_retain"), s.get("mia_auc"), s.get("privleak"))
+        return cls(f1("verbmem"), f1("knowmem_forget"), f1("knowmem_retain"), leak.mia_auc if leak else None,
+                   leak.value if leak else None)
 
     @property
     def measured(self) -> bool:
