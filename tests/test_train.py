@@ -12,7 +12,8 @@ from unlearnkit.training.run import run_training
 
 FORGET, RETAIN = "synth/forget?people=4&forget=1", "synth/retain?people=4&forget=1"
 # the tiny model has 2 decoder layers of width 32 (conftest): RMU steers block 0 to a target
-# of norm 4 with alpha 1 (the shipped defaults, layer 7, c = 270, alpha 1200, are for SmolLM2-135M)
+# of norm 4 with alpha 1 (the method's defaults, layer 7, c = 270, alpha 1200, are sized for SmolLM2-135M;
+# configs/train/rmu.yaml lowers alpha to 30, tuned on TOFU-mini)
 TINY_METHOD_PARAMS = {"rmu": {"layer": 0, "steering_coeff": 4.0, "retain_weight": 1.0}}
 
 
