@@ -113,29 +113,48 @@ def _answer(proc) -> dict:
     raise RuntimeError(f"benchmark engine exited (code {proc.wait()})")
 
 
+def _start_worker(kind: str, path: str, policy: str, ids_file: Path, max_tokens: int, log: Path):
+    """A benchmark engine in its own process: guarded ones get the policy, plain ones never do."""
+    from unlearnkit.guard.runtime import POLICY_ENV
+
+    env = {**os.environ, "VLLM_LOGGING_LEVEL": "WARNING", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+    env.pop(POLICY_ENV, None)
+    if kind == "guarded":
+        env[POLICY_ENV] = str(Path(policy).resolve())
+    return subprocess.Popen([sys.executable, __file__, "--worker", kind, "--model", path, "--ids", str(ids_file),
+                             "--max-tokens", str(max_tokens)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=open(log, "wb"), text=True, env=env)
+
+
+def _stop(proc) -> None:
+    """End a worker: close its stdin (it then leaves its loop), kill it if it does not exit."""
+    try:
+        proc.stdin.close()
+    except OSError:
+        pass
+    try:
+        proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def interleaved_throughput(path: str, policy: str, ids, max_tokens: int, rounds: int) -> dict:
     """Throughput of a plain and a guarded engine alive side by side, the same batch sent to each in
     turn (ABBA over rounds); the guarded/plain ratio of each round's pair, their mean and 95% CI."""
     import tempfile
 
-    from unlearnkit.guard.runtime import POLICY_ENV
-
+    if rounds < 1:
+        raise SystemExit("--interleaved needs --rounds >= 1")
+    runs: dict = {"plain": [], "guarded": []}
     with tempfile.TemporaryDirectory() as tmp:
         ids_file = Path(tmp) / "ids.json"
         ids_file.write_text(json.dumps(ids))
-        procs = {}
-        for kind in ("plain", "guarded"):     # one at a time: start-up is not measured, but it is heavy
-            env = {**os.environ, "VLLM_LOGGING_LEVEL": "WARNING", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
-            env.pop(POLICY_ENV, None)
-            if kind == "guarded":
-                env[POLICY_ENV] = str(Path(policy).resolve())
-            procs[kind] = subprocess.Popen([sys.executable, __file__, "--worker", kind, "--model", path,
-                                            "--ids", str(ids_file), "--max-tokens", str(max_tokens)],
-                                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                           text=True, env=env)
-            _answer(procs[kind])
-        runs = {"plain": [], "guarded": []}
+        procs: dict = {}
         try:
+            for kind in ("plain", "guarded"):     # one at a time: start-up is not measured, but it is heavy
+                procs[kind] = _start_worker(kind, path, policy, ids_file, max_tokens, Path(tmp) / f"{kind}.log")
+                _answer(procs[kind])
             for r in range(rounds):
                 for kind in (("plain", "guarded") if r % 2 == 0 else ("guarded", "plain")):
                     procs[kind].stdin.write("go\n")
@@ -144,10 +163,14 @@ def interleaved_throughput(path: str, policy: str, ids, max_tokens: int, rounds:
                     runs[kind].append({**got, "tok_s": got["tokens"] / got["seconds"]})
                 print(f"round {r + 1}: plain {runs['plain'][-1]['tok_s']:.1f} tok/s, guarded "
                       f"{runs['guarded'][-1]['tok_s']:.1f} tok/s", flush=True)
+        except Exception:
+            for kind in procs:
+                log = Path(tmp) / f"{kind}.log"
+                print(f"{kind} engine log (end):\n{log.read_text(errors='replace')[-2000:]}", file=sys.stderr)
+            raise
         finally:
             for proc in procs.values():
-                proc.stdin.close()
-                proc.wait(timeout=120)
+                _stop(proc)
     ratios = [g["tok_s"] / p["tok_s"] for p, g in zip(runs["plain"], runs["guarded"])]
     return {"runs": runs, "pair_ratios": ratios, "ratio_mean": statistics.mean(ratios), "ratio_ci95": ci95(ratios),
             "ratio_median": statistics.median(ratios), "prompts": len(ids), "max_tokens": max_tokens,

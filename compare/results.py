@@ -254,7 +254,7 @@ class SystemResult:
                    FinetuneAttack.from_json(d.get("relearn")), FinetuneAttack.from_json(d.get("benign_relearn")),
                    Quantize.from_json(d.get("quantize")), Sequential.from_json(d.get("sequential")),
                    Muse.from_json(d.get("summary"), d.get("aggregates")),
-                   tuple(SeedRun.from_json(r) for r in d.get("seeds") or []), d.get("seeds_error"))
+                   tuple(r for r in map(SeedRun.from_json, d.get("seeds") or []) if r), d.get("seeds_error"))
 
     @property
     def ok(self) -> bool:

@@ -156,8 +156,9 @@ def _seed_spread(cfg: CompareConfig, ecfg: EvalConfig, sum_cfg: EvalConfig, ref:
             runs = [own_run(res, config_seed(cfg.methods[system.base])), *seed_runs(system, cfg, ecfg, sum_cfg, ref, log)]
             res["seeds"] = [r.to_json() for r in runs]
         except Exception as exc:  # noqa: BLE001 - reported beside the system's own numbers, never a number
-            log(f"!! {system.name}: the other seeds failed: {type(exc).__name__}: {exc}")
-            res["seeds_error"] = f"{type(exc).__name__}: {exc}"
+            reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            log(f"!! {system.name}: the other seeds failed: {reason}")
+            res["seeds_error"] = reason
 
 
 def _compact(res: dict) -> dict:

@@ -34,10 +34,11 @@ class SeedRun:
         return dict(self.__dict__)
 
     @classmethod
-    def from_json(cls, d: Any) -> "SeedRun":
+    def from_json(cls, d: Any) -> Optional["SeedRun"]:
+        """None for anything but an object with an integer seed (the report then leaves it out)."""
         if not isinstance(d, dict) or not isinstance(d.get("seed"), int):
-            raise ValueError(f"a seed run must be an object with an integer 'seed', got {d!r}")
-        return cls(d["seed"], str(d.get("checkpoint")), d.get("train_seconds"), d.get("forget_quality"),
+            return None
+        return cls(d["seed"], str(d.get("checkpoint") or ""), d.get("train_seconds"), d.get("forget_quality"),
                    d.get("model_utility"))
 
 

@@ -95,13 +95,14 @@ class RequestGuard:
             out.append(self.spelled.blocked_index(_state(self.spelled, self.spelled_state, extra), device))
         return out
 
-    def _sparse_penalty(self, width: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    def _sparse_penalty(self, width: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """The penalty's non-zero entries below `width` (a few hundred of a 49k vocabulary: adding them
         costs a fraction of adding the dense row), found once per request."""
-        if self._penalty_entries is None or self._penalty_entries[0] != (width, device):
+        key = (width, device, dtype)
+        if self._penalty_entries is None or self._penalty_entries[0] != key:
             dense = self.penalty.to(device)[:width]
             index = dense.nonzero().squeeze(1)
-            self._penalty_entries = ((width, device), index, dense[index])
+            self._penalty_entries = (key, index, dense[index].to(dtype))
         return self._penalty_entries[1], self._penalty_entries[2]
 
     def apply_row(self, row: torch.Tensor, extra: Sequence[int] = ()) -> None:
@@ -114,7 +115,7 @@ class RequestGuard:
             return
         width = row.shape[-1]   # the model's vocabulary can be wider (or narrower) than the tokenizer's
         if self.penalty is not None:
-            index, values = self._sparse_penalty(width, row.device)
+            index, values = self._sparse_penalty(width, row.device, row.dtype)
             row.index_add_(0, index, values)
         policy = self.policy_matches(row.device, extra)
         if self.soft is None:

@@ -219,3 +219,6 @@ def test_the_penalty_is_added_as_the_dense_row_would_be():
         guard = RequestGuard(TokenTrie(), penalty=penalty)
         guard.apply_row(row)
         assert torch.equal(row, expected)
+    half = torch.zeros(50, dtype=torch.bfloat16)        # a half-precision row (teacher forcing in bf16)
+    RequestGuard(TokenTrie(), penalty=penalty).apply_row(half)
+    assert torch.equal(half, penalty.to(torch.bfloat16))
