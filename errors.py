@@ -23,3 +23,9 @@ class FetchError(UnlearnError, RuntimeError):
 
 class RunError(UnlearnError, RuntimeError):
     """A training run cannot start as asked (existing output, mismatched resume, ...)."""
+
+
+def one_line(exc: BaseException) -> str:
+    """A failure as one report line: the exception's type and the first line of its message."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"

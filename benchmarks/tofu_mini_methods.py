@@ -76,8 +76,12 @@ def print_table(results: dict, base: dict, n_retain: int) -> None:
         print("\nper seed:")
         for name, runs in results.items():
             for x in runs:
-                print(f"  {name:18s} seed {x['seed']}: forget P {x['forget_p']:.4f}  retain P {x['retain_p']:.4f}  "
+                print(f"  {name:18s} {seed_label(x['seed'])}: forget P {x['forget_p']:.4f}  retain P {x['retain_p']:.4f}  "
                       f"{x['run']['total_seconds']:.0f} s")
+
+
+def seed_label(seed) -> str:
+    return "its config's seed" if seed is None else f"seed {seed}"
 
 
 def main() -> int:
@@ -103,7 +107,7 @@ def main() -> int:
         for seed in seeds:
             res = measure(ROOT / "configs" / "train" / f"{method}.yaml", forget, retain, seed)
             results[method].append(res)
-            print(f"{method} (seed {seed}): forget P {res['forget_p']:.4f}  retain P {res['retain_p']:.4f}  "
+            print(f"{method} ({seed_label(seed)}): forget P {res['forget_p']:.4f}  retain P {res['retain_p']:.4f}  "
                   f"({res['run']['total_seconds']:.0f} s)", flush=True)
     print_table(results, results["tofu_mini_target"][0], len(retain))
     ft = sum(results[n][0]["run"]["train_seconds"] for n in ("tofu_mini_target", "tofu_mini_retain"))

@@ -418,11 +418,16 @@ def _over_seeds(values, digits: int) -> list[str]:
     return [f"{_f(s.mean, digits)}{sd}", f"{_f(s.low, digits)} – {_f(s.high, digits)}"]
 
 
+def _seeds_listed(runs) -> str:
+    """The seeds in order, each failed one with its reason (it counts in no mean)."""
+    return ", ".join(str(x.seed) if not x.error else f"{x.seed} (failed: {x.error})" for x in runs)
+
+
 def seeds_table(systems: Systems) -> list[Table]:
     rows = []
     for name, r in systems.items():
         if r.seeds:
-            rows.append([name, ", ".join(str(x.seed) for x in r.seeds),
+            rows.append([name, _seeds_listed(r.seeds),
                          *_over_seeds([x.forget_quality for x in r.seeds], 4),
                          *_over_seeds([x.model_utility for x in r.seeds], 3),
                          _over_seeds([x.train_seconds for x in r.seeds], 0)[0]])

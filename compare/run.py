@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..config import load_config, to_dict
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, one_line
 from ..evaluation.attacks import build_probes, spread
 from ..evaluation.config import EvalConfig
 from ..evaluation.results import EvalResult, Summary
@@ -35,12 +35,6 @@ def load_compare_config(path: str, overrides: Optional[list[str]] = None) -> Com
 
 def out_dir(cfg: CompareConfig) -> Path:
     return Path(cfg.out_dir or f"runs/compare/{cfg.name}")
-
-
-def _reason(exc: BaseException) -> str:
-    """A failure as one report line: the exception's type and the first line of its message."""
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 def _stderr(msg: str) -> None:
@@ -162,7 +156,7 @@ def _seed_spread(cfg: CompareConfig, ecfg: EvalConfig, sum_cfg: EvalConfig, ref:
             runs = [own_run(res, config_seed(cfg.methods[system.base])), *seed_runs(system, cfg, ecfg, sum_cfg, ref, log)]
             res["seeds"] = [r.to_json() for r in runs]
         except Exception as exc:  # noqa: BLE001 - reported beside the system's own numbers, never a number
-            reason = _reason(exc)
+            reason = one_line(exc)
             log(f"!! {system.name}: the other seeds failed: {reason}")
             res["seeds_error"] = reason
 
@@ -256,7 +250,7 @@ def run_compare(cfg: CompareConfig, stages: Sequence[str] = ("metrics", "attacks
         except Exception as exc:  # noqa: BLE001 - a failed system is reported, the others still measured
             detail = traceback.format_exc()
             (work / "logs" / f"{system.name}.error.log").write_text(detail)
-            reason = _reason(exc)
+            reason = one_line(exc)
             log(f"!! {system.name} failed: {reason} (traceback: {work / 'logs' / (system.name + '.error.log')})")
             res = {"status": "failed", "system": system.name, "kind": system.kind, "reason": reason}
         results[system.name] = res

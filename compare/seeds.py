@@ -4,7 +4,8 @@ With `seeds: [s1, s2, ...]` in a comparison config, every weight-level system (a
 runtime part) is also trained with `optim.seed = s` for each listed seed (a cached run of its own)
 and its metrics measured the same way (the eval config, no attacks). The report gives, per system,
 forget quality and model utility over its own run plus these: mean, sample standard deviation,
-range. Statistics pass (train + measure each seed) apart from the maths (`spread`).
+range. Statistics pass (train + measure each seed) apart from the maths (`spread`). A seed that fails
+is kept as a run with its reason and no numbers: the spread is over the seeds that were measured.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 from ..config import load_config
+from ..errors import one_line
 from ..evaluation.config import EvalConfig
 from ..evaluation.results import EvalResult, Summary
 from ..evaluation.summary import Reference, summarize
@@ -23,12 +25,14 @@ from .config import CompareConfig, System
 
 @dataclass(frozen=True)
 class SeedRun:
-    """One training seed of a method: where it was written, what it cost, its headline numbers."""
+    """One training seed of a method: where it was written, what it cost, its headline numbers (or why
+    it has none)."""
     seed: int
     checkpoint: str
     train_seconds: Optional[float]
     forget_quality: Optional[float]
     model_utility: Optional[float]
+    error: Optional[str] = None
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -39,7 +43,7 @@ class SeedRun:
         if not isinstance(d, dict) or not isinstance(d.get("seed"), int):
             return None
         return cls(d["seed"], str(d.get("checkpoint") or ""), d.get("train_seconds"), d.get("forget_quality"),
-                   d.get("model_utility"))
+                   d.get("model_utility"), d.get("error"))
 
 
 @dataclass(frozen=True)
@@ -91,13 +95,19 @@ def seed_runs(system: System, cfg: CompareConfig, ecfg: EvalConfig, sum_cfg: Eva
     measured with `ecfg` and summarised with `sum_cfg` against `ref`, as compare does its own run."""
     config = cfg.methods[system.base]
     own = config_seed(config)
-    runs = []
-    for seed in (s for s in cfg.seeds if s != own):
-        log(f"-- {system.name}: seed {seed}")
+    return [_seed_run(system.name, config, seed, ecfg, sum_cfg, ref, log) for seed in cfg.seeds if seed != own]
+
+
+def _seed_run(name: str, config: str, seed: int, ecfg: EvalConfig, sum_cfg: EvalConfig, ref: Optional[Reference],
+              log) -> SeedRun:
+    log(f"-- {name}: seed {seed}")
+    try:
         path = train_seed(config, seed, log=log)
         summary = summarize(measure_seed(ecfg, path, log=log), sum_cfg, ref)
-        runs.append(SeedRun(seed, path, _train_seconds(path), _forget_quality(summary), _utility(summary)))
-    return runs
+    except Exception as exc:  # noqa: BLE001 - one seed's failure is reported with it, the others still count
+        log(f"!! {name}: seed {seed} failed: {one_line(exc)}")
+        return SeedRun(seed, "", None, None, None, one_line(exc))
+    return SeedRun(seed, path, _train_seconds(path), _forget_quality(summary), _utility(summary))
 
 
 def own_run(res: dict, seed: int) -> SeedRun:

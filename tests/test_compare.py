@@ -200,17 +200,40 @@ def test_seeds_train_and_measure_each_weight_level_method_again(tmp_path, monkey
     assert f"| ihl_fila | 0, 3, 5 | {mean:.4f} ± {sd:.4f} |" in table
 
 
-def test_a_failing_seed_is_reported_beside_the_measured_run(tmp_path, monkeypatch, fake_world):
-    from unlearnkit.compare import seeds as SEEDS
-
-    def broken(config, seed, log=print):
+def test_a_failing_seed_spread_is_reported_beside_the_measured_run(tmp_path, monkeypatch, fake_world):
+    def broken(config):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(SEEDS, "train_seed", broken)
+    monkeypatch.setattr(RUN, "config_seed", broken)   # the method's own seed cannot be read: no spread at all
     doc = RUN.run_compare(make_cfg(tmp_path, seeds=[1]))
     assert doc["systems"]["ihl_fila"]["status"] == "ok" and "forget_quality" in doc["systems"]["ihl_fila"]["summary"]
     assert doc["systems"]["ihl_fila"]["seeds_error"] == "RuntimeError: disk full"
     assert "| ihl_fila | failed: RuntimeError: disk full |" in (tmp_path / "out/report.md").read_text()
+
+
+def test_a_failing_seed_leaves_the_spread_of_the_others(tmp_path, monkeypatch, fake_world):
+    from unlearnkit.compare import seeds as SEEDS
+
+    def train_or_fail(config, seed, log=print):
+        if seed == 5:
+            raise RuntimeError("out of memory\ntraceback ...")
+        return str(tmp_path / f"seed{seed}")
+
+    def fake_measure(ecfg, path, log=print):
+        return EvalResult(tasks={"forget": TaskResult("qa", "forget", "test", "f", {}, [
+            QARecord("q", "a", truth_ratio=t) for t in (0.6, 0.7, 0.65)])})
+
+    monkeypatch.setattr(SEEDS, "train_seed", train_or_fail)
+    monkeypatch.setattr(SEEDS, "measure_seed", fake_measure)
+    doc = RUN.run_compare(make_cfg(tmp_path, seeds=[0, 3, 5]))
+    runs = doc["systems"]["ihl_fila"]["seeds"]
+    assert "seeds_error" not in doc["systems"]["ihl_fila"]
+    assert [(r["seed"], r["error"]) for r in runs] == [(0, None), (3, None), (5, "RuntimeError: out of memory")]
+    assert runs[2]["forget_quality"] is None and runs[1]["forget_quality"] == pytest.approx(1.0)
+    fq = [runs[0]["forget_quality"], runs[1]["forget_quality"]]
+    mean, sd = sum(fq) / 2, (sum((x - sum(fq) / 2) ** 2 for x in fq)) ** 0.5
+    table = (tmp_path / "out/report.md").read_text().split("## Spread over training seeds")[1].split("##")[0]
+    assert f"| ihl_fila | 0, 3, 5 (failed: RuntimeError: out of memory) | {mean:.4f} ± {sd:.4f} |" in table
 
 
 @pytest.mark.parametrize("seeds, message", [([1, 1], "must be distinct non-negative integers"),
