@@ -6,11 +6,14 @@
 1. Throughput: the same prompts (TOFU-mini forget questions, their paraphrases and retain
    questions: mixed flagged and unflagged) through plain and guarded offline vLLM, alternating
    plain/guarded for --rounds rounds in ABBA order (with --interleaved: one plain and one guarded
-   engine started once and kept, each batch sent to them in turn, so engine start-up and the
-   machine's drift between engine runs stay out of the pairs); generated tokens per second of `llm.generate`
-   (engine start excluded); the guarded/plain ratio of each round's pair, their mean and its 95%
-   confidence interval (separate engine runs vary by about +-10%: read the interval, not one
-   round). The guarded engine runs the always-on names check on every unflagged request. Also the guard's own work per decode step, timed without the model.
+   engine started once and kept, each round's batch sent to them in turn, so engine start-up and
+   the machine's drift between engine runs stay out of the pairs; every round's questions begin
+   "Question <round>: ", so the kept guarded engine classifies each round afresh instead of
+   answering from its classifier's cache); generated tokens per second of `llm.generate` (engine
+   start excluded); the guarded/plain ratio of each round's pair, their mean and its 95% confidence
+   interval (separate engine runs vary by about +-10%: read the interval, not one round). The
+   guarded engine runs the always-on names check on every unflagged request. Also the guard's own
+   work per decode step, timed without the model.
 2. Classification cost per request: the classifier on one prompt at a time (median, p90), and per
    request when a step admits a batch of 16 together (how vLLM admits a burst).
 3. Load test: `unlearn serve --guard` on loopback, 64 concurrent streaming requests (chat and
@@ -41,7 +44,8 @@ def unlearn(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "unlearnkit.cli", *args], check=True, cwd=ROOT)
 
 
-def prompts_for(tokenizer, n_retain: int):
+def prompts_for(tokenizer, n_retain: int, lead: str = ""):
+    """The benchmark's questions and their chat prompts' token ids, each question after `lead`."""
     from unlearnkit.data.formatting import prompt_text
     from unlearnkit.data.sources import load_spec
 
@@ -49,8 +53,14 @@ def prompts_for(tokenizer, n_retain: int):
     retain = load_spec("tofu/forget10-forget01")[:n_retain]
     questions = [r.question for r in forget] + [r.paraphrased_question for r in forget] + \
                 [r.question for r in retain]
-    ids = [tokenizer(prompt_text(tokenizer, q), add_special_tokens=False)["input_ids"] for q in questions]
+    ids = [tokenizer(prompt_text(tokenizer, lead + q), add_special_tokens=False)["input_ids"] for q in questions]
     return questions, ids
+
+
+def round_lead(r: int) -> str:
+    """Round r's prompts begin with their own words, so an engine kept alive classifies every round
+    afresh (the classifier caches the texts it has seen) and both engines get the same prompts."""
+    return f"Question {r + 1}: "
 
 
 def throughput(path: str, policy: str, ids, max_tokens: int, rounds: int) -> dict:
@@ -83,21 +93,22 @@ RESULT = "GUARD_BENCH_RESULT "
 
 
 def worker(kind: str, path: str, ids_file: str, max_tokens: int) -> int:
-    """One engine (plain, or guarded by $UNLEARN_GUARD_POLICY) kept alive: each line on stdin generates
-    the whole batch once and answers one RESULT line (tokens, seconds) on stdout."""
+    """One engine (plain, or guarded by $UNLEARN_GUARD_POLICY) kept alive: each line on stdin, a round
+    number, generates that round's batch once and answers one RESULT line (tokens, seconds) on stdout."""
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
     from unlearnkit.guard.runtime import FQCN
 
-    prompts = [TokensPrompt(prompt_token_ids=p) for p in json.loads(Path(ids_file).read_text())]
+    rounds = [[TokensPrompt(prompt_token_ids=p) for p in ids] for ids in json.loads(Path(ids_file).read_text())]
     llm = LLM(model=path, dtype="float32", max_model_len=1024, seed=0, enforce_eager=True,
               logits_processors=[FQCN] if kind == "guarded" else None)
     params = SamplingParams(temperature=0.0, max_tokens=max_tokens)
-    llm.generate(prompts[:8], params, use_tqdm=False)     # warm up
+    llm.generate(rounds[-1][:8], params, use_tqdm=False)     # warm up (the last round's; it comes last)
     print(RESULT + json.dumps({"ready": True}), flush=True)
-    for _ in sys.stdin:
+    for line in sys.stdin:
+        prompts = rounds[int(line)]
         started = time.perf_counter()
         outs = llm.generate(prompts, params, use_tqdm=False)
         seconds = time.perf_counter() - started
@@ -139,9 +150,10 @@ def _stop(proc) -> None:
         proc.wait()
 
 
-def interleaved_throughput(path: str, policy: str, ids, max_tokens: int, rounds: int) -> dict:
-    """Throughput of a plain and a guarded engine alive side by side, the same batch sent to each in
-    turn (ABBA over rounds); the guarded/plain ratio of each round's pair, their mean and 95% CI."""
+def interleaved_throughput(path: str, policy: str, tokenizer, n_retain: int, max_tokens: int, rounds: int) -> dict:
+    """Throughput of a plain and a guarded engine alive side by side, each round's batch (its own
+    prompts: `round_lead`) sent to each in turn (ABBA over rounds); the guarded/plain ratio of each
+    round's pair, their mean and 95% CI."""
     import tempfile
 
     if rounds < 1:
@@ -149,7 +161,8 @@ def interleaved_throughput(path: str, policy: str, ids, max_tokens: int, rounds:
     runs: dict = {"plain": [], "guarded": []}
     with tempfile.TemporaryDirectory() as tmp:
         ids_file = Path(tmp) / "ids.json"
-        ids_file.write_text(json.dumps(ids))
+        per_round = [prompts_for(tokenizer, n_retain, round_lead(r))[1] for r in range(rounds)]
+        ids_file.write_text(json.dumps(per_round))
         procs: dict = {}
         try:
             for kind in ("plain", "guarded"):     # one at a time: start-up is not measured, but it is heavy
@@ -157,7 +170,7 @@ def interleaved_throughput(path: str, policy: str, ids, max_tokens: int, rounds:
                 _answer(procs[kind])
             for r in range(rounds):
                 for kind in (("plain", "guarded") if r % 2 == 0 else ("guarded", "plain")):
-                    procs[kind].stdin.write("go\n")
+                    procs[kind].stdin.write(f"{r}\n")
                     procs[kind].stdin.flush()
                     got = _answer(procs[kind])
                     runs[kind].append({**got, "tok_s": got["tokens"] / got["seconds"]})
@@ -173,8 +186,8 @@ def interleaved_throughput(path: str, policy: str, ids, max_tokens: int, rounds:
                 _stop(proc)
     ratios = [g["tok_s"] / p["tok_s"] for p, g in zip(runs["plain"], runs["guarded"])]
     return {"runs": runs, "pair_ratios": ratios, "ratio_mean": statistics.mean(ratios), "ratio_ci95": ci95(ratios),
-            "ratio_median": statistics.median(ratios), "prompts": len(ids), "max_tokens": max_tokens,
-            "mode": "interleaved: two engines kept alive, the batch sent to each in turn"}
+            "ratio_median": statistics.median(ratios), "prompts": len(per_round[0]), "max_tokens": max_tokens,
+            "mode": "interleaved: two engines kept alive, each round's batch sent to each in turn"}
 
 
 def ci95(values: list[float]) -> tuple[float, float] | None:
@@ -371,10 +384,12 @@ def main() -> int:
     if not (Path(args.policy) / "policy.json").is_file():
         unlearn("guard", "build", "--forget", "tofu/forget01_perturbed", "--retain", "tofu/retain90",
                 "--model", path, "--out", args.policy)
-    questions, ids = prompts_for(load_tokenizer(path), args.retain_prompts)
+    tokenizer = load_tokenizer(path)
+    questions, ids = prompts_for(tokenizer, args.retain_prompts)
     report = {"model": path, "policy": args.policy}
     if args.interleaved:
-        report["throughput"] = tp = interleaved_throughput(path, args.policy, ids, args.max_tokens, args.rounds)
+        report["throughput"] = tp = interleaved_throughput(path, args.policy, tokenizer, args.retain_prompts,
+                                                           args.max_tokens, args.rounds)
         ci = tp["ratio_ci95"]
         print(f"guarded/plain throughput, interleaved: mean of {len(tp['pair_ratios'])} pairs {tp['ratio_mean']:.3f}"
               + (f", 95% CI [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "") + f", median {tp['ratio_median']:.3f}")

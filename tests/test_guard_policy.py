@@ -204,6 +204,9 @@ def test_fast_embedder_equals_sentence_transformers():
     expected = SentenceTransformer(embedder_path(), local_files_only=True).encode(texts, normalize_embeddings=True)
     assert np.abs(embed(texts) - expected).max() < 1e-5
     assert load_embedder().forward is not load_embedder().eager      # the frozen graph is in use
+    # embedded shortest first, two at a time ("Hi" with the first text, the long one alone): the given order back
+    assert np.abs(load_embedder()(texts, batch_size=2) - expected).max() < 1e-5
+    assert load_embedder()([]).shape == (0, 384)
 
 
 LLAMA3_TEMPLATE = (
