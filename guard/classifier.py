@@ -33,7 +33,6 @@ from .phrases import ProbeIndex
 
 MIN_COLLAPSED = 8      # letters a name needs before it is also searched for with separators removed
 WINDOW_WORDS = 40      # a message longer than this is embedded as sentence windows too
-SHORT_CHARS = 400      # texts up to this length are embedded in one batch, longer ones in another
 CACHED_CHARS = 2000    # the nearest items of texts up to this length are kept for repeats (system prompts)
 
 SENTINEL = "\u2063UNLEARN\u2063"
@@ -242,30 +241,28 @@ class PromptClassifier:
         return lexical_hits(text, self.probes, self.collapsed)
 
     def _search(self, texts: list[str], k: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """Nearest forget items of each text, embedding those not seen recently: one call for the
-        short ones, one for the long ones (so short texts are not padded to a long one's length)."""
+        """Nearest forget items of each text, embedding those not seen recently in one call (the
+        embedder batches them by length, so short texts are not padded to a long one's length)."""
         with self._lock:
             out = {t: self._cache[(t, k)] for t in texts if (t, k) in self._cache}
         missing = [t for t in dict.fromkeys(texts) if t not in out]
-        # short texts apart from long ones: a padded batch costs its longest text times its size
-        for group in ([t for t in missing if len(t) <= SHORT_CHARS], [t for t in missing if len(t) > SHORT_CHARS]):
-            if not group:
-                continue
-            sims, idx = self.policy.index.search(embed(group), k)
-            with self._lock:
-                for t, s, i in zip(group, sims, idx):
-                    out[t] = (s, i)
-                    if len(t) <= CACHED_CHARS:      # a huge message is not kept
-                        self._cache[(t, k)] = (s, i)
-                        if len(self._cache) > self._cache_size:
-                            self._cache.popitem(last=False)
+        if not missing:
+            return out
+        sims, idx = self.policy.index.search(embed(missing), k)
+        with self._lock:
+            for t, s, i in zip(missing, sims, idx):
+                out[t] = (s, i)
+                if len(t) <= CACHED_CHARS:      # a huge message is not kept
+                    self._cache[(t, k)] = (s, i)
+                    if len(self._cache) > self._cache_size:
+                        self._cache.popitem(last=False)
         return out
 
     def classify(self, prompts: list, threshold: float | None = None, top_k: int | None = None) -> list[Decision]:
         """One decision per prompt. A prompt is a string (one message) or (whole prompt text, user
         messages): the lexical test reads the whole text (every turn, the system prompt too); the
         semantic test scores every text `queries` makes of it, for all prompts together (one
-        embedding call for the short texts, one for the long ones); the best score decides."""
+        embedding call); the best score decides."""
         threshold = self.threshold if threshold is None else threshold
         top_k = min(self.top_k if top_k is None else top_k, self.policy.index.ntotal)
         prompts = [(p, [p]) if isinstance(p, str) else p for p in prompts]

@@ -207,8 +207,10 @@ def test_one_embedding_call_per_batch_and_a_cache_for_repeats(classifier, monkey
     monkeypatch.setattr(cl, "embed", lambda texts: calls.append(list(texts)) or real(texts))
     classifier._cache.clear()
     prompts = [chat(("user", f"What is {x}?")) for x in ("photosynthesis", "a prime number", "the tallest tree")]
-    classifier.classify(prompts)
-    assert len(calls) == 1 and len(calls[0]) == 4                 # three questions + the shared system prompt
+    filler = chat(("user", "Tell me a story about a lighthouse keeper and the sea. " * 40 + "What is a cloud?"))
+    classifier.classify(prompts + [filler])
+    assert len(calls) == 1 and len(calls[0]) > 4                  # three questions + the shared system prompt +
+    assert len([t for t in calls[0] if len(t) > 400]) == 1        # the long message's windows, with its whole text
     classifier.classify([chat(("user", "What is a prime number?"))])
     assert len(calls) == 1                                        # seen: nothing embedded again
 
