@@ -305,14 +305,24 @@ def _tables(systems: Systems) -> list[Table]:
             + failed_table(systems))
 
 
+def _empty_forget_quality(rows) -> list[str]:
+    """One note per reason forget quality is empty, naming its systems ("every system" when all share it)."""
+    measured = [r for r in rows if r.ok]
+    by_reason: dict[str, list[str]] = {}
+    for r in measured:
+        if r.forget_quality is None and r.forget_quality_reason:
+            by_reason.setdefault(r.forget_quality_reason, []).append(r.system)
+    return [f"forget quality of {'every system' if len(names) == len(measured) > 1 else ', '.join(names)} is empty: "
+            f"{reason}" for reason, names in by_reason.items()]
+
+
 def headline_table(systems: Systems) -> list[Table]:
-    rows, notes = [], []
-    for r in headline_rows(systems):
+    rows, headline = [], headline_rows(systems)
+    notes = _empty_forget_quality(headline)
+    for r in headline:
         if not r.ok:
             rows.append([r.system, r.kind or "", "FAILED"] + [""] * (len(HEADLINE_COLUMNS) - 4) + [r.failed])
             continue
-        if r.forget_quality is None and r.forget_quality_reason:
-            notes.append(f"forget quality of {r.system} is empty: {r.forget_quality_reason}")
         rows.append([cell(r) for _, cell in HEADLINE_COLUMNS])
     return [("Headline", [header for header, _ in HEADLINE_COLUMNS], rows,
              "\n".join(notes) + ("\n" if notes else "") +

@@ -145,7 +145,22 @@ def test_missing_retain_model_leaves_forget_quality_empty_with_reason(tmp_path, 
     for name in ("target", "ihl_fila"):
         s = doc["systems"][name]["summary"]
         assert s["forget_quality"] is None and "no retain model" in s["forget_quality_reason"]
-    assert "forget quality of target is empty: no retain model" in (tmp_path / "out/report.md").read_text()
+    assert "forget quality of every system is empty: no retain model" in (tmp_path / "out/report.md").read_text()
+
+
+def test_empty_forget_quality_is_one_note_per_reason():
+    from types import SimpleNamespace as Row
+
+    from unlearnkit.compare.report import _empty_forget_quality
+
+    rows = [Row(system="a", ok=True, forget_quality=None, forget_quality_reason="no truth ratios"),
+            Row(system="b", ok=True, forget_quality=0.5, forget_quality_reason=None),
+            Row(system="c", ok=True, forget_quality=None, forget_quality_reason="no truth ratios"),
+            Row(system="d", ok=True, forget_quality=None, forget_quality_reason="a black box"),
+            Row(system="e", ok=False, forget_quality=None, forget_quality_reason=None)]
+    assert _empty_forget_quality(rows) == ["forget quality of a, c is empty: no truth ratios",
+                                           "forget quality of d is empty: a black box"]
+    assert _empty_forget_quality(rows[:1] + rows[2:3]) == ["forget quality of every system is empty: no truth ratios"]
 
 
 def test_failed_retain_model_gives_its_reason(tmp_path, monkeypatch, fake_world):
