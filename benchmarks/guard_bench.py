@@ -2,6 +2,7 @@
 
     python benchmarks/guard_bench.py [--model run:configs/finetune/tofu_mini_target.yaml]
                                      [--policy runs/guard/forget01] [--skip-server]
+                                     [--interleaved [--same-length]] [--rounds N] [--max-tokens N]
 
 1. Throughput: the same prompts (TOFU-mini forget questions, their paraphrases and retain
    questions: mixed flagged and unflagged) through plain and guarded offline vLLM, alternating
@@ -12,8 +13,11 @@
    answering from its classifier's cache); generated tokens per second of `llm.generate` (engine
    start excluded); the guarded/plain ratio of each round's pair, their mean and its 95% confidence
    interval (separate engine runs vary by about +-10%: read the interval, not one round). The
-   guarded engine runs the always-on names check on every unflagged request. Also the guard's own
-   work per decode step, timed without the model.
+   guarded engine runs the always-on names check on every unflagged request. A guarded answer can
+   run longer than the plain one (a withheld name sends the model elsewhere), which changes the
+   batch's work as well as its speed; --same-length makes every answer run to --max-tokens in both
+   engines, so the ratio is the guard's own cost. Also the guard's own work per decode step, timed
+   without the model.
 2. Classification cost per request: the classifier on one prompt at a time (median, p90), and per
    request when a step admits a batch of 16 together (how vLLM admits a burst).
 3. Load test: `unlearn serve --guard` on loopback, 64 concurrent streaming requests (chat and
@@ -92,7 +96,7 @@ def throughput(path: str, policy: str, ids, max_tokens: int, rounds: int) -> dic
 RESULT = "GUARD_BENCH_RESULT "
 
 
-def worker(kind: str, path: str, ids_file: str, max_tokens: int) -> int:
+def worker(kind: str, path: str, ids_file: str, max_tokens: int, same_length: bool = False) -> int:
     """One engine (plain, or guarded by $UNLEARN_GUARD_POLICY) kept alive: each line on stdin, a round
     number, generates that round's batch once and answers one RESULT line (tokens, seconds) on stdout."""
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
@@ -104,7 +108,7 @@ def worker(kind: str, path: str, ids_file: str, max_tokens: int) -> int:
     rounds = [[TokensPrompt(prompt_token_ids=p) for p in ids] for ids in json.loads(Path(ids_file).read_text())]
     llm = LLM(model=path, dtype="float32", max_model_len=1024, seed=0, enforce_eager=True,
               logits_processors=[FQCN] if kind == "guarded" else None)
-    params = SamplingParams(temperature=0.0, max_tokens=max_tokens)
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=same_length)
     llm.generate(rounds[-1][:8], params, use_tqdm=False)     # warm up (the last round's; it comes last)
     print(RESULT + json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
@@ -124,7 +128,8 @@ def _answer(proc) -> dict:
     raise RuntimeError(f"benchmark engine exited (code {proc.wait()})")
 
 
-def _start_worker(kind: str, path: str, policy: str, ids_file: Path, max_tokens: int, log: Path):
+def _start_worker(kind: str, path: str, policy: str, ids_file: Path, max_tokens: int, log: Path,
+                  same_length: bool = False):
     """A benchmark engine in its own process: guarded ones get the policy, plain ones never do."""
     from unlearnkit.guard.runtime import POLICY_ENV
 
@@ -133,7 +138,8 @@ def _start_worker(kind: str, path: str, policy: str, ids_file: Path, max_tokens:
     if kind == "guarded":
         env[POLICY_ENV] = str(Path(policy).resolve())
     return subprocess.Popen([sys.executable, __file__, "--worker", kind, "--model", path, "--ids", str(ids_file),
-                             "--max-tokens", str(max_tokens)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             "--max-tokens", str(max_tokens), *(["--same-length"] if same_length else [])],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=open(log, "wb"), text=True, env=env)
 
 
@@ -150,10 +156,13 @@ def _stop(proc) -> None:
         proc.wait()
 
 
-def interleaved_throughput(path: str, policy: str, tokenizer, n_retain: int, max_tokens: int, rounds: int) -> dict:
+def interleaved_throughput(path: str, policy: str, tokenizer, n_retain: int, max_tokens: int, rounds: int,
+                           same_length: bool = False) -> dict:
     """Throughput of a plain and a guarded engine alive side by side, each round's batch (its own
     prompts: `round_lead`) sent to each in turn (ABBA over rounds); the guarded/plain ratio of each
-    round's pair, their mean and 95% CI."""
+    round's pair, their mean and 95% CI. `same_length`: every answer runs to max_tokens in both engines
+    (end of sequence ignored), so both do the same work and the ratio is the guard's own cost; otherwise
+    a guarded answer that runs longer or shorter than the plain one changes the batch's work too."""
     import tempfile
 
     if rounds < 1:
@@ -166,7 +175,8 @@ def interleaved_throughput(path: str, policy: str, tokenizer, n_retain: int, max
         procs: dict = {}
         try:
             for kind in ("plain", "guarded"):     # one at a time: start-up is not measured, but it is heavy
-                procs[kind] = _start_worker(kind, path, policy, ids_file, max_tokens, Path(tmp) / f"{kind}.log")
+                procs[kind] = _start_worker(kind, path, policy, ids_file, max_tokens, Path(tmp) / f"{kind}.log",
+                                            same_length)
                 _answer(procs[kind])
             for r in range(rounds):
                 for kind in (("plain", "guarded") if r % 2 == 0 else ("guarded", "plain")):
@@ -187,6 +197,7 @@ def interleaved_throughput(path: str, policy: str, tokenizer, n_retain: int, max
     ratios = [g["tok_s"] / p["tok_s"] for p, g in zip(runs["plain"], runs["guarded"])]
     return {"runs": runs, "pair_ratios": ratios, "ratio_mean": statistics.mean(ratios), "ratio_ci95": ci95(ratios),
             "ratio_median": statistics.median(ratios), "prompts": len(per_round[0]), "max_tokens": max_tokens,
+            "same_length": same_length,
             "mode": "interleaved: two engines kept alive, each round's batch sent to each in turn"}
 
 
@@ -368,12 +379,14 @@ def main() -> int:
     parser.add_argument("--skip-server", action="store_true")
     parser.add_argument("--interleaved", action="store_true",
                         help="throughput only: a plain and a guarded engine kept alive, batches sent in turn")
+    parser.add_argument("--same-length", action="store_true",
+                        help="with --interleaved: every answer runs to --max-tokens (the guard's own cost)")
     parser.add_argument("--worker", choices=["plain", "guarded"], help=argparse.SUPPRESS)
     parser.add_argument("--ids", help=argparse.SUPPRESS)
     parser.add_argument("--out", default=str(ROOT / "runs" / "bench" / "guard_bench.json"))
     args = parser.parse_args()
     if args.worker:
-        return worker(args.worker, args.model, args.ids, args.max_tokens)
+        return worker(args.worker, args.model, args.ids, args.max_tokens, args.same_length)
     os.environ.setdefault("UNLEARN_TOFU_DIR", str(ROOT.parent / "shared" / "data" / "tofu"))
     (ROOT / "runs" / "bench").mkdir(parents=True, exist_ok=True)
 
@@ -389,7 +402,7 @@ def main() -> int:
     report = {"model": path, "policy": args.policy}
     if args.interleaved:
         report["throughput"] = tp = interleaved_throughput(path, args.policy, tokenizer, args.retain_prompts,
-                                                           args.max_tokens, args.rounds)
+                                                           args.max_tokens, args.rounds, args.same_length)
         ci = tp["ratio_ci95"]
         print(f"guarded/plain throughput, interleaved: mean of {len(tp['pair_ratios'])} pairs {tp['ratio_mean']:.3f}"
               + (f", 95% CI [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "") + f", median {tp['ratio_median']:.3f}")
