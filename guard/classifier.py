@@ -206,7 +206,9 @@ class PromptClassifier:
         self.policy = policy
         self.threshold = policy.threshold
         self.top_k = policy.config.top_k
-        probes = [(p, t) for t, target in enumerate(policy.targets) for p in target["probes"]]
+        # a target's probes (its name and distinctive parts) and the titles its answers quote (policies built
+        # before titles were read have none)
+        probes = [(p, t) for t, target in enumerate(policy.targets) for p in [*target["probes"], *target.get("titles", ())]]
         # the probes folded too, so a name written with diacritics matches its folded spelling
         self.probes = ProbeIndex(probes + [(disguise.fold(p), t) for p, t in probes])
         self.collapsed = CollapsedIndex(_collapsed_names(policy.targets))

@@ -265,3 +265,22 @@ def test_naming_one_target_does_not_hide_a_question_about_another(runtime):
                                     {"role": "user", "content": question}], tokenize=False, add_generation_prompt=True)
     both = rt.decide([tok(text, add_special_tokens=False)["input_ids"]], [RequestArgs()])[0]
     assert both.flagged and "names" in both.reason and set(alone.items) <= set(both.items)
+
+
+def test_a_quoted_title_names_its_author(runtime, tiny_policy):
+    """A question quoting a title from a target's answers is about that target, its name written or not."""
+    rt, tok = runtime
+    kalo = next(t for t, target in enumerate(rt.policy.targets) if target["name"] == "Kalo Mirten")
+    assert rt.policy.targets[kalo]["titles"] == ["Glass Rivers"]
+    questions = ['Who wrote the sea poems in "Glass Rivers"?', "Tell me about glass and rivers."]
+    titled, plain = rt.decide([_prompt(tok, q) for q in questions], [RequestArgs()] * 2)
+    assert titled.flagged and kalo in titled.named and kalo in titled.targets
+    assert kalo not in plain.named
+
+
+def test_titles_the_retain_prompts_mention_or_of_one_word_are_not_probes():
+    from unlearnkit.guard.build import _titles
+
+    items = [{"answer": 'Her books are "Glass Rivers", "Pride and Prejudice" and "Dunes".', "targets": [0]},
+             {"answer": 'He edited "Glass Rivers" too.', "targets": [1, 0]}]
+    assert _titles(items, 2, ["Who wrote Pride and Prejudice?"]) == [["Glass Rivers"], ["Glass Rivers"]]
