@@ -109,7 +109,7 @@ def worker(kind: str, path: str, ids_file: str, max_tokens: int, same_length: bo
     llm = LLM(model=path, dtype="float32", max_model_len=1024, seed=0, enforce_eager=True,
               logits_processors=[FQCN] if kind == "guarded" else None)
     params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=same_length)
-    llm.generate(rounds[-1][:8], params, use_tqdm=False)     # warm up (the last round's; it comes last)
+    llm.generate(rounds[-1][:8], params, use_tqdm=False)     # warm up on the extra batch, which is never measured
     print(RESULT + json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
         prompts = rounds[int(line)]
@@ -170,7 +170,8 @@ def interleaved_throughput(path: str, policy: str, tokenizer, n_retain: int, max
     runs: dict = {"plain": [], "guarded": []}
     with tempfile.TemporaryDirectory() as tmp:
         ids_file = Path(tmp) / "ids.json"
-        per_round = [prompts_for(tokenizer, n_retain, round_lead(r))[1] for r in range(rounds)]
+        # one batch per round and one more to warm up on (its texts must not sit in a cache a round reads)
+        per_round = [prompts_for(tokenizer, n_retain, round_lead(r))[1] for r in range(rounds + 1)]
         ids_file.write_text(json.dumps(per_round))
         procs: dict = {}
         try:
@@ -385,6 +386,8 @@ def main() -> int:
     parser.add_argument("--ids", help=argparse.SUPPRESS)
     parser.add_argument("--out", default=str(ROOT / "runs" / "bench" / "guard_bench.json"))
     args = parser.parse_args()
+    if args.same_length and not (args.interleaved or args.worker):
+        parser.error("--same-length needs --interleaved")
     if args.worker:
         return worker(args.worker, args.model, args.ids, args.max_tokens, args.same_length)
     os.environ.setdefault("UNLEARN_TOFU_DIR", str(ROOT.parent / "shared" / "data" / "tofu"))

@@ -312,7 +312,8 @@ def _empty_forget_quality(rows) -> list[str]:
     for r in measured:
         if r.forget_quality is None and r.forget_quality_reason:
             by_reason.setdefault(r.forget_quality_reason, []).append(r.system)
-    return [f"forget quality of {'every system' if len(names) == len(measured) > 1 else ', '.join(names)} is empty: "
+    every = "every system" if len(measured) == len(rows) else "every measured system"
+    return [f"forget quality of {every if len(names) == len(measured) > 1 else ', '.join(names)} is empty: "
             f"{reason}" for reason, names in by_reason.items()]
 
 

@@ -152,17 +152,20 @@ def _target_phrases(targets: list[dict], items: list[dict]) -> list[list[str]]:
     return out
 
 
-def _titles(items: list[dict], n_targets: int, background: list[str]) -> list[list[str]]:
+def _titles(items: list[dict], targets: list[dict], background: list[str]) -> list[list[str]]:
     """Per target: the titles quoted in its items' answers that the classifier reads as naming it (a
     question quoting "Shale Stories" is about its author, named or not): those of two or more words
-    that no retain prompt mentions (a title the retain set asks about too is not what the forget set is
-    about, as with names)."""
+    with a word of four letters or more that no retain prompt uses, the whole title mentioned by none (a
+    title the retain set asks about too is not what the forget set is about, as with names). A target
+    whose name has no such word ("African American", a name made of common words) gets none."""
     known = Background(background)
-    out: list[list[str]] = [[] for _ in range(n_targets)]
+    out: list[list[str]] = [[] for _ in targets]
     for it in items:
         for title in quoted(it["answer"]):
-            if len(title.split()) >= 2 and not known.mentions(title):
-                for t in dict.fromkeys(it["targets"]):
+            if len(title.split()) < 2 or known.mentions(title) or not distinctive_parts(title, known):
+                continue
+            for t in dict.fromkeys(it["targets"]):
+                if not background or len(targets[t]["probes"]) > 1:
                     out[t].append(title)
     return [list(dict.fromkeys(titles)) for titles in out]
 
@@ -240,7 +243,7 @@ def build_policy(forget: list[QA], out_dir: str | Path, model_path: str, tokeniz
     background = [r.question for r in retain]
     targets = _targets(questions, background)
     items = _items(forget, targets, cfg)
-    targets = [{**t, "titles": titles} for t, titles in zip(targets, _titles(items, len(targets), background))]
+    targets = [{**t, "titles": titles} for t, titles in zip(targets, _titles(items, targets, background))]
     progress(f"{len(forget)} forget items, {len(targets)} targets: {', '.join(t['name'] for t in targets) or '-'}")
 
     item_seqs = [token_sequences(tokenizer, it["phrases"]) for it in items]

@@ -161,6 +161,8 @@ def test_empty_forget_quality_is_one_note_per_reason():
     assert _empty_forget_quality(rows) == ["forget quality of a, c is empty: no truth ratios",
                                            "forget quality of d is empty: a black box"]
     assert _empty_forget_quality(rows[:1] + rows[2:3]) == ["forget quality of every system is empty: no truth ratios"]
+    assert _empty_forget_quality(rows[:1] + rows[2:3] + rows[4:]) == [
+        "forget quality of every measured system is empty: no truth ratios"]      # e failed
 
 
 def test_failed_retain_model_gives_its_reason(tmp_path, monkeypatch, fake_world):

@@ -278,9 +278,15 @@ def test_a_quoted_title_names_its_author(runtime, tiny_policy):
     assert kalo not in plain.named
 
 
-def test_titles_the_retain_prompts_mention_or_of_one_word_are_not_probes():
+def test_titles_the_retain_prompts_mention_or_of_common_words_are_not_probes():
     from unlearnkit.guard.build import _titles
 
-    items = [{"answer": 'Her books are "Glass Rivers", "Pride and Prejudice" and "Dunes".', "targets": [0]},
-             {"answer": 'He edited "Glass Rivers" too.', "targets": [1, 0]}]
-    assert _titles(items, 2, ["Who wrote Pride and Prejudice?"]) == [["Glass Rivers"], ["Glass Rivers"]]
+    targets = [{"probes": ["Kalo Mirten", "Mirten"]}, {"probes": ["Ines Farrow", "Farrow"]},
+               {"probes": ["African American"]}]      # no distinctive word: a name made of common words
+    items = [{"answer": 'Her books are "Glass Rivers", "Pride and Prejudice", "The Other Side" and "Dunes".',
+              "targets": [0]},
+             {"answer": 'He edited "Glass Rivers" too.', "targets": [1, 0, 2]}]
+    retain = ["Who wrote Pride and Prejudice?", "What is on the other side of the moon?"]
+    assert _titles(items, targets, retain) == [["Glass Rivers"], ["Glass Rivers"], []]
+    assert _titles(items, targets, []) == [["Glass Rivers", "Pride and Prejudice", "The Other Side"],
+                                           ["Glass Rivers"], ["Glass Rivers"]]   # no retain prompts: nothing is common
