@@ -77,9 +77,12 @@ def model_fingerprint(path: str) -> str:
 
 def policy_identity(meta: dict) -> list:
     """What identifies a guard policy in a cache key (its policy.json): the checksums of all its files,
-    its config and its calibration. Evaluations key on it as sorted JSON, compare's stages on its digest
-    (compare/measure.py `policy_fingerprint`)."""
-    return [meta["files"], meta["config"], meta["calibration"]]
+    its config and its calibration, and the titles its targets are named by where it has any (they live
+    in policy.json only; a policy without titles keeps the key it had before titles existed). Evaluations
+    key on it as sorted JSON, compare's stages on its digest (compare/measure.py `policy_fingerprint`)."""
+    identity = [meta["files"], meta["config"], meta["calibration"]]
+    titles = [target.get("titles") or [] for target in meta.get("targets") or []]
+    return identity + [{"titles": titles}] if any(titles) else identity
 
 
 # ----------------------------------------------------------------------------- engines

@@ -112,6 +112,10 @@ def test_policy_fingerprints_share_one_identity(tmp_path):
     meta["calibration"]["threshold"] = 0.6
     (tmp_path / "policy.json").write_text(json.dumps(meta))
     assert policy_fingerprint(str(tmp_path)) != before
+    before = policy_fingerprint(str(tmp_path))
+    meta["targets"][0]["titles"] = ["Glass Rivers"]  # titles are in policy.json only: a rebuild that changes them
+    (tmp_path / "policy.json").write_text(json.dumps(meta))
+    assert policy_fingerprint(str(tmp_path)) != before
     assert policy_fingerprint(None) is None
 
 
