@@ -155,14 +155,14 @@ def _target_phrases(targets: list[dict], items: list[dict]) -> list[list[str]]:
 def _titles(items: list[dict], targets: list[dict], background: list[str]) -> list[list[str]]:
     """Per target: the titles quoted in its items' answers that the classifier reads as naming it (a
     question quoting "Shale Stories" is about its author, named or not): those of two or more words
-    with a word of four letters or more that no retain prompt uses, the whole title mentioned by none (a
-    title the retain set asks about too is not what the forget set is about, as with names). A target
-    whose name has no such word ("African American", a name made of common words) gets none."""
+    with a word of four letters or more that no retain prompt uses, so that no retain prompt mentions the
+    title either (a title the retain set asks about too is not what the forget set is about, as with
+    names). A target whose name has no such word ("African American", a name made of common words) gets none."""
     known = Background(background)
     out: list[list[str]] = [[] for _ in targets]
     for it in items:
         for title in quoted(it["answer"]):
-            if len(title.split()) < 2 or known.mentions(title) or not distinctive_parts(title, known):
+            if len(title.split()) < 2 or not distinctive_parts(title, known):
                 continue
             for t in dict.fromkeys(it["targets"]):
                 if not background or len(targets[t]["probes"]) > 1:
