@@ -116,25 +116,28 @@ def _write_jsonl(path: Path, records) -> str:
     return f"file:{path}"
 
 
-def _train(tmp_path: Path, tag: str, cfg: dict, processes: int, *flags: str) -> tuple[Path, float]:
+def _train(tmp_path: Path, tag: str, cfg: dict, processes: int, *flags: str, launch: str | None = "ddp",
+           gpu: bool = False) -> tuple[Path, float]:
     import time
 
     import yaml
 
-    out = tmp_path / f"{tag}-{processes}p"
-    config = tmp_path / f"{tag}-{processes}p.yaml"
+    name = f"{tag}-{processes}p" + (f"-{launch}" if launch and launch != "ddp" else "")
+    out, config = tmp_path / name, tmp_path / f"{name}.yaml"
     config.write_text(yaml.safe_dump({**cfg, "output_dir": str(out)}))
     env = {**os.environ, "UNLEARN_CACHE": str(tmp_path / f"cache-{tag}-{processes}"), "OMP_NUM_THREADS": "1",
-           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    if not gpu:
+        env["CUDA_VISIBLE_DEVICES"] = ""
     train = ["-m", "unlearnkit.cli", "train", "--config", str(config), *flags]
-    if processes == 1:
+    if launch is None:
         cmd = [sys.executable, *train]
     else:
         cmd = [str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file",
-               str(REPO / "configs/accelerate/ddp.yaml"), "--num_processes", str(processes),
+               str(REPO / f"configs/accelerate/{launch}.yaml"), "--num_processes", str(processes),
                "--main_process_port", str(_free_port()), *train]
     started = time.time()
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
     seconds = time.time() - started
     assert done.returncode == 0, done.stderr[-4000:]
     return out, seconds
@@ -160,10 +163,11 @@ def test_two_processes_end_where_one_process_ends(tiny_dir, tmp_path, mode):
     forget = _write_jsonl(tmp_path / "forget.jsonl", equal_length_records(tok, 8))
     retain = _write_jsonl(tmp_path / "retain.jsonl", synth_qa(3, seed=5))
     extra = {"mode": "lora", "lora": {"r": 2, "init": "fila"}} if mode == "lora-fila" else {}
-    one, t1 = _train(tmp_path, mode, _config(tiny_dir, forget, retain, 4, **extra), 1)
+    one, t1 = _train(tmp_path, mode, _config(tiny_dir, forget, retain, 4, **extra), 1, launch=None)
     two, t2 = _train(tmp_path, mode, _config(tiny_dir, forget, retain, 2, **extra), 2)
 
-    assert json.loads((two / "run.json").read_text())["world_size"] == 2
+    run = json.loads((two / "run.json").read_text())
+    assert run["world_size"] == 2 and run["sharded_weights"] is None and run["weights_held_per_process"] == 1.0
     base = load_file(str(tiny_dir / "model.safetensors"))
     w1, w2 = load_file(str(one / "model.safetensors")), load_file(str(two / "model.safetensors"))
     assert set(w1) == set(w2)
@@ -189,7 +193,7 @@ def test_npo_with_lora_reference_trains_on_two_processes(tiny_dir, tmp_path):
 def test_a_run_that_cannot_shard_is_refused_before_training(tiny_dir, tmp_path):
     from unlearnkit.config import from_dict
     from unlearnkit.errors import RunError
-    from unlearnkit.training.config import TrainConfig
+    from unlearnkit.training.config import EvalConfig, TrainConfig
     from unlearnkit.training.run import check_shardable
 
     cfg = from_dict(TrainConfig, _config(tiny_dir, "synth/forget", "synth/retain", 4))
@@ -197,8 +201,25 @@ def test_a_run_that_cannot_shard_is_refused_before_training(tiny_dir, tmp_path):
     check_shardable(cfg, 3, 1)  # one process: a short last batch is fine
     with pytest.raises(RunError, match=r"cannot shard 7 forget examples over 2 processes x optim.batch_size=4"):
         check_shardable(cfg, 7, 2)
-    with pytest.raises(RunError, match="FSDP shards the weights.*ddp.yaml"):
+    check_shardable(cfg, 100, 2, "FSDP")
+    cfg.eval = from_dict(EvalConfig, {"every_steps": 1, "metric": "forget_prob"})
+    with pytest.raises(RunError, match="FSDP shards the weights.*evaluation during training.*ddp.yaml"):
         check_shardable(cfg, 100, 2, "FSDP")
+    check_shardable(cfg, 100, 2)  # data parallel: rank 0 holds the whole model to measure
+
+
+def test_the_launch_kind_decides_whether_the_export_gathers_weights():
+    from unlearnkit.errors import RunError
+    from unlearnkit.training.run import sharded_weights
+
+    assert sharded_weights("DistributedType.FSDP", {}) == "FSDP"
+    assert sharded_weights("DistributedType.DEEPSPEED", {}) == "DeepSpeed"
+    assert sharded_weights("DistributedType.MULTI_GPU", {}) is None
+    assert sharded_weights("DistributedType.MULTI_GPU", {"ACCELERATE_USE_FSDP": "true"}) == "FSDP"
+    assert sharded_weights("DistributedType.MULTI_CPU", {"ACCELERATE_USE_FSDP": "false"}) is None
+    # accelerate runs an FSDP launch of CPU processes as plain data parallel: refused, not silently changed
+    with pytest.raises(RunError, match="asked for FSDP.*GPU processes only.*MULTI_CPU.*ddp.yaml"):
+        sharded_weights("DistributedType.MULTI_CPU", {"ACCELERATE_USE_FSDP": "true"})
 
 
 @pytest.mark.slow
@@ -215,3 +236,50 @@ def test_two_process_launch_refusals_reach_every_rank(tiny_dir, tmp_path):
     cfg["optim"]["batch_size"] = 2
     with pytest.raises(AssertionError, match="interrupted run used 1 process.*this launch has 2"):
         _train(tmp_path, "resumed", cfg, 2, "--resume")
+    # FSDP over CPU processes: every rank stops with the reason
+    with pytest.raises(AssertionError, match="asked for FSDP.*GPU processes only"):
+        _train(tmp_path, "fsdp", cfg, 2, launch="fsdp")
+    assert not list(tmp_path.glob("fsdp-2p-fsdp.partial"))
+
+
+# ---------------------------------------------------------------- sharded engines, on GPUs only
+def _gpus() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_gpus() == 0, reason="FSDP and DeepSpeed run on GPU processes only (accelerate)")
+@pytest.mark.parametrize("launch", ["fsdp", "deepspeed_zero3"])
+@pytest.mark.parametrize("mode", ["lora-fila", "full"])
+def test_sharded_launches_on_gpus_end_where_a_plain_run_ends(tiny_dir, tmp_path, mode, launch):
+    """UnDIAL (frozen reference) with the weights sharded over min(2, GPUs) processes, exported by
+    gathering them whole, against one plain process with the same global batch. With one GPU the
+    engine wraps and gathers the model but has no one to share it with."""
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    if launch.startswith("deepspeed"):
+        pytest.importorskip("deepspeed")
+    world = min(2, _gpus())
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    forget = _write_jsonl(tmp_path / "forget.jsonl", equal_length_records(tok, 8))
+    retain = _write_jsonl(tmp_path / "retain.jsonl", synth_qa(3, seed=5))
+    extra = {"mode": "lora", "lora": {"r": 2, "init": "fila"}} if mode == "lora-fila" else {}
+    one, t1 = _train(tmp_path, mode, _config(tiny_dir, forget, retain, 4, **extra), 1, launch=None, gpu=True)
+    many, t2 = _train(tmp_path, mode, _config(tiny_dir, forget, retain, 4 // world, **extra), world,
+                      launch=launch, gpu=True)
+
+    run = json.loads((many / "run.json").read_text())
+    assert run["world_size"] == world and run["device"].startswith("cuda")
+    assert run["sharded_weights"] == ("FSDP" if launch == "fsdp" else "DeepSpeed")
+    if world > 1:
+        assert run["weights_held_per_process"] < 0.75, run["weights_held_per_process"]
+    base = load_file(str(tiny_dir / "model.safetensors"))
+    w1, w2 = load_file(str(one / "model.safetensors")), load_file(str(many / "model.safetensors"))
+    assert set(w1) == set(w2)
+    diff = max(float((w1[k] - w2[k]).abs().max()) for k in w1)
+    moved = max(float((w1[k] - base[k]).abs().max()) for k in w1 if k in base)
+    print(f"\n{mode} ({launch}, {world} GPU process(es)): plain {t1:.1f} s, sharded {t2:.1f} s; "
+          f"max |w1 - w2| = {diff:.2e}, max |w1 - w0| = {moved:.2e}, held {run['weights_held_per_process']}")
+    assert moved > 1e-4
+    assert diff < 1e-4  # GPU kernels differ from run to run in reduction order (1e-6 relative)

@@ -107,13 +107,13 @@ def _fila_statistics(cfg: TrainConfig, model, forget, retain, pad_id, log):
 
 def check_shardable(cfg: TrainConfig, n_primary: int, world: int, sharded_weights: str | None = None) -> None:
     """Refuse, before anything is written, a multi-process run that cannot work: fewer examples
-    than processes x batch size (some rank would be handed repeated examples), or weights sharded
-    over the ranks (FSDP, DeepSpeed ZeRO-3), which the references and the merged export here do
-    not gather."""
-    if sharded_weights:
-        raise RunError(f"{sharded_weights} shards the weights over the processes, but the reference model "
-                       "(NPO/UnDIAL/IdkDPO), the LoRA merge and the checkpoint export read them whole; launch with "
-                       "configs/accelerate/ddp.yaml (data parallel) instead")
+    than processes x batch size (some rank would be handed repeated examples), or evaluation
+    during training under an engine that shards the weights (it measures on rank 0 alone, while a
+    sharded forward needs every rank)."""
+    if sharded_weights and cfg.eval is not None:
+        raise RunError(f"{sharded_weights} shards the weights over the processes, but evaluation during training "
+                       "(the config's eval section) runs on the main process alone; drop eval or launch with "
+                       "configs/accelerate/ddp.yaml")
     if world > 1 and n_primary < world * cfg.optim.batch_size:
         raise RunError(
             f"cannot shard {n_primary} {'train' if cfg.method.name == 'finetune' else 'forget'} examples over "
@@ -121,13 +121,21 @@ def check_shardable(cfg: TrainConfig, n_primary: int, world: int, sharded_weight
             f"{world * cfg.optim.batch_size}); lower optim.batch_size or launch fewer processes")
 
 
-def _sharded_weights(state) -> str | None:
-    """'FSDP' / 'DeepSpeed ZeRO-3' when the launch shards the weights themselves, else None."""
-    kind = str(state.distributed_type)
-    if kind.endswith("FSDP"):
+def sharded_weights(distributed_type, environ=os.environ) -> str | None:
+    """'FSDP' / 'DeepSpeed' when the launch wraps the model in an engine that may shard its weights
+    (the export then gathers them from every rank), else None. `distributed_type` is the launch's
+    process kind (accelerate's `PartialState`, which calls an FSDP launch on GPUs MULTI_GPU: the
+    Trainer's accelerator applies FSDP). Raises for FSDP over CPU processes, which accelerate would
+    run as plain data parallel without a word."""
+    kind = str(distributed_type).rpartition(".")[2]
+    wants_fsdp = environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    if kind == "DEEPSPEED":
+        return "DeepSpeed"
+    if kind == "FSDP" or (wants_fsdp and kind not in ("MULTI_CPU", "NO")):
         return "FSDP"
-    if kind.endswith("DEEPSPEED") and os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3":
-        return "DeepSpeed ZeRO-3"
+    if wants_fsdp:
+        raise RunError(f"the launch asked for FSDP, but accelerate applies it to GPU processes only (this launch "
+                       f"is {kind}); on CPU processes launch with configs/accelerate/ddp.yaml")
     return None
 
 
@@ -217,18 +225,23 @@ def _load_model(cfg: TrainConfig, model_path: str):
     return model
 
 
+def _lora_config(cfg: TrainConfig):
+    from peft import LoraConfig
+
+    return LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                      target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM")
+
+
 def _add_lora(cfg: TrainConfig, model, inputs: TrainInputs, state, log):
     """The model wrapped in LoRA adapters; with FILA, initialised from Fisher statistics of the
     forget and retain sets."""
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
 
     if inputs.fila:
         model.to(state.device)  # the statistics pass on this rank's accelerator
         fisher_f, fisher_r = _fila_statistics(cfg, model, inputs.primary, inputs.retain,
                                               inputs.tokenizer.pad_token_id, log)
-    model = get_peft_model(model, LoraConfig(
-        r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-        target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM"))
+    model = get_peft_model(model, _lora_config(cfg))
     if inputs.fila:
         from .fila import apply_fila
 
@@ -262,6 +275,18 @@ def _build_model(cfg: TrainConfig, inputs: TrainInputs, state, log):
     if method.needs_hidden_layer:
         _freeze_unreached(cfg, model, inputs, log)
     return model, reference
+
+
+def _local_fraction(model) -> float:
+    """The share of the model's parameter elements this process holds: 1 unless a sharded launch
+    split them (FSDP's DTensors, DeepSpeed ZeRO-3's partitions), ~1/N then."""
+    local = total = 0
+    for p in model.parameters():
+        if hasattr(p, "ds_tensor"):  # ZeRO-3: p itself is an empty placeholder
+            local, total = local + p.ds_tensor.numel(), total + p.ds_numel
+        else:
+            local, total = local + (p.to_local().numel() if hasattr(p, "to_local") else p.numel()), total + p.numel()
+    return local / max(total, 1)
 
 
 def _param_counts(model) -> tuple[int, int]:
@@ -337,10 +362,37 @@ def _train(trainer, work: Path, resume: bool, log) -> Trained:
     return Trained(result, checkpoint, time.time() - train_started)
 
 
-def _save_final(cfg: TrainConfig, trainer, tokenizer, work: Path, config_text: str) -> Path:
+def _gathered_state(trainer, sharded_weights: str | None) -> dict | None:
+    """Under FSDP or DeepSpeed, the trained weights whole (on rank 0, in CPU memory): every rank must
+    take part in the gathering. None where each process holds the whole model anyway."""
+    if sharded_weights is None:
+        return None
+    return trainer.accelerator.get_state_dict(trainer.model_wrapped)  # DeepSpeed: the engine, not the module
+
+
+def _whole_model(cfg: TrainConfig, trainer, model_path: str, state_dict: dict | None):
+    """The trained model with whole weights: unwrapped from its DDP wrapper, or (sharded launches)
+    rebuilt on the CPU, with the same LoRA layout, from the state gathered from every rank."""
+    if state_dict is None:
+        return trainer.accelerator.unwrap_model(trainer.model)
+    from peft import get_peft_model
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()  # else, after a ZeRO-3 run, transformers builds the copy partitioned (empty)
+    model = _load_model(dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, gradient_checkpointing=False)),
+                        model_path)
+    if cfg.lora is not None:
+        model = get_peft_model(model, _lora_config(cfg))
+    model.load_state_dict(state_dict, strict=True)
+    return model
+
+
+def _save_final(cfg: TrainConfig, trainer, inputs: TrainInputs, work: Path, config_text: str,
+                state_dict: dict | None = None) -> Path:
     """<work>/final: the trained model (LoRA merged into the weights), its tokenizer, the config and
     the training log."""
-    final_model = trainer.accelerator.unwrap_model(trainer.model)
+    tokenizer = inputs.tokenizer
+    final_model = _whole_model(cfg, trainer, inputs.model_path, state_dict)
     if cfg.lora is not None:
         final_model = final_model.merge_and_unload()
     final = work / "final"
@@ -410,7 +462,8 @@ def run_training(cfg: TrainConfig, resume: bool = False, overwrite: bool = False
     # under `accelerate launch`, only the main process checks and creates dirs; on a machine without CUDA
     # the ranks must be told they are CPU processes (gloo), or each one believes it runs alone
     state = PartialState(cpu=not torch.cuda.is_available())
-    check_shardable(cfg, len(inputs.primary), state.num_processes, _sharded_weights(state))
+    sharded = sharded_weights(state.distributed_type)
+    check_shardable(cfg, len(inputs.primary), state.num_processes, sharded)
     if not state.is_main_process:
         log = lambda *_: None  # noqa: E731 - one copy of each message, from rank 0
     _claim_output(out, work, config_text, resume, overwrite, state)
@@ -420,11 +473,14 @@ def run_training(cfg: TrainConfig, resume: bool = False, overwrite: bool = False
     args = _training_arguments(cfg, work, bf16)
     trainer = _build_trainer(cfg, inputs, model, reference, args, state, work, callbacks, log)
     trained = _train(trainer, work, resume, log)
+    held = _local_fraction(trainer.model)
+    state_dict = _gathered_state(trainer, sharded)
 
     if not trainer.is_world_process_zero():
         return out
-    final = _save_final(cfg, trainer, inputs.tokenizer, work, config_text)
+    final = _save_final(cfg, trainer, inputs, work, config_text, state_dict)
     manifest = _run_manifest(cfg, inputs, trainer, trained, params, bf16, state.num_processes, started)
+    manifest.update(sharded_weights=sharded, weights_held_per_process=round(held, 4))
     if cfg.eval is not None:
         manifest["eval"] = _eval_record(cfg, work, final, trainer.state.log_history)
     _publish(final, out, work, manifest)
