@@ -220,6 +220,27 @@ def test_the_launch_kind_decides_whether_the_export_gathers_weights():
     # accelerate runs an FSDP launch of CPU processes as plain data parallel: refused, not silently changed
     with pytest.raises(RunError, match="asked for FSDP.*GPU processes only.*MULTI_CPU.*ddp.yaml"):
         sharded_weights("DistributedType.MULTI_CPU", {"ACCELERATE_USE_FSDP": "true"})
+    with pytest.raises(RunError, match="asked for DeepSpeed.*GPU processes only.*NO"):
+        sharded_weights("DistributedType.NO", {"ACCELERATE_USE_DEEPSPEED": "true"})
+
+
+def test_a_resume_under_another_engine_is_refused(tmp_path):
+    """A ZeRO-3 or FSDP checkpoint has another layout than a plain one (a plain resume of a ZeRO-3
+    run would find no optimizer state and go on silently without it)."""
+    from unlearnkit.errors import RunError
+    from unlearnkit.training.run import _prepare_output
+
+    out, work = tmp_path / "run", tmp_path / "run.partial"
+    _prepare_output(out, work, "cfg", resume=False, overwrite=False, world=2, engine="FSDP")
+    assert json.loads((work / "launch.json").read_text()) == {"world_size": 2, "sharded_weights": "FSDP"}
+    _prepare_output(out, work, "cfg", resume=True, overwrite=False, world=2, engine="FSDP")
+    with pytest.raises(RunError, match="launched under FSDP, this launch is without a sharding engine"):
+        _prepare_output(out, work, "cfg", resume=True, overwrite=False, world=2, engine=None)
+    with pytest.raises(RunError, match="launched under FSDP, this launch is under DeepSpeed"):
+        _prepare_output(out, work, "cfg", resume=True, overwrite=False, world=2, engine="DeepSpeed")
+    # a run interrupted before launch.json named the engine was a plain or DDP one
+    (work / "launch.json").write_text(json.dumps({"world_size": 2}))
+    _prepare_output(out, work, "cfg", resume=True, overwrite=False, world=2, engine=None)
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import datetime
 import json
 import os
 import random
@@ -36,7 +37,10 @@ from .methods import get_method
 from .model_card import records_fingerprint, write_model_card
 from .precision import auto_precision
 
-LAUNCH_FILE = "launch.json"  # in <output_dir>.partial: the number of processes the run was launched with
+LAUNCH_FILE = "launch.json"  # in <output_dir>.partial: the number of processes and the engine the run was launched with
+# how long ranks wait for each other in one collective: the others wait at the end while rank 0 rebuilds
+# and exports the model, which for a large one outlasts NCCL's default 10 minutes
+COLLECTIVE_TIMEOUT = datetime.timedelta(hours=2)
 
 
 def _precision(cfg: TrainConfig, state, log) -> bool:
@@ -125,23 +129,26 @@ def sharded_weights(distributed_type, environ=os.environ) -> str | None:
     """'FSDP' / 'DeepSpeed' when the launch wraps the model in an engine that may shard its weights
     (the export then gathers them from every rank), else None. `distributed_type` is the launch's
     process kind (accelerate's `PartialState`, which calls an FSDP launch on GPUs MULTI_GPU: the
-    Trainer's accelerator applies FSDP). Raises for FSDP over CPU processes, which accelerate would
-    run as plain data parallel without a word."""
+    Trainer's accelerator applies FSDP). Raises for FSDP or DeepSpeed over CPU processes, which
+    accelerate would run as plain data parallel without a word (or fail later)."""
     kind = str(distributed_type).rpartition(".")[2]
-    wants_fsdp = environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    asked = {engine for engine, flag in (("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED"))
+             if environ.get(flag, "false").lower() == "true"}
     if kind == "DEEPSPEED":
         return "DeepSpeed"
-    if kind == "FSDP" or (wants_fsdp and kind not in ("MULTI_CPU", "NO")):
+    if kind == "FSDP" or ("FSDP" in asked and kind not in ("MULTI_CPU", "NO")):
         return "FSDP"
-    if wants_fsdp:
-        raise RunError(f"the launch asked for FSDP, but accelerate applies it to GPU processes only (this launch "
-                       f"is {kind}); on CPU processes launch with configs/accelerate/ddp.yaml")
+    if asked:
+        raise RunError(f"the launch asked for {' and '.join(sorted(asked))}, but accelerate applies it to GPU processes "
+                       f"only (this launch is {kind}); on CPU processes launch with configs/accelerate/ddp.yaml")
     return None
 
 
-def _prepare_output(out: Path, work: Path, config_text: str, resume: bool, overwrite: bool, world: int = 1) -> None:
-    """Refuse to clobber a finished run or an interrupted one; check a resume matches (config and
-    number of processes: the global batch and each rank's data order depend on it)."""
+def _prepare_output(out: Path, work: Path, config_text: str, resume: bool, overwrite: bool, world: int = 1,
+                    engine: str | None = None) -> None:
+    """Refuse to clobber a finished run or an interrupted one; check a resume matches (config, number
+    of processes and engine: the global batch, each rank's data order and the checkpoint's layout
+    depend on them)."""
     if is_finished(out) and not overwrite:
         raise RunError(f"{out} already holds a finished run; pass --overwrite or choose another output_dir")
     if work.exists() and not resume:
@@ -151,13 +158,22 @@ def _prepare_output(out: Path, work: Path, config_text: str, resume: bool, overw
         if saved is not None and saved != config_text:
             raise RunError(f"--resume: the config differs from the interrupted run's ({work / 'config.yaml'})")
         launch = work / LAUNCH_FILE
-        saved_world = json.loads(launch.read_text())["world_size"] if launch.is_file() else 1
+        saved_launch = json.loads(launch.read_text()) if launch.is_file() else {}
+        saved_world = saved_launch.get("world_size", 1)
         if saved_world != world:
             raise RunError(f"--resume: the interrupted run used {saved_world} process(es), this launch has {world}; "
                            f"relaunch with --num_processes {saved_world}")
+        saved_engine = saved_launch.get("sharded_weights")
+        if saved_engine != engine:  # e.g. a ZeRO-3 checkpoint holds no optimizer.pt a plain run could read
+            raise RunError(f"--resume: the interrupted run was launched {_engine_words(saved_engine)}, this launch is "
+                           f"{_engine_words(engine)}; relaunch with the same accelerate config")
     work.mkdir(parents=True, exist_ok=True)
     (work / "config.yaml").write_text(config_text)
-    (work / LAUNCH_FILE).write_text(json.dumps({"world_size": world}))
+    (work / LAUNCH_FILE).write_text(json.dumps({"world_size": world, "sharded_weights": engine}))
+
+
+def _engine_words(engine: str | None) -> str:
+    return f"under {engine}" if engine else "without a sharding engine (plain or DDP)"
 
 
 @dataclasses.dataclass
@@ -193,13 +209,14 @@ def _resolve_inputs(cfg: TrainConfig, method) -> TrainInputs:
     return TrainInputs(method, model_path, tokenizer, fila, primary, retain, idk)
 
 
-def _claim_output(out: Path, work: Path, config_text: str, resume: bool, overwrite: bool, state) -> None:
+def _claim_output(out: Path, work: Path, config_text: str, resume: bool, overwrite: bool, state,
+                  engine: str | None) -> None:
     """`_prepare_output` on the main process only; every rank stops with its refusal, or waits until
     the directories exist."""
     refusal = None
     if state.is_main_process:
         try:
-            _prepare_output(out, work, config_text, resume, overwrite, state.num_processes)
+            _prepare_output(out, work, config_text, resume, overwrite, state.num_processes, engine)
         except RunError as exc:
             refusal = str(exc)
     if state.num_processes > 1:  # every rank stops with the main process's reason, none waits forever
@@ -362,11 +379,14 @@ def _train(trainer, work: Path, resume: bool, log) -> Trained:
     return Trained(result, checkpoint, time.time() - train_started)
 
 
-def _gathered_state(trainer, sharded_weights: str | None) -> dict | None:
+def _gathered_state(trainer, sharded_weights: str | None, log=print) -> dict | None:
     """Under FSDP or DeepSpeed, the trained weights whole (on rank 0, in CPU memory): every rank must
     take part in the gathering. None where each process holds the whole model anyway."""
     if sharded_weights is None:
         return None
+    if sharded_weights == "DeepSpeed" and trainer.args.bf16:
+        log("DeepSpeed with bf16: the exported weights are the engine's bf16 copy (frozen ones too); "
+            "optim.precision: fp32 exports fp32")
     return trainer.accelerator.get_state_dict(trainer.model_wrapped)  # DeepSpeed: the engine, not the module
 
 
@@ -461,12 +481,12 @@ def run_training(cfg: TrainConfig, resume: bool = False, overwrite: bool = False
     inputs = _resolve_inputs(cfg, method)
     # under `accelerate launch`, only the main process checks and creates dirs; on a machine without CUDA
     # the ranks must be told they are CPU processes (gloo), or each one believes it runs alone
-    state = PartialState(cpu=not torch.cuda.is_available())
+    state = PartialState(cpu=not torch.cuda.is_available(), timeout=COLLECTIVE_TIMEOUT)
     sharded = sharded_weights(state.distributed_type)
     check_shardable(cfg, len(inputs.primary), state.num_processes, sharded)
     if not state.is_main_process:
         log = lambda *_: None  # noqa: E731 - one copy of each message, from rank 0
-    _claim_output(out, work, config_text, resume, overwrite, state)
+    _claim_output(out, work, config_text, resume, overwrite, state, sharded)
     model, reference = _build_model(cfg, inputs, state, log)
     params = _param_counts(model)
     bf16 = _precision(cfg, state, log)
@@ -474,7 +494,7 @@ def run_training(cfg: TrainConfig, resume: bool = False, overwrite: bool = False
     trainer = _build_trainer(cfg, inputs, model, reference, args, state, work, callbacks, log)
     trained = _train(trainer, work, resume, log)
     held = _local_fraction(trainer.model)
-    state_dict = _gathered_state(trainer, sharded)
+    state_dict = _gathered_state(trainer, sharded, log)
 
     if not trainer.is_world_process_zero():
         return out
