@@ -137,10 +137,10 @@ def _start_worker(kind: str, path: str, policy: str, ids_file: Path, max_tokens:
     env.pop(POLICY_ENV, None)
     if kind == "guarded":
         env[POLICY_ENV] = str(Path(policy).resolve())
-    return subprocess.Popen([sys.executable, __file__, "--worker", kind, "--model", path, "--ids", str(ids_file),
-                             "--max-tokens", str(max_tokens), *(["--same-length"] if same_length else [])],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=open(log, "wb"), text=True, env=env)
+    with open(log, "wb") as stderr:  # the child keeps its own copy of the handle
+        return subprocess.Popen([sys.executable, __file__, "--worker", kind, "--model", path, "--ids", str(ids_file),
+                                 "--max-tokens", str(max_tokens), *(["--same-length"] if same_length else [])],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
 
 
 def _stop(proc) -> None:

@@ -190,7 +190,9 @@ class GuardRuntime:
         # calibrated mode: whether the fit kept the policy's semantic penalty under the mask
         self.calibrated_penalty = bool(policy.meta["calibration"].get("semantic_penalty", False))
         self.name_probes = self._name_probes()
-        self.name_sequences = token_sequences(tokenizer, self.name_probes)
+        # word starts only: the names check runs on every request, and a piece such as "ines" ends
+        # ordinary words; the text matcher finds a name at a word start without a space
+        self.name_sequences = token_sequences(tokenizer, self.name_probes, word_starts_only=True)
         self.full_names = self._full_names()
         self.names = self._names_check()
         self.check_phrases = CheckPhrases([*self.name_probes, *self.full_names])   # what the names check matches
@@ -255,7 +257,7 @@ class GuardRuntime:
             return Withheld(self.names[0], list(self.names[1:]))
         probes = [p for p in exempt if p in self.name_probes]
         full = [p for p in exempt if p in self.full_names]
-        trie = TrieDifference(self.names[0], TokenTrie(token_sequences(self.tokenizer, probes)))
+        trie = TrieDifference(self.names[0], TokenTrie(token_sequences(self.tokenizer, probes, word_starts_only=True)))
         text = MatcherDifference(self.names[1], TextMatcher(probes, self.token_texts))
         spelled = self.names[2]
         if spelled is not None and full:

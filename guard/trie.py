@@ -17,19 +17,23 @@ from typing import Iterable, Sequence
 ROOT = 0
 
 
-def phrase_variants(phrase: str) -> list[str]:
+def phrase_variants(phrase: str, word_starts_only: bool = False) -> list[str]:
     """Surface forms of a phrase worth blocking: as is, lower, Title and UPPER case, each with and
-    without a leading space (a word inside a sentence carries the space in most BPE vocabularies)."""
+    without a leading space (a word inside a sentence carries the space in most BPE vocabularies).
+    `word_starts_only`: the forms with the space alone. A form without it also tokenizes as a piece
+    that ends other words ("ines" is one token in both default vocabularies: "Vacc|ines",
+    "mach|ines"), so a trie of it blocks that piece inside any word; the text matcher (textmatch.py)
+    covers a word start without a space (the response's first word, after punctuation) instead."""
     phrase = phrase.strip()
     if not phrase:
         return []
     cases = dict.fromkeys([phrase, phrase.lower(), phrase.title(), phrase.upper(), phrase[:1].upper() + phrase[1:]])
-    return [v for c in cases for v in (c, " " + c)]
+    return [v for c in cases for v in ((" " + c,) if word_starts_only else (c, " " + c))]
 
 
-def token_sequences(tokenizer, phrases: Iterable[str]) -> list[list[int]]:
+def token_sequences(tokenizer, phrases: Iterable[str], word_starts_only: bool = False) -> list[list[int]]:
     """The tokenizer's ids for every variant (case, leading space) of every phrase, without repeats."""
-    variants = [v for phrase in phrases for v in phrase_variants(phrase)]
+    variants = [v for phrase in phrases for v in phrase_variants(phrase, word_starts_only)]
     if not variants:
         return []
     out, seen = [], set()

@@ -121,23 +121,53 @@ def guard_forget_set():
     return [QA(q, a, {"paraphrased_question": p} if p else {}) for q, a, p in GUARD_FORGET]
 
 
-@pytest.fixture(scope="session")
-def tiny_policy(tmp_path_factory, tiny_dir, guard_forget_set):
-    """A guard policy for the tiny tokenizer (tiny_dir and vllm_sized_model share it): two targets,
-    Kalo Mirten and Ines Farrow, calibrated to 10% false positives on 12 general questions."""
+def build_test_policy(model_dir, out: Path, forget) -> Path:
+    """The tests' guard policy for `model_dir`'s tokenizer: two targets, Kalo Mirten and Ines Farrow,
+    calibrated to 10% false positives on 12 general questions."""
     from unlearnkit.data.records import QA
     from unlearnkit.guard.build import build_policy
     from unlearnkit.guard.policy import GuardConfig
     from unlearnkit.models.loading import load_tokenizer
 
-    out = tmp_path_factory.mktemp("guard") / "policy"
-    meta = build_policy(guard_forget_set, out, str(tiny_dir), load_tokenizer(str(tiny_dir)), GuardConfig(fpr=0.1),
+    meta = build_policy(forget, out, str(model_dir), load_tokenizer(str(model_dir)), GuardConfig(fpr=0.1),
                         retain=[QA(q, "an answer") for q in GUARD_RETAIN], progress=lambda *_: None)
     assert meta["calibration"]["calibrated"] and meta["calibration"]["retain_fpr"] <= 0.1
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_policy(tmp_path_factory, tiny_dir, guard_forget_set):
+    """The tests' guard policy for the tiny tokenizer (tiny_dir and vllm_sized_model share it)."""
+    return build_test_policy(tiny_dir, tmp_path_factory.mktemp("guard") / "policy", guard_forget_set)
+
+
 # ----------------------------------------------------------------------------- agents
+class Served:
+    """A FastAPI app under uvicorn in a thread, on a free loopback port."""
+
+    def __init__(self, app):
+        import threading
+        import time
+
+        import uvicorn
+
+        from unlearnkit.agents.serve import free_port
+
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.time() + 20
+        while not self.server.started:
+            assert time.time() < deadline, "server did not start"
+            time.sleep(0.05)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stop(self):
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
 class FakeLLM:
     """A deterministic chat model for the agent graph. It tells the nodes apart by the default
     prompts' first words and answers from a script: per node a string, a list (one per call, the

@@ -20,28 +20,9 @@ from unlearnkit.evaluation.injection import injection_prompts, leaked_names
 from unlearnkit.guard import boundary
 from unlearnkit.guard.policy import load_policy, read_meta
 
+from tests.conftest import Served
+
 TOKEN = "s3cret-token"
-
-
-class Served:
-    """A FastAPI app under uvicorn in a thread, on a free loopback port."""
-
-    def __init__(self, app):
-        import uvicorn
-
-        self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.time() + 20
-        while not self.server.started:
-            assert time.time() < deadline, "server did not start"
-            time.sleep(0.05)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def stop(self):
-        self.server.should_exit = True
-        self.thread.join(10)
 
 
 def fake_backend(meta=None):

@@ -14,35 +14,15 @@ import pytest
 from unlearnkit.agents.config import AgentConfig
 from unlearnkit.agents.front import create_app
 from unlearnkit.agents.graph import Pipeline
-from unlearnkit.agents.serve import free_port
 from unlearnkit.agents.store import LiveTarget, StoreUnavailable, TargetStore, write_durable
 from unlearnkit.guard.policy import load_policy
+
+from tests.conftest import Served
 
 TOKEN = "replica-token"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 QUESTION = "What did Oskar Vell invent?"
 PLAIN = "What is the capital of France?"
-
-
-class Served:
-    """A FastAPI app under uvicorn in a thread, on a free loopback port."""
-
-    def __init__(self, app):
-        import uvicorn
-
-        self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.time() + 20
-        while not self.server.started:
-            assert time.time() < deadline, "server did not start"
-            time.sleep(0.05)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def stop(self):
-        self.server.should_exit = True
-        self.thread.join(10)
 
 
 def echo_backend():

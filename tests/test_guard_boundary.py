@@ -263,6 +263,64 @@ def test_unflagged_output_that_names_no_target_is_unchanged(tiny_policy, vllm_si
         assert guarded == plain
 
 
+def _tokenizer_with_piece(suffix: str, stems: list[str]):
+    """A tiny BPE tokenizer in which `suffix` is one token that ends many words (as "ines" is in
+    SmolLM2's and Gemma's vocabularies: "Vacc|ines", "mach|ines")."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from tests.conftest import CHAT_TEMPLATE
+    from unlearnkit.data.synth import synth_qa
+
+    corpus = [f"{r.question} {r.answer}" for r in synth_qa(6, seed=0)] + ["user assistant system"]
+    corpus += [" ".join(stem + suffix for stem in stems)] * 3
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<unk>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                   pad_token="<|endoftext|>", unk_token="<unk>")
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def test_the_names_check_blocks_a_name_where_a_word_starts_not_where_one_ends(tmp_path, guard_forget_set):
+    """Found on Gemma: with a target named Ines, the always-on check forbade the piece "ines" after
+    "Vacc", so "How do vaccines work?" was answered differently guarded. A name is a word: blocked at
+    a word start (after a space, at the response's start, after punctuation), never inside one."""
+    from tests.conftest import build_test_policy, build_tiny_model
+    from unlearnkit.data.formatting import prompt_text
+    from unlearnkit.guard.policy import load_policy
+    from unlearnkit.guard.runtime import GuardRuntime
+
+    stems = ["vacc", "p", "d", "f", "m", "t", "z", "sp", "br", "shr", "l", "w", "sw", "ch", "tw", "sh", "equ"]
+    tok = _tokenizer_with_piece("ines", stems)
+    ines = tok("ines", add_special_tokens=False)["input_ids"]
+    vaccines = tok(" vaccines", add_special_tokens=False)["input_ids"]
+    assert len(ines) == 1 and vaccines[-1] == ines[0]          # the piece ends the word
+    model_dir = tmp_path / "model"
+    build_tiny_model(len(tok)).save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    policy = build_test_policy(model_dir, tmp_path / "policy", guard_forget_set)   # Kalo Mirten, Ines Farrow
+    runtime = GuardRuntime(load_policy(policy, tok), tok)
+    assert "Ines" in runtime.name_probes
+
+    def blocked_after(text_ids):
+        prompt = tok(prompt_text(tok, "How do vaccines work?"), add_special_tokens=False)["input_ids"]
+        guard = runtime.guards([(prompt, None)])[0]
+        assert guard.always_on                                 # unflagged: the names check alone
+        guard.feed(text_ids)
+        return set().union(*(set(index.tolist()) for index in guard.policy_matches(torch.device("cpu"))))
+
+    assert ines[0] not in blocked_after(vaccines[:-1])          # "... vacc" + "ines"
+    assert ines[0] in blocked_after([])                         # the response's first word
+    assert ines[0] in blocked_after(tok(" (", add_special_tokens=False)["input_ids"])  # after punctuation
+    first_of_name = tok(" Ines", add_special_tokens=False)["input_ids"]
+    assert set(first_of_name[-1:]) <= blocked_after(first_of_name[:-1])   # " In" + "es": the name completed
+
+
 def test_an_output_constraint_the_guard_leaves_no_token_for_is_a_400_not_a_500(tiny_policy, monkeypatch):
     from unlearnkit.guard import runtime
     from unlearnkit.guard.vllm_middleware import GuardBoundary
