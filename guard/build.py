@@ -25,7 +25,7 @@ import torch
 from ..data.records import QA
 from ..data.sources import load_spec
 from ..provenance import package_versions
-from .embedder import EMBEDDER_NAME, embed
+from .embedder import EMBEDDER_NAME, embed, load_embedder
 from .penalty import centred_unit, semantic_penalty
 from .phrases import STOPWORDS, Background, MentionIndex, distinctive_parts, group_targets, item_phrases, quoted, stems
 from ..files import json_digest, sha256_file
@@ -274,7 +274,9 @@ def build_policy(forget: list[QA], out_dir: str | Path, model_path: str, tokeniz
         "config": cfg.as_meta(),
         "sources": {**(sources or {}), "forget_fingerprint": _fingerprint(forget), "n_forget": len(forget),
                     "retain_fingerprint": _fingerprint(retain) if retain else None},
-        "embedder": {"name": EMBEDDER_NAME, "dim": int(vecs.shape[1])},
+        # the precision the vectors and the threshold were computed in (bf16 where this machine runs it
+        # faster: similarities within ~0.002 of fp32's, so a policy serves alike on either kind of machine)
+        "embedder": {"name": EMBEDDER_NAME, "dim": int(vecs.shape[1]), "precision": load_embedder().precision},
         "tokenizer": {"model": model_path, "fingerprint": tokenizer_fingerprint(tokenizer),
                       "vocab_size": len(tokenizer)},
         "n_sequences": sum(map(len, item_seqs)) + sum(map(len, target_seqs)),

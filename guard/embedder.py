@@ -8,11 +8,20 @@ The classifier embeds one short prompt per request, where a plain forward is dom
 fp32 matmuls (measured 15 ms on 2 cores). `Embedder` therefore runs the transformer as a frozen
 TorchScript graph (`torch.jit.freeze` + `optimize_for_inference`: 9 ms), checked at load against
 the eager forward (max abs difference < 1e-4) and falling back to eager if tracing fails or differs.
+
+Where this machine runs bf16 autocast faster than fp32 (`embedder_precision`: the measurement
+training/precision.py caches per CPU model), the transformer runs under bf16 autocast instead,
+checked at load against the fp32 vectors (1 - cosine < BF16_TOLERANCE) and falling back to fp32
+otherwise. Measured on a 2-core Zen 5 EPYC (retain90, forget01, forget05 questions against the
+TOFU-mini forget01 policy): 1.3 vs 2.8 ms a prompt, similarities within 0.0018 of fp32's, none of
+3,840 decisions changed. On a CPU without fast bf16 (AVX2 only, or AVX512-BF16 without AMX on the
+Xeon measured) the measurement keeps fp32. `UNLEARN_EMBEDDER_PRECISION=fp32|bf16|auto` overrides.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections import OrderedDict
 from functools import lru_cache
@@ -27,6 +36,8 @@ DIM = 384
 # texts per forward: on 2 CPU cores, batches of 8-32 length-sorted prompts cost ~6 ms a prompt, 64 unsorted
 # ones ~10.6 ms and one alone ~8-12 ms (benchmarks/guard_bench.py's prompts, AMD EPYC, under load)
 BATCH_SIZE = 16
+PRECISION_ENV = "UNLEARN_EMBEDDER_PRECISION"
+BF16_TOLERANCE = 1e-3   # largest 1 - cosine(bf16 vector, fp32 vector) on the load-time probe
 log = logging.getLogger("unlearnkit.guard")
 _PROBE = ["What is the background of the author's parents?", "Which planet is known as the red planet?"]
 
@@ -49,8 +60,42 @@ class _Forward(torch.nn.Module):
         return self.model(input_ids=input_ids, attention_mask=attention_mask, return_dict=False)[0]
 
 
+def embedder_precision(device: str = "cpu") -> str:
+    """'fp32' or 'bf16': the environment's UNLEARN_EMBEDDER_PRECISION if it names one, else what
+    `optim.precision: auto` resolves to on this machine (measured once per CPU model and cached)."""
+    asked = os.environ.get(PRECISION_ENV, "auto").strip().lower() or "auto"
+    if asked not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"{PRECISION_ENV}={asked!r}: expected fp32, bf16 or auto")
+    if asked != "auto":
+        return asked
+    if device != "cpu":
+        return "fp32"
+    from ..training.precision import auto_precision
+
+    return auto_precision(log=log.info).precision
+
+
+class _Bf16Forward(torch.nn.Module):
+    """The eager forward under bf16 autocast, hidden states back in fp32 for the pooling."""
+
+    def __init__(self, eager: torch.nn.Module):
+        super().__init__()
+        self.eager = eager
+
+    def forward(self, input_ids, attention_mask):
+        with torch.autocast(input_ids.device.type, dtype=torch.bfloat16):
+            return self.eager(input_ids, attention_mask).float()
+
+
+def _pooled(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the attended positions, unit norm: the model's own sentence pipeline."""
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+    return torch.nn.functional.normalize(pooled, dim=-1)
+
+
 class Embedder:
-    def __init__(self, device: str = "cpu"):
+    def __init__(self, device: str = "cpu", precision: str = "fp32"):
         from sentence_transformers import SentenceTransformer
 
         st = SentenceTransformer(embedder_path(), device=device, local_files_only=True)
@@ -60,7 +105,8 @@ class Embedder:
         self.eager = _Forward(st[0].auto_model.eval()).to(device)
         for p in self.eager.parameters():
             p.requires_grad_(False)
-        self.forward = self._trace() or self.eager
+        self.forward = (precision == "bf16" and self._bf16()) or self._trace() or self.eager
+        self.precision = "bf16" if isinstance(self.forward, _Bf16Forward) else "fp32"
         # one call at a time: the fast tokenizer is not safe to share between threads (the agent
         # front embeds from several), and on CPU a forward already uses every core
         self._lock = threading.Lock()
@@ -83,6 +129,17 @@ class Embedder:
             log.warning("could not freeze the embedder (%s); using eager", exc)
         return None
 
+    def _bf16(self):
+        """The bf16 forward if its vectors stay within BF16_TOLERANCE of fp32's on the probe."""
+        bf16 = _Bf16Forward(self.eager)
+        with torch.inference_mode():
+            ids, mask = self._tokens(_PROBE)
+            drift = (1 - (_pooled(bf16(ids, mask), mask) * _pooled(self.eager(ids, mask), mask)).sum(-1)).max().item()
+        if drift < BF16_TOLERANCE:
+            return bf16
+        log.warning("bf16 embeddings drift %.2e from fp32's; using fp32", drift)
+        return None
+
     def _tokens(self, texts: list[str]):
         enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
                              return_tensors="pt")
@@ -98,24 +155,21 @@ class Embedder:
             for start in range(0, len(order), batch_size):
                 chunk = order[start:start + batch_size]
                 ids, mask = self._tokens([texts[i] for i in chunk])
-                hidden = self.forward(ids, mask)
-                weights = mask.unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
-                out[chunk] = torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()
+                out[chunk] = _pooled(self.forward(ids, mask), mask).cpu().numpy()
         return out
 
 
 _LOAD_LOCK = threading.Lock()
 
 
-@lru_cache(maxsize=2)
-def _load(device: str) -> Embedder:
-    return Embedder(device)
+@lru_cache(maxsize=4)
+def _load(device: str, precision: str) -> Embedder:
+    return Embedder(device, precision)
 
 
 def load_embedder(device: str = "cpu") -> Embedder:
     with _LOAD_LOCK:   # concurrent first calls build it once
-        return _load(device)
+        return _load(device, embedder_precision(device))
 
 
 _RECENT: "OrderedDict[tuple[str, str], np.ndarray]" = OrderedDict()

@@ -9,6 +9,9 @@ import pytest
 
 SHARED_TOFU = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tofu"
 os.environ.setdefault("UNLEARN_TOFU_DIR", str(SHARED_TOFU))
+# the sentence embedder in fp32 whatever the CPU, so that tests decide alike on every machine (the bf16
+# path has its own tests in test_guard_policy.py)
+os.environ.setdefault("UNLEARN_EMBEDDER_PRECISION", "fp32")
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n'}}"

@@ -209,6 +209,37 @@ def test_fast_embedder_equals_sentence_transformers():
     assert load_embedder()([]).shape == (0, 384)
 
 
+def test_the_embedder_precision_is_the_machines_measured_choice_unless_set(monkeypatch):
+    from unlearnkit.guard import embedder
+    from unlearnkit.training import precision
+
+    monkeypatch.setenv(embedder.PRECISION_ENV, "auto")
+    for measured in ("bf16", "fp32"):
+        monkeypatch.setattr(precision, "auto_precision", lambda log=None, m=measured: precision.PrecisionChoice(m, "test"))
+        assert embedder.embedder_precision() == measured
+    monkeypatch.setenv(embedder.PRECISION_ENV, "FP32")
+    assert embedder.embedder_precision() == "fp32"
+    monkeypatch.setenv(embedder.PRECISION_ENV, "fp16")
+    with pytest.raises(ValueError, match="UNLEARN_EMBEDDER_PRECISION='fp16': expected fp32, bf16 or auto"):
+        embedder.embedder_precision()
+
+
+def test_bf16_embeddings_stay_near_fp32_or_are_not_used(monkeypatch):
+    """bf16 autocast (where a machine runs it faster) gives vectors within BF16_TOLERANCE of fp32's
+    and the same nearest text; an embedder whose bf16 vectors drift further stays in fp32."""
+    from unlearnkit.guard.embedder import Embedder
+
+    texts = ["Who is Kalo Mirten?", "Where was Kalo Mirten born?", "Which planet is known as the red planet?",
+             "What is the capital of France?"]
+    fp32, bf16 = Embedder(precision="fp32"), Embedder(precision="bf16")
+    assert (fp32.precision, bf16.precision) == ("fp32", "bf16")
+    a, b = fp32(texts), bf16(texts)
+    assert (1 - (a * b).sum(1)).max() < 1e-3
+    assert ((a @ a.T) - np.eye(4)).argmax(1).tolist() == ((b @ b.T) - np.eye(4)).argmax(1).tolist()
+    monkeypatch.setattr("unlearnkit.guard.embedder.BF16_TOLERANCE", 0.0)
+    assert Embedder(precision="bf16").precision == "fp32"
+
+
 LLAMA3_TEMPLATE = (
     "{{ '<|begin_of_text|>' }}{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\\n\\n'"
     " + m['content'] + '<|eot_id|>' }}{% endfor %}"

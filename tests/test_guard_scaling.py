@@ -179,7 +179,7 @@ def test_warm_up_loads_the_embedder_before_any_request(runtime, monkeypatch):
 
     loads = []
     real = E._load.__wrapped__
-    fresh = functools.lru_cache(maxsize=2)(lambda device: loads.append(device) or real(device))
+    fresh = functools.lru_cache(maxsize=2)(lambda device, precision: loads.append(device) or real(device, precision))
     monkeypatch.setattr(E, "_load", fresh)
     runtime.warm_up(max_targets=1)
     assert loads == ["cpu"]
