@@ -152,27 +152,40 @@ def _config(model: Path, forget: str, retain: str, batch: int, **extra) -> dict:
     return cfg
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("mode", ["lora-fila", "full"])
-def test_two_processes_end_where_one_process_ends(tiny_dir, tmp_path, mode):
-    """UnDIAL (frozen reference model) for 2 steps over 8 examples: 2 ranks x 2 vs 1 process x 4."""
-    from safetensors.torch import load_file
+def _undial_inputs(tiny_dir: Path, tmp_path: Path, mode: str) -> tuple[str, str, dict]:
+    """The forget and retain specs of the end-to-end comparisons (8 equal-length forget answers) and
+    the config's extra keys for `mode` ("lora-fila" or "full")."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_dir)
     forget = _write_jsonl(tmp_path / "forget.jsonl", equal_length_records(tok, 8))
     retain = _write_jsonl(tmp_path / "retain.jsonl", synth_qa(3, seed=5))
-    extra = {"mode": "lora", "lora": {"r": 2, "init": "fila"}} if mode == "lora-fila" else {}
+    return forget, retain, ({"mode": "lora", "lora": {"r": 2, "init": "fila"}} if mode == "lora-fila" else {})
+
+
+def _weight_gap(base_dir: Path, one: Path, other: Path) -> tuple[float, float]:
+    """(max |w_one - w_other|, max |w_one - w_base|) over two finished runs' merged weights."""
+    from safetensors.torch import load_file
+
+    base = load_file(str(base_dir / "model.safetensors"))
+    w1, w2 = load_file(str(one / "model.safetensors")), load_file(str(other / "model.safetensors"))
+    assert set(w1) == set(w2)
+    diff = max(float((w1[k] - w2[k]).abs().max()) for k in w1)
+    moved = max(float((w1[k] - base[k]).abs().max()) for k in w1 if k in base)
+    return diff, moved
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["lora-fila", "full"])
+def test_two_processes_end_where_one_process_ends(tiny_dir, tmp_path, mode):
+    """UnDIAL (frozen reference model) for 2 steps over 8 examples: 2 ranks x 2 vs 1 process x 4."""
+    forget, retain, extra = _undial_inputs(tiny_dir, tmp_path, mode)
     one, t1 = _train(tmp_path, mode, _config(tiny_dir, forget, retain, 4, **extra), 1, launch=None)
     two, t2 = _train(tmp_path, mode, _config(tiny_dir, forget, retain, 2, **extra), 2)
 
     run = json.loads((two / "run.json").read_text())
     assert run["world_size"] == 2 and run["sharded_weights"] is None and run["weights_held_per_process"] == 1.0
-    base = load_file(str(tiny_dir / "model.safetensors"))
-    w1, w2 = load_file(str(one / "model.safetensors")), load_file(str(two / "model.safetensors"))
-    assert set(w1) == set(w2)
-    diff = max(float((w1[k] - w2[k]).abs().max()) for k in w1)
-    moved = max(float((w1[k] - base[k]).abs().max()) for k in w1 if k in base)
+    diff, moved = _weight_gap(tiny_dir, one, two)
     print(f"\n{mode}: 1 process {t1:.1f} s, 2 processes {t2:.1f} s; max |w1 - w2| = {diff:.2e}, "
           f"max |w1 - w0| = {moved:.2e}")
     assert moved > 1e-4  # the runs trained
@@ -276,16 +289,10 @@ def test_sharded_launches_on_gpus_end_where_a_plain_run_ends(tiny_dir, tmp_path,
     """UnDIAL (frozen reference) with the weights sharded over min(2, GPUs) processes, exported by
     gathering them whole, against one plain process with the same global batch. With one GPU the
     engine wraps and gathers the model but has no one to share it with."""
-    from safetensors.torch import load_file
-    from transformers import AutoTokenizer
-
     if launch.startswith("deepspeed"):
         pytest.importorskip("deepspeed")
     world = min(2, _gpus())
-    tok = AutoTokenizer.from_pretrained(tiny_dir)
-    forget = _write_jsonl(tmp_path / "forget.jsonl", equal_length_records(tok, 8))
-    retain = _write_jsonl(tmp_path / "retain.jsonl", synth_qa(3, seed=5))
-    extra = {"mode": "lora", "lora": {"r": 2, "init": "fila"}} if mode == "lora-fila" else {}
+    forget, retain, extra = _undial_inputs(tiny_dir, tmp_path, mode)
     one, t1 = _train(tmp_path, mode, _config(tiny_dir, forget, retain, 4, **extra), 1, launch=None, gpu=True)
     many, t2 = _train(tmp_path, mode, _config(tiny_dir, forget, retain, 4 // world, **extra), world,
                       launch=launch, gpu=True)
@@ -295,11 +302,7 @@ def test_sharded_launches_on_gpus_end_where_a_plain_run_ends(tiny_dir, tmp_path,
     assert run["sharded_weights"] == ("FSDP" if launch == "fsdp" else "DeepSpeed")
     if world > 1:
         assert run["weights_held_per_process"] < 0.75, run["weights_held_per_process"]
-    base = load_file(str(tiny_dir / "model.safetensors"))
-    w1, w2 = load_file(str(one / "model.safetensors")), load_file(str(many / "model.safetensors"))
-    assert set(w1) == set(w2)
-    diff = max(float((w1[k] - w2[k]).abs().max()) for k in w1)
-    moved = max(float((w1[k] - base[k]).abs().max()) for k in w1 if k in base)
+    diff, moved = _weight_gap(tiny_dir, one, many)
     print(f"\n{mode} ({launch}, {world} GPU process(es)): plain {t1:.1f} s, sharded {t2:.1f} s; "
           f"max |w1 - w2| = {diff:.2e}, max |w1 - w0| = {moved:.2e}, held {run['weights_held_per_process']}")
     assert moved > 1e-4
