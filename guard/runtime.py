@@ -190,9 +190,7 @@ class GuardRuntime:
         # calibrated mode: whether the fit kept the policy's semantic penalty under the mask
         self.calibrated_penalty = bool(policy.meta["calibration"].get("semantic_penalty", False))
         self.name_probes = self._name_probes()
-        # word starts only: the names check runs on every request, and a piece such as "ines" ends
-        # ordinary words; the text matcher finds a name at a word start without a space
-        self.name_sequences = token_sequences(tokenizer, self.name_probes, word_starts_only=True)
+        self.name_sequences = self._name_sequences(self.name_probes)
         self.full_names = self._full_names()
         self.names = self._names_check()
         self.check_phrases = CheckPhrases([*self.name_probes, *self.full_names])   # what the names check matches
@@ -205,6 +203,12 @@ class GuardRuntime:
     def _name_probes(self) -> list[str]:
         probes = [p for target in self._distinct_targets() for p in target["probes"]]
         return [p for p in dict.fromkeys(probes) if len(p.strip()) >= 4]
+
+    def _name_sequences(self, probes: Sequence[str]) -> list[list[int]]:
+        """The names check's token sequences of `probes`, at word starts only: it runs on every
+        request, and a piece such as "ines" ends ordinary words; the text matcher finds a name at a
+        word start without a space. One rule for the check and for what calibrated mode exempts."""
+        return token_sequences(self.tokenizer, probes, word_starts_only=True)
 
     def _names_check(self) -> Optional[tuple[TokenTrie, TextMatcher, Optional[TextMatcher]]]:
         """The always-on output check: every distinctive target's name and distinctive name parts
@@ -257,7 +261,7 @@ class GuardRuntime:
             return Withheld(self.names[0], list(self.names[1:]))
         probes = [p for p in exempt if p in self.name_probes]
         full = [p for p in exempt if p in self.full_names]
-        trie = TrieDifference(self.names[0], TokenTrie(token_sequences(self.tokenizer, probes, word_starts_only=True)))
+        trie = TrieDifference(self.names[0], TokenTrie(self._name_sequences(probes)))
         text = MatcherDifference(self.names[1], TextMatcher(probes, self.token_texts))
         spelled = self.names[2]
         if spelled is not None and full:
