@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from vllm.v1.worker.gpu.sample.logits_processor import LogitsProcessor
 
+from .decode import RowMasks, guard_rows
 from .runtime import validate_sampling_params
 
 
@@ -25,6 +26,7 @@ class GuardProcessorV2(LogitsProcessor):
         self.runtime, self.watch = engine_runtime(vllm_config, runtime)   # the policy watched: guard/reload.py
         self.guards: dict = {}           # slot -> RequestGuard (flagged requests only)
         self.pending: dict = {}          # slot -> sampling params, admitted but not classified yet
+        self.masks = RowMasks()
 
     @classmethod
     def validate_params(cls, sampling_params) -> None:
@@ -76,6 +78,7 @@ class GuardProcessorV2(LogitsProcessor):
             self._catch_up(slot, int(total))
         input_ids = ctx.input_ids.tolist() if any(local) else None
         drafts: dict = {}
+        rows = []
         for row, slot in enumerate(row_slots):
             guard = self.guards.get(slot)
             if guard is None:
@@ -83,5 +86,6 @@ class GuardProcessorV2(LogitsProcessor):
             extra = drafts.setdefault(slot, []) if local[row] else []
             if local[row]:
                 extra.append(input_ids[row])
-            guard.apply_row(logits[row], list(extra))
+            rows.append((row, guard, list(extra)))
+        guard_rows(logits, rows, self.masks)
         return logits

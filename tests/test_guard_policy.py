@@ -321,3 +321,35 @@ def test_titles_the_retain_prompts_mention_or_of_common_words_are_not_probes():
     assert _titles(items, targets, retain) == [["Glass Rivers"], ["Glass Rivers"], []]
     assert _titles(items, targets, []) == [["Glass Rivers", "Pride and Prejudice", "The Other Side"],
                                            ["Glass Rivers"], ["Glass Rivers"]]   # no retain prompts: nothing is common
+
+
+def test_rows_guarded_together_equal_rows_guarded_one_by_one(runtime):
+    """guard_rows writes strict guards in groups (shared penalty, shared structures and states); every
+    row must come out as its guard's own apply_row leaves it: flagged, unflagged, tightened, forced rows,
+    rows inside a name, rows with draft tokens, and a row whose every other token is already withheld."""
+    import torch
+
+    from unlearnkit.guard.decode import RowMasks, guard_rows
+
+    rt, tok = runtime
+    asks = [("Where was Kalo Mirten born?", None), ("Which prize did Ines Farrow receive?", None),
+            ("Where was Kalo Mirten born?", {"unlearn_penalty": 9.0}), ("What is the capital of France?", None),
+            ("Name a river.", None), ("Name a river.", {"unlearn_targets": ["Danube"]}),
+            ("What is the capital of France?", None), ("Where was Kalo Mirten born?", None)]
+    guards = rt.guards([(_prompt(tok, q), args) for q, args in asks]) + rt.guards([(None, None)])
+    name, river = (tok(t, add_special_tokens=False)["input_ids"] for t in (" Kalo Mirten", " the Danube"))
+    guards[3].feed(name[:-1])                     # unflagged, inside a target's name
+    guards[5].feed(river[:-1])                    # inside the request's own target
+    guards[7].feed(name[:1])
+    assert guards[-1].forced and guards[3].always_on and guards[4].always_on and not guards[0].always_on
+    rows = [(n, g, ()) for n, g in enumerate(guards)] + [(len(guards), guards[4], name[:-1])]   # draft tokens
+    logits = torch.randn(len(rows) + 1, len(tok), generator=torch.Generator().manual_seed(0))
+    logits[3, :] = float("-inf")                  # row 3 may only sample the token that ends the name
+    logits[3, name[-1]] = 1.0
+    expected = logits.clone()
+    for row, guard, extra in rows:
+        guard.apply_row(expected[row], extra)
+    guard_rows(logits, rows, RowMasks())
+    assert torch.equal(logits, expected)
+    assert logits[3, name[-1]] == float("-inf") and logits[5, river[-1]] == float("-inf")
+    assert logits[3, rt.eos] == 0.0 and torch.equal(logits[-1], expected[-1])     # fallback; the last row untouched
