@@ -203,11 +203,11 @@ def flagged(classifier, prompts, batch: int = 32) -> np.ndarray:
     return np.array(out, dtype=bool)
 
 
-def build(forget, retain, out_dir, model_path, tokenizer):
+def build(forget, retain, out_dir, model_path, tokenizer, answers: bool = True):
     from unlearnkit.guard.build import build_policy
     from unlearnkit.guard.policy import GuardConfig, load_policy
 
-    cfg = GuardConfig(fpr=0.01, penalty=0.0, max_retain=3000)
+    cfg = GuardConfig(fpr=0.01, penalty=0.0, max_retain=3000, answers=answers)
     t0 = time.perf_counter()
     build_policy(forget, out_dir, model_path, tokenizer, cfg, retain=retain, progress=lambda *_: None)
     policy = load_policy(out_dir, tokenizer)
@@ -239,7 +239,7 @@ def disguise_rows() -> dict:
 
 
 # ----------------------------------------------------------------------------- TOFU
-def tofu(tofu_dir: str, model_path: str, tokenizer, work: Path, measure: bool = True) -> dict:
+def tofu(tofu_dir: str, model_path: str, tokenizer, work: Path, measure: bool = True, answers: bool = True) -> dict:
     from unlearnkit.data.sources import load_tofu
     from unlearnkit.evaluation.attacks import attack_names, build_probes, scrub, subjects
     from unlearnkit.guard.classifier import PromptClassifier
@@ -254,9 +254,11 @@ def tofu(tofu_dir: str, model_path: str, tokenizer, work: Path, measure: bool = 
     # retain90: 20 questions per author; every fifth author held out (all of their questions, so
     # the held-out set has every kind of question in the same proportion as the calibration set)
     retain = load_tofu("retain90", tofu_dir)
+    retain_subj = subjects(retain)
     calib = [r for k, r in enumerate(retain) if (k // 20) % 5 and r.question]
     held_retain = [r for k, r in enumerate(retain) if (k // 20) % 5 == 0 and r.question]
-    policy, build_s = build([forget[i] for i in in_policy], calib, work / "tofu", model_path, tokenizer)
+    held_retain_subj = [retain_subj[k] for k, r in enumerate(retain) if (k // 20) % 5 == 0 and r.question]
+    policy, build_s = build([forget[i] for i in in_policy], calib, work / "tofu", model_path, tokenizer, answers)
     clf = PromptClassifier(policy)
     served = Served(tokenizer)
     print(f"TOFU: policy of {len(in_policy)} forget05 questions ({len(policy.targets)} targets), built in "
@@ -264,12 +266,15 @@ def tofu(tofu_dir: str, model_path: str, tokenizer, work: Path, measure: bool = 
     if not measure:
         return {"policy": policy, "served": served, "held_retain": [r.question for r in held_retain]}
 
-    neg_sample = held_retain[::max(1, len(held_retain) // 200)][:200]
+    step = max(1, len(held_retain) // 200)
+    neg_sample, neg_subj = held_retain[::step][:200], held_retain_subj[::step][:200]
     columns = {
         "in-policy": [(forget[i].question, subj[i]) for i in in_policy],
         "held-out": [(forget[i].question, subj[i]) for i in held_out],
         "held-out, no name": [(scrub(forget[i].question, subj[i], "this author"), None) for i in held_out],
         "FPR retain": [(r.question, None) for r in neg_sample],
+        # the same questions about retain authors with the name removed: what flagging a name-free question costs
+        "FPR retain, no name": [(scrub(r.question, s, "this author"), None) for r, s in zip(neg_sample, neg_subj)],
     }
     table = rates(clf, served, columns, disguise_rows())
 
@@ -308,7 +313,7 @@ def _read(path: Path):
     return [QA(o["question"], o["answer"]) for o in json.loads(path.read_text())] if path.is_file() else []
 
 
-def muse(muse_dir: str, model_path: str, tokenizer, work: Path) -> dict:
+def muse(muse_dir: str, model_path: str, tokenizer, work: Path, answers: bool = True) -> dict:
     from unlearnkit.guard.classifier import PromptClassifier
 
     root = Path(muse_dir) / "knowmem"
@@ -319,7 +324,7 @@ def muse(muse_dir: str, model_path: str, tokenizer, work: Path) -> dict:
     in_policy, held_out = forget[0::2], forget[1::2]
     calib = negatives[0::2] + _read(root / "retain2_qa_icl.json")
     held_neg = negatives[1::2]
-    policy, build_s = build(in_policy, calib, work / "muse", model_path, tokenizer)
+    policy, build_s = build(in_policy, calib, work / "muse", model_path, tokenizer, answers)
     clf = PromptClassifier(policy)
     served = Served(tokenizer)
     print(f"MUSE-News: policy of {len(in_policy)} forget questions ({len(policy.targets)} targets), built in "
@@ -385,6 +390,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(ROOT / "runs" / "bench" / "classifier_recall.json"))
     p.add_argument("--cost", type=int, default=200, help="lone short requests timed (0: skip)")
     p.add_argument("--skip-muse", action="store_true")
+    p.add_argument("--no-answers", action="store_true",
+                   help="build the policies without the answers index (answers: false, as policies built before it)")
     p.add_argument("--cost-only", action="store_true", help="build the TOFU policy and time classification only")
     args = p.parse_args(argv)
     if not args.tofu_dir:
@@ -395,10 +402,11 @@ def main(argv=None) -> int:
 
     model_path = resolve_model(args.model)
     tokenizer = load_tokenizer(model_path)
-    result: dict = {"machine": cpu_name(), "cores": os.cpu_count(), "model": model_path,
+    result: dict = {"machine": cpu_name(), "cores": os.cpu_count(), "model": model_path, "answers": not args.no_answers,
                     "classifier": sys.modules.get("unlearnkit").__file__ if "unlearnkit" in sys.modules else None}
     with tempfile.TemporaryDirectory() as work:
-        t = tofu(args.tofu_dir, model_path, tokenizer, Path(work), measure=not args.cost_only)
+        t = tofu(args.tofu_dir, model_path, tokenizer, Path(work), measure=not args.cost_only,
+                 answers=not args.no_answers)
         if args.cost or args.cost_only:
             result["cost"] = cost(t.pop("policy"), t.pop("served"), t.pop("held_retain"), args.cost or 200)
         else:
@@ -407,7 +415,7 @@ def main(argv=None) -> int:
         if not args.cost_only:
             result["tofu"] = t
         if not (args.skip_muse or args.cost_only):
-            result["muse"] = muse(args.muse_dir, model_path, tokenizer, Path(work))
+            result["muse"] = muse(args.muse_dir, model_path, tokenizer, Path(work), answers=not args.no_answers)
 
     print(f"\nmachine: {result['machine']} ({result['cores']} cores); classifier: {result['classifier']}")
     t = result.get("tofu")

@@ -12,7 +12,8 @@ a name the request wrote, and how many name a target that shares a forget item w
 request names (a book title in an answer about its author). Both are 0 under a strict policy,
 which withholds every name; a calibrated one lowers them like any fact about the subject asked
 about (guard/withheld.py). And whether a plain request was answered after the group (target: always). Last, a plain request's latency alone and while 15
-flagged requests with fresh `unlearn_targets` run (target: within 2x of idle).
+flagged requests with fresh `unlearn_targets` run (target: within 2x of idle), and while the same
+flagged requests run without fresh targets (the control), in --flood-rounds paired rounds.
 
 Categories: channels (logprobs, top_logprobs, prompt_logprobs, echo), modes (beam search, structured
 outputs, logit_bias, penalties, temperature, n, prefill / continue_final_message, token-id prompts,
@@ -252,10 +253,13 @@ def oracles(port: int, model: str, question: str, meta: dict) -> dict:
     return found
 
 
-def flood(port: int, model: str, question: str, plain: dict, n: int = 15) -> dict:
+def flood(port: int, model: str, question: str, plain: dict, n: int = 15, rounds: int = 3) -> dict:
     """A plain request's latency alone, while `n` flagged requests with fresh `unlearn_targets` run,
     and while the same `n` flagged requests run without them (the control: what sharing the engine's
-    batch with `n` other requests costs anyway on this machine)."""
+    batch with `n` other requests costs anyway on this machine). Measured in `rounds` paired rounds
+    (idle, then fresh and control in alternating order), so a ratio is read against the idle latency
+    of its own round; the median round and the worst are reported (one round on 2 cores varies by
+    tens of percent)."""
     def latency():
         t0 = time.perf_counter()
         post(port, "/v1/chat/completions", plain)
@@ -276,14 +280,24 @@ def flood(port: int, model: str, question: str, plain: dict, n: int = 15) -> dic
             t.join()
         return seconds
 
-    idle = statistics.median(latency() for _ in range(3))
-    fresh = statistics.median(loaded(True, k) for k in range(2))
-    control = statistics.median(loaded(False, k) for k in range(2))
-    print(f"flood      plain latency idle {idle:.2f} s; during {n} flagged requests with fresh targets {fresh:.2f} s "
-          f"({fresh / idle:.2f}x idle, {fresh / control:.2f}x the control); during the same {n} without fresh "
-          f"targets {control:.2f} s ({control / idle:.2f}x idle)", flush=True)
-    return {"idle_s": idle, "loaded_s": fresh, "control_s": control, "ratio": fresh / idle,
-            "ratio_vs_control": fresh / control}
+    per_round = []
+    for k in range(rounds):
+        idle = statistics.median(latency() for _ in range(3))
+        order = (True, False) if k % 2 == 0 else (False, True)
+        got = {fresh: loaded(fresh, k) for fresh in order}
+        per_round.append({"idle_s": idle, "loaded_s": got[True], "control_s": got[False],
+                          "ratio": got[True] / idle, "ratio_vs_control": got[True] / got[False]})
+        print(f"flood      round {k + 1}: plain latency idle {idle:.2f} s; during {n} flagged requests with fresh "
+              f"targets {got[True]:.2f} s ({got[True] / idle:.2f}x idle); during the same {n} without fresh targets "
+              f"{got[False]:.2f} s ({got[False] / idle:.2f}x idle)", flush=True)
+    median = lambda key: statistics.median(r[key] for r in per_round)  # noqa: E731
+    out = {"rounds": per_round, "idle_s": median("idle_s"), "loaded_s": median("loaded_s"),
+           "control_s": median("control_s"), "ratio": median("ratio"), "ratio_vs_control": median("ratio_vs_control"),
+           "ratio_worst": max(r["ratio"] for r in per_round),
+           "control_ratio": statistics.median(r["control_s"] / r["idle_s"] for r in per_round)}
+    print(f"flood      median of {rounds} rounds: {out['ratio']:.2f}x idle (worst {out['ratio_worst']:.2f}x), "
+          f"{out['ratio_vs_control']:.2f}x the control; the control {out['control_ratio']:.2f}x idle", flush=True)
+    return out
 
 
 def start_server(model: str, policy: str, agents: bool, port: int, log: Path) -> subprocess.Popen:
@@ -307,6 +321,7 @@ def main() -> int:
     parser.add_argument("--questions", type=int, default=4, help="forget questions (distinct targets first) to build attacks from")
     parser.add_argument("--only", nargs="+", default=["groups", "malformed", "oracles", "flood"],
                         choices=["groups", "malformed", "oracles", "flood"], help="run only these parts")
+    parser.add_argument("--flood-rounds", type=int, default=3, help="paired rounds of the flood measurement")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
@@ -340,7 +355,7 @@ def main() -> int:
                                                related_names(meta), plain),
                  "malformed": lambda: malformed(port, model, plain),
                  "oracles": lambda: oracles(port, model, picked[0][0], meta),
-                 "flood": lambda: flood(port, model, picked[0][0], plain)}
+                 "flood": lambda: flood(port, model, picked[0][0], plain, rounds=args.flood_rounds)}
         result = {"server": "agents" if args.agents else "guard", "targets": len(names),
                   **{name: run() for name, run in parts.items() if name in args.only}}
     finally:
@@ -351,7 +366,8 @@ def main() -> int:
     repeats = sum(g.get("repeats", 0) for g in groups)
     facts = sum(g.get("related", 0) for g in groups)
     fivexx = sum(c for g in groups for s, c in g["codes"].items() if isinstance(s, int) and s >= 500)
-    ratio = f"{result['flood']['ratio']:.2f}" if "flood" in result else "not measured"
+    ratio = (f"{result['flood']['ratio']:.2f} (median round; worst {result['flood']['ratio_worst']:.2f})"
+             if "flood" in result else "not measured")
     print(f"\nTOTAL: {sum(g['requests'] for g in groups)} requests, {total} disclosures, {repeats} repeats of a "
           f"name the request wrote, {facts} names of related targets, {fivexx} HTTP 5xx, flood latency ratio {ratio}")
     out = Path(args.out or ROOT / "runs" / "bench" / f"guard_attack{'_agents' if args.agents else ''}.json")

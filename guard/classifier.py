@@ -201,6 +201,26 @@ def queries(whole: str, segments: list[str], max_words: int = WINDOW_WORDS) -> l
     return [q for q in dict.fromkeys(out) if q.strip()] or [last]
 
 
+def nearest_of_both(sims_a: np.ndarray, idx_a: np.ndarray, sims_b: np.ndarray, idx_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two searches' results ([n, k] similarities, descending, and item ids; -1 where none) as one: per
+    row the k nearest distinct items, each at its higher similarity (an item is its question and its
+    answer)."""
+    n, k = sims_a.shape
+    sims = np.full((n, k), -np.inf, dtype=sims_a.dtype)
+    idx = np.full((n, k), -1, dtype=idx_a.dtype)
+    both_s, both_i = np.concatenate([sims_a, sims_b], 1), np.concatenate([idx_a, idx_b], 1)
+    for row in range(n):
+        kept: list[int] = []
+        for j in np.argsort(-both_s[row], kind="stable"):
+            item = int(both_i[row, j])
+            if item >= 0 and item not in kept:
+                sims[row, len(kept)], idx[row, len(kept)] = both_s[row, j], item
+                kept.append(item)
+                if len(kept) == k:
+                    break
+    return sims, idx
+
+
 class PromptClassifier:
     def __init__(self, policy, cache_size: int = 4096):
         self.policy = policy
@@ -250,7 +270,10 @@ class PromptClassifier:
         missing = [t for t in dict.fromkeys(texts) if t not in out]
         if not missing:
             return out
-        sims, idx = self.policy.index.search(embed(missing), k)
+        vecs = embed(missing)
+        sims, idx = self.policy.index.search(vecs, k)
+        if self.policy.answers is not None:
+            sims, idx = nearest_of_both(sims, idx, *self.policy.answers.search(vecs, k))
         with self._lock:
             for t, s, i in zip(missing, sims, idx):
                 out[t] = (s, i)

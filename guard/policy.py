@@ -7,6 +7,8 @@ A policy is a self-describing directory:
                          forget items (question, answer, phrases, targets), calibration figures,
                          and a sha256 for every other file
     index.faiss          all-MiniLM-L6-v2 embeddings of the forget questions (inner product = cosine)
+    answers.faiss        the same of the forget answers, row for row (built with `answers: true`, the
+                         default, where the items have questions; absent from policies built before)
     sequences.json       forbidden token sequences per item and per target (every variant)
     penalty.safetensors  per-target sparse vocabulary penalty (t<i>.idx, t<i>.val)
 
@@ -31,6 +33,7 @@ from ..files import sha256_file
 FORMAT = "unlearnkit-guard-policy"
 FORMAT_VERSION = 1
 FILES = ("index.faiss", "sequences.json", "penalty.safetensors")
+OPTIONAL_FILES = ("answers.faiss",)   # checked where policy.json lists them
 
 
 class PolicyError(UnlearnError):
@@ -52,6 +55,8 @@ class GuardConfig:
     fpr: float = 0.01                 # false-positive rate the threshold is calibrated to, on retain prompts
     default_threshold: float = 0.75   # cosine threshold when no retain prompts are given (uncalibrated)
     top_k: int = 4                    # forget items retrieved per flagged prompt
+    answers: bool = True              # also score prompts against the forget answers (a question that quotes
+                                      # a target's facts without its name is nearer the answer than the questions)
     key_words: bool = True            # also forbid the answers' content words, not only names/titles/numbers
     penalty: float = 4.0              # semantic penalty at similarity 1 (logit units); 0 disables it
     penalty_min_sim: float = 0.45     # embedding cosine below which a token is not penalised
@@ -111,10 +116,11 @@ class GuardConfig:
 class Policy:
     root: Path
     meta: dict
-    index: object                                   # faiss index
+    index: object                                   # faiss index of the forget questions
     item_sequences: list[list[list[int]]]
     target_sequences: list[list[list[int]]]
     penalties: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    answers: object = None                          # faiss index of the forget answers (row i: item i), if built
 
     @property
     def config(self) -> GuardConfig:
@@ -181,7 +187,7 @@ def verified_meta(root: str | Path) -> dict:
     """`read_meta`, and every file of the policy present and matching its checksum in policy.json."""
     root = Path(root)
     meta = read_meta(root)
-    for name in FILES:
+    for name in FILES + tuple(n for n in OPTIONAL_FILES if n in meta["files"]):
         path = root / name
         if not path.is_file():
             raise PolicyError(f"guard policy {str(root)!r}: {name} is missing")
@@ -205,14 +211,15 @@ def load_policy(root: str | Path, tokenizer=None) -> Policy:
                               f"{meta['tokenizer'].get('model')!r} (vocabulary {meta['tokenizer']['fingerprint']}), "
                               f"not this model's ({fp}); rebuild it with `unlearn guard build --model ...`")
     index = faiss.read_index(str(root / "index.faiss"))
+    answers = faiss.read_index(str(root / "answers.faiss")) if "answers.faiss" in meta["files"] else None
     seqs = json.loads((root / "sequences.json").read_text())
     tensors = load_file(str(root / "penalty.safetensors"))
     n_targets = len(meta["targets"])
     penalties = [(tensors[f"t{i}.idx"], tensors[f"t{i}.val"]) for i in range(n_targets)]
     if index.ntotal != len(meta["items"]) or len(seqs["items"]) != len(meta["items"]) \
-            or len(seqs["targets"]) != n_targets:
+            or len(seqs["targets"]) != n_targets or (answers is not None and answers.ntotal != index.ntotal):
         raise PolicyError(f"guard policy {str(root)!r}: index, sequences and items disagree in size")
-    return Policy(root, meta, index, seqs["items"], seqs["targets"], penalties)
+    return Policy(root, meta, index, seqs["items"], seqs["targets"], penalties, answers)
 
 
 def policy_summary(meta: dict) -> str:

@@ -104,7 +104,7 @@ def test_bad_calibrated_configs_are_refused():
 
 
 def test_strict_policies_record_the_config_they_always_did():
-    assert set(GuardConfig().as_meta()) == {"fpr", "default_threshold", "top_k", "key_words", "penalty",
+    assert set(GuardConfig().as_meta()) == {"fpr", "default_threshold", "top_k", "answers", "key_words", "penalty",
                                             "penalty_min_sim", "max_retain", "refusal"}
     assert GuardConfig(mode="calibrated").as_meta()["mode"] == "calibrated"
 

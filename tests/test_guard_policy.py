@@ -334,7 +334,7 @@ def test_rows_guarded_together_equal_rows_guarded_one_by_one(runtime):
     rt, tok = runtime
     asks = [("Where was Kalo Mirten born?", None), ("Which prize did Ines Farrow receive?", None),
             ("Where was Kalo Mirten born?", {"unlearn_penalty": 9.0}), ("What is the capital of France?", None),
-            ("Name a river.", None), ("Name a river.", {"unlearn_targets": ["Danube"]}),
+            ("Who painted the Mona Lisa?", None), ("Name a river.", {"unlearn_targets": ["Danube"]}),
             ("What is the capital of France?", None), ("Where was Kalo Mirten born?", None)]
     guards = rt.guards([(_prompt(tok, q), args) for q, args in asks]) + rt.guards([(None, None)])
     name, river = (tok(t, add_special_tokens=False)["input_ids"] for t in (" Kalo Mirten", " the Danube"))
@@ -353,3 +353,56 @@ def test_rows_guarded_together_equal_rows_guarded_one_by_one(runtime):
     assert torch.equal(logits, expected)
     assert logits[3, name[-1]] == float("-inf") and logits[5, river[-1]] == float("-inf")
     assert logits[3, rt.eos] == 0.0 and torch.equal(logits[-1], expected[-1])     # fallback; the last row untouched
+
+
+def test_nearest_of_both_searches_equals_a_naive_merge():
+    from unlearnkit.guard.classifier import nearest_of_both
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        n, k, items = 3, 4, 6
+        a, b = rng.random((n, items)), rng.random((n, items))   # question and answer similarity of each item
+        top = lambda m: (np.sort(m, 1)[:, ::-1][:, :k], np.argsort(-m, 1, kind="stable")[:, :k])  # noqa: E731
+        sims, idx = nearest_of_both(*top(a), *top(b))
+        for row in range(n):
+            best = {i: max(s for s, j in zip([*top(a)[0][row], *top(b)[0][row]], [*top(a)[1][row], *top(b)[1][row]])
+                           if j == i) for i in set(top(a)[1][row]) | set(top(b)[1][row])}
+            want = sorted(best, key=best.get, reverse=True)[:k]
+            assert list(idx[row]) == want and np.allclose(sims[row], [best[i] for i in want])
+
+
+def test_a_question_that_describes_a_target_without_its_name_is_scored_against_the_answers(
+        tiny_policy, tiny_dir, guard_forget_set, tmp_path):
+    """The answers index (answers: true, the default): a prompt quoting an answer's facts, name left out, is
+    nearer that answer than any forget question, and the policy scores it so; a policy built without it
+    (answers: false, as every policy built before) has no answers.faiss and scores the questions alone."""
+    from unlearnkit.guard.classifier import PromptClassifier
+    from unlearnkit.guard.embedder import embed
+    from unlearnkit.models.loading import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_dir))
+    meta = read_meta(tiny_policy)
+    assert "answers.faiss" in meta["files"]
+    with_answers = load_policy(tiny_policy, tok)
+    assert with_answers.answers.ntotal == with_answers.index.ntotal == 5
+    without = tmp_path / "questions-only"
+    build_policy(guard_forget_set, without, str(tiny_dir), tok, GuardConfig(fpr=0.1, answers=False),
+                 retain=[QA(q, "an answer") for q in ("What is the capital of France?", "Who painted the Mona Lisa?")],
+                 progress=lambda *_: None)
+    assert "answers.faiss" not in read_meta(without)["files"] and load_policy(without, tok).answers is None
+    prompt = "Which poet lives in Utrecht with two cats?"
+    vec = embed([prompt])
+    by_question = float((vec @ embed([q.question for q in guard_forget_set]).T).max())
+    by_answer = float((vec @ embed([q.answer for q in guard_forget_set]).T).max())
+    assert by_answer > by_question + 0.05
+    scored = PromptClassifier(with_answers).classify([prompt], threshold=1.5)[0]
+    plain = PromptClassifier(load_policy(without, tok)).classify([prompt], threshold=1.5)[0]
+    assert scored.score == pytest.approx(by_answer, abs=1e-4) and plain.score == pytest.approx(by_question, abs=1e-4)
+    assert 2 in scored.nearest                                   # the item whose answer it quotes
+
+
+def test_an_edited_answers_index_fails_at_load(tiny_policy, tmp_path):
+    bad = _copy(tiny_policy, tmp_path / "edited-answers")
+    (bad / "answers.faiss").write_bytes(b"not an index")
+    with pytest.raises(PolicyError, match="answers.faiss does not match"):
+        load_policy(bad)
