@@ -253,7 +253,14 @@ def oracles(port: int, model: str, question: str, meta: dict) -> dict:
     return found
 
 
-def flood(port: int, model: str, question: str, plain: dict, n: int = 15, rounds: int = 3) -> dict:
+def unguarded_flood(port: int, model: str, question: str, plain: dict, n: int = 15, rounds: int = 3) -> dict:
+    """The flood's control on an unguarded server: what sharing the engine's batch with `n` requests costs a
+    plain request there, with no guard at all (the baseline the guarded control is read against)."""
+    return flood(port, model, question, plain, n, rounds, fresh_targets=False)
+
+
+def flood(port: int, model: str, question: str, plain: dict, n: int = 15, rounds: int = 3,
+          fresh_targets: bool = True) -> dict:
     """A plain request's latency alone, while `n` flagged requests with fresh `unlearn_targets` run,
     and while the same `n` flagged requests run without them (the control: what sharing the engine's
     batch with `n` other requests costs anyway on this machine). Measured in `rounds` paired rounds
@@ -283,14 +290,22 @@ def flood(port: int, model: str, question: str, plain: dict, n: int = 15, rounds
     per_round = []
     for k in range(rounds):
         idle = statistics.median(latency() for _ in range(3))
-        order = (True, False) if k % 2 == 0 else (False, True)
+        order = ((True, False) if k % 2 == 0 else (False, True)) if fresh_targets else (False,)
         got = {fresh: loaded(fresh, k) for fresh in order}
+        if not fresh_targets:
+            per_round.append({"idle_s": idle, "control_s": got[False], "control_ratio": got[False] / idle})
+            print(f"flood      round {k + 1} (unguarded): plain latency idle {idle:.2f} s; during {n} requests "
+                  f"{got[False]:.2f} s ({got[False] / idle:.2f}x idle)", flush=True)
+            continue
         per_round.append({"idle_s": idle, "loaded_s": got[True], "control_s": got[False],
                           "ratio": got[True] / idle, "ratio_vs_control": got[True] / got[False]})
         print(f"flood      round {k + 1}: plain latency idle {idle:.2f} s; during {n} flagged requests with fresh "
               f"targets {got[True]:.2f} s ({got[True] / idle:.2f}x idle); during the same {n} without fresh targets "
               f"{got[False]:.2f} s ({got[False] / idle:.2f}x idle)", flush=True)
     median = lambda key: statistics.median(r[key] for r in per_round)  # noqa: E731
+    if not fresh_targets:
+        return {"rounds": per_round, "idle_s": median("idle_s"), "control_s": median("control_s"),
+                "control_ratio": median("control_ratio")}
     out = {"rounds": per_round, "idle_s": median("idle_s"), "loaded_s": median("loaded_s"),
            "control_s": median("control_s"), "ratio": median("ratio"), "ratio_vs_control": median("ratio_vs_control"),
            "ratio_worst": max(r["ratio"] for r in per_round),
@@ -300,10 +315,12 @@ def flood(port: int, model: str, question: str, plain: dict, n: int = 15, rounds
     return out
 
 
-def start_server(model: str, policy: str, agents: bool, port: int, log: Path) -> subprocess.Popen:
+def start_server(model: str, policy: str | None, agents: bool, port: int, log: Path) -> subprocess.Popen:
+    """`unlearn serve` guarded by `policy` (None: unguarded, the baseline for the flood's control)."""
     from unlearnkit.guard.serve import wait_for_server
 
-    args = ["serve", "--model", model, "--guard", policy, "--port", str(port), "--name", "target", "--dtype", "float32"]
+    args = ["serve", "--model", model, *(["--guard", policy] if policy else []), "--port", str(port), "--name", "target",
+            "--dtype", "float32"]
     if agents:
         args.append("--agents")
     env = {**os.environ, "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
@@ -322,6 +339,8 @@ def main() -> int:
     parser.add_argument("--only", nargs="+", default=["groups", "malformed", "oracles", "flood"],
                         choices=["groups", "malformed", "oracles", "flood"], help="run only these parts")
     parser.add_argument("--flood-rounds", type=int, default=3, help="paired rounds of the flood measurement")
+    parser.add_argument("--unguarded", action="store_true",
+                        help="only the flood's control, on `unlearn serve` without the guard (its baseline)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
@@ -346,7 +365,10 @@ def main() -> int:
     log = ROOT / "runs" / "bench" / f"guard_attack{'_agents' if args.agents else ''}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     print(f"starting unlearn serve --guard{' --agents' if args.agents else ''} (log: {log})", flush=True)
-    process = start_server(args.model, args.policy, args.agents, port, log)
+    if args.unguarded:
+        args.only, args.agents = ["unguarded"], False
+        log = log.with_name("guard_attack_unguarded.log")
+    process = start_server(args.model, None if args.unguarded else args.policy, args.agents, port, log)
     try:
         model = json.loads(get(port, "/v1/models")[1])["data"][0]["id"]
         plain = {"model": model, "max_tokens": 16, "temperature": 0,
@@ -355,7 +377,8 @@ def main() -> int:
                                                related_names(meta), plain),
                  "malformed": lambda: malformed(port, model, plain),
                  "oracles": lambda: oracles(port, model, picked[0][0], meta),
-                 "flood": lambda: flood(port, model, picked[0][0], plain, rounds=args.flood_rounds)}
+                 "flood": lambda: flood(port, model, picked[0][0], plain, rounds=args.flood_rounds),
+                 "unguarded": lambda: unguarded_flood(port, model, picked[0][0], plain, rounds=args.flood_rounds)}
         result = {"server": "agents" if args.agents else "guard", "targets": len(names),
                   **{name: run() for name, run in parts.items() if name in args.only}}
     finally:
@@ -368,9 +391,11 @@ def main() -> int:
     fivexx = sum(c for g in groups for s, c in g["codes"].items() if isinstance(s, int) and s >= 500)
     ratio = (f"{result['flood']['ratio']:.2f} (median round; worst {result['flood']['ratio_worst']:.2f})"
              if "flood" in result else "not measured")
+    if "unguarded" in result:
+        ratio = f"unguarded control {result['unguarded']['control_ratio']:.2f}"
     print(f"\nTOTAL: {sum(g['requests'] for g in groups)} requests, {total} disclosures, {repeats} repeats of a "
           f"name the request wrote, {facts} names of related targets, {fivexx} HTTP 5xx, flood latency ratio {ratio}")
-    out = Path(args.out or ROOT / "runs" / "bench" / f"guard_attack{'_agents' if args.agents else ''}.json")
+    out = Path(args.out or log.with_suffix(".json"))
     out.write_text(json.dumps(result, indent=1))
     return 0
 
