@@ -38,10 +38,10 @@ from .trie import token_sequences
 
 # the semantic index: a HNSW graph above this many forget questions (semantic_index), with its parameters
 HNSW_MIN_ITEMS = 4096
-MIN_ANSWER_WORDS = 4       # shorter answers are not indexed on their own
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 128
 HNSW_EF_SEARCH = 128
+MIN_ANSWER_WORDS = 4       # the answers index: a shorter answer's row repeats its question's (_answers_index)
 
 
 def _item_text(item: QA) -> str:

@@ -115,7 +115,7 @@ def classifier():
     probes = [NAME, "Mirtenvaar"]
     background = [dg.collapsed(q) for q in ["What is the capital of France?", "Who painted the Mona Lisa?"]]
     policy = SimpleNamespace(
-        threshold=0.8, config=GuardConfig(top_k=2), index=FlatIndex(embed(questions)),
+        threshold=0.8, config=GuardConfig(top_k=2), index=FlatIndex(embed(questions)), answers=None,
         targets=[{"name": NAME, "probes": probes, "collapsed": collapsed_probes(probes, background)}],
         items=[{"targets": [0]}, {"targets": [0]}])
     return PromptClassifier(policy)
