@@ -93,12 +93,13 @@ class RequestGuard:
         return (self.trie, self.text, self.spelled, self.extra, self.live, self.text_state, self.spelled_state,
                 self.extra_state)
 
-    def withheld_indexes(self, device) -> list[torch.Tensor]:
-        """A strict guard's withheld tokens here, as the index tensors of its structures."""
-        out = self.policy_matches(device)
+    def withheld_indexes(self, device, extra: Sequence[int] = ()) -> list[torch.Tensor]:
+        """A strict guard's withheld tokens here, as the index tensors of its structures: the policy's
+        phrases, names spelled letter by letter, the request's own targets; `extra` as in apply_row."""
+        out = self.policy_matches(device, extra)
         for matcher, at in ((self.spelled, self.spelled_state), (self.extra, self.extra_state)):
             if matcher is not None:
-                out.append(matcher.blocked_index(at, device))
+                out.append(matcher.blocked_index(_state(matcher, at, extra), device))
         return out
 
     def blocked(self, live: Optional[frozenset] = None) -> list[int]:
@@ -139,19 +140,14 @@ class RequestGuard:
         if self.penalty is not None:
             index, values = self._sparse_penalty(width, row.device, row.dtype)
             row.index_add_(0, index, values)
-        policy = self.policy_matches(row.device, extra)
         if self.soft is None:
-            blocked = any([_block(row, index, width) for index in policy])
+            blocked = any([_block(row, index, width) for index in self.withheld_indexes(row.device, extra)])
         else:
-            blocked = False
-            _discourage(row, policy, self.soft, width)
-        # withheld: the request's own targets in either mode, a name spelled letter by letter in strict mode
-        # (the spelled matcher also matches the plain name; calibrated mode lowers it with the other phrases
-        # and withholds, through `withheld`, the names its prompt did not write)
-        withheld = [(self.extra, self.extra_state)] + ([(self.spelled, self.spelled_state)] if self.soft is None else [])
-        for matcher, at in withheld:
-            if matcher is not None:
-                blocked |= _block(row, matcher.blocked_index(_state(matcher, at, extra), row.device), width)
+            # calibrated: the policy's phrases (the spelled names among them) lowered, the request's own targets
+            # withheld, and, through `withheld`, the names its prompt did not write
+            _discourage(row, self.policy_matches(row.device, extra), self.soft, width)
+            blocked = self.extra is not None and _block(
+                row, self.extra.blocked_index(_state(self.extra, self.extra_state, extra), row.device), width)
         if self.withheld is not None:
             for index in self.withheld.indexes(row.device, extra):
                 blocked |= _block(row, index, width)
