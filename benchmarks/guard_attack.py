@@ -364,10 +364,11 @@ def main() -> int:
     port = free_port()
     log = ROOT / "runs" / "bench" / f"guard_attack{'_agents' if args.agents else ''}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    print(f"starting unlearn serve --guard{' --agents' if args.agents else ''} (log: {log})", flush=True)
     if args.unguarded:
         args.only, args.agents = ["unguarded"], False
         log = log.with_name("guard_attack_unguarded.log")
+    print(f"starting unlearn serve{'' if args.unguarded else ' --guard'}{' --agents' if args.agents else ''} (log: {log})",
+          flush=True)
     process = start_server(args.model, None if args.unguarded else args.policy, args.agents, port, log)
     try:
         model = json.loads(get(port, "/v1/models")[1])["data"][0]["id"]
