@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 
 from .textmatch import TextMatcher
@@ -189,49 +190,74 @@ def _discourage(row: torch.Tensor, indexes: list[torch.Tensor], amount: float, w
 class RowMasks:
     """Strict guards for many rows at once. Guards share their structures (every unflagged request's names
     check is one trie and two matchers; flagged requests on the same targets share theirs), so rows whose
-    matches stand in the same states (nearly all of them stand at the start) withhold the same tokens: one
-    cached index per state, one masked write per group of rows; likewise one write per shared penalty.
-    Row by row, the same guard costs three or four small writes a row (measured: 7 ms a decode step for 160
-    rows on 2 cores)."""
+    matches stand in the same states withhold the same tokens: one cached index per state. Every strict row's
+    withheld tokens are then written in one go (one host-to-device copy of the (row, token) pairs, one write),
+    and the rows of each shared penalty in one more. Row by row, the same guard costs three or four small
+    writes a row (measured: 7 ms a decode step for 160 rows on 2 cores); on a GPU each write is a kernel
+    launch, and a read back to the host waits for the device."""
 
     def __init__(self, cache_size: int = 4096):
         self._index: dict = {}
         self.cache_size = cache_size
 
-    def index(self, guard: RequestGuard, device, width: int) -> torch.Tensor:
-        """The sorted ids below `width` that `guard.apply_row` withholds in the guard's states."""
-        key = (guard.state_key(), str(device), width)
+    def index(self, guard: RequestGuard, width: int) -> np.ndarray:
+        """The sorted ids below `width` that `guard.apply_row` withholds in the guard's states (on the host)."""
+        key = (guard.state_key(), width)
         out = self._index.get(key)
         if out is None:
             if len(self._index) >= self.cache_size:
                 self._index.clear()
-            out = torch.cat(guard.withheld_indexes(device)).unique()
-            out = self._index[key] = out[out < width]
+            ids = torch.cat(guard.withheld_indexes("cpu")).unique().numpy()
+            out = self._index[key] = ids[ids < width]
         return out
 
     def penalise(self, logits: torch.Tensor, rows: list[int], guard: RequestGuard) -> None:
         """Add `guard.penalty` to each of `rows`."""
         index, values = guard._sparse_penalty(logits.shape[-1], logits.device, logits.dtype)
-        at = _rows(rows, logits.device).unsqueeze(1)
+        at = _to(torch.tensor(rows), logits.device).unsqueeze(1)
         logits[at, index.unsqueeze(0)] += values
 
-    def withhold(self, logits: torch.Tensor, rows: list[int], guard: RequestGuard) -> None:
-        """Withhold, in each of `rows`, the tokens `guard` withholds (every row's guard in the same states);
-        a row left with nothing to sample gets `guard.fallback`, as `apply_row` does."""
-        index = self.index(guard, logits.device, logits.shape[-1])
-        if not index.numel():
+    def withhold(self, logits: torch.Tensor, groups: Sequence[tuple[RequestGuard, list[int]]]) -> None:
+        """Withhold, in each group's rows, the tokens its guard withholds (every row's guard in the same
+        states); a row left with nothing to sample gets its guard's fallback, as `apply_row` does."""
+        width = logits.shape[-1]
+        rows, tokens, ending = [], [], {}
+        for guard, members in groups:
+            index = self.index(guard, width)
+            if index.size:
+                rows.append(np.repeat(np.asarray(members, dtype=np.int64), index.size))
+                tokens.append(np.tile(index, len(members)))
+                if guard.fallback is not None and guard.fallback < width:
+                    ending.setdefault(guard.fallback, []).extend(members)
+        if not rows:
             return
-        at = _rows(rows, logits.device)
-        logits[at.unsqueeze(1), index.unsqueeze(0)] = BLOCKED
-        fallback = guard.fallback
-        if fallback is not None and fallback < logits.shape[-1]:
-            for row in at[logits[at, fallback] == BLOCKED].tolist():   # nearly never: the scan is per row
-                if _nothing_left(logits[row], fallback):
-                    logits[row, fallback] = 0.0
+        at = _to(torch.from_numpy(np.stack([np.concatenate(rows), np.concatenate(tokens)])), logits.device)
+        # the value made where the logits are: a Python float is copied to a GPU on its own, waiting for it
+        logits.index_put_((at[0], at[1]), torch.full((), BLOCKED, dtype=logits.dtype, device=logits.device))
+        end_rows = _end_rows_on_host if logits.device.type == "cpu" else _end_rows_on_device
+        for fallback, members in ending.items():   # one fallback (the end of sequence) in practice
+            end_rows(logits, _to(torch.tensor(members), logits.device), fallback)
 
 
-def _rows(rows: list[int], device) -> torch.Tensor:
-    return torch.tensor(rows, dtype=torch.long, device=device)
+def _end_rows_on_host(logits: torch.Tensor, at: torch.Tensor, fallback: int) -> None:
+    """logits[row, fallback] = 0 for each of the rows `at` left with nothing to sample. Only rows whose
+    `fallback` is withheld are scanned (nearly none): a scan of every row would cost more than the writes."""
+    for row in at[logits[at, fallback] == BLOCKED].tolist():
+        if _nothing_left(logits[row], fallback):
+            logits[row, fallback] = 0.0
+
+
+def _end_rows_on_device(logits: torch.Tensor, at: torch.Tensor, fallback: int) -> None:
+    """`_end_rows_on_host` without reading anything back: on a GPU, a read waits for every queued kernel
+    (a stall per decode step), while a scan of the rows is a few microseconds."""
+    ended = logits[at].amax(dim=1) == BLOCKED
+    logits[at, fallback] = torch.where(ended, torch.zeros_like(ended, dtype=logits.dtype), logits[at, fallback])
+
+
+def _to(tensor: torch.Tensor, device) -> torch.Tensor:
+    """A host tensor on `device`, queued without waiting for the device's work (a plain copy to a GPU
+    waits for every kernel queued before it)."""
+    return tensor.to(device, non_blocking=True)
 
 
 def guard_rows(logits: torch.Tensor, rows: Sequence[tuple[int, RequestGuard, Sequence[int]]],
@@ -250,8 +276,7 @@ def guard_rows(logits: torch.Tensor, rows: Sequence[tuple[int, RequestGuard, Seq
         withheld.setdefault(guard.state_key(), (guard, []))[1].append(row)
     for guard, members in penalised.values():
         masks.penalise(logits, members, guard)
-    for guard, members in withheld.values():
-        masks.withhold(logits, members, guard)
+    masks.withhold(logits, list(withheld.values()))
 
 
 class GuardSlots:

@@ -5,8 +5,8 @@ to slots. `add_request` only sees the sampling params, so classification waits f
 `apply_staged_writes`, when the runner has written the request's tokens into `req_states`
 (`all_token_ids[slot, :prompt_len]`); all requests admitted in a step are classified together.
 Committed output tokens are read back from `all_token_ids` up to `total_len` for guarded slots
-only; under speculative decoding a row's draft tokens (the `input_ids` of the request's earlier
-rows in this step) extend its context.
+only, in one read from the device per step (each read waits for the GPU); under speculative decoding
+a row's draft tokens (the `input_ids` of the request's earlier rows in this step) extend its context.
 """
 
 from __future__ import annotations
@@ -59,24 +59,28 @@ class GuardProcessorV2(LogitsProcessor):
                 guard.feed(output)
                 self.guards[slot] = guard
 
-    def _catch_up(self, slot: int, total_len: int) -> None:
-        guard = self.guards[slot]
-        start = int(self.state.prompt_len.np[slot]) + guard.consumed
-        if total_len > start:
-            guard.feed(self.state.all_token_ids.gpu[slot, start:total_len].tolist())
+    def _catch_up(self, slots: list[int]) -> None:
+        """Feed each guarded slot the committed tokens it has not read. One read from the device gives every
+        slot's length and next token (a decode step commits one); a slot with more new tokens (a resumed
+        request, accepted draft tokens) reads the rest on its own. Per slot, each read would wait for the GPU."""
+        import torch
+
+        state, device = self.state, self.state.total_len.gpu.device
+        starts = [int(state.prompt_len.np[s]) + self.guards[s].consumed for s in slots]
+        where = torch.tensor([slots, starts]).to(device, non_blocking=True)
+        last = state.all_token_ids.gpu.shape[1] - 1
+        next_tokens = state.all_token_ids.gpu[where[0], where[1].clamp(max=last)]
+        totals, firsts = torch.stack([state.total_len.gpu[where[0]].long(), next_tokens.long()]).tolist()
+        for slot, start, total, first in zip(slots, starts, totals, firsts):
+            if total > start:
+                rest = state.all_token_ids.gpu[slot, start + 1:total].tolist() if total > start + 1 else []
+                self.guards[slot].feed([first, *rest])
 
     def apply(self, logits, ctx):
         if not self.guards or not any(int(s) in self.guards for s in ctx.idx_mapping_np):
             return logits
-        import torch
-
-        row_slots = ctx.expanded_idx_mapping.tolist()
-        local = ctx.expanded_local_pos.tolist()
-        guarded = sorted({s for s in row_slots if s in self.guards})
-        totals = self.state.total_len.gpu[torch.tensor(guarded, device=self.state.total_len.gpu.device)].tolist()
-        for slot, total in zip(guarded, totals):
-            self._catch_up(slot, int(total))
-        input_ids = ctx.input_ids.tolist() if any(local) else None
+        row_slots, local, input_ids = _layout(logits, ctx)
+        self._catch_up(sorted({s for s in row_slots if s in self.guards}))
         drafts: dict = {}
         rows = []
         for row, slot in enumerate(row_slots):
@@ -89,3 +93,16 @@ class GuardProcessorV2(LogitsProcessor):
             rows.append((row, guard, list(extra)))
         guard_rows(logits, rows, self.masks)
         return logits
+
+
+def _layout(logits, ctx) -> tuple[list[int], list[int], list[int]]:
+    """(each row's slot, its offset among its request's rows, its input token). With one row per request
+    (no draft tokens this step) the rows are the batch's requests in order, known on the host; otherwise the
+    three are read from the device together."""
+    import torch
+
+    if logits.shape[0] == len(ctx.idx_mapping_np):
+        return [int(s) for s in ctx.idx_mapping_np], [0] * logits.shape[0], []
+    slots, local, input_ids = torch.stack(
+        [ctx.expanded_idx_mapping.long(), ctx.expanded_local_pos.long(), ctx.input_ids.long()]).tolist()
+    return slots, local, input_ids

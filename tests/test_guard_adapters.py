@@ -149,6 +149,10 @@ def test_v2_adapter_resumed_request_and_draft_rows():
     assert logits[0, 5] == 0                                 # after ... 6: no match
     assert logits[1, 5] == NEG                               # after draft 4: 5 completes [4, 5]
     assert logits[2, 5] == 0 and logits[2, 9] == NEG
+    state.commit(1, 8)                                       # two drafts accepted: both read in the next step
+    state.commit(1, 4)
+    logits = proc.apply(torch.zeros(1, VOCAB), ctx([1]))
+    assert proc.guards[1].consumed == 5 and logits[0, 5] == NEG
 
 
 def test_plugin_builds_the_adapter_for_the_runner():

@@ -355,6 +355,25 @@ def test_rows_guarded_together_equal_rows_guarded_one_by_one(runtime):
     assert logits[3, rt.eos] == 0.0 and torch.equal(logits[-1], expected[-1])     # fallback; the last row untouched
 
 
+def test_rows_left_with_nothing_end_alike_on_host_and_device_paths():
+    """RowMasks ends a row left with nothing to sample (its fallback set to 0); on a GPU without reading
+    back. Both ways must touch exactly the rows whose every entry is withheld, and only their fallback."""
+    from unlearnkit.guard.decode import BLOCKED, _end_rows_on_device, _end_rows_on_host
+
+    logits = torch.randn(6, 50, generator=torch.Generator().manual_seed(1))
+    logits[1, :] = BLOCKED                         # nothing left
+    logits[3, :] = BLOCKED                         # only token 7 left
+    logits[3, 7] = 0.5
+    logits[4, 0] = BLOCKED                         # the fallback withheld, the rest not
+    at = torch.tensor([0, 1, 3, 4])
+    host, device = logits.clone(), logits.clone()
+    _end_rows_on_host(host, at, 0)
+    _end_rows_on_device(device, at, 0)
+    expected = logits.clone()
+    expected[1, 0] = 0.0
+    assert torch.equal(host, expected) and torch.equal(device, expected)
+
+
 def test_nearest_of_both_searches_equals_a_naive_merge():
     from unlearnkit.guard.classifier import nearest_of_both
 
