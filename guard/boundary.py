@@ -21,7 +21,8 @@ The rules, and why:
   system with `unlearn eval --guard`, which applies the guard to teacher forcing).
 * Modes that bypass logits processors (`use_beam_search`) or inputs the classifier cannot read
   (`prompt_embeds`, a request-supplied `chat_template`, multimodal payloads, KV transfer): 400.
-* Fields that could loosen the policy: `logit_bias` may only push tokens down (values <= 0);
+* Fields that could loosen the policy: `logit_bias` may only push tokens down (values <= 0), on at
+  most 300 tokens (lowering every token but one raises that one);
   `presence_penalty` / `frequency_penalty` >= 0 and `repetition_penalty` >= 1 (smaller values
   reward tokens and so cancel the semantic penalty); `unlearn_*` keys of `vllm_xargs` are checked
   by `runtime.parse_request_args` (tighten only). A high `temperature` is answered in the engine:
@@ -98,11 +99,18 @@ def _at_least(bound: float, why: str) -> Rule:
     return rule
 
 
+MAX_LOGIT_BIAS = 300   # entries, as OpenAI's API allows
+
+
 def _logit_bias(value) -> Optional[str]:
+    """Biases <= 0 only, on at most MAX_LOGIT_BIAS tokens: sampling reads only differences, so lowering
+    every token but one is raising that one (and could cancel the guard's penalty)."""
     if value is None:
         return None
     if not isinstance(value, dict):
         return "must be an object of token id -> bias"
+    if len(value) > MAX_LOGIT_BIAS:
+        return f"at most {MAX_LOGIT_BIAS} tokens on a guarded server (lowering all tokens but a few raises those few)"
     for key, bias in value.items():
         number = _finite(bias)
         if number is None:
@@ -190,7 +198,7 @@ def check_fields(kind: str, body: dict, meta: Optional[dict]) -> Optional[Reject
         problem = rules[key](value)
         if problem:
             return Rejection(400, key, f"{key}: {problem}")
-    rejection = _echo_with_prompt_logprobs(kind, body) or _probing_logprobs(body)
+    rejection = _echo_with_prompt_logprobs(kind, body) or _probing_logprobs(kind, body)
     if rejection is not None:
         return rejection
     return _check_xargs(body.get("vllm_xargs"), meta)
@@ -212,12 +220,21 @@ def _echo_with_prompt_logprobs(kind: str, body: dict) -> Optional[Rejection]:
 AMPLIFIERS = ("unlearn_guard", "unlearn_penalty", "unlearn_top_k", "unlearn_threshold")
 
 
-def _probing_logprobs(body: dict) -> Optional[Rejection]:
+def _wants_logprobs(kind: str, body: dict) -> bool:
+    """Whether the reply carries sampled-token log-probabilities. Completions' `logprobs` is a count:
+    0 (and false, which vLLM reads as 0) still returns the sampled token's own; chat's is a switch."""
+    logprobs = body.get("logprobs")
+    asked = logprobs is not None if kind == "completions" else (logprobs is not None and logprobs is not False)
+    include = body.get("include")
+    return asked or body.get("top_logprobs") not in (None, 0) or (
+        isinstance(include, list) and any("logprobs" in str(x) for x in include))
+
+
+def _probing_logprobs(kind: str, body: dict) -> Optional[Rejection]:
     """Log-probabilities together with arguments that force or amplify the guard would map what it
     withholds (a huge `unlearn_penalty` sends every key token to the floor): refused together."""
     xargs = body.get("vllm_xargs")
-    wants = body.get("logprobs") not in (None, False) or body.get("top_logprobs") not in (None, 0) \
-        or any("logprobs" in str(x) for x in (body.get("include") or []) if isinstance(body.get("include"), list))
+    wants = _wants_logprobs(kind, body)
     if wants and isinstance(xargs, dict) and any(k in xargs for k in AMPLIFIERS):
         return Rejection(400, "logprobs", "logprobs cannot be combined with unlearn_guard, unlearn_penalty, "
                          "unlearn_top_k or unlearn_threshold (they would map what the guard withholds)")

@@ -61,7 +61,11 @@ class GuardBoundary:
         policy_meta_from_env()     # a bad policy fails the server at start-up
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
+        if scope["type"] == "websocket":   # no rule reads a socket's messages: none is served
+            log.info("unlearning guard: refused a WebSocket connection to %s", scope.get("path", ""))
+            await receive()                 # websocket.connect; a close before accepting is answered 403
+            return await send({"type": "websocket.close", "code": 1008})
+        if scope["type"] != "http":         # lifespan
             return await self.app(scope, receive, send)
         method, path = scope["method"], scope["path"]
         raw, complete = (await _read_body(receive)) if method == "POST" else (b"", True)

@@ -52,6 +52,11 @@ def test_only_guarded_endpoints_are_served(method, path, status):
     ("/v1/chat/completions", {"logprobs": True, "logprob_token_ids": [5, 6]}, "logprob_token_ids"),
     ("/v1/chat/completions", {"logprobs": True, "top_logprobs": 20,
                               "vllm_xargs": {"unlearn_guard": True, "unlearn_penalty": 9999}}, "logprobs"),
+    # completions' logprobs is a count: 0 (and false, read as 0) still returns the sampled token's own
+    ("/v1/completions", {"logprobs": 0, "vllm_xargs": {"unlearn_guard": True, "unlearn_penalty": 9999}}, "logprobs"),
+    ("/v1/completions", {"logprobs": False, "vllm_xargs": {"unlearn_penalty": 9999}}, "logprobs"),
+    # lowering every token but one raises that one
+    ("/v1/chat/completions", {"logit_bias": {str(i): -4 for i in range(400) if i != 5}}, "logit_bias"),
 ])
 def test_fields_that_bypass_or_loosen_the_guard_are_refused_with_400(path, extra, field, tiny_policy):
     body = {**(CHAT if "chat" in path else {"model": "m", "prompt": "Hi"}), **extra}
@@ -64,6 +69,7 @@ def test_fields_that_bypass_or_loosen_the_guard_are_refused_with_400(path, extra
     ("/v1/chat/completions", {"logprobs": True, "top_logprobs": 5}),     # carried guarded (processed_logprobs)
     ("/v1/chat/completions", {"logprobs": True, "vllm_xargs": {"unlearn_targets": ["Paris"]}}),
     ("/v1/chat/completions", {"logit_bias": {"5": -100}}),                # tightens
+    ("/v1/chat/completions", {"logprobs": False, "vllm_xargs": {"unlearn_penalty": 9999}}),   # chat: a switch
     ("/v1/chat/completions", {"presence_penalty": 0.5, "repetition_penalty": 1.2, "temperature": 1.7, "n": 3}),
     ("/v1/chat/completions", {"continue_final_message": True, "add_generation_prompt": False}),
     ("/v1/chat/completions", {"structured_outputs": {"choice": ["a", "b"]}}),
@@ -142,6 +148,33 @@ def test_vllm_middleware_refuses_or_replays_the_body_unchanged(tiny_policy, monk
     status, body = _asgi(middleware, "POST", "/v1/chat/completions", json.dumps({**CHAT, "use_beam_search": True}).encode())
     assert status == 400 and json.loads(body)["error"]["param"] == "use_beam_search" and len(seen) == 1
     assert _asgi(middleware, "POST", "/pooling", b"{}")[0] == 404 and len(seen) == 1
+
+
+def test_vllm_middleware_serves_no_websocket(tiny_policy, monkeypatch):
+    """No rule reads a socket's messages (vLLM serves /v1/realtime over one for speech models): closed before
+    the engine's app sees it; the lifespan still reaches the app."""
+    import asyncio
+
+    from unlearnkit.guard import runtime
+    from unlearnkit.guard.vllm_middleware import GuardBoundary
+
+    monkeypatch.setenv(runtime.POLICY_ENV, str(tiny_policy))
+    reached, sent = [], []
+
+    async def app(scope, receive, send):
+        reached.append(scope["type"])
+
+    async def receive():
+        return {"type": "websocket.connect"}
+
+    async def send(message):
+        sent.append(message)
+
+    middleware = GuardBoundary(app)
+    asyncio.run(middleware({"type": "websocket", "path": "/v1/realtime"}, receive, send))
+    assert reached == [] and sent == [{"type": "websocket.close", "code": 1008}]
+    asyncio.run(middleware({"type": "lifespan"}, receive, send))
+    assert reached == ["lifespan"]
 
 
 # ------------------------------------------------------------------------------- judged from outside
