@@ -70,6 +70,11 @@ class RequestGuard:
         if self.withheld is not None:
             self.withheld.advance(tokens)
 
+    def matchers(self) -> list:
+        """The guard's character-level matchers (each with `texts` and `longest`)."""
+        own = [m for m in (self.text, self.spelled, self.extra) if m is not None]
+        return own + (list(self.withheld.matchers) if self.withheld is not None else [])
+
     def prime(self, context: Sequence[int]) -> None:
         """Read the end of the prompt before any output (not counted as consumed output): a
         phrase the prompt has begun can then not be completed by the response."""

@@ -44,7 +44,7 @@ POLICY_ENV = "UNLEARN_GUARD_POLICY"
 FQCN = "unlearnkit.guard.vllm_plugin:UnlearnGuard"   # the class to give vLLM (--logits-processors)
 PREFIX = "unlearn_"
 SPELLED_MIN = 8      # letters a full name needs to be matched spelled out
-PRIME_TOKENS = 32   # prompt tokens a guard reads before the output (a phrase begun in the prompt)
+PRIME_TOKENS = 32   # prompt tokens a guard reads at least before the output (a phrase begun in the prompt)
 ARGS = ("unlearn_targets", "unlearn_guard", "unlearn_threshold", "unlearn_penalty", "unlearn_top_k")
 
 
@@ -163,6 +163,22 @@ def _short(phrases: Sequence[str]) -> tuple[str, ...]:
 def _text_matcher(phrases: Sequence[str], texts: TokenTexts) -> TextMatcher:
     """Phrases of four or more characters (as a prefix, a shorter one would block longer words)."""
     return TextMatcher([p for p in phrases if len(p.strip()) >= 4], texts)
+
+
+def prime_window(prompt: list[int], guard: RequestGuard) -> list[int]:
+    """The end of a prompt a guard reads before the output: its last PRIME_TOKENS tokens, and further back
+    until they hold more letters and digits than the guard's longest phrase, so tokens without visible
+    text (zero-width characters, combining marks, padding) cannot push a name begun in the prompt out of
+    the guard's view."""
+    matchers = guard.matchers()
+    if not matchers:
+        return prompt[-PRIME_TOKENS:]
+    texts, need = matchers[0].texts, max(m.longest for m in matchers) + 1
+    start, letters = len(prompt), 0
+    while start > 0 and (letters < need or len(prompt) - start < PRIME_TOKENS):
+        start -= 1
+        letters += texts.letters(int(prompt[start]))
+    return prompt[start:]
 
 
 class GuardRuntime:
@@ -430,7 +446,7 @@ class GuardRuntime:
         out = [self._guard_or_refuse(d, a, t, p) for d, a, t, p in zip(decisions, args, temperatures, prompts)]
         for guard, prompt in zip(out, prompts):
             if guard is not None and guard.forced is None and prompt:
-                guard.prime(list(prompt)[-PRIME_TOKENS:])
+                guard.prime(prime_window(list(prompt), guard))
         self.stats["flagged"] += sum(g is not None and not g.always_on for g in out)
         return out
 

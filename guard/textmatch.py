@@ -32,7 +32,10 @@ class TokenTexts:
     """Each token's normalised text, and the tokens whose text starts with a given string."""
 
     def __init__(self, tokenizer, cache_size: int = 50_000):
-        special = set(tokenizer.all_special_ids)
+        # special tokens have no text in a reply (`skip_special_tokens`), also those only marked special where
+        # they were added (reserved and header tokens): transparent, so that one inside a name does not hide it
+        special = set(tokenizer.all_special_ids) | {
+            i for i, added in getattr(tokenizer, "added_tokens_decoder", {}).items() if getattr(added, "special", False)}
         ids = list(range(len(tokenizer)))
         # decoded after an anchor token, minus the anchor's text: SentencePiece tokenizers drop a
         # token's leading word-start marker when it is decoded on its own
@@ -68,6 +71,11 @@ class TokenTexts:
         lo = bisect.bisect_left(self._inner, phrase)
         hi = bisect.bisect_left(self._inner, phrase + "\U0010ffff")
         return self._inner_ids[lo:hi]
+
+    def letters(self, token: int) -> int:
+        """Letters and digits in a token's text (none for ids past the tokenizer)."""
+        text = self.text[token] if 0 <= token < len(self.text) else ""
+        return len(text) - text.count(" ")
 
     def starting_with(self, prefix: str) -> list[int]:
         out = self._cache.get(prefix)
@@ -124,6 +132,12 @@ class TextMatcher:
 
     def __len__(self) -> int:
         return len(self.rest[0])
+
+    @property
+    def longest(self) -> int:
+        """Characters in the longest phrase (its leading space included): how much of the text before a
+        state decides it."""
+        return max(map(len, self.rest[0]), default=0)
 
     def advance(self, state: int, text: str) -> int:
         for ch in text:

@@ -80,6 +80,10 @@ class MatcherUnion:
     def __len__(self) -> int:
         return len(self.first) + len(self.second)
 
+    @property
+    def longest(self) -> int:
+        return max(self.first.longest, self.second.longest)
+
     def _pack(self, a: int, b: int) -> int:
         return a * self.size + b
 

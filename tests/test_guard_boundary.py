@@ -437,6 +437,49 @@ def test_tightening_arguments_never_drop_the_names_check(tiny_policy, tiny_dir, 
         assert row[seq[-1]] == float("-inf"), (xargs, name)
 
 
+@pytest.mark.parametrize("padding", ["\u200b" * 40, "." * 40, ""])
+def test_a_name_begun_in_the_prompt_is_not_finished_after_invisible_padding(tiny_policy, tiny_dir, padding):
+    """A completion prompt (or assistant prefill) that stops inside a target's name, then pads with tokens
+    that carry no letters (zero-width spaces: 3 tokens each here), must not have the name finished: the guard
+    reads as far back as its longest phrase needs letters, not a fixed number of tokens."""
+    from unlearnkit.guard.policy import load_policy
+    from unlearnkit.guard.runtime import PRIME_TOKENS, GuardRuntime
+    from unlearnkit.models.loading import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_dir))
+    rt = GuardRuntime(load_policy(tiny_policy, tok), tok)
+    prompt = tok("The poet's name is Kalo Mir" + padding, add_special_tokens=False)["input_ids"]
+    assert not padding or len(prompt) > PRIME_TOKENS + 8     # the name's start lies beyond the fixed window
+    guard = rt.guards([(prompt, None)])[0]
+    row = torch.zeros(len(tok))
+    guard.apply_row(row)
+    ten = [t for t in range(len(tok)) if tok.decode([t]).strip().lower().startswith("ten")]
+    assert ten and all(row[t] == float("-inf") for t in ten)
+
+
+def test_special_tokens_inside_a_name_do_not_hide_it(tiny_dir):
+    """A token marked special only where it was added (a reserved or header token, absent from
+    `all_special_ids`) reads as nothing in a reply: the letters on both sides of it still spell the name."""
+    from tokenizers import AddedToken
+
+    from unlearnkit.guard.textmatch import TextMatcher, TokenTexts
+    from unlearnkit.models.loading import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_dir))
+    tok.add_tokens([AddedToken("<|reserved_0|>", special=True)])
+    reserved = tok.convert_tokens_to_ids("<|reserved_0|>")
+    assert reserved not in tok.all_special_ids
+    texts = TokenTexts(tok)
+    assert texts.text[reserved] == ""
+    matcher = TextMatcher(["Kalo Mirten"], texts)
+    state = matcher.advance_tokens(matcher.start, tok(" Kal", add_special_tokens=False)["input_ids"] + [reserved])
+    o = tok("o", add_special_tokens=False)["input_ids"]
+    assert len(o) == 1 and o[0] not in matcher.blocked(state)          # "Kal" + "o" is a prefix, not the name
+    state = matcher.advance_tokens(state, o + tok(" Mirte", add_special_tokens=False)["input_ids"] + [reserved])
+    n = tok("n", add_special_tokens=False)["input_ids"]
+    assert n[0] in matcher.blocked(state)
+
+
 def test_the_output_check_reads_folded_text(tiny_policy, tiny_dir):
     """Diacritics, look-alike letters and invisible characters in the output do not spell around it."""
     from unlearnkit.guard.textmatch import normalise
