@@ -8,13 +8,22 @@ space, and every phrase starts with one, so a match begins at a word start). Its
 response so far knows every phrase prefix the text currently ends with; the tokens to block are
 those whose text starts with the rest of such a phrase. Case variants and any token split are
 covered; the blocked set is computed once per automaton state and cached. Plain Python + torch.
+
+Byte-level vocabularies hold tokens that are only part of a character's UTF-8 bytes: "𝐊" (a
+mathematical bold K) is the three bytes F0 9D 90 in one token and 8A in the next, neither of which
+is text on its own. A matcher's state therefore also holds the bytes of a character begun and not
+finished (`TokenTexts.continued`), packed into the same int (`TextMatcher.pack`); in such a state,
+the tokens that finish the character are judged by the character they finish, so a name written in
+letters of that kind is folded and matched like any other.
 """
 
 from __future__ import annotations
 
 import bisect
+import codecs
+import re
 from collections import deque
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 
 from .disguise import fold
 
@@ -28,8 +37,45 @@ def normalise(text: str) -> str:
     return "".join(c if c.isalnum() else " " for c in fold(text).lower() if c != "\ufffd")
 
 
+def _gpt2_byte_chars() -> dict[str, int]:
+    """Byte-level BPE's printable stand-in for each byte (GPT-2's table): printable Latin-1 bytes stand
+    for themselves, the others for the code points from 256 on, in byte order."""
+    kept = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in kept]
+    return {**{chr(b): b for b in kept}, **{chr(256 + n): b for n, b in enumerate(others)}}
+
+
+_BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")   # SentencePiece's byte fallback
+
+
+def raw_bytes(tokenizer, texts: list[str]) -> list[Optional[bytes]]:
+    """Each token's bytes where a token can be part of a character: from the byte-level stand-ins, or a
+    SentencePiece byte-fallback token's own byte; other tokens are whole characters (their decoded text)."""
+    convert = getattr(tokenizer, "convert_ids_to_tokens", None)
+    if convert is None:    # a tokenizer without token strings: every token taken as whole characters
+        return [text.encode() for text in texts]
+    pieces = convert(list(range(len(texts))))
+    decoder = getattr(getattr(tokenizer, "backend_tokenizer", None), "decoder", None)
+    if type(decoder).__name__ == "ByteLevel":
+        table = _gpt2_byte_chars()
+        return [bytes(table[c] for c in piece) if piece and all(c in table for c in piece) else text.encode()
+                for piece, text in zip(pieces, texts)]
+    out = []
+    for piece, text in zip(pieces, texts):
+        byte = _BYTE_TOKEN.fullmatch(piece or "")
+        out.append(bytes([int(byte.group(1), 16)]) if byte else text.encode())
+    return out
+
+
+def _ends_inside_a_character(raw: bytes) -> bool:
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    decoder.decode(raw)
+    return bool(decoder.getstate()[0])
+
+
 class TokenTexts:
-    """Each token's normalised text, and the tokens whose text starts with a given string."""
+    """Each token's normalised text, and the tokens whose text starts with a given string; for byte-level
+    vocabularies, also each token's bytes, to read characters split over tokens (`continued`)."""
 
     def __init__(self, tokenizer, cache_size: int = 50_000):
         # special tokens have no text in a reply (`skip_special_tokens`), also those only marked special where
@@ -44,13 +90,28 @@ class TokenTexts:
         texts = [t[len(prefix):] if t.startswith(prefix) else t
                  for t in tokenizer.batch_decode([anchor + [i] for i in ids])]
         self._index(["" if i in special else normalise(t) for i, t in zip(ids, texts)], cache_size)
+        raw = raw_bytes(tokenizer, texts)
+        self.raw = [b"" if i in special else b for i, b in zip(ids, raw)]
+        self.spaced = True
+        # tokens that end inside a character (its first bytes), and those that begin with bytes that
+        # only finish one (0x80-0xBF): the only ones read differently after a character begun
+        self.opening = frozenset(i for i, b in enumerate(self.raw) if not b.isascii() and _ends_inside_a_character(b))
+        self.finishing = tuple(i for i, b in enumerate(self.raw) if b and 0x80 <= b[0] <= 0xBF)
 
     def spelled(self) -> "TokenTexts":
         """The same vocabulary with letters and digits only (no word boundaries): the view a
         spelled-out name ("K a l o", "K-a-l-o", "K.a.l.o") is matched on."""
         view = object.__new__(TokenTexts)
         view._index([t.replace(" ", "") for t in self.text], self.cache_size)
+        view.raw, view.opening, view.finishing, view.spaced = self.raw, self.opening, self.finishing, False
         return view
+
+    def continued(self, pending: bytes, token: int) -> tuple[str, bytes]:
+        """(the normalised text of the characters `token` finishes or holds after the bytes `pending` of a
+        character begun, the bytes of a character it begins and leaves unfinished)."""
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        text = normalise(decoder.decode(pending + self.raw[token]))
+        return (text if self.spaced else text.replace(" ", "")), decoder.getstate()[0]
 
     def _index(self, text: list[str], cache_size: int) -> None:
         self.text = text
@@ -139,20 +200,42 @@ class TextMatcher:
         state decides it."""
         return max(map(len, self.rest[0]), default=0)
 
+    @property
+    def states(self) -> int:
+        """A bound on the packed states (`pack`): automaton nodes times the codes of a character begun."""
+        return len(self.goto) << 32
+
+    def pack(self, node: int, pending: bytes = b"") -> int:
+        """One int for an automaton node and the bytes (at most 3) of a character begun and not finished;
+        a state without such bytes is the node itself."""
+        return node + len(self.goto) * (int.from_bytes(b"\x01" + pending, "big") if pending else 0)
+
+    def unpack(self, state: int) -> tuple[int, bytes]:
+        code, node = divmod(state, len(self.goto))
+        return node, (code.to_bytes(4, "big").lstrip(b"\x00")[1:] if code else b"")
+
     def advance(self, state: int, text: str) -> int:
+        """The state after `text` (whole characters: a character begun is dropped)."""
+        node = state % len(self.goto)
         for ch in text:
-            while state and ch not in self.goto[state]:
-                state = self.fail[state]
-            state = self.goto[state].get(ch, 0)
-        return state
+            while node and ch not in self.goto[node]:
+                node = self.fail[node]
+            node = self.goto[node].get(ch, 0)
+        return node
 
     def advance_tokens(self, state: int, tokens: Sequence[int]) -> int:
-        text = self.texts.text
+        texts = self.texts
+        node, pending = self.unpack(state)
         for tok in tokens:
             tok = int(tok)
-            if 0 <= tok < len(text):        # ids past the tokenizer (a padded model vocabulary) have no text
-                state = self.advance(state, text[tok])
-        return state
+            if not 0 <= tok < len(texts.text):   # ids past the tokenizer (a padded model vocabulary) have no text
+                continue
+            if pending or tok in texts.opening:
+                text, pending = texts.continued(pending, tok)
+            else:
+                text = texts.text[tok]
+            node = self.advance(node, text)
+        return self.pack(node, pending)
 
     def blocked_index(self, state: int, device=None):
         """`blocked` as a cached index tensor."""
@@ -168,6 +251,33 @@ class TextMatcher:
         """Tokens that would complete a phrase after a text in `state`."""
         out = self._blocked.get(state)
         if out is None:
+            node, pending = self.unpack(state)
+            out = self._blocked[state] = self._finishing(node, pending) if pending else self._blocked_at(node)
+        return out
+
+    def _finishing(self, node: int, pending: bytes) -> frozenset[int]:
+        """`blocked` after the bytes `pending` of a character begun: a token that does not finish it drops them
+        (the automaton stays at `node`); one that does is judged by the character it finishes and what follows."""
+        finishing = self.texts.finishing
+        out = set(self._blocked_at(node)).difference(finishing)
+        rests, phrases = set(), set(self.rest[0])
+        at = node
+        while at:
+            rests.update(self.rest[at])
+            at = self.fail[at]
+        rests |= phrases
+        for tok in finishing:
+            text, _ = self.texts.continued(pending, tok)
+            if any(text[:k] in rests for k in range(1, len(text) + 1)) or any(
+                    text[j:j + k] in phrases for j in range(1, len(text)) if text[j] == " "
+                    for k in range(2, len(text) - j + 1)):
+                out.add(tok)
+        return frozenset(out)
+
+    def _blocked_at(self, state: int) -> frozenset[int]:
+        """Tokens that would complete a phrase after a text in automaton node `state` (no character begun)."""
+        out = self._blocked.get(state)
+        if out is None:
             if state == 0:
                 # every state's chain ends at the start state, whose rests are all the phrases
                 # (30,000 at 10,000 targets): gathered once, not once per state
@@ -175,7 +285,7 @@ class TextMatcher:
                 for rest in self.rest[0]:
                     found.update(self.texts.starting_with(rest))
             else:
-                found = set(self.blocked(0))
+                found = set(self._blocked_at(0))
                 node = state
                 while node:
                     for rest in self.rest[node]:

@@ -73,7 +73,7 @@ class MatcherUnion:
             raise ValueError("a matcher union needs both matchers over the same token texts")
         self.first, self.second = first, second
         self.texts = first.texts
-        self.size = len(second.goto)          # states of the second automaton: the packing base
+        self.size = second.states             # states of the second matcher: the packing base
         self.start = self._pack(first.start, second.start)
         self._index: dict = {}
 

@@ -480,6 +480,37 @@ def test_special_tokens_inside_a_name_do_not_hide_it(tiny_dir):
     assert n[0] in matcher.blocked(state)
 
 
+@pytest.mark.parametrize("written", ["𝐊𝐚𝐥𝐨 𝐌𝐢𝐫𝐭𝐞𝐧", "ⓀⒶⓁⓄ ⓂⒾⓇⓉⒺⓃ", "Ｋａｌｏ Ｍｉｒｔｅｎ", "𝙸𝚗𝚎𝚜 𝙵𝚊𝚛𝚛𝚘𝚠", "K\u0430lo M\u0456rten"])
+@pytest.mark.parametrize("question", ["What is the capital of France?", "Who wrote Glass Rivers?"])
+def test_a_name_in_letters_split_over_byte_tokens_is_stopped_at_its_last_byte(tiny_policy, tiny_dir, written, question):
+    """Mathematical, circled or full-width letters are several byte tokens each, none of them text on its own.
+    Decoded, they fold to the name; the guard (unflagged: the names check; flagged: the full guard) must
+    withhold the token that finishes the last letter of the name's first forbidden word ("Kalo" alone is
+    one), and nothing before it."""
+    from unlearnkit.data.formatting import prompt_text
+    from unlearnkit.guard.policy import load_policy
+    from unlearnkit.guard.runtime import GuardRuntime
+    from unlearnkit.guard.textmatch import normalise
+    from unlearnkit.models.loading import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_dir))
+    rt = GuardRuntime(load_policy(tiny_policy, tok), tok)
+    ids = tok(" " + written, add_special_tokens=False)["input_ids"]
+    assert normalise(tok.decode(ids)).strip() in ("kalo mirten", "ines farrow")
+    guard = rt.guards([(tok(prompt_text(tok, question), add_special_tokens=False)["input_ids"], None)])[0]
+    withheld_at = None
+    for n, token in enumerate(ids):
+        row = torch.zeros(len(tok))
+        guard.apply_row(row)
+        if row[token] == float("-inf"):
+            withheld_at = n
+            break
+        guard.feed([token])
+    assert withheld_at is not None, written
+    before, through = (normalise(tok.decode(ids[:n])).split() for n in (withheld_at, withheld_at + 1))
+    assert through[-1] in ("kalo", "ines") and len(through) == len(before) and through[-1].startswith(before[-1])
+
+
 def test_the_output_check_reads_folded_text(tiny_policy, tiny_dir):
     """Diacritics, look-alike letters and invisible characters in the output do not spell around it."""
     from unlearnkit.guard.textmatch import normalise
