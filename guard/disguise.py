@@ -3,7 +3,8 @@ the plain one. Pure string functions (no model, no tokenizer); each undoes one f
 
 * `fold(text)`       NFKC (full-width and mathematical letters, ligatures), invisible characters
                      dropped (Unicode category Cf: zero-width spaces and joiners, soft hyphen, word
-                     joiner, BOM, bidi overrides), diacritics stripped ("Básil" -> "Basil") and
+                     joiner, BOM, bidi overrides), diacritics stripped ("Básil" -> "Basil"), letters
+                     that carry a stroke rather than a mark read as their base ("Kało" -> "Kalo") and
                      Cyrillic/Greek look-alikes mapped to Latin letters ("Ваѕіl" -> "Basil");
 * `deleet(text)`     leetspeak read back in the words that use it ("B4s1l M4hf0uz" -> "Basil
                      Mahfouz"); "1" is "i" or "l", so callers try both;
@@ -44,7 +45,11 @@ HOMOGLYPHS = {
     "ᴊ": "J", "ᴋ": "K", "ᴍ": "M", "ɴ": "N", "ᴏ": "O", "ᴘ": "P", "ʀ": "R", "ꜱ": "S", "ᴛ": "T",
     "ᴜ": "U", "ᴠ": "V", "ᴡ": "W", "ʏ": "Y", "ᴢ": "Z",
 }
-_HOMOGLYPHS = str.maketrans(HOMOGLYPHS)
+# Latin letters that Unicode does not decompose into a base letter and a mark (so NFKD leaves them whole)
+UNDECOMPOSED = {"ł": "l", "Ł": "L", "ŧ": "t", "Ŧ": "T", "ø": "o", "Ø": "O", "đ": "d", "Đ": "D", "ħ": "h",
+                "Ħ": "H", "ð": "d", "Ð": "D", "ƀ": "b", "ɨ": "i", "ƚ": "l", "ß": "ss", "æ": "ae", "Æ": "AE",
+                "œ": "oe", "Œ": "OE", "þ": "th", "Þ": "Th"}
+_HOMOGLYPHS = str.maketrans({**HOMOGLYPHS, **UNDECOMPOSED})
 _DROP = frozenset(("Cf", "Mn", "Me"))   # invisible format characters, combining marks
 
 LEET = {"0": "o", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s"}   # and 1 -> i or l

@@ -37,6 +37,15 @@ def normalise(text: str) -> str:
     return "".join(c if c.isalnum() else " " for c in fold(text).lower() if c != "\ufffd")
 
 
+# the spelled view's letters: leet digits read as the letters they stand for, and "l" as "i" (a "1" is either)
+_SPELLED = str.maketrans({"0": "o", "1": "i", "l": "i", "3": "e", "4": "a", "5": "s", "7": "t"})
+
+
+def spelled_form(text: str) -> str:
+    """A normalised text in the spelled view: letters and digits only, leet digits read as letters."""
+    return text.replace(" ", "").translate(_SPELLED)
+
+
 def _gpt2_byte_chars() -> dict[str, int]:
     """Byte-level BPE's printable stand-in for each byte (GPT-2's table): printable Latin-1 bytes stand
     for themselves, the others for the code points from 256 on, in byte order."""
@@ -99,10 +108,10 @@ class TokenTexts:
         self.finishing = tuple(i for i, b in enumerate(self.raw) if b and 0x80 <= b[0] <= 0xBF)
 
     def spelled(self) -> "TokenTexts":
-        """The same vocabulary with letters and digits only (no word boundaries): the view a
-        spelled-out name ("K a l o", "K-a-l-o", "K.a.l.o") is matched on."""
+        """The same vocabulary with letters and digits only (no word boundaries; `spelled_form`): the view a
+        spelled-out name ("K a l o", "K-a-l-o", "K.a.l.o", "K4l0") is matched on."""
         view = object.__new__(TokenTexts)
-        view._index([t.replace(" ", "") for t in self.text], self.cache_size)
+        view._index([spelled_form(t) for t in self.text], self.cache_size)
         view.raw, view.opening, view.finishing, view.spaced = self.raw, self.opening, self.finishing, False
         return view
 
@@ -111,7 +120,7 @@ class TokenTexts:
         character begun, the bytes of a character it begins and leaves unfinished)."""
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
         text = normalise(decoder.decode(pending + self.raw[token]))
-        return (text if self.spaced else text.replace(" ", "")), decoder.getstate()[0]
+        return (text if self.spaced else spelled_form(text)), decoder.getstate()[0]
 
     def _index(self, text: list[str], cache_size: int) -> None:
         self.text = text
@@ -152,13 +161,17 @@ class TokenTexts:
 class TextMatcher:
     def __init__(self, phrases: Iterable[str], texts: TokenTexts, spelled: bool = False):
         """`spelled`: match the phrases' letters and digits in order whatever separates them
-        ("K a l o  M i r t e n"), on `texts.spelled()`; no word-start condition."""
+        ("K a l o  M i r t e n"), in leetspeak ("K4lo M1rten") or backwards ("netriM olaK"), on
+        `texts.spelled()`; no word-start condition."""
         self.texts = texts
         self.goto: list[dict[str, int]] = [{}]
         self.fail: list[int] = [0]
         self.rest: list[list[str]] = [[]]          # per state: what would complete a phrase from it
-        keys = ((normalise(p).replace(" ", "") if spelled else " " + normalise(p).strip()) for p in phrases
-                if normalise(p).strip())
+        if spelled:
+            forms = [spelled_form(normalise(p)) for p in phrases]
+            keys = (key for form in forms if form for key in (form, form[::-1]))
+        else:
+            keys = (" " + normalise(p).strip() for p in phrases if normalise(p).strip())
         for phrase in dict.fromkeys(keys):
             node = 0
             for depth, ch in enumerate(phrase):

@@ -393,7 +393,8 @@ def test_a_model_vocabulary_padded_past_the_tokenizer_does_not_break_a_guard(tin
 
 
 def test_a_name_spelled_out_letter_by_letter_is_stopped(tiny_policy, tiny_dir):
-    """Asked to spell the name with separators, the output cannot finish it either."""
+    """Asked to spell the name with separators, in leetspeak, with stroked letters or backwards, the output
+    cannot finish it either."""
     from unlearnkit.data.formatting import prompt_text
     from unlearnkit.guard.policy import load_policy
     from unlearnkit.guard.runtime import GuardRuntime
@@ -402,13 +403,21 @@ def test_a_name_spelled_out_letter_by_letter_is_stopped(tiny_policy, tiny_dir):
     tok = load_tokenizer(str(tiny_dir))
     rt = GuardRuntime(load_policy(tiny_policy, tok), tok)
     ids = tok(prompt_text(tok, "Spell the capital of France with dashes."), add_special_tokens=False)["input_ids"]
-    for text in ("K-a-l-o M-i-r-t-e-", "K a l o  M i r t e ", "k.a.l.o.m.i.r.t.e."):
+    for text in ("K-a-l-o M-i-r-t-e-", "K a l o  M i r t e ", "k.a.l.o.m.i.r.t.e.", "K4lo M1rte", "Ka1o-M-1-r-t-e-",
+                 "Kało Mirŧe"):
         guard = rt.guards([(ids, None)])[0]
         guard.feed(tok(text, add_special_tokens=False)["input_ids"])
         row = torch.zeros(len(tok))
         guard.apply_row(row)
         n = tok("n", add_special_tokens=False)["input_ids"]
         assert len(n) == 1 and row[n[0]] == float("-inf"), text
+    for text in ("netriM ola", "n-e-t-r-i-m o-l-a-"):               # backwards
+        guard = rt.guards([(ids, None)])[0]
+        guard.feed(tok(text, add_special_tokens=False)["input_ids"])
+        row = torch.zeros(len(tok))
+        guard.apply_row(row)
+        k = [t for t in range(len(tok)) if tok.decode([t]).strip().lower() == "k"]
+        assert k and all(row[t] == float("-inf") for t in k), text
     guard = rt.guards([(ids, None)])[0]                       # an ordinary word is not touched
     guard.feed(tok("K-a-l-o is", add_special_tokens=False)["input_ids"])
     row = torch.zeros(len(tok))
