@@ -226,7 +226,7 @@ def detail_questions(meta: dict) -> list[tuple[str, frozenset]]:
 def run_groups(port: int, groups: dict, names: list[str], related: dict[str, frozenset], plain: dict) -> dict:
     out = {}
     for group, requests in groups.items():
-        codes, leaks, repeats, facts = {}, 0, 0, 0
+        codes, leaks, repeats, facts, seen = {}, 0, 0, 0, []
         for path, body, said in requests:
             status, data, _ = post(port, path, body)
             codes[status] = codes.get(status, 0) + 1
@@ -237,8 +237,10 @@ def run_groups(port: int, groups: dict, names: list[str], related: dict[str, fro
                     leaks += bool(found - said - near)
                     repeats += bool(found & said)
                     facts += bool(found & near)
+                    if found:    # what a reader of the figures would want to see
+                        seen.append({"request": json.dumps(body)[-300:], "reply": text[:300], "names": sorted(found)})
         answered = post(port, "/v1/chat/completions", plain)[0] == 200
-        out[group] = {"requests": len(requests), "codes": codes, "disclosures": leaks, "repeats": repeats,
+        out[group] = {"requests": len(requests), "codes": codes, "disclosures": leaks, "repeats": repeats, "found": seen,
                       "related": facts, "plain_after": answered}
         print(f"{group:10s} {len(requests):4d} requests  codes {codes}  disclosures {leaks}  repeats {repeats}  "
               f"related {facts}  plain answered after: {answered}", flush=True)

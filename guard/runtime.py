@@ -370,6 +370,21 @@ class GuardRuntime:
             return MatcherUnion(own, self.names[1]) if self.names is not None else own
         return self._cached(self._matchers, (items, targets), make)
 
+    def _spelled(self, targets: tuple[int, ...]):
+        """The names check's spelled-out matcher, with the full names of `targets` that it leaves out (a name
+        made of common words, "African American", is forbidden for flagged requests only), so a flagged
+        answer cannot write those backwards or letter by letter either. Cached per targets."""
+        shared = self.names[2] if self.names is not None else None
+        extra = [self.policy.targets[t]["name"] for t in targets if self.policy.targets[t]["name"] not in self.full_names
+                 and len(normalise(self.policy.targets[t]["name"]).replace(" ", "")) >= SPELLED_MIN]
+        if not extra:
+            return shared
+
+        def make():
+            own = TextMatcher(extra, self.spelled_texts, spelled=True)
+            return MatcherUnion(own, shared) if shared is not None else own
+        return self._cached(self._matchers, ("spelled", targets), make)
+
     def _request_matcher(self, extra: tuple[str, ...]) -> TextMatcher:
         """A request's own phrases (`unlearn_targets`) in a small matcher of their own, so a fresh
         set never rebuilds the big cached one."""
@@ -408,7 +423,7 @@ class GuardRuntime:
         withheld = (self._withheld(self.tokenizer.decode(list(prompt), skip_special_tokens=False), targets, decision.named)
                     if self.soft_mask is not None else None)
         return RequestGuard(self._trie(items, targets, args.targets), penalty=penalty,
-                            text=self._matcher(items, targets), spelled=self.names[2] if self.names else None,
+                            text=self._matcher(items, targets), spelled=self._spelled(targets),
                             extra=extra, fallback=self.eos, soft=self.soft_mask, withheld=withheld)
 
     def decide(self, prompts: list[Sequence[int]], args: list[RequestArgs]) -> list[Decision]:

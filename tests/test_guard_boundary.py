@@ -425,6 +425,33 @@ def test_a_name_spelled_out_letter_by_letter_is_stopped(tiny_policy, tiny_dir):
     assert torch.isfinite(row[tok("n", add_special_tokens=False)["input_ids"][0]])
 
 
+def test_a_flagged_answer_cannot_write_its_targets_name_backwards_when_the_names_check_leaves_it_out(
+        tiny_policy, tiny_dir, monkeypatch):
+    """A target whose name is made of common words has no always-on check; a request flagged on it must still
+    not write the name backwards or spelled out (measured: a reply echoed "naciremA nacirfA")."""
+    from unlearnkit.data.formatting import prompt_text
+    from unlearnkit.guard.policy import load_policy
+    from unlearnkit.guard.runtime import GuardRuntime
+    from unlearnkit.models.loading import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_dir))
+    policy = load_policy(tiny_policy, tok)
+    common = next(t for t in policy.targets if t["name"] == "Ines Farrow")
+    monkeypatch.setattr(GuardRuntime, "_distinct_targets", lambda self: [t for t in self.policy.targets if t is not common])
+    rt = GuardRuntime(policy, tok)
+    assert "Ines Farrow" not in rt.full_names
+    ids = tok(prompt_text(tok, "Which prize did Ines Farrow receive?"), add_special_tokens=False)["input_ids"]
+    plain_ids = tok(prompt_text(tok, "What is the capital of France?"), add_special_tokens=False)["input_ids"]
+    i = [t for t in range(len(tok)) if tok.decode([t]).strip().lower() == "i"]
+    for prompt, withheld in ((ids, True), (plain_ids, False)):
+        guard = rt.guards([(prompt, None)])[0]
+        assert guard.always_on is not withheld
+        guard.feed(tok("worraF sen", add_special_tokens=False)["input_ids"])
+        row = torch.zeros(len(tok))
+        guard.apply_row(row)
+        assert i and all(bool(row[t] == float("-inf")) is withheld for t in i)
+
+
 @pytest.mark.parametrize("xargs", [{"unlearn_targets": ["zzzz"]}, {"unlearn_guard": True}, None])
 def test_tightening_arguments_never_drop_the_names_check(tiny_policy, tiny_dir, xargs):
     """A request that adds its own target or forces the guard must still be unable to finish a
