@@ -127,8 +127,8 @@ def _collapsed_names(targets: list[dict]) -> list[tuple[str, int]]:
     for t, target in enumerate(targets):
         keys = target.get("collapsed")
         if keys is None:
-            keys = [disguise.collapsed(disguise.fold(p)) for p in target["probes"]]
-        for key in keys:
+            keys = target["probes"]
+        for key in dict.fromkeys(disguise.collapsed(disguise.fold(k)) for k in keys):   # folded as prompts are now
             if len(key) >= MIN_COLLAPSED:
                 out.setdefault((key, t), None)
     return list(out)

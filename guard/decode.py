@@ -75,12 +75,13 @@ class RequestGuard:
         own = [m for m in (self.text, self.spelled, self.extra) if m is not None]
         return own + (list(self.withheld.matchers) if self.withheld is not None else [])
 
-    def prime(self, context: Sequence[int]) -> None:
+    def prime(self, context: Sequence[int], text_context: Optional[Sequence[int]] = None) -> None:
         """Read the end of the prompt before any output (not counted as consumed output): a
-        phrase the prompt has begun can then not be completed by the response."""
+        phrase the prompt has begun can then not be completed by the response. `text_context`: what the
+        character-level matchers read instead of `context` (runtime.prime_window)."""
         for tok in context:
             self.live = self.trie.advance(self.live, int(tok))
-        self._advance_text(context)
+        self._advance_text(context if text_context is None else text_context)
 
     def observe(self, output_ids: Sequence[int]) -> None:
         """Advance over output tokens not seen yet (vLLM V1 appends to the same list)."""
@@ -255,7 +256,7 @@ def _end_rows_on_host(logits: torch.Tensor, at: torch.Tensor, fallback: int) -> 
 def _end_rows_on_device(logits: torch.Tensor, at: torch.Tensor, fallback: int) -> None:
     """`_end_rows_on_host` without reading anything back: on a GPU, a read waits for every queued kernel
     (a stall per decode step), while a scan of the rows is a few microseconds."""
-    ended = logits[at].amax(dim=1) == BLOCKED
+    ended = logits.amax(dim=1)[at] == BLOCKED      # a max per row, not a copy of the rows
     logits[at, fallback] = torch.where(ended, torch.zeros_like(ended, dtype=logits.dtype), logits[at, fallback])
 
 

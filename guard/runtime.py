@@ -165,20 +165,54 @@ def _text_matcher(phrases: Sequence[str], texts: TokenTexts) -> TextMatcher:
     return TextMatcher([p for p in phrases if len(p.strip()) >= 4], texts)
 
 
-def prime_window(prompt: list[int], guard: RequestGuard) -> list[int]:
-    """The end of a prompt a guard reads before the output: its last PRIME_TOKENS tokens, and further back
-    until they hold more letters and digits than the guard's longest phrase, so tokens without visible
-    text (zero-width characters, combining marks, padding) cannot push a name begun in the prompt out of
-    the guard's view."""
+def prime_window(prompt: list[int], guard: RequestGuard) -> tuple[list[int], list[int]]:
+    """What a guard reads of a prompt before the output: (for its trie, the last PRIME_TOKENS tokens; for its
+    character-level matchers, as far back as it takes to hold more letters than the guard's longest phrase).
+    Padding is not read: tokens without text (special tokens), runs of byte tokens that spell only invisible
+    characters (zero-width spaces) and all but one of a run of separator-only tokens are skipped, so padding
+    can neither push a name begun in the prompt out of view nor make the guard read a long prompt token by
+    token. The prompt's last three byte tokens are kept whatever they spell (the output may finish their character)."""
+    tail = prompt[-PRIME_TOKENS:]
     matchers = guard.matchers()
     if not matchers:
-        return prompt[-PRIME_TOKENS:]
+        return tail, tail
     texts, need = matchers[0].texts, max(m.longest for m in matchers) + 1
-    start, letters = len(prompt), 0
-    while start > 0 and (letters < need or len(prompt) - start < PRIME_TOKENS):
-        start -= 1
-        letters += texts.letters(int(prompt[start]))
-    return prompt[start:]
+    kept: list[int] = []           # backwards
+    run: list[int] = []            # a run of byte tokens (parts of characters), backwards
+    letters, at, separated = 0, len(prompt), False     # separated: the last token kept is a separator
+
+    run_end = len(prompt)          # where the current run ends
+
+    def close_run() -> int:
+        visible = sum(c.isalnum() for c in texts.decoded(run[::-1]))
+        if visible:
+            kept.extend(run)
+        elif run_end == len(prompt):   # the prompt's last tokens: a character they begin (3 bytes at most)
+            kept.extend(run[:3])
+        run.clear()
+        return visible
+
+    while at > 0 and letters < need:
+        at -= 1
+        tok = int(prompt[at])
+        if tok in texts.opening or texts.finishes(tok):
+            if not run:
+                run_end = at + 1
+            run.append(tok)
+            separated = False
+            continue
+        if run:
+            letters += close_run()
+        text = texts.text[tok] if 0 <= tok < len(texts.text) else ""
+        if text.strip():
+            kept.append(tok)
+            letters += texts.letters(tok)
+        elif text and not separated:
+            kept.append(tok)          # a separator, once per run
+        separated = bool(text) and not text.strip() or (separated and not text)
+    if run:
+        close_run()
+    return tail, kept[::-1]
 
 
 class GuardRuntime:
@@ -461,7 +495,7 @@ class GuardRuntime:
         out = [self._guard_or_refuse(d, a, t, p) for d, a, t, p in zip(decisions, args, temperatures, prompts)]
         for guard, prompt in zip(out, prompts):
             if guard is not None and guard.forced is None and prompt:
-                guard.prime(prime_window(list(prompt), guard))
+                guard.prime(*prime_window(list(prompt), guard))
         self.stats["flagged"] += sum(g is not None and not g.always_on for g in out)
         return out
 

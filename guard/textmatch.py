@@ -54,6 +54,7 @@ def _gpt2_byte_chars() -> dict[str, int]:
     return {**{chr(b): b for b in kept}, **{chr(256 + n): b for n, b in enumerate(others)}}
 
 
+MAX_PENDING = 65536   # cached blocked sets of states with a character begun (one per node and begun bytes)
 _BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")   # SentencePiece's byte fallback
 
 
@@ -67,8 +68,9 @@ def raw_bytes(tokenizer, texts: list[str]) -> list[Optional[bytes]]:
     decoder = getattr(getattr(tokenizer, "backend_tokenizer", None), "decoder", None)
     if type(decoder).__name__ == "ByteLevel":
         table = _gpt2_byte_chars()
-        return [bytes(table[c] for c in piece) if piece and all(c in table for c in piece) else text.encode()
-                for piece, text in zip(pieces, texts)]
+        added = set(getattr(tokenizer, "added_tokens_decoder", {}))     # plain text, not byte stand-ins
+        return [bytes(table[c] for c in piece) if piece and i not in added and all(c in table for c in piece)
+                else text.encode() for i, (piece, text) in enumerate(zip(pieces, texts))]
     out = []
     for piece, text in zip(pieces, texts):
         byte = _BYTE_TOKEN.fullmatch(piece or "")
@@ -142,6 +144,15 @@ class TokenTexts:
         hi = bisect.bisect_left(self._inner, phrase + "\U0010ffff")
         return self._inner_ids[lo:hi]
 
+    def finishes(self, token: int) -> bool:
+        """Whether the token begins with bytes that only finish a character."""
+        raw = self.raw[token] if 0 <= token < len(self.raw) else b""
+        return bool(raw) and 0x80 <= raw[0] <= 0xBF
+
+    def decoded(self, tokens: Sequence[int]) -> str:
+        """The normalised text of a run of tokens read together (characters split over them joined)."""
+        return normalise(b"".join(self.raw[t] for t in tokens).decode("utf-8", "replace"))
+
     def letters(self, token: int) -> int:
         """Letters and digits in a token's text (none for ids past the tokenizer)."""
         text = self.text[token] if 0 <= token < len(self.text) else ""
@@ -195,6 +206,9 @@ class TextMatcher:
                 queue.append(child)
         self._blocked: dict[int, frozenset[int]] = {}
         self._index: dict = {}
+        self._pending: dict[int, frozenset[int]] = {}    # states with a character begun: bounded (MAX_PENDING)
+        self._phrases = frozenset(self.rest[0])
+        self.longest = max(map(len, self.rest[0]), default=0)   # characters in the longest phrase, its space included
         self.start = self.advance(0, " ")           # the response starts at a word start
         self.inside = self._inside(texts)           # tokens holding a whole phrase after their first character
 
@@ -206,12 +220,6 @@ class TextMatcher:
 
     def __len__(self) -> int:
         return len(self.rest[0])
-
-    @property
-    def longest(self) -> int:
-        """Characters in the longest phrase (its leading space included): how much of the text before a
-        state decides it."""
-        return max(map(len, self.rest[0]), default=0)
 
     @property
     def states(self) -> int:
@@ -257,15 +265,21 @@ class TextMatcher:
         key = (state, str(device))
         out = self._index.get(key)
         if out is None:
+            if len(self._index) >= MAX_PENDING:   # states with a character begun are many: bounded
+                self._index.clear()
             out = self._index[key] = torch.tensor(sorted(self.blocked(state)), dtype=torch.long, device=device)
         return out
 
     def blocked(self, state: int) -> frozenset[int]:
         """Tokens that would complete a phrase after a text in `state`."""
-        out = self._blocked.get(state)
+        node, pending = self.unpack(state)
+        if not pending:
+            return self._blocked_at(node)
+        out = self._pending.get(state)
         if out is None:
-            node, pending = self.unpack(state)
-            out = self._blocked[state] = self._finishing(node, pending) if pending else self._blocked_at(node)
+            if len(self._pending) >= MAX_PENDING:
+                self._pending.clear()
+            out = self._pending[state] = self._finishing(node, pending)
         return out
 
     def _finishing(self, node: int, pending: bytes) -> frozenset[int]:
@@ -273,12 +287,11 @@ class TextMatcher:
         (the automaton stays at `node`); one that does is judged by the character it finishes and what follows."""
         finishing = self.texts.finishing
         out = set(self._blocked_at(node)).difference(finishing)
-        rests, phrases = set(), set(self.rest[0])
+        rests, phrases = set(self._phrases), self._phrases
         at = node
         while at:
             rests.update(self.rest[at])
             at = self.fail[at]
-        rests |= phrases
         for tok in finishing:
             text, _ = self.texts.continued(pending, tok)
             if any(text[:k] in rests for k in range(1, len(text) + 1)) or any(

@@ -473,13 +473,13 @@ def test_tightening_arguments_never_drop_the_names_check(tiny_policy, tiny_dir, 
         assert row[seq[-1]] == float("-inf"), (xargs, name)
 
 
-@pytest.mark.parametrize("padding", ["\u200b" * 40, "." * 40, ""])
+@pytest.mark.parametrize("padding", ["\u200b" * 40, "." * 40, "", "\u200b" * 3000])
 def test_a_name_begun_in_the_prompt_is_not_finished_after_invisible_padding(tiny_policy, tiny_dir, padding):
     """A completion prompt (or assistant prefill) that stops inside a target's name, then pads with tokens
     that carry no letters (zero-width spaces: 3 tokens each here), must not have the name finished: the guard
     reads as far back as its longest phrase needs letters, not a fixed number of tokens."""
     from unlearnkit.guard.policy import load_policy
-    from unlearnkit.guard.runtime import PRIME_TOKENS, GuardRuntime
+    from unlearnkit.guard.runtime import PRIME_TOKENS, GuardRuntime, prime_window
     from unlearnkit.models.loading import load_tokenizer
 
     tok = load_tokenizer(str(tiny_dir))
@@ -491,6 +491,8 @@ def test_a_name_begun_in_the_prompt_is_not_finished_after_invisible_padding(tiny
     guard.apply_row(row)
     ten = [t for t in range(len(tok)) if tok.decode([t]).strip().lower().startswith("ten")]
     assert ten and all(row[t] == float("-inf") for t in ten)
+    trie_reads, text_reads = prime_window(prompt, rt.guards([(prompt, None)])[0])
+    assert len(trie_reads) == min(len(prompt), PRIME_TOKENS) and len(text_reads) < 40   # padding is not read
 
 
 def test_special_tokens_inside_a_name_do_not_hide_it(tiny_dir):
@@ -533,6 +535,7 @@ def test_a_name_in_letters_split_over_byte_tokens_is_stopped_at_its_last_byte(ti
     rt = GuardRuntime(load_policy(tiny_policy, tok), tok)
     ids = tok(" " + written, add_special_tokens=False)["input_ids"]
     assert normalise(tok.decode(ids)).strip() in ("kalo mirten", "ines farrow")
+    assert any(t in rt.token_texts.opening for t in ids)     # letters that no token holds whole
     guard = rt.guards([(tok(prompt_text(tok, question), add_special_tokens=False)["input_ids"], None)])[0]
     withheld_at = None
     for n, token in enumerate(ids):
@@ -545,6 +548,19 @@ def test_a_name_in_letters_split_over_byte_tokens_is_stopped_at_its_last_byte(ti
     assert withheld_at is not None, written
     before, through = (normalise(tok.decode(ids[:n])).split() for n in (withheld_at, withheld_at + 1))
     assert through[-1] in ("kalo", "ines") and len(through) == len(before) and through[-1].startswith(before[-1])
+
+
+def test_a_matcher_state_holds_a_node_and_the_bytes_of_a_character_begun(tiny_dir):
+    """Packed states round-trip; a state without begun bytes is the automaton node itself."""
+    from unlearnkit.guard.textmatch import TextMatcher, TokenTexts
+    from unlearnkit.models.loading import load_tokenizer
+
+    matcher = TextMatcher(["Kalo Mirten"], TokenTexts(load_tokenizer(str(tiny_dir))))
+    for node in (0, matcher.start, len(matcher.goto) - 1):
+        assert matcher.pack(node) == node
+        for pending in (b"", b"\xc3", b"\xe2\x82", b"\xf0\x9d\x90"):
+            state = matcher.pack(node, pending)
+            assert matcher.unpack(state) == (node, pending) and state < matcher.states
 
 
 def test_the_output_check_reads_folded_text(tiny_policy, tiny_dir):
