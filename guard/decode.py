@@ -193,18 +193,25 @@ def _discourage(row: torch.Tensor, indexes: list[torch.Tensor], amount: float, w
         row[index] -= amount
 
 
+PAIRS_AT_ONCE = 4096   # a group of rows with more (row, token) pairs than this is written on its own
+
+
 class RowMasks:
     """Strict guards for many rows at once. Guards share their structures (every unflagged request's names
     check is one trie and two matchers; flagged requests on the same targets share theirs), so rows whose
-    matches stand in the same states withhold the same tokens: one cached index per state. Every strict row's
-    withheld tokens are then written in one go (one host-to-device copy of the (row, token) pairs, one write),
-    and the rows of each shared penalty in one more. Row by row, the same guard costs three or four small
-    writes a row (measured: 7 ms a decode step for 160 rows on 2 cores); on a GPU each write is a kernel
-    launch, and a read back to the host waits for the device."""
+    matches stand in the same states withhold the same tokens: one cached index per state. Groups with few
+    (row, token) pairs (rows inside a name, a state few rows share) are written together, in one write from
+    one host-to-device copy of their pairs; a group with many (the rows at the start state of a large
+    policy's names) gets one write of its own from its index cached on the device, so no step builds pairs
+    by the million. Each shared penalty is one more write. Row by row, the same guard costs three or four
+    small writes a row (measured: 7 ms a decode step for 160 rows on 2 cores); on a GPU each write is a
+    kernel launch, and a read back to the host waits for the device."""
 
-    def __init__(self, cache_size: int = 4096):
+    def __init__(self, cache_size: int = 4096, pairs_at_once: int = PAIRS_AT_ONCE):
         self._index: dict = {}
+        self._device: dict = {}
         self.cache_size = cache_size
+        self.pairs_at_once = pairs_at_once
 
     def index(self, guard: RequestGuard, width: int) -> np.ndarray:
         """The sorted ids below `width` that `guard.apply_row` withholds in the guard's states (on the host)."""
@@ -213,8 +220,17 @@ class RowMasks:
         if out is None:
             if len(self._index) >= self.cache_size:
                 self._index.clear()
+                self._device.clear()
             ids = torch.cat(guard.withheld_indexes("cpu")).unique().numpy()
             out = self._index[key] = ids[ids < width]
+        return out
+
+    def device_index(self, guard: RequestGuard, width: int, device) -> torch.Tensor:
+        """`index` where the logits are, cached."""
+        key = (guard.state_key(), width, str(device))
+        out = self._device.get(key)
+        if out is None:
+            out = self._device[key] = _to(torch.from_numpy(self.index(guard, width)), device)
         return out
 
     def penalise(self, logits: torch.Tensor, rows: list[int], guard: RequestGuard) -> None:
@@ -226,23 +242,28 @@ class RowMasks:
     def withhold(self, logits: torch.Tensor, groups: Sequence[tuple[RequestGuard, list[int]]]) -> None:
         """Withhold, in each group's rows, the tokens its guard withholds (every row's guard in the same
         states); a row left with nothing to sample gets its guard's fallback, as `apply_row` does."""
-        width = logits.shape[-1]
+        width, device = logits.shape[-1], logits.device
+        # the value made where the logits are: a Python float is copied to a GPU on its own, waiting for it
+        value = torch.full((), BLOCKED, dtype=logits.dtype, device=device)
         rows, tokens, ending = [], [], {}
         for guard, members in groups:
             index = self.index(guard, width)
-            if index.size:
+            if not index.size:
+                continue
+            if index.size * len(members) > self.pairs_at_once:
+                at = _to(torch.tensor(members), device)
+                logits.index_put_((at.unsqueeze(1), self.device_index(guard, width, device).unsqueeze(0)), value)
+            else:
                 rows.append(np.repeat(np.asarray(members, dtype=np.int64), index.size))
                 tokens.append(np.tile(index, len(members)))
-                if guard.fallback is not None and guard.fallback < width:
-                    ending.setdefault(guard.fallback, []).extend(members)
-        if not rows:
-            return
-        at = _to(torch.from_numpy(np.stack([np.concatenate(rows), np.concatenate(tokens)])), logits.device)
-        # the value made where the logits are: a Python float is copied to a GPU on its own, waiting for it
-        logits.index_put_((at[0], at[1]), torch.full((), BLOCKED, dtype=logits.dtype, device=logits.device))
-        end_rows = _end_rows_on_host if logits.device.type == "cpu" else _end_rows_on_device
+            if guard.fallback is not None and guard.fallback < width:
+                ending.setdefault(guard.fallback, []).extend(members)
+        if rows:
+            at = _to(torch.from_numpy(np.stack([np.concatenate(rows), np.concatenate(tokens)])), device)
+            logits.index_put_((at[0], at[1]), value)
+        end_rows = _end_rows_on_host if device.type == "cpu" else _end_rows_on_device
         for fallback, members in ending.items():   # one fallback (the end of sequence) in practice
-            end_rows(logits, _to(torch.tensor(members), logits.device), fallback)
+            end_rows(logits, _to(torch.tensor(members), device), fallback)
 
 
 def _end_rows_on_host(logits: torch.Tensor, at: torch.Tensor, fallback: int) -> None:

@@ -323,7 +323,8 @@ def test_titles_the_retain_prompts_mention_or_of_common_words_are_not_probes():
                                            ["Glass Rivers"], ["Glass Rivers"]]   # no retain prompts: nothing is common
 
 
-def test_rows_guarded_together_equal_rows_guarded_one_by_one(runtime):
+@pytest.mark.parametrize("pairs_at_once", [0, 12, 10**9])   # every group on its own / mixed / all in one write
+def test_rows_guarded_together_equal_rows_guarded_one_by_one(runtime, pairs_at_once):
     """guard_rows writes strict guards in groups (shared penalty, shared structures and states); every
     row must come out as its guard's own apply_row leaves it: flagged, unflagged, tightened, forced rows,
     rows inside a name, rows with draft tokens, and a row whose every other token is already withheld."""
@@ -349,7 +350,7 @@ def test_rows_guarded_together_equal_rows_guarded_one_by_one(runtime):
     expected = logits.clone()
     for row, guard, extra in rows:
         guard.apply_row(expected[row], extra)
-    guard_rows(logits, rows, RowMasks())
+    guard_rows(logits, rows, RowMasks(pairs_at_once=pairs_at_once))
     assert torch.equal(logits, expected)
     assert logits[3, name[-1]] == float("-inf") and logits[5, river[-1]] == float("-inf")
     assert logits[3, rt.eos] == 0.0 and torch.equal(logits[-1], expected[-1])     # fallback; the last row untouched
