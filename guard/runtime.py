@@ -180,7 +180,6 @@ def prime_window(prompt: list[int], guard: RequestGuard) -> tuple[list[int], lis
     kept: list[int] = []           # backwards
     run: list[int] = []            # a run of byte tokens (parts of characters), backwards
     letters, at, separated = 0, len(prompt), False     # separated: the last token kept is a separator
-
     run_end = len(prompt)          # where the current run ends
 
     def close_run() -> int:
@@ -207,9 +206,11 @@ def prime_window(prompt: list[int], guard: RequestGuard) -> tuple[list[int], lis
         if text.strip():
             kept.append(tok)
             letters += texts.letters(tok)
-        elif text and not separated:
-            kept.append(tok)          # a separator, once per run
-        separated = bool(text) and not text.strip() or (separated and not text)
+            separated = False
+        elif text:                    # a separator, read once per run of them
+            if not separated:
+                kept.append(tok)
+            separated = True
     if run:
         close_run()
     return tail, kept[::-1]
