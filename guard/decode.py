@@ -230,13 +230,13 @@ class RowMasks:
         key = (guard.state_key(), width, str(device))
         out = self._device.get(key)
         if out is None:
-            out = self._device[key] = _to(torch.from_numpy(self.index(guard, width)), device)
+            out = self._device[key] = to_device(torch.from_numpy(self.index(guard, width)), device)
         return out
 
     def penalise(self, logits: torch.Tensor, rows: list[int], guard: RequestGuard) -> None:
         """Add `guard.penalty` to each of `rows`."""
         index, values = guard._sparse_penalty(logits.shape[-1], logits.device, logits.dtype)
-        at = _to(torch.tensor(rows), logits.device).unsqueeze(1)
+        at = to_device(torch.tensor(rows), logits.device).unsqueeze(1)
         logits[at, index.unsqueeze(0)] += values
 
     def withhold(self, logits: torch.Tensor, groups: Sequence[tuple[RequestGuard, list[int]]]) -> None:
@@ -251,7 +251,7 @@ class RowMasks:
             if not index.size:
                 continue
             if index.size * len(members) > self.pairs_at_once:
-                at = _to(torch.tensor(members), device)
+                at = to_device(torch.tensor(members), device)
                 logits.index_put_((at.unsqueeze(1), self.device_index(guard, width, device).unsqueeze(0)), value)
             else:
                 rows.append(np.repeat(np.asarray(members, dtype=np.int64), index.size))
@@ -259,11 +259,11 @@ class RowMasks:
             if guard.fallback is not None and guard.fallback < width:
                 ending.setdefault(guard.fallback, []).extend(members)
         if rows:
-            at = _to(torch.from_numpy(np.stack([np.concatenate(rows), np.concatenate(tokens)])), device)
+            at = to_device(torch.from_numpy(np.stack([np.concatenate(rows), np.concatenate(tokens)])), device)
             logits.index_put_((at[0], at[1]), value)
         end_rows = _end_rows_on_host if device.type == "cpu" else _end_rows_on_device
         for fallback, members in ending.items():   # one fallback (the end of sequence) in practice
-            end_rows(logits, _to(torch.tensor(members), device), fallback)
+            end_rows(logits, to_device(torch.tensor(members), device), fallback)
 
 
 def _end_rows_on_host(logits: torch.Tensor, at: torch.Tensor, fallback: int) -> None:
@@ -281,7 +281,7 @@ def _end_rows_on_device(logits: torch.Tensor, at: torch.Tensor, fallback: int) -
     logits[at, fallback] = torch.where(ended, torch.zeros_like(ended, dtype=logits.dtype), logits[at, fallback])
 
 
-def _to(tensor: torch.Tensor, device) -> torch.Tensor:
+def to_device(tensor: torch.Tensor, device) -> torch.Tensor:
     """A host tensor on `device`, queued without waiting for the device's work (a plain copy to a GPU
     waits for every kernel queued before it)."""
     return tensor.to(device, non_blocking=True)

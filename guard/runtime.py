@@ -194,7 +194,7 @@ def prime_window(prompt: list[int], guard: RequestGuard) -> tuple[list[int], lis
     while at > 0 and letters < need:
         at -= 1
         tok = int(prompt[at])
-        if tok in texts.opening or texts.finishes(tok):
+        if tok in texts.opening or tok in texts.finishing:
             if not run:
                 run_end = at + 1
             run.append(tok)
@@ -205,7 +205,7 @@ def prime_window(prompt: list[int], guard: RequestGuard) -> tuple[list[int], lis
         text = texts.text[tok] if 0 <= tok < len(texts.text) else ""
         if text.strip():
             kept.append(tok)
-            letters += texts.letters(tok)
+            letters += len(text) - text.count(" ")
             separated = False
         elif text:                    # a separator, read once per run of them
             if not separated:

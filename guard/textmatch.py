@@ -107,7 +107,7 @@ class TokenTexts:
         # tokens that end inside a character (its first bytes), and those that begin with bytes that
         # only finish one (0x80-0xBF): the only ones read differently after a character begun
         self.opening = frozenset(i for i, b in enumerate(self.raw) if not b.isascii() and _ends_inside_a_character(b))
-        self.finishing = tuple(i for i, b in enumerate(self.raw) if b and 0x80 <= b[0] <= 0xBF)
+        self.finishing = frozenset(i for i, b in enumerate(self.raw) if b and 0x80 <= b[0] <= 0xBF)
 
     def spelled(self) -> "TokenTexts":
         """The same vocabulary with letters and digits only (no word boundaries; `spelled_form`): the view a
@@ -144,19 +144,9 @@ class TokenTexts:
         hi = bisect.bisect_left(self._inner, phrase + "\U0010ffff")
         return self._inner_ids[lo:hi]
 
-    def finishes(self, token: int) -> bool:
-        """Whether the token begins with bytes that only finish a character."""
-        raw = self.raw[token] if 0 <= token < len(self.raw) else b""
-        return bool(raw) and 0x80 <= raw[0] <= 0xBF
-
     def decoded(self, tokens: Sequence[int]) -> str:
         """The normalised text of a run of tokens read together (characters split over them joined)."""
         return normalise(b"".join(self.raw[t] for t in tokens).decode("utf-8", "replace"))
-
-    def letters(self, token: int) -> int:
-        """Letters and digits in a token's text (none for ids past the tokenizer)."""
-        text = self.text[token] if 0 <= token < len(self.text) else ""
-        return len(text) - text.count(" ")
 
     def starting_with(self, prefix: str) -> list[int]:
         out = self._cache.get(prefix)

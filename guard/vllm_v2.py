@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from vllm.v1.worker.gpu.sample.logits_processor import LogitsProcessor
 
-from .decode import RowMasks, guard_rows
+from .decode import RowMasks, guard_rows, to_device
 from .runtime import validate_sampling_params
 
 
@@ -67,7 +67,7 @@ class GuardProcessorV2(LogitsProcessor):
 
         state, device = self.state, self.state.total_len.gpu.device
         starts = [int(state.prompt_len.np[s]) + self.guards[s].consumed for s in slots]
-        where = torch.tensor([slots, starts]).to(device, non_blocking=True)
+        where = to_device(torch.tensor([slots, starts]), device)
         last = state.all_token_ids.gpu.shape[1] - 1
         next_tokens = state.all_token_ids.gpu[where[0], where[1].clamp(max=last)]
         totals, firsts = torch.stack([state.total_len.gpu[where[0]].long(), next_tokens.long()]).tolist()
