@@ -16,8 +16,12 @@
    guarded engine runs the always-on names check on every unflagged request. A guarded answer can
    run longer than the plain one (a withheld name sends the model elsewhere), which changes the
    batch's work as well as its speed; --same-length makes every answer run to --max-tokens in both
-   engines, so the ratio is the guard's own cost. Also the guard's own work per decode step, timed
-   without the model.
+   engines, so the ratio is the guard's own cost. The guarded engine also times the guard's own
+   calls inside it (vLLM's `update_state` and `apply` on the adapter: admission, classification and
+   every step's work; benchmarks/guard_clock.py, the class the guarded engine loads): their share of its
+   generate time is the guard's cost read within one run, free of the drift between engines, though
+   it leaves out any cost the guard causes outside its calls (which the ratio includes). Also the
+   guard's own work per decode step, timed without the model.
 2. Classification cost per request: the classifier on one prompt at a time (median, p90), and per
    request when a step admits a batch of 16 together (how vLLM admits a burst).
 3. Load test: `unlearn serve --guard` on loopback, 64 concurrent streaming requests (chat and
@@ -103,21 +107,28 @@ def worker(kind: str, path: str, ids_file: str, max_tokens: int, same_length: bo
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
-    from unlearnkit.guard.runtime import FQCN
+    from guard_clock import CLOCK, CLOCK_ENV, open_clock
 
     rounds = [[TokensPrompt(prompt_token_ids=p) for p in ids] for ids in json.loads(Path(ids_file).read_text())]
+    clock = open_clock(os.environ[CLOCK_ENV]) if kind == "guarded" else None
     llm = LLM(model=path, dtype="float32", max_model_len=1024, seed=0, enforce_eager=True,
-              logits_processors=[FQCN] if kind == "guarded" else None)
+              logits_processors=["guard_clock:UnlearnGuard"] if kind == "guarded" else None)
     params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=same_length)
     llm.generate(rounds[-1][:8], params, use_tqdm=False)     # warm up on the extra batch, which is never measured
     print(RESULT + json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
         prompts = rounds[int(line)]
+        before = list(clock) if clock is not None else None
         started = time.perf_counter()
         outs = llm.generate(prompts, params, use_tqdm=False)
         seconds = time.perf_counter() - started
-        print(RESULT + json.dumps({"tokens": sum(len(o.outputs[0].token_ids) for o in outs), "seconds": seconds}),
-              flush=True)
+        got = {"tokens": sum(len(o.outputs[0].token_ids) for o in outs), "seconds": seconds}
+        if clock is not None:
+            if clock[1] == before[1]:
+                raise SystemExit("the guard's calls were not timed: the engine did not load guard_clock "
+                                 f"(benchmarks/ on PYTHONPATH, ${CLOCK_ENV} set?) or the policy is not loaded")
+            got.update({f"guard_{key}": clock[n] - before[n] for n, key in enumerate(CLOCK) if key != "calls"})
+        print(RESULT + json.dumps(got), flush=True)
     return 0
 
 
@@ -136,7 +147,12 @@ def _start_worker(kind: str, path: str, policy: str, ids_file: Path, max_tokens:
     env = {**os.environ, "VLLM_LOGGING_LEVEL": "WARNING", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
     env.pop(POLICY_ENV, None)
     if kind == "guarded":
+        from guard_clock import CLOCK_ENV, open_clock
+
         env[POLICY_ENV] = str(Path(policy).resolve())
+        env[CLOCK_ENV] = str(log.with_suffix(".clock"))
+        open_clock(env[CLOCK_ENV], create=True)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parent), env.get("PYTHONPATH")]))
     with open(log, "wb") as stderr:  # the child keeps its own copy of the handle
         return subprocess.Popen([sys.executable, __file__, "--worker", kind, "--model", path, "--ids", str(ids_file),
                                  "--max-tokens", str(max_tokens), *(["--same-length"] if same_length else [])],
@@ -185,8 +201,11 @@ def interleaved_throughput(path: str, policy: str, tokenizer, n_retain: int, max
                     procs[kind].stdin.flush()
                     got = _answer(procs[kind])
                     runs[kind].append({**got, "tok_s": got["tokens"] / got["seconds"]})
-                print(f"round {r + 1}: plain {runs['plain'][-1]['tok_s']:.1f} tok/s, guarded "
-                      f"{runs['guarded'][-1]['tok_s']:.1f} tok/s", flush=True)
+                guarded = runs["guarded"][-1]
+                print(f"round {r + 1}: plain {runs['plain'][-1]['tok_s']:.1f} tok/s, guarded {guarded['tok_s']:.1f} "
+                      f"tok/s, the guard's own calls {100 * guarded['guard_seconds'] / guarded['seconds']:.2f}% of "
+                      f"its time (admitting {guarded['guard_update_state']:.2f} s, steps {guarded['guard_apply']:.2f} s)",
+                      flush=True)
         except Exception:
             for kind in procs:
                 log = Path(tmp) / f"{kind}.log"
@@ -196,9 +215,11 @@ def interleaved_throughput(path: str, policy: str, tokenizer, n_retain: int, max
             for proc in procs.values():
                 _stop(proc)
     ratios = [g["tok_s"] / p["tok_s"] for p, g in zip(runs["plain"], runs["guarded"])]
+    shares = [g["guard_seconds"] / g["seconds"] for g in runs["guarded"]]
     return {"runs": runs, "pair_ratios": ratios, "ratio_mean": statistics.mean(ratios), "ratio_ci95": ci95(ratios),
-            "ratio_median": statistics.median(ratios), "prompts": len(per_round[0]), "max_tokens": max_tokens,
-            "same_length": same_length,
+            "ratio_median": statistics.median(ratios), "guard_share": shares,
+            "guard_share_mean": statistics.mean(shares), "guard_share_ci95": ci95(shares),
+            "prompts": len(per_round[0]), "max_tokens": max_tokens, "same_length": same_length,
             "mode": "interleaved: two engines kept alive, each round's batch sent to each in turn"}
 
 
@@ -409,6 +430,10 @@ def main() -> int:
         ci = tp["ratio_ci95"]
         print(f"guarded/plain throughput, interleaved: mean of {len(tp['pair_ratios'])} pairs {tp['ratio_mean']:.3f}"
               + (f", 95% CI [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "") + f", median {tp['ratio_median']:.3f}")
+        share, ci = tp["guard_share_mean"], tp["guard_share_ci95"]
+        print(f"the guard's own calls inside the guarded engine: {100 * share:.2f}% of its generate time"
+              + (f", 95% CI [{100 * ci[0]:.2f}%, {100 * ci[1]:.2f}%]" if ci else "")
+              + f" (a throughput ratio of {1 - share:.3f} from the guard's work alone)")
         Path(args.out).write_text(json.dumps(report, indent=1))
         print(f"results: {args.out}")
         return 0

@@ -197,6 +197,7 @@ class TextMatcher:
         self._blocked: dict[int, frozenset[int]] = {}
         self._index: dict = {}
         self._pending: dict[int, frozenset[int]] = {}    # states with a character begun: bounded (MAX_PENDING)
+        self._moves: dict[tuple[int, int], int] = {}      # (node, token) -> node: bounded (MAX_PENDING)
         self._phrases = frozenset(self.rest[0])
         self.longest = max(map(len, self.rest[0]), default=0)   # characters in the longest phrase, its space included
         self.start = self.advance(0, " ")           # the response starts at a word start
@@ -243,10 +244,21 @@ class TextMatcher:
                 continue
             if pending or tok in texts.opening:
                 text, pending = texts.continued(pending, tok)
+                node = self.advance(node, text)
             else:
-                text = texts.text[tok]
-            node = self.advance(node, text)
+                node = self._move(node, tok)
         return self.pack(node, pending)
+
+    def _move(self, node: int, token: int) -> int:
+        """`advance(node, the token's text)`, cached: a decode step moves every row by one token, and rows
+        repeat a few (node, token) pairs (most rows stand at the start node)."""
+        key = (node, token)
+        out = self._moves.get(key)
+        if out is None:
+            if len(self._moves) >= MAX_PENDING:
+                self._moves.clear()
+            out = self._moves[key] = self.advance(node, self.texts.text[token])
+        return out
 
     def blocked_index(self, state: int, device=None):
         """`blocked` as a cached index tensor."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Iterable, Sequence
 
 ROOT = 0
+NOTHING: frozenset[int] = frozenset()
 
 
 def phrase_variants(phrase: str, word_starts_only: bool = False) -> list[str]:
@@ -85,6 +86,9 @@ class TokenTrie:
     def advance(self, live: frozenset[int], token: int) -> frozenset[int]:
         """Live nodes after `token`: every live node (and the root, where a new match may start)
         that has `token` as a child moves to that child."""
+        if not live:     # most rows of most steps: only a match starting here can be live after it
+            nxt = self._children[ROOT].get(int(token))
+            return frozenset((nxt,)) if nxt is not None and self._children[nxt] else NOTHING
         out = set()
         for node in live | {ROOT}:
             nxt = self._children[node].get(int(token))

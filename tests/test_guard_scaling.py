@@ -172,6 +172,39 @@ def test_text_matcher_blocked_is_unchanged_by_the_start_state_cache(tiny_tokeniz
         assert matcher.blocked(state) == walk(state)
 
 
+def test_cached_moves_equal_walking_each_token(tiny_tokenizer_factory):
+    """The matcher's (node, token) cache and the trie's empty-live shortcut move exactly as walking every
+    token's text / every live node does, through names, byte-split characters and ordinary text."""
+    from unlearnkit.guard.trie import ROOT, token_sequences
+
+    tok = tiny_tokenizer_factory()
+    texts = TokenTexts(tok)
+    phrases = ["Kalo Mirten", "Mirten", "Ines Farrow", "born in"]
+    matcher, trie = TextMatcher(phrases, texts), TokenTrie(token_sequences(tok, phrases))
+    stream = tok(" Kalo Mirten was born in Ünterdörf; Ines Farrow 𝐊𝐚𝐥𝐨 Mirten, Kalo Mir", add_special_tokens=False)["input_ids"]
+    rng = random.Random(0)
+    for _ in range(30):
+        tokens = stream + [rng.randrange(len(texts.text)) for _ in range(40)] + stream
+        if rng.random() < 0.5:
+            rng.shuffle(tokens)
+        state, walked = matcher.start, matcher.start
+        live, walked_live = frozenset(), frozenset()
+        for t in tokens:
+            state = matcher.advance_tokens(state, [t])
+            node, pending = matcher.unpack(walked)
+            if pending or t in texts.opening:
+                text, pending = texts.continued(pending, t)
+            else:
+                text = texts.text[t]
+            walked = matcher.pack(matcher.advance(node, text), pending)
+            assert state == walked
+            live = trie.advance(live, t)
+            walked_live = frozenset(trie._children[n][t] for n in walked_live | {ROOT}
+                                    if t in trie._children[n] and trie._children[trie._children[n][t]])
+            assert live == walked_live
+    assert matcher._moves                      # the cache was used
+
+
 def test_warm_up_loads_the_embedder_before_any_request(runtime, monkeypatch):
     """An engine warms its runtime up at start: the first admitted requests must not wait for the
     sentence embedder to load (about half a second on 2 cores)."""
