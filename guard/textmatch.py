@@ -23,7 +23,7 @@ import bisect
 import codecs
 import re
 from collections import deque
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Sequence
 
 from .disguise import fold
 
@@ -54,11 +54,11 @@ def _gpt2_byte_chars() -> dict[str, int]:
     return {**{chr(b): b for b in kept}, **{chr(256 + n): b for n, b in enumerate(others)}}
 
 
-MAX_PENDING = 65536   # cached blocked sets of states with a character begun (one per node and begun bytes)
+MAX_PENDING = 65536   # entries in each of a matcher's caches by state (states with a character begun are many)
 _BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")   # SentencePiece's byte fallback
 
 
-def raw_bytes(tokenizer, texts: list[str]) -> list[Optional[bytes]]:
+def raw_bytes(tokenizer, texts: list[str]) -> list[bytes]:
     """Each token's bytes where a token can be part of a character: from the byte-level stand-ins, or a
     SentencePiece byte-fallback token's own byte; other tokens are whole characters (their decoded text)."""
     convert = getattr(tokenizer, "convert_ids_to_tokens", None)
@@ -78,10 +78,11 @@ def raw_bytes(tokenizer, texts: list[str]) -> list[Optional[bytes]]:
     return out
 
 
-def _ends_inside_a_character(raw: bytes) -> bool:
+def _utf8(raw: bytes) -> tuple[str, bytes]:
+    """The characters `raw` holds (an invalid byte as U+FFFD), and the bytes of a last character begun
+    and not finished."""
     decoder = codecs.getincrementaldecoder("utf-8")("replace")
-    decoder.decode(raw)
-    return bool(decoder.getstate()[0])
+    return decoder.decode(raw), decoder.getstate()[0]
 
 
 class TokenTexts:
@@ -106,7 +107,7 @@ class TokenTexts:
         self.spaced = True
         # tokens that end inside a character (its first bytes), and those that begin with bytes that
         # only finish one (0x80-0xBF): the only ones read differently after a character begun
-        self.opening = frozenset(i for i, b in enumerate(self.raw) if not b.isascii() and _ends_inside_a_character(b))
+        self.opening = frozenset(i for i, b in enumerate(self.raw) if not b.isascii() and _utf8(b)[1])
         self.finishing = frozenset(i for i, b in enumerate(self.raw) if b and 0x80 <= b[0] <= 0xBF)
 
     def spelled(self) -> "TokenTexts":
@@ -120,9 +121,9 @@ class TokenTexts:
     def continued(self, pending: bytes, token: int) -> tuple[str, bytes]:
         """(the normalised text of the characters `token` finishes or holds after the bytes `pending` of a
         character begun, the bytes of a character it begins and leaves unfinished)."""
-        decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        text = normalise(decoder.decode(pending + self.raw[token]))
-        return (text if self.spaced else spelled_form(text)), decoder.getstate()[0]
+        text, begun = _utf8(pending + self.raw[token])
+        text = normalise(text)
+        return (text if self.spaced else spelled_form(text)), begun
 
     def _index(self, text: list[str], cache_size: int) -> None:
         self.text = text
