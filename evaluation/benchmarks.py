@@ -13,8 +13,6 @@ Task kinds:
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -23,6 +21,7 @@ from ..data.muse import SPLITS_BY_NAME, load_mini, muse_root, read_split, split_
 from ..data.records import QA
 from ..data.sources import load_spec
 from ..errors import ConfigError, DataError
+from ..files import json_digest
 
 TOFU_FORGET_SPLITS = ("forget01", "forget05", "forget10")  # the splits TOFU ships perturbed answers for
 
@@ -37,8 +36,7 @@ class Task:
     icl: list[QA] = field(default_factory=list)  # knowmem few-shot examples
 
     def fingerprint(self) -> str:
-        blob = json.dumps([r.to_json() for r in self.items + self.icl], sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return json_digest([r.to_json() for r in self.items + self.icl])
 
 
 def _spec_task(name: str, kind: str, spec: str, role: str) -> Task:

@@ -10,10 +10,10 @@ so the hub shows the evaluation beside the weights. Built with `huggingface_hub.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
+from ..files import json_digest
 from .cache import RUN_MANIFEST
 
 CARD_FILE = "README.md"
@@ -27,8 +27,7 @@ SUMMARY_METRICS = ("model_utility", "forget_quality", "privleak", "mia_auc")
 def records_fingerprint(records) -> str:
     """sha256[:16] of the records as sorted-key JSON: the same value `unlearn eval` reports as a
     task's fingerprint (evaluation/benchmarks.Task.fingerprint) for the same set."""
-    blob = json.dumps([r.to_json() for r in records], sort_keys=True).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
+    return json_digest([r.to_json() for r in records])
 
 
 def base_model_id(model_ref: str) -> str:
