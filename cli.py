@@ -143,7 +143,7 @@ def _cmd_guard(args) -> int:
         print(json.dumps(meta["calibration"], indent=1) if args.json else policy_summary(meta))
         return 0
     from .data.sources import load_spec
-    from .guard.build import build_policy
+    from .evaluation.calibration import build_policy
     from .models.loading import load_tokenizer
     from .training.cache import resolve_model
 

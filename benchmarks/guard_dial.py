@@ -47,7 +47,8 @@ def main() -> int:
     args = parser.parse_args()
 
     from unlearnkit.data.sources import load_spec
-    from unlearnkit.guard.calibrate import RatioProbe, calibration_split
+    from unlearnkit.evaluation.calibration import RatioProbe
+    from unlearnkit.guard.calibrate import calibration_split
     from unlearnkit.guard.policy import load_policy
     from unlearnkit.guard.runtime import GuardRuntime
     from unlearnkit.models.loading import load_model

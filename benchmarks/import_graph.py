@@ -11,8 +11,11 @@ Prints
   imports no heavy dependency) and heavy ones (they import torch, vLLM, transformers, ... at their
   top level, directly or through another own module): a lazy import of a light module is one
   that could move to the top of its file.
+- imports that break the layering (LAYERS, the one docs/architecture.md states): a package may
+  import its own modules and those of any lower layer; within a layer, only the pairs in
+  SAME_LAYER. Top-level and function-level imports alike.
 `--list` prints every function-level import of a light own module (file:line -> module).
-tests/test_imports.py fails on any top-level cycle.
+tests/test_imports.py fails on any cycle and on any import that breaks the layering.
 """
 
 from __future__ import annotations
@@ -28,6 +31,13 @@ PACKAGE = "unlearnkit"
 SKIP = {".venv", "tests", "benchmarks", "runs", "docs", "configs", f"{PACKAGE}.egg-info", "__pycache__", ".git"}
 HEAVY = {"torch", "vllm", "transformers", "faiss", "sentence_transformers", "langgraph", "peft", "accelerate",
          "safetensors", "gguf", "scipy", "matplotlib", "rouge_score", "openai", "fastapi", "uvicorn", "tokenizers"}
+
+
+# The layering, lowest first: a package (a top-level module or subpackage of the root) may import its
+# own modules and those of any lower layer; within a layer, only the pairs in SAME_LAYER.
+LAYERS = [("errors", "files", "config", "provenance", "stats"), ("data",), ("models",), ("training", "guard"),
+          ("evaluation", "agents"), ("compare",), ("cli", "demo")]
+SAME_LAYER = {("config", "errors"), ("cli", "demo")}   # config raises ConfigError; `unlearn demo` runs demo.py
 
 
 @dataclass(frozen=True)
@@ -140,6 +150,33 @@ def build_graph() -> Graph:
     return graph
 
 
+def package_of(module: str) -> str:
+    """The layered unit a module belongs to: `unlearnkit.guard.build` -> `guard`, `unlearnkit.cli` -> `cli`."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def layering_line() -> str:
+    """LAYERS as docs/architecture.md writes it."""
+    return " → ".join(", ".join(layer) for layer in LAYERS)
+
+
+def allowed(source: str, target: str) -> bool:
+    """Whether package `source` may import package `target` (the root package, which imports nothing,
+    is at no layer)."""
+    if source == target:
+        return True
+    rank = {p: n for n, layer in enumerate(LAYERS) for p in layer}
+    if source not in rank or target not in rank:
+        return False
+    return rank[target] < rank[source] or (rank[target] == rank[source] and (source, target) in SAME_LAYER)
+
+
+def layer_violations(imports: list[Import]) -> list[Import]:
+    """Imports of an own module from a package that may not import it, top-level and function-level."""
+    return [i for i in imports if not allowed(package_of(i.source), package_of(i.target))]
+
+
 def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
     """Strongly connected components with more than one module (Tarjan), each sorted."""
     index: dict[str, int] = {}
@@ -194,6 +231,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"import cycles, {name}: {len(found)}")
         for c in found:
             print("   ", " <-> ".join(map(short, c)))
+    wrong = layer_violations(graph.imports)
+    print(f"imports that break the layering ({layering_line()}): {len(wrong)}")
+    for i in wrong:
+        print(f"    {short(i.source)}:{i.line} -> {short(i.target)}{' (function-level)' if i.lazy else ''}")
     print(f"function-level imports of own modules: {len(light) + len(heavy)} "
           f"({len(light)} of light modules, {len(heavy)} of heavy ones)")
     if args.list:

@@ -60,7 +60,7 @@ def guard_policy(spec: GuardSpec, model_path: str, log=print) -> tuple[str, dict
     from ..config import load_config, to_dict
     from ..data.sources import load_spec
     from ..evaluation.systems import model_fingerprint
-    from ..guard.build import build_policy
+    from ..evaluation.calibration import build_policy
     from ..guard.calibrate import FIT_VERSION
     from ..guard.policy import GuardConfig
     from ..models.catalog import cache_root

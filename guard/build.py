@@ -30,7 +30,7 @@ from .penalty import centred_unit, semantic_penalty
 from .phrases import STOPWORDS, Background, MentionIndex, distinctive_parts, group_targets, item_phrases, quoted, stems
 from ..files import json_digest, sha256_file
 from . import disguise
-from .calibrate import (RatioProbe, calibrate_soft_mask, calibration_record, calibration_split, check_counterfactuals,
+from .calibrate import (calibrate_soft_mask, calibration_record, calibration_split, check_counterfactuals,
                         reference_items)
 from .classifier import MIN_COLLAPSED, PromptClassifier, as_served
 from .policy import FILES, FORMAT, FORMAT_VERSION, OPTIONAL_FILES, GuardConfig, Policy, PolicyError, read_meta, tokenizer_fingerprint
@@ -236,9 +236,15 @@ def semantic_index(vecs: np.ndarray):
 
 
 def build_policy(forget: list[QA], out_dir: str | Path, model_path: str, tokenizer, cfg: GuardConfig,
-                 retain: Optional[list[QA]] = None, sources: Optional[dict] = None, progress=print) -> dict:
-    """Compile and write the policy; returns its policy.json contents."""
+                 retain: Optional[list[QA]] = None, sources: Optional[dict] = None, progress=print,
+                 probe=None) -> dict:
+    """Compile and write the policy; returns its policy.json contents. `probe`: the class that measures
+    truth ratios through the guard (evaluation/calibration.py `RatioProbe`), needed by `mode: calibrated`
+    only; guard/ sits below evaluation/, so `evaluation.calibration.build_policy` passes it."""
     _check_build_inputs(forget, cfg)
+    if cfg.calibrated and probe is None:
+        raise PolicyError("mode: calibrated measures the model through the guard: build it with "
+                          "unlearnkit.evaluation.calibration.build_policy (as `unlearn guard build` does)")
     retain = _retain_prompts(forget, retain, cfg)
     questions = [_item_text(item) for item in forget]
     background = [r.question for r in retain]
@@ -289,7 +295,7 @@ def build_policy(forget: list[QA], out_dir: str | Path, model_path: str, tokeniz
     fit = None
     if cfg.calibrated:
         calibration["soft_mask"] = None   # fitted on the written policy, before it is published
-        fit = lambda root: _fit_soft_mask(root, forget, model_path, tokenizer, cfg, progress)  # noqa: E731
+        fit = lambda root: _fit_soft_mask(root, forget, model_path, tokenizer, cfg, progress, probe)  # noqa: E731
     _write(Path(out_dir), meta, index, item_seqs, target_seqs, penalties, fit, answers)
     return meta
 
@@ -308,9 +314,11 @@ def _answers_index(forget: list[QA], cfg: GuardConfig):
                                  for item in forget]))
 
 
-def _fit_soft_mask(root: Path, forget: list[QA], model_path: str, tokenizer, cfg: GuardConfig, progress) -> dict:
+def _fit_soft_mask(root: Path, forget: list[QA], model_path: str, tokenizer, cfg: GuardConfig, progress,
+                   probe) -> dict:
     """Calibrated mode (calibrate.py): the soft mask fitted on part of the forget set through the
-    policy as written, and the held-out part's median truth ratio at that mask."""
+    policy as written, and the held-out part's median truth ratio at that mask. `probe`: the
+    RatioProbe class (evaluation/calibration.py)."""
     from ..models.loading import load_model
     from .policy import load_policy
     from .runtime import GuardRuntime
@@ -322,13 +330,13 @@ def _fit_soft_mask(root: Path, forget: list[QA], model_path: str, tokenizer, cfg
     if cfg.calibration_reference:
         items = reference_items(load_spec(cfg.calibration_reference), forget)
         progress(f"scoring {len(items)} never-learnt reference items ({cfg.calibration_reference})")
-        reference = RatioProbe(model, tokenizer, runtime, items).ratios(None, guarded=False)
-    result = calibrate_soft_mask(RatioProbe(model, tokenizer, runtime, [forget[i] for i in fitted]), cfg, progress,
+        reference = probe(model, tokenizer, runtime, items).ratios(None, guarded=False)
+    result = calibrate_soft_mask(probe(model, tokenizer, runtime, [forget[i] for i in fitted]), cfg, progress,
                                  reference)
     held = None
     if held_out:
-        probe = RatioProbe(model, tokenizer, runtime, [forget[i] for i in held_out])
-        held = float(np.median(probe.ratios(result.soft_mask, penalty=result.semantic_penalty)))   # as served
+        held_probe = probe(model, tokenizer, runtime, [forget[i] for i in held_out])
+        held = float(np.median(held_probe.ratios(result.soft_mask, penalty=result.semantic_penalty)))   # as served
         progress(f"held-out forget items ({len(held_out)}): median truth ratio {held:.3f} at the fitted soft mask")
     return calibration_record(result, fitted, held_out, held)
 

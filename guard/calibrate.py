@@ -18,26 +18,22 @@ was tried and is too noisy (distances of 0.100-0.125 there spanned forget qualit
 40 TOFU-mini forget items); the median of the fitted items moves smoothly with the mask.
 Steps as in training/fila.py: a statistics pass (median R at a given s, the target model
 teacher-forced through the guard), pure maths (bisection on s), an apply step (the fitted s and
-its figures in policy.json).
+its figures in policy.json). The statistics pass measures, so it lives with the measuring path:
+evaluation/calibration.py `RatioProbe` (any object with its `requests`, `runtime`, `ratios` and
+`ratios_at` serves `calibrate_soft_mask`); guard/build.py takes it as `build_policy(..., probe=)`,
+and evaluation/calibration.py `build_policy` passes it.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
 from ..data.records import QA
-from ..evaluation.benchmarks import Task
-from ..evaluation.config import EvalConfig
-from ..evaluation.metrics import tofu as TOFU
-from ..evaluation.scoring import build_requests
-from ..evaluation.teacher_forcing import score_continuations
 from .policy import MAX_SOFT_MASK, GuardConfig, PolicyError
-from .runtime import GuardRuntime
-from .scoring import guarded_logits
 
 STEPS = 12          # bisection steps on log(1 + s): s to within ~2% of [0, MAX_SOFT_MASK]
 FIT_VERSION = 6         # bumped when a calibrated build changes (2: median to the reference's; 3: a fixed mask keeps
@@ -97,91 +93,16 @@ class TokenStats:
         return self.logp0 + both - soft * self.is_matched - np.logaddexp(self.other_lse, self.matched_lse - soft)
 
 
-class RatioProbe:
-    """Truth ratios of `items` under the guard: prompts and continuations built once, exactly as
-    `unlearn eval` builds them. `ratios(s)` is one teacher-forced pass at soft mask s;
-    `statistics()` one pass from which `ratios_at(s)` follows for every s by arithmetic."""
+class Probe(Protocol):
+    """Truth ratios of some forget items through the guard: what `calibrate_soft_mask` reads
+    (evaluation/calibration.py `RatioProbe` is the one implementation)."""
 
-    def __init__(self, model, tokenizer, runtime: GuardRuntime, items: Sequence[QA]):
-        self.model, self.runtime = model, runtime
-        task = Task("calibration", "qa", list(items), "calibration", "forget")
-        self.requests = build_requests([task], tokenizer, EvalConfig(metrics=["truth_ratio"])).tf
-        self._stats: dict[bool, list[dict[str, TokenStats]]] = {}
+    requests: Sequence
+    runtime: Any
 
-    def _guards(self, soft_mask: float | None, penalty: bool = False):
-        self.runtime.soft_mask, self.runtime.calibrated_penalty = soft_mask, penalty
-        return self.runtime.guards([(r.prefix, None) for r in self.requests])
+    def ratios(self, soft_mask: float | None, guarded: bool = True, penalty: bool = False) -> list[float]: ...
 
-    def _score(self, transform) -> list[dict]:
-        scored = score_continuations(self.model, [r.prefix for r in self.requests], [r.continuations for r in self.requests],
-                                     transform_logits=transform)
-        return [dict(zip(r.keys, s)) for r, s in zip(self.requests, scored)]
-
-    def ratios(self, soft_mask: float | None, guarded: bool = True, penalty: bool = False) -> list[float]:
-        """None: strict (withheld); guarded=False: the model alone; penalty: the policy's semantic penalty too."""
-        transform = None
-        if guarded:
-            guards = self._guards(soft_mask, penalty)
-            transform = lambda logits, owner, contexts: guarded_logits(guards, logits, owner, contexts)  # noqa: E731
-        return [_truth_ratio({k: -s.avg_loss for k, s in by.items()}) for by in self._score(transform)]
-
-    def statistics(self, penalty: bool = False) -> list[dict[str, TokenStats]]:
-        if penalty not in self._stats:
-            self._stats[penalty] = self._record(penalty)
-        return self._stats[penalty]
-
-    def ratios_at(self, soft_mask: float, penalty: bool = False) -> list[float]:
-        return [_truth_ratio({k: float(t.logp(soft_mask).mean()) for k, t in by.items()})
-                for by in self.statistics(penalty)]
-
-    def _record(self, penalty: bool) -> list[dict[str, TokenStats]]:
-        guards = self._guards(0.0, penalty)
-        # rows reach the transform item by item, continuation by continuation, token by token
-        targets = [[tok for cont in r.continuations for tok in cont] for r in self.requests]
-        cursor = [0] * len(targets)
-        rows: list[list[tuple[float, float, bool]]] = [[] for _ in targets]
-
-        def transform(logits, owner, contexts):
-            out = guarded_logits(guards, logits, owner, contexts)
-            for n, item in enumerate(owner.tolist()):
-                target = targets[item][cursor[item]]
-                cursor[item] += 1
-                rows[item].append(_split(out[n], guards[item], contexts[n], target))
-            return out
-
-        scored = self._score(transform)
-        stats = []
-        for by, r, recorded in zip(scored, self.requests, rows):
-            per, k = {}, 0
-            for key, s in by.items():
-                other, matched, hit = (np.array(v) for v in zip(*recorded[k:k + s.n_tokens]))
-                per[key] = TokenStats(np.array(s.logprobs), other, matched, hit.astype(float))
-                k += s.n_tokens
-            stats.append(per)
-        return stats
-
-
-def _split(row, guard, context, target: int) -> tuple[float, float, bool]:
-    """(log-sum-exp over the row's unmatched tokens, over its matched ones, whether `target` is matched)."""
-    import torch
-
-    if guard is None:
-        return float(torch.logsumexp(row, -1)), -math.inf, False
-    index = torch.cat(guard.policy_matches(row.device, context)).unique()
-    if guard.withheld is not None:   # a name the prompt did not write stays withheld at every mask
-        index = index[~torch.isin(index, torch.cat(guard.withheld.indexes(row.device, context)))]
-    index = index[index < row.shape[-1]]
-    if not index.numel():
-        return float(torch.logsumexp(row, -1)), -math.inf, False
-    matched = float(torch.logsumexp(row[index], -1))
-    rest = row.clone()
-    rest[index] = -math.inf
-    return float(torch.logsumexp(rest, -1)), matched, bool((index == target).any())
-
-
-def _truth_ratio(mean_logp: dict[str, float]) -> float:
-    perturbed = [-v for k, v in mean_logp.items() if k.startswith("perturbed")]
-    return TOFU.truth_ratio(-mean_logp["paraphrased"], perturbed)
+    def ratios_at(self, soft_mask: float, penalty: bool = False) -> list[float]: ...
 
 
 # ------------------------------------------------------------------ pure maths
@@ -214,7 +135,7 @@ def ks_distance(a: Sequence[float], b: Sequence[float]) -> float:
 
 
 # ------------------------------------------------------------------ apply step
-def calibrate_soft_mask(probe: RatioProbe, cfg: GuardConfig, progress=print,
+def calibrate_soft_mask(probe: Probe, cfg: GuardConfig, progress=print,
                         reference: Sequence[float] | None = None) -> Fit:
     """The soft mask for `cfg` (its fixed `soft_mask`, or fitted), with the figures that justify it.
     `reference`: the model's own truth ratios on counterfactual items it never learnt (the target a
@@ -242,12 +163,12 @@ def calibrate_soft_mask(probe: RatioProbe, cfg: GuardConfig, progress=print,
     return Fit(s, served, unguarded, strict, True)
 
 
-def _keeps_penalty(probe: RatioProbe, cfg: GuardConfig) -> bool:
+def _keeps_penalty(probe: Probe, cfg: GuardConfig) -> bool:
     """Whether the mask goes over the policy's semantic penalty: unless the config drops it or there is none."""
     return cfg.keeps_penalty and probe.runtime.policy.config.penalty > 0
 
 
-def _fit_to_reference(probe: RatioProbe, cfg: GuardConfig, reference: Sequence[float], unguarded: float,
+def _fit_to_reference(probe: Probe, cfg: GuardConfig, reference: Sequence[float], unguarded: float,
                       strict: float, progress) -> Fit:
     """The smallest mask at which the fitted items' median truth ratio reaches the reference's (the
     model's own median on facts it never learnt), over the policy's semantic penalty unless the config

@@ -10,7 +10,7 @@ TorchScript graph (`torch.jit.freeze` + `optimize_for_inference`: 9 ms), checked
 the eager forward (max abs difference < 1e-4) and falling back to eager if tracing fails or differs.
 
 Where this machine runs bf16 autocast faster than fp32 (`embedder_precision`: the measurement
-training/precision.py caches per CPU model), the transformer runs under bf16 autocast instead,
+models/precision.py caches per CPU model), the transformer runs under bf16 autocast instead,
 checked at load against the fp32 vectors (1 - cosine < BF16_TOLERANCE) and falling back to fp32
 otherwise. Measured on a 2-core Zen 5 EPYC (retain90, forget01, forget05 questions against the
 TOFU-mini forget01 policy): 1.3 vs 2.8 ms a prompt, similarities within 0.0018 of fp32's, none of
@@ -70,7 +70,7 @@ def embedder_precision(device: str = "cpu") -> str:
         return asked
     if device != "cpu":
         return "fp32"
-    from ..training.precision import auto_precision
+    from ..models.precision import auto_precision
 
     return auto_precision(log=log.info).precision
 

@@ -112,8 +112,7 @@ def test_strict_policies_record_the_config_they_always_did():
 def test_calibrated_build_serves_what_it_measured(tmp_path, tiny_dir, guard_forget_set):
     """A calibrated policy built on the tiny model: the fitted mask reaches the asked median truth
     ratio on its items, the runtime serves that mask, and scoring through it gives the same ratios."""
-    from unlearnkit.guard.build import build_policy
-    from unlearnkit.guard.calibrate import RatioProbe
+    from unlearnkit.evaluation.calibration import RatioProbe, build_policy
     from unlearnkit.guard.policy import load_policy
     from unlearnkit.guard.runtime import GuardRuntime
     from unlearnkit.models.loading import load_model, load_tokenizer
@@ -152,8 +151,7 @@ def test_policy_summary_says_the_mode():
 
 def test_statistics_give_every_soft_mask_without_a_model_pass(tmp_path, tiny_dir, guard_forget_set):
     """The one-pass statistics (calibrate.TokenStats) agree with a real guarded pass at each mask."""
-    from unlearnkit.guard.build import build_policy
-    from unlearnkit.guard.calibrate import RatioProbe
+    from unlearnkit.evaluation.calibration import RatioProbe, build_policy
     from unlearnkit.guard.policy import load_policy
     from unlearnkit.guard.runtime import GuardRuntime
     from unlearnkit.models.loading import load_model, load_tokenizer
@@ -222,7 +220,7 @@ def test_reference_items_must_be_never_learnt_counterfactual_items():
 def test_calibrated_build_against_a_reference(tmp_path, tiny_dir, guard_forget_set, monkeypatch):
     import json
 
-    from unlearnkit.guard.build import build_policy
+    from unlearnkit.evaluation.calibration import build_policy
     from unlearnkit.models.loading import load_tokenizer
 
     swap = lambda a: a.replace("Kalo Mirten", "Aldo Brenn").replace("Ines Farrow", "Mara Dune")  # noqa: E731
@@ -324,8 +322,7 @@ def test_a_fixed_mask_keeps_the_semantic_penalty_like_a_fitted_one():
 def test_the_held_out_figure_is_measured_as_served(tmp_path, tiny_dir, guard_forget_set):
     """A build's held-out median truth ratio comes from the guard as it will be served: the mask over
     the semantic penalty when the policy keeps it."""
-    from unlearnkit.guard.build import build_policy
-    from unlearnkit.guard.calibrate import RatioProbe
+    from unlearnkit.evaluation.calibration import RatioProbe, build_policy
     from unlearnkit.guard.policy import load_policy
     from unlearnkit.guard.runtime import GuardRuntime
     from unlearnkit.models.loading import load_model, load_tokenizer

@@ -211,7 +211,7 @@ def test_fast_embedder_equals_sentence_transformers():
 
 def test_the_embedder_precision_is_the_machines_measured_choice_unless_set(monkeypatch):
     from unlearnkit.guard import embedder
-    from unlearnkit.training import precision
+    from unlearnkit.models import precision
 
     monkeypatch.setenv(embedder.PRECISION_ENV, "auto")
     for measured in ("bf16", "fp32"):

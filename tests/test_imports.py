@@ -1,4 +1,5 @@
-"""The package's own import graph (benchmarks/import_graph.py reads it with `ast`): no import cycles."""
+"""The package's own import graph (benchmarks/import_graph.py reads it with `ast`): no import cycles,
+and no import that breaks the layering docs/architecture.md states."""
 
 from __future__ import annotations
 
@@ -50,3 +51,36 @@ def test_no_import_cycle_among_top_level_imports(ig, graph):
 def test_no_cycle_through_function_level_imports_either(ig, graph):
     found = ig.cycles(graph.edges(lazy=True))
     assert found == [], f"import cycles through function-level imports: {found}"
+
+
+def test_every_package_has_a_layer(ig, graph):
+    placed = {p for layer in ig.LAYERS for p in layer}
+    found = {ig.package_of(m) for m in graph.modules} - {"unlearnkit"}
+    assert found <= placed, f"modules in no layer (add them to LAYERS in benchmarks/import_graph.py): {found - placed}"
+
+
+def test_the_layering_allows_downward_and_listed_same_layer_imports_only(ig):
+    assert ig.allowed("training", "models") and ig.allowed("evaluation", "guard") and ig.allowed("guard", "guard")
+    assert ig.allowed("config", "errors") and ig.allowed("cli", "demo")
+    assert not ig.allowed("training", "evaluation") and not ig.allowed("guard", "evaluation")
+    assert not ig.allowed("guard", "training") and not ig.allowed("training", "guard")       # same layer
+    assert not ig.allowed("evaluation", "agents") and not ig.allowed("models", "training")
+
+
+def test_a_planted_forbidden_import_is_reported(ig, graph):
+    p = "unlearnkit."
+    planted = [ig.Import(p + "training.callbacks", p + "evaluation.metrics.means", 1, True),
+               ig.Import(p + "guard.embedder", p + "training.config", 1, False)]
+    assert ig.layer_violations(graph.imports + planted) == ig.layer_violations(graph.imports) + planted
+
+
+def test_no_import_breaks_the_layering(ig, graph):
+    """Top-level and function-level imports of own modules: a package imports only lower layers."""
+    wrong = [f"{i.source}:{i.line} -> {i.target}{' (function-level)' if i.lazy else ''}"
+             for i in ig.layer_violations(graph.imports)]
+    assert not wrong, f"imports that break the layering ({ig.layering_line()}): {wrong}"
+
+
+def test_the_architecture_page_states_this_layering(ig):
+    page = (SCRIPT.parents[1] / "docs" / "architecture.md").read_text()
+    assert ig.layering_line() in page, f"docs/architecture.md should state the layering as: {ig.layering_line()}"

@@ -6,7 +6,7 @@ import pytest
 
 from unlearnkit.config import ConfigError, from_dict, load_config, to_dict
 from unlearnkit.files import json_digest
-from unlearnkit.training import precision as P
+from unlearnkit.models import precision as P
 from unlearnkit.training.config import TrainConfig
 
 DATA = {"forget": "synth/forget?people=4&forget=1", "retain": "synth/retain?people=4&forget=1"}

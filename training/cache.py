@@ -19,7 +19,7 @@ from ..errors import ModelError
 from ..files import json_digest
 from ..models.catalog import cache_root
 from ..models.loading import resolve_model as resolve_base_model
-from .precision import hashed_precision
+from ..models.precision import hashed_precision
 
 RUN_MANIFEST = "run.json"  # written last into a finished run; its presence means "complete"
 RUN_PREFIX = "run:"

@@ -65,7 +65,7 @@ class EvalEverySteps(TrainerCallback):
         self.best = read_best(self.work)  # a resumed run keeps the best so far
 
     def measure(self, model) -> float:
-        from ..evaluation.probability import answer_probabilities, mean
+        from .probability import answer_probabilities, mean
 
         was_training = model.training
         model.eval()

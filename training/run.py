@@ -35,7 +35,7 @@ from .cache import RUN_MANIFEST, cached_output_dir, is_finished, resolve_model
 from .config import TrainConfig, check_fits_model_at, method_params
 from .methods import get_method
 from .model_card import records_fingerprint, write_model_card
-from .precision import auto_precision
+from ..models.precision import auto_precision
 
 LAUNCH_FILE = "launch.json"  # in <output_dir>.partial: the number of processes and the engine the run was launched with
 # how long ranks wait for each other in one collective: the others wait at the end while rank 0 rebuilds
@@ -45,7 +45,7 @@ COLLECTIVE_TIMEOUT = datetime.timedelta(hours=2)
 
 def _precision(cfg: TrainConfig, state, log) -> bool:
     """True for bf16 mixed precision (autocast on CPU, bf16 on CUDA); `auto` is measured once per
-    machine (training/precision.py), decided on the main process and shared with the others."""
+    machine (models/precision.py), decided on the main process and shared with the others."""
     if cfg.optim.precision != "auto":
         return cfg.optim.precision == "bf16"
     choice = auto_precision(log=log) if state.is_main_process else None

@@ -4,14 +4,11 @@
 
 A None is a metric an item lacks (no paraphrased question, no answer tokens); a NaN is one that could
 not be computed (an empty answer's probability). Aggregates, attack rates and the quantization
-attack's mean answer probability all average this way."""
+attack's mean answer probability all average this way. Defined in the lowest layer (stats.py), so the
+training callback's mean (training/probability.py) is this one too."""
 
 from __future__ import annotations
 
-import math
-from typing import Iterable, Optional
+from ...stats import finite_mean
 
-
-def finite_mean(values: Iterable) -> Optional[float]:
-    vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    return sum(vals) / len(vals) if vals else None
+__all__ = ["finite_mean"]

@@ -13,7 +13,7 @@ cached answer, as in fila.py):
                       the figures go to the log and into the cache file
 
 Whether a CPU has bf16 instructions does not say which is faster: on a Xeon with AVX512-BF16
-but no AMX, bf16 ran at half fp32's speed (issue 17), while on a Zen 5 EPYC it ran ~4x faster.
+but no AMX, bf16 ran at half fp32's speed, while on a Zen 5 EPYC it ran ~4x faster.
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ def auto_precision(cache_dir: str | Path | None = None, measure=time_linear, log
         bf16 = torch.cuda.is_bf16_supported()
         return PrecisionChoice("bf16" if bf16 else "fp32", f"CUDA ({'with' if bf16 else 'without'} bf16 support)")
     if cache_dir is None:
-        from ..models.catalog import cache_root
+        from .catalog import cache_root
 
         cache_dir = cache_root() / "precision"
     machine, version = machine_key()
