@@ -23,7 +23,7 @@ def ensure_model(ref: str, log=print) -> str:
     """A model ref as a local directory; `run:CONFIG.yaml` is trained (cached) first, and so is
     whatever `run:` model that config starts from."""
     from ..config import load_config
-    from ..models.loading import resolve_model
+    from ..training.cache import resolve_model
     from ..training.config import TrainConfig
     from ..training.run import train_cached
 

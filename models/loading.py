@@ -1,4 +1,8 @@
-"""Resolve `--model` (catalog name, local checkpoint, or hub id) and load it (checkpoint.py)."""
+"""Load a model reference (catalog name, local checkpoint, or hub id; checkpoint.py does the loading).
+
+`--model` references are resolved by training/cache.py `resolve_model`, the one public resolver: it
+adds `run:CONFIG.yaml` (a cached training run, the training side's) to `_resolve_base` here, which
+knows the references models/ can resolve without training/ (models/ imports nothing from training/)."""
 
 from __future__ import annotations
 
@@ -13,14 +17,14 @@ from .fetch import fetch, is_fetched
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-def resolve_model(ref: str, fetch_missing: bool = True) -> str:
+def _resolve_base(ref: str, fetch_missing: bool = True) -> str:
     """Return something `from_pretrained` accepts: a local directory or a hub id.
 
     - a catalog name (`smollm2`) is fetched into the cache on first use;
     - an existing directory must hold a `config.json`;
     - `owner/name` that is not a local path is treated as a hub id (loading reports
       if the hub cannot be reached).
-    `run:CONFIG.yaml` (a cached training run) is training/cache.py's `resolve_model`."""
+    Callers use training/cache.py `resolve_model`, which also resolves `run:CONFIG.yaml`."""
     if ref.startswith("run:"):
         raise ModelError(f"{ref!r}: a run: reference is resolved by unlearnkit.training.cache.resolve_model")
     if ref in CATALOG:
@@ -45,5 +49,6 @@ def resolve_model(ref: str, fetch_missing: bool = True) -> str:
 
 
 def load_model(ref: str, dtype=None, device: str | None = None):
-    """(model, tokenizer) of a model reference, in eval mode; float32 on CPU unless `dtype` says otherwise."""
-    return load_checkpoint(resolve_model(ref), dtype, device, ref)
+    """(model, tokenizer) of a catalog name, local checkpoint or hub id (a `run:` reference resolved first by
+    training/cache.py `resolve_model`), in eval mode; float32 on CPU unless `dtype` says otherwise."""
+    return load_checkpoint(_resolve_base(ref), dtype, device, ref)

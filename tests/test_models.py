@@ -7,7 +7,8 @@ import pytest
 
 from unlearnkit.errors import FetchError, ModelError
 from unlearnkit.models import fetch as fetch_mod
-from unlearnkit.models.loading import load_model, resolve_model
+from unlearnkit.models.loading import load_model
+from unlearnkit.training.cache import resolve_model
 
 
 def test_local_dir_and_hub_id_and_errors(tiny_dir, tmp_path):
@@ -28,15 +29,22 @@ def test_hub_id_that_cannot_be_reached_says_why(monkeypatch):
 
 
 def test_run_reference_requires_a_built_run(tmp_path, tiny_dir):
-    from unlearnkit.training.cache import resolve_model as resolve_any
+    from unlearnkit.models import loading
 
     cfg = tmp_path / "ft.yaml"
     cfg.write_text("method: {name: finetune}\ndata: {train: synth/full}\n")
     with pytest.raises(ModelError, match="not built yet.*unlearn train --cached"):
-        resolve_any(f"run:{cfg}")
-    assert resolve_any(str(tiny_dir)) == str(tiny_dir)            # anything else: models/loading.py's answer
-    with pytest.raises(ModelError, match="training.cache.resolve_model"):   # models/ does not know training runs
         resolve_model(f"run:{cfg}")
+    assert resolve_model(str(tiny_dir)) == str(tiny_dir)            # anything else: models/loading.py's answer
+    with pytest.raises(ModelError, match="training.cache.resolve_model"):   # models/ does not know training runs
+        loading.load_model(f"run:{cfg}")
+
+
+def test_one_public_resolver():
+    """`--model` is resolved by training/cache.py alone: models/ keeps its part private."""
+    from unlearnkit.models import loading
+
+    assert not hasattr(loading, "resolve_model")
 
 
 def test_fetch_unknown_model():

@@ -5,8 +5,9 @@ covers the resolved config (all but `output_dir`) and, for a local base model, t
 fingerprint of its manifest/config, so a changed base model never reuses a stale run. The
 precision is hashed as the one the run will use on this machine (`auto` resolved), spelled so
 that runs cached before `auto` was measured keep their hashes (precision.hashed_precision).
-`resolve_model` is models/loading.py's, plus `run:CONFIG.yaml`: the cached output of that
-training config (`unlearn train --cached`, training/run.py `train_cached`)."""
+`resolve_model` is the one resolver of `--model` references: `run:CONFIG.yaml`, the cached output of that
+training config (`unlearn train --cached`, training/run.py `train_cached`), and what models/loading.py
+resolves without training/ (catalog name, local checkpoint, hub id)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from ..config import load_config, to_dict
 from ..errors import ModelError
 from ..files import json_digest
 from ..models.catalog import cache_root
-from ..models.loading import resolve_model as resolve_base_model
+from ..models.loading import _resolve_base
 from ..models.precision import hashed_precision
 
 RUN_MANIFEST = "run.json"  # written last into a finished run; its presence means "complete"
@@ -52,7 +53,7 @@ def resolve_model(ref: str, fetch_missing: bool = True) -> str:
     training config; anything else is resolved by models/loading.py (catalog name, checkpoint, hub id)."""
     if ref.startswith(RUN_PREFIX):
         return resolve_run(ref[len(RUN_PREFIX):])
-    return resolve_base_model(ref, fetch_missing)
+    return _resolve_base(ref, fetch_missing)
 
 
 def resolve_run(config_path: str) -> str:
