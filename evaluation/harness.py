@@ -25,6 +25,7 @@ from ..training.cache import resolve_model
 from .benchmarks import Task, build_tasks
 from .config import EvalConfig
 from .measure import measure, result_of
+from .perturbed import dropped_perturbed
 from .results import EvalResult
 from .summary import Reference, reference_from_result, summarize
 from .systems import Batch, Generated, engine_system
@@ -45,7 +46,11 @@ def _cache_key(cfg: EvalConfig, fingerprint: str, tasks: list[Task]) -> str:
     conf = to_dict(dataclasses.replace(cfg, model="", retain_eval=None))
     if conf.get("guard") is None:   # unguarded: the key it had before guards existed (results stay valid)
         conf.pop("guard", None)
-    return json_digest({"config": conf, "model": fingerprint, "data": {t.name: t.fingerprint() for t in tasks}})
+    key = {"config": conf, "model": fingerprint, "data": {t.name: t.fingerprint() for t in tasks}}
+    dropped = dropped_perturbed(tasks)
+    if dropped:   # perturbed answers left out (perturbed.py); a benchmark without any keeps the key it had
+        key["dropped_perturbed"] = sorted([t, i, list(k)] for (t, i), k in dropped.items())
+    return json_digest(key)
 
 
 # ----------------------------------------------------------------------------- measuring

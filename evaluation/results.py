@@ -66,6 +66,11 @@ class QARecord:
     num_token_paraphrased: Optional[int] = None
     truth_ratio: Optional[float] = None
     probability: Optional[float] = None
+    # a non-forget item's perturbed answers left out of its truth ratio / option probability (evaluation/
+    # perturbed.py), and those two over every perturbed answer; absent where none was left out
+    perturbed_dropped: Optional[list] = None
+    truth_ratio_all: Optional[float] = None
+    probability_all: Optional[float] = None
 
     @property
     def generated(self) -> Optional[str]:

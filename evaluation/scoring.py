@@ -13,6 +13,7 @@ from .metrics import memorization as MEM
 from .metrics import tofu as TOFU
 from .metrics.means import finite_mean
 from .metrics.rouge import rouge_scores
+from .perturbed import DROPPED_KEY, KEPT_KEY, dropped_perturbed, is_perturbed, perturbed_index
 from .results import MuseRecord, QARecord, Record, TaskResult, TextRecord, column
 
 MUSE_VERBMEM_TOKENS = 128
@@ -84,6 +85,8 @@ class Wants:
     gen: bool            # a generation metric (ROUGE)
     tf: bool             # a teacher-forced one
     eot: str             # the chat template's end of turn (appended to scored answers)
+    # (task, item) -> perturbed answers a non-forget item's truth ratio leaves out (perturbed.py's rule)
+    dropped: dict = dataclasses.field(default_factory=dict)
 
 
 def _qa_requests(t: int, i: int, task: Task, r, tokenizer, cfg: EvalConfig, w: Wants) -> Requests:
@@ -101,9 +104,10 @@ def _qa_requests(t: int, i: int, task: Task, r, tokenizer, cfg: EvalConfig, w: W
         if para is not None and task.kind == "qa":
             answers.append(para)
             keys.append("paraphrased")
+        dropped = w.dropped.get((t, i), ())
         for k, p in enumerate(r.perturbed_answers):
             answers.append(p)
-            keys.append(f"perturbed{k}")
+            keys.append(f"{DROPPED_KEY if k in dropped else KEPT_KEY}{k}")
         room = max(1, cfg.max_length - len(prompt))
         out.tf.append(ScoreRequest(t, i, prompt, [_ids(tokenizer, a + w.eot)[:room] for a in answers], keys))
     return out
@@ -144,7 +148,7 @@ def build_requests(tasks: list[Task], tokenizer, cfg: EvalConfig) -> Requests:
     """Every generation and teacher-forcing request the config's metrics need, in task and item order."""
     metrics = expand_metrics(cfg.metrics)
     w = Wants(metrics, bool(GENERATION_METRICS & metrics), bool(metrics - GENERATION_METRICS - {"privleak"}),
-              end_of_turn(tokenizer))
+              end_of_turn(tokenizer), dropped_perturbed(tasks))
     req = Requests()
     for t, task in enumerate(tasks):
         kind = TASK_KINDS[task.kind]
@@ -173,12 +177,18 @@ def qa_generation_fields(r, key: str, text: str) -> dict:
 
 def _teacher_forced_fields(task: Task, scored: dict) -> dict:
     """A qa/options item's fields from its teacher-forced answers: the true answer's loss and memorisation,
-    the perturbed and paraphrased answers' losses, the truth ratio and the answer probability."""
+    the perturbed and paraphrased answers' losses, the truth ratio and the answer probability. The losses
+    are of every perturbed answer; the truth ratio and option probability leave out those scored under
+    a `dropped<k>` key (evaluation/perturbed.py: a non-forget item's false answer that names a forget
+    subject), and then the ratio and probability over all of them are kept beside them (`*_all`)."""
     gt = scored["gt"]
     out = dict(avg_gt_loss=gt.avg_loss, gt_loss=-gt.sum_logprob, num_token_gt=gt.n_tokens,
                exact_memorization=MEM.exact_memorization(gt.greedy),
                extraction_strength=MEM.extraction_strength(gt.greedy))
-    pert = [scored[k] for k in sorted(scored) if k.startswith("perturbed")]
+    order = sorted((k for k in scored if is_perturbed(k)), key=perturbed_index)
+    pert = [scored[k] for k in order]
+    kept = [scored[k].avg_loss for k in order if k.startswith(KEPT_KEY)]
+    dropped = [perturbed_index(k) for k in order if k.startswith(DROPPED_KEY)]
     para = scored["gt"] if task.kind == "options" else scored.get("paraphrased")
     pert_losses = [s.avg_loss for s in pert]
     if pert:
@@ -187,10 +197,18 @@ def _teacher_forced_fields(task: Task, scored: dict) -> dict:
     if para is not None:
         out.update(avg_paraphrased_loss=para.avg_loss, paraphrased_loss=-para.sum_logprob,
                    num_token_paraphrased=para.n_tokens)
-    if para is not None and pert:
-        out["truth_ratio"] = TOFU.truth_ratio(para.avg_loss, pert_losses)
-    out["probability"] = (TOFU.option_probability(gt.avg_loss, pert_losses)
-                          if task.kind == "options" else TOFU.answer_probability(gt.avg_loss))
+    if para is not None and kept:
+        out["truth_ratio"] = TOFU.truth_ratio(para.avg_loss, kept)
+    options = task.kind == "options"
+    if not (options and dropped and not kept):
+        out["probability"] = (TOFU.option_probability(gt.avg_loss, kept) if options
+                              else TOFU.answer_probability(gt.avg_loss))
+    if dropped:
+        out["perturbed_dropped"] = dropped
+        if para is not None:
+            out["truth_ratio_all"] = TOFU.truth_ratio(para.avg_loss, pert_losses)
+        if options:
+            out["probability_all"] = TOFU.option_probability(gt.avg_loss, pert_losses)
     return out
 
 
@@ -239,10 +257,27 @@ def _qa_aggregate(task: Task, items: list[QARecord], cfg: EvalConfig, metrics: s
     if "truth_ratio" in metrics and col("truth_ratio"):
         score = TOFU.forget_truth_ratio_score if task.role == "forget" else TOFU.retain_truth_ratio_score
         agg["truth_ratio"] = score(col("truth_ratio"))
+    agg.update(_all_perturbed_aggregate(items, metrics))
     if "memorization" in metrics and col("exact_memorization"):
         agg["exact_memorization"] = finite_mean(col("exact_memorization"))
         agg["extraction_strength"] = finite_mean(col("extraction_strength"))
     return agg
+
+
+def _all_perturbed_aggregate(items: list[QARecord], metrics: set) -> dict:
+    """Where perturbed answers were left out (evaluation/perturbed.py): how many, and the retain-side truth
+    ratio and option probability with every perturbed answer, to read beside the task's own."""
+    dropped = sum(len(it.perturbed_dropped or ()) for it in items)
+    if not dropped:
+        return {}
+    out: dict = {"perturbed_dropped": dropped}
+    ratios = [it.truth_ratio_all if it.truth_ratio_all is not None else it.truth_ratio for it in items]
+    if "truth_ratio" in metrics and any(r is not None for r in ratios):
+        out["truth_ratio_all_perturbed"] = TOFU.retain_truth_ratio_score([r for r in ratios if r is not None])
+    probs = [it.probability_all if it.probability_all is not None else it.probability for it in items]
+    if "probability" in metrics and any(it.probability_all is not None for it in items):
+        out["probability_all_perturbed"] = finite_mean([p for p in probs if p is not None])
+    return out
 
 
 def _muse_aggregate(task: Task, items: list[MuseRecord], cfg: EvalConfig, metrics: set) -> dict:
