@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Optional, Protocol, Sequence
 
 from ..errors import ModelError
+from ..models.checkpoint import model_fingerprint
 from ..models.loading import greedy_generate, load_model
 from .generation import default_dtype, generate_vllm_timed
 from .results import GuardNotes
@@ -60,21 +60,6 @@ class System(Protocol):
 
 
 # ----------------------------------------------------------------------------- fingerprints
-def model_fingerprint(path: str) -> str:
-    """sha256 of the weights and config of a local checkpoint (the hub id for a hub model)."""
-    p = Path(path)
-    if not p.is_dir():
-        return f"hub:{path}"
-    h = hashlib.sha256()
-    for f in sorted(p.iterdir()):
-        if f.suffix in (".safetensors", ".bin") or f.name == "config.json":
-            h.update(f.name.encode())
-            with open(f, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 22), b""):
-                    h.update(block)
-    return h.hexdigest()[:16]
-
-
 def policy_identity(meta: dict) -> list:
     """What identifies a guard policy in a cache key (its policy.json): the checksums of all its files,
     its config and its calibration, and the titles its targets are named by where it has any (they live

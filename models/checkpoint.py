@@ -1,11 +1,41 @@
-"""Load a checkpoint directory (or hub id) and decode with it: what a model reference resolves to.
-No catalog or cache here (loading.py resolves references, fetch.py builds catalog checkpoints and
-probes them through this module)."""
+"""Load a checkpoint directory (or hub id), fingerprint it, and decode with it: what a model reference
+resolves to. No catalog or cache here (loading.py resolves references, fetch.py builds catalog checkpoints
+and probes them through this module)."""
 
 from __future__ import annotations
 
+import functools
+import hashlib
+from pathlib import Path
+
 from ..data.formatting import prompt_text
 from ..errors import ModelError
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+
+
+def model_fingerprint(path: str) -> str:
+    """sha256[:16] of a local checkpoint's weight files and config.json (names and bytes, in name order);
+    `hub:<id>` for a hub model. The key part of every cache that depends on weights: training runs on a
+    local base (training/cache.py), evaluations and compare's stages. Read once per process while the files'
+    (name, size, mtime_ns, inode) stay the same, so weights re-saved in place are read again."""
+    p = Path(path)
+    if not p.is_dir():
+        return f"hub:{path}"
+    files = [f for f in sorted(p.iterdir()) if f.suffix in WEIGHT_SUFFIXES or f.name == "config.json"]
+    stats = tuple((f.name, s.st_size, s.st_mtime_ns, s.st_ino) for f in files for s in (f.stat(),))
+    return _files_digest(str(p.resolve()), stats)
+
+
+@functools.lru_cache(maxsize=32)
+def _files_digest(root: str, stats: tuple) -> str:
+    h = hashlib.sha256()
+    for name, *_ in stats:
+        h.update(name.encode())
+        with open(Path(root) / name, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
 
 
 def load_tokenizer(path: str):

@@ -238,6 +238,40 @@ def test_cached_runs_are_reused_until_their_config_or_base_changes(tiny_dir, tmp
     assert not cached and rebuilt != built
 
 
+def test_a_base_checkpoint_resaved_in_place_trains_a_new_run(tiny_dir, tiny_model_factory, tmp_path, capsys):
+    """The run cache keys a local base model by its weights' bytes too: the same config over a base whose
+    weights were re-saved in place (its config.json unchanged) trains a new run, not the stale one."""
+    import shutil
+    from pathlib import Path
+
+    import yaml
+
+    from unlearnkit.cli import main
+    from unlearnkit.config import to_dict
+    from unlearnkit.training.cache import config_hash
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_dir, base)
+    cfg = make_cfg(base, "x", "finetune")
+    path = tmp_path / "ft.yaml"
+    path.write_text(yaml.safe_dump({k: v for k, v in to_dict(cfg).items() if k != "output_dir"}))
+
+    def train():
+        assert main(["train", "--cached", "--config", str(path)]) == 0
+        captured = capsys.readouterr()
+        return Path(captured.out.strip().splitlines()[-1]), "(cached)" in captured.err
+
+    first, cached = train()
+    assert not cached and train() == (first, True)
+    key, config = config_hash(cfg), (base / "config.json").read_bytes()
+    tiny_model_factory(json.loads(config)["vocab_size"], seed=1).save_pretrained(base)   # same shapes, new values
+    assert (base / "config.json").read_bytes() == config          # what the key held before: unchanged
+    assert config_hash(cfg) != key
+    rebuilt, cached = train()
+    assert not cached and rebuilt != first and (rebuilt / "run.json").is_file()
+    assert train() == (rebuilt, True)
+
+
 # --- WGA, SatImp, RMU ---
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,8 @@
 
 `cached_output_dir(cfg)` maps a config to `$UNLEARN_CACHE/runs/<name>-<hash>`; the hash
 covers the resolved config (all but `output_dir`) and, for a local base model, the
-fingerprint of its manifest/config, so a changed base model never reuses a stale run. The
+fingerprint of its manifest/config and of its weights (models/checkpoint.py `model_fingerprint`:
+their bytes), so a changed base model, weights re-saved in place included, never reuses a stale run. The
 precision is hashed as the one the run will use on this machine (`auto` resolved), spelled so
 that runs cached before `auto` was measured keep their hashes (precision.hashed_precision).
 `resolve_model` is the one resolver of `--model` references: `run:CONFIG.yaml`, the cached output of that
@@ -12,13 +13,13 @@ resolves without training/ (catalog name, local checkpoint, hub id)."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from pathlib import Path
 
 from ..config import load_config, to_dict
 from ..errors import ModelError
-from ..files import json_digest
+from ..files import json_digest, sha256_file
 from ..models.catalog import cache_root
+from ..models.checkpoint import model_fingerprint
 from ..models.loading import _resolve_base
 from ..models.precision import hashed_precision
 
@@ -36,11 +37,12 @@ def config_hash(cfg) -> str:
     model = Path(cfg.model)
     if cfg.model.startswith(RUN_PREFIX):  # the cached output of another config: fingerprint what it is now
         model = Path(resolve_run(cfg.model[len(RUN_PREFIX):]))
-    if model.is_dir():  # a local base model (e.g. a cached target): fingerprint its run record
+    if model.is_dir():  # a local base model (e.g. a cached target): fingerprint its run record and weights
         for name in (RUN_MANIFEST, "unlearnkit_manifest.json", "config.json"):
             if (model / name).is_file():
-                data["model_fingerprint"] = hashlib.sha256((model / name).read_bytes()).hexdigest()
+                data["model_fingerprint"] = sha256_file(model / name)
                 break
+        data["weights_fingerprint"] = model_fingerprint(str(model))
     return json_digest(data, length=12)
 
 
