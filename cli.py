@@ -143,17 +143,27 @@ def _cmd_guard(args) -> int:
         print(json.dumps(meta["calibration"], indent=1) if args.json else policy_summary(meta))
         return 0
     from .data.sources import load_spec
-    from .evaluation.calibration import build_policy
+    from .evaluation.calibration import RatioProbe, build_policy
+    from .guard.build import build_corpus_policy
+    from .guard.corpus import is_corpus_spec
+    from .guard.subjects import PREFIX, is_subjects_spec, read_subjects
     from .models.loading import load_tokenizer
     from .training.cache import resolve_model
 
     cfg = load_config(GuardConfig, args.config, args.overrides)
-    forget = load_spec(args.forget)
     retain = load_spec(args.retain) if args.retain else None
     path = resolve_model(args.model)
     log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
-    meta = build_policy(forget, args.out, path, load_tokenizer(path), cfg, retain=retain,
-                        sources={"forget": args.forget, "retain": args.retain, "model": args.model}, progress=log)
+    sources = {"forget": args.forget, "retain": args.retain, "model": args.model}
+    if is_corpus_spec(args.forget):       # text to stop quoting (and, in forget mode, to stop knowing)
+        meta = build_corpus_policy(args.forget, args.out, path, load_tokenizer(path), cfg, retain=retain,
+                                   sources=sources, progress=log, probe=RatioProbe)
+    elif is_subjects_spec(args.forget):   # subjects to stop discussing
+        meta = build_policy([], args.out, path, load_tokenizer(path), cfg, retain=retain, sources=sources, progress=log,
+                            subjects=read_subjects(args.forget[len(PREFIX):]))
+    else:
+        meta = build_policy(load_spec(args.forget), args.out, path, load_tokenizer(path), cfg, retain=retain,
+                            sources=sources, progress=log)
     print(policy_summary(meta))
     print(f"policy: {args.out}")
     return 0
@@ -356,7 +366,10 @@ def _add_guard_parser(sub) -> None:
     b = gsub.add_parser("build", help="compile a forget set into a guard policy directory",
                         description="Example: unlearn guard build --forget tofu/forget01 --retain tofu/retain90 "
                                     "--out runs/guard/forget01")
-    b.add_argument("--forget", required=True, help="forget set: a JSONL/JSON file or a data spec (tofu/forget01)")
+    b.add_argument("--forget", required=True,
+                   help="forget set: a JSONL/JSON file or a data spec (tofu/forget01); a corpus to stop quoting "
+                        "(text:FILE, text:DIR, muse/raw_forget; corpus_mode=takedown|forget); subjects:FILE "
+                        "(JSONL/YAML of name, aliases, description, documents)")
     b.add_argument("--retain", help="retain prompts to calibrate the classifier's false-positive rate on")
     b.add_argument("--out", required=True, help="policy directory to write (replaced whole)")
     b.add_argument("--model", default="smollm2", help="the model (tokenizer and embeddings) the policy is for")

@@ -7,6 +7,11 @@ forget questions in a faiss index -> threshold calibrated on retain prompts to t
 false-positive rate, each prompt rendered with the chat template and classified exactly as served
 (classifier.as_served: every disguise view and window) -> written whole (a temporary directory
 renamed into place, so an interrupted build leaves no half policy).
+
+Subjects (subjects.py) give the targets (their names and aliases) instead of the names the questions
+recur on. A corpus (corpus.py, `build_corpus_policy`) adds its verbatim-quote structure (quotes.py):
+in `forget` mode beside the knowledge guard built from its passages as above, in `takedown` mode alone
+(no targets, no items, no classifier: quotes are withheld, facts may still be answered).
 """
 
 from __future__ import annotations
@@ -33,7 +38,9 @@ from . import disguise
 from .calibrate import (calibrate_soft_mask, calibration_record, calibration_split, check_counterfactuals,
                         reference_items)
 from .classifier import MIN_COLLAPSED, PromptClassifier, as_served
-from .policy import FILES, FORMAT, FORMAT_VERSION, OPTIONAL_FILES, GuardConfig, Policy, PolicyError, read_meta, tokenizer_fingerprint
+from .policy import (FILES, FORMAT, FORMAT_VERSION, OPTIONAL_FILES, QUOTES_FILE, GuardConfig, Policy, PolicyError, read_meta,
+                     tokenizer_fingerprint)
+from .subjects import Subject, subject_items
 from .trie import token_sequences
 
 # the semantic index: a HNSW graph above this many forget questions (semantic_index), with its parameters
@@ -132,6 +139,36 @@ def _targets(questions: list[str], background: list[str]) -> list[dict]:
     return targets
 
 
+def _subject_targets(subjects: list[Subject], background: list[str]) -> list[dict]:
+    """A target per subject, as given: its name and aliases are probes whatever the retain prompts say
+    (the user named them), with the name's distinctive parts where there are retain prompts to tell."""
+    known = Background(background)
+    spelled = [disguise.collapsed(disguise.fold(q)) for q in background]
+    targets = []
+    for subject in subjects:
+        parts = distinctive_parts(subject.name, known) if background else []
+        probes = list(dict.fromkeys([subject.name, *subject.aliases, *parts]))
+        targets.append({"name": subject.name, "aliases": list(subject.aliases), "probes": probes,
+                        "collapsed": collapsed_probes(probes, spelled)})
+    return targets
+
+
+def _targets_and_items(forget: list[QA], background: list[str], cfg: GuardConfig,
+                       subjects: Optional[list[Subject]], owners: Optional[list[int]]) -> tuple[list[dict], list[dict]]:
+    """The targets (recurring names asked about, or the subjects) and the items with their targets and
+    phrases (a subject's items belong to it whether or not they name it)."""
+    if subjects is None:
+        targets = _targets([_item_text(item) for item in forget], background)
+        items = _items(forget, targets, cfg)
+    else:
+        targets = _subject_targets(subjects, background)
+        items = _items(forget, targets, cfg)
+        for item, owner in zip(items, owners or []):
+            item["targets"] = sorted({*item["targets"], owner})
+    titles = _titles(items, targets, background)
+    return [{**t, "titles": ts} for t, ts in zip(targets, titles)], items
+
+
 def _items(forget: list[QA], targets: list[dict], cfg: GuardConfig) -> list[dict]:
     """Each forget item with the targets its question or answer names and the phrases it withholds."""
     probed = MentionIndex([target["probes"] for target in targets])
@@ -149,7 +186,7 @@ def _target_phrases(targets: list[dict], items: list[dict]) -> list[list[str]]:
     for target, mine in zip(targets, by_target):
         titles = [q for it in mine for q in quoted(it["answer"])]
         parts = [p for p in target["name"].split() if p.lower() not in STOPWORDS] + stems(target["name"])
-        out.append(list(dict.fromkeys([target["name"], *parts, *titles])))
+        out.append(list(dict.fromkeys([target["name"], *target.get("aliases", ()), *parts, *titles])))
     return out
 
 
@@ -237,10 +274,15 @@ def semantic_index(vecs: np.ndarray):
 
 def build_policy(forget: list[QA], out_dir: str | Path, model_path: str, tokenizer, cfg: GuardConfig,
                  retain: Optional[list[QA]] = None, sources: Optional[dict] = None, progress=print,
-                 probe=None) -> dict:
+                 probe=None, subjects: Optional[list[Subject]] = None, quotes=None, corpus: Optional[dict] = None) -> dict:
     """Compile and write the policy; returns its policy.json contents. `probe`: the class that measures
     truth ratios through the guard (evaluation/calibration.py `RatioProbe`), needed by `mode: calibrated`
-    only; guard/ sits below evaluation/, so `evaluation.calibration.build_policy` passes it."""
+    only; guard/ sits below evaluation/, so `evaluation.calibration.build_policy` passes it. `subjects`
+    (subjects.py): the targets are theirs and the forget set is made from them (`forget` is ignored);
+    `quotes`: a corpus's QuoteIndex (quotes.py), written beside, with `corpus` (policy.json's record of it)."""
+    owners = None
+    if subjects is not None:
+        forget, owners = subject_items(subjects)
     _check_build_inputs(forget, cfg)
     if cfg.calibrated and probe is None:
         raise PolicyError("mode: calibrated measures the model through the guard: build it with "
@@ -248,9 +290,7 @@ def build_policy(forget: list[QA], out_dir: str | Path, model_path: str, tokeniz
     retain = _retain_prompts(forget, retain, cfg)
     questions = [_item_text(item) for item in forget]
     background = [r.question for r in retain]
-    targets = _targets(questions, background)
-    items = _items(forget, targets, cfg)
-    targets = [{**t, "titles": titles} for t, titles in zip(targets, _titles(items, targets, background))]
+    targets, items = _targets_and_items(forget, background, cfg, subjects, owners)
     progress(f"{len(forget)} forget items, {len(targets)} targets: {', '.join(t['name'] for t in targets) or '-'}")
 
     item_seqs = [token_sequences(tokenizer, it["phrases"]) for it in items]
@@ -276,8 +316,22 @@ def build_policy(forget: list[QA], out_dir: str | Path, model_path: str, tokeniz
                          **_threshold(classifier, tokenizer, background, cfg)}
     calibration.update(_recalls(classifier, tokenizer, index, vecs, forget, calibration["threshold"]))
 
+    body = {"n_sequences": sum(map(len, item_seqs)) + sum(map(len, target_seqs)),
+            "targets": [{**t, "phrases": p} for t, p in zip(targets, target_phrases)], "items": items}
+    meta = _meta(cfg, model_path, tokenizer, sources, forget, retain, calibration, int(vecs.shape[1]), body, quotes, corpus)
+    fit = None
+    if cfg.calibrated:
+        calibration["soft_mask"] = None   # fitted on the written policy, before it is published
+        fit = lambda root: _fit_soft_mask(root, forget, model_path, tokenizer, cfg, progress, probe)  # noqa: E731
+    _write(Path(out_dir), meta, index, item_seqs, target_seqs, penalties, fit, answers, quotes)
+    return meta
+
+
+def _meta(cfg: GuardConfig, model_path: str, tokenizer, sources: Optional[dict], forget: list[QA], retain: list[QA],
+          calibration: dict, dim: int, body: dict, quotes=None, corpus: Optional[dict] = None) -> dict:
+    """policy.json: how the policy was built, `body` (its sequences count, targets and items), its calibration."""
     meta = {
-        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "format": FORMAT, "format_version": FORMAT_VERSION if quotes is not None else 1,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": package_versions(("unlearnkit", "torch", "transformers", "sentence-transformers", "faiss-cpu")),
         "config": cfg.as_meta(),
@@ -285,18 +339,61 @@ def build_policy(forget: list[QA], out_dir: str | Path, model_path: str, tokeniz
                     "retain_fingerprint": _fingerprint(retain) if retain else None},
         # the precision the vectors and the threshold were computed in (bf16 where this machine runs it
         # faster: similarities within ~0.002 of fp32's, so a policy serves alike on either kind of machine)
-        "embedder": {"name": EMBEDDER_NAME, "dim": int(vecs.shape[1]), "precision": load_embedder().precision},
+        "embedder": {"name": EMBEDDER_NAME, "dim": dim, "precision": load_embedder().precision if forget else None},
         "tokenizer": {"model": model_path, "fingerprint": tokenizer_fingerprint(tokenizer),
                       "vocab_size": len(tokenizer)},
-        "n_sequences": sum(map(len, item_seqs)) + sum(map(len, target_seqs)),
-        "targets": [{**t, "phrases": p} for t, p in zip(targets, target_phrases)],
-        "items": items, "calibration": calibration,
+        **body, "calibration": calibration,
     }
-    fit = None
-    if cfg.calibrated:
-        calibration["soft_mask"] = None   # fitted on the written policy, before it is published
-        fit = lambda root: _fit_soft_mask(root, forget, model_path, tokenizer, cfg, progress, probe)  # noqa: E731
-    _write(Path(out_dir), meta, index, item_seqs, target_seqs, penalties, fit, answers)
+    if quotes is not None:
+        meta["quotes"] = quotes.stats.as_meta()
+        meta["corpus"] = corpus or {}
+    return meta
+
+
+def build_corpus_policy(spec: str, out_dir: str | Path, model_path: str, tokenizer, cfg: GuardConfig,
+                        retain: Optional[list[QA]] = None, sources: Optional[dict] = None, progress=print,
+                        probe=None) -> dict:
+    """A corpus policy (`--forget text:FILE|DIR` or muse/raw_forget): the quote structure of its token
+    n-grams, with (`forget` mode) or without (`takedown`) the knowledge guard of its passages (`probe`
+    as in build_policy)."""
+    import time
+
+    from .corpus import passages, read_corpus, tokenize
+    from .quotes import QuoteError, build_quote_index
+
+    cfg.validate()
+    documents = read_corpus(spec)
+    began = time.perf_counter()
+    tokens, starts = tokenize(tokenizer, documents)
+    tokenized = time.perf_counter()
+    try:
+        index = build_quote_index(tokens, starts, cfg.tau, cfg.quote_budget, cfg.bloom_fpr, len(tokenizer))
+    except QuoteError as exc:
+        raise PolicyError(f"{spec}: {exc}") from None
+    stats = index.stats
+    corpus = {"mode": cfg.corpus, "spec": spec, "files": len(documents),
+              "tokenize_seconds": round(tokenized - began, 2), "build_seconds": round(time.perf_counter() - tokenized, 2)}
+    progress(f"quote filter: {stats.kind}, {stats.n_ngrams:,} {stats.tau + 1}-grams of {stats.n_tokens:,} tokens in "
+             f"{len(documents)} file(s), {stats.bytes / 2**20:.1f} MiB, false-positive rate {stats.fpr:.3g}")
+    if cfg.corpus == "takedown":
+        return _takedown(Path(out_dir), model_path, tokenizer, cfg, index, corpus, sources)
+    return build_policy(passages(spec, documents), out_dir, model_path, tokenizer, cfg, retain=retain, sources=sources,
+                        progress=progress, probe=probe, quotes=index, corpus=corpus)
+
+
+def _takedown(out: Path, model_path: str, tokenizer, cfg: GuardConfig, quotes, corpus: dict,
+              sources: Optional[dict]) -> dict:
+    """A policy of the quote filter alone: no targets, no items, an empty index (the runtime does not
+    classify its requests: every one gets the filter)."""
+    import faiss
+
+    from .embedder import DIM
+
+    calibration = {"fpr_target": cfg.fpr, "calibrated": False, "n_retain": 0, "threshold": 2.0,
+                   "classifier": "none (takedown: the quote filter alone)"}
+    meta = _meta(cfg, model_path, tokenizer, sources, [], [], calibration, DIM,
+                 {"n_sequences": 0, "targets": [], "items": []}, quotes, corpus)
+    _write(out, meta, faiss.IndexFlatIP(DIM), [], [], [], quotes=quotes)
     return meta
 
 
@@ -341,7 +438,7 @@ def _fit_soft_mask(root: Path, forget: list[QA], model_path: str, tokenizer, cfg
     return calibration_record(result, fitted, held_out, held)
 
 
-def _write(out: Path, meta: dict, index, item_seqs, target_seqs, penalties, fit=None, answers=None) -> None:
+def _write(out: Path, meta: dict, index, item_seqs, target_seqs, penalties, fit=None, answers=None, quotes=None) -> None:
     """Everything into a temporary directory, renamed into place once whole. `fit(tmp)`: a step that
     needs the written policy (calibrated mode) and returns calibration figures for policy.json."""
     import faiss
@@ -360,6 +457,10 @@ def _write(out: Path, meta: dict, index, item_seqs, target_seqs, penalties, fit=
         for i, (idx, val) in enumerate(penalties):
             tensors[f"t{i}.idx"], tensors[f"t{i}.val"] = idx.contiguous(), val.float().contiguous()
         save_file(tensors or {"empty": torch.zeros(0)}, str(tmp / "penalty.safetensors"))
+        if quotes is not None:
+            from safetensors.numpy import save_file as save_arrays
+
+            save_arrays(quotes.tensors(), str(tmp / QUOTES_FILE))
         meta["files"] = {name: sha256_file(tmp / name) for name in FILES + OPTIONAL_FILES if (tmp / name).is_file()}
         (tmp / "policy.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False))
         read_meta(tmp)

@@ -8,7 +8,9 @@ guards with the operations vLLM's persistent batch performs (add, remove, move, 
 all of them to a [rows, vocab] logits tensor (`guard_rows`: rows whose guards share structures and
 match states, such as the always-on names checks of unflagged requests, are written together).
 Unflagged requests whose output does not start a target's name decode exactly as without the guard.
-Plain torch; no vLLM here.
+A corpus policy's quote filter (quotes.py) rides on every request's guard, flagged or not: the tokens
+that would make its last τ+1 tokens a corpus n-gram are withheld, for all rows of a step in one
+lookup and one write (`withhold_quotes`). Plain torch; no vLLM here.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from .quotes import QuoteState
 from .textmatch import TextMatcher
 from .trie import TokenTrie
 from .withheld import Withheld
@@ -43,6 +46,7 @@ class RequestGuard:
     always_on: bool = False                     # the names check every unflagged request gets
     soft: Optional[float] = None                # calibrated mode: matched tokens lose this many logits instead of being withheld
     withheld: Optional[Withheld] = None         # calibrated mode: the names the prompt did not write, withheld
+    quotes: Optional[QuoteState] = None         # a corpus policy's quote filter: the request's last τ tokens
     _penalty_entries: Optional[tuple] = field(default=None, repr=False, compare=False)   # (key, index, values)
 
     def __post_init__(self):
@@ -58,6 +62,8 @@ class RequestGuard:
         for tok in new_tokens:
             self.live = self.trie.advance(self.live, int(tok))
         self._advance_text(new_tokens)
+        if self.quotes is not None:
+            self.quotes.feed(new_tokens)
         self.consumed += len(new_tokens)
 
     def _advance_text(self, tokens: Sequence[int]) -> None:
@@ -158,6 +164,8 @@ class RequestGuard:
         if self.withheld is not None:
             for index in self.withheld.indexes(row.device, extra):
                 blocked |= _block(row, index, width)
+        if self.quotes is not None:
+            blocked |= _block(row, torch.from_numpy(self.quotes.withheld(extra)).to(row.device), width)
         if blocked and self.fallback is not None and self.fallback < width and _nothing_left(row, self.fallback):
             # every token the request may still sample (its grammar, allowed_token_ids) is withheld:
             # end the response rather than hand the sampler a row with nothing to sample
@@ -294,16 +302,41 @@ def guard_rows(logits: torch.Tensor, rows: Sequence[tuple[int, RequestGuard, Seq
     by shared structures and states."""
     penalised: dict[int, tuple[RequestGuard, list[int]]] = {}
     withheld: dict[tuple, tuple[RequestGuard, list[int]]] = {}
+    quoted: list[tuple[int, QuoteState]] = []
     for row, guard, extra in rows:
         if not guard.strict or extra:
             guard.apply_row(logits[row], extra)
             continue
+        if guard.quotes is not None:
+            quoted.append((row, guard.quotes))
         if guard.penalty is not None:   # the runtime caches penalties: requests on the same targets share one
             penalised.setdefault(id(guard.penalty), (guard, []))[1].append(row)
         withheld.setdefault(guard.state_key(), (guard, []))[1].append(row)
     for guard, members in penalised.values():
         masks.penalise(logits, members, guard)
+    withhold_quotes(logits, quoted)      # first: `withhold` ends a row it leaves with nothing to sample
     masks.withhold(logits, list(withheld.values()))
+
+
+def withhold_quotes(logits: torch.Tensor, rows: Sequence[tuple[int, QuoteState]]) -> None:
+    """Withhold, in each row, the tokens that complete a corpus n-gram after its last τ tokens: one lookup
+    per quote filter for all its rows (one binary search each, exact; Bloom: the rows at a corpus prefix
+    only) and one write of every (row, token) pair."""
+    if not rows:
+        return
+    by_filter: dict[int, list[tuple[int, QuoteState]]] = {}
+    for row, state in rows:
+        by_filter.setdefault(id(state.filter), []).append((row, state))
+    width, pairs = logits.shape[-1], []
+    for members in by_filter.values():
+        which, tokens = members[0][1].filter.withheld([state for _, state in members])
+        if len(tokens):
+            at = np.asarray([row for row, _ in members], dtype=np.int64)[which]
+            keep = tokens < width
+            pairs.append(np.stack([at[keep], tokens[keep]]))
+    if pairs:
+        at = to_device(torch.from_numpy(np.concatenate(pairs, axis=1)), logits.device)
+        logits.index_put_((at[0], at[1]), torch.full((), BLOCKED, dtype=logits.dtype, device=logits.device))
 
 
 class GuardSlots:

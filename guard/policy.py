@@ -11,6 +11,10 @@ A policy is a self-describing directory:
                          default, where the items have questions; absent from policies built before)
     sequences.json       forbidden token sequences per item and per target (every variant)
     penalty.safetensors  per-target sparse vocabulary penalty (t<i>.idx, t<i>.val)
+    quotes.safetensors   a corpus policy's verbatim-quote structure (quotes.py: exact keys/offsets/conts,
+                         or Bloom filters grams/prefixes), described by policy.json's "quotes"; format
+                         version 2, so that a reader that does not know it refuses the policy rather than
+                         serve it without the quote filter
 
 `load_policy` checks all of it before anything is served: a missing or altered file, another
 format version, or a policy compiled for another tokenizer fails at start-up with the reason.
@@ -31,9 +35,11 @@ from ..errors import UnlearnError
 from ..files import sha256_file
 
 FORMAT = "unlearnkit-guard-policy"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2                    # written by policies with a quote filter; those without still write 1
+READABLE_VERSIONS = (1, 2)
 FILES = ("index.faiss", "sequences.json", "penalty.safetensors")
-OPTIONAL_FILES = ("answers.faiss",)   # checked where policy.json lists them
+OPTIONAL_FILES = ("answers.faiss", "quotes.safetensors")   # checked where policy.json lists them
+QUOTES_FILE = "quotes.safetensors"
 
 
 class PolicyError(UnlearnError):
@@ -41,7 +47,11 @@ class PolicyError(UnlearnError):
 
 
 MODES = ("strict", "calibrated")
+CORPUS_MODES = ("takedown", "forget")
 MAX_SOFT_MASK = 60.0
+QUOTE_TOKENS = 12          # τ: a reply holds at most this many consecutive corpus tokens
+QUOTE_BUDGET_MB = 512      # the quote structure's memory: exact below it, else Bloom filters
+QUOTE_FPR = 1e-4           # the Bloom filters' false-positive rate per lookup
 
 
 def _unset():
@@ -78,6 +88,29 @@ class GuardConfig:
     # calibrated: keep the policy's semantic penalty under the mask (true when unset; false for weights
     # that already forgot, where a fixed penalty pushes the ratios past a never-learnt model's)
     calibration_penalty: Optional[bool] = _unset()
+    # corpus policies (`--forget text:...`, muse/raw_forget): takedown = the quote filter alone (facts may
+    # still be answered); forget = the quote filter and the knowledge guard built from the corpus's passages
+    corpus_mode: Optional[str] = _unset()
+    quote_tokens: Optional[int] = _unset()        # τ (QUOTE_TOKENS)
+    quote_budget_mb: Optional[float] = _unset()   # QUOTE_BUDGET_MB
+    quote_fpr: Optional[float] = _unset()         # QUOTE_FPR
+
+    @property
+    def corpus(self) -> str:
+        return self.corpus_mode or "forget"
+
+    @property
+    def tau(self) -> int:
+        return QUOTE_TOKENS if self.quote_tokens is None else self.quote_tokens
+
+    @property
+    def quote_budget(self) -> int:
+        """Bytes."""
+        return int((QUOTE_BUDGET_MB if self.quote_budget_mb is None else self.quote_budget_mb) * 2**20)
+
+    @property
+    def bloom_fpr(self) -> float:
+        return QUOTE_FPR if self.quote_fpr is None else self.quote_fpr
 
     @property
     def keeps_penalty(self) -> bool:
@@ -104,6 +137,14 @@ class GuardConfig:
             raise PolicyError(f"calibration_ratio must be between 0.05 and 20, got {self.ratio}")
         if not 0.0 < self.fraction <= 1.0:
             raise PolicyError(f"calibration_fraction must be in (0, 1], got {self.fraction}")
+        if self.corpus_mode is not None and self.corpus_mode not in CORPUS_MODES:
+            raise PolicyError(f"corpus_mode must be one of {list(CORPUS_MODES)}, got {self.corpus_mode!r}")
+        if not 1 <= self.tau <= 256:
+            raise PolicyError(f"quote_tokens must be between 1 and 256, got {self.tau}")
+        if not 0.0 < self.bloom_fpr < 0.5:
+            raise PolicyError(f"quote_fpr must be in (0, 0.5), got {self.bloom_fpr}")
+        if self.quote_budget <= 0:
+            raise PolicyError(f"quote_budget_mb must be positive, got {self.quote_budget_mb}")
 
     def as_meta(self) -> dict:
         """The config as policy.json records it (unset calibrated-mode keys left out)."""
@@ -121,6 +162,7 @@ class Policy:
     target_sequences: list[list[list[int]]]
     penalties: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
     answers: object = None                          # faiss index of the forget answers (row i: item i), if built
+    quotes: object = None                           # a corpus policy's QuoteIndex (quotes.py), if built
 
     @property
     def config(self) -> GuardConfig:
@@ -168,9 +210,11 @@ def read_meta(root: str | Path) -> dict:
         raise PolicyError(f"{meta_path}: corrupt policy.json ({exc})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise PolicyError(f"{meta_path}: not a guard policy (format {meta.get('format') if isinstance(meta, dict) else None!r})")
-    if meta.get("format_version") != FORMAT_VERSION:
+    if meta.get("format_version") not in READABLE_VERSIONS:
         raise PolicyError(f"{meta_path}: policy format version {meta.get('format_version')!r}, this unlearnkit "
-                          f"reads version {FORMAT_VERSION}; rebuild it with `unlearn guard build`")
+                          f"reads versions {list(READABLE_VERSIONS)}; rebuild it with `unlearn guard build`")
+    if (QUOTES_FILE in meta.get("files", {})) != ("quotes" in meta):
+        raise PolicyError(f"{meta_path}: {QUOTES_FILE} and the 'quotes' record must come together; rebuild it")
     for key in ("config", "calibration", "targets", "items", "files", "tokenizer"):
         if key not in meta:
             raise PolicyError(f"{meta_path}: missing {key!r}")
@@ -211,6 +255,7 @@ def load_policy(root: str | Path, tokenizer=None) -> Policy:
                               f"{meta['tokenizer'].get('model')!r} (vocabulary {meta['tokenizer']['fingerprint']}), "
                               f"not this model's ({fp}); rebuild it with `unlearn guard build --model ...`")
     index = faiss.read_index(str(root / "index.faiss"))
+    quotes = _load_quotes(root, meta)
     answers = faiss.read_index(str(root / "answers.faiss")) if "answers.faiss" in meta["files"] else None
     seqs = json.loads((root / "sequences.json").read_text())
     tensors = load_file(str(root / "penalty.safetensors"))
@@ -219,7 +264,21 @@ def load_policy(root: str | Path, tokenizer=None) -> Policy:
     if index.ntotal != len(meta["items"]) or len(seqs["items"]) != len(meta["items"]) \
             or len(seqs["targets"]) != n_targets or (answers is not None and answers.ntotal != index.ntotal):
         raise PolicyError(f"guard policy {str(root)!r}: index, sequences and items disagree in size")
-    return Policy(root, meta, index, seqs["items"], seqs["targets"], penalties, answers)
+    return Policy(root, meta, index, seqs["items"], seqs["targets"], penalties, answers, quotes)
+
+
+def _load_quotes(root: Path, meta: dict):
+    """The policy's quote structure (quotes.py), None for a policy without one."""
+    if QUOTES_FILE not in meta["files"]:
+        return None
+    from safetensors.numpy import load_file
+
+    from .quotes import quote_index_from
+
+    try:
+        return quote_index_from(load_file(str(root / QUOTES_FILE)), meta["quotes"], int(meta["tokenizer"]["vocab_size"]))
+    except (KeyError, TypeError) as exc:
+        raise PolicyError(f"guard policy {str(root)!r}: bad quote structure ({exc}); rebuild it") from None
 
 
 def policy_summary(meta: dict) -> str:
@@ -241,5 +300,10 @@ def policy_summary(meta: dict) -> str:
             lines.append(f"held-out forget items: median truth ratio {cal['held_out_median_truth_ratio']:.3f}")
     else:
         lines.append("mode: strict (matched tokens withheld)")
+    if "quotes" in meta:
+        q = meta["quotes"]
+        lines.append(f"quote filter ({meta.get('corpus', {}).get('mode', 'forget')}): at most {q['tau']} consecutive corpus "
+                     f"tokens; {q['kind']}, {q['n_ngrams']:,} {q['tau'] + 1}-grams of {q['n_tokens']:,} tokens, "
+                     f"{q['bytes'] / 2**20:.1f} MiB, false-positive rate {q['fpr']:.3g}")
     return "\n".join(lines)
 

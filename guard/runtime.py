@@ -32,6 +32,7 @@ from .classifier import Decision, PromptClassifier, UserTurn, spelled_out
 from .decode import RequestGuard
 from .penalty import dense_penalty
 from .policy import Policy, load_policy, read_meta, verified_meta
+from .quotes import Aliases, QuoteFilter
 from .reload import PolicyWatch, signature
 from .textmatch import TextMatcher, TokenTexts, normalise
 from .trie import TokenTrie, token_sequences
@@ -245,6 +246,10 @@ class GuardRuntime:
         self.full_names = self._full_names()
         self.names = self._names_check()
         self.check_phrases = CheckPhrases([*self.name_probes, *self.full_names])   # what the names check matches
+        # a corpus policy's quote filter, on every request (quotes.py); a takedown policy has nothing else
+        self.quotes = (QuoteFilter(policy.quotes, Aliases(tokenizer, self.vocab_size))
+                       if policy.quotes is not None else None)
+        self._no_trie = TokenTrie()
 
     def _distinct_targets(self) -> list[dict]:
         """Targets with a distinctive word. One whose only probe is its name (e.g. "African American":
@@ -326,7 +331,8 @@ class GuardRuntime:
     def warm_up(self, max_targets: int = 64) -> None:
         """Load the classifier's embedder and build each target's trie now (the usual flagged request
         touches one target), so the first requests do not pay for either."""
-        self.classifier.warm_up()
+        if self.policy.items:      # a takedown policy classifies nothing
+            self.classifier.warm_up()
         for t in range(min(max_targets, len(self.policy.targets))):
             targets, items = self.classifier.expand({t}, set())
             self._trie(items, targets)
@@ -463,6 +469,8 @@ class GuardRuntime:
 
     def decide(self, prompts: list[Sequence[int]], args: list[RequestArgs]) -> list[Decision]:
         """Classify a batch; requests that share a threshold/top_k are embedded together."""
+        if not self.policy.items:   # a takedown policy: no classifier (its quote filter guards every request)
+            return [Decision(False, float("nan"), "no classifier (quote filter only)") for _ in prompts]
         texts = [self.prompt_parts(p) for p in prompts]
         out: list[Optional[Decision]] = [None] * len(prompts)
         groups: dict = {}
@@ -497,8 +505,20 @@ class GuardRuntime:
         for guard, prompt in zip(out, prompts):
             if guard is not None and guard.forced is None and prompt:
                 guard.prime(*prime_window(list(prompt), guard))
+        out = [self._with_quotes(g, p) for g, p in zip(out, prompts)]
         self.stats["flagged"] += sum(g is not None and not g.always_on for g in out)
         return out
+
+    def _with_quotes(self, guard: Optional[RequestGuard], prompt: Optional[Sequence[int]]) -> Optional[RequestGuard]:
+        """The request's guard with the policy's quote filter (a bare guard where it had none), primed with
+        the prompt's last τ tokens, so a prompt ending inside a quote cannot have it continued."""
+        if self.quotes is None or (guard is not None and guard.forced is not None):
+            return guard
+        if guard is None:
+            guard = RequestGuard(self._no_trie, fallback=self.eos, always_on=True)
+        guard.quotes = self.quotes.state()
+        guard.quotes.feed(list(prompt or ())[-self.quotes.tau:])
+        return guard
 
     def _guard_or_refuse(self, decision: Optional[Decision], args: Optional[RequestArgs],
                          temperature: float = 1.0, prompt: Optional[Sequence[int]] = None) -> Optional[RequestGuard]:

@@ -1,0 +1,119 @@
+"""A forget corpus: the text a policy stops quoting, read, checked and tokenised.
+
+Specs: `text:FILE` (one document), `text:DIR` (every regular file under it, hidden ones skipped, in
+path order), `muse/raw_forget` (MUSE's raw forget corpus, data/muse.py). A file that cannot be read,
+is not UTF-8 (the line of the first bad byte is named), or holds no text is refused at build time.
+
+Tokenising: documents in batches (one tokenizer call each), ids straight into one int32 array with
+the documents' start offsets (a Python list of ten million ids would take ~300 MB; the array takes 40).
+A document longer than PIECE_CHARS is tokenised in pieces cut at blank lines, each piece starting
+with the previous piece's last paragraph, so an n-gram across a cut is still in one piece unless it
+spans more than two paragraphs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..data.records import QA
+from .policy import PolicyError
+
+PIECE_CHARS = 1 << 20       # a document is tokenised in pieces of about this many characters
+BATCH_CHARS = 4 << 20       # characters per tokenizer call
+MUSE_RAW = "muse/raw_forget"
+
+
+@dataclass(frozen=True)
+class Document:
+    path: str
+    text: str
+
+
+def is_corpus_spec(spec: str) -> bool:
+    """Whether `--forget spec` names a corpus (text to stop quoting) rather than QA pairs."""
+    return isinstance(spec, str) and (spec.startswith("text:") or spec == MUSE_RAW)
+
+
+def read_document(path: Path) -> Document:
+    """One UTF-8 file; refused, naming it (and the line of a bad byte), when it is unreadable, not UTF-8
+    or empty."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise PolicyError(f"corpus file {str(path)!r} cannot be read ({exc.strerror or exc})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise PolicyError(f"corpus file {str(path)!r}, line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at "
+                          f"offset {exc.start}); convert it, e.g. `iconv -f latin1 -t utf-8`") from None
+    if not text.strip():
+        raise PolicyError(f"corpus file {str(path)!r} is empty: nothing to stop quoting")
+    return Document(str(path), text)
+
+
+def read_corpus(spec: str) -> list[Document]:
+    """The documents of a corpus spec (see the module docstring)."""
+    if spec == MUSE_RAW:
+        from ..data.muse import muse_root, split_files
+
+        return [read_document(split_files(muse_root(), need_raw=True)["raw_forget"])]
+    if not spec.startswith("text:"):
+        raise PolicyError(f"{spec!r} is not a corpus spec (text:FILE, text:DIR or {MUSE_RAW})")
+    path = Path(spec[5:])
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and not any(x.startswith(".") for x in p.relative_to(path).parts))
+        if not files:
+            raise PolicyError(f"corpus directory {str(path)!r} holds no files")
+        return [read_document(p) for p in files]
+    if not path.exists():
+        raise PolicyError(f"corpus file {str(path)!r} does not exist")
+    return [read_document(path)]
+
+
+def passages(spec: str, documents: list[Document]) -> list[QA]:
+    """The corpus as forget items (raw text, QA(None, passage)) for the knowledge guard of `forget` mode:
+    paragraphs of a text corpus, MUSE's passages of its raw corpus."""
+    if spec == MUSE_RAW:
+        from ..data.muse import split_passages
+
+        return [QA(None, p) for doc in documents for p in split_passages(doc.text)]
+    return [QA(None, p.strip()) for doc in documents for p in doc.text.split("\n\n") if p.strip()]
+
+
+def pieces(text: str, limit: int = PIECE_CHARS) -> list[str]:
+    """`text` cut at blank lines into pieces of about `limit` characters, each after the first starting
+    with the previous one's last paragraph."""
+    if len(text) <= limit:
+        return [text]
+    paragraphs = text.split("\n\n")
+    out, current, size = [], [], 0
+    for para in paragraphs:
+        if current and size + len(para) > limit:
+            out.append("\n\n".join(current))
+            current, size = current[-1:], len(current[-1])
+        current.append(para)
+        size += len(para) + 2
+    out.append("\n\n".join(current))
+    return out
+
+
+def tokenize(tokenizer, documents: list[Document]) -> tuple[np.ndarray, np.ndarray]:
+    """(every document's ids concatenated as int32, each document's (piece's) start offset)."""
+    texts = [piece for doc in documents for piece in pieces(doc.text)]
+    chunks, starts, at = [], [], 0
+    batch: list[str] = []
+    size = 0
+    for n, text in enumerate(texts):
+        batch.append(text)
+        size += len(text)
+        if size >= BATCH_CHARS or n == len(texts) - 1:
+            for ids in tokenizer(batch, add_special_tokens=False)["input_ids"]:
+                starts.append(at)
+                chunks.append(np.asarray(ids, dtype=np.int32))
+                at += len(ids)
+            batch, size = [], 0
+    return (np.concatenate(chunks) if chunks else np.zeros(0, np.int32)), np.asarray(starts, dtype=np.int64)
