@@ -1,4 +1,4 @@
-# Two commands do all the set-up: `make demo` (the main job) and `make test`.
+# Two commands do all the set-up: `make demo` (the main job) and `make test` (lint, docs, tests).
 # Both create/reuse .venv and install the pinned dependencies from pyproject.toml.
 PYTHON ?= python3
 VENV   := .venv
@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 EXTRA  := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
 export UNLEARN_TOFU_DIR ?= $(abspath ../shared/data/tofu)
 
-.PHONY: setup browser demo lint test test-fast bench bench-eval bench-guard bench-agents clean
+.PHONY: setup browser demo lint docs test test-fast bench bench-eval bench-guard bench-agents clean
 
 $(VENV)/.installed: pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -31,7 +31,12 @@ demo: setup
 lint: setup
 	$(BIN)/ruff check .
 
-test: setup lint
+# the documentation site (mkdocs.yml, docs/): --strict fails on a broken link or anchor; output in build/site
+docs: setup
+	$(BIN)/python docs/gen_reference.py --check
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir build/site
+
+test: setup lint docs
 	$(BIN)/python -m pytest
 
 test-fast: setup lint
