@@ -15,7 +15,8 @@ METRICS = {
     "memorization": "exact memorisation and extraction strength of the gold answer (teacher forced)",
     "forget_quality": "KS-test p-value of forget-set truth ratios against the retain model's",
     "model_utility": "harmonic mean of {probability, ROUGE-L recall, truth ratio} x {retain, real authors, world facts}",
-    "privleak": "Min-K% membership-inference AUC (forget vs holdout) and PrivLeak relative to the retain model",
+    "privleak": "Min-K% membership-inference AUC (forget vs holdout) and PrivLeak relative to the retain model; "
+                "the same per attack: LOSS, ZLib, Min-K%, Min-K%++, reference (metrics/mia.py)",
 }
 GENERATION_METRICS = {"rouge"}
 REQUIRES = {"model_utility": {"probability", "rouge", "truth_ratio"}, "forget_quality": {"truth_ratio"}}

@@ -91,10 +91,13 @@ class MuseRecord:
 
 @dataclass(frozen=True)
 class TextRecord:
-    """A passage scored for membership inference: its Min-K% score and mean loss (no tokens: neither)."""
+    """A passage scored for membership inference (metrics/mia.py): its Min-K% score, mean loss (LOSS), ZLib
+    and Min-K%++ scores (no tokens: none)."""
     n_tokens: int
     min_k: Optional[float] = None
     avg_loss: Optional[float] = None
+    zlib: Optional[float] = None
+    min_k_pp: Optional[float] = None
 
 
 Record = Union[QARecord, MuseRecord, TextRecord]
@@ -181,9 +184,13 @@ class PrivLeak:
     mia_auc: float
     value: Optional[float]
     reason: Optional[str] = None
+    # per membership-inference attack (metrics/mia.py): {attack: {auc, privleak, guard_moves}}
+    attacks: Optional[dict] = None
 
     def to_json(self) -> dict:
         tail = {"privleak_reason": self.reason} if self.value is None else {}
+        if self.attacks is not None:
+            tail["mia_attacks"] = self.attacks
         return {"mia_auc": self.mia_auc, "privleak": self.value, **tail}
 
 
@@ -215,7 +222,7 @@ class Summary:
                                    d.get("forget_quality_reference"), d.get("forget_quality_reason"),
                                    d.get("forget_truth_ratio"))
         if "mia_auc" in d:
-            privleak = PrivLeak(d["mia_auc"], d.get("privleak"), d.get("privleak_reason"))
+            privleak = PrivLeak(d["mia_auc"], d.get("privleak"), d.get("privleak_reason"), d.get("mia_attacks"))
         return cls(utility, forget, privleak)
 
 

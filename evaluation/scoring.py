@@ -10,6 +10,7 @@ from ..data.formatting import end_of_turn, prompt_text
 from .benchmarks import Task
 from .config import GENERATION_METRICS, EvalConfig, expand_metrics
 from .metrics import memorization as MEM
+from .metrics import mia as MIA
 from .metrics import tofu as TOFU
 from .metrics.means import finite_mean
 from .metrics.rouge import rouge_scores
@@ -237,11 +238,13 @@ def _muse_record(task: Task, r, gen: dict, scored: dict, cfg: EvalConfig) -> Mus
 
 
 def _text_record(task: Task, r, gen: dict, scored: dict, cfg: EvalConfig) -> TextRecord:
-    """A passage's Min-K% score (membership inference) and mean loss."""
+    """A passage's membership-inference scores (metrics/mia.py): Min-K%, mean loss (LOSS), ZLib, Min-K%++."""
     if "text" not in scored:
         return TextRecord(0)
     text = scored["text"]
-    return TextRecord(text.n_tokens, MEM.min_k_score(text.logprobs, cfg.min_k), text.avg_loss)
+    pp = MIA.min_k_plus_plus_score(text.logprobs, text.means, text.stds, cfg.min_k) if text.means else None
+    return TextRecord(text.n_tokens, MEM.min_k_score(text.logprobs, cfg.min_k), text.avg_loss,
+                      MIA.zlib_score(text.logprobs, r.answer), pp)
 
 
 def _qa_aggregate(task: Task, items: list[QARecord], cfg: EvalConfig, metrics: set) -> dict:

@@ -19,7 +19,7 @@ trie nodes; with the shared prompt that is ~245 tokens per question instead of ~
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -28,10 +28,13 @@ import torch
 @dataclass
 class Scored:
     """One continuation: the log-probability of each of its tokens and whether greedy decoding
-    (argmax) would have produced it, both under teacher forcing."""
+    (argmax) would have produced it, both under teacher forcing; the mean and standard deviation of
+    log p(v) over v ~ p at each token's position (the next-token distribution's, for Min-K%++)."""
 
     logprobs: list[float]
     greedy: list[bool]
+    means: list[float] = field(default_factory=list)
+    stds: list[float] = field(default_factory=list)
 
     @property
     def n_tokens(self) -> int:
@@ -166,9 +169,25 @@ def _hidden(model, body, shared_ids: torch.Tensor, input_ids, positions, mask) -
                 past_key_values=cache, use_cache=cache is not None).last_hidden_state
 
 
+def _moments(logits: torch.Tensor, lse: torch.Tensor, chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: the mean and standard deviation of log p(v) under p = softmax(row), in chunks of rows (no
+    full [N, V] copy at once)."""
+    means, stds = [], []
+    for start in range(0, logits.shape[0], chunk):
+        # a -inf logit (probability 0) adds nothing; clamped so that 0 * log 0 is 0, not NaN
+        logp = (logits[start:start + chunk] - lse[start:start + chunk, None]).clamp_min(-1e4)
+        p = logp.exp()
+        mu = (p * logp).sum(-1)
+        second = (p * logp.square()).sum(-1)
+        means.append(mu)
+        stds.append((second - mu.square()).clamp_min(0.0).sqrt())
+    return torch.cat(means), torch.cat(stds)
+
+
 def _scored_tokens(trees: Sequence[_Tree], batch: list[int], hidden: torch.Tensor, head,
-                   transform_logits: Optional[LogitsTransform]) -> tuple[list[float], list[bool]]:
-    """(log-probability, is-greedy) of every continuation token of the batch, in tree, path, token order.
+                   transform_logits: Optional[LogitsTransform]) -> tuple[list, ...]:
+    """(log-probability, is-greedy, next-token mean and std of log p) of every continuation token of the
+    batch, in tree, path, token order.
     Every scored token is predicted by its parent node's output; a parent shared by several continuations
     (a common answer prefix) goes through the output head once."""
     device = hidden.device
@@ -184,7 +203,7 @@ def _scored_tokens(trees: Sequence[_Tree], batch: list[int], hidden: torch.Tenso
                 if transform_logits is not None:
                     contexts.append([t.tokens[n] for n in path[:j]])
     if not sources:
-        return [], []
+        return [], [], [], []
     rows_idx = torch.tensor([r for r, _ in sources], device=device)
     src_idx = torch.tensor([n for _, n in sources], device=device)
     logits = head(hidden[rows_idx, src_idx]).float()
@@ -194,7 +213,9 @@ def _scored_tokens(trees: Sequence[_Tree], batch: list[int], hidden: torch.Tenso
         src = torch.arange(len(src_of), device=device)
     lse = torch.logsumexp(logits, dim=-1)  # log-softmax at the targets only, no [N, V] copy
     tgt = torch.tensor(tgt_tok, device=device)
-    return (logits[src, tgt] - lse[src]).tolist(), (logits.argmax(dim=-1)[src] == tgt).tolist()
+    mu, sd = _moments(logits, lse)
+    return ((logits[src, tgt] - lse[src]).tolist(), (logits.argmax(dim=-1)[src] == tgt).tolist(),
+            mu[src].tolist(), sd[src].tolist())
 
 
 @torch.inference_mode()
@@ -228,12 +249,12 @@ def score_continuations(
     results: list[list[Scored]] = [[] for _ in trees]
     for batch in _batches([len(t.tokens) for t in trees], token_budget):
         hidden = _hidden(model, body, shared_ids, *_batch_inputs(trees, batch, shared, dtype, device))
-        token_logp, greedy = _scored_tokens(trees, batch, hidden, head, transform_logits)
+        token_logp, greedy, mu, sd = _scored_tokens(trees, batch, hidden, head, transform_logits)
         k = 0
         for i in batch:
             for path in trees[i].targets:
                 n = len(path)
-                results[i].append(Scored(token_logp[k:k + n], greedy[k:k + n]))
+                results[i].append(Scored(token_logp[k:k + n], greedy[k:k + n], mu[k:k + n], sd[k:k + n]))
                 k += n
         if progress is not None:
             progress(len(batch))
