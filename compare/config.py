@@ -61,6 +61,9 @@ class AttackSpec:
     quantize_embeddings: bool = False    # also round the input embeddings and the output head
     benign_relearn_texts: int = 8        # benign relearning: retain items that name no forget subject
     benign_relearn_epochs: float = 3.0   # ... fine-tuned on (learning rate: relearn_lr)
+    leak_samples: int = 32               # leak@k: answers sampled per attacked forget question
+    leak_temperature: float = 1.0        # ... at this temperature
+    leak_k: list[int] = field(default_factory=lambda: [1, 4, 16, 32])   # ... the curve's points (k <= samples)
 
     def validate(self):
         bad = [b for b in self.quantize_bits if b not in QUANTIZE_BITS]
@@ -74,6 +77,11 @@ class AttackSpec:
             raise ConfigError(f"attacks.quantize_group_size must be >= 1, got {self.quantize_group_size}")
         if self.benign_relearn_texts < 1:
             raise ConfigError(f"attacks.benign_relearn_texts must be >= 1, got {self.benign_relearn_texts}")
+        if not self.leak_k or min(self.leak_k) < 1 or max(self.leak_k) > self.leak_samples:
+            raise ConfigError(f"attacks.leak_k: each k must be in [1, leak_samples = {self.leak_samples}], "
+                              f"got {self.leak_k}")
+        if self.leak_temperature <= 0:
+            raise ConfigError(f"attacks.leak_temperature must be > 0, got {self.leak_temperature}")
 
     def quant_specs(self) -> list:
         """The quantized variants measured: every bit width x scheme, widest first."""

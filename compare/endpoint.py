@@ -88,14 +88,18 @@ class AgentServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
 
-    def ask(self, prompt: str, max_tokens: int = 128) -> dict:
-        """One greedy chat request: {'status', 'text', 'unlearn' (the front's record), 'seconds'}."""
-        return chat(self.url, prompt, max_tokens)
+    def ask(self, prompt: str, max_tokens: int = 128, temperature: float = 0.0, seed: Optional[int] = None) -> dict:
+        """One chat request (greedy unless `temperature`): {'status', 'text', 'unlearn' (the front's record),
+        'seconds'}."""
+        return chat(self.url, prompt, max_tokens, temperature=temperature, seed=seed)
 
     def ask_many(self, prompts: Sequence[str], max_tokens: int | Sequence[int] = 128, workers: int = 8,
-                 progress: Optional[Callable[[int], None]] = None) -> list[dict]:
-        """`ask` for every prompt, `workers` at once (`max_tokens`: one budget, or one per prompt), in order."""
+                 progress: Optional[Callable[[int], None]] = None,
+                 sampling: Optional[Sequence[tuple[float, Optional[int]]]] = None) -> list[dict]:
+        """`ask` for every prompt, `workers` at once (`max_tokens`: one budget, or one per prompt; `sampling`:
+        (temperature, seed) per prompt, else greedy), in order."""
         budgets = [max_tokens] * len(prompts) if isinstance(max_tokens, int) else list(max_tokens)
+        sampling = list(sampling) if sampling else [(0.0, None)] * len(prompts)
 
         def one(job):
             out = self.ask(*job)
@@ -104,17 +108,19 @@ class AgentServer:
             return out
 
         with ThreadPoolExecutor(workers) as pool:
-            return list(pool.map(one, zip(prompts, budgets)))
+            return list(pool.map(one, [(p, b, t, s) for p, b, (t, s) in zip(prompts, budgets, sampling)]))
 
 
-def chat(url: str, prompt: str, max_tokens: int = 128, timeout: float = 900, model: str = "model") -> dict:
-    """One greedy chat request to the OpenAI-compatible server at `url` (its /v1 base) for `model`."""
+def chat(url: str, prompt: str, max_tokens: int = 128, timeout: float = 900, model: str = "model",
+         temperature: float = 0.0, seed: Optional[int] = None) -> dict:
+    """One chat request to the OpenAI-compatible server at `url` (its /v1 base) for `model`: greedy, or
+    sampled at `temperature` with `seed`."""
     import httpx
 
     started = time.perf_counter()
     r = httpx.post(f"{url}/chat/completions", timeout=timeout, json={
         "model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
-        "temperature": 0.0})
+        "temperature": temperature, **({"seed": seed} if seed is not None else {})})
     body = r.json()
     text = body["choices"][0]["message"]["content"] if r.status_code == 200 else ""
     return {"status": r.status_code, "text": text or "", "unlearn": body.get("unlearn", {}),

@@ -278,6 +278,7 @@ class AttackTarget:
     ecfg: EvalConfig
     cfg: CompareConfig
     log: Callable = print
+    front_policy: Optional[str] = None   # the agent front's guard policy (agent systems)
 
     @property
     def weights_only(self) -> bool:

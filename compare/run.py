@@ -84,6 +84,7 @@ def measure_system(system: System, cfg: CompareConfig, ecfg: EvalConfig, tasks, 
                    stages: Sequence[str], work: Path, log=_stderr) -> dict:
     from .build import checkpoint, guard_policy, run_record
     from .measure import WEIGHT_ATTACKS, AttackTarget, agent_system, engine_metrics, engine_system
+    from .sampling import SAMPLING_ATTACKS
 
     started = time.time()
     path = checkpoint(system, cfg, log=log)
@@ -102,10 +103,11 @@ def measure_system(system: System, cfg: CompareConfig, ecfg: EvalConfig, tasks, 
         out["metrics"], out["attacks"] = engine_system(ecfg, path, engine_policy, probes, cfg,
                                                        want_metrics="metrics" in stages, log=log)
     target = AttackTarget(system, path, engine_policy, list(forget), benign_pool(tasks), picked_items(cfg, forget),
-                          ecfg, cfg, log)
+                          ecfg, cfg, log, front_policy=policy)
+    measured_on_target = {**WEIGHT_ATTACKS, **SAMPLING_ATTACKS}
     for name in cfg.attacks.names:
-        if name in WEIGHT_ATTACKS:
-            out[name] = WEIGHT_ATTACKS[name](target)
+        if name in measured_on_target:
+            out[name] = measured_on_target[name](target)
     out["seconds"] = round(time.time() - started, 1)
     return out
 

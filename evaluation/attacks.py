@@ -229,15 +229,16 @@ def icl_relearn(m: Material, shots: int = 3) -> Optional[Probe]:
 @dataclass(frozen=True)
 class Attack:
     """One entry of the attack registry. `kind`: prompt (a probe built per item by `build` and sent
-    to the system) or weights (the system's weights are changed, then the plain forget questions
-    asked: compare/measure.py `WEIGHT_ATTACKS` measures it; `build` is None)."""
+    to the system), weights (the system's weights are changed, then the plain forget questions
+    asked: compare/measure.py `WEIGHT_ATTACKS` measures it; `build` is None) or sampling (the plain
+    forget questions asked many times at temperature 1: compare/sampling.py `SAMPLING_ATTACKS`)."""
     name: str
     kind: str
     build: Optional[Callable[[Material], Optional[Probe]]]
     summary: str
 
 
-KINDS = ("prompt", "weights")
+KINDS = ("prompt", "weights", "sampling")
 QUANTIZE_BITS = (8, 4)
 
 # the registry users pick from (`unlearn attack --attacks`, `attacks.names`); its order is the report's
@@ -262,6 +263,9 @@ ATTACKS: dict[str, Attack] = {a.name: a for a in (
     Attack("benign_relearn", "weights", None,
            "weight-level only: fine-tune on a few retain texts that never mention a forget subject, "
            "then ask the forget questions"),
+    Attack("leak_at_k", "sampling", None,
+           "each forget question answered 32 times at temperature 1 through the deployed path: leak@k for k = 1, "
+           "4, 16, 32 (a question leaks if any of k answers does; unbiased estimate from the 32)"),
 )}
 
 

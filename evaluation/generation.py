@@ -21,17 +21,42 @@ def default_dtype(dtype: str) -> str:
     return "bfloat16" if torch.cuda.is_available() else "float32"
 
 
+def sample_generate(model, tokenizer, prompts: Sequence[Sequence[int]], max_tokens: Sequence[int],
+                    temperatures: Sequence[float], seeds: Sequence[Optional[int]], progress=None) -> list[str]:
+    """Sampled answers with transformers, one prompt at a time (each its own temperature and seed)."""
+    import torch
+
+    device = next(model.parameters()).device
+    texts = []
+    for ids, budget, temperature, seed in zip(prompts, max_tokens, temperatures, seeds):
+        torch.manual_seed(0 if seed is None else seed)
+        x = torch.tensor([list(ids)], device=device)
+        with torch.inference_mode():
+            out = model.generate(input_ids=x, attention_mask=torch.ones_like(x), do_sample=True,
+                                 temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=budget,
+                                 pad_token_id=tokenizer.pad_token_id)
+        texts.append(tokenizer.decode(out[0, len(ids):], skip_special_tokens=True))
+        if progress is not None:
+            progress(1)
+    return texts
+
+
 def generate_vllm_timed(model_path: str, prompts: Sequence[Sequence[int]], max_tokens: Sequence[int],
                         dtype: str = "auto", echo: bool = True, guard: Optional[str] = None,
-                        latency_requests: int = 0, groups: Optional[Sequence[int]] = None) -> dict:
+                        latency_requests: int = 0, groups: Optional[Sequence[int]] = None,
+                        sampling: Optional[Sequence[tuple[float, Optional[int]]]] = None) -> dict:
     """Greedy answers from vLLM (with `guard`, a policy dir: through the guard's logits processor, exactly as
     `unlearn serve --guard` decodes), with vLLM's whole reply: texts, token ids, the batch's wall seconds and the
     seconds of each of the first `latency_requests` prompts sent alone; `groups` (sizes of
-    consecutive runs of prompts) are generated as separate batches, timed apart (`group_s`)."""
+    consecutive runs of prompts) are generated as separate batches, timed apart (`group_s`); `sampling`:
+    (temperature, seed) per prompt where any is sampled rather than greedy."""
     longest = max(len(p) + m for p, m in zip(prompts, max_tokens))
     request = {"prompt_token_ids": [list(p) for p in prompts], "max_tokens": list(max_tokens),
                "dtype": default_dtype(dtype), "max_model_len": max(512, longest),
                "latency_requests": latency_requests, "groups": list(groups) if groups else None}
+    if sampling and any(t for t, _ in sampling):
+        request["temperature"] = [t for t, _ in sampling]
+        request["seed"] = [s for _, s in sampling]
     env = None
     if guard:
         from ..guard.runtime import FQCN, POLICY_ENV

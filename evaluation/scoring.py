@@ -28,10 +28,13 @@ QA_GENERATION_KEYS = ("generated", "generated_paraphrased_question")
 class Prompt:
     """One generation prompt as every kind of system takes it: the engine's token ids (the chat template
     applied where `question` is set), the answer budget, and the user turn for systems that take chat
-    messages (None: a raw-text completion, e.g. MUSE's few-shot and verbatim prompts)."""
+    messages (None: a raw-text completion, e.g. MUSE's few-shot and verbatim prompts). `temperature` 0 is
+    greedy decoding; above 0 the answer is sampled, with `seed` (leak@k's repeated samples)."""
     ids: list[int]
     budget: int
     question: Optional[str] = None
+    temperature: float = 0.0
+    seed: Optional[int] = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -27,7 +27,7 @@ from typing import Optional, Protocol, Sequence
 from ..errors import ModelError
 from ..models.checkpoint import model_fingerprint
 from ..models.loading import greedy_generate, load_model
-from .generation import default_dtype, generate_vllm_timed
+from .generation import default_dtype, generate_vllm_timed, sample_generate
 from .results import GuardNotes
 from .scoring import GenRequest, Prompt, ScoreRequest
 
@@ -129,7 +129,8 @@ class Weights:
         prompts = [p for b in batches for p in b.prompts]
         out = generate_vllm_timed(self.path, [p.ids for p in prompts], [p.budget for p in prompts], dtype=self.dtype,
                                   guard=self._vllm_guard(), latency_requests=batches[0].latency,
-                                  groups=[len(b.prompts) for b in batches])
+                                  groups=[len(b.prompts) for b in batches],
+                                  sampling=[(p.temperature, p.seed) for p in prompts])
         got, start = [], 0
         for n, b in enumerate(batches):
             end = start + len(b.prompts)
@@ -143,8 +144,11 @@ class Weights:
 
         ids, budgets = [p.ids for p in batch.prompts], [p.budget for p in batch.prompts]
         started = time.perf_counter()
+        sampled = any(p.temperature for p in batch.prompts)
         with tqdm(total=len(ids), desc="generate", unit="prompt") as bar:
-            texts = greedy_generate(self.model(), self.tokenizer, ids, budgets, progress=bar.update)
+            texts = (sample_generate(self.model(), self.tokenizer, ids, budgets, [p.temperature for p in batch.prompts],
+                                     [p.seed for p in batch.prompts], progress=bar.update) if sampled else
+                     greedy_generate(self.model(), self.tokenizer, ids, budgets, progress=bar.update))
         seconds = time.perf_counter() - started
         latency = []
         for i, b in zip(ids[:batch.latency], budgets):

@@ -46,7 +46,10 @@ def generate(model: str, request: dict) -> dict:
     extra = request.get("extra_args") or [None] * len(prompts)
     llm = LLM(model=model, dtype=request.get("dtype", "auto"), max_model_len=request.get("max_model_len", 1024),
               seed=0, enforce_eager=True, logits_processors=request.get("logits_processors") or None)
-    params = [SamplingParams(temperature=0.0, max_tokens=m, extra_args=e) for m, e in zip(max_tokens, extra)]
+    temperature = request.get("temperature") or [0.0] * len(prompts)
+    seed = request.get("seed") or [None] * len(prompts)
+    params = [SamplingParams(temperature=t, seed=s, max_tokens=m, extra_args=e)
+              for m, e, t, s in zip(max_tokens, extra, temperature, seed)]
     outputs, group_s, start = [], [], 0
     for size in request.get("groups") or [len(prompts)]:   # batches generated (and timed) one after another
         started = time.perf_counter()
