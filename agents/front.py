@@ -5,22 +5,23 @@ Per chat (or completion) request, in this order:
      JSON depth, endpoint, field allow-list and per-field rules, channels (prompt log-probabilities,
      beam search, prompt embeddings: 400), `unlearn_*` keys of `vllm_xargs` (tighten only);
   2. the front's own (request.py): all the engine would render must be readable text (image, audio,
-     file parts: 400), `stream` a boolean, `n` between 1 and 16;
+     file parts: 400), `stream` a boolean, one choice and no log-probabilities (a rewrite has
+     neither several choices nor log-probabilities);
   3. the classifier, once, over all that text (every role, tool calls and definitions, documents,
      template arguments, the prefill), on its own small thread pool, then:
-  - not flagged: the request goes straight to the backend and its bytes come back as they arrive
-    (streamed or not);
-  - flagged: the agent graph answers it (`graph.Pipeline`); the composed answer is returned, or
-    streamed as chat.completion.chunk events, with an `unlearn` object (path, reason, route, model
-    calls, tokens, fallbacks taken) in the body. At most `max_rewrites` rewrites run at once and
-    `rewrite_queue` wait; past that a flagged request is answered 429 with Retry-After (not the
-    refusal: the question may be legitimate, and a client can retry a 429). A rewrite whose client
-    disconnects starts no further model call.
+  - not flagged: the request goes to the backend and its answer comes back in the front's reply
+    shape (reply.py), streamed or not; an error of the backend's comes back as it came;
+  - flagged: the backend checks the request's own body first (a 4xx it would give a relayed
+    request is given here too), then the agent graph answers it (`graph.Pipeline`). At most
+    `max_rewrites` rewrites run at once and `rewrite_queue` wait; past that, and while the shared
+    live targets cannot be read, a flagged request is answered with the policy's refusal.
 Every malformed request is a 4xx naming the field, never a 500.
 
-Headers `x-unlearn-path` (passthrough | agents) and `x-unlearn-reason` (not flagged | flagged |
-tightened by request) say which path and why, and no more: no similarity or threshold, nor whether
-the prompt named a target (a client could climb those with paraphrases); the server log has them.
+What a client reads back does not depend on the path: the same reply shape, `finish_reason` rule,
+usage counting and stream events (reply.py), no status a relayed request would not get. Why a
+request was routed is for operators: the log, GET /admin/stats, and for requests that carry the
+admin token the `x-unlearn-path` / `x-unlearn-reason` / `x-unlearn-route` headers and the `unlearn`
+object. What stays observable is time: a rewrite takes the graph's model calls longer than a relay.
 
 With a guarded backend, the live targets (which only the front knows) go to the engine with every
 request, relayed or the graph's own model calls, in `vllm_xargs.unlearn_targets`, so its token
@@ -28,7 +29,7 @@ filter enforces them too (`engine_targets` says what the engine's 64-target limi
 
 GET /health is 503 when the backend is down (its process ended, or its /health does not answer),
 and 503 with status "degraded" when the shared live targets file cannot be read (store.py): such a
-replica answers flagged requests 503 (Retry-After) instead of rewriting them against targets that
+replica answers flagged requests with the refusal instead of rewriting them against targets that
 may be stale, until the file reads again; unflagged requests still pass (the targets in force stay).
 
 POST /v1/unlearn/verdict (for gateways: LiteLLM, NeMo Guardrails, any OpenAI proxy; authenticated
@@ -47,11 +48,8 @@ Admin (only with a token: $UNLEARN_ADMIN_TOKEN; `Authorization: Bearer <token>`)
 
 import asyncio
 import hmac
-import json
 import logging
 import threading
-import time
-import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -63,14 +61,14 @@ import httpx
 from ..guard import boundary
 from ..guard.boundary import Rejection
 from ..guard.runtime import PREFIX
-from .graph import Job, Pipeline
+from .graph import Job, Pipeline, Result
 from .lanes import Lanes
+from .reply import Answer, Reply, Usage, WordChunker, answer_chunks, backend_answers, choice_text, sse_events
 from .request import BadRequest, FrontRequest, read_request
 from .store import StoreUnavailable, TargetStore, parse_live_target
 
 log = logging.getLogger("unlearnkit.agents")
 
-STREAM_CHUNK_WORDS = 4
 MAX_ENGINE_TARGETS = 64          # guard/runtime.parse_request_args refuses more unlearn_targets
 BACKEND_HEALTH_TIMEOUT = 2.0     # seconds for the backend's /health
 CLASSIFY_WORKERS = 4
@@ -132,10 +130,52 @@ def forwarded_body(body: dict, targets: Sequence[str], guarded: bool) -> dict:
     return body
 
 
-def health_url(backend: str) -> str:
-    """The backend's /health from its OpenAI base URL (vLLM serves it beside /v1, not under it)."""
+def root_url(backend: str) -> str:
+    """The backend's root from its OpenAI base URL (vLLM serves /health and /tokenize beside /v1)."""
     base = backend.rstrip("/")
-    return (base[:-3] if base.endswith("/v1") else base) + "/health"
+    return base[:-3] if base.endswith("/v1") else base
+
+
+def health_url(backend: str) -> str:
+    return root_url(backend) + "/health"
+
+
+def completion_url(kind: str) -> str:
+    """The backend's endpoint for a request kind, relative to its /v1."""
+    return "chat/completions" if kind == "chat" else "completions"
+
+
+def refusal_result(refusal: str, why: str) -> Result:
+    """The graph's result for a flagged request it did not run (every place taken, stale targets)."""
+    return Result(refusal, "refused", why)
+
+
+@dataclass(frozen=True)
+class Diagnostics:
+    """Why a request took its path, for operators only: requests carrying the admin token get it as
+    `x-unlearn-*` headers and an `unlearn` object; every other client gets nothing of it."""
+
+    verdict: Verdict
+    shown: bool
+    route: Optional[str] = None
+    metadata: Optional[dict] = None
+
+    def with_result(self, result: Result) -> "Diagnostics":
+        return Diagnostics(self.verdict, self.shown, result.route, result.metadata())
+
+    def path(self) -> str:
+        return "agents" if self.verdict.flagged else "passthrough"
+
+    def headers(self) -> Optional[dict]:
+        if not self.shown:
+            return None
+        out = {"x-unlearn-path": self.path(), "x-unlearn-reason": self.verdict.reason}
+        return {**out, "x-unlearn-route": self.route} if self.route else out
+
+    def body(self, data: dict) -> dict:
+        if not self.shown:
+            return data
+        return {**data, "unlearn": {"path": self.path(), "reason": self.verdict.reason, **(self.metadata or {})}}
 
 
 class RewriteSlots:
@@ -215,38 +255,6 @@ def backend_unreachable(exc: Exception):
                           "backend_error")
 
 
-def relayed_stream(upstream, headers: dict, done: Callable[[], None]):
-    """The backend's streamed answer, relayed as its bytes arrive; `done` runs when the stream ends
-    (or the client leaves)."""
-    from fastapi.responses import StreamingResponse
-
-    async def relay():
-        try:
-            async for chunk in upstream.aiter_raw():
-                yield chunk
-        finally:
-            await upstream.aclose()
-            done()
-
-    return StreamingResponse(relay(), status_code=upstream.status_code, headers=headers,
-                             media_type=upstream.headers.get("content-type", "text/event-stream"))
-
-
-def relayed_answer(upstream, headers: dict, reason: str):
-    """The backend's whole answer: a 200 JSON object gets the `unlearn` object; what is not JSON goes
-    back as it came."""
-    from fastapi.responses import JSONResponse, Response
-
-    try:
-        data = upstream.json()
-    except ValueError:
-        return Response(upstream.content, status_code=upstream.status_code, headers=headers,
-                        media_type=upstream.headers.get("content-type"))
-    if isinstance(data, dict) and upstream.status_code == 200:
-        data["unlearn"] = {"path": "passthrough", "reason": reason}
-    return JSONResponse(data, status_code=upstream.status_code, headers=headers)
-
-
 async def await_rewrite(request, future: asyncio.Future, job: Job):
     """The rewrite's result; if the client disconnects first, its job is cancelled (no model call
     starts after that, and a queued one never starts its graph)."""
@@ -258,85 +266,6 @@ async def await_rewrite(request, future: asyncio.Future, job: Job):
         raise
     finally:
         watcher.cancel()
-
-
-def answer_chunks(answer: str) -> list[str]:
-    """The answer in pieces of STREAM_CHUNK_WORDS words, each but the first led by its space."""
-    words = answer.split(" ")
-    chunks = []
-    for start in range(0, len(words), STREAM_CHUNK_WORDS):
-        text = " ".join(words[start:start + STREAM_CHUNK_WORDS])
-        chunks.append(text if start == 0 else " " + text)
-    return chunks
-
-
-@dataclass(frozen=True)
-class RewriteReply:
-    """How a rewrite's result is written back: an OpenAI chat or completions response (or its stream
-    events) with `n` identical choices and the `unlearn` object."""
-
-    kind: str      # chat | completions
-    n: int
-    rid: str
-    created: int
-    model: str
-    reason: str
-
-    @classmethod
-    def for_request(cls, ask: FrontRequest, reason: str, model_name: str) -> "RewriteReply":
-        """The reply to `ask`: a fresh id, now, the model the client named (else `model_name`)."""
-        model = ask.body.get("model")
-        model = model if isinstance(model, str) and model else model_name
-        rid = f"{'chatcmpl' if ask.kind == 'chat' else 'cmpl'}-unlearn-{uuid.uuid4().hex[:24]}"
-        return cls(ask.kind, ask.n, rid, int(time.time()), model, reason)
-
-    def meta(self, result) -> dict:
-        return {"path": "agents", "reason": self.reason, **result.metadata()}
-
-    @staticmethod
-    def usage(result) -> dict:
-        return {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
-                "total_tokens": result.prompt_tokens + result.completion_tokens}
-
-    def completion(self, result) -> dict:
-        """The whole response's body."""
-        if self.kind == "chat":
-            choices = [{"index": i, "message": {"role": "assistant", "content": result.answer},
-                        "finish_reason": "stop"} for i in range(self.n)]
-        else:
-            choices = [{"index": i, "text": result.answer, "finish_reason": "stop"} for i in range(self.n)]
-        return {"id": self.rid, "object": "chat.completion" if self.kind == "chat" else "text_completion",
-                "created": self.created, "model": self.model, "choices": choices, "usage": self.usage(result),
-                "unlearn": self.meta(result)}
-
-    def event(self, choices: list, extra_fields: Optional[dict] = None) -> bytes:
-        """One server-sent event of the stream."""
-        data = {"id": self.rid, "object": "chat.completion.chunk" if self.kind == "chat" else "text_completion",
-                "created": self.created, "model": self.model, "choices": choices, **(extra_fields or {})}
-        return f"data: {json.dumps(data)}\n\n".encode()
-
-    def piece(self, i: int, text: Optional[str], finish: Optional[str] = None, role: bool = False) -> dict:
-        """Choice `i` of a stream event: a chat delta, or a completion's text."""
-        if self.kind == "chat":
-            delta = {"role": "assistant"} if role else ({"content": text} if text is not None else {})
-            return {"index": i, "delta": delta, "finish_reason": finish}
-        return {"index": i, "text": text or "", "finish_reason": finish}
-
-    async def events(self, request, future: asyncio.Future, job: Job):
-        """The stream: (chat) the role at once, the answer in word chunks once the graph is done, then
-        the stop event with usage and `unlearn`, then [DONE]."""
-        try:
-            if self.kind == "chat":   # the first event at once: the graph takes seconds
-                yield self.event([self.piece(i, None, role=True) for i in range(self.n)])
-            result = await await_rewrite(request, future, job)
-            for text in answer_chunks(result.answer):
-                yield self.event([self.piece(i, text) for i in range(self.n)])
-            yield self.event([self.piece(i, None, "stop") for i in range(self.n)],
-                             {"usage": self.usage(result), "unlearn": self.meta(result)})
-            yield b"data: [DONE]\n\n"
-        finally:   # the stream ended early (the client left): no further model call for it
-            if not future.done():
-                job.cancel()
 
 
 @dataclass
@@ -428,35 +357,47 @@ class Front:
         return await asyncio.get_running_loop().run_in_executor(self.classify_pool, self.classify, ask)
 
     async def handle(self, request, kind: str):
-        """A chat or completions request: checked, classified, then relayed or rewritten."""
+        """A chat or completions request: checked, classified, then relayed or rewritten; written back
+        the same way whichever path answers (reply.py)."""
         ask, rejection = self.checked(kind, request.url.path, await read_bounded(request))
         if rejection is not None:
             return self.refuse(rejection)
         verdict = await self.classified(ask)
         if verdict.failed:
             self.counters["classifier_errors"] += 1
-        if verdict.flagged and verdict.degraded:   # fail closed: never rewrite against stale live targets
-            return self.unavailable()
+        reply = Reply.for_request(ask.kind, ask.body, self.model_name)
+        diagnostics = Diagnostics(verdict, self.authorised(request) is None)
         if not verdict.flagged:
             self.counters["passthrough"] += 1
-            return await self.passthrough(ask, verdict)
+            return await self.passthrough(ask, verdict, reply, diagnostics)
         self.counters["agents"] += 1
-        return await self.rewrite(request, ask, verdict)
+        invalid = await self.backend_refuses(ask, verdict)   # the backend's own 4xx, as a relayed request gets it
+        if invalid is not None:
+            return invalid
+        return await self.rewrite(request, ask, verdict, reply, diagnostics)
 
-    async def passthrough(self, ask: FrontRequest, verdict: Verdict):
-        """Relay an unflagged request to the backend and its answer back (streamed or whole)."""
-        headers = {"x-unlearn-path": "passthrough", "x-unlearn-reason": verdict.reason}
+    async def passthrough(self, ask: FrontRequest, verdict: Verdict, reply: Reply, diagnostics: "Diagnostics"):
+        """Relay an unflagged request to the backend; its answer comes back in the front's reply shape
+        (an error of the backend's as it came)."""
+        from fastapi.responses import JSONResponse, Response, StreamingResponse
+
         body = forwarded_body(ask.body, verdict.engine_targets, self.backend_guarded)
+        if ask.stream:   # usage comes with the last event; the client gets it only if it asked
+            body = {**body, "stream_options": {"include_usage": True}}
         client = self.client
-        url = "chat/completions" if ask.kind == "chat" else "completions"   # relative to the backend's /v1
         self.lanes.enter()   # rewrites' model calls wait while this runs (lanes.py)
         streaming = False
         try:
             if ask.stream:
-                upstream = await client.send(client.build_request("POST", url, json=body), stream=True)
-                streaming = True
-                return relayed_stream(upstream, headers, self.lanes.leave)
-            upstream = await client.post(url, json=body)
+                upstream = await client.send(client.build_request("POST", completion_url(ask.kind), json=body),
+                                             stream=True)
+                if upstream.status_code == 200:
+                    streaming = True
+                    return StreamingResponse(self.relayed_events(upstream, reply), media_type="text/event-stream",
+                                             headers=diagnostics.headers())
+                await upstream.aread()
+            else:
+                upstream = await client.post(completion_url(ask.kind), json=body)
         except httpx.HTTPError as exc:
             self.counters["backend_errors"] += 1
             log.error("agent front: backend %s unreachable: %s", self.backend, exc)
@@ -464,26 +405,117 @@ class Front:
         finally:
             if not streaming:
                 self.lanes.leave()
-        return relayed_answer(upstream, headers, verdict.reason)
+        try:
+            data = upstream.json()
+        except ValueError:
+            data = None
+        if upstream.status_code != 200 or not isinstance(data, dict):
+            return Response(upstream.content, status_code=upstream.status_code,
+                            media_type=upstream.headers.get("content-type"))
+        return JSONResponse(diagnostics.body(reply.completion(backend_answers(data, ask.kind),
+                                                              Usage.from_backend(data.get("usage")))),
+                            headers=diagnostics.headers())
 
-    async def rewrite(self, request, ask: FrontRequest, verdict: Verdict):
-        """Answer a flagged request with the agent graph (whole or streamed); 429 when every rewrite
-        place is taken."""
+    async def relayed_events(self, upstream, reply: Reply):
+        """The backend's stream in the front's event shape and word chunks (those of a rewrite)."""
+        chunker, finish, usage = WordChunker(), "stop", None
+        try:
+            yield reply.opening()
+            async for data in sse_events(upstream):
+                usage = Usage.from_backend(data.get("usage")) or usage
+                for choice in data.get("choices") or []:
+                    if isinstance(choice, dict):
+                        finish = "length" if choice.get("finish_reason") == "length" else finish
+                        for text in chunker.feed(choice_text(choice, reply.kind)):
+                            yield reply.event([reply.piece(text)])
+            for text in chunker.rest():
+                yield reply.event([reply.piece(text)])
+            yield reply.closing(finish, usage)
+        finally:
+            await upstream.aclose()
+            self.lanes.leave()
+
+    async def backend_refuses(self, ask: FrontRequest, verdict: Verdict):
+        """The backend's answer to a flagged request's own body when it refuses it (a 4xx a relayed
+        request would get: a prompt past the context, a sampling value out of range), else None. The
+        request is streamed and dropped after the status: the backend checks it before generating."""
+        from fastapi.responses import Response
+
+        body = {k: v for k, v in forwarded_body(ask.body, verdict.engine_targets, self.backend_guarded).items()
+                if k != "stream_options"}
+        client = self.client
+        try:
+            upstream = await client.send(client.build_request("POST", completion_url(ask.kind),
+                                                              json={**body, "stream": True}), stream=True)
+        except httpx.HTTPError as exc:
+            self.counters["backend_errors"] += 1
+            return backend_unreachable(exc)
+        try:
+            if upstream.status_code == 200:
+                return None
+            content = await upstream.aread()
+            return Response(content, status_code=upstream.status_code, media_type=upstream.headers.get("content-type"))
+        finally:
+            await upstream.aclose()
+
+    async def rewrite(self, request, ask: FrontRequest, verdict: Verdict, reply: Reply, diagnostics: "Diagnostics"):
+        """Answer a flagged request with the agent graph (whole or streamed). When every rewrite place
+        is taken, or the live targets cannot be read, the answer is the policy's refusal."""
         from fastapi.responses import JSONResponse, StreamingResponse
 
         job = Job(verdict.engine_targets, turn=self.lanes.rewrite_turn)
-        future = self.slots.submit(self.pipeline.run, ask.prompt.messages, ask.args.targets, job)
+        future = None if verdict.degraded else self.slots.submit(self.pipeline.run, ask.prompt.messages,
+                                                                   ask.args.targets, job)
         if future is None:
-            self.counters["rewrites_busy"] += 1
-            return error_response(429, "the rewriter is busy; retry shortly", "rate_limit_error", {"retry-after": "1"})
-        reply = RewriteReply.for_request(ask, verdict.reason, self.model_name)
-        headers = {"x-unlearn-path": "agents", "x-unlearn-reason": verdict.reason}
+            self.counters["store_refusals" if verdict.degraded else "rewrites_busy"] += 1
+            future = asyncio.get_running_loop().create_future()
+            future.set_result(refusal_result(self.pipeline.cfg.refusal, "degraded" if verdict.degraded else "busy"))
         if ask.stream:
-            return StreamingResponse(reply.events(request, future, job), media_type="text/event-stream",
-                                     headers=headers)
+            return StreamingResponse(self.rewrite_events(request, ask, reply, future, job),
+                                     media_type="text/event-stream", headers=diagnostics.headers())
         result = await await_rewrite(request, future, job)
-        headers["x-unlearn-route"] = result.route
-        return JSONResponse(reply.completion(result), headers=headers)
+        answer, usage = await self.finished(ask, result.answer)
+        diagnostics = diagnostics.with_result(result)
+        return JSONResponse(diagnostics.body(reply.completion([answer], usage)), headers=diagnostics.headers())
+
+    async def rewrite_events(self, request, ask: FrontRequest, reply: Reply, future: asyncio.Future, job: Job):
+        """The rewrite's stream: the opening event at once, the answer in word chunks once the graph is
+        done, then the finish event."""
+        try:
+            yield reply.opening()
+            result = await await_rewrite(request, future, job)
+            answer, usage = await self.finished(ask, result.answer)
+            for text in answer_chunks(answer.text):
+                yield reply.event([reply.piece(text)])
+            yield reply.closing(answer.finish, usage)
+        finally:   # the stream ended early (the client left): no further model call for it
+            if not future.done():
+                job.cancel()
+
+    async def finished(self, ask: FrontRequest, text: str) -> tuple[Answer, Optional[Usage]]:
+        """A rewrite's answer as the engine would have ended it: cut at the client's `max_tokens`
+        ("length"), else "stop" with its end-of-sequence token counted; usage by the backend's
+        tokenizer. Without the tokenizer (its endpoint failed) the answer goes whole, without usage."""
+        limit = ask.body.get("max_completion_tokens") or ask.body.get("max_tokens")
+        try:
+            ids = await self.tokens({"prompt": text, "add_special_tokens": False})
+            prompt = await self.tokens({"messages": ask.prompt.messages} if ask.kind == "chat"
+                                       else {"prompt": ask.prompt.messages[0]["content"]})
+            if isinstance(limit, int) and 0 < limit < len(ids):
+                cut = await self.client.post(root_url(self.backend) + "/detokenize",
+                                             json={"model": self.model_name, "tokens": ids[:limit]})
+                cut.raise_for_status()
+                return Answer(cut.json()["prompt"], "length"), Usage(len(prompt), limit)
+            return Answer(text), Usage(len(prompt), len(ids) + 1)
+        except (httpx.HTTPError, ValueError, KeyError, TypeError):
+            log.exception("agent front: counting a rewrite's tokens failed")
+            return Answer(text), None
+
+    async def tokens(self, body: dict) -> list[int]:
+        """The backend's token ids for a prompt or chat messages (its /tokenize)."""
+        upstream = await self.client.post(root_url(self.backend) + "/tokenize", json={"model": self.model_name, **body})
+        upstream.raise_for_status()
+        return list(upstream.json()["tokens"])
 
     async def backend_healthy(self) -> bool:
         """Whether the backend's process runs and its /health answers 200."""

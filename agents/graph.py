@@ -109,9 +109,8 @@ class Result:
         return out
 
     def metadata(self) -> dict:
-        """What a client may see: the route and the cost (no target names: events never carry them).
-        The graph's reason and the critic's scores stay in the server log: they grade how near an
-        answer came to forget information, which a client could climb."""
+        """What an operator's diagnostics show: the route and the cost (no target names: events never
+        carry them). The graph's reason and the critic's scores stay in the server log."""
         return {"route": self.route, "llm_calls": self.calls, "prompt_tokens": self.prompt_tokens,
                 "completion_tokens": self.completion_tokens, "fallbacks": self.events,
                 "seconds": round(self.seconds, 3)}

@@ -80,13 +80,15 @@ class OpenAIChat:
         return extra
 
 
-def endpoint_model(endpoint, default_url: str = "", default_model: str = "", guarded: bool = False) -> OpenAIChat:
+def endpoint_model(endpoint, default_url: str = "", default_model: str = "", guarded: bool = False,
+                   backend_key: Optional[str] = None) -> OpenAIChat:
     """An `EndpointConfig` -> chat model; empty fields fall back to the served backend. `guarded`:
-    that backend runs the token filter (a node with its own endpoint is never sent `vllm_xargs`)."""
+    that backend runs the token filter (a node with its own endpoint is never sent `vllm_xargs`);
+    `backend_key`: the served backend's admin token (its constrained decoding is for operators)."""
     url = endpoint.base_url or default_url
     if not url:
         raise ConfigError("agents.llm.base_url is empty and there is no served backend to default to")
-    key = None
+    key = None if endpoint.base_url else backend_key
     if endpoint.api_key_env:
         key = os.environ.get(endpoint.api_key_env)
         if not key:

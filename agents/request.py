@@ -14,7 +14,7 @@ field this module does not know.
 
 The request-level rules (endpoints, fields, channels, size, depth, `vllm_xargs`) are
 `guard/boundary.py`'s, checked before this runs; here are the front's own: the prompt must be
-readable, `stream` a boolean, `n` between 1 and MAX_N.
+readable, `stream` a boolean, one choice (`n` 1) and no log-probabilities.
 """
 
 from __future__ import annotations
@@ -22,18 +22,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..guard.boundary import MESSAGE_FIELDS, ROLES
 from ..guard.runtime import RequestArgs, parse_request_args
 from .nodes import TEXT_PARTS
 
-ROLES = ("system", "developer", "user", "assistant", "tool", "function")
-# message fields the chat template may render (all read) besides role and content
-MESSAGE_FIELDS = ("name", "tool_calls", "tool_call_id", "function_call", "reasoning", "reasoning_content",
-                  "refusal", "tools", "task")
 # request fields rendered into the prompt or choosing among texts, per endpoint (all read)
 REQUEST_FIELDS = {"chat": ("tools", "documents", "chat_template_kwargs", "tool_choice", "structured_outputs",
                            "response_format"),
                   "completions": ("suffix", "structured_outputs", "response_format")}
-MAX_N = 16
+# A rewrite is one answer and has no log-probabilities: asking for several choices or for
+# log-probabilities is refused whatever the prompt, so the reply never tells which path answered.
+LOGPROB_FIELDS = ("logprobs", "top_logprobs")
 
 
 class BadRequest(ValueError):
@@ -76,7 +75,6 @@ class FrontRequest:
     body: dict
     prompt: Prompt
     stream: bool
-    n: int
     args: RequestArgs             # the `unlearn_*` arguments (boundary.py checked them)
 
     @property
@@ -92,11 +90,13 @@ def read_request(kind: str, body: dict, meta: dict) -> FrontRequest:
     if not isinstance(stream, bool):
         raise BadRequest("stream", "'stream' must be true or false")
     n = body.get("n", 1)
-    if n is None:
-        n = 1
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_N:
-        raise BadRequest("n", f"'n' must be an integer between 1 and {MAX_N}")
-    return FrontRequest(kind, body, prompt, stream, n, parse_request_args(body.get("vllm_xargs"), meta))
+    if n not in (None, 1) or isinstance(n, bool):
+        raise BadRequest("n", "the agent front answers one choice per request: 'n' must be 1")
+    for name in LOGPROB_FIELDS:
+        if body.get(name) not in (None, False, 0) or (name == "logprobs" and kind == "completions"
+                                                      and body.get(name) is not None):
+            raise BadRequest(name, f"'{name}': the agent front returns no log-probabilities")
+    return FrontRequest(kind, body, prompt, stream, parse_request_args(body.get("vllm_xargs"), meta))
 
 
 def read_completion(body: dict) -> Prompt:

@@ -7,18 +7,19 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Optional
 
+from ..guard.boundary import ADMIN_TOKEN_ENV
 from ..guard.serve import free_port, server_command, server_env, wait_for_server
 from ..models.loading import load_tokenizer
 from .config import NODES, load_agent_config
 from .llm import endpoint_model
 
-ADMIN_TOKEN_ENV = "UNLEARN_ADMIN_TOKEN"
 log = logging.getLogger("unlearnkit.agents")
 
 
@@ -46,13 +47,17 @@ def run_agent_server(model_path: str, policy: str, *, port: int, host: str = "12
     cmd = server_command(model_path, backend_port, "127.0.0.1", guard=token_filter, served_name=name,
                          dtype=dtype, max_model_len=max_model_len, extra=vllm_args)
     print(" ".join(cmd), file=sys.stderr)
-    engine = subprocess.Popen(cmd, env=server_env(policy if token_filter else None))
+    # the front's own calls carry the backend's admin token (their verdicts are constrained to fixed
+    # words, which the guarded server refuses to clients); clients of the front never see it
+    internal = os.environ.get(ADMIN_TOKEN_ENV) or secrets.token_urlsafe(24)
+    engine = subprocess.Popen(cmd, env={**server_env(policy if token_filter else None), ADMIN_TOKEN_ENV: internal})
     try:
         waited = wait_for_server(backend_port, engine)
         print(f"vLLM server ready on 127.0.0.1:{backend_port} after {waited:.0f} s "
               f"({'guarded' if token_filter else 'no token filter'})", file=sys.stderr)
         backend = f"http://127.0.0.1:{backend_port}/v1"
-        models = {node: endpoint_model(cfg.endpoint(node), backend, name, guarded=token_filter) for node in NODES}
+        models = {node: endpoint_model(cfg.endpoint(node), backend, name, guarded=token_filter, backend_key=internal)
+                  for node in NODES}
         token = os.environ.get(ADMIN_TOKEN_ENV) or None
         if not token:
             print(f"admin endpoint disabled (set ${ADMIN_TOKEN_ENV} to enable /admin/targets)", file=sys.stderr)

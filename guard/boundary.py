@@ -21,19 +21,35 @@ The rules, and why:
   system with `unlearn eval --guard`, which applies the guard to teacher forcing).
 * Modes that bypass logits processors (`use_beam_search`) or inputs the classifier cannot read
   (`prompt_embeds`, a request-supplied `chat_template`, multimodal payloads, KV transfer): 400.
+* Output constraints (`structured_outputs`, `allowed_token_ids`, a non-text `response_format` or
+  `text.format`, a required or named `tool_choice`): one 400 for the whole class, whatever the
+  constraint holds (requests with the admin token excepted: the agent front's own calls). A constraint that left only withheld tokens would fail where a decoy's
+  succeeds, so answering some constraints and refusing others tells a client what is withheld
+  (who is on the forget list, a target's facts one candidate word at a time).
+* `bad_words` is bounded like `logit_bias` (banning all tokens but a few is a finite choice), and
+  `n` is an integer between 1 and MAX_N (every child is classified and guarded).
+* Operator endpoints (`/metrics`, `/load`, `/server_info`) are served only with the admin token
+  (`Authorization: Bearer $UNLEARN_ADMIN_TOKEN`); without it they are 404, like any unserved path.
+  The engine's counters tell one client about another's prompts (prefix-cache hits).
+* Well-formedness: boolean fields must be booleans, messages objects with a known role and known
+  fields (a role the classifier does not read but the template may render is a door).
 * Fields that could loosen the policy: `logit_bias` may only push tokens down (values <= 0), on at
   most 300 tokens (lowering every token but one raises that one);
   `presence_penalty` / `frequency_penalty` >= 0 and `repetition_penalty` >= 1 (smaller values
-  reward tokens and so cancel the semantic penalty); `unlearn_*` keys of `vllm_xargs` are checked
-  by `runtime.parse_request_args` (tighten only). A high `temperature` is answered in the engine:
+  reward tokens and so cancel the semantic penalty); `unlearn_*` keys of `vllm_xargs` are read
+  by `runtime.parse_request_args`: values that would loosen the policy are clamped to it silently,
+  so which values are accepted tells nothing of the policy's numbers. A high `temperature` is answered in the engine:
   the penalty is scaled by it, so its effect after temperature scaling is never weaker.
 
-`check(method, path, body, meta)` returns None or a `Rejection` (status, field, message). Messages
-name the field and the rule; they never disclose the policy's threshold, penalty or targets.
+`check(method, path, body, meta, admin)` returns the body and None, or a `Rejection` (status, field,
+message). Whether a request is refused depends on its form alone, never on whether its content
+touches what the guard withholds; messages name the field and the rule, never the policy's
+threshold, penalty or targets.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import math
 from dataclasses import dataclass
@@ -60,14 +76,21 @@ class Rejection:
 # ---------------------------------------------------------------------------------- endpoints
 GENERATION = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "/v1/responses": "responses"}
 OTHER_POST = {"/tokenize", "/detokenize"}
-READ_ONLY = {"/v1/models", "/health", "/ping", "/version", "/metrics", "/load"}
+READ_ONLY = {"/v1/models", "/health", "/ping", "/version"}
+OPERATOR = {"/metrics", "/load", "/server_info"}    # GET, with the admin token only
+ADMIN_TOKEN_ENV = "UNLEARN_ADMIN_TOKEN"
 
 
-def check_endpoint(method: str, path: str) -> Optional[Rejection]:
+def admin_authorised(authorization: str, token: Optional[str]) -> bool:
+    """Whether an `Authorization` header carries the admin token (never, when none is set)."""
+    return bool(token) and hmac.compare_digest(authorization.encode(), f"Bearer {token}".encode())
+
+
+def check_endpoint(method: str, path: str, admin: bool = False) -> Optional[Rejection]:
     path = path.rstrip("/") or "/"
     if method == "POST" and (path in GENERATION or path in OTHER_POST):
         return None
-    if method in ("GET", "HEAD") and path in READ_ONLY:
+    if method in ("GET", "HEAD") and (path in READ_ONLY or (admin and path in OPERATOR)):
         return None
     if method == "OPTIONS":
         return None
@@ -120,6 +143,83 @@ def _logit_bias(value) -> Optional[str]:
     return None
 
 
+def _boolean(value) -> Optional[str]:
+    return None if value is None or isinstance(value, bool) else "must be true or false"
+
+
+MAX_N = 16   # choices a request may ask for: each is classified and guarded
+
+
+def _choices(value) -> Optional[str]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_N:
+        return f"must be an integer between 1 and {MAX_N} on a guarded server"
+    return None
+
+
+MAX_BAD_WORDS = MAX_LOGIT_BIAS
+
+
+def _bad_words(value) -> Optional[str]:
+    """At most MAX_BAD_WORDS strings: banning every token but a few is a finite choice (see CONSTRAINT)."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(word, str) for word in value):
+        return "must be a list of strings"
+    if len(value) > MAX_BAD_WORDS:
+        return f"at most {MAX_BAD_WORDS} words on a guarded server (banning all tokens but a few chooses those few)"
+    return None
+
+
+ROLES = ("system", "developer", "user", "assistant", "tool", "function")
+# message fields a chat template may render besides role and content (the classifier reads them all)
+MESSAGE_FIELDS = ("name", "tool_calls", "tool_call_id", "function_call", "reasoning", "reasoning_content",
+                  "refusal", "tools", "task")
+
+
+class Within(str):
+    """What is wrong, found at a place inside the field (`where`: "messages[2].role")."""
+
+    def __new__(cls, where: str, message: str):
+        out = super().__new__(cls, message)
+        out.where = where
+        return out
+
+
+def _messages(value) -> Optional[str]:
+    """A non-empty list of objects, each with a known role and only fields the classifier reads."""
+    if not isinstance(value, list) or not value:
+        return "must be a non-empty list of messages"
+    for n, message in enumerate(value):
+        if not isinstance(message, dict):
+            return Within(f"messages[{n}]", f"messages[{n}] must be an object with a role")
+        role = message.get("role")
+        if not isinstance(role, str) or role not in ROLES:
+            return Within(f"messages[{n}].role", f"messages[{n}].role must be one of {list(ROLES)}")
+        unknown = sorted(str(k)[:40] for k in message if k not in ("role", "content") + MESSAGE_FIELDS)
+        if unknown:
+            return Within(f"messages[{n}].{unknown[0]}",
+                          f"messages[{n}]: field(s) {unknown[:5]} are not accepted by a guarded server")
+    return None
+
+
+CONSTRAINT = ("output constraints (structured outputs, a non-text response_format, allowed_token_ids, a required or "
+              "named tool_choice) are not served by a guarded server: a constraint can require tokens it withholds")
+
+
+def _tool_choice(value) -> Optional[str]:
+    return None if value in (None, "none", "auto") else CONSTRAINT
+
+
+def _text_format(value) -> Optional[str]:
+    """`response_format` (chat) and `text` (responses: its `format`): free text only."""
+    fmt = value.get("format") if isinstance(value, dict) and "format" in value else value
+    if fmt is None or (isinstance(fmt, dict) and fmt.get("type") in (None, "text")):
+        return None
+    return CONSTRAINT
+
+
 def _refused(why: str) -> Rule:
     def rule(value) -> Optional[str]:
         return None if value is None or value is False else why
@@ -130,14 +230,15 @@ PROMPT_LOGPROBS = ("teacher-forced prompt log-probabilities are computed before 
                    "score a guarded system with `unlearn eval --guard` instead")
 
 COMMON: dict[str, Rule] = {
-    "model": _any, "stream": _any, "stream_options": _any, "n": _any, "seed": _any, "stop": _any,
+    "model": _any, "stream": _boolean, "stream_options": _any, "n": _choices, "seed": _any, "stop": _any,
     "stop_token_ids": _any, "temperature": _any, "top_p": _any, "top_k": _any, "min_p": _any,
-    "max_tokens": _any, "min_tokens": _any, "ignore_eos": _any, "include_stop_str_in_output": _any,
-    "skip_special_tokens": _any, "spaces_between_special_tokens": _any, "user": _any,
+    "max_tokens": _any, "min_tokens": _any, "ignore_eos": _boolean, "include_stop_str_in_output": _boolean,
+    "skip_special_tokens": _boolean, "spaces_between_special_tokens": _boolean, "user": _any,
     "request_id": _any, "priority": _any, "cache_salt": _any, "session_id": _any,
-    "truncate_prompt_tokens": _any, "truncation_side": _any, "add_special_tokens": _any,
-    "return_tokens_as_token_ids": _any, "return_token_ids": _any, "return_token_offsets": _any,
-    "bad_words": _any, "allowed_token_ids": _any, "structured_outputs": _any, "response_format": _any,
+    "truncate_prompt_tokens": _any, "truncation_side": _any, "add_special_tokens": _boolean,
+    "return_tokens_as_token_ids": _boolean, "return_token_ids": _boolean, "return_token_offsets": _boolean,
+    "bad_words": _bad_words, "allowed_token_ids": _refused(CONSTRAINT), "structured_outputs": _refused(CONSTRAINT),
+    "response_format": _text_format,
     "stream_interval": _any, "repetition_detection": _any, "thinking_token_budget": _any,
     "logprobs": _any,
     "logprob_token_ids": _refused("log-probabilities of chosen token ids would show which tokens the guard "
@@ -158,15 +259,16 @@ COMMON: dict[str, Rule] = {
 }
 
 CHAT = dict(COMMON, **{
-    "messages": _any, "max_completion_tokens": _any, "top_logprobs": _any, "tools": _any,
-    "tool_choice": _any, "parallel_tool_calls": _any, "reasoning_effort": _any, "include_reasoning": _any,
-    "echo": _any, "add_generation_prompt": _any, "continue_final_message": _any, "documents": _any,
-    "chat_template_kwargs": _any, "return_prompt_text": _any, "watermarking": _any,
+    "messages": _messages, "max_completion_tokens": _any, "top_logprobs": _any, "tools": _any,
+    "tool_choice": _tool_choice, "parallel_tool_calls": _boolean, "reasoning_effort": _any,
+    "include_reasoning": _boolean, "echo": _boolean, "add_generation_prompt": _boolean,
+    "continue_final_message": _boolean, "documents": _any, "chat_template_kwargs": _any,
+    "return_prompt_text": _boolean, "watermarking": _any,
     "chat_template": _refused("a request-supplied chat template changes what the guard classifies"),
 })
 
 COMPLETIONS = dict(COMMON, **{
-    "prompt": _any, "echo": _any, "suffix": _any, "watermarking": _any,
+    "prompt": _any, "echo": _boolean, "suffix": _any, "watermarking": _any,
     "prompt_embeds": _refused("prompt embeddings cannot be read by the guard's classifier"),
 })
 
@@ -179,23 +281,30 @@ RESPONSES = {
                               "kv_transfer_params", "ec_transfer_params")},
     "input": _any, "instructions": _any, "max_output_tokens": _any, "max_tool_calls": _any, "metadata": _any,
     "parallel_tool_calls": _any, "previous_response_id": _any, "prompt": _any, "reasoning": _any,
-    "include_reasoning": _any, "service_tier": _any, "store": _any, "text": _any, "tool_choice": _any,
-    "tools": _any, "top_logprobs": _any, "truncation": _any, "include": _any, "prompt_cache_key": _any,
-    "watermarking": _any, "background": _any, "chat_template_kwargs": _any,
+    "include_reasoning": _boolean, "service_tier": _any, "store": _boolean, "text": _text_format,
+    "tool_choice": _tool_choice, "tools": _any, "top_logprobs": _any, "truncation": _any, "include": _any, "prompt_cache_key": _any,
+    "watermarking": _any, "background": _boolean, "chat_template_kwargs": _any,
     "enable_response_messages": _any, "previous_input_messages": _any,
 }
 
 FIELDS: dict[str, dict[str, Rule]] = {"chat": CHAT, "completions": COMPLETIONS, "responses": RESPONSES}
+# output constraints an operator's own requests may use (the agent front's audit and critic calls
+# constrain their verdicts to a few fixed words): with the admin token these fields are not refused
+OPERATOR_FIELDS = ("structured_outputs", "allowed_token_ids", "response_format", "text", "tool_choice")
 
 
-def check_fields(kind: str, body: dict, meta: Optional[dict]) -> Optional[Rejection]:
+def check_fields(kind: str, body: dict, meta: Optional[dict], admin: bool = False) -> Optional[Rejection]:
     """The allow-list and per-field rules of one generation endpoint."""
     rules = FIELDS[kind]
     for key in body:
         if key not in rules:
             return Rejection(400, str(key)[:60], f"field {str(key)[:60]!r} is not accepted by a guarded server")
     for key, value in body.items():
+        if admin and key in OPERATOR_FIELDS:
+            continue
         problem = rules[key](value)
+        if isinstance(problem, Within):
+            return Rejection(400, problem.where, str(problem))
         if problem:
             return Rejection(400, key, f"{key}: {problem}")
     rejection = _echo_with_prompt_logprobs(kind, body) or _probing_logprobs(kind, body)
@@ -261,27 +370,6 @@ def _check_xargs(xargs: Any, meta: Optional[dict]) -> Optional[Rejection]:
     return None
 
 
-# ---------------------------------------------------------------------------------- constraints
-CONSTRAINED = Rejection(400, "structured_outputs",
-                        "the requested output constraint (structured output / grammar / allowed tokens) leaves only "
-                        "tokens this server withholds; it cannot be answered")
-
-
-def constrains_output(body: Optional[dict]) -> bool:
-    """Whether a request restricts which tokens may be sampled (a grammar, a schema, a token
-    allow-list). When the guard withholds every token such a constraint allows, the engine ends
-    the request with an error; a guarded server answers that as `CONSTRAINED` (400), not 500."""
-    if not body:
-        return False
-    fmt = body.get("response_format")
-    text = body.get("text")
-    return bool(body.get("structured_outputs") or body.get("allowed_token_ids")
-                or (isinstance(fmt, dict) and fmt.get("type") not in (None, "text"))
-                or (isinstance(text, dict) and isinstance(text.get("format"), dict)
-                    and text["format"].get("type") not in (None, "text"))
-                or body.get("tool_choice") not in (None, "none", "auto"))
-
-
 # ---------------------------------------------------------------------------------- body
 def _depth(value: Any, limit: int) -> int:
     """Nesting depth of a decoded JSON value, stopping once it passes `limit`."""
@@ -341,9 +429,11 @@ def parse_body(raw: bytes) -> tuple[Optional[dict], Optional[Rejection]]:
     return (None, rejection) if rejection is not None else (body, None)
 
 
-def check(method: str, path: str, raw: bytes, meta: Optional[dict]) -> tuple[Optional[dict], Optional[Rejection]]:
-    """Everything a guarded server decides about a request before the engine sees it."""
-    rejection = check_endpoint(method, path)
+def check(method: str, path: str, raw: bytes, meta: Optional[dict],
+          admin: bool = False) -> tuple[Optional[dict], Optional[Rejection]]:
+    """Everything a guarded server decides about a request before the engine sees it; `admin`: the
+    request carries the admin token (operator endpoints)."""
+    rejection = check_endpoint(method, path, admin)
     if rejection is not None or method != "POST":
         return None, rejection
     body, rejection = parse_body(raw)
@@ -352,4 +442,4 @@ def check(method: str, path: str, raw: bytes, meta: Optional[dict]) -> tuple[Opt
     kind = GENERATION.get(path.rstrip("/"))
     if kind is None:
         return body, None
-    return body, check_fields(kind, body, meta)
+    return body, check_fields(kind, body, meta, admin)

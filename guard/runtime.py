@@ -7,14 +7,16 @@ A request whose classification fails gets a guard that forces the policy's refus
 and the failure is logged.
 
 Per-request arguments (`vllm_xargs` on the OpenAI server, `SamplingParams.extra_args` offline) may
-only tighten the server's policy; `parse_request_args` refuses anything else with a ValueError,
-which vLLM answers with HTTP 400:
+only tighten the server's policy. `parse_request_args` refuses a malformed value (a ValueError,
+which the server answers with HTTP 400) by its form alone, and clamps a well-formed value that would
+loosen the policy to the policy's own, silently: which values are accepted tells a client nothing
+of the policy's numbers.
 
     unlearn_targets    str or list of str: more names/phrases to forbid (the request is guarded)
     unlearn_guard      true: guard this request even if the classifier would not flag it
-    unlearn_threshold  float <= the policy's threshold: flag more readily
-    unlearn_penalty    float >= the policy's penalty strength: penalise harder
-    unlearn_top_k      int >= the policy's top_k: guard against more retrieved items
+    unlearn_threshold  float in [-1, 1], at most the policy's threshold: flag more readily
+    unlearn_penalty    float in [0, 10000], at least the policy's penalty strength: penalise harder
+    unlearn_top_k      int in [1, 1000], at least the policy's top_k: guard against more retrieved items
 """
 
 from __future__ import annotations
@@ -102,26 +104,20 @@ def parse_request_args(extra_args: Optional[dict], meta: dict) -> RequestArgs:
             raise ValueError(f"unlearn_guard must be true, got {value!r}")
     if "unlearn_threshold" in ours:
         value = _number("unlearn_threshold", ours["unlearn_threshold"])
-        if value > float(cal["threshold"]):
-            raise ValueError("unlearn_threshold would loosen the server's classifier threshold; "
-                             "a request may only lower it")
-        if value < -1.0:
-            raise ValueError("unlearn_threshold must be >= -1 (a cosine similarity)")
-        out["threshold"] = value
+        if not -1.0 <= value <= 1.0:
+            raise ValueError("unlearn_threshold must be between -1 and 1 (a cosine similarity)")
+        out["threshold"] = min(value, float(cal["threshold"]))
     if "unlearn_penalty" in ours:
         value = _number("unlearn_penalty", ours["unlearn_penalty"])
-        if float(cfg["penalty"]) <= 0:
-            raise ValueError("unlearn_penalty: this server's policy has no semantic penalty to strengthen")
-        if value < float(cfg["penalty"]):
-            raise ValueError("unlearn_penalty would loosen the server's penalty strength; a request may only raise it")
-        if value > 1e4:
-            raise ValueError("unlearn_penalty must be <= 10000")
-        out["penalty"] = value
+        if not 0.0 <= value <= 1e4:
+            raise ValueError("unlearn_penalty must be between 0 and 10000")
+        if float(cfg["penalty"]) > 0:   # a policy without a semantic penalty has nothing to strengthen
+            out["penalty"] = max(value, float(cfg["penalty"]))
     if "unlearn_top_k" in ours:
         value = ours["unlearn_top_k"]
-        if isinstance(value, bool) or not isinstance(value, int) or value < int(cfg["top_k"]) or value > 1000:
-            raise ValueError("unlearn_top_k must be an integer, no smaller than the server's top_k and at most 1000")
-        out["top_k"] = value
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1000:
+            raise ValueError("unlearn_top_k must be an integer between 1 and 1000")
+        out["top_k"] = max(value, int(cfg["top_k"]))
     return RequestArgs(**out)
 
 

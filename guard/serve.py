@@ -57,6 +57,9 @@ def server_command(model_path: str, port: int, host: str = "127.0.0.1", guard: b
         # the token filter in the engine, named explicitly (not an entry point: check_explicit_guard); every request through the boundary's rules first; returned
         # log-probabilities computed after the guard (vLLM's default is before any logits processor)
         cmd += ["--logits-processors", FQCN, "--middleware", MIDDLEWARE, "--logprobs-mode", "processed_logprobs"]
+        # no prefix cache: its hits (in time, and in the engine's counters) tell one client whether
+        # another recently sent a prompt beginning as its own does
+        cmd.append("--no-enable-prefix-caching")
     if not _has_cuda() and "--enforce-eager" not in extra:
         # on CPU, graph compilation added ~2 min to start-up and no measured throughput
         cmd.append("--enforce-eager")

@@ -1,15 +1,18 @@
 """ASGI adapter of `guard/boundary.py` for vLLM's API server (`--middleware`, added by `unlearn serve`).
 
 Reads the whole body once, asks `boundary.check`, and either answers the rejection itself or
-replays the body to vLLM unchanged. The policy comes from $UNLEARN_GUARD_POLICY, as in the engine.
+replays the body to vLLM unchanged. The policy comes from $UNLEARN_GUARD_POLICY, as in the engine;
+the operator endpoints' token from $UNLEARN_ADMIN_TOKEN. What the engine answers (its own errors
+included) goes back as it is.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 
-from .boundary import CONSTRAINED, MAX_BODY_BYTES, Rejection, check, constrains_output
+from .boundary import ADMIN_TOKEN_ENV, MAX_BODY_BYTES, Rejection, admin_authorised, check
 from .runtime import policy_meta_from_env
 
 log = logging.getLogger("unlearnkit.guard")
@@ -38,21 +41,12 @@ async def _answer(send, rejection: Rejection) -> None:
     await send({"type": "http.response.body", "body": payload})
 
 
-def _constraint_errors_as_400(send):
-    """`send` for a request with an output constraint: the engine's 500 (the guard left the
-    grammar no token) becomes the `CONSTRAINED` 400."""
-    replaced = False
-
-    async def wrapped(message):
-        nonlocal replaced
-        if message["type"] == "http.response.start" and message["status"] == 500:
-            replaced = True
-            log.info("unlearning guard: an output constraint met only withheld tokens; answered 400")
-            return await _answer(send, CONSTRAINED)
-        if replaced:
-            return None           # the engine's own error body is dropped
-        return await send(message)
-    return wrapped
+def _header(scope, name: bytes) -> str:
+    """One request header's value ("" when absent)."""
+    for key, value in scope.get("headers", []):
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return ""
 
 
 class GuardBoundary:
@@ -71,12 +65,11 @@ class GuardBoundary:
         raw, complete = (await _read_body(receive)) if method == "POST" else (b"", True)
         if not complete:
             return
-        body, rejection = check(method, path, raw, policy_meta_from_env())   # a replaced policy's own limits
+        admin = admin_authorised(_header(scope, b"authorization"), os.environ.get(ADMIN_TOKEN_ENV))
+        _, rejection = check(method, path, raw, policy_meta_from_env(), admin)   # a replaced policy's own limits
         if rejection is not None:
             log.info("unlearning guard: refused %s %s with %d (%s)", method, path, rejection.status, rejection.field or "-")
             return await _answer(send, rejection)
-        if constrains_output(body):
-            send = _constraint_errors_as_400(send)
         sent = False
 
         async def replay():

@@ -23,6 +23,7 @@ from unlearnkit.guard.policy import load_policy, read_meta
 from tests.conftest import Served
 
 TOKEN = "s3cret-token"
+OPERATOR = {"Authorization": f"Bearer {TOKEN}"}    # the admin token: the front's diagnostics are shown
 
 
 def fake_backend(meta=None):
@@ -49,10 +50,15 @@ def fake_backend(meta=None):
         raw = await request.body()
         body = json.loads(raw)
         app.state.bodies.append(body)
-        rejection = boundary.check("POST", "/v1/chat/completions", raw, meta)[1]
+        if (body.get("max_tokens") or 0) > 4096:       # as vLLM refuses a request past its context
+            return JSONResponse({"error": {"message": "max_tokens is too large", "type": "BadRequestError",
+                                           "param": None, "code": 400}}, status_code=400)
+        admin = boundary.admin_authorised(request.headers.get("authorization", ""), TOKEN)
+        rejection = boundary.check("POST", "/v1/chat/completions", raw, meta, admin)[1]
         if rejection is not None:
             app.state.rejections.append(rejection)
         last = body["messages"][-1]["content"]
+        last = last if isinstance(last, str) else json.dumps(last)
         if "Rate how well" in last:
             text = "4"
         elif "check answers" in last:
@@ -64,13 +70,41 @@ def fake_backend(meta=None):
                 for n, word in enumerate(text.split(" ")):
                     delta = {"content": (" " if n else "") + word}
                     yield f"data: {json.dumps({'choices': [{'index': 0, 'delta': delta}]})}\n\n".encode()
+                done = {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+                        "usage": {"prompt_tokens": len(last.split()), "completion_tokens": len(text.split()) + 1}}
+                yield f"data: {json.dumps(done)}\n\n".encode()
                 yield b"data: [DONE]\n\n"
             return StreamingResponse(events(), media_type="text/event-stream")
         n = body.get("n", 1)
         return {"id": "c1", "object": "chat.completion", "model": body.get("model"),
                 "choices": [{"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
                             for i in range(n)],
-                "usage": {"prompt_tokens": len(last.split()), "completion_tokens": len(text.split()), "total_tokens": 0}}
+                "usage": {"prompt_tokens": len(last.split()), "completion_tokens": len(text.split()) + 1,
+                          "total_tokens": 0}}
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        body = await request.json()
+        app.state.bodies.append(body)
+        if body.get("stream"):
+            async def events():
+                yield f"data: {json.dumps({'choices': [{'index': 0, 'text': 'echo'}]})}\n\n".encode()
+                yield b"data: [DONE]\n\n"
+            return StreamingResponse(events(), media_type="text/event-stream")
+        return {"id": "c2", "object": "text_completion", "choices": [{"index": 0, "text": "echo", "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": len(body["prompt"].split()), "completion_tokens": 2, "total_tokens": 0}}
+
+    @app.post("/tokenize")
+    async def tokenize(request: Request):
+        """One token per word (a chat: its last message's words), as the echo answers count them."""
+        body = await request.json()
+        text = body["messages"][-1]["content"] if "messages" in body else body["prompt"]
+        text = text if isinstance(text, str) else json.dumps(text)
+        return {"tokens": list(range(len(text.split()))), "count": len(text.split())}
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request):
+        return {"prompt": " ".join(["w"] * len((await request.json())["tokens"]))}
 
     return app
 
@@ -99,8 +133,8 @@ def front_for(store, llm, backend_url, guarded=False, token=TOKEN, alive=None, *
                              backend_guarded=guarded, admin_token=token, backend_alive=alive)), pipeline
 
 
-def chat(url, content, **extra):
-    return httpx.post(f"{url}/v1/chat/completions", timeout=30,
+def chat(url, content, headers=OPERATOR, **extra):
+    return httpx.post(f"{url}/v1/chat/completions", timeout=30, headers=headers,
                       json={"model": "echo-model", "messages": [{"role": "user", "content": content}], **extra})
 
 
@@ -118,11 +152,14 @@ def test_unflagged_requests_pass_through(store, backend, fake_llm):
         assert r.json()["unlearn"] == {"path": "passthrough", "reason": "not flagged"}
         assert not received(backend)[-1].get("vllm_xargs")            # unguarded backend: unlearn_* stripped
         assert llm.calls == []
-        direct = httpx.post(f"{backend.url}/v1/chat/completions", json={
-            "messages": [{"role": "user", "content": "Name a red fruit please"}], "stream": True}).content
         streamed = chat(front.url, "Name a red fruit please", stream=True)
-        assert streamed.status_code == 200 and streamed.content == direct         # byte for byte
-        assert streamed.headers["x-unlearn-path"] == "passthrough"
+        events = sse(streamed.text)
+        assert streamed.status_code == 200 and streamed.headers["x-unlearn-path"] == "passthrough"
+        assert [e["choices"][0]["delta"].get("content") for e in events] == [
+            "", "echo: Name a red", " fruit please", None]                  # the role, word chunks, the finish
+        assert events[-1]["choices"][0]["finish_reason"] == "stop" and "usage" not in events[-1]
+        usage = sse(chat(front.url, "Name a red fruit", stream=True, stream_options={"include_usage": True}).text)
+        assert usage[-1]["usage"] == {"prompt_tokens": 4, "completion_tokens": 6, "total_tokens": 10}
         models = httpx.get(f"{front.url}/v1/models").json()
         assert models["data"][0]["id"] == "echo-model"
     finally:
@@ -150,12 +187,12 @@ def test_flagged_requests_run_the_graph(store, backend, fake_llm):
         meta = body["unlearn"]
         assert meta["path"] == "agents" and meta["route"] == "rewritten" and meta["llm_calls"] == 5
         assert meta["reason"] == "flagged" and body["usage"]["prompt_tokens"] > 0
-        s = chat(front.url, "Who is Kalo Mirten?", stream=True, n=2)
+        s = chat(front.url, "Who is Kalo Mirten?", stream=True)
         events = sse(s.text)
         assert s.headers["x-unlearn-path"] == "agents" and s.text.rstrip().endswith("data: [DONE]")
-        assert events[0]["choices"][0]["delta"] == {"role": "assistant"} and len(events[0]["choices"]) == 2
+        assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
         text = "".join(e["choices"][0]["delta"].get("content", "") for e in events)
-        assert text == "A poet from the Netherlands." and events[-1]["unlearn"]["route"] == "rewritten"
+        assert text == "A poet from the Netherlands." and events[-1]["choices"][0]["finish_reason"] == "stop"
         c = httpx.post(f"{front.url}/v1/completions", json={"prompt": "Kalo Mirten was born in", "max_tokens": 5})
         assert c.json()["object"] == "text_completion" and c.json()["choices"][0]["text"] == "A poet from the Netherlands."
         forced = chat(front.url, "What is the capital of France?", vllm_xargs={"unlearn_guard": True})
@@ -203,7 +240,7 @@ MALFORMED = [
     (json.dumps({"messages": [{**HI, "audio": {"id": "a1"}}]}).encode(), 400, "messages[0].audio"),
     (body(stream="yes"), 400, "stream"), (body(n=0), 400, "n"), (body(n=17), 400, "n"), (body(n=2.0), 400, "n"),
     (body(vllm_xargs=[1]), 400, "vllm_xargs"),
-    (body(vllm_xargs={"unlearn_threshold": 0.99}), 400, "vllm_xargs"),                 # would loosen
+    (body(vllm_xargs={"unlearn_threshold": 2.0}), 400, "vllm_xargs"),                  # not a cosine
     (body(vllm_xargs={"unlearn_guard": False}), 400, "vllm_xargs"),                    # would switch it off
     (body(vllm_xargs={"unlearn_off": 1}), 400, "vllm_xargs"),
     (body(vllm_xargs={"unlearn_targets": ["x" * 201]}), 400, "vllm_xargs"),
@@ -279,7 +316,6 @@ RENDERED = {   # every place a chat request puts text the engine renders into th
     "reasoning": {"messages": [{"role": "assistant", "content": "ok", "reasoning": f"about {TARGET}"}, HI]},
     "documents": {"messages": [HI], "documents": [{"title": "bio", "text": f"{TARGET} lives in Utrecht."}]},
     "template kwargs": {"messages": [HI], "chat_template_kwargs": {"persona": f"{TARGET}"}},
-    "choice": {"messages": [HI], "structured_outputs": {"choice": [TARGET, "nobody"]}},
     "input_text part": {"messages": [{"role": "user", "content": [{"type": "input_text", "text": f"Who is {TARGET}?"}]}]},
     "plain string part": {"messages": [{"role": "user", "content": ["Who is", TARGET]}]},
     "refusal part": {"messages": [{"role": "assistant", "content": [{"type": "refusal", "refusal": TARGET}]}, HI]},
@@ -291,11 +327,14 @@ def test_everything_the_engine_renders_is_classified(store, backend, fake_llm):
     try:
         assert chat(front.url, "hi").headers["x-unlearn-path"] == "passthrough"       # the control
         for where, request in RENDERED.items():
-            r = httpx.post(f"{front.url}/v1/chat/completions", json={"model": "echo-model", **request}, timeout=30)
+            r = httpx.post(f"{front.url}/v1/chat/completions", json={"model": "echo-model", **request}, timeout=30,
+                           headers=OPERATOR)
             assert r.status_code == 200 and r.headers["x-unlearn-path"] == "agents", (where, r.text[:200])
-        c = httpx.post(f"{front.url}/v1/completions", json={"prompt": "A poem:", "suffix": f"-- by {TARGET}"})
+        c = httpx.post(f"{front.url}/v1/completions", json={"prompt": "A poem:", "suffix": f"-- by {TARGET}"},
+                       headers=OPERATOR)
         assert c.headers["x-unlearn-path"] == "agents"
-        assert len(received(backend)) == 1                                             # only the control
+        assert all("max_tokens" not in b for b in received(backend)[1:])     # the control, then flagged ones' checks
+        assert all(b.get("stream") for b in received(backend)[1:])
     finally:
         front.stop()
 
@@ -321,8 +360,9 @@ def test_the_front_refuses_what_the_guarded_engine_refuses(path, extra, field, s
             assert r.status_code == 400 and r.json()["error"]["param"] == field, r.text
             assert boundary.check("POST", path, json.dumps({**request, **extra}).encode(), store.policy.meta)[1].field == field
         assert received(backend) == []
-        ok = chat(front.url, "What is the capital of France?", logprobs=True, top_logprobs=2)   # post-guard logprobs
-        assert ok.status_code == 200 and received(backend)[-1]["logprobs"] is True
+        for asked in ({"logprobs": True, "top_logprobs": 2}, {"logprobs": True}, {"n": 2}):   # a rewrite has none
+            assert chat(front.url, "What is the capital of France?", **asked).status_code == 400
+        assert received(backend) == []
     finally:
         front.stop()
 
@@ -350,7 +390,7 @@ def test_the_graphs_model_calls_carry_live_targets_and_pass_the_boundary(store, 
     request's own first, then the live ones it names, then the nearest) and passes boundary.py."""
     live = [{"name": f"Person Number{t:03d}", "facts": [f"Person Number{t:03d} was born in town {t}."]} for t in range(70)]
     (tmp_path / "live.json").write_text(json.dumps({"targets": live}))
-    model = OpenAIChat(backend.url + "/v1", "echo-model", structured_outputs=True, guarded=True)
+    model = OpenAIChat(backend.url + "/v1", "echo-model", TOKEN, structured_outputs=True, guarded=True)
     front, pipeline = front_for(store, model, backend.url, guarded=True, k=2, j=1, retries=0)
     try:
         r = chat(front.url, "Where was Person Number069 born?", vllm_xargs={"unlearn_targets": ["Zed Quorra"]})
@@ -393,8 +433,9 @@ def test_rewrites_are_capped_and_never_starve_unflagged_requests(store, backend,
             while httpx.get(f"{front.url}/admin/stats", headers=admin).json()["rewrites_admitted"] < 2:
                 assert time.time() < deadline
                 time.sleep(0.05)
-            busy = chat(front.url, "What did Kalo Mirten write first?")
-            assert busy.status_code == 429 and busy.headers["retry-after"] == "1" and "busy" in busy.json()["error"]["message"]
+            busy = chat(front.url, "What did Kalo Mirten write first?")       # the refusal, as any answer
+            assert busy.status_code == 200 and "retry-after" not in busy.headers
+            assert busy.json()["choices"][0]["message"]["content"] == pipeline.cfg.refusal
             plain = chat(front.url, "What is the capital of France?")                  # while the rewriter is full
             assert plain.status_code == 200 and plain.headers["x-unlearn-path"] == "passthrough"
             assert llm.count("answer") == 1                                           # the cap: one at a time
@@ -473,8 +514,8 @@ def test_the_front_gives_no_oracle(store, backend, fake_llm):
             assert not any(ch.isdigit() for ch in shown) and "name" not in shown and "similar" not in shown, shown
             assert "critic_scores" not in r.json()["unlearn"] and "classifier" not in r.json()["unlearn"]
         threshold = store.policy.meta["calibration"]["threshold"]
-        bad = chat(front.url, "hi", vllm_xargs={"unlearn_threshold": threshold + 0.01})
-        assert bad.status_code == 400 and f"{threshold:.2f}"[:4] not in bad.text and f"{threshold:.3f}" not in bad.text
+        for value in (threshold + 0.01, threshold - 0.01, 1.0):            # clamped, never refused by value
+            assert chat(front.url, "hi", vllm_xargs={"unlearn_threshold": value}).status_code == 200
         assert "targets" not in httpx.get(f"{front.url}/health").text
 
         def broken(*args, **kwargs):
@@ -494,7 +535,8 @@ def test_backend_down(store, fake_llm):
         r = chat(front.url, "What is the capital of France?")
         assert r.status_code == 502 and "unreachable" in r.json()["error"]["message"]
         assert chat(front.url, "What is the capital of France?", stream=True).status_code == 502
-        assert chat(front.url, "Who is Kalo Mirten?").json()["unlearn"]["route"] == "rewritten"   # nodes use their own model
+        flagged = chat(front.url, "Who is Kalo Mirten?")                # as a relayed request is answered
+        assert flagged.status_code == 502 and flagged.json() == r.json()
     finally:
         front.stop()
 
@@ -565,3 +607,43 @@ def test_openai_chat_client(backend):
     assert bodies[-1]["structured_outputs"] == {"choice": ["YES", "NO"]}
     with pytest.raises(LLMError, match="APIConnectionError"):
         OpenAIChat(f"http://127.0.0.1:{free_port()}/v1", "m", timeout=2).chat([{"role": "user", "content": "x"}])
+
+
+def shape(value):
+    """A JSON value's structure: keys and types, not the text (ids and times differ per reply)."""
+    if isinstance(value, dict):
+        return {k: shape(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [shape(v) for v in value]
+    return type(value).__name__
+
+
+def observed(r, stream: bool):
+    """What a client reads of a reply beside its text: status, header names, body structure, finish."""
+    headers = sorted(k for k in r.headers if k not in ("date", "content-length"))
+    if stream:
+        events = sse(r.text)
+        return r.status_code, headers, [shape(e) for e in events[:1] + events[-1:]], events[-1]["choices"][0]["finish_reason"]
+    return r.status_code, headers, shape(r.json()), r.json()["choices"][0]["finish_reason"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_client_cannot_tell_which_path_answered(stream, store, backend, fake_llm):
+    """A target and a decoy get replies that differ in their text only: the same status, headers,
+    fields, finish rule and usage shape, whichever path (relay or rewrite) answered."""
+    llm = fake_llm(answer="Kalo Mirten is a poet.", erase="A poet.", critic="4")
+    front, _ = front_for(store, llm, backend.url, guarded=True, k=1, j=1)
+    try:
+        for extra in ({}, {"max_tokens": 2}, {"stream_options": {"include_usage": True}} if stream else {"seed": 1}):
+            target = chat(front.url, "Who is Kalo Mirten?", headers=None, stream=stream, **extra)
+            decoy = chat(front.url, "Who is Dario Fenwick?", headers=None, stream=stream, **extra)
+            assert observed(target, stream) == observed(decoy, stream), extra
+            assert "unlearn" not in target.text and not any(k.startswith("x-unlearn") for k in target.headers)
+        assert observed(target, stream)[3] == "stop"
+        for extra in ({"n": 2}, {"logprobs": True}, {"max_tokens": 10**6}):   # refused alike: by form, by the backend
+            target = chat(front.url, "Who is Kalo Mirten?", headers=None, stream=stream, **extra)
+            decoy = chat(front.url, "Who is Dario Fenwick?", headers=None, stream=stream, **extra)
+            assert (target.status_code, target.json()) == (decoy.status_code, decoy.json()), extra
+        assert llm.count("answer") >= 2       # the target was rewritten, the decoy relayed
+    finally:
+        front.stop()
