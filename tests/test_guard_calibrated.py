@@ -450,3 +450,26 @@ def test_calibrated_mode_lowers_the_names_of_targets_that_share_an_item_with_the
     unnamed = _chat_ids(tok, "Who is the Dutch poet born in 1961 in Utrecht?")   # names no target: nothing related
     guard = runtime.guards([(unnamed, {"unlearn_guard": True})])[0]
     assert any(math.isinf(v) for v in _fates(guard, tok, " Ines Farrow"))
+
+
+def test_a_calibrated_build_measures_through_the_evaluation_probe(tmp_path, tiny_dir, guard_forget_set):
+    """guard/ sits below evaluation/: guard.build refuses calibrated mode without the probe, and
+    `unlearn guard build` (cli.py) builds it through evaluation.calibration.build_policy."""
+    import json
+
+    from unlearnkit.cli import main
+    from unlearnkit.guard.build import build_policy
+    from unlearnkit.models.loading import load_tokenizer
+
+    swap = lambda a: a.replace("Kalo Mirten", "Aldo Brenn").replace("Ines Farrow", "Mara Dune")  # noqa: E731
+    forget = [QA(r.question, r.answer, {"paraphrased_answer": r.answer, "perturbed_answer": [swap(r.answer)]})
+              for r in guard_forget_set]
+    cfg = GuardConfig(fpr=0.25, penalty=0.0, mode="calibrated", soft_mask=3.0)
+    with pytest.raises(PolicyError, match="evaluation.calibration.build_policy"):
+        build_policy(forget, tmp_path / "p", str(tiny_dir), load_tokenizer(str(tiny_dir)), cfg, progress=lambda *_: None)
+    assert not (tmp_path / "p").exists()
+    data = tmp_path / "forget.jsonl"
+    data.write_text("\n".join(json.dumps(r.to_json()) for r in forget))
+    assert main(["guard", "build", "--forget", f"file:{data}", "--model", str(tiny_dir), "--out", str(tmp_path / "cli"),
+                 "fpr=0.25", "penalty=0", "mode=calibrated", "soft_mask=3.0"]) == 0
+    assert json.loads((tmp_path / "cli" / "policy.json").read_text())["calibration"]["soft_mask"] == 3.0
