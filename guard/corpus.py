@@ -21,8 +21,8 @@ import numpy as np
 from ..data.records import QA
 from .policy import PolicyError
 
-PIECE_CHARS = 1 << 20       # a document is tokenised in pieces of about this many characters
-BATCH_CHARS = 4 << 20       # characters per tokenizer call
+PIECE_CHARS = 1 << 18       # a document is tokenised in pieces of about this many characters
+BATCH_CHARS = 1 << 20       # characters per tokenizer call (its Python lists: ~100 bytes a token)
 MUSE_RAW = "muse/raw_forget"
 
 
@@ -111,7 +111,7 @@ def tokenize(tokenizer, documents: list[Document]) -> tuple[np.ndarray, np.ndarr
         batch.append(text)
         size += len(text)
         if size >= BATCH_CHARS or n == len(texts) - 1:
-            for ids in tokenizer(batch, add_special_tokens=False)["input_ids"]:
+            for ids in tokenizer(batch, add_special_tokens=False, return_attention_mask=False)["input_ids"]:
                 starts.append(at)
                 chunks.append(np.asarray(ids, dtype=np.int32))
                 at += len(ids)

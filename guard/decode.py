@@ -165,7 +165,7 @@ class RequestGuard:
             for index in self.withheld.indexes(row.device, extra):
                 blocked |= _block(row, index, width)
         if self.quotes is not None:
-            blocked |= _block(row, torch.from_numpy(self.quotes.withheld(extra)).to(row.device), width)
+            self.quotes.apply_row(row, extra)
         if blocked and self.fallback is not None and self.fallback < width and _nothing_left(row, self.fallback):
             # every token the request may still sample (its grammar, allowed_token_ids) is withheld:
             # end the response rather than hand the sampler a row with nothing to sample
@@ -319,24 +319,14 @@ def guard_rows(logits: torch.Tensor, rows: Sequence[tuple[int, RequestGuard, Seq
 
 
 def withhold_quotes(logits: torch.Tensor, rows: Sequence[tuple[int, QuoteState]]) -> None:
-    """Withhold, in each row, the tokens that complete a corpus n-gram after its last τ tokens: one lookup
-    per quote filter for all its rows (one binary search each, exact; Bloom: the rows at a corpus prefix
-    only) and one write of every (row, token) pair."""
-    if not rows:
-        return
+    """Withhold, in each row, the tokens that complete a corpus n-gram after its last τ tokens: per quote
+    filter, one lookup for all its rows (exact: one binary search each, then one write of every (row, token)
+    pair; Bloom: only the rows at a corpus prefix, restricted to their top candidates less the continuations)."""
     by_filter: dict[int, list[tuple[int, QuoteState]]] = {}
     for row, state in rows:
         by_filter.setdefault(id(state.filter), []).append((row, state))
-    width, pairs = logits.shape[-1], []
-    for members in by_filter.values():
-        which, tokens = members[0][1].filter.withheld([state for _, state in members])
-        if len(tokens):
-            at = np.asarray([row for row, _ in members], dtype=np.int64)[which]
-            keep = tokens < width
-            pairs.append(np.stack([at[keep], tokens[keep]]))
-    if pairs:
-        at = to_device(torch.from_numpy(np.concatenate(pairs, axis=1)), logits.device)
-        logits.index_put_((at[0], at[1]), torch.full((), BLOCKED, dtype=logits.dtype, device=logits.device))
+    for members in by_filter.values():    # one filter (the policy's) in practice
+        members[0][1].filter.apply(logits, [row for row, _ in members], [state for _, state in members])
 
 
 class GuardSlots:

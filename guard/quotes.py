@@ -19,9 +19,11 @@ Two structures, chosen by a memory budget (`build_quote_index`):
   Its only error is a 64-bit hash collision (about n / 2^64 per lookup): a false positive.
 * bloom: two Bloom filters, of the τ-grams (which rows stand at a corpus prefix) and of the
   (τ+1)-grams, at the stated false-positive rate (-ln p / ln²2 bits an n-gram: 19 bits at 1e-4).
-  A row whose τ-gram passes the first has its whole vocabulary tested against the second, vectorised
-  (one hash and k bit reads per token): testing only the model's top candidates would not bound what
-  a sampler can draw from the rest. Results are cached per τ-gram hash.
+  A row whose τ-gram passes the first is restricted to its CANDIDATES most likely tokens, less those
+  the second filter holds after its τ-gram: only what was tested can be sampled, so the bound stays
+  certified. Testing the whole vocabulary instead (49k tokens, 14 bit reads each) measured 11 ms a row
+  on 2 cores, 0.9 s a step with 80 reciting rows; the top 64 of a row at a corpus prefix hold nearly
+  all of its probability, and a row elsewhere (all but a false-positive share of them) is untouched.
 
 Limits of the bound: it holds on token ids. The same text tokenised another way ("Utr" + "echt"
 where the corpus has "Utrecht") is other ids; `aliases` closes the common case, a token split into
@@ -32,17 +34,19 @@ text on its canonical re-tokenisation, as an audit would. Plain numpy/torch; no 
 from __future__ import annotations
 
 import math
-from collections import OrderedDict, deque
+from collections import deque
 from dataclasses import asdict, dataclass
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
+import torch
 
 P = 0x9E3779B97F4A7C15          # odd multiplier of the rolling hash
 MASK = (1 << 64) - 1
 PREFIX_SALT = 0x5851F42D4C957F2D   # keeps the τ-gram filter's keys apart from the (τ+1)-gram filter's
 EXACT_BYTES_PER_NGRAM = 20      # 8 (key) + 8 (offset) + 4 (token), before duplicates are removed
-CACHE = 4096                    # Bloom mode: withheld sets kept per τ-gram hash
+BLOCKED = float("-inf")
+CANDIDATES = 64                 # Bloom mode: the tokens a row at a corpus prefix keeps, less the tested continuations
 
 
 class QuoteError(ValueError):
@@ -245,8 +249,6 @@ class BloomQuotes(QuoteIndex):
 
     def __init__(self, grams: Bloom, prefixes: Bloom, vocab_size: int, stats: QuoteStats):
         self.grams, self.prefixes, self.vocab_size, self.stats = grams, prefixes, vocab_size, stats
-        self._vocab = np.arange(vocab_size, dtype=np.uint64)
-        self._cache: OrderedDict = OrderedDict()
 
     @classmethod
     def build(cls, tokens: np.ndarray, starts: np.ndarray, tau: int, fpr: float, vocab_size: int,
@@ -262,23 +264,14 @@ class BloomQuotes(QuoteIndex):
                            fpr=fpr, hash_functions=grams.k)
         return cls(grams, prefixes, vocab_size, stats)
 
-    def withheld(self, prefixes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        prefixes = np.asarray(prefixes, dtype=np.uint64)
-        which, tokens = [], []
-        live = np.flatnonzero(self.prefixes.test(prefixes ^ np.uint64(PREFIX_SALT))) if len(prefixes) else []
-        for i in live:
-            key = int(prefixes[i])
-            found = self._cache.get(key)
-            if found is None:
-                found = np.flatnonzero(self.grams.test(extend(prefixes[i:i + 1], self._vocab)))
-                self._cache[key] = found
-                if len(self._cache) > CACHE:
-                    self._cache.popitem(last=False)
-            which.append(np.full(len(found), i, dtype=np.int64))
-            tokens.append(found)
-        if not which:
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-        return np.concatenate(which), np.concatenate(tokens).astype(np.int64)
+    def at_prefix(self, prefixes: np.ndarray) -> np.ndarray:
+        """Whether each τ-gram hash may begin a corpus (τ+1)-gram."""
+        return self.prefixes.test(np.asarray(prefixes, dtype=np.uint64) ^ np.uint64(PREFIX_SALT))
+
+    def continues(self, prefixes: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        """[rows, k]: whether candidate token j completes a corpus (τ+1)-gram after row i's τ-gram."""
+        keys = extend(np.asarray(prefixes, dtype=np.uint64)[:, None], candidates)
+        return self.grams.test(keys.reshape(-1)).reshape(candidates.shape)
 
     def contains(self, grams: np.ndarray) -> np.ndarray:
         grams = np.asarray(grams)
@@ -364,8 +357,40 @@ class QuoteFilter:
     def state(self) -> "QuoteState":
         return QuoteState(self)
 
+    def apply(self, logits: torch.Tensor, rows: Sequence[int], states: Sequence["QuoteState"]) -> None:
+        """Withhold, in each `logits[rows[n]]`, what `states[n]` forbids: exact, one lookup and one write for
+        all rows; bloom, the rows at a corpus prefix restricted to their untested-free top CANDIDATES."""
+        if isinstance(self.index, BloomQuotes):
+            self._restrict(logits, rows, states)
+            return
+        which, tokens = self.withheld(states)
+        keep = tokens < logits.shape[-1]
+        if keep.any():
+            pairs = np.stack([np.asarray(rows, dtype=np.int64)[which[keep]], tokens[keep]])
+            at = torch.from_numpy(pairs).to(logits.device, non_blocking=True)
+            logits.index_put_((at[0], at[1]), torch.full((), BLOCKED, dtype=logits.dtype, device=logits.device))
+
+    def _restrict(self, logits: torch.Tensor, rows: Sequence[int], states: Sequence["QuoteState"]) -> None:
+        full = [n for n, s in enumerate(states) if s.full]
+        prefixes = np.array([states[n].hash for n in full], dtype=np.uint64)
+        hit = np.flatnonzero(self.index.at_prefix(prefixes)) if full else []
+        if not len(hit):
+            return
+        at = torch.tensor([rows[full[i]] for i in hit], device=logits.device)
+        values, index = logits[at].topk(min(CANDIDATES, logits.shape[-1]), dim=1)
+        candidates = index.cpu().numpy()
+        found = self.index.continues(prefixes[hit], candidates)
+        if self.aliases is not None and found.any():
+            which, col = np.nonzero(found)
+            which, tokens = self.aliases.expand(which, candidates[which, col])
+            codes = np.arange(len(hit))[:, None] * logits.shape[-1] + candidates
+            found = np.isin(codes, which * logits.shape[-1] + tokens)
+        values[torch.from_numpy(found).to(logits.device)] = BLOCKED
+        logits[at] = BLOCKED
+        logits[at.unsqueeze(1), index] = values
+
     def withheld(self, states: Sequence["QuoteState"]) -> tuple[np.ndarray, np.ndarray]:
-        """(position in `states`, token) of every token to withhold: one lookup for all of them."""
+        """Exact mode: (position in `states`, token) of every token to withhold, one lookup for all of them."""
         at = [n for n, s in enumerate(states) if s.full]
         if not at:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
@@ -408,9 +433,13 @@ class QuoteState:
         return out
 
     def withheld(self, extra: Sequence[int] = ()) -> np.ndarray:
-        """The tokens this request may not sample next (after `extra`)."""
+        """Exact mode: the tokens this request may not sample next (after `extra`)."""
         state = self.after(extra) if extra else self
         return np.unique(self.filter.withheld([state])[1])
+
+    def apply_row(self, row: torch.Tensor, extra: Sequence[int] = ()) -> None:
+        """`QuoteFilter.apply` on one row of logits (after `extra`)."""
+        self.filter.apply(row.unsqueeze(0), [0], [self.after(extra) if extra else self])
 
 
 def longest_run(reply: Sequence[int], corpus: Sequence[int]) -> int:

@@ -76,6 +76,25 @@ def test_the_filter_withholds_exactly_the_corpus_continuations_in_one_write():
     assert not torch.isneginf(logits[1:]).any()
 
 
+def test_bloom_rows_at_a_corpus_prefix_keep_only_their_tested_top_candidates():
+    from unlearnkit.guard.decode import withhold_quotes
+    from unlearnkit.guard.quotes import CANDIDATES
+
+    tokens, starts = _corpus(np.random.default_rng(5))
+    quotes = QuoteFilter(BloomQuotes.build(tokens, starts, 4, 1e-4, 500))
+    inside, outside = quotes.state(), quotes.state()
+    inside.feed(tokens[100:104])
+    outside.feed([1, 2, 3, 4, 5])
+    logits = torch.randn(2, 500, generator=torch.Generator().manual_seed(0))
+    logits[0, int(tokens[104])] = 10.0                 # the corpus continuation is the model's favourite
+    before = logits.clone()
+    withhold_quotes(logits, [(0, inside), (1, outside)])
+    kept = ~torch.isneginf(logits[0])
+    assert not kept[int(tokens[104])] and 0 < int(kept.sum()) < CANDIDATES
+    assert torch.equal(logits[0][kept], before[0][kept]) and torch.equal(logits[1], before[1])
+    assert int(before[0][kept].argmin()) >= 0 and float(before[0][kept].min()) >= float(before[0].topk(CANDIDATES).values[-1])
+
+
 def test_a_corpus_too_large_for_the_budget_gets_bloom_filters_or_is_refused(tmp_path):
     from unlearnkit.guard.quotes import QuoteError
 
