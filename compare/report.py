@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from .results import Provenance, QuantRow, ReportDoc, Sequential, SystemResult, Training, parse_doc
+from .report_audit import audit_plots, audit_tables
 from .seeds import spread
 
 # metric -> (what it measures, can weight edits move it, can a token guard, can agents)
@@ -197,6 +198,7 @@ def plots(doc: dict) -> dict[str, bytes]:
     out.update(_cost_plot(rows))
     out.update(_sequential_plot(systems))
     out.update(_dial_plot(systems))
+    out.update(audit_plots(doc, _png))
     return out
 
 
@@ -650,7 +652,7 @@ def markdown(doc: dict, images: list[str]) -> str:
 
     report = ReportDoc.from_json(doc)
     parts = [f"# Unlearning comparison: {report.name}", ""]
-    for title, header, rows, note in _tables(report.systems):
+    for title, header, rows, note in _tables(report.systems) + audit_tables(doc):
         parts += [f"## {title}", "", md_table(header, rows), ""]
         parts += [note, ""] if note else []
     parts += ["## Plots", ""] + [f"![{Path(i).stem}]({i})" for i in images] + [""]
@@ -676,7 +678,7 @@ def html_page(doc: dict, pngs: dict[str, bytes]) -> str:
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Unlearning comparison: "
              f"{html.escape(report.name)}</title><style>{css}</style></head><body>",
              f"<h1>Unlearning comparison: {html.escape(report.name)}</h1>"]
-    for title, header, rows, note in _tables(report.systems):
+    for title, header, rows, note in _tables(report.systems) + audit_tables(doc):
         parts += [f"<h2>{html.escape(title)}</h2>", _html_table(header, rows)]
         if note:
             parts.append(f"<p class='note'>{html.escape(note)}</p>")

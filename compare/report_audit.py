@@ -1,0 +1,109 @@
+"""The report's audit sections, read from results.json's systems as written (compare/run.py `_compact`):
+
+    leak@k                 each system's curve (compare/sampling.py), as a table and a plot
+    membership inference   AUC and PrivLeak per attack (evaluation/metrics/mia.py), and which of them a
+                           runtime guard can move
+    utility rule           the retain-side truth ratio without and with the false answers that name a
+                           forget subject (evaluation/perturbed.py), where any were left out
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+Table = tuple[str, list[str], list[list[str]], str]    # (title, header, rows, note), as report.py's
+
+
+def _f(x: Optional[float], digits: int = 3) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def _ok(doc: dict) -> dict[str, dict]:
+    return {name: res for name, res in doc.get("systems", {}).items() if res.get("status") == "ok"}
+
+
+def leak_curves(doc: dict) -> dict[str, dict[int, float]]:
+    """{system: {k: leak@k}} of the systems with a leak@k curve."""
+    out = {}
+    for name, res in _ok(doc).items():
+        curve = (res.get("leak_at_k") or {}).get("curve")
+        if curve:
+            out[name] = {int(k): v for k, v in curve.items()}
+    return out
+
+
+def leak_at_k_table(doc: dict) -> list[Table]:
+    curves = leak_curves(doc)
+    if not curves:
+        return []
+    ks = sorted({k for c in curves.values() for k in c})
+    rows = [[name, str(doc["systems"][name]["leak_at_k"].get("probed", "")), *(_f(c.get(k)) for k in ks)]
+            for name, c in curves.items()]
+    first = next(iter(doc["systems"][n]["leak_at_k"] for n in curves))
+    note = (f"Each attacked forget question answered {first.get('samples')} times at temperature "
+            f"{first.get('temperature')} through the system's deployed path; leak@k = the chance that at least one "
+            "of k answers leaks (unbiased estimate from all samples, as pass@k). Greedy decoding is one answer.")
+    return [("leak@k (sampled answers to the forget questions)", ["system", "questions", *(f"leak@{k}" for k in ks)],
+             rows, note)]
+
+
+def _mia(res: dict) -> dict:
+    return (res.get("summary") or {}).get("mia_attacks") or {}
+
+
+def mia_table(doc: dict) -> list[Table]:
+    systems = {name: _mia(res) for name, res in _ok(doc).items() if _mia(res)}
+    if not systems:
+        return []
+    attacks = list(dict.fromkeys(a for m in systems.values() for a in m))
+    rows = [[name, *(f"{_f(m[a]['auc'])} / {_f(m[a].get('privleak'), 1)}" if a in m else "n/a" for a in attacks)]
+            for name, m in systems.items()]
+    movable = next(iter(systems.values()))
+    moved = [a for a in attacks if movable.get(a, {}).get("guard_moves")]
+    note = ("AUC (forget vs holdout passages; MUSE's convention: ~0 = members told apart, ~0.5 = chance) / PrivLeak "
+            "(% vs the retain model's AUC of the same attack; 0 = like the retain model). A runtime guard scored "
+            f"through its mask and penalty can move: {', '.join(moved) or 'none'}; it cannot move GradNorm (the "
+            "gradient of the weights' own loss).")
+    return [("Membership inference per attack", ["system", *attacks], rows, note)]
+
+
+def utility_rule_table(doc: dict) -> list[Table]:
+    rows = []
+    for name, res in _ok(doc).items():
+        for task, agg in (res.get("aggregates") or {}).items():
+            if agg.get("perturbed_dropped"):
+                rows.append([name, task, str(agg["perturbed_dropped"]), _f(agg.get("truth_ratio")),
+                             _f(agg.get("truth_ratio_all_perturbed"))])
+    if not rows:
+        return []
+    note = ("False answers of retain / utility items that name a forget subject are left out of the truth ratio "
+            "for every system: scored through a guard they lose their probability to its names check, which would "
+            "raise the guard's truth ratio (and model utility) for withholding names from wrong answers.")
+    return [("Truth ratio without forget-naming false answers", ["system", "set", "left out", "truth ratio",
+                                                                 "with every false answer"], rows, note)]
+
+
+def audit_tables(doc: dict) -> list[Table]:
+    """The audit tables (empty where results.json holds none of their measurements)."""
+    return leak_at_k_table(doc) + mia_table(doc) + utility_rule_table(doc)
+
+
+def audit_plots(doc: dict, png) -> dict[str, bytes]:
+    """{file name: PNG} of the leak@k curves (`png`: report.py's figure-to-bytes)."""
+    curves = leak_curves(doc)
+    if not curves:
+        return {}
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for name, curve in curves.items():
+        ks = sorted(curve)
+        ax.plot(ks, [curve[k] for k in ks], marker="o", label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("k (answers sampled at temperature 1)")
+    ax.set_ylabel("leak@k")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("leak@k: a forget question leaks if any of k answers does", fontsize=10)
+    return {"leak_at_k.png": png(fig)}
