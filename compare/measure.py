@@ -25,8 +25,10 @@ from typing import Callable, Optional, Sequence
 
 from ..config import from_dict, to_dict
 from ..data.formatting import prompt_text
+from ..data.records import QA
 from ..files import json_digest, write_json_atomic
 from ..evaluation.attacks import Probe, benign_texts, keywords_of, relearn_split
+from ..evaluation.benchmarks import Task
 from ..evaluation.config import EvalConfig
 from ..evaluation.generation import default_dtype
 from ..evaluation.harness import cached_measure
@@ -170,6 +172,7 @@ def eval_config(ecfg: EvalConfig, path: str, policy: Optional[str]) -> EvalConfi
 
 
 def engine_metrics(ecfg: EvalConfig, path: str, policy: Optional[str], log=print) -> EvalResult:
+    """The system's metrics: the cached evaluation of `eval_config` (evaluation/harness.py)."""
     return cached_measure(eval_config(ecfg, path, policy), log=log).result
 
 
@@ -199,10 +202,10 @@ def engine_system(ecfg: EvalConfig, path: str, policy: Optional[str], probes: Se
     metrics, probed = None, None
     if want_metrics:
         mcfg = eval_config(ecfg, path, policy)
-        # one engine run for both only where they would run alike (vLLM, same dtype)
-        carry = (bool(probes) and not _cache_file("attacks", key).is_file() and mcfg.engine == "vllm"
-                 and default_dtype(mcfg.dtype) == default_dtype(cfg.dtype))
-        got = cached_measure(mcfg, log=log, extra=[batch] if carry else ())
+        # the probes ride in the metrics' engine run where they would run alike (vLLM, same dtype)
+        alike = mcfg.engine == "vllm" and default_dtype(mcfg.dtype) == default_dtype(cfg.dtype)
+        got = cached_measure(mcfg, log=log,
+                             extra=[batch] if probes and alike and not _cache_file("attacks", key).is_file() else ())
         metrics, probed = got.result, (got.extra[0] if got.extra else None)
 
     def make():
@@ -211,8 +214,7 @@ def engine_system(ecfg: EvalConfig, path: str, policy: Optional[str], probes: Se
         if probed is not None:
             return _probe_record(probed, len(probes))
         log(f"vLLM{' + guard' if policy else ''}: {len(probes)} attack probes")
-        system = Guarded(path, tok, policy, cfg.dtype) if policy else Weights(path, tok, "vllm", cfg.dtype)
-        return _probe_record(system.generate([batch])[0], len(probes))
+        return _probe_record(_attacked_system(path, tok, policy, "vllm", cfg.dtype).generate([batch])[0], len(probes))
 
     # replies are cached, scores are not: a change of scoring rules never needs the engine again
     got = _cached("attacks", key, make, log)
@@ -380,10 +382,30 @@ def _quantized_checkpoint(path: str, spec, out: Path) -> dict:
     return stats
 
 
+def _attacked_system(path: str, tok, policy: Optional[str], engine: str, dtype: str) -> Weights:
+    """`path`'s weights as the attacks reach them: behind the guard's vLLM processor when `policy`."""
+    return Guarded(path, tok, policy, dtype) if policy else Weights(path, tok, engine, dtype)
+
+
+def plain_answers(t: AttackTarget, model_dir: str, engine: str) -> list:
+    """The attacked forget items' plain questions (no paraphrase, no perturbed answers) measured on `model_dir`
+    through the one measuring path: each item's greedy answer (ROUGE) and its answer's probability, through
+    the system's guard where it has one; settings from the comparison's eval config."""
+    tok = load_tokenizer(model_dir)
+    items = [QA(t.forget[i].question, t.forget[i].answer) for i in t.picked]
+    mcfg = dataclasses.replace(t.ecfg, metrics=["probability", "rouge"], max_new_tokens=t.cfg.attacks.max_new_tokens)
+    system = _attacked_system(model_dir, tok, t.policy, engine, t.cfg.dtype)
+    try:
+        got = measure(system, [Task("forget", "qa", items, "attacked forget items")], mcfg, tok, log=t.log)
+    finally:
+        system.close()
+    return got.tasks["forget"].items
+
+
 def quantized_replies(t: AttackTarget, spec) -> dict:
-    """(cached) The attacked forget items' plain questions answered and their answers' probability
-    (evaluation/harness.py, through the guard where the system has one) by the system's checkpoint
-    quantized by `spec` (None: unquantized). The quantized checkpoint is deleted once measured."""
+    """(cached) The attacked forget items' plain questions answered and their answers' probability by the
+    system's checkpoint quantized by `spec` (None: unquantized). The quantized checkpoint is deleted once
+    measured."""
     items = [t.forget[i] for i in t.picked]
     engine = "vllm" if t.policy else t.ecfg.engine
     key = {"stage": "quantize", "model": model_fingerprint(t.path), "policy": policy_fingerprint(t.policy),
@@ -393,21 +415,14 @@ def quantized_replies(t: AttackTarget, spec) -> dict:
 
     def make():
         work = cache_root() / "compare" / f"quantize-{json_digest(key)}.work"
-        work.mkdir(parents=True, exist_ok=True)
-        data = work / "forget.jsonl"
-        data.write_text("".join(json.dumps({"question": r.question, "answer": r.answer}) + "\n" for r in items))
         started = time.time()
         stats, model_dir = {}, t.path
-        if spec is not None:
-            t.log(f"quantize: {spec.label} of {t.path}")
-            model_dir = str(work / "model")
-            stats = _quantized_checkpoint(t.path, spec, Path(model_dir))
         try:
-            mcfg = EvalConfig(model=model_dir, benchmark="files", forget=f"file:{data}", metrics=["probability", "rouge"],
-                              engine=engine, dtype=t.cfg.dtype, max_new_tokens=t.cfg.attacks.max_new_tokens,
-                              max_length=t.ecfg.max_length, token_budget=t.ecfg.token_budget, guard=t.policy)
-            mcfg.validate()
-            got = cached_measure(mcfg, log=t.log).result.tasks["forget"].items
+            if spec is not None:
+                t.log(f"quantize: {spec.label} of {t.path}")
+                model_dir = str(work / "model")
+                stats = _quantized_checkpoint(t.path, spec, Path(model_dir))
+            got = plain_answers(t, model_dir, engine)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         return {"quantized": stats, "seconds": round(time.time() - started, 1),
