@@ -385,8 +385,8 @@ class QuoteFilter:
             which, tokens = self.aliases.expand(which, candidates[which, col])
             codes = np.arange(len(hit))[:, None] * logits.shape[-1] + candidates
             found = np.isin(codes, which * logits.shape[-1] + tokens)
-        values[torch.from_numpy(found).to(logits.device)] = BLOCKED
-        logits[at] = BLOCKED
+        values.masked_fill_(torch.from_numpy(found).to(logits.device), BLOCKED)
+        logits.index_fill_(0, at, BLOCKED)
         logits[at.unsqueeze(1), index] = values
 
     def withheld(self, states: Sequence["QuoteState"]) -> tuple[np.ndarray, np.ndarray]:
