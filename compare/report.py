@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from .results import Provenance, QuantRow, ReportDoc, Sequential, SystemResult, Training, parse_doc
-from .report_audit import audit_plots, audit_tables
+from .report_audit import audit_plots, audit_tables, verdict_html, verdict_markdown
 from .seeds import spread
 
 # metric -> (what it measures, can weight edits move it, can a token guard, can agents)
@@ -651,7 +651,7 @@ def markdown(doc: dict, images: list[str]) -> str:
     import yaml
 
     report = ReportDoc.from_json(doc)
-    parts = [f"# Unlearning comparison: {report.name}", ""]
+    parts = [f"# Unlearning comparison: {report.name}", "", *verdict_markdown(doc)]
     for title, header, rows, note in _tables(report.systems) + audit_tables(doc):
         parts += [f"## {title}", "", md_table(header, rows), ""]
         parts += [note, ""] if note else []
@@ -677,7 +677,7 @@ def html_page(doc: dict, pngs: dict[str, bytes]) -> str:
     report = ReportDoc.from_json(doc)
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Unlearning comparison: "
              f"{html.escape(report.name)}</title><style>{css}</style></head><body>",
-             f"<h1>Unlearning comparison: {html.escape(report.name)}</h1>"]
+             f"<h1>Unlearning comparison: {html.escape(report.name)}</h1>", *verdict_html(doc)]
     for title, header, rows, note in _tables(report.systems) + audit_tables(doc):
         parts += [f"<h2>{html.escape(title)}</h2>", _html_table(header, rows)]
         if note:

@@ -29,8 +29,9 @@ class AgentFront:
     def _batch(self, batch: Batch) -> Generated:
         chat = [p for p in batch.prompts if p.question is not None]
         t0 = time.perf_counter()
+        sampled = {"sampling": [(p.temperature, p.seed) for p in chat]} if any(p.temperature for p in chat) else {}
         replies = iter(self.server.ask_many([p.question for p in chat], [p.budget for p in chat], self.concurrency,
-                                            self.progress, [(p.temperature, p.seed) for p in chat]))
+                                            self.progress, **sampled))
         seconds = time.perf_counter() - t0
         got = [next(replies) if p.question is not None else None for p in batch.prompts]
         failed = [r for r in got if r is not None and r["status"] != 200]

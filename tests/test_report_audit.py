@@ -32,3 +32,21 @@ def test_audit_tables_and_leak_plot():
     assert audit_tables({"systems": {}}) == []
     pngs = R.plots(_doc())
     assert pngs["leak_at_k.png"].startswith(b"\x89PNG")
+
+
+def test_one_verdict_per_system_with_its_utility_cost():
+    from unlearnkit.compare.report_audit import verdict_markdown, verdicts
+
+    def system(kind, leak, utility, fq=None):
+        return {"status": "ok", "kind": kind, "attacks": {"by_category": {"forget": {"all": {"leak_rate": leak}}}},
+                "summary": {"model_utility": utility, "forget_quality": fq}}
+
+    doc = {"systems": {"target": system("reference", 0.8, 0.50), "retain": system("reference", 0.1, 0.49),
+                       "npo": system("weight", 0.1, 0.45, fq=0.3), "grad_diff": system("weight", 0.12, 0.40, fq=1e-4),
+                       "target+guard": system("guard", 0.05, 0.48), "undial": system("weight", 0.6, 0.5, fq=1e-5)}}
+    lines = dict(line.split(": ", 1) for line in verdicts(doc))
+    assert lines["**npo**"].startswith("forgets") and "-0.050 vs target" in lines["**npo**"]
+    assert lines["**grad_diff**"].startswith("suppresses") and lines["**target+guard**"].startswith("suppresses")
+    assert lines["**undial**"].startswith("does not forget") and len(lines) == 4
+    assert verdict_markdown(doc)[0] == "## Verdict"
+    assert verdicts({"systems": {"npo": doc["systems"]["npo"]}}) == []
