@@ -673,6 +673,7 @@ def create_app(store: TargetStore, pipeline: Pipeline, backend: str, *, model_na
     app = FastAPI(title="unlearnkit agent front", lifespan=front.lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None)
     app.state.counters = front.counters
+    app.state.front = front
     add_openai_routes(app, front)
     add_health_route(app, front)
     add_verdict_route(app, front)

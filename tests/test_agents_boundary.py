@@ -76,7 +76,7 @@ def test_the_prompt_holds_every_rendered_text_in_order(meta):
                          {"id": "c1", "type": "function", "function": {"name": "look", "arguments": "{\"q\": 1}"}}]},
                      {"role": "assistant", "content": [{"type": "thinking", "thinking": "T"}], "reasoning": "R"}],
         "tools": [{"type": "function", "function": {"name": "look", "description": "D"}}],
-        "documents": [{"text": "DOC"}], "stream": True, "n": 3,
+        "documents": [{"text": "DOC"}], "stream": True,
         "vllm_xargs": {"unlearn_targets": "Zed Quorra", "other": 1}}, meta)
     texts = ask.prompt.texts
     assert texts[0].split("\n") == ["type", "function", "function", "name", "look", "description", "D"]
@@ -85,7 +85,7 @@ def test_the_prompt_holds_every_rendered_text_in_order(meta):
     assert texts[5] == "T\nR" and ask.prompt.users == ("Q1\nQ2\nann",)
     # scored: the user messages (as the engine reads them), then everything rendered, the prefill last
     assert ask.prompt.views() == [["Q1\nQ2\nann"], list(texts)] and "DOC" in ask.prompt.whole
-    assert (ask.stream, ask.n, ask.args.targets, ask.tightened) == (True, 3, ("Zed Quorra",), True)
+    assert (ask.stream, ask.args.targets, ask.tightened) == (True, ("Zed Quorra",), True)
     plain = read_request("chat", {"messages": [HI]}, meta)
     assert plain.tightened is False and plain.prompt.views() == [["hi"]]
     assert read_request("chat", {"messages": [{"role": "system", "content": "S"}]}, meta).prompt.views() == [["S"]]

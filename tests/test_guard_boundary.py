@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from unlearnkit.guard import boundary
+from unlearnkit.guard.runtime import parse_request_args
 from unlearnkit.guard.policy import read_meta
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "Hi"}]}
@@ -72,7 +73,6 @@ def test_fields_that_bypass_or_loosen_the_guard_are_refused_with_400(path, extra
     ("/v1/chat/completions", {"logprobs": False, "vllm_xargs": {"unlearn_penalty": 9999}}),   # chat: a switch
     ("/v1/chat/completions", {"presence_penalty": 0.5, "repetition_penalty": 1.2, "temperature": 1.7, "n": 3}),
     ("/v1/chat/completions", {"continue_final_message": True, "add_generation_prompt": False}),
-    ("/v1/chat/completions", {"structured_outputs": {"choice": ["a", "b"]}}),
     ("/v1/completions", {"echo": True}),                                  # echo without logprobs: the client's own text
     ("/v1/chat/completions", {"vllm_xargs": {"unlearn_targets": ["Paris"], "unlearn_guard": True}}),
 ])
@@ -81,14 +81,25 @@ def test_ordinary_and_tightening_fields_pass(path, extra, tiny_policy):
     assert _check(path, body, read_meta(tiny_policy)) is None
 
 
-def test_messages_do_not_disclose_the_policy_figures(tiny_policy):
+def test_tightening_arguments_are_clamped_never_refused_by_value(tiny_policy):
+    """Bisecting the accept boundary finds nothing: any well-formed value is accepted, and one that
+    would loosen the policy acts as the policy's own."""
     meta = read_meta(tiny_policy)
-    threshold = meta["calibration"]["threshold"]
-    for xargs in ({"unlearn_threshold": threshold + 0.01}, {"unlearn_penalty": 0.01}, {"unlearn_top_k": 1}):
-        rejection = _check("/v1/chat/completions", {**CHAT, "vllm_xargs": xargs}, meta)
-        assert rejection.status == 400
-        assert f"{threshold:.2f}"[:4] not in rejection.message and str(meta["config"]["penalty"]) not in rejection.message
-        assert not any(ch.isdigit() for ch in rejection.message.replace("1000", "")), rejection.message
+    threshold, penalty, top_k = meta["calibration"]["threshold"], meta["config"]["penalty"], meta["config"]["top_k"]
+    for xargs in ({"unlearn_threshold": v} for v in (-1, threshold - 0.01, threshold, threshold + 0.003, 1)):
+        assert _check("/v1/chat/completions", {**CHAT, "vllm_xargs": xargs}, meta) is None
+    for xargs in ({"unlearn_penalty": v} for v in (0, penalty * 0.89, penalty, 9999)):
+        assert _check("/v1/chat/completions", {**CHAT, "vllm_xargs": xargs}, meta) is None
+    for xargs in ({"unlearn_top_k": v} for v in (1, top_k - 1, top_k, 1000)):
+        assert _check("/v1/chat/completions", {**CHAT, "vllm_xargs": xargs}, meta) is None
+    args = parse_request_args({"unlearn_threshold": 1, "unlearn_penalty": 0, "unlearn_top_k": 1}, meta)
+    assert (args.threshold, args.top_k) == (threshold, top_k)
+    assert args.penalty == (penalty if penalty > 0 else None)
+    lower = parse_request_args({"unlearn_threshold": threshold - 0.2, "unlearn_top_k": top_k + 3}, meta)
+    assert (lower.threshold, lower.top_k) == (threshold - 0.2, top_k + 3)          # tightening still tightens
+    for xargs in ({"unlearn_threshold": 1.5}, {"unlearn_penalty": -1}, {"unlearn_top_k": 0}, {"unlearn_top_k": 2.5}):
+        rejection = _check("/v1/chat/completions", {**CHAT, "vllm_xargs": xargs}, meta)   # out of range whatever the policy
+        assert rejection.status == 400 and f"{threshold:.3f}" not in rejection.message
 
 
 def test_malformed_bodies_get_4xx_never_an_exception():
@@ -354,23 +365,102 @@ def test_the_names_check_blocks_a_name_where_a_word_starts_not_where_one_ends(tm
     assert set(first_of_name[-1:]) <= blocked_after(first_of_name[:-1])   # " In" + "es": the name completed
 
 
-def test_an_output_constraint_the_guard_leaves_no_token_for_is_a_400_not_a_500(tiny_policy, monkeypatch):
+TARGETS = ("Mirten", "Kalo Mirten", "Farrow", "Utrecht", "Glass Rivers", "1961")    # names and forget answers
+DECOYS = ("Fenwick", "Dario Fenwick", "Okafor", "Lisbon", "Paper Boats", "1974")
+
+
+def constraint_bodies(word: str, token: int) -> dict[str, dict]:
+    """One request per kind of output constraint and per tightening argument, about `word`."""
+    ask = {**CHAT, "messages": [{"role": "user", "content": f"Tell me about {word}."}]}
+    schema = {"type": "object", "properties": {"who": {"enum": [word]}}}
+    return {
+        "choice": {**ask, "structured_outputs": {"choice": [word]}},
+        "json enum": {**ask, "structured_outputs": {"json": schema}},
+        "response_format schema": {**ask, "response_format": {"type": "json_schema", "json_schema": {
+            "name": "x", "schema": schema}}},
+        "regex": {**ask, "structured_outputs": {"regex": f"x{word}"}},
+        "grammar": {**ask, "structured_outputs": {"grammar": f'root ::= "{word}"'}},
+        "allowed_token_ids": {**ask, "allowed_token_ids": [token]},
+        "named tool_choice": {**ask, "tools": [{"type": "function", "function": {"name": "f"}}],
+                              "tool_choice": {"type": "function", "function": {"name": "f"}}},
+        "logit_bias": {**ask, "logit_bias": {str(token): -100}},
+        "bad_words": {**ask, "bad_words": [word]},
+        "unlearn_targets": {**ask, "vllm_xargs": {"unlearn_targets": [word]}},
+        "unlearn_threshold": {**ask, "vllm_xargs": {"unlearn_threshold": 0.999}},
+        "unlearn_penalty": {**ask, "vllm_xargs": {"unlearn_penalty": 0.001}},
+        "unlearn_top_k": {**ask, "vllm_xargs": {"unlearn_top_k": 1}},
+        "responses text.format": {"model": "m", "input": f"Tell me about {word}.", "text": {"format": {
+            "type": "json_schema", "name": "x", "schema": schema}}},
+    }
+
+
+def test_what_a_client_observes_does_not_depend_on_whether_a_constraint_holds_a_target(tiny_policy, tiny_dir, monkeypatch):
+    """For every output constraint and tightening argument, a target's names and facts and a decoy's
+    get the same status, error field and message: no request answers whether something is withheld."""
+    from unlearnkit.guard import runtime
+    from unlearnkit.guard.vllm_middleware import GuardBoundary
+    from unlearnkit.models.loading import load_tokenizer
+
+    monkeypatch.setenv(runtime.POLICY_ENV, str(tiny_policy))
+    tokenizer = load_tokenizer(str(tiny_dir))
+
+    async def engine(scope, receive, send):
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"answered"})
+
+    middleware = GuardBoundary(engine)
+    outcomes: dict[str, set] = {}
+    for target, decoy in zip(TARGETS, DECOYS):
+        for word in (target, decoy):
+            token = tokenizer(" " + word, add_special_tokens=False)["input_ids"][-1]
+            for kind, body in constraint_bodies(word, token).items():
+                path = "/v1/responses" if "input" in body else "/v1/chat/completions"
+                status, raw = _asgi(middleware, "POST", path, json.dumps(body).encode())
+                outcomes.setdefault(kind, set()).add((status, raw.replace(word.encode(), b"W")))
+    assert all(len(seen) == 1 for seen in outcomes.values()), {k: v for k, v in outcomes.items() if len(v) > 1}
+    refused = {k for k, seen in outcomes.items() if next(iter(seen))[0] == 400}
+    assert refused == {"choice", "json enum", "response_format schema", "regex", "grammar", "allowed_token_ids",
+                       "named tool_choice", "responses text.format"}   # constraints, as one class; the rest served
+
+
+def test_the_engine_answers_as_it_is_and_operator_endpoints_need_the_token(tiny_policy, monkeypatch):
+    """An engine's own error is not rewritten into the guard's; /metrics, /load and /server_info are
+    served only with the admin token (404, like any unserved path, without it)."""
     from unlearnkit.guard import runtime
     from unlearnkit.guard.vllm_middleware import GuardBoundary
 
     monkeypatch.setenv(runtime.POLICY_ENV, str(tiny_policy))
+    monkeypatch.setenv(boundary.ADMIN_TOKEN_ENV, "op-token")
 
-    async def failing_engine(scope, receive, send):     # vLLM's answer when the grammar rejects the guard's token
+    async def failing_engine(scope, receive, send):
         await receive()
         await send({"type": "http.response.start", "status": 500, "headers": []})
-        await send({"type": "http.response.body", "body": b'{"error": {"message": "Internal server error"}}'})
+        await send({"type": "http.response.body", "body": b'{"error": {"message": "grammar recursion"}}'})
 
     middleware = GuardBoundary(failing_engine)
-    constrained = json.dumps({**CHAT, "structured_outputs": {"choice": ["Kalo Mirten"]}}).encode()
-    status, body = _asgi(middleware, "POST", "/v1/chat/completions", constrained)
-    assert status == 400 and json.loads(body)["error"]["param"] == "structured_outputs"
-    # a 500 for an unconstrained request is a real engine fault and stays one
-    assert _asgi(middleware, "POST", "/v1/chat/completions", json.dumps(CHAT).encode())[0] == 500
+    assert _asgi(middleware, "POST", "/v1/chat/completions", json.dumps(CHAT).encode()) == (
+        500, b'{"error": {"message": "grammar recursion"}}')
+    for path in ("/metrics", "/load", "/server_info"):
+        assert _asgi(middleware, "GET", path, b"")[0] == 404
+        assert boundary.check("GET", path, b"", None, admin=True)[1] is None
+    assert boundary.admin_authorised("Bearer op-token", "op-token")
+    assert not boundary.admin_authorised("Bearer op-token", None) and not boundary.admin_authorised("Bearer x", "op-token")
+
+
+@pytest.mark.parametrize("extra,field", [
+    ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role"),
+    ({"messages": [{"role": "user", "content": "hi", "secret": "x"}]}, "messages[0].secret"),
+    ({"messages": []}, "messages"),
+    ({"stream": "string"}, "stream"),
+    ({"echo": "string"}, "echo"),
+    ({"n": 384}, "n"),
+    ({"n": 0}, "n"),
+    ({"bad_words": [f"w{i}" for i in range(400)]}, "bad_words"),
+])
+def test_malformed_fields_are_refused_by_form(extra, field, tiny_policy):
+    rejection = _check("/v1/chat/completions", {**CHAT, **extra}, read_meta(tiny_policy))
+    assert rejection is not None and rejection.status == 400 and rejection.field == field, rejection
 
 
 def test_a_model_vocabulary_padded_past_the_tokenizer_does_not_break_a_guard(tiny_policy, tiny_dir):

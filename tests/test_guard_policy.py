@@ -171,9 +171,11 @@ def test_request_arguments_only_tighten(runtime):
     args = parse_request_args({"unlearn_targets": ["Ada Blum"], "unlearn_threshold": threshold - 0.1,
                                "unlearn_penalty": 9.0, "unlearn_top_k": 8, "unlearn_guard": True, "other": 1}, meta)
     assert args.targets == ("Ada Blum",) and args.force and args.top_k == 8
-    for bad, match in [({"unlearn_guard": False}, "cannot switch"), ({"unlearn_threshold": threshold + 0.1}, "loosen"),
-                       ({"unlearn_penalty": 0.5}, "loosen"), ({"unlearn_off": True}, "unknown"),
-                       ({"unlearn_top_k": 1}, "top_k"), ({"unlearn_targets": [3]}, "list of strings"),
+    loose = parse_request_args({"unlearn_threshold": threshold + 0.1, "unlearn_top_k": 1}, meta)
+    assert (loose.threshold, loose.top_k) == (threshold, meta["config"]["top_k"])     # clamped to the policy's
+    for bad, match in [({"unlearn_guard": False}, "cannot switch"), ({"unlearn_threshold": 1.5}, "between"),
+                       ({"unlearn_penalty": -0.5}, "between"), ({"unlearn_off": True}, "unknown"),
+                       ({"unlearn_top_k": 0}, "top_k"), ({"unlearn_targets": [3]}, "list of strings"),
                        ({"unlearn_threshold": "abc"}, "number"), ({"unlearn_threshold": float("nan")}, "finite")]:
         with pytest.raises(ValueError, match=match):
             parse_request_args(bad, meta)
