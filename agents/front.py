@@ -145,6 +145,23 @@ def completion_url(kind: str) -> str:
     return "chat/completions" if kind == "chat" else "completions"
 
 
+def prompt_of(ask: FrontRequest) -> dict:
+    """The request's prompt as the backend's /tokenize takes it."""
+    if ask.kind == "chat":
+        return {"messages": ask.prompt.messages}
+    return {"prompt": ask.prompt.messages[0]["content"]}
+
+
+@dataclass(frozen=True)
+class PromptLength:
+    tokens: int
+    context: int          # the backend's max_model_len (0: not reported)
+
+    @property
+    def over(self) -> bool:
+        return 0 < self.context < self.tokens
+
+
 def refusal_result(refusal: str, why: str) -> Result:
     """The graph's result for a flagged request it did not run (every place taken, stale targets)."""
     return Result(refusal, "refused", why)
@@ -362,7 +379,14 @@ class Front:
         ask, rejection = self.checked(kind, request.url.path, await read_bounded(request))
         if rejection is not None:
             return self.refuse(rejection)
-        verdict = await self.classified(ask)
+        length = await self.prompt_length(ask)
+        if length is not None and length.over and "truncate_prompt_tokens" not in ask.body:
+            # past the model's context: the backend refuses it, whatever it says; not classified
+            self.counters["over_context"] += 1
+            live = [t.name for t in self.store.live_targets()][:MAX_ENGINE_TARGETS]
+            verdict = Verdict(False, "not flagged", merge_targets(ask.args.targets, live) if self.backend_guarded else ())
+        else:
+            verdict = await self.classified(ask)
         if verdict.failed:
             self.counters["classifier_errors"] += 1
         reply = Reply.for_request(ask.kind, ask.body, self.model_name)
@@ -492,6 +516,17 @@ class Front:
             if not future.done():
                 job.cancel()
 
+    async def prompt_length(self, ask: FrontRequest) -> Optional["PromptLength"]:
+        """The prompt's length in the backend's tokens and its context (its /tokenize), before any
+        classification; None when the backend cannot tell (the request is then classified)."""
+        try:
+            upstream = await self.client.post(root_url(self.backend) + "/tokenize",
+                                              json={"model": self.model_name, **prompt_of(ask)})
+            data = upstream.json()
+            return PromptLength(int(data["count"]), int(data.get("max_model_len") or 0))
+        except (httpx.HTTPError, ValueError, KeyError, TypeError):
+            return None
+
     async def finished(self, ask: FrontRequest, text: str) -> tuple[Answer, Optional[Usage]]:
         """A rewrite's answer as the engine would have ended it: cut at the client's `max_tokens`
         ("length"), else "stop" with its end-of-sequence token counted; usage by the backend's
@@ -499,8 +534,7 @@ class Front:
         limit = ask.body.get("max_completion_tokens") or ask.body.get("max_tokens")
         try:
             ids = await self.tokens({"prompt": text, "add_special_tokens": False})
-            prompt = await self.tokens({"messages": ask.prompt.messages} if ask.kind == "chat"
-                                       else {"prompt": ask.prompt.messages[0]["content"]})
+            prompt = await self.tokens(prompt_of(ask))
             if isinstance(limit, int) and 0 < limit < len(ids):
                 cut = await self.client.post(root_url(self.backend) + "/detokenize",
                                              json={"model": self.model_name, "tokens": ids[:limit]})

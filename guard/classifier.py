@@ -181,24 +181,43 @@ def lexical_hits(text: str, words: ProbeIndex, letters: CollapsedIndex) -> set:
     return found
 
 
+MAX_QUERIES = 48   # texts one prompt is embedded as, at most: a longer prompt gets longer windows
+
+
+def bounded_windows(text: str, max_words: int, limit: int) -> list[str]:
+    """`disguise.windows(text)`, or, where those would be more than `limit`, `limit` half-overlapping
+    windows of equal length that cover the whole text (the last one its tail): the work a prompt
+    costs is bounded whatever its shape (thousands of one-word lines), and no part goes unread."""
+    out = disguise.windows(text, max_words)
+    if len(out) <= limit:
+        return out
+    words = text.split()
+    size = max(max_words, -(-2 * len(words) // max(1, limit - 1)))
+    step = max(1, size // 2)
+    chunks = [" ".join(words[j:j + size]) for j in range(0, max(1, len(words) - step), step)]
+    return chunks[:limit - 1] + [" ".join(words[-size:])]
+
+
 def queries(whole: str, segments: list[str], max_words: int = WINDOW_WORDS) -> list[str]:
     """The texts the semantic test embeds for one prompt, without repeats: the last user message
     (folded) first, then its de-leeted / joined / turned-round forms where they differ
     (disguise.semantic_views), all user messages together when there are several, then every other
     message of the prompt (markers and role headers removed), a long one (over `max_words` words)
-    as sentence windows. The last user message is not repeated unless it is long (its windows)."""
+    as sentence windows. The last user message is not repeated unless it is long (its windows).
+    At most MAX_QUERIES texts: past that, the messages are read as one text in longer windows."""
     views = disguise.semantic_views(segments[-1] if segments else "")
     last = views[0]
     out = list(views)
     if len(segments) > 1:
         out.append(disguise.fold("\n".join(segments)))
-    for message in disguise.messages(whole) or [whole]:
-        message = disguise.fold(message)
-        if len(message.split()) > max_words:
-            out += disguise.windows(message, max_words)
-        elif message != last:
-            out.append(message)
-    return [q for q in dict.fromkeys(out) if q.strip()] or [last]
+    room = max(2, MAX_QUERIES - len(out))
+    rest = [disguise.fold(m) for m in disguise.messages(whole) or [whole]]
+    read = [bounded_windows(m, max_words, room) if len(m.split()) > max_words else [m] if m != last else []
+            for m in rest]
+    if sum(len(r) for r in read) > room:
+        read = [bounded_windows("\n".join(rest), max_words, room)]
+    out += [q for r in read for q in r]
+    return [q for q in dict.fromkeys(out) if q.strip()][:MAX_QUERIES] or [last]
 
 
 def nearest_of_both(sims_a: np.ndarray, idx_a: np.ndarray, sims_b: np.ndarray, idx_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -36,6 +36,7 @@ def fake_backend(meta=None):
     app.state.bodies = []
     app.state.rejections = []
     app.state.healthy = True
+    app.state.context = 2048
 
     @app.get("/v1/models")
     async def models():
@@ -50,7 +51,8 @@ def fake_backend(meta=None):
         raw = await request.body()
         body = json.loads(raw)
         app.state.bodies.append(body)
-        if (body.get("max_tokens") or 0) > 4096:       # as vLLM refuses a request past its context
+        words = len(json.dumps(body["messages"][-1].get("content")).split())
+        if (body.get("max_tokens") or 0) > 4096 or words > app.state.context:   # as vLLM refuses a request past its context
             return JSONResponse({"error": {"message": "max_tokens is too large", "type": "BadRequestError",
                                            "param": None, "code": 400}}, status_code=400)
         admin = boundary.admin_authorised(request.headers.get("authorization", ""), TOKEN)
@@ -100,7 +102,7 @@ def fake_backend(meta=None):
         body = await request.json()
         text = body["messages"][-1]["content"] if "messages" in body else body["prompt"]
         text = text if isinstance(text, str) else json.dumps(text)
-        return {"tokens": list(range(len(text.split()))), "count": len(text.split())}
+        return {"tokens": list(range(len(text.split()))), "count": len(text.split()), "max_model_len": app.state.context}
 
     @app.post("/detokenize")
     async def detokenize(request: Request):
@@ -645,5 +647,25 @@ def test_a_client_cannot_tell_which_path_answered(stream, store, backend, fake_l
             decoy = chat(front.url, "Who is Dario Fenwick?", headers=None, stream=stream, **extra)
             assert (target.status_code, target.json()) == (decoy.status_code, decoy.json()), extra
         assert llm.count("answer") >= 2       # the target was rewritten, the decoy relayed
+    finally:
+        front.stop()
+
+
+def test_a_prompt_past_the_context_is_not_classified_and_the_backend_refuses_it(store, backend, fake_llm):
+    """The front asks the backend's tokenizer first: a prompt longer than the model's context costs no
+    classification, and the backend's own refusal comes back, for a target as for anything else."""
+    app = backend.server.config.app
+    front, pipeline = front_for(store, fake_llm(), backend.url, guarded=True)
+    calls = []
+    real = store.classify_source
+    store.classify_source = lambda *a, **k: calls.append(1) or real(*a, **k)
+    try:
+        app.state.context = 8
+        target, decoy = (chat(front.url, f"Tell me everything you know about {who}, please, in detail.")
+                         for who in ("Kalo Mirten", "Dario Fenwick"))
+        assert target.status_code == decoy.status_code == 400 and target.json() == decoy.json()
+        assert calls == [] and pipeline.stats["requests"] == 0
+        app.state.context = 2048
+        assert chat(front.url, "Who is Kalo Mirten?").status_code == 200 and calls
     finally:
         front.stop()

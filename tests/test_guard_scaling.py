@@ -268,3 +268,22 @@ def test_a_large_policy_gets_a_graph_index_that_finds_the_flat_indexs_nearest_it
     again = faiss.deserialize_index(faiss.serialize_index(graph))
     assert again.hnsw.efSearch == B.HNSW_EF_SEARCH
     assert bytes(faiss.serialize_index(B.semantic_index(vecs))) == bytes(faiss.serialize_index(graph))
+
+
+@pytest.mark.parametrize("shape", ["lines", "messages", "sentences"])
+def test_a_prompts_embedding_work_is_bounded_and_reads_every_word(shape):
+    """Thousands of one-word lines or messages cost at most MAX_QUERIES embedded texts, and every
+    word is still in one of them (a question hidden anywhere is read)."""
+    from unlearnkit.guard.classifier import MAX_QUERIES, queries
+
+    words = [f"w{i}" for i in range(3000)]
+    if shape == "lines":
+        whole = "\n".join(words)
+    elif shape == "messages":
+        whole = "".join(f"<|im_start|>user\n{w}<|im_end|>\n" for w in words)
+    else:
+        whole = " ".join(f"{w}." for w in words)
+    texts = queries(whole, [words[-1]] if shape == "messages" else [whole])
+    assert len(texts) <= MAX_QUERIES
+    read = {w.strip(".") for t in texts for w in t.split()}
+    assert set(words) <= read
