@@ -43,6 +43,7 @@ from ..models.loading import load_tokenizer
 from ..training.cache import cached_output_dir
 from . import endpoint
 from .config import CompareConfig, System
+from .attack_results import FinetuneResult, PromptAttacks, QuantizeResult, QuantRowResult, Serving, Skipped
 from .systems import AgentFront
 
 
@@ -96,69 +97,17 @@ def score_probes(probes: Sequence[Probe], replies: Sequence[str], cfg: CompareCo
         for p, reply in zip(probes, replies)])
 
 
-# ----------------------------------------------------------------------------- what the attacks give
-@dataclass(frozen=True)
-class PromptAttacks:
-    """The prompt attacks on one system: every probe's reply judged, and what serving them cost."""
-    scores: ProbeScores
-    serving: dict          # requests, output tokens, batch seconds, tokens/s, latency (agents: routes, calls)
-
-    def to_json(self) -> dict:
-        return {**self.scores.to_json(), "serving": self.serving}
-
-
-@dataclass(frozen=True)
-class Skipped:
-    """A weights attack that does not apply to the system, and why."""
-    reason: str
-
-    def to_json(self) -> dict:
-        return {"skipped": self.reason}
-
-
-@dataclass(frozen=True)
-class FinetuneResult:
-    """A fine-tuning attack: how many items taught and probed, the fine-tune's time, the probes before/after."""
-    taught: int
-    probed: int
-    train_seconds: float
-    before: ProbeScores
-    after: ProbeScores
-
-    def to_json(self) -> dict:
-        return {"taught": self.taught, "probed": self.probed, "train_seconds": self.train_seconds,
-                "before": self.before.to_json(), "after": self.after.to_json()}
-
-
-@dataclass(frozen=True)
-class QuantRowResult:
-    """One variant of the quantization attack: the forget questions judged, their answers' mean probability,
-    what quantizing changed (evaluation/quantize.py statistics) and its time."""
-    scores: ProbeScores
-    answer_probability: Optional[float]
-    quantized: dict
-    seconds: float
-
-    def to_json(self) -> dict:
-        return {**self.scores.to_json(), "answer_probability": self.answer_probability, "quantized": self.quantized,
-                "seconds": self.seconds}
-
-
-@dataclass(frozen=True)
-class QuantizeResult:
-    probed: int
-    guard: bool
-    rows: dict              # variant label -> QuantRowResult ("unquantized" first)
-
-    def to_json(self) -> dict:
-        return {"probed": self.probed, "guard": self.guard, "rows": {k: r.to_json() for k, r in self.rows.items()}}
-
-
 def _serving(n_tokens: int, seconds: float, latency: Sequence[float], n_requests: int) -> dict:
+    """The serving figures of a generated batch (results.py `Serving`)."""
     return {"requests": n_requests, "output_tokens": n_tokens, "batch_seconds": round(seconds, 2),
             "tokens_per_s": round(n_tokens / seconds, 2) if seconds > 0 else None,
             "latency_median_s": round(statistics.median(latency), 3) if latency else None,
             "latency_requests": len(latency)}
+
+
+def prompt_attacks(probes: Sequence[Probe], cached: dict, cfg: CompareConfig, refusals: list[str]) -> PromptAttacks:
+    """The prompt attacks from their cached replies and serving figures (scored now: scores are not cached)."""
+    return PromptAttacks(score_probes(probes, cached["replies"], cfg, refusals), serving=Serving.from_json(cached["serving"]))
 
 
 # ----------------------------------------------------------------------------- engine systems
@@ -218,7 +167,7 @@ def engine_system(ecfg: EvalConfig, path: str, policy: Optional[str], probes: Se
 
     # replies are cached, scores are not: a change of scoring rules never needs the engine again
     got = _cached("attacks", key, make, log)
-    return metrics, PromptAttacks(score_probes(probes, got["replies"], cfg, refusal_texts(policy, cfg)), got["serving"])
+    return metrics, prompt_attacks(probes, got, cfg, refusal_texts(policy, cfg))
 
 
 # ----------------------------------------------------------------------------- agent systems
@@ -263,8 +212,7 @@ def agent_system(system: System, path: str, policy: str, engine_result: Optional
         replayed = Replayed([recorded.get((g.task, g.item, g.key)) for g in gen], system.name)
         metrics = dataclasses.replace(engine_result,
                                       tasks=measure(replayed, tasks, ecfg, tok, base=engine_result, log=log).tasks)
-    return {"metrics": metrics,
-            "attacks": PromptAttacks(score_probes(probes, out["replies"], cfg, refusal_texts(policy, cfg)), out["serving"])}
+    return {"metrics": metrics, "attacks": prompt_attacks(probes, out, cfg, refusal_texts(policy, cfg))}
 
 
 # ----------------------------------------------------------------------------- weights attacks

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from .results import Provenance, QuantRow, ReportDoc, Sequential, SystemResult, Training, parse_doc
+from .attack_results import QuantRow
+from .results import Provenance, ReportDoc, Sequential, SystemResult, Training, parse_doc
 from .report_audit import audit_plots, audit_tables, verdict_html, verdict_markdown
 from .seeds import spread
 

@@ -1,8 +1,10 @@
 """What the report reads of a results.json, as dataclasses parsed at the edge.
 
 results.json is written as plain JSON by compare/run.py (`_compact`), compare/audit.py and
-compare/sequential.py, and stays exactly so on disk; `parse_doc` reads its systems into these types,
-one `from_json` per dataclass. Results of older versions lack the fields added since (the truth-ratio
+compare/sequential.py, and stays exactly so on disk; `parse_doc` reads its systems into these types. The
+attack parts are the measuring side's own types (compare/attack_results.py), the leaf records are read by
+the one codec (files.py); `Metrics`, `Muse`, `SystemResult` and `Provenance` are the report's views over a
+system's or the doc's parts. Results of older versions lack the fields added since (the truth-ratio
 profile, the forget-quality reason, the guard build time, serving figures, the weights attacks,
 sequential requests...): a missing field, or a part that is not an object, reads as None / empty,
 so an older cached run still renders. Values are kept as the JSON holds them (an int stays an int:
@@ -14,9 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from ..evaluation.leakage import Rates
+from ..files import JsonRecord
 from ..evaluation.metrics.bootstrap import Interval
 from ..evaluation.results import ForgetQuality, Summary, Utility
+from .attack_results import FinetuneSummary, PromptAttacks, QuantizeSummary
 from .seeds import SeedRun
 
 
@@ -25,59 +28,8 @@ def _obj(d: Any) -> dict:
     return d if isinstance(d, dict) else {}
 
 
-NO_RATES = Rates()
-
-
-def _by_category(d: Any) -> dict[str, Rates]:
-    return {c: Rates.from_json(v) for c, v in _obj(d).items()}
-
-
 @dataclass(frozen=True)
-class Serving:
-    """Serving cost of the attack batch through the deployed path (compare/measure.py `_serving`)."""
-    tokens_per_s: Optional[float] = None
-    latency_median_s: Optional[float] = None
-    llm_calls_per_flagged: Optional[float] = None
-    server_start_s: Optional[float] = None
-
-    @classmethod
-    def from_json(cls, d: Any) -> "Serving":
-        d = _obj(d)
-        return cls(d.get("tokens_per_s"), d.get("latency_median_s"), d.get("llm_calls_per_flagged"),
-                   d.get("server_start_s"))
-
-
-@dataclass(frozen=True)
-class Attacks:
-    """Prompt attacks: {category: rates} per role (forget items, neighbour probes; each with an
-    'all' category, in the JSON's order) and the serving cost."""
-    forget: dict[str, Rates] = field(default_factory=dict)
-    neighbour: dict[str, Rates] = field(default_factory=dict)
-    serving: Serving = Serving()
-
-    @classmethod
-    def from_json(cls, d: Any) -> "Attacks":
-        by = _obj(_obj(d).get("by_category"))
-        return cls(_by_category(by.get("forget")), _by_category(by.get("neighbour")),
-                   Serving.from_json(_obj(d).get("serving")))
-
-    def forget_rates(self, category: str) -> Rates:
-        return self.forget.get(category, NO_RATES)
-
-    def neighbour_rates(self, category: str) -> Rates:
-        return self.neighbour.get(category, NO_RATES)
-
-    @property
-    def forget_all(self) -> Rates:
-        return self.forget_rates("all")
-
-    @property
-    def neighbour_all(self) -> Rates:
-        return self.neighbour_rates("all")
-
-
-@dataclass(frozen=True)
-class TruthRatio:
+class TruthRatio(JsonRecord):
     """The forget set's truth-ratio distribution (evaluation/metrics/tofu.py `truth_ratio_profile`)."""
     median: Optional[float] = None
     q1: Optional[float] = None
@@ -85,11 +37,9 @@ class TruthRatio:
     prefers_false: Optional[float] = None
 
     @classmethod
-    def from_json(cls, d: Any) -> Optional["TruthRatio"]:
+    def read(cls, d: Any) -> Optional["TruthRatio"]:
         """None where the result has no profile (an empty one counts as none)."""
-        if not d or not isinstance(d, dict):
-            return None
-        return cls(d.get("median"), d.get("q1"), d.get("q3"), d.get("prefers_false"))
+        return cls.from_json(d) if d and isinstance(d, dict) else None
 
 
 @dataclass(frozen=True)
@@ -109,7 +59,7 @@ class Metrics:
     def from_json(cls, summary: Any, aggregates: Any) -> "Metrics":
         s, forget = Summary.from_json(summary), _obj(_obj(aggregates).get("forget"))
         fq, utility = s.forget or ForgetQuality(None), s.utility or Utility(None, {})
-        return cls(fq.value, fq.reason, utility.value, fq.ks_statistic, TruthRatio.from_json(fq.truth_ratio),
+        return cls(fq.value, fq.reason, utility.value, fq.ks_statistic, TruthRatio.read(fq.truth_ratio),
                    forget.get("rougeL_recall"), forget.get("rougeL_recall_paraphrased_question"),
                    Interval.from_json(fq.interval), Interval.from_json(utility.interval))
 
@@ -137,88 +87,33 @@ class Muse:
 
 
 @dataclass(frozen=True)
-class Training:
+class Training(JsonRecord):
     """The system's training run (build.py `run_record`)."""
     train_seconds: Optional[float] = None
     peak_memory_mb: Optional[float] = None
     trainable_fraction: Optional[float] = None
 
-    @classmethod
-    def from_json(cls, d: Any) -> "Training":
-        d = _obj(d)
-        return cls(d.get("train_seconds"), d.get("peak_memory_mb"), d.get("trainable_fraction"))
-
 
 @dataclass(frozen=True)
-class FinetuneAttack:
-    """Relearning / benign relearning: the probed forget items' rates before and after (None: the
-    attack did not run, or was skipped with a reason)."""
-    before: Optional[Rates] = None
-    after: Optional[Rates] = None
-    skipped: Optional[str] = None
-
-    @classmethod
-    def from_json(cls, d: Any) -> "FinetuneAttack":
-        d = _obj(d)
-        rates = lambda k: Rates.from_json(d[k]) if d.get(k) else None  # noqa: E731
-        return cls(rates("before"), rates("after"), d.get("skipped"))
-
-    @property
-    def after_leak_rate(self) -> Optional[float]:
-        return self.after.leak_rate if self.after is not None else None
-
-
-@dataclass(frozen=True)
-class QuantRow:
-    """One quantized variant (or the unquantized checkpoint) of the quantization attack."""
-    leak_rate: Optional[float] = None
-    answer_probability: Optional[float] = None
-
-    @classmethod
-    def from_json(cls, d: Any) -> "QuantRow":
-        d = _obj(d)
-        return cls(d.get("leak_rate"), d.get("answer_probability"))
-
-
-@dataclass(frozen=True)
-class Quantize:
-    """The quantization attack: {variant label: row} (empty: not run), or the reason it was skipped."""
-    rows: dict[str, QuantRow] = field(default_factory=dict)
-    skipped: Optional[str] = None
-
-    @classmethod
-    def from_json(cls, d: Any) -> "Quantize":
-        d = _obj(d)
-        return cls({label: QuantRow.from_json(r) for label, r in _obj(d.get("rows")).items()}, d.get("skipped"))
-
-
-@dataclass(frozen=True)
-class RequestResult:
+class RequestResult(JsonRecord):
     """One deletion request's forget set, measured after some request (compare/sequential.py)."""
     request: Optional[str] = None
     items: Optional[int] = None
     answer_probability: Optional[float] = None
     forget_quality: Optional[float] = None
 
-    @classmethod
-    def from_json(cls, d: Any) -> "RequestResult":
-        d = _obj(d)
-        return cls(d.get("request"), d.get("items"), d.get("answer_probability"), d.get("forget_quality"))
-
 
 @dataclass(frozen=True)
-class Sequential:
+class Sequential(JsonRecord):
     """A checkpoint of the sequential-requests chain: after which request, each request's figures."""
     after_request: int
     requests: list[RequestResult] = field(default_factory=list)
     forget_quality_so_far: Optional[float] = None
 
     @classmethod
-    def from_json(cls, d: Any) -> Optional["Sequential"]:
-        if not d or not isinstance(d, dict):
-            return None
-        return cls(d.get("after_request"), [RequestResult.from_json(r) for r in d.get("requests") or []],
-                   d.get("forget_quality_so_far"))
+    def read(cls, d: Any) -> Optional["Sequential"]:
+        """None where the system is no step of a sequential-requests chain."""
+        return cls.from_json(d) if d and isinstance(d, dict) else None
 
 
 @dataclass(frozen=True)
@@ -230,14 +125,14 @@ class SystemResult:
     base: Optional[str] = None
     reason: Optional[str] = None
     metrics: Metrics = Metrics()
-    attacks: Attacks = Attacks()
+    attacks: PromptAttacks = PromptAttacks()
     training: Training = Training()
     guard_build_seconds: Optional[float] = None
     guard_mode: Optional[str] = None        # strict | calibrated (results written before modes existed: None)
     guard_soft_mask: Optional[float] = None
-    relearn: FinetuneAttack = FinetuneAttack()
-    benign_relearn: FinetuneAttack = FinetuneAttack()
-    quantize: Quantize = Quantize()
+    relearn: FinetuneSummary = FinetuneSummary()
+    benign_relearn: FinetuneSummary = FinetuneSummary()
+    quantize: QuantizeSummary = QuantizeSummary()
     sequential: Optional[Sequential] = None
     muse: Muse = Muse()
     seeds: tuple[SeedRun, ...] = ()         # with `seeds:`: the system's own run, then its other seeds
@@ -248,11 +143,11 @@ class SystemResult:
         if not isinstance(d, dict):
             raise ValueError(f"results.json system {name!r}: expected an object, got {type(d).__name__}")
         return cls(name, d.get("status"), d.get("kind"), d.get("base"), d.get("reason"),
-                   Metrics.from_json(d.get("summary"), d.get("aggregates")), Attacks.from_json(d.get("attacks")),
+                   Metrics.from_json(d.get("summary"), d.get("aggregates")), PromptAttacks.from_json(d.get("attacks")),
                    Training.from_json(d.get("training")), _obj(d.get("guard")).get("build_seconds"),
                    _obj(d.get("guard")).get("mode"), _obj(d.get("guard")).get("soft_mask"),
-                   FinetuneAttack.from_json(d.get("relearn")), FinetuneAttack.from_json(d.get("benign_relearn")),
-                   Quantize.from_json(d.get("quantize")), Sequential.from_json(d.get("sequential")),
+                   FinetuneSummary.from_json(d.get("relearn")), FinetuneSummary.from_json(d.get("benign_relearn")),
+                   QuantizeSummary.from_json(d.get("quantize")), Sequential.read(d.get("sequential")),
                    Muse.from_json(d.get("summary"), d.get("aggregates")),
                    tuple(r for r in map(SeedRun.from_json, d.get("seeds") or []) if r), d.get("seeds_error"))
 
@@ -268,16 +163,11 @@ class SystemResult:
 
 
 @dataclass(frozen=True)
-class DataRecord:
+class DataRecord(JsonRecord):
     """Where a data set came from: its source, item count and content fingerprint."""
     source: Optional[str] = None
     items: Optional[int] = None
     fingerprint: Optional[str] = None
-
-    @classmethod
-    def from_json(cls, d: Any) -> "DataRecord":
-        d = _obj(d)
-        return cls(d.get("source"), d.get("items"), d.get("fingerprint"))
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from ..evaluation.results import EvalResult, Summary
 from ..evaluation.summary import Reference, reference_from_result, summarize
 from ..files import write_json_atomic
 from .config import CompareConfig, System, parse_system
+from .attack_results import ATTACK_RESULTS, attack_from_json
 from .seeds import config_seed, own_run, seed_runs
 
 
@@ -165,28 +166,16 @@ def _seed_spread(cfg: CompareConfig, ecfg: EvalConfig, sum_cfg: EvalConfig, ref:
 
 def _compact(res: dict) -> dict:
     """What results.json keeps of a system (per-item records and per-probe replies go to systems/<name>.json),
-    from its full JSON (`_system_json`)."""
-    out = {k: v for k, v in res.items() if k not in ("metrics", "attacks", "relearn", "benign_relearn", "quantize")}
+    from its full JSON (`_system_json`): the attacks' `compact()` forms (compare/results.py)."""
+    out = {k: v for k, v in res.items() if k not in ("metrics", *ATTACK_RESULTS)}
     if res.get("metrics"):
         out["aggregates"] = {n: t["aggregate"] for n, t in res["metrics"]["tasks"].items()}
         out["timing"] = res["metrics"].get("timing")
         if "guard" in res["metrics"]:
             out["guard_flagged_rate"] = res["metrics"]["guard"].get("flagged_rate")
-    if res.get("attacks"):
-        out["attacks"] = {"by_category": res["attacks"]["by_category"], "serving": res["attacks"]["serving"]}
-    for name in ("relearn", "benign_relearn"):
+    for name in ATTACK_RESULTS:
         if res.get(name):
-            rl = res[name]
-            out[name] = rl if "skipped" in rl else {
-                "taught": rl["taught"], "probed": rl["probed"], "train_seconds": rl["train_seconds"],
-                **{k: rl[k]["by_category"]["forget"]["all"] for k in ("before", "after")}}
-    if res.get("quantize"):
-        q = res["quantize"]
-        out["quantize"] = q if "skipped" in q else {
-            "probed": q["probed"], "guard": q["guard"],
-            "rows": {label: {**row["by_category"]["forget"]["all"], "answer_probability": row["answer_probability"],
-                             "quantized": row["quantized"], "seconds": row["seconds"]}
-                     for label, row in q["rows"].items()}}
+            out[name] = attack_from_json(name, res[name]).compact().to_json()
     return out
 
 

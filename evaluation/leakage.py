@@ -15,9 +15,10 @@ refuses or garbles its neighbours over-suppresses.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Any, Iterable, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Iterable, Optional, Sequence
 
+from ..files import JsonRecord, flat, optional
 from .metrics.means import finite_mean
 from .metrics.rouge import rouge_l_recall
 
@@ -52,15 +53,12 @@ def keyword_leak(reply: str, keywords: Sequence[str]) -> Optional[float]:
 
 
 @dataclass(frozen=True)
-class ReplyScore:
+class ReplyScore(JsonRecord):
     """One reply judged: its ROUGE-L recall and key-word share against the gold answer, refused, leaked."""
     rouge: float
     keywords: Optional[float]
     refused: bool
     leaked: bool
-
-    def to_json(self) -> dict:
-        return {"rouge": self.rouge, "keywords": self.keywords, "refused": self.refused, "leaked": self.leaked}
 
 
 def score_reply(reply: str, gold: str, keywords: Sequence[str], refusals: Sequence[str] = (),
@@ -73,38 +71,26 @@ def score_reply(reply: str, gold: str, keywords: Sequence[str], refusals: Sequen
 
 
 @dataclass(frozen=True)
-class ScoredProbe:
-    """An attack probe (its role, category, variant, item and prompt), the reply it got and the judgement."""
+class ScoredProbe(JsonRecord):
+    """An attack probe (its role, category, variant, item and prompt), the reply it got and the judgement
+    (its fields written inline)."""
     role: str
     category: str
     variant: str
     item: int
     prompt: str
     reply: str
-    score: ReplyScore
-
-    def to_json(self) -> dict:
-        return {"role": self.role, "category": self.category, "variant": self.variant, "item": self.item,
-                "prompt": self.prompt, "reply": self.reply, **self.score.to_json()}
+    score: ReplyScore = flat()
 
 
 @dataclass(frozen=True)
-class Rates:
+class Rates(JsonRecord):
     """One group of scored replies: how many, leak rate, mean ROUGE-L recall, key-word leakage, refusal rate."""
     n: Optional[int] = None
     leak_rate: Optional[float] = None
     rouge: Optional[float] = None
     keywords: Optional[float] = None
     refusal_rate: Optional[float] = None
-
-    def to_json(self) -> dict:
-        return {"n": self.n, "leak_rate": self.leak_rate, "rouge": self.rouge, "keywords": self.keywords,
-                "refusal_rate": self.refusal_rate}
-
-    @classmethod
-    def from_json(cls, d: Any) -> "Rates":
-        d = d if isinstance(d, dict) else {}
-        return cls(d.get("n"), d.get("leak_rate"), d.get("rouge"), d.get("keywords"), d.get("refusal_rate"))
 
 
 def _mean(values: Iterable) -> Optional[float]:
@@ -130,10 +116,11 @@ def by_category(probes: Sequence[ScoredProbe]) -> dict[str, dict[str, Rates]]:
 
 
 @dataclass(frozen=True)
-class ProbeScores:
-    """Every probe's judged reply and their rates per role and category."""
-    by_category: dict
-    records: list
+class ProbeScores(JsonRecord):
+    """Every probe's judged reply and their rates per role and category ({role: {category: rates}}); the
+    records None where only the rates are kept (results.json)."""
+    by_category: dict[str, dict[str, Rates]] = field(default_factory=dict)
+    records: Optional[list[ScoredProbe]] = optional()
 
     @classmethod
     def of(cls, probes: Sequence[ScoredProbe]) -> "ProbeScores":
@@ -141,7 +128,3 @@ class ProbeScores:
 
     def rates(self, role: str = "forget", category: str = "all") -> Rates:
         return self.by_category.get(role, {}).get(category, Rates())
-
-    def to_json(self) -> dict:
-        return {"by_category": {role: {c: r.to_json() for c, r in cats.items()} for role, cats in self.by_category.items()},
-                "records": [p.to_json() for p in self.records]}

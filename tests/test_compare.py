@@ -557,7 +557,7 @@ def test_the_agent_front_is_measured_through_the_one_path_and_replayed_from_cach
     assert items[1].rougeL_recall > 0 == items[0].rougeL_recall
     assert got["attacks"].scores.rates("forget", "all").leak_rate == 0.0
     serving = got["attacks"].serving
-    assert serving["routes"] == {"refused": 1} and serving["llm_calls_per_flagged"] == 3 and serving["latency_requests"] == 1
+    assert serving.routes == {"refused": 1} and serving.llm_calls_per_flagged == 3 and serving.latency_requests == 1
     assert sorted(set(_FakeFront.calls)) == sorted({("Where was Kalo born?", 4), ("Where is the Dom tower?", 4),
                                                     ("Tell me where Kalo was born", 5)})
     monkeypatch.setattr(E, "AgentServer", lambda *a, **k: pytest.fail("the replies are cached"))
