@@ -352,11 +352,6 @@ def finish(attack: Attack, category: str, tally: Tally, **extra) -> dict:
     return out
 
 
-def median_or_none(values):
-    values = [v for v in values if v is not None]
-    return statistics.median(values) if values else None
-
-
 def run_threads(port: int, bodies: list, raws: list = ()) -> tuple[list, list]:
     """Start one thread per body (JSON) or raw payload; returns (threads, statuses filled as they end)."""
     statuses: list = []
