@@ -47,7 +47,8 @@ DOC_PLOTS: tuple[Callable[..., dict[str, bytes]], ...] = (audit_plots,)
 
 
 def tables(doc: dict) -> list[Table]:
-    """[(title, header, rows, note)] shared by the markdown and the HTML."""
+    """[(title, header, rows, note)] of the typed sections (what `unlearn compare`, `attack` and `audit` print);
+    report.md and report.html add DOC_SECTIONS' after them."""
     return _tables(parse_doc(doc))
 
 
