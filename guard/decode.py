@@ -47,6 +47,8 @@ class RequestGuard:
     soft: Optional[float] = None                # calibrated mode: matched tokens lose this many logits instead of being withheld
     withheld: Optional[Withheld] = None         # calibrated mode: the names the prompt did not write, withheld
     quotes: Optional[QuoteState] = None         # a corpus policy's quote filter: the request's last τ tokens
+    refusal: Optional[list[int]] = None         # strict mode: forced once the model heads into a withheld name
+    forced_from: int = 0                        # the output token the forced tokens start at
     _penalty_entries: Optional[tuple] = field(default=None, repr=False, compare=False)   # (key, index, values)
 
     def __post_init__(self):
@@ -88,6 +90,19 @@ class RequestGuard:
         for tok in context:
             self.live = self.trie.advance(self.live, int(tok))
         self._advance_text(context if text_context is None else text_context)
+
+    def inside_name(self) -> bool:
+        """Whether the text so far ends inside one of the guard's phrases (a name begun): only there can
+        withholding a token turn the model's answer into a near miss of the name."""
+        return bool(self.live) or any(not m.idle(at) for m, at in (
+            (self.text, self.text_state), (self.spelled, self.spelled_state), (self.extra, self.extra_state))
+            if m is not None)
+
+    def refuse_from_here(self) -> None:
+        """Answer the rest with the refusal: what the model was about to write is withheld, and what it
+        would write instead is a near miss of the name (a mangled name reads as a malfunction, not as
+        not knowing)."""
+        self.forced, self.forced_from = self.refusal, self.consumed
 
     def observe(self, output_ids: Sequence[int]) -> None:
         """Advance over output tokens not seen yet (vLLM V1 appends to the same list)."""
@@ -145,7 +160,7 @@ class RequestGuard:
         """Guard one row of logits in place. `extra` are tokens after the committed ones (draft
         tokens under speculative decoding) that this row's context also contains."""
         if self.forced is not None:
-            at = min(self.consumed + len(extra), len(self.forced) - 1)
+            at = min(self.consumed - self.forced_from + len(extra), len(self.forced) - 1)
             row.fill_(BLOCKED)
             row[self.forced[at]] = 0.0
             return
@@ -202,6 +217,7 @@ def _discourage(row: torch.Tensor, indexes: list[torch.Tensor], amount: float, w
 
 
 PAIRS_AT_ONCE = 4096   # a group of rows with more (row, token) pairs than this is written on its own
+NEAR_TOP = 2.0         # logits below the top within which a withheld token counts as what the model meant
 
 
 class RowMasks:
@@ -246,6 +262,15 @@ class RowMasks:
         index, values = guard._sparse_penalty(logits.shape[-1], logits.device, logits.dtype)
         at = to_device(torch.tensor(rows), logits.device).unsqueeze(1)
         logits[at, index.unsqueeze(0)] += values
+
+    def heads_into(self, logits: torch.Tensor, row: int, guard: RequestGuard) -> bool:
+        """Whether a token the guard withholds in `row` is among the model's likeliest there (within
+        NEAR_TOP logits of the top one): the model was about to write the name."""
+        index = self.index(guard, logits.shape[-1])
+        if not index.size:
+            return False
+        values = logits[row]
+        return bool(values[torch.from_numpy(index).to(values.device)].max() >= values.max() - NEAR_TOP)
 
     def withhold(self, logits: torch.Tensor, groups: Sequence[tuple[RequestGuard, list[int]]]) -> None:
         """Withhold, in each group's rows, the tokens its guard withholds (every row's guard in the same
@@ -299,11 +324,15 @@ def guard_rows(logits: torch.Tensor, rows: Sequence[tuple[int, RequestGuard, Seq
                masks: RowMasks) -> None:
     """Guard `logits` in place: each (row, guard, extra tokens) as `guard.apply_row(logits[row], extra)`
     would. Strict guards without extra tokens are written in groups (`RowMasks`): by shared penalty, then
-    by shared structures and states."""
+    by shared structures and states. A strict guard whose row is inside a name and whose model was about
+    to finish it answers the rest with the refusal (`refuse_from_here`); teacher forcing, which calls
+    `apply_row` alone, scores as before."""
     penalised: dict[int, tuple[RequestGuard, list[int]]] = {}
     withheld: dict[tuple, tuple[RequestGuard, list[int]]] = {}
     quoted: list[tuple[int, QuoteState]] = []
     for row, guard, extra in rows:
+        if guard.strict and not extra and guard.refusal and guard.inside_name() and masks.heads_into(logits, row, guard):
+            guard.refuse_from_here()
         if not guard.strict or extra:
             guard.apply_row(logits[row], extra)
             continue

@@ -447,7 +447,7 @@ class GuardRuntime:
             if self.names is None:
                 return None
             return RequestGuard(self.names[0], text=self.names[1], spelled=self.names[2], fallback=self.eos,
-                                always_on=True)
+                                always_on=True, refusal=self._refusal_if_strict())
         targets, items = decision.targets, decision.items
         if not decision.flagged and args.force:   # guarded on request: against its nearest items
             targets, items = self.classifier.expand(set(), set(decision.nearest))
@@ -461,7 +461,13 @@ class GuardRuntime:
                     if self.soft_mask is not None else None)
         return RequestGuard(self._trie(items, targets, args.targets), penalty=penalty,
                             text=self._matcher(items, targets), spelled=self._spelled(targets),
-                            extra=extra, fallback=self.eos, soft=self.soft_mask, withheld=withheld)
+                            extra=extra, fallback=self.eos, soft=self.soft_mask, withheld=withheld,
+                            refusal=self._refusal_if_strict())
+
+    def _refusal_if_strict(self) -> Optional[list[int]]:
+        """What a strict guard answers once its model heads into a withheld name (calibrated mode lowers
+        names like any fact instead: its answers are the fit's)."""
+        return self.refusal if self.soft_mask is None else None
 
     def decide(self, prompts: list[Sequence[int]], args: list[RequestArgs]) -> list[Decision]:
         """Classify a batch; requests that share a threshold/top_k are embedded together."""

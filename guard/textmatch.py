@@ -227,6 +227,10 @@ class TextMatcher:
         code, node = divmod(state, len(self.goto))
         return node, (code.to_bytes(4, "big").lstrip(b"\x00")[1:] if code else b"")
 
+    def idle(self, state: int) -> bool:
+        """Whether `state` is inside no phrase: no node past a word start, no character begun."""
+        return state % len(self.goto) in (0, self.start) and state < len(self.goto)
+
     def advance(self, state: int, text: str) -> int:
         """The state after `text` (whole characters: a character begun is dropped)."""
         node = state % len(self.goto)

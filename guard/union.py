@@ -95,6 +95,10 @@ class MatcherUnion:
         a, b = divmod(state, self.size)
         return self._pack(self.first.advance_tokens(a, tokens), self.second.advance_tokens(b, tokens))
 
+    def idle(self, state: int) -> bool:
+        a, b = divmod(state, self.size)
+        return self.first.idle(a) and self.second.idle(b)
+
     def blocked(self, state: int) -> frozenset[int]:
         a, b = divmod(state, self.size)
         return self.first.blocked(a) | self.second.blocked(b)

@@ -129,10 +129,12 @@ def test_server_refuses_loosening_args_with_400_and_keeps_serving(case, cli_serv
                      "--dtype", "float32", "--max-model-len", "256"], port, timeout=300):
         chat = {"model": "tiny", "max_tokens": 8, "temperature": 0,
                 "messages": [{"role": "user", "content": "Where was Kalo Mirten born?"}]}
-        for xargs, words in [({"unlearn_guard": False}, "switch"), ({"unlearn_threshold": 0.999}, "loosen"),
+        for xargs, words in [({"unlearn_guard": False}, "switch"), ({"unlearn_threshold": 1.5}, "between"),
                              ({"unlearn_off": 1}, "unknown"), ({"unlearn_targets": [1, 2]}, "list of strings")]:
             status, body = _post(port, "/v1/chat/completions", {**chat, "vllm_xargs": xargs})
             assert status == 400 and words in body, (xargs, status, body[:300])
+        status, _ = _post(port, "/v1/chat/completions", {**chat, "vllm_xargs": {"unlearn_threshold": 0.999}})
+        assert status == 200                                   # would loosen: clamped to the policy's, not refused
         status, body = _post(port, "/v1/chat/completions", {**chat, "vllm_xargs": {"unlearn_targets": ["Paris"]}})
         assert status == 200 and json.loads(body)["choices"][0]["message"]["content"] is not None
         status, body = _post(port, "/v1/completions", {"model": "tiny", "prompt": "Kalo Mirten", "max_tokens": 6,

@@ -345,6 +345,8 @@ def test_rows_guarded_together_equal_rows_guarded_one_by_one(runtime, pairs_at_o
     guards[5].feed(river[:-1])                    # inside the request's own target
     guards[7].feed(name[:1])
     assert guards[-1].forced and guards[3].always_on and guards[4].always_on and not guards[0].always_on
+    for guard in guards:
+        guard.refusal = None      # the refusal on heading into a name: test_heading_into_a_withheld_name_answers_the_refusal
     rows = [(n, g, ()) for n, g in enumerate(guards)] + [(len(guards), guards[4], name[:-1])]   # draft tokens
     logits = torch.randn(len(rows) + 1, len(tok), generator=torch.Generator().manual_seed(0))
     logits[3, :] = float("-inf")                  # row 3 may only sample the token that ends the name
@@ -428,3 +430,37 @@ def test_an_edited_answers_index_fails_at_load(tiny_policy, tmp_path):
     (bad / "answers.faiss").write_bytes(b"not an index")
     with pytest.raises(PolicyError, match="answers.faiss does not match"):
         load_policy(bad)
+
+
+def test_heading_into_a_withheld_name_answers_the_refusal(runtime):
+    """In generation, a strict guard whose model was about to finish a withheld name answers the rest
+    with the policy's refusal (never a near miss of the name); a row not inside a name, or whose model
+    meant another word, is guarded as before; teacher forcing (apply_row alone) is unchanged."""
+    import torch
+
+    from unlearnkit.guard.decode import BLOCKED, RowMasks, guard_rows
+
+    rt, tok = runtime
+    name = tok(" Kalo Mirten", add_special_tokens=False)["input_ids"]
+    asks = [("Where was Kalo Mirten born?", None), ("What is the capital of France?", None),
+            ("What is the capital of France?", None), ("Where was Kalo Mirten born?", None)]
+    guards = rt.guards([(_prompt(tok, q), args) for q, args in asks])
+    for guard in guards[:3]:
+        guard.feed(name[:-1])                      # flagged, unflagged, unflagged: inside the name
+    assert all(g.refusal == rt.refusal for g in guards) and guards[0].inside_name() and not guards[3].inside_name()
+    logits = torch.zeros(4, len(tok))
+    logits[:, name[-1]] = 5.0                      # rows 0, 1 and 3 meant to write the name's last token
+    logits[2, 7] = 9.0                             # row 2 meant another word
+    scored = logits.clone()
+    guards[0].apply_row(scored[0])
+    guard_rows(logits, [(n, g, ()) for n, g in enumerate(guards)], RowMasks())
+    for row in (0, 1):
+        assert guards[row].forced == rt.refusal and int(logits[row].argmax()) == rt.refusal[0]
+        assert int((logits[row] > BLOCKED).sum()) == 1
+    assert guards[2].forced is None and logits[2, name[-1]] == BLOCKED and logits[2, 7] == 9.0
+    assert guards[3].forced is None and logits[3, name[-1]] > BLOCKED   # not inside the name: not withheld
+    assert scored[0, name[-1]] == BLOCKED and scored[0, 7] == 0.0       # teacher forcing: withheld, no refusal
+    guards[0].feed([rt.refusal[0]])
+    follow = torch.zeros(1, len(tok))
+    guard_rows(follow, [(0, guards[0], ())], RowMasks())
+    assert int(follow[0].argmax()) == rt.refusal[1]                     # the refusal goes on, token by token
