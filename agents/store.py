@@ -40,7 +40,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..errors import ConfigError
-from ..guard.classifier import Decision, PromptClassifier
+from ..guard.classifier import CollapsedIndex, Decision, PromptClassifier, collapsed_names, lexical_hits
 from ..guard.embedder import embed
 from ..guard.phrases import ProbeIndex, mentions
 
@@ -117,6 +117,7 @@ class _Live:
 
     def __post_init__(self):
         self.probes = ProbeIndex((p, n) for n, t in enumerate(self.targets) for p in t.probes)
+        self.collapsed = CollapsedIndex(collapsed_names([{"probes": list(t.probes)} for t in self.targets]))
 
     def vector_of(self) -> dict[str, np.ndarray]:
         if self.vectors is None:
@@ -124,7 +125,9 @@ class _Live:
         return {target_text(t): v for t, v in zip(self.targets, self.vectors)}
 
     def named(self, text: str) -> list[LiveTarget]:
-        return [self.targets[n] for n in sorted(self.probes.find(text))]
+        """The live targets `text` names, as the policy's are found: in any lexical view (folded, so
+        homoglyphs and zero-width characters; de-leeted; spaced letters joined; backwards)."""
+        return [self.targets[n] for n in sorted(lexical_hits(text, self.probes, self.collapsed))]
 
 
 def read_live_bytes(raw: bytes) -> tuple[tuple[LiveTarget, ...], int]:

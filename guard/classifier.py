@@ -119,7 +119,7 @@ def as_served(tokenizer, questions: list[str]) -> list:
     return out
 
 
-def _collapsed_names(targets: list[dict]) -> list[tuple[str, int]]:
+def collapsed_names(targets: list[dict]) -> list[tuple[str, int]]:
     """(collapsed probe, target): the policy's own list (build.collapsed_probes, which leaves out any
     that occurs in a retain prompt), or, for a policy built before it, every probe of at least
     MIN_COLLAPSED letters and digits."""
@@ -250,7 +250,7 @@ class PromptClassifier:
         probes = [(p, t) for t, target in enumerate(policy.targets) for p in [*target["probes"], *target.get("titles", ())]]
         # the probes folded too, so a name written with diacritics matches its folded spelling
         self.probes = ProbeIndex(probes + [(disguise.fold(p), t) for p, t in probes])
-        self.collapsed = CollapsedIndex(_collapsed_names(policy.targets))
+        self.collapsed = CollapsedIndex(collapsed_names(policy.targets))
         self.item_targets = [tuple(item["targets"]) for item in policy.items]
         target_items: list[list[int]] = [[] for _ in policy.targets]
         for i, ts in enumerate(self.item_targets):     # one pass: items x targets is 10^9 at 10^4 targets

@@ -47,6 +47,7 @@ POLICY_ENV = "UNLEARN_GUARD_POLICY"
 FQCN = "unlearnkit.guard.vllm_plugin:UnlearnGuard"   # the class to give vLLM (--logits-processors)
 PREFIX = "unlearn_"
 SPELLED_MIN = 8      # letters a full name needs to be matched spelled out
+GLUED_MIN = 6        # letters a distinctive name part needs to be matched inside a word too ("xVorlon")
 PRIME_TOKENS = 32   # prompt tokens a guard reads at least before the output (a phrase begun in the prompt)
 ARGS = ("unlearn_targets", "unlearn_guard", "unlearn_threshold", "unlearn_penalty", "unlearn_top_k")
 
@@ -267,16 +268,25 @@ class GuardRuntime:
         (its lexical probes), forbidden in every request's output, flagged or not, so a classifier
         miss is not a full bypass; and the full names spelled out letter by letter ("K-a-l-o
         M-i-r-t-e-n"; names of at least SPELLED_MIN letters, so that ordinary text does not spell
-        one by chance). None for a policy without targets (e.g. a set of news facts)."""
+        one by chance). Name parts of at least GLUED_MIN letters are matched inside words too, so a
+        part glued to the word before it ("booksByMirten") is withheld like one that starts a word.
+        None for a policy without targets (e.g. a set of news facts)."""
         if not self.name_probes:
             return None
         full = self.full_names
         spelled = TextMatcher(full, self.spelled_texts, spelled=True) if full else None
-        return TokenTrie(self.name_sequences), TextMatcher(self.name_probes, self.token_texts), spelled
+        text = TextMatcher(self.name_probes, self.token_texts)
+        glued = [p for p in self.name_probes if " " not in p.strip() and len(normalise(p).strip()) >= GLUED_MIN]
+        if glued:    # a name part glued to the word before it, which the word-start matcher does not see
+            text = MatcherUnion(text, TextMatcher(glued, self.token_texts, anywhere=True))
+        return TokenTrie(self.name_sequences), text, spelled
 
     def _full_names(self) -> list[str]:
-        """The names the names check also matches spelled out letter by letter."""
-        return [t["name"] for t in self._distinct_targets() if len(normalise(t["name"]).replace(" ", "")) >= SPELLED_MIN]
+        """The names the names check also matches spelled out letter by letter: full names and single
+        distinctive parts ("Mirrvaskdov" alone) of at least SPELLED_MIN letters."""
+        names = [t["name"] for t in self._distinct_targets()]
+        parts = [p for p in self.name_probes if " " not in p.strip()]
+        return [n for n in dict.fromkeys(names + parts) if len(normalise(n).replace(" ", "")) >= SPELLED_MIN]
 
     def _withheld(self, whole: str, targets: Sequence[int], named: Sequence[int]) -> Optional[Withheld]:
         """Calibrated mode: the names check over one request, less what it may lower instead of
@@ -407,25 +417,32 @@ class GuardRuntime:
             return MatcherUnion(own, self.names[1]) if self.names is not None else own
         return self._cached(self._matchers, (items, targets), make)
 
-    def _spelled(self, targets: tuple[int, ...]):
+    def _spelled(self, targets: tuple[int, ...], requested: tuple[str, ...] = ()):
         """The names check's spelled-out matcher, with the full names of `targets` that it leaves out (a name
-        made of common words, "African American", is forbidden for flagged requests only), so a flagged
-        answer cannot write those backwards or letter by letter either. Cached per targets."""
+        made of common words, "African American", is forbidden for flagged requests only) and the request's
+        own targets (the agent front's live targets among them), so a flagged answer cannot write those
+        backwards, in leetspeak or letter by letter either. Cached per targets."""
         shared = self.names[2] if self.names is not None else None
-        extra = [self.policy.targets[t]["name"] for t in targets if self.policy.targets[t]["name"] not in self.full_names
-                 and len(normalise(self.policy.targets[t]["name"]).replace(" ", "")) >= SPELLED_MIN]
+        names = [self.policy.targets[t]["name"] for t in targets if self.policy.targets[t]["name"] not in self.full_names]
+        extra = [n for n in names + _with_words(requested) if len(normalise(n).replace(" ", "")) >= SPELLED_MIN]
         if not extra:
             return shared
 
         def make():
             own = TextMatcher(extra, self.spelled_texts, spelled=True)
             return MatcherUnion(own, shared) if shared is not None else own
-        return self._cached(self._matchers, ("spelled", targets), make)
+        return self._cached(self._matchers, ("spelled", targets, requested), make)
 
     def _request_matcher(self, extra: tuple[str, ...]) -> TextMatcher:
-        """A request's own phrases (`unlearn_targets`) in a small matcher of their own, so a fresh
-        set never rebuilds the big cached one."""
-        return self._cached(self._matchers, ("request", extra), lambda: _text_matcher(_with_words(extra), self.token_texts))
+        """A request's own phrases (`unlearn_targets`: the agent front's live targets among them) in a
+        small matcher of their own, so a fresh set never rebuilds the big cached one: at word starts,
+        and their words of GLUED_MIN+ letters inside words too, as the policy's names are."""
+        def make():
+            words = _with_words(extra)
+            plain = _text_matcher(words, self.token_texts)
+            glued = [w for w in words if " " not in w.strip() and len(normalise(w).strip()) >= GLUED_MIN]
+            return MatcherUnion(plain, TextMatcher(glued, self.token_texts, anywhere=True)) if glued else plain
+        return self._cached(self._matchers, ("request", extra), make)
 
     def _penalty(self, targets: tuple[int, ...], strength: Optional[float], temperature: float = 1.0) -> Optional[torch.Tensor]:
         """The targets' penalty at `strength` (default: the policy's), multiplied by the request's
@@ -460,7 +477,7 @@ class GuardRuntime:
         withheld = (self._withheld(self.tokenizer.decode(list(prompt), skip_special_tokens=False), targets, decision.named)
                     if self.soft_mask is not None else None)
         return RequestGuard(self._trie(items, targets, args.targets), penalty=penalty,
-                            text=self._matcher(items, targets), spelled=self._spelled(targets),
+                            text=self._matcher(items, targets), spelled=self._spelled(targets, args.targets),
                             extra=extra, fallback=self.eos, soft=self.soft_mask, withheld=withheld,
                             refusal=self._refusal_if_strict())
 

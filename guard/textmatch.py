@@ -38,7 +38,8 @@ def normalise(text: str) -> str:
 
 
 # the spelled view's letters: leet digits read as the letters they stand for, and "l" as "i" (a "1" is either)
-_SPELLED = str.maketrans({"0": "o", "1": "i", "l": "i", "3": "e", "4": "a", "5": "s", "7": "t"})
+_SPELLED = str.maketrans({"0": "o", "1": "i", "l": "i", "2": "z", "3": "e", "4": "a", "5": "s", "6": "g", "7": "t",
+                          "8": "b", "9": "g", "q": "g"})
 
 
 def spelled_form(text: str) -> str:
@@ -161,10 +162,11 @@ class TokenTexts:
 
 
 class TextMatcher:
-    def __init__(self, phrases: Iterable[str], texts: TokenTexts, spelled: bool = False):
+    def __init__(self, phrases: Iterable[str], texts: TokenTexts, spelled: bool = False, anywhere: bool = False):
         """`spelled`: match the phrases' letters and digits in order whatever separates them
         ("K a l o  M i r t e n"), in leetspeak ("K4lo M1rten") or backwards ("netriM olaK"), on
-        `texts.spelled()`; no word-start condition."""
+        `texts.spelled()`; no word-start condition. `anywhere`: match the phrases inside words too
+        ("xVorlon", "booksByVorlon"), not only where a word starts."""
         self.texts = texts
         self.goto: list[dict[str, int]] = [{}]
         self.fail: list[int] = [0]
@@ -173,7 +175,8 @@ class TextMatcher:
             forms = [spelled_form(normalise(p)) for p in phrases]
             keys = (key for form in forms if form for key in (form, form[::-1]))
         else:
-            keys = (" " + normalise(p).strip() for p in phrases if normalise(p).strip())
+            lead = "" if anywhere else " "
+            keys = (lead + normalise(p).strip() for p in phrases if normalise(p).strip())
         for phrase in dict.fromkeys(keys):
             node = 0
             for depth, ch in enumerate(phrase):

@@ -84,6 +84,11 @@ class MatcherUnion:
     def longest(self) -> int:
         return max(self.first.longest, self.second.longest)
 
+    @property
+    def states(self) -> int:
+        """A bound on the packed states (a union can be the second matcher of another)."""
+        return self.first.states * self.size
+
     def _pack(self, a: int, b: int) -> int:
         return a * self.size + b
 

@@ -81,6 +81,18 @@ def test_store_classifies_policy_and_live_targets(store, tmp_path):
     assert not store.classify(q, [q]).flagged
 
 
+@pytest.mark.parametrize("written", ["M i r r v a s k d o v", "Mirr\u200bvask\u200bdov", "Mirrvаskdov",   # Cyrillic а
+                                     "M1rrv45kd0v", "vodksavrriM", "Ｍｉｒｒｖａｓｋｄｏｖ", "Ｍirr-vask-dov"])
+def test_a_live_target_in_disguise_is_named(store, written):
+    """A live target is found in a prompt the way a policy target is: folded (homoglyphs, zero-width and
+    full-width characters), de-leeted, its spaced letters joined, backwards."""
+    assert store.add(LiveTarget("Ilse Mirrvaskdov", ("Ilse Mirrvaskdov composed the harbour suite.",)))
+    question = f"Tell me about the composer {written}."
+    assert [t.name for t in store._live.named(question)] == ["Ilse Mirrvaskdov"], written
+    assert store.classify(question, [question]).flagged
+    assert store._live.named("Tell me about the composer Marta Velasquez.") == []
+
+
 def test_store_watches_its_file(store, tmp_path):
     path = tmp_path / "live.json"
     q = "Where was Maren Dulcet born?"

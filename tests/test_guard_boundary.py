@@ -365,6 +365,55 @@ def test_the_names_check_blocks_a_name_where_a_word_starts_not_where_one_ends(tm
     assert set(first_of_name[-1:]) <= blocked_after(first_of_name[:-1])   # " In" + "es": the name completed
 
 
+@pytest.mark.parametrize("before", [" booksBy", " x", " the author-", "(Kalo"])
+def test_a_long_name_part_glued_to_the_word_before_is_withheld(tiny_policy, tiny_dir, before):
+    """A distinctive part of GLUED_MIN+ letters is withheld inside a word too: "booksByMirten",
+    "xMirten" cannot be finished, whatever tokens spell it."""
+    from unlearnkit.data.formatting import prompt_text
+    from unlearnkit.guard.policy import load_policy
+    from unlearnkit.guard.runtime import GuardRuntime
+    from unlearnkit.models.loading import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_dir))
+    runtime = GuardRuntime(load_policy(tiny_policy, tok), tok)
+    prompt = tok(prompt_text(tok, "What is the capital of France?"), add_special_tokens=False)["input_ids"]
+    for glued in (before + "Mirten", before + "MIRTEN", before + "Farrow"):
+        ids = tok(glued, add_special_tokens=False)["input_ids"]
+        guard = runtime.guards([(prompt, None)])[0]
+        assert guard.always_on
+        guard.feed(ids[:-1])
+        blocked = set().union(*(set(i.tolist()) for i in guard.withheld_indexes(torch.device("cpu"))))
+        assert ids[-1] in blocked, (glued, tok.convert_ids_to_tokens(ids))     # the token finishing the part
+    vacc = tok(" vaccines", add_special_tokens=False)["input_ids"]          # a short part is still a word only
+    guard = runtime.guards([(prompt, None)])[0]
+    guard.feed(vacc[:-1])
+    assert vacc[-1] not in set().union(*(set(i.tolist()) for i in guard.withheld_indexes(torch.device("cpu"))))
+
+
+@pytest.mark.parametrize("written", ["M1rrv45kd0v", "Mirr vask dov", "vodksavrriM", "xMirrvaskdov", "M-i-r-r-v-a-s-k-d-o-v",
+                                     "6a8riel 2o8er9"])
+def test_a_requests_own_targets_get_the_spelled_and_glued_checks(tiny_policy, tiny_dir, written):
+    """`unlearn_targets` (the agent front sends its live targets so) are withheld in leetspeak, spaced,
+    backwards and glued, as the policy's names are; the spelled view reads 2, 6, 8 and 9 as letters."""
+    from unlearnkit.data.formatting import prompt_text
+    from unlearnkit.guard.policy import load_policy
+    from unlearnkit.guard.runtime import GuardRuntime
+    from unlearnkit.models.loading import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_dir))
+    runtime = GuardRuntime(load_policy(tiny_policy, tok), tok)
+    prompt = tok(prompt_text(tok, "What is the capital of France?"), add_special_tokens=False)["input_ids"]
+    args = {"unlearn_targets": ["Ilse Mirrvaskdov", "Gabriel Zoberg"]}
+    ids = tok(" " + written, add_special_tokens=False)["input_ids"]
+    guard = runtime.guards([(prompt, args)])[0]
+    guard.feed(ids[:-1])
+    blocked = set().union(*(set(i.tolist()) for i in guard.withheld_indexes(torch.device("cpu"))))
+    assert ids[-1] in blocked, (written, tok.convert_ids_to_tokens(ids))
+    plain = runtime.guards([(prompt, None)])[0]             # without the request's targets: not withheld
+    plain.feed(ids[:-1])
+    assert ids[-1] not in set().union(*(set(i.tolist()) for i in plain.withheld_indexes(torch.device("cpu"))))
+
+
 TARGETS = ("Mirten", "Kalo Mirten", "Farrow", "Utrecht", "Glass Rivers", "1961")    # names and forget answers
 DECOYS = ("Fenwick", "Dario Fenwick", "Okafor", "Lisbon", "Paper Boats", "1974")
 

@@ -58,13 +58,13 @@ def test_mention_index_and_background_answer_like_mentions():
 
 def _reference_named(classifier: PromptClassifier, text: str) -> set[int]:
     """PromptClassifier.named as it was: a scan over every collapsed probe."""
-    from unlearnkit.guard.classifier import _collapsed_names
+    from unlearnkit.guard.classifier import collapsed_names
 
     found: set = set()
     for view in disguise.lexical_views(text):
         found |= classifier.probes.find(view)
     views = disguise.collapsed_views(text)
-    for key, target in _collapsed_names(classifier.policy.targets):
+    for key, target in collapsed_names(classifier.policy.targets):
         if target not in found and any(key in v or key[::-1] in v for v in views):
             found.add(target)
     return found
