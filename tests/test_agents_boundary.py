@@ -10,9 +10,10 @@ import threading
 import pytest
 
 from unlearnkit.agents.config import AgentConfig
-from unlearnkit.agents.front import (MAX_ENGINE_TARGETS, RewriteSlots, client_reason, forwarded_body, health_url,
+from unlearnkit.agents.front import (MAX_ENGINE_TARGETS, RewriteSlots, client_reason, forwarded_body,
                                      merge_targets)
 from unlearnkit.agents.graph import Job, Pipeline
+from unlearnkit.agents.http import health_url
 from unlearnkit.agents.request import BadRequest, read_request, strings
 from unlearnkit.agents.store import LiveTarget, TargetStore
 from unlearnkit.config import ConfigError
