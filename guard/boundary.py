@@ -187,10 +187,16 @@ class Within(str):
         return out
 
 
+MAX_MESSAGES = 1024   # a chat's messages: the template renders each one before the engine's length check
+
+
 def _messages(value) -> Optional[str]:
-    """A non-empty list of objects, each with a known role and only fields the classifier reads."""
+    """A non-empty list of at most MAX_MESSAGES objects, each with a known role and only fields the
+    classifier reads."""
     if not isinstance(value, list) or not value:
         return "must be a non-empty list of messages"
+    if len(value) > MAX_MESSAGES:
+        return f"at most {MAX_MESSAGES} messages on a guarded server"
     for n, message in enumerate(value):
         if not isinstance(message, dict):
             return Within(f"messages[{n}]", f"messages[{n}] must be an object with a role")

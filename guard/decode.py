@@ -29,6 +29,15 @@ from .withheld import Withheld
 BLOCKED = float("-inf")
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """The policy's refusal as tokens: at the answer's start, and after some of it (set apart from the
+    word the model had begun, so the begun word and the refusal do not read as one)."""
+
+    opening: list[int]
+    later: list[int]
+
+
 @dataclass
 class RequestGuard:
     trie: TokenTrie
@@ -47,7 +56,7 @@ class RequestGuard:
     soft: Optional[float] = None                # calibrated mode: matched tokens lose this many logits instead of being withheld
     withheld: Optional[Withheld] = None         # calibrated mode: the names the prompt did not write, withheld
     quotes: Optional[QuoteState] = None         # a corpus policy's quote filter: the request's last τ tokens
-    refusal: Optional[list[int]] = None         # strict mode: forced once the model heads into a withheld name
+    refusal: Optional["Refusal"] = None         # strict mode: forced once the model heads into a withheld name
     forced_from: int = 0                        # the output token the forced tokens start at
     _penalty_entries: Optional[tuple] = field(default=None, repr=False, compare=False)   # (key, index, values)
 
@@ -102,7 +111,8 @@ class RequestGuard:
         """Answer the rest with the refusal: what the model was about to write is withheld, and what it
         would write instead is a near miss of the name (a mangled name reads as a malfunction, not as
         not knowing)."""
-        self.forced, self.forced_from = self.refusal, self.consumed
+        self.forced = self.refusal.opening if self.consumed == 0 else self.refusal.later
+        self.forced_from = self.consumed
 
     def observe(self, output_ids: Sequence[int]) -> None:
         """Advance over output tokens not seen yet (vLLM V1 appends to the same list)."""

@@ -31,7 +31,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from .classifier import Decision, PromptClassifier, UserTurn, spelled_out
-from .decode import RequestGuard
+from .decode import Refusal, RequestGuard
 from .penalty import dense_penalty
 from .policy import Policy, load_policy, read_meta, verified_meta
 from .quotes import Aliases, QuoteFilter
@@ -226,6 +226,8 @@ class GuardRuntime:
         refusal = tokenizer(policy.config.refusal, add_special_tokens=False)["input_ids"]
         eos = tokenizer.eos_token_id
         self.refusal = list(refusal) + ([eos] if eos is not None else [])
+        later = tokenizer("\n\n" + policy.config.refusal, add_special_tokens=False)["input_ids"]
+        self.mid_answer = Refusal(self.refusal, list(later) + ([eos] if eos is not None else []))
         self.eos = eos
         self.token_texts = TokenTexts(tokenizer)
         self.spelled_texts = self.token_texts.spelled()
@@ -481,10 +483,10 @@ class GuardRuntime:
                             extra=extra, fallback=self.eos, soft=self.soft_mask, withheld=withheld,
                             refusal=self._refusal_if_strict())
 
-    def _refusal_if_strict(self) -> Optional[list[int]]:
+    def _refusal_if_strict(self) -> Optional[Refusal]:
         """What a strict guard answers once its model heads into a withheld name (calibrated mode lowers
         names like any fact instead: its answers are the fit's)."""
-        return self.refusal if self.soft_mask is None else None
+        return self.mid_answer if self.soft_mask is None else None
 
     def decide(self, prompts: list[Sequence[int]], args: list[RequestArgs]) -> list[Decision]:
         """Classify a batch; requests that share a threshold/top_k are embedded together."""

@@ -501,6 +501,7 @@ def test_the_engine_answers_as_it_is_and_operator_endpoints_need_the_token(tiny_
     ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role"),
     ({"messages": [{"role": "user", "content": "hi", "secret": "x"}]}, "messages[0].secret"),
     ({"messages": []}, "messages"),
+    ({"messages": [{"role": "user", "content": "x"}] * (boundary.MAX_MESSAGES + 1)}, "messages"),
     ({"stream": "string"}, "stream"),
     ({"echo": "string"}, "echo"),
     ({"n": 384}, "n"),

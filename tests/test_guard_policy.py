@@ -447,20 +447,25 @@ def test_heading_into_a_withheld_name_answers_the_refusal(runtime):
     guards = rt.guards([(_prompt(tok, q), args) for q, args in asks])
     for guard in guards[:3]:
         guard.feed(name[:-1])                      # flagged, unflagged, unflagged: inside the name
-    assert all(g.refusal == rt.refusal for g in guards) and guards[0].inside_name() and not guards[3].inside_name()
+    assert all(g.refusal == rt.mid_answer for g in guards) and guards[0].inside_name() and not guards[3].inside_name()
     logits = torch.zeros(4, len(tok))
     logits[:, name[-1]] = 5.0                      # rows 0, 1 and 3 meant to write the name's last token
     logits[2, 7] = 9.0                             # row 2 meant another word
     scored = logits.clone()
     guards[0].apply_row(scored[0])
     guard_rows(logits, [(n, g, ()) for n, g in enumerate(guards)], RowMasks())
-    for row in (0, 1):
-        assert guards[row].forced == rt.refusal and int(logits[row].argmax()) == rt.refusal[0]
+    later = rt.mid_answer.later
+    plain = tok.decode(rt.refusal, skip_special_tokens=True)
+    assert tok.decode(later, skip_special_tokens=True) == "\n\n" + plain
+    for row in (0, 1):      # after the begun name: the refusal, set apart from it
+        assert guards[row].forced == later and int(logits[row].argmax()) == later[0]
         assert int((logits[row] > BLOCKED).sum()) == 1
     assert guards[2].forced is None and logits[2, name[-1]] == BLOCKED and logits[2, 7] == 9.0
     assert guards[3].forced is None and logits[3, name[-1]] > BLOCKED   # not inside the name: not withheld
     assert scored[0, name[-1]] == BLOCKED and scored[0, 7] == 0.0       # teacher forcing: withheld, no refusal
-    guards[0].feed([rt.refusal[0]])
+    guards[0].feed([later[0]])
     follow = torch.zeros(1, len(tok))
     guard_rows(follow, [(0, guards[0], ())], RowMasks())
-    assert int(follow[0].argmax()) == rt.refusal[1]                     # the refusal goes on, token by token
+    assert int(follow[0].argmax()) == later[1]                          # the refusal goes on, token by token
+    fresh = rt.guards([(_prompt(tok, "Where was Kalo Mirten born?"), None)])[0]
+    assert fresh.refusal.opening == rt.refusal                            # at the answer's start: the refusal alone
