@@ -37,7 +37,7 @@ HOMOGLYPHS = {
     # Greek
     "Α": "A", "Β": "B", "Ε": "E", "Ζ": "Z", "Η": "H", "Ι": "I", "Κ": "K", "Μ": "M", "Ν": "N", "Ο": "O",
     "Ρ": "P", "Τ": "T", "Υ": "Y", "Χ": "X", "Ϲ": "C", "Ϳ": "J",
-    "α": "a", "β": "b", "γ": "y", "ε": "e", "η": "n", "ι": "i", "κ": "k", "ν": "v", "ο": "o", "ρ": "p",
+    "α": "a", "β": "v", "γ": "y", "ε": "e", "η": "n", "ι": "i", "κ": "k", "ν": "v", "ο": "o", "ρ": "p",
     "τ": "t", "υ": "u", "χ": "x", "ω": "w", "ϲ": "c", "ϳ": "j",
     # Armenian, Latin IPA and others
     "օ": "o", "ս": "u", "հ": "h", "ո": "n", "ց": "g", "ɑ": "a", "ı": "i", "ȷ": "j", "ɩ": "i",
@@ -186,11 +186,32 @@ def windows(text: str, max_words: int = 40, min_words: int = 6) -> list[str]:
     return list(dict.fromkeys(w for w in out if w))
 
 
+# Cyrillic and Greek letters read as Latin (a name written in another alphabet: "Басил" -> "basil");
+# applied before folding (which maps the letters that merely look Latin to those, "с" to "c")
+TRANSLITERATION = str.maketrans({
+    "а": "a", "б": "b", "в": "v", "г": "g", "д": "d", "е": "e", "ё": "e", "ж": "zh", "з": "z", "и": "i",
+    "й": "i", "к": "k", "л": "l", "м": "m", "н": "n", "о": "o", "п": "p", "р": "r", "с": "s", "т": "t",
+    "у": "u", "ф": "f", "х": "h", "ц": "ts", "ч": "ch", "ш": "sh", "щ": "sh", "ъ": "", "ы": "y", "ь": "",
+    "э": "e", "ю": "yu", "я": "ya", "і": "i", "ї": "i", "є": "e", "ў": "u",
+    "α": "a", "β": "v", "γ": "g", "δ": "d", "ε": "e", "ζ": "z", "η": "i", "θ": "th", "ι": "i", "κ": "k",
+    "λ": "l", "μ": "m", "ν": "n", "ξ": "x", "ο": "o", "π": "p", "ρ": "r", "σ": "s", "ς": "s", "τ": "t",
+    "υ": "u", "φ": "f", "χ": "ch", "ψ": "ps", "ω": "o"})
+_OTHER_ALPHABET = re.compile(r"[\u0370-\u03ff\u0400-\u04ff]")
+
+
+def transliterated(text: str) -> str:
+    """`text` lower-cased with its Cyrillic and Greek letters written in Latin ones (unchanged when it
+    has none)."""
+    return text.lower().translate(TRANSLITERATION) if _OTHER_ALPHABET.search(text) else text
+
+
 def lexical_views(text: str) -> list[str]:
     """The distinct texts the name test reads: `text` with its template markers removed and folded,
-    then de-leeted (1 read as i and as l) with spaced-out letters joined, and backwards."""
-    plain = fold(strip_markers(text))
-    views = [plain]
+    then de-leeted (1 read as i and as l) with spaced-out letters joined, and backwards; a text with
+    Cyrillic or Greek letters is also read transliterated."""
+    stripped = strip_markers(text)
+    plain = fold(stripped)
+    views = [plain, fold(transliterated(stripped))]   # before folding, which reads "с" as a Latin "c"
     for one in ("i", "l"):
         views.append(unspace(deleet(plain, one)))
     views.append(backwards(unspace(plain)))
