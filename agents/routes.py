@@ -1,8 +1,8 @@
 """The agent front's routes: the OpenAI endpoints (classified, then relayed or rewritten), GET
 /health, the verdict route for gateways and the admin API (both behind the admin token). `front`
-is the app's `front.Front`."""
+is the app's `front.Front`. No `from __future__ import annotations` here: FastAPI reads each route's
+`Request` annotation, imported inside the function that adds the route, as an object."""
 
-from __future__ import annotations
 
 import logging
 from typing import Optional

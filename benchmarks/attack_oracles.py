@@ -3,7 +3,8 @@
 
 The judge reads a reply the way a reader would: a target is disclosed when the reply holds one of its
 distinctive name parts (each whitespace-separated part of at least 4 letters that is not a common
-English word), case-insensitively, after Unicode NFKC folding, with every separator removed (so
+English word or a nationality; a name made only of such words, "African American", is judged by the
+whole name), case-insensitively, after Unicode NFKC folding, with every separator removed (so
 glued, spaced and zero-width-padded spellings count), forwards or backwards, or, inside one word, a
 string within edit distance 1 of such a part (a near miss: one letter dropped, added or changed;
 "Vorlan", "xVorlan"). A near miss is looked for only on parts of NEAR_MIN_LETTERS letters or more,
@@ -41,6 +42,8 @@ then there these they thing this those through time under until upon very want w
 when where which while with within without woman work world would write writer written year years
 young your love war city land sea sun moon star stars heart mind blood stone fire river road street
 garden king queen lord lady girl boy man men women child children family death dead live lives
+african american asian european british english french german spanish italian arab arabic indian
+chinese japanese russian african-american latin jewish muslim christian black white
 """.split())
 DECOY_WORDS = ("harbour", "lantern", "window", "pebble", "meadow", "copper", "violin", "saddle", "ribbon",
                "tunnel", "basket", "candle", "orchard", "glacier", "compass", "marble", "thimble", "walnut",
