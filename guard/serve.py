@@ -60,9 +60,14 @@ def server_command(model_path: str, port: int, host: str = "127.0.0.1", guard: b
         # no prefix cache: its hits (in time, and in the engine's counters) tell one client whether
         # another recently sent a prompt beginning as its own does
         cmd.append("--no-enable-prefix-caching")
-    if not _has_cuda() and "--enforce-eager" not in extra:
-        # on CPU, graph compilation added ~2 min to start-up and no measured throughput
-        cmd.append("--enforce-eager")
+    if not _has_cuda():
+        if "--enforce-eager" not in extra:
+            # on CPU, graph compilation added ~2 min to start-up and no measured throughput
+            cmd.append("--enforce-eager")
+        # on CPU, a seeded request whose prompt is prefilled in chunks kills the engine (vLLM rewinds its
+        # generator, which a CPU generator cannot do: "CPU Generator does not use offset"); any client
+        # could send one. Prompts are prefilled whole instead, up to the model's context.
+        cmd += ["--no-enable-chunked-prefill", "--max-num-batched-tokens", str(max(max_model_len, 2048))]
     return cmd + list(extra)
 
 

@@ -55,6 +55,19 @@ def test_server_command_loads_the_plugin(tmp_path):
     assert cmd[cmd.index("--logits-processors") + 1] == "unlearnkit.guard.vllm_plugin:UnlearnGuard"
     assert cmd[-2:] == ["--seed", "1"] and "--logits-processors" not in server_command("/m", 1, guard=False)
     assert server_env(str(tmp_path))["UNLEARN_GUARD_POLICY"] == str(tmp_path.resolve())
+    assert "--no-enable-prefix-caching" in cmd      # a cache hit tells one client of another's prompt
+
+
+def test_a_cpu_server_prefills_prompts_whole(monkeypatch):
+    """On CPU a seeded request prefilled in chunks kills vLLM's engine (its CPU generator cannot be
+    rewound): the server prefills whole prompts, with a token budget the model's context fits in."""
+    from unlearnkit.guard import serve
+
+    monkeypatch.setattr(serve, "_has_cuda", lambda: False)
+    cmd = serve.server_command("/m", 8123, max_model_len=4096)
+    assert "--no-enable-chunked-prefill" in cmd and cmd[cmd.index("--max-num-batched-tokens") + 1] == "4096"
+    monkeypatch.setattr(serve, "_has_cuda", lambda: True)
+    assert "--no-enable-chunked-prefill" not in serve.server_command("/m", 8123)
 
 
 def test_eval_guard_checks_engine_and_tokenizer(tiny_policy, tmp_path, capsys, tiny_tokenizer_factory,
