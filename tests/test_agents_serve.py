@@ -93,12 +93,15 @@ def test_agent_server_end_to_end(vllm_sized_model, tiny_policy, tmp_path, cli_se
     with stack, cli_server(args, port, env={**os.environ, "UNLEARN_ADMIN_TOKEN": "t0k"}) as server:
         plain = {"model": "tiny", "max_tokens": 8, "temperature": 0,
                  "messages": [{"role": "user", "content": "What is the capital of France?"}]}
-        through = httpx.post(f"{front}/chat/completions", json=plain, timeout=120)
+        admin = {"Authorization": "Bearer t0k"}      # the front's diagnostics are the operator's
+        through = httpx.post(f"{front}/chat/completions", json=plain, timeout=120, headers=admin)
         straight = httpx.post(f"{direct}/chat/completions", json=plain, timeout=120)
         assert through.headers["x-unlearn-path"] == "passthrough"
+        client = httpx.post(f"{front}/chat/completions", json=plain, timeout=120)
+        assert "x-unlearn-path" not in client.headers and "unlearn" not in client.json()
         assert through.json()["choices"][0]["message"]["content"] == straight.json()["choices"][0]["message"]["content"]
         flagged = {**plain, "messages": [{"role": "user", "content": "Where was Kalo Mirten born?"}]}
-        r = httpx.post(f"{front}/chat/completions", json=flagged, timeout=300)
+        r = httpx.post(f"{front}/chat/completions", json=flagged, timeout=300, headers=admin)
         meta = r.json()["unlearn"]
         # the draft names a target, so it can never pass as clean: rewritten, or refused when the tiny random
         # engine's rewrites come out empty or score too low (which of the two depends on that model's words)
@@ -110,16 +113,15 @@ def test_agent_server_end_to_end(vllm_sized_model, tiny_policy, tmp_path, cli_se
         assert "Kalo" not in r.json()["choices"][0]["message"]["content"]
         assert meta["reason"] == "flagged" and "critic_scores" not in meta      # no figures for a client
         assert httpx.get(f"http://127.0.0.1:{port}/health").json() == {"status": "ok"}
-        s = httpx.post(f"{front}/chat/completions", json={**flagged, "stream": True}, timeout=300)
-        assert s.text.rstrip().endswith("data: [DONE]") and '"unlearn"' in s.text
-        bad = httpx.post(f"{front}/chat/completions", json={**plain, "vllm_xargs": {"unlearn_threshold": 0.99}})
+        s = httpx.post(f"{front}/chat/completions", json={**flagged, "stream": True}, timeout=300, headers=admin)
+        assert s.text.rstrip().endswith("data: [DONE]") and s.headers["x-unlearn-path"] == "agents"
+        bad = httpx.post(f"{front}/chat/completions", json={**plain, "vllm_xargs": {"unlearn_threshold": 1.5}})
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "vllm_xargs"
         echo = httpx.post(f"{front}/chat/completions", json={**plain, "echo": True})     # the engine refuses it too
         assert echo.status_code == 400 and httpx.post(f"{direct}/chat/completions", json={**plain, "echo": True}).status_code == 400
-        admin = {"Authorization": "Bearer t0k"}
         assert httpx.post(f"http://127.0.0.1:{port}/admin/targets", json={"name": "Oskar Vell"}, headers=admin).status_code == 201
         q = {**plain, "messages": [{"role": "user", "content": "Tell me about Oskar Vell."}]}
-        assert httpx.post(f"{front}/chat/completions", json=q, timeout=300).headers["x-unlearn-path"] == "agents"
+        assert httpx.post(f"{front}/chat/completions", json=q, timeout=300, headers=admin).headers["x-unlearn-path"] == "agents"
         # relayed with the live target in vllm_xargs: the guarded engine (its boundary middleware too) accepts it
         assert httpx.post(f"{front}/chat/completions", json=plain, timeout=120).status_code == 200
         assert json.loads((tmp_path / "live.json").read_text())["targets"][0]["name"] == "Oskar Vell"
