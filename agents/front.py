@@ -346,7 +346,7 @@ class Front:
         invalid = await self.backend_refuses(ask, verdict)   # the backend's own 4xx, as a relayed request gets it
         if invalid is not None:
             return invalid
-        return await self.rewrite(request, ask, verdict, reply, diagnostics)
+        return await self.rewrite(request, ask, verdict, reply, diagnostics, length)
 
     async def passthrough(self, ask: FrontRequest, verdict: Verdict, reply: Reply, diagnostics: "Diagnostics"):
         """Relay an unflagged request to the backend; its answer comes back in the front's reply shape
@@ -430,9 +430,11 @@ class Front:
         finally:
             await upstream.aclose()
 
-    async def rewrite(self, request, ask: FrontRequest, verdict: Verdict, reply: Reply, diagnostics: "Diagnostics"):
+    async def rewrite(self, request, ask: FrontRequest, verdict: Verdict, reply: Reply, diagnostics: "Diagnostics",
+                      length: Optional["PromptLength"] = None):
         """Answer a flagged request with the agent graph (whole or streamed). When every rewrite place
-        is taken, or the live targets cannot be read, the answer is the policy's refusal."""
+        is taken, or the live targets cannot be read, the answer is the policy's refusal. `length`: the
+        prompt's, as measured at admission (its usage)."""
         from fastapi.responses import JSONResponse, StreamingResponse
 
         job = Job(verdict.engine_targets, turn=self.lanes.rewrite_turn)
@@ -443,20 +445,21 @@ class Front:
             future = asyncio.get_running_loop().create_future()
             future.set_result(refusal_result(self.pipeline.cfg.refusal, "degraded" if verdict.degraded else "busy"))
         if ask.stream:
-            return StreamingResponse(self.rewrite_events(request, ask, reply, future, job),
+            return StreamingResponse(self.rewrite_events(request, ask, reply, future, job, length),
                                      media_type="text/event-stream", headers=diagnostics.headers())
         result = await await_rewrite(request, future, job)
-        answer, usage = await self.finished(ask, result.answer)
+        answer, usage = await self.finished(ask, result.answer, length)
         diagnostics = diagnostics.with_result(result)
         return JSONResponse(diagnostics.body(reply.completion([answer], usage)), headers=diagnostics.headers())
 
-    async def rewrite_events(self, request, ask: FrontRequest, reply: Reply, future: asyncio.Future, job: Job):
+    async def rewrite_events(self, request, ask: FrontRequest, reply: Reply, future: asyncio.Future, job: Job,
+                             length: Optional["PromptLength"] = None):
         """The rewrite's stream: the opening event at once, the answer in word chunks once the graph is
         done, then the finish event."""
         try:
             yield reply.opening()
             result = await await_rewrite(request, future, job)
-            answer, usage = await self.finished(ask, result.answer)
+            answer, usage = await self.finished(ask, result.answer, length)
             for text in answer_chunks(answer.text):
                 yield reply.event([reply.piece(text)])
             yield reply.closing(answer.finish, usage)
@@ -475,20 +478,22 @@ class Front:
         except (httpx.HTTPError, ValueError, KeyError, TypeError):
             return None
 
-    async def finished(self, ask: FrontRequest, text: str) -> tuple[Answer, Optional[Usage]]:
+    async def finished(self, ask: FrontRequest, text: str,
+                       length: Optional["PromptLength"] = None) -> tuple[Answer, Optional[Usage]]:
         """A rewrite's answer as the engine would have ended it: cut at the client's `max_tokens`
         ("length"), else "stop" with its end-of-sequence token counted; usage by the backend's
-        tokenizer. Without the tokenizer (its endpoint failed) the answer goes whole, without usage."""
+        tokenizer (the prompt's from `length` when admission measured it). Without the tokenizer (its
+        endpoint failed) the answer goes whole, without usage."""
         limit = ask.body.get("max_completion_tokens") or ask.body.get("max_tokens")
         try:
             ids = await self.tokens({"prompt": text, "add_special_tokens": False})
-            prompt = await self.tokens(prompt_of(ask))
+            prompt = length.tokens if length is not None else len(await self.tokens(prompt_of(ask)))
             if isinstance(limit, int) and 0 < limit < len(ids):
                 cut = await self.client.post(root_url(self.backend) + "/detokenize",
                                              json={"model": self.model_name, "tokens": ids[:limit]})
                 cut.raise_for_status()
-                return Answer(cut.json()["prompt"], "length"), Usage(len(prompt), limit)
-            return Answer(text), Usage(len(prompt), len(ids) + 1)
+                return Answer(cut.json()["prompt"], "length"), Usage(prompt, limit)
+            return Answer(text), Usage(prompt, len(ids) + 1)
         except (httpx.HTTPError, ValueError, KeyError, TypeError):
             log.exception("agent front: counting a rewrite's tokens failed")
             return Answer(text), None
