@@ -121,15 +121,33 @@ class RequestGuard:
 
     @property
     def strict(self) -> bool:
-        """Whether the guard withholds a set of tokens fixed by its states (not a forced refusal, not
-        calibrated mode), so rows in the same states can be written together (`guard_rows`)."""
+        """Whether the guard withholds the tokens its phrases complete (not a forced refusal, not
+        calibrated mode, which lowers them)."""
         return self.forced is None and self.soft is None and self.withheld is None
 
     def state_key(self) -> tuple:
-        """What a strict guard's withheld tokens depend on: its structures (compared by identity: the
-        runtime shares them between requests) and its states in them."""
-        return (self.trie, self.text, self.spelled, self.extra, self.live, self.text_state, self.spelled_state,
-                self.extra_state)
+        """What the guard's writes in a row depend on, unless forced: its structures (compared by identity:
+        the runtime shares them between requests) and its states in them; in calibrated mode the mask and the
+        names check less the request's own names, in its states. Rows with one key are written together
+        (`guard_rows`)."""
+        key = (self.trie, self.text, self.spelled, self.extra, self.live, self.text_state, self.spelled_state,
+               self.extra_state)
+        if self.strict:
+            return key
+        names = self.withheld
+        return key + (self.soft, None if names is None else (names.trie, *names.matchers, names.live, *names.states))
+
+    def blocked_indexes(self, device) -> list[torch.Tensor]:
+        """Index tensors of the tokens `apply_row` withholds here (no draft tokens): all the phrases' in
+        strict mode; in calibrated mode the request's own targets' and the names it did not write."""
+        if self.strict:
+            return self.withheld_indexes(device)
+        out = [] if self.extra is None else [self.extra.blocked_index(self.extra_state, device)]
+        return out + ([] if self.withheld is None else self.withheld.indexes(device))
+
+    def lowered_indexes(self, device) -> list[torch.Tensor]:
+        """Index tensors of the tokens calibrated mode lowers by `soft` here (none in strict mode)."""
+        return [] if self.soft is None else self.policy_matches(device)
 
     def withheld_indexes(self, device, extra: Sequence[int] = ()) -> list[torch.Tensor]:
         """A strict guard's withheld tokens here, as the index tensors of its structures: the policy's
@@ -247,24 +265,26 @@ class RowMasks:
         self.cache_size = cache_size
         self.pairs_at_once = pairs_at_once
 
-    def index(self, guard: RequestGuard, width: int) -> np.ndarray:
-        """The sorted ids below `width` that `guard.apply_row` withholds in the guard's states (on the host)."""
-        key = (guard.state_key(), width)
+    def index(self, guard: RequestGuard, width: int, lowered: bool = False) -> np.ndarray:
+        """The sorted ids below `width` that `guard.apply_row` withholds in the guard's states (on the host);
+        with `lowered`, those it lowers by the calibrated mask instead."""
+        key = (guard.state_key(), width, lowered)
         out = self._index.get(key)
         if out is None:
             if len(self._index) >= self.cache_size:
                 self._index.clear()
                 self._device.clear()
-            ids = torch.cat(guard.withheld_indexes("cpu")).unique().numpy()
+            indexes = guard.lowered_indexes("cpu") if lowered else guard.blocked_indexes("cpu")
+            ids = torch.cat(indexes).unique().numpy() if indexes else np.zeros(0, dtype=np.int64)
             out = self._index[key] = ids[ids < width]
         return out
 
-    def device_index(self, guard: RequestGuard, width: int, device) -> torch.Tensor:
+    def device_index(self, guard: RequestGuard, width: int, device, lowered: bool = False) -> torch.Tensor:
         """`index` where the logits are, cached."""
-        key = (guard.state_key(), width, str(device))
+        key = (guard.state_key(), width, str(device), lowered)
         out = self._device.get(key)
         if out is None:
-            out = self._device[key] = to_device(torch.from_numpy(self.index(guard, width)), device)
+            out = self._device[key] = to_device(torch.from_numpy(self.index(guard, width, lowered)), device)
         return out
 
     def penalise(self, logits: torch.Tensor, rows: list[int], guard: RequestGuard) -> None:
@@ -272,6 +292,16 @@ class RowMasks:
         index, values = guard._sparse_penalty(logits.shape[-1], logits.device, logits.dtype)
         at = to_device(torch.tensor(rows), logits.device).unsqueeze(1)
         logits[at, index.unsqueeze(0)] += values
+
+    def lower(self, logits: torch.Tensor, groups: Sequence[tuple[RequestGuard, list[int]]]) -> None:
+        """Subtract, in each group's rows, the calibrated mask from the tokens its guard lowers (every row's
+        guard in the same states): one write per group."""
+        width, device = logits.shape[-1], logits.device
+        for guard, members in groups:
+            if self.index(guard, width, lowered=True).size:
+                at = to_device(torch.tensor(members), device).unsqueeze(1)
+                tokens = self.device_index(guard, width, device, lowered=True).unsqueeze(0)
+                logits[at, tokens] -= guard.soft
 
     def heads_into(self, logits: torch.Tensor, row: int, guard: RequestGuard) -> bool:
         """Whether a token the guard withholds in `row` is among the model's likeliest there (within
@@ -333,28 +363,30 @@ def to_device(tensor: torch.Tensor, device) -> torch.Tensor:
 def guard_rows(logits: torch.Tensor, rows: Sequence[tuple[int, RequestGuard, Sequence[int]]],
                masks: RowMasks) -> None:
     """Guard `logits` in place: each (row, guard, extra tokens) as `guard.apply_row(logits[row], extra)`
-    would. Strict guards without extra tokens are written in groups (`RowMasks`): by shared penalty, then
-    by shared structures and states. A strict guard whose row is inside a name and whose model was about
-    to finish it answers the rest with the refusal (`refuse_from_here`); teacher forcing, which calls
-    `apply_row` alone, scores as before."""
+    would. Guards without extra tokens that are not forced are written in groups (`RowMasks`): by shared
+    penalty, then by shared structures and states (the calibrated mask, then the withheld tokens). A strict
+    guard whose row is inside a name and whose model was about to finish it answers the rest with the
+    refusal (`refuse_from_here`); teacher forcing, which calls `apply_row` alone, scores as before."""
     penalised: dict[int, tuple[RequestGuard, list[int]]] = {}
-    withheld: dict[tuple, tuple[RequestGuard, list[int]]] = {}
+    grouped: dict[tuple, tuple[RequestGuard, list[int]]] = {}
     quoted: list[tuple[int, QuoteState]] = []
     for row, guard, extra in rows:
         if guard.strict and not extra and guard.refusal and guard.inside_name() and masks.heads_into(logits, row, guard):
             guard.refuse_from_here()
-        if not guard.strict or extra:
+        if guard.forced is not None or extra:
             guard.apply_row(logits[row], extra)
             continue
         if guard.quotes is not None:
             quoted.append((row, guard.quotes))
         if guard.penalty is not None:   # the runtime caches penalties: requests on the same targets share one
             penalised.setdefault(id(guard.penalty), (guard, []))[1].append(row)
-        withheld.setdefault(guard.state_key(), (guard, []))[1].append(row)
+        grouped.setdefault(guard.state_key(), (guard, []))[1].append(row)
     for guard, members in penalised.values():
         masks.penalise(logits, members, guard)
+    groups = list(grouped.values())
+    masks.lower(logits, [(g, members) for g, members in groups if g.soft is not None])   # after the penalty, as apply_row
     withhold_quotes(logits, quoted)      # first: `withhold` ends a row it leaves with nothing to sample
-    masks.withhold(logits, list(withheld.values()))
+    masks.withhold(logits, groups)
 
 
 def withhold_quotes(logits: torch.Tensor, rows: Sequence[tuple[int, QuoteState]]) -> None:

@@ -360,6 +360,46 @@ def test_rows_guarded_together_equal_rows_guarded_one_by_one(runtime, pairs_at_o
     assert logits[3, rt.eos] == 0.0 and torch.equal(logits[-1], expected[-1])     # fallback; the last row untouched
 
 
+
+def test_calibrated_rows_guarded_together_equal_rows_guarded_one_by_one(tiny_policy, tiny_dir):
+    """Calibrated guards are written in groups too (the mask lowered in one write per group, then the
+    names each request did not write withheld): every row as its own apply_row leaves it, whether the
+    prompt wrote a name, named none, tightened the penalty or added its own target, inside a name or not."""
+    import torch
+
+    from unlearnkit.guard.decode import RowMasks, guard_rows
+    from unlearnkit.guard.policy import load_policy
+    from unlearnkit.guard.runtime import GuardRuntime
+    from unlearnkit.models.loading import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_dir))
+    rt = GuardRuntime(load_policy(tiny_policy, tok), tok)
+    rt.soft_mask = 3.0
+    asks = [("Where was Kalo Mirten born?", None), ("Which prize did Ines Farrow receive?", None),
+            ("Where was Kalo Mirten born?", {"unlearn_penalty": 9.0}), ("What is the capital of France?", None),
+            ("Where was Kalo Mirten born?", None), ("Name a river.", {"unlearn_targets": ["Danube"]}),
+            ("Who is the Dutch poet born in 1961 in Utrecht?", None)]
+    guards = rt.guards([(_prompt(tok, q), args) for q, args in asks])
+    assert sum(g.soft is not None for g in guards) >= 4
+    name, river = (tok(t, add_special_tokens=False)["input_ids"] for t in (" Ines Farrow", " the Danube"))
+    guards[0].feed(name[:-1])            # a name the prompt did not write, begun
+    guards[4].feed(name[:1])
+    guards[5].feed(river[:-1])
+    for guard in guards:
+        guard.refusal = None
+    rows = [(n, g, ()) for n, g in enumerate(guards)]
+    for step in range(3):
+        logits = torch.randn(len(rows) + 1, len(tok), generator=torch.Generator().manual_seed(step))
+        original, expected = logits.clone(), logits.clone()
+        for row, guard, extra in rows:
+            guard.apply_row(expected[row], extra)
+        guard_rows(logits, rows, RowMasks())
+        assert torch.equal(logits, expected)
+        lowered = torch.isclose(original - logits, torch.tensor(3.0))
+        assert lowered.any() and (step > 0 or torch.isinf(logits[5]).any())   # lowered, and withheld inside a name
+        for row, guard, _ in rows:
+            guard.feed([int(expected[row].argmax())])
+
 def test_rows_left_with_nothing_end_alike_on_host_and_device_paths():
     """RowMasks ends a row left with nothing to sample (its fallback set to 0); on a GPU without reading
     back. Both ways must touch exactly the rows whose every entry is withheld, and only their fallback."""
