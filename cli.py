@@ -239,22 +239,29 @@ def _cmd_attack(args) -> int:
 
 
 def _cmd_audit(args) -> int:
-    from .compare.audit import AuditSpec, leak_counts, run_audit
+    from .compare.audit import AuditSpec, leak_counts, parse_ks, run_audit, select_attacks
     from .compare.report import ATTACK_TABLES, md_table, tables
+    from .compare.report_audit import leak_at_k_table, mia_table
 
     spec = AuditSpec(endpoint=args.endpoint, model=args.model, forget=args.forget, retain=args.retain, out=args.out,
                      forget_items=args.forget_items, neighbours=args.neighbours, max_new_tokens=args.max_new_tokens,
                      refusals=list(args.refusal or []), concurrency=args.concurrency, timeout=args.timeout,
-                     all_jailbreaks=args.all_jailbreaks)
-    if args.attacks:
-        spec.attacks = [a for a in args.attacks.split(",") if a]
+                     all_jailbreaks=args.all_jailbreaks, attacks=select_attacks(args.attacks, args.formats),
+                     leak_at_k=parse_ks(args.leak_at_k) if args.leak_at_k else [],
+                     leak_temperature=args.leak_temperature, mia=args.mia, mia_holdout=args.mia_holdout,
+                     mia_reference=args.mia_reference, mia_min_k=args.mia_min_k)
     doc = run_audit(spec, report=not args.no_report, log=lambda msg: print(msg, file=sys.stderr))
-    attacks = doc["systems"][spec.model]["attacks"]
-    for title, header, rows, _ in tables(doc):
-        if title.startswith(ATTACK_TABLES):
+    system = doc["systems"][spec.model]
+    attacks = system["attacks"]
+    for title, header, rows, _ in tables(doc) + leak_at_k_table(doc) + mia_table(doc):
+        if title.startswith(ATTACK_TABLES + ("leak@k", "Membership")):
             print(f"\n{title}\n" + md_table(header, rows))
     leaked = leak_counts(attacks)
     print(f"\nforget probes leaking: {sum(a for a, _ in leaked.values())} / {sum(n for _, n in leaked.values())}")
+    if "mia" in system and system["mia"]["status"] != "ok":
+        print(f"membership inference {system['mia']['status']}")
+    elif "mia" in system:
+        print("membership inference skipped: " + ", ".join(system["mia"]["skipped"]) + " (see results.json)")
     if attacks["failed"]:
         print(f"{len(attacks['failed'])} requests failed (first: {attacks['failed'][0]['error']}); not scored")
     out = spec.out_dir()
@@ -435,6 +442,7 @@ def _add_attack_parser(sub) -> None:
 
 def _add_audit_parser(sub) -> None:
     """`unlearn audit`."""
+    from .compare.audit import FORMAT_SHIFTS
     from .evaluation.attacks import attack_names, attacks_help
 
     p = sub.add_parser("audit", help="the prompt attacks and neighbour probes against any OpenAI-compatible endpoint "
@@ -449,6 +457,21 @@ def _add_audit_parser(sub) -> None:
     p.add_argument("--retain", help="QA file of what must be kept (neighbour probes: over-suppression)")
     p.add_argument("--out", help="report directory (default runs/audit/<model>)")
     p.add_argument("--attacks", help="comma-separated prompt attacks (default: all): " + ", ".join(attack_names("prompt")))
+    p.add_argument("--formats", help="format shifts asked (all, none, or some of: " + ", ".join(FORMAT_SHIFTS) +
+                                     "); default: those --attacks selects (all of them without --attacks)")
+    p.add_argument("--leak-at-k", dest="leak_at_k", metavar="K,K,...",
+                   help="leak@k: sample max(K) answers per forget question at --leak-temperature and report the "
+                        "chance that any of k leaks, e.g. 1,4,16,32 (default: not measured)")
+    p.add_argument("--leak-temperature", dest="leak_temperature", type=float, default=1.0,
+                   help="sampling temperature of leak@k (default 1)")
+    p.add_argument("--mia", action="store_true", help="membership inference (LOSS, ZLib, Min-K) from the endpoint's "
+                   "echoed prompt log-probabilities; recorded as not available where it refuses them")
+    p.add_argument("--mia-holdout", dest="mia_holdout", metavar="FILE",
+                   help="non-member texts for --mia (QA or raw text the model never saw; default: the --retain items)")
+    p.add_argument("--mia-reference", dest="mia_reference", metavar="MODEL",
+                   help="a reference model the endpoint serves (the retain model): PrivLeak and the reference attack")
+    p.add_argument("--mia-min-k", dest="mia_min_k", type=float, default=0.4,
+                   help="the fraction of lowest-probability tokens Min-K averages (default 0.4)")
     p.add_argument("--forget-items", dest="forget_items", type=int, help="forget items attacked (default: all)")
     p.add_argument("--neighbours", type=int, default=10, help="retain items probed the same way (default 10)")
     p.add_argument("--all-jailbreaks", dest="all_jailbreaks", action="store_true", help="every jailbreak wrapper per item")

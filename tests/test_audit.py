@@ -44,8 +44,9 @@ def answer(prompt: str) -> str:
 
 
 @contextmanager
-def fake_endpoint(models=("fake-model",), reply=answer):
-    """GET /v1/models and POST /v1/chat/completions on loopback; `chats` counts the chat requests."""
+def fake_endpoint(models=("fake-model",), reply=answer, handle=None):
+    """GET /v1/models and POST /v1/chat/completions on loopback; `chats` counts the chat requests (every
+    POST body). `handle(path, body)` answers a POST first when it returns (body, status)."""
     chats = []
 
     class Handler(BaseHTTPRequestHandler):
@@ -66,6 +67,9 @@ def fake_endpoint(models=("fake-model",), reply=answer):
         def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             chats.append(body)
+            got = handle(self.path, body) if handle else None
+            if got is not None:
+                return self._send(*got)
             if body["model"] not in models:
                 return self._send({"error": {"message": "no such model"}}, 404)
             text = reply(body["messages"][-1]["content"])
