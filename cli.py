@@ -146,7 +146,7 @@ def _cmd_guard(args) -> int:
     from .evaluation.calibration import RatioProbe, build_policy
     from .guard.build import build_corpus_policy
     from .guard.corpus import is_corpus_spec
-    from .guard.subjects import PREFIX, is_subjects_spec, read_subjects
+    from .guard.subjects import is_subjects_spec, load_subjects
     from .models.loading import load_tokenizer
     from .training.cache import resolve_model
 
@@ -160,7 +160,7 @@ def _cmd_guard(args) -> int:
                                    sources=sources, progress=log, probe=RatioProbe)
     elif is_subjects_spec(args.forget):   # subjects to stop discussing
         meta = build_policy([], args.out, path, load_tokenizer(path), cfg, retain=retain, sources=sources, progress=log,
-                            subjects=read_subjects(args.forget[len(PREFIX):]))
+                            subjects=load_subjects(args.forget))
     else:
         meta = build_policy(load_spec(args.forget), args.out, path, load_tokenizer(path), cfg, retain=retain,
                             sources=sources, progress=log)
@@ -375,8 +375,9 @@ def _add_guard_parser(sub) -> None:
                                     "--out runs/guard/forget01")
     b.add_argument("--forget", required=True,
                    help="forget set: a JSONL/JSON file or a data spec (tofu/forget01); a corpus to stop quoting "
-                        "(text:FILE, text:DIR, muse/raw_forget; corpus_mode=takedown|forget); subjects:FILE "
-                        "(JSONL/YAML of name, aliases, description, documents)")
+                        "(text:FILE, text:DIR, muse/raw_forget, muse/mini/forget_text; corpus_mode=takedown|forget); "
+                        "subjects:FILE (JSONL/YAML of name, aliases, description, documents) or subjects:<data spec> "
+                        "(the people a QA set is about, by name alone: subjects:tofu/forget01)")
     b.add_argument("--retain", help="retain prompts to calibrate the classifier's false-positive rate on")
     b.add_argument("--out", required=True, help="policy directory to write (replaced whole)")
     b.add_argument("--model", default="smollm2", help="the model (tokenizer and embeddings) the policy is for")

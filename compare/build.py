@@ -8,6 +8,7 @@ written to a temporary directory and renamed, so an interruption never leaves ha
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -56,20 +57,35 @@ def run_record(path: str) -> dict:
 
 
 def guard_policy(spec: GuardSpec, model_path: str, log=print) -> tuple[str, dict]:
-    """(policy dir, {'build_seconds': ...}) for the guard of `spec` compiled for `model_path`."""
+    """(policy dir, {'build_seconds': ...}) for the guard of `spec` compiled for `model_path`. `spec.forget`
+    is QA pairs (a data spec), a corpus (guard/corpus.py: the quote filter, with the knowledge guard of its
+    passages in corpus_mode forget) or subjects (guard/subjects.py: names, no answers); bad input is refused
+    here, naming the file and line."""
     from ..config import load_config, to_dict
     from ..data.sources import load_spec
     from ..evaluation.systems import model_fingerprint
-    from ..evaluation.calibration import build_policy
+    from ..evaluation.calibration import RatioProbe, build_policy
+    from ..guard.build import build_corpus_policy
     from ..guard.calibrate import FIT_VERSION
+    from ..guard.corpus import is_corpus_spec, read_corpus
     from ..guard.policy import GuardConfig
+    from ..guard.subjects import is_subjects_spec, load_subjects
     from ..models.catalog import cache_root
     from ..models.loading import load_tokenizer
 
     gcfg = load_config(GuardConfig, spec.config, list(spec.set))
-    forget = load_spec(spec.forget)
+    forget, subjects = [], None
+    if is_corpus_spec(spec.forget):       # the key: each document's text (the QA keys below are unchanged)
+        key = {"corpus": spec.forget, "documents": [hashlib.sha256(d.text.encode()).hexdigest()
+                                                    for d in read_corpus(spec.forget)]}
+    elif is_subjects_spec(spec.forget):
+        subjects = load_subjects(spec.forget)
+        key = {"subjects": [to_dict(s) for s in subjects]}
+    else:
+        forget = load_spec(spec.forget)
+        key = [r.to_json() for r in forget]
     retain = load_spec(spec.retain) if spec.retain else None
-    out = cache_root() / "guards" / json_digest({"config": to_dict(gcfg), "forget": [r.to_json() for r in forget],
+    out = cache_root() / "guards" / json_digest({"config": to_dict(gcfg), "forget": key,
                                                  "retain": [r.question for r in retain or []],
                                                  "model": model_fingerprint(model_path),
                                                  # calibrated: a policy fitted by an older fit is not reused
@@ -81,8 +97,13 @@ def guard_policy(spec: GuardSpec, model_path: str, log=print) -> tuple[str, dict
     tmp = out.with_name(out.name + ".building")
     shutil.rmtree(tmp, ignore_errors=True)
     started = time.time()
-    build_policy(forget, tmp, model_path, load_tokenizer(model_path), gcfg, retain=retain,
-                 sources={"forget": spec.forget, "retain": spec.retain, "model": model_path}, progress=log)
+    sources = {"forget": spec.forget, "retain": spec.retain, "model": model_path}
+    if is_corpus_spec(spec.forget):
+        build_corpus_policy(spec.forget, tmp, model_path, load_tokenizer(model_path), gcfg, retain=retain,
+                            sources=sources, progress=log, probe=RatioProbe)
+    else:
+        build_policy(forget, tmp, model_path, load_tokenizer(model_path), gcfg, retain=retain, sources=sources,
+                     progress=log, subjects=subjects)
     info = {"build_seconds": round(time.time() - started, 2)}
     write_json_atomic(tmp / BUILD_RECORD, info)
     shutil.rmtree(out, ignore_errors=True)

@@ -19,21 +19,49 @@ QUANTIZE_SCHEMES = ("channel", "group")
 MODIFIERS = ("guard", "agents")
 
 
+SPEC_KEYS = ("forget", "retain")   # a variant's entries that replace the spec's data instead of setting the guard config
+
+
 @dataclass
 class GuardSpec:
-    forget: str                                  # data spec the policy is built from
+    # what the policy is built from: QA pairs (a data spec: tofu/forget01), a corpus to stop quoting (text:FILE,
+    # text:DIR, muse/raw_forget, muse/mini/forget_text) or subjects by name (subjects:FILE, subjects:tofu/forget01)
+    forget: str
     retain: Optional[str] = None                 # calibration prompts (false-positive rate)
     config: str = "configs/guard/default.yaml"
-    set: list[str] = field(default_factory=list)  # key=value overrides of the guard config
-    # more guards from the same sets, each a system modifier of its own (`target+<name>`): name -> overrides
-    # added to `set`, e.g. {guard_calibrated: [mode=calibrated]}
+    set: list[str] = field(default_factory=list)  # key=value overrides of the guard config (corpus_mode=takedown)
+    # more guards, each a system modifier of its own (`target+<name>`): name -> key=value entries added to `set`
+    # (guard_calibrated: [mode=calibrated]), forget=SPEC / retain=SPEC building it from other data
     variants: dict[str, list[str]] = field(default_factory=dict)
 
     def variant(self, name: Optional[str]) -> "GuardSpec":
         """The spec of guard variant `name` (None: this one)."""
         if name is None:
             return self
-        return GuardSpec(self.forget, self.retain, self.config, [*self.set, *self.variants[name]])
+        entries = self.variants[name]
+        data = dict(e.split("=", 1) for e in entries if e.split("=", 1)[0].strip() in SPEC_KEYS)
+        data = {k.strip(): v.strip() for k, v in data.items()}
+        overrides = [e for e in entries if e.split("=", 1)[0].strip() not in SPEC_KEYS]
+        return GuardSpec(data.get("forget", self.forget), data.get("retain", self.retain), self.config,
+                         [*self.set, *overrides])
+
+    def validate(self) -> None:
+        """Each variant's entries are key=value; corpus_mode only where the policy is built from a corpus."""
+        from ..guard.corpus import is_corpus_spec
+
+        for name in [None, *self.variants]:
+            entries = self.set if name is None else self.variants[name]
+            where = "guard.set" if name is None else f"guard.variants.{name}"
+            bad = [e for e in entries if "=" not in e or not e.split("=", 1)[0].strip()]
+            if bad:
+                raise ConfigError(f"{where}: {bad[0]!r} is not key=value (a guard config key, or forget=/retain= "
+                                  "data specs in a variant)")
+            if name is None and any(e.split("=", 1)[0].strip() in SPEC_KEYS for e in entries):
+                raise ConfigError(f"{where}: give the data as guard.forget / guard.retain, not in `set`")
+            spec = self.variant(name)
+            if any(e.split("=", 1)[0].strip() == "corpus_mode" for e in spec.set) and not is_corpus_spec(spec.forget):
+                raise ConfigError(f"{where}: corpus_mode applies to a policy built from a corpus (text:FILE, "
+                                  f"text:DIR, muse/raw_forget, muse/mini/forget_text), not {spec.forget!r}")
 
 
 @dataclass
@@ -142,6 +170,8 @@ class CompareConfig:
         clash = sorted(set(self.guard.variants) & set(BASES + MODIFIERS + tuple(self.methods))) if self.guard else []
         if clash:
             raise ConfigError(f"guard.variants: {clash} already name a system part; choose other names")
+        if self.guard:
+            self.guard.validate()
         if not self.systems:
             raise ConfigError(f"systems: empty; valid systems look like {valid_system_names(self)[:6]} ...")
         names = [parse_system(s, self).name for s in self.systems]

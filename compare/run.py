@@ -72,13 +72,15 @@ def benign_pool(tasks) -> list:
 
 
 def guard_mode(policy: str) -> dict:
-    """How the policy treats what it matches: strict (withheld) or calibrated (lowered by its soft mask)."""
+    """How the policy treats what it matches: strict (withheld) or calibrated (lowered by its soft mask); a
+    corpus policy's corpus_mode too (takedown: quotes withheld, facts answered; forget: neither)."""
     from ..guard.policy import read_meta
 
     meta = read_meta(policy)
     calibrated = meta["config"].get("mode") == "calibrated"
+    corpus = {"corpus_mode": meta["corpus"].get("mode")} if meta.get("corpus") else {}
     return {"mode": "calibrated" if calibrated else "strict",
-            "soft_mask": meta["calibration"].get("soft_mask") if calibrated else None}
+            "soft_mask": meta["calibration"].get("soft_mask") if calibrated else None, **corpus}
 
 
 def measure_system(system: System, cfg: CompareConfig, ecfg: EvalConfig, tasks, forget, probes,

@@ -236,7 +236,9 @@ class MuseMini:
     def part(self, name: str) -> list[QA]:
         if name == "train":      # the target's training text
             return self.forget_text + self.retain_text
-        if name == "guard":      # what a guard is built from: the forget questions and the slice itself
+        # the forget questions and the slice itself: a guard built from it has seen the questions knowmem
+        # forget scores (configs/compare/muse-mini.yaml builds its guard from forget_text, as a corpus)
+        if name == "guard":
             return self.knowmem_forget + self.forget_text
         if name not in MINI_PARTS:
             raise DataError(f"unknown MUSE-mini part {name!r}; valid parts: {list(MINI_PARTS)}")

@@ -24,7 +24,7 @@ from typing import Callable, Optional, Sequence
 
 from ..data.records import QA
 from ..errors import ConfigError
-from ..guard.phrases import group_targets, key_words, name_parts, names, numbers, quoted
+from ..guard.phrases import item_subjects, key_words, name_parts, names, numbers, quoted
 
 
 @dataclass(frozen=True)
@@ -354,20 +354,9 @@ def check_attacks(names_: Sequence[str]) -> None:
 
 # ----------------------------------------------------------------------------- subjects and picking
 def subjects(items: Sequence[QA]) -> list[Optional[str]]:
-    """The person each item is about (None when it cannot be told)."""
-    texts = [f"{r.question}\n{r.answer}".lower() for r in items]
-    # the person is the name the most items mention ("Nikolai Abilov" before "African American")
-    targets = sorted(group_targets([r.question for r in items]),
-                     key=lambda t: (-sum(t.lower() in x for x in texts), -len(t)))
-    out = []
-    for r in items:
-        person = r.person
-        if person:
-            out.append(person)
-            continue
-        text = f"{r.question}\n{r.answer}".lower()
-        out.append(next((t for t in targets if t.lower() in text), None))
-    return out
+    """The person each item is about (None when it cannot be told): guard.phrases.item_subjects, the rule a
+    subjects-only guard derives its subjects by (`subjects:tofu/forget01`)."""
+    return item_subjects(items)
 
 
 def spread(n_items: int, n: Optional[int]) -> list[int]:

@@ -1,8 +1,10 @@
 """A forget corpus: the text a policy stops quoting, read, checked and tokenised.
 
 Specs: `text:FILE` (one document), `text:DIR` (every regular file under it, hidden ones skipped, in
-path order), `muse/raw_forget` (MUSE's raw forget corpus, data/muse.py). A file that cannot be read,
-is not UTF-8 (the line of the first bad byte is named), or holds no text is refused at build time.
+path order), `muse/raw_forget` (MUSE's raw forget corpus, data/muse.py), `muse/mini/forget_text`
+(MUSE-mini's forget slice: the raw corpus's passages the target was fine-tuned on and the weight-level
+methods unlearn, each a document). A file that cannot be read, is not UTF-8 (the line of the first bad
+byte is named), or holds no text is refused at build time.
 
 Tokenising: documents in batches (one tokenizer call each), ids straight into one int32 array with
 the documents' start offsets (a Python list of ten million ids would take ~300 MB; the array takes 40).
@@ -24,6 +26,8 @@ from .policy import PolicyError
 PIECE_CHARS = 1 << 18       # a document is tokenised in pieces of about this many characters
 BATCH_CHARS = 1 << 20       # characters per tokenizer call (its Python lists: ~100 bytes a token)
 MUSE_RAW = "muse/raw_forget"
+MUSE_MINI = "muse/mini/forget_text"
+MUSE_SPECS = (MUSE_RAW, MUSE_MINI)
 
 
 @dataclass(frozen=True)
@@ -34,7 +38,7 @@ class Document:
 
 def is_corpus_spec(spec: str) -> bool:
     """Whether `--forget spec` names a corpus (text to stop quoting) rather than QA pairs."""
-    return isinstance(spec, str) and (spec.startswith("text:") or spec == MUSE_RAW)
+    return isinstance(spec, str) and (spec.startswith("text:") or spec in MUSE_SPECS)
 
 
 def read_document(path: Path) -> Document:
@@ -57,12 +61,16 @@ def read_document(path: Path) -> Document:
 
 def read_corpus(spec: str) -> list[Document]:
     """The documents of a corpus spec (see the module docstring)."""
-    if spec == MUSE_RAW:
-        from ..data.muse import muse_root, split_files
+    if spec in MUSE_SPECS:
+        from ..data.muse import load_mini, muse_root, split_files
 
-        return [read_document(split_files(muse_root(), need_raw=True)["raw_forget"])]
+        raw = read_document(split_files(muse_root(), need_raw=True)["raw_forget"])   # refused here if bad
+        if spec == MUSE_RAW:
+            return [raw]
+        return [Document(f"{raw.path} (MUSE-mini forget passage {i})", r.answer)
+                for i, r in enumerate(load_mini().forget_text, 1)]
     if not spec.startswith("text:"):
-        raise PolicyError(f"{spec!r} is not a corpus spec (text:FILE, text:DIR or {MUSE_RAW})")
+        raise PolicyError(f"{spec!r} is not a corpus spec (text:FILE, text:DIR, {MUSE_RAW} or {MUSE_MINI})")
     path = Path(spec[5:])
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and not any(x.startswith(".") for x in p.relative_to(path).parts))
@@ -76,7 +84,9 @@ def read_corpus(spec: str) -> list[Document]:
 
 def passages(spec: str, documents: list[Document]) -> list[QA]:
     """The corpus as forget items (raw text, QA(None, passage)) for the knowledge guard of `forget` mode:
-    paragraphs of a text corpus, MUSE's passages of its raw corpus."""
+    paragraphs of a text corpus, MUSE's passages of its raw corpus, MUSE-mini's forget passages as they are."""
+    if spec == MUSE_MINI:
+        return [QA(None, doc.text) for doc in documents]
     if spec == MUSE_RAW:
         from ..data.muse import split_passages
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from functools import lru_cache
+from typing import Optional
 
 # Function words: never a phrase on their own, never start a name.
 STOPWORDS = frozenset("""
@@ -398,6 +399,16 @@ def group_targets(questions: list[str], min_items: int = 2) -> list[str]:
     for question in questions:
         counts.update(n for n in names(question or "") if len(n.split()) >= 2)
     return sorted((n for n, c in counts.items() if c >= min_items), key=lambda n: (-len(n), n))
+
+
+def item_subjects(items) -> list[Optional[str]]:
+    """The subject (a person, mostly) each QA item is about, None when it cannot be told: the item's own
+    `person` where its source says, else the name asked about (group_targets) that the most items mention
+    and this one names ("Nikolai Abilov" before "African American")."""
+    texts = [f"{r.question or ''}\n{r.answer}".lower() for r in items]
+    targets = sorted(group_targets([r.question or "" for r in items]),
+                     key=lambda t: (-sum(t.lower() in x for x in texts), -len(t)))
+    return [r.person or next((t for t in targets if t.lower() in x), None) for r, x in zip(items, texts)]
 
 
 @lru_cache(maxsize=1 << 16)

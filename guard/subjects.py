@@ -1,4 +1,10 @@
-"""Subjects to stop discussing: `--forget subjects:FILE`, no answers needed.
+"""Subjects to stop discussing: `--forget subjects:FILE` or `subjects:<data spec>`, no answers needed.
+
+`subjects:<data spec>` (a spec of QA pairs: `subjects:tofu/forget01`, `subjects:synth/forget`,
+`subjects:file:qa.jsonl`, ...) derives the subjects from the data when it is read: the people the
+items are about (phrases.py `item_subjects`: each item's `person`, else the name asked about that
+most items mention), by name alone. Nothing else of the data is kept: no answers, no descriptions.
+A path that is an existing file is always read as a subjects file.
 
 A subjects file is JSON lines or YAML (a list, or a mapping with a `subjects` list); each subject:
 
@@ -9,7 +15,8 @@ A subjects file is JSON lines or YAML (a list, or a mapping with a `subjects` li
                  key words are withheld from flagged replies, as a forget answer's are)
     documents    optional: texts about the subject (the same, each as its own item)
 
-Unknown keys are refused, a subject without a name is refused naming the file and line. The policy
+Unknown keys are refused; a subject without a name, and a file that is not UTF-8, are refused naming
+the file and line; so is a file with no subjects. The policy
 is built by guard/build.py as from QA pairs, with the targets given (the names and aliases) instead
 of found among recurring names: items are "Tell me about <name>." with the description (or the name)
 as its answer, and each description and document as raw text, all owned by their subject.
@@ -24,10 +31,13 @@ from typing import Optional
 
 from ..config import from_dict
 from ..data.records import QA
+from ..data.sources import load_spec
 from ..errors import ConfigError
+from .phrases import item_subjects
 from .policy import PolicyError
 
 PREFIX = "subjects:"
+DATA_PREFIXES = ("tofu/", "synth/", "muse/", "file:")   # `subjects:<data spec>`: the people a QA set is about
 
 
 @dataclass
@@ -78,9 +88,15 @@ def read_subjects(path: str | Path) -> list[Subject]:
     """The subjects of a file (see the module docstring); refused with file and line where they are bad."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PolicyError(f"subjects file {str(path)!r} cannot be read ({exc})") from None
+        data = path.read_bytes()
+    except OSError as exc:
+        raise PolicyError(f"subjects file {str(path)!r} cannot be read ({exc.strerror or exc})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise PolicyError(f"subjects file {str(path)!r}, line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x} "
+                          f"at offset {exc.start})") from None
     out = []
     for line, entry in _entries(path, text):
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not entry["name"].strip():
@@ -103,3 +119,25 @@ def subject_items(subjects: list[Subject]) -> tuple[list[QA], list[int]]:
         items += made
         owners += [s] * len(made)
     return items, owners
+
+
+def subjects_of(items: list[QA], where: str) -> list[Subject]:
+    """The subjects a QA set is about (phrases.py `item_subjects`), in order of first appearance, by name
+    only: nothing of the answers is kept."""
+    people = list(dict.fromkeys(p for p in item_subjects(items) if p))
+    if not people:
+        raise PolicyError(f"{where}: no subject found (no multi-word name is asked about in two or more of its "
+                          f"{len(items)} questions, and no item names its `person`); give a subjects file instead")
+    return [Subject(p) for p in people]
+
+
+def load_subjects(spec: str) -> list[Subject]:
+    """The subjects of `subjects:FILE` or `subjects:<data spec>` (see the module docstring)."""
+    if not is_subjects_spec(spec):
+        raise PolicyError(f"{spec!r} is not a subjects spec (subjects:FILE or subjects:<data spec>)")
+    rest = spec[len(PREFIX):]
+    if not rest:
+        raise PolicyError("subjects: name a subjects file or a data spec (subjects:tofu/forget01)")
+    if Path(rest).is_file() or not rest.startswith(DATA_PREFIXES):
+        return read_subjects(rest)
+    return subjects_of(load_spec(rest), spec)
