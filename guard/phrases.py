@@ -20,6 +20,7 @@ Pure string functions (no tokenizer, no model), so each rule is testable on its 
 from __future__ import annotations
 
 import re
+import string
 from collections import Counter
 from functools import lru_cache
 from typing import Optional
@@ -376,6 +377,29 @@ def stems(name: str, keep: int = 5) -> list[str]:
     """The first `keep` letters of each name word longer than `keep`: forbidding "Abilo" also stops
     near misses such as "Abilova" or "Abilove" that spell out the same identity."""
     return [p[:keep] for p in name_parts(name) if len(p) > keep and p[:keep].isalpha()]
+
+
+NEAR_MISS_MIN = 5   # letters a run of a name needs before its one-edit spellings count as the name
+
+
+def near_misses(part: str) -> list[str]:
+    """Every spelling one edit from each run of NEAR_MISS_MIN+ letters of `part`, lower-cased (a letter
+    dropped, added or changed, or two neighbours swapped): "bacil" and "basill" from "Basil", "kuwait"
+    from "Al-Kuwaiti". A reader who knows the name reads it in each of them."""
+    out: set[str] = set()
+    for run in re.findall(r"[^\W\d_]+", part.lower()):
+        if len(run) < NEAR_MISS_MIN:
+            continue
+        letters = sorted(set(run) | set(string.ascii_lowercase))
+        for i in range(len(run) + 1):
+            out.update(run[:i] + c + run[i:] for c in letters)
+            if i < len(run):
+                out.add(run[:i] + run[i + 1:])
+                out.update(run[:i] + c + run[i + 1:] for c in letters)
+            if i + 1 < len(run):
+                out.add(run[:i] + run[i + 1] + run[i] + run[i + 2:])
+        out.discard(run)
+    return sorted(out)
 
 
 def item_phrases(question: str | None, answer: str, with_key_words: bool = True) -> list[str]:

@@ -21,6 +21,7 @@ of the policy's numbers.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -33,6 +34,7 @@ import torch
 from .classifier import Decision, PromptClassifier, UserTurn, spelled_out
 from .decode import Refusal, RequestGuard
 from .penalty import dense_penalty
+from .phrases import near_misses
 from .policy import Policy, load_policy, read_meta, verified_meta
 from .quotes import Aliases, QuoteFilter
 from .reload import PolicyWatch, signature
@@ -411,13 +413,35 @@ class GuardRuntime:
 
     def _matcher(self, items: tuple[int, ...], targets: tuple[int, ...]):
         """The phrases of `items` and `targets`, cached per (items, targets), beside the names
-        check's matcher (built once and shared, union.py)."""
+        check's matcher (built once and shared, union.py). In strict mode, the near misses of the
+        targets' names too."""
         def make():
             phrases = [p for i in items for p in self.policy.items[i]["phrases"]]
             phrases += [p for t in targets for p in self.policy.targets[t].get("phrases", [self.policy.targets[t]["name"]])]
+            if self.soft_mask is None:
+                phrases += self._near_misses(targets)
             own = _text_matcher(phrases, self.token_texts)
             return MatcherUnion(own, self.names[1]) if self.names is not None else own
         return self._cached(self._matchers, (items, targets), make)
+
+    def _near_misses(self, targets: tuple[int, ...]) -> list[str]:
+        """The spellings one edit from the targets' distinctive name parts (phrases.near_misses), less
+        the model's whole-word tokens and, for those shorter than the part, any start of one: withheld, a
+        model that was about to write "Basil" cannot write "Bacil" instead (a mangled name reads as a
+        malfunction, and names the person all the same), while "basic" and "basis" (which "basi" begins)
+        stay free."""
+        words, starts = self._vocabulary_words
+        parts = [p for t in targets if len(self.policy.targets[t].get("probes", [])) > 1
+                 for p in self.policy.targets[t]["probes"] if " " not in p.strip()]
+        shortest = min((len(p) for p in parts), default=0)
+        return [v for v in dict.fromkeys(v for p in parts for v in near_misses(p))
+                if v not in words and not (len(v) < shortest and v in starts)]
+
+    @functools.cached_property
+    def _vocabulary_words(self) -> tuple[frozenset, frozenset]:
+        """The vocabulary's whole-word tokens (" basis"), and every start of one ("basi")."""
+        words = frozenset(t[1:] for t in self.token_texts.text if t.startswith(" ") and t[1:].isalpha())
+        return words, frozenset(w[:k] for w in words for k in range(1, len(w)))
 
     def _spelled(self, targets: tuple[int, ...], requested: tuple[str, ...] = ()):
         """The names check's spelled-out matcher, with the full names of `targets` that it leaves out (a name

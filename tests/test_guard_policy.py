@@ -509,3 +509,36 @@ def test_heading_into_a_withheld_name_answers_the_refusal(runtime):
     assert int(follow[0].argmax()) == later[1]                          # the refusal goes on, token by token
     fresh = rt.guards([(_prompt(tok, "Where was Kalo Mirten born?"), None)])[0]
     assert fresh.refusal.opening == rt.refusal                            # at the answer's start: the refusal alone
+
+
+def test_near_misses_are_one_edit_from_each_long_run_of_a_name():
+    from unlearnkit.guard.phrases import near_misses
+
+    found = set(near_misses("Al-Basil"))
+    assert {"bacil", "basl", "basill", "bsail", "xbasil"} <= found     # changed, dropped, added, swapped
+    assert "basil" not in found
+    assert not any(len(v) < 4 or len(v) > 6 for v in found)             # "Al" is too short to vary
+    assert near_misses("Abel") == []
+
+
+def test_a_flagged_answer_cannot_write_a_near_miss_of_a_name(runtime):
+    """A strict guard on a flagged request withholds the token that would finish a one-edit misspelling
+    of a target's name ("Mirtan" for "Mirten"); the always-on check of an unflagged request does not."""
+    import torch
+
+    rt, tok = runtime
+    flagged = rt.guards([(_prompt(tok, "Where was Kalo Mirten born?"), None)])[0]
+    plain = rt.guards([(_prompt(tok, "What is the capital of France?"), None)])[0]
+    assert not flagged.always_on and plain.always_on
+
+    def withholds_a_token_of(guard, text: str) -> bool:
+        caught = False
+        for t in tok(text, add_special_tokens=False)["input_ids"]:
+            caught |= t in set(torch.cat(guard.withheld_indexes(torch.device("cpu"))).tolist())
+            guard.feed([t])
+        return caught
+
+    for near in (" Mirtan", " Mirtten", " Mriten", " Mirte"):
+        assert withholds_a_token_of(rt.guards([(_prompt(tok, "Where was Kalo Mirten born?"), None)])[0], near), near
+        assert not withholds_a_token_of(rt.guards([(_prompt(tok, "What is the capital of France?"), None)])[0], near)
+    assert not withholds_a_token_of(flagged, " in the city")
