@@ -190,6 +190,10 @@ class TargetStore:
                     raise ConfigError(f"live targets file {str(self.live_file)!r}: {exc}") from None
             self._checked = (self._live.stamp, time.monotonic())
 
+    def _embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Embeddings in the policy index's space (the embedder the policy was built with)."""
+        return embed(list(texts), embedder=self.classifier.embedder)
+
     # ------------------------------------------------------------------ live targets
     def _embed_targets(self, targets: Sequence[LiveTarget], known: Optional[dict] = None) -> Optional[np.ndarray]:
         """One embedding per target; those in `known` (text -> vector) are not computed again."""
@@ -198,7 +202,7 @@ class TargetStore:
         known = dict(known or {})
         missing = list(dict.fromkeys(target_text(t) for t in targets if target_text(t) not in known))
         if missing:
-            known.update(zip(missing, embed(missing)))
+            known.update(zip(missing, self._embed(missing)))
         return np.stack([known[target_text(t)] for t in targets])
 
     def _file_stamp(self) -> tuple:
@@ -352,7 +356,7 @@ class TargetStore:
         threshold = self.threshold if threshold is None else threshold
         if live.vectors is not None:   # the same texts the policy classifier embedded (cached)
             queries = [segments[-1]] + (["\n".join(segments)] if len(segments) > 1 else [])
-            score = float((embed(queries) @ live.vectors.T).max())
+            score = float((self._embed(queries) @ live.vectors.T).max())
             if score >= threshold:
                 return Decision(True, score, f"similarity {score:.3f} to a live target >= {threshold:.3f}"), "live"
         return decision, None
@@ -365,7 +369,7 @@ class TargetStore:
             return [t.name for t in live.targets]
         texts = [t for t in texts if t and t.strip()] or [""]
         named = [t.name for t in live.named("\n".join(texts))]
-        nearest = np.argsort(-(embed(texts) @ live.vectors.T).max(0), kind="stable")
+        nearest = np.argsort(-(self._embed(texts) @ live.vectors.T).max(0), kind="stable")
         return list(dict.fromkeys(named + [live.targets[n].name for n in nearest]))[:limit]
 
     def retrieve(self, texts: Sequence[str], k: int, min_score: Optional[float] = None) -> list[Fact]:
@@ -376,7 +380,7 @@ class TargetStore:
         if not texts:
             return []
         joined = "\n".join(texts)
-        vectors = embed(texts)
+        vectors = self._embed(texts)
         scored: dict[str, Fact] = {}
         sims, idx = self.policy.index.search(vectors, min(k, self.policy.index.ntotal))
         named = sorted({i for t in self.classifier.named(joined) for i in self.classifier.target_items[t]})

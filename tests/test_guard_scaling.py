@@ -112,6 +112,7 @@ def _merged(runtime, items, targets):
                      + list(runtime.name_sequences))
     phrases = [p for i in items for p in policy.items[i]["phrases"]]
     phrases += [p for t in targets for p in policy.targets[t].get("phrases", [policy.targets[t]["name"]])]
+    phrases += runtime._near_misses(targets)        # strict mode: the names' one-edit misspellings too
     return trie, _text_matcher(phrases + runtime.name_probes, runtime.token_texts)
 
 
