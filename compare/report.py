@@ -10,7 +10,8 @@ rows, who reaches the retain model) is compare/report_rows.py; this module rende
 Tables: headline (forget quality, model utility, forget ROUGE-L, leak rate, neighbour retention,
 serving and training cost), leak rate per attack category with a mark where a system reaches the
 retain model's rate while keeping its neighbours, neighbour ROUGE-L per category, forget quality
-beside the truth-ratio distribution it comes from, cost, and which paradigm can move which metric.
+beside the truth-ratio distribution it comes from, cost, wall time per stage, and which paradigm can move
+which metric.
 Plots: forget quality vs model utility, leak rate by attack and system, cost per system.
 """
 
@@ -27,7 +28,7 @@ from .report_rows import Systems, Table, _f, reaches_retain
 from .report_tables import (ATTACK_TABLES, _empty_forget_quality, cost_table, dial_table, failed_table, finetune_table,
                             headline_table, leak_table, muse_table, neighbour_table, paradigm_table,
                             quantization_section, quantization_table, seeds_table, sequential_section,
-                            sequential_table, spread_table, truth_ratio_table)
+                            sequential_table, spread_table, stage_table, truth_ratio_table)
 from .results import Provenance, ReportDoc, parse_doc
 
 __all__ = ["ATTACK_TABLES", "DOC_PLOTS", "DOC_SECTIONS", "PLOTS", "SECTIONS", "Table", "_empty_forget_quality", "_f",
@@ -37,7 +38,7 @@ __all__ = ["ATTACK_TABLES", "DOC_PLOTS", "DOC_SECTIONS", "PLOTS", "SECTIONS", "T
 # the report's sections, in order: each gives its tables from the typed systems (none when it has nothing to show)
 SECTIONS: tuple[Callable[[Systems], list[Table]], ...] = (
     headline_table, muse_table, leak_table, neighbour_table, quantization_section, finetune_table, sequential_section,
-    truth_ratio_table, spread_table, seeds_table, dial_table, cost_table, paradigm_table, failed_table)
+    truth_ratio_table, spread_table, seeds_table, dial_table, cost_table, stage_table, paradigm_table, failed_table)
 # then these, read from results.json as written (in report.md and report.html, not in `tables`)
 DOC_SECTIONS: tuple[Callable[[dict], list[Table]], ...] = (audit_tables,)
 # the plots, in order (one without data is left out)

@@ -220,6 +220,20 @@ def cost_table(systems: Systems) -> list[Table]:
              "sent one at a time.")]
 
 
+def stage_table(systems: Systems) -> list[Table]:
+    """Wall seconds per measuring stage and system (results written before stages were timed: none)."""
+    timed = {name: r.stage_seconds for name, r in systems.items() if r.ok and r.stage_seconds}
+    if not timed:
+        return []
+    stages = list(dict.fromkeys(stage for seconds in timed.values() for stage in seconds))
+    rows = [[name, *(_f(seconds.get(stage), 0) for stage in stages)] for name, seconds in timed.items()]
+    return [("Wall time per stage (s)", ["system", *stages], rows,
+             "checkpoint: training the system's weights or reading them from the cache; guard: building or reading "
+             "its policy; metrics and prompt attacks: one engine (or agent server) for the evaluation sets and every "
+             "prompt attack, format shifts included; then each weight or sampling attack. A cached stage shows the "
+             "seconds it took to read back.")]
+
+
 def paradigm_table(systems: Systems) -> list[Table]:
     return [("Which paradigm can move which metric", ["metric", "measured on", "weight edits", "token guard", "agents"],
              [[k, *v] for k, v in PARADIGMS.items()], "")]

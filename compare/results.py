@@ -137,6 +137,7 @@ class SystemResult:
     muse: Muse = Muse()
     seeds: tuple[SeedRun, ...] = ()         # with `seeds:`: the system's own run, then its other seeds
     seeds_error: Optional[str] = None
+    stage_seconds: dict = field(default_factory=dict)   # wall seconds per measuring stage, in the order run
 
     @classmethod
     def from_json(cls, name: str, d: Any) -> "SystemResult":
@@ -149,7 +150,8 @@ class SystemResult:
                    FinetuneSummary.from_json(d.get("relearn")), FinetuneSummary.from_json(d.get("benign_relearn")),
                    QuantizeSummary.from_json(d.get("quantize")), Sequential.read(d.get("sequential")),
                    Muse.from_json(d.get("summary"), d.get("aggregates")),
-                   tuple(r for r in map(SeedRun.from_json, d.get("seeds") or []) if r), d.get("seeds_error"))
+                   tuple(r for r in map(SeedRun.from_json, d.get("seeds") or []) if r), d.get("seeds_error"),
+                   _obj(d.get("stage_seconds")))
 
     @property
     def ok(self) -> bool:

@@ -83,6 +83,20 @@ def guard_mode(policy: str) -> dict:
             "soft_mask": meta["calibration"].get("soft_mask") if calibrated else None, **corpus}
 
 
+class StageClock:
+    """Wall seconds per stage of measuring one system, each from the end of the one before (a cached
+    stage shows as the seconds it took to read back)."""
+
+    def __init__(self):
+        self.stages: dict[str, float] = {}
+        self._last = time.time()
+
+    def lap(self, stage: str) -> None:
+        now = time.time()
+        self.stages[stage] = round(now - self._last, 1)
+        self._last = now
+
+
 def measure_system(system: System, cfg: CompareConfig, ecfg: EvalConfig, tasks, forget, probes,
                    stages: Sequence[str], work: Path, log=_stderr) -> dict:
     from .build import checkpoint, guard_policy, run_record
@@ -90,13 +104,16 @@ def measure_system(system: System, cfg: CompareConfig, ecfg: EvalConfig, tasks, 
     from .sampling import SAMPLING_ATTACKS
 
     started = time.time()
+    clock = StageClock()
     path = checkpoint(system, cfg, log=log)
     out: dict = {"status": "ok", "system": system.name, "kind": system.kind, "base": system.base,
-                 "checkpoint": path, "training": run_record(path)}
+                 "checkpoint": path, "training": run_record(path), "stage_seconds": clock.stages}
+    clock.lap("checkpoint")
     policy = None
     if system.guard or system.agents:
         policy, info = guard_policy(cfg.guard.variant(system.guard_variant), path, log=log)
         out["guard"] = {"policy": policy, **info, **guard_mode(policy)}
+        clock.lap("guard")
     engine_policy = policy if system.guard else None
     if system.agents:
         engine = engine_metrics(ecfg, path, engine_policy, log=log) if "metrics" in stages else None
@@ -105,12 +122,14 @@ def measure_system(system: System, cfg: CompareConfig, ecfg: EvalConfig, tasks, 
     else:
         out["metrics"], out["attacks"] = engine_system(ecfg, path, engine_policy, probes, cfg,
                                                        want_metrics="metrics" in stages, log=log)
+    clock.lap("metrics and prompt attacks")
     target = AttackTarget(system, path, engine_policy, list(forget), benign_pool(tasks), picked_items(cfg, forget),
                           ecfg, cfg, log, front_policy=policy)
     measured_on_target = {**WEIGHT_ATTACKS, **SAMPLING_ATTACKS}
     for name in cfg.attacks.names:
         if name in measured_on_target:
             out[name] = measured_on_target[name](target)
+            clock.lap(name)
     out["seconds"] = round(time.time() - started, 1)
     return out
 

@@ -563,3 +563,28 @@ def test_the_agent_front_is_measured_through_the_one_path_and_replayed_from_cach
     monkeypatch.setattr(E, "AgentServer", lambda *a, **k: pytest.fail("the replies are cached"))
     again = agent_system(system, str(tiny_dir), str(tiny_policy), engine, tasks, ecfg, probes, cfg, tmp_path)
     assert again == got
+
+
+def test_each_measuring_stage_is_timed_in_the_order_run_and_tabled(tmp_path, monkeypatch):
+    import time
+
+    from unlearnkit.compare import build as B
+    from unlearnkit.compare import measure as M
+    from unlearnkit.compare import sampling as S
+    from unlearnkit.compare.report_tables import stage_table
+    from unlearnkit.compare.results import SystemResult
+
+    monkeypatch.setattr(B, "checkpoint", lambda system, cfg, log=print: str(tmp_path))
+    monkeypatch.setattr(B, "run_record", lambda path: {"train_seconds": 1.0})
+    monkeypatch.setattr(M, "engine_system", lambda *a, **k: (time.sleep(0.3), ({}, {}))[1])
+    monkeypatch.setattr(M, "WEIGHT_ATTACKS", {"relearn": lambda t: time.sleep(0.2)})
+    monkeypatch.setattr(S, "SAMPLING_ATTACKS", {"leak_at_k": lambda t: None})
+    cfg = make_cfg(tmp_path, attacks={"names": ["leak_at_k", "paraphrase", "relearn"]})
+    out = RUN.measure_system(parse_system("target", cfg), cfg, None, [], [], [], ["metrics"], tmp_path)
+    assert list(out["stage_seconds"]) == ["checkpoint", "metrics and prompt attacks", "leak_at_k", "relearn"]
+    assert out["stage_seconds"]["metrics and prompt attacks"] >= 0.3 and out["stage_seconds"]["relearn"] >= 0.2
+    assert out["stage_seconds"]["leak_at_k"] < 0.2
+    read_back = SystemResult.from_json("target", json.loads(json.dumps(RUN._compact(out))))
+    [(_, header, rows, _)] = stage_table({"target": read_back})
+    assert header == ["system", "checkpoint", "metrics and prompt attacks", "leak_at_k", "relearn"]
+    assert rows[0][0] == "target" and rows[0][2] == R._f(out["stage_seconds"]["metrics and prompt attacks"], 0)
