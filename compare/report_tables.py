@@ -225,7 +225,10 @@ def stage_table(systems: Systems) -> list[Table]:
     timed = {name: r.stage_seconds for name, r in systems.items() if r.ok and r.stage_seconds}
     if not timed:
         return []
-    stages = list(dict.fromkeys(stage for seconds in timed.values() for stage in seconds))
+    # the order measure_system runs them in, whichever system first had each
+    stages = list(dict.fromkeys(["checkpoint", "guard", "metrics and prompt attacks",
+                                 *(stage for seconds in timed.values() for stage in seconds)]))
+    stages = [stage for stage in stages if any(stage in seconds for seconds in timed.values())]
     rows = [[name, *(_f(seconds.get(stage), 0) for stage in stages)] for name, seconds in timed.items()]
     return [("Wall time per stage (s)", ["system", *stages], rows,
              "checkpoint: training the system's weights or reading them from the cache; guard: building or reading "

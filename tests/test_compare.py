@@ -585,6 +585,9 @@ def test_each_measuring_stage_is_timed_in_the_order_run_and_tabled(tmp_path, mon
     assert out["stage_seconds"]["metrics and prompt attacks"] >= 0.3 and out["stage_seconds"]["relearn"] >= 0.2
     assert out["stage_seconds"]["leak_at_k"] < 0.2
     read_back = SystemResult.from_json("target", json.loads(json.dumps(RUN._compact(out))))
-    [(_, header, rows, _)] = stage_table({"target": read_back})
-    assert header == ["system", "checkpoint", "metrics and prompt attacks", "leak_at_k", "relearn"]
-    assert rows[0][0] == "target" and rows[0][2] == R._f(out["stage_seconds"]["metrics and prompt attacks"], 0)
+    guarded = SystemResult.from_json("target+guard", {"status": "ok", "stage_seconds": {
+        "checkpoint": 0.0, "guard": 2.0, "metrics and prompt attacks": 9.0}})
+    [(_, header, rows, _)] = stage_table({"target": read_back, "target+guard": guarded})
+    assert header == ["system", "checkpoint", "guard", "metrics and prompt attacks", "leak_at_k", "relearn"]
+    assert rows[0][0] == "target" and rows[0][3] == R._f(out["stage_seconds"]["metrics and prompt attacks"], 0)
+    assert rows[0][2] == R._f(None, 0) and rows[1][2] == R._f(2.0, 0)
