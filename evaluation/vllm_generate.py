@@ -35,6 +35,18 @@ class GenerationError(UnlearnError):
     """The generation engine failed; the message carries the end of its log."""
 
 
+def whole_prefill(max_model_len: int, seeded: bool) -> dict:
+    """Engine arguments that prefill every prompt in one step, for seeded requests on CPU: a seeded
+    request whose prompt is prefilled in chunks kills vLLM's CPU engine (it rewinds the request's
+    generator, which a CPU generator cannot do: "CPU Generator does not use offset"). Greedy batches keep
+    vLLM's defaults."""
+    from vllm.platforms import current_platform
+
+    if not (seeded and current_platform.is_cpu()):
+        return {}
+    return {"enable_chunked_prefill": False, "max_num_batched_tokens": max(max_model_len, 2048)}
+
+
 def generate(model: str, request: dict) -> dict:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
     from vllm import LLM, SamplingParams
@@ -44,10 +56,12 @@ def generate(model: str, request: dict) -> dict:
     max_tokens = request.get("max_tokens", 128)
     max_tokens = max_tokens if isinstance(max_tokens, list) else [max_tokens] * len(prompts)
     extra = request.get("extra_args") or [None] * len(prompts)
-    llm = LLM(model=model, dtype=request.get("dtype", "auto"), max_model_len=request.get("max_model_len", 1024),
-              seed=0, enforce_eager=True, logits_processors=request.get("logits_processors") or None)
     temperature = request.get("temperature") or [0.0] * len(prompts)
     seed = request.get("seed") or [None] * len(prompts)
+    max_model_len = request.get("max_model_len", 1024)
+    llm = LLM(model=model, dtype=request.get("dtype", "auto"), max_model_len=max_model_len,
+              seed=0, enforce_eager=True, logits_processors=request.get("logits_processors") or None,
+              **whole_prefill(max_model_len, seeded=any(s is not None for s in seed)))
     params = [SamplingParams(temperature=t, seed=s, max_tokens=m, extra_args=e)
               for m, e, t, s in zip(max_tokens, extra, temperature, seed)]
     outputs, group_s, start = [], [], 0

@@ -77,3 +77,17 @@ def test_transformers_samples_differ_by_seed_and_greedy_does_not(tiny_dir):
     again = system.generate([Batch([Prompt(ids, 6, None, 1.0, 0)])])[0].texts
     greedy = system.generate([Batch([Prompt(ids, 6), Prompt(ids, 6)])])[0].texts
     assert len(set(sampled)) > 1 and again[0] == sampled[0] and greedy[0] == greedy[1]
+
+
+@pytest.mark.slow
+def test_seeded_samples_of_a_batch_longer_than_one_step_generate_on_vllm(vllm_sized_model):
+    """leak@k's seeded samples through the offline engine: more prompt tokens than one engine step takes,
+    so that chunked prefill (which kills a CPU engine on seeded requests) would split some prompt."""
+    from unlearnkit.evaluation.vllm_generate import run_vllm
+
+    rng = random.Random(0)
+    prompts = [[rng.randrange(10, 200) for _ in range(400)] for _ in range(48)]    # 19,200 prompt tokens
+    out = run_vllm(str(vllm_sized_model), {"prompt_token_ids": prompts, "max_tokens": 4, "dtype": "float32",
+                                           "max_model_len": 512, "temperature": [1.0] * len(prompts),
+                                           "seed": list(range(len(prompts)))}, timeout=600)
+    assert len(out["token_ids"]) == len(prompts) and all(out["token_ids"])
