@@ -4,7 +4,8 @@
         [--model run:configs/finetune/muse_mini_target.yaml] [--tau 12]
 
 Every reply a system wrote in a `unlearn compare` run (the prompt attacks and format shifts, the
-evaluation sets' generations: MUSE's verbmem continuations among them, leak@k's samples where stored)
+evaluation sets' generations, MUSE's verbmem continuations among them; leak@k's samples are kept in the
+run cache, not in the results, and are not read)
 is re-tokenised with the served model's tokenizer, and its longest run of consecutive tokens that the
 corpus also holds is found. Printed per system and source: how many replies, the median, 99th
 percentile and largest span, and how many exceed τ. The guard's bound is on the token ids it lets
@@ -74,8 +75,6 @@ def replies(system: dict) -> dict[str, list[str]]:
     for name, task in (system.get("metrics") or {}).get("tasks", {}).items():
         texts = [item.get(k) for item in task.get("items", []) for k in ("generated_text", "generated_paraphrased_question")]
         out[f"eval: {name}"] = [t for t in texts if isinstance(t, str)]
-    sampled = system.get("leak_at_k") or {}
-    out["leak@k samples"] = [t for t in sampled.get("replies", []) if isinstance(t, str)]
     return {k: v for k, v in out.items() if v}
 
 

@@ -33,8 +33,7 @@ def test_a_span_does_not_run_across_two_pieces_of_the_corpus():
     assert spans.longest([1, 2, 3]) == 3 and spans.longest([2, 3, 4, 5]) == 2
 
 
-def test_replies_are_read_from_attacks_evaluation_sets_and_samples():
+def test_replies_are_read_from_attacks_and_evaluation_sets():
     system = {"attacks": {"records": [{"reply": "a"}, {"reply": None}]},
-              "metrics": {"tasks": {"verbmem": {"items": [{"generated_text": "b"}]}}},
-              "leak_at_k": {"replies": ["c", "d"]}}
-    assert qs.replies(system) == {"prompt attacks": ["a"], "eval: verbmem": ["b"], "leak@k samples": ["c", "d"]}
+              "metrics": {"tasks": {"verbmem": {"items": [{"generated_text": "b"}]}}}}
+    assert qs.replies(system) == {"prompt attacks": ["a"], "eval: verbmem": ["b"]}
