@@ -3,11 +3,10 @@
     python benchmarks/quote_spans.py --run runs/compare/muse-mini --corpus muse/mini/forget_text \
         [--model run:configs/finetune/muse_mini_target.yaml] [--tau 12]
 
-Every reply a system wrote in a `unlearn compare` run (the prompt attacks and format shifts, the
-evaluation sets' generations, MUSE's verbmem continuations among them; leak@k's samples are kept in the
-run cache, not in the results, and are not read)
-is re-tokenised with the served model's tokenizer, and its longest run of consecutive tokens that the
-corpus also holds is found. Printed per system and source: how many replies, the median, 99th
+Every reply a system wrote in a `unlearn compare` run is re-tokenised with the served model's
+tokenizer, and its longest run of consecutive tokens that the corpus also holds is found: the prompt
+attacks and format shifts, and the evaluation sets' generations (MUSE's verbmem continuations among
+them). leak@k's samples are kept in the run cache, not in the results, and are not read. Printed per system and source: how many replies, the median, 99th
 percentile and largest span, and how many exceed τ. The guard's bound is on the token ids it lets
 through; this judges what a reader gets, the text.
 """
