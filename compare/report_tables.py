@@ -72,8 +72,10 @@ def muse_table(systems: Systems) -> list[Table]:
              "Verbatim memorisation: the forget passages' second halves continued from their first; knowledge "
              "memorisation: MUSE's few-shot questions (forget: should fall to the retain model's level; retain: should "
              "stay); PrivLeak = (AUC - AUC_retain) / AUC_retain x 100, 0 at the retain model, -100 when every forget "
-             "passage is told apart from the holdout ones. Teacher-forced Min-K% through a guard: a passage has no "
-             "prompt to flag, so the guard leaves it unchanged.")]
+             "passage is told apart from the holdout ones. Teacher-forced Min-K% through a guard: a guard built from "
+             "QA pairs has no prompt to flag on a bare passage and leaves it unchanged; a corpus guard's quote "
+             "filter withholds every token that would extend a corpus run past its bound, so the forget passages "
+             "become the unlikely ones and AUC goes to the other extreme (PrivLeak far above 0).")]
 
 
 def leak_table(systems: Systems) -> list[Table]:
