@@ -72,7 +72,7 @@ def replies(system: dict) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {"prompt attacks": [r["reply"] for r in system.get("attacks", {}).get("records", [])
                                                     if isinstance(r.get("reply"), str)]}
     for name, task in (system.get("metrics") or {}).get("tasks", {}).items():
-        texts = [item.get(k) for item in task.get("items", []) for k in ("generated_text", "generated_paraphrased_question")]
+        texts = [item.get(k) for item in task.get("items", []) for k in ("generated_text", "generated_paraphrased_question", "generated")]
         out[f"eval: {name}"] = [t for t in texts if isinstance(t, str)]
     return {k: v for k, v in out.items() if v}
 

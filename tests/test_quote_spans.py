@@ -35,5 +35,5 @@ def test_a_span_does_not_run_across_two_pieces_of_the_corpus():
 
 def test_replies_are_read_from_attacks_and_evaluation_sets():
     system = {"attacks": {"records": [{"reply": "a"}, {"reply": None}]},
-              "metrics": {"tasks": {"verbmem": {"items": [{"generated_text": "b"}]}}}}
+              "metrics": {"tasks": {"verbmem": {"items": [{"generated": "b"}]}}}}
     assert qs.replies(system) == {"prompt attacks": ["a"], "eval: verbmem": ["b"]}
