@@ -3,6 +3,7 @@
     python benchmarks/guard_bench.py [--model run:configs/finetune/tofu_mini_target.yaml]
                                      [--policy runs/guard/forget01] [--skip-server]
                                      [--interleaved [--same-length]] [--rounds N] [--max-tokens N]
+                                     [--without-quotes]
 
 1. Throughput: the same prompts (TOFU-mini forget questions, their paraphrases and retain
    questions: mixed flagged and unflagged) through plain and guarded offline vLLM, alternating
@@ -391,6 +392,23 @@ def load_test(model: str, policy: str, questions: list[str], n: int = 64) -> dic
         log.close()
 
 
+def without_quotes(policy: str) -> str:
+    """A copy of a corpus policy served without its quote filter: everything else (classifier, names,
+    items, penalty) the same, so a run on each isolates the filter's cost."""
+    import shutil
+
+    src, dst = Path(policy), ROOT / "runs" / "bench" / (Path(policy).name + "-without-quotes")
+    meta = json.loads((src / "policy.json").read_text())
+    if "quotes.safetensors" not in meta["files"]:
+        sys.exit(f"--without-quotes: {policy} has no quote filter")
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("quotes.safetensors"))
+    del meta["files"]["quotes.safetensors"]
+    meta.pop("quotes", None)
+    (dst / "policy.json").write_text(json.dumps(meta, indent=1))
+    return str(dst)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="run:configs/finetune/tofu_mini_target.yaml")
@@ -403,6 +421,8 @@ def main() -> int:
                         help="throughput only: a plain and a guarded engine kept alive, batches sent in turn")
     parser.add_argument("--same-length", action="store_true",
                         help="with --interleaved: every answer runs to --max-tokens (the guard's own cost)")
+    parser.add_argument("--without-quotes", action="store_true",
+                        help="serve a copy of the (corpus) policy without its quote filter")
     parser.add_argument("--worker", choices=["plain", "guarded"], help=argparse.SUPPRESS)
     parser.add_argument("--ids", help=argparse.SUPPRESS)
     parser.add_argument("--out", default=str(ROOT / "runs" / "bench" / "guard_bench.json"))
@@ -421,6 +441,8 @@ def main() -> int:
     if not (Path(args.policy) / "policy.json").is_file():
         unlearn("guard", "build", "--forget", "tofu/forget01_perturbed", "--retain", "tofu/retain90",
                 "--model", path, "--out", args.policy)
+    if args.without_quotes:
+        args.policy = without_quotes(args.policy)
     tokenizer = load_tokenizer(path)
     questions, ids = prompts_for(tokenizer, args.retain_prompts)
     report = {"model": path, "policy": args.policy}
