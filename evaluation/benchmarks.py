@@ -55,12 +55,22 @@ def _tofu_utility() -> list[Task]:
             _spec_task("world_facts", "options", "tofu/world_facts_perturbed", "utility")]
 
 
+TOFU_MINI_HOLDOUT = 40   # non-member answers for membership inference: retain90's first two authors
+
+
 def tofu_mini(cfg) -> list[Task]:
     """TOFU-mini, the CPU protocol (docs/architecture.md): target fine-tuned on forget10, forget = forget01 (40 QA),
-    retain = the other 360 QA of forget10, plus real authors and world facts."""
-    return [_spec_task("forget", "qa", "tofu/forget01_perturbed", "forget"),
+    retain = the other 360 QA of forget10, plus real authors and world facts. Membership inference
+    (privleak) scores forget01's answers, which the target was trained on, against as many answers about
+    retain90's first authors, whom neither the target nor the retain model saw."""
+    forget = _spec_task("forget", "qa", "tofu/forget01_perturbed", "forget")
+    holdout = _spec_task("privleak_holdout", "text", "tofu/retain90", "holdout")
+    return [forget,
             _spec_task("retain", "qa", "tofu/forget10_perturbed-forget01_perturbed", "retain"),
-            *_tofu_utility()]
+            *_tofu_utility(),
+            Task("privleak_forget", "text", forget.items, forget.source, "forget"),
+            Task("privleak_holdout", "text", holdout.items[:TOFU_MINI_HOLDOUT], f"{holdout.source}[:{TOFU_MINI_HOLDOUT}]",
+                 "holdout")]
 
 
 def tofu(cfg) -> list[Task]:

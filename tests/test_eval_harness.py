@@ -184,11 +184,18 @@ def test_tofu_mini_sets():
 
     tasks = {t.name: t for t in build_tasks(EvalConfig(benchmark="tofu-mini"))}
     assert {k: len(t.items) for k, t in tasks.items()} == {"forget": 40, "retain": 360, "real_authors": 100,
-                                                          "world_facts": 117}
+                                                          "world_facts": 117, "privleak_forget": 40,
+                                                          "privleak_holdout": 40}
     forget_q = {r.question for r in tasks["forget"].items}
     assert not forget_q & {r.question for r in tasks["retain"].items}
     assert all(len(r.extra["perturbed_answer"]) == 5 for r in tasks["forget"].items + tasks["retain"].items)
-    assert {t.kind for t in tasks.values()} == {"qa", "options"}
+    assert {t.kind for t in tasks.values()} == {"qa", "options", "text"}
+    # membership inference: the forget answers (members) against answers the target never trained on
+    members = {r.answer for r in tasks["privleak_forget"].items}
+    assert members == {r.answer for r in tasks["forget"].items}
+    trained = {r.answer for r in tasks["forget"].items + tasks["retain"].items}
+    assert not trained & {r.answer for r in tasks["privleak_holdout"].items}
+    assert (tasks["privleak_forget"].role, tasks["privleak_holdout"].role) == ("forget", "holdout")
 
 
 def test_cli_eval_prints_a_table(tiny_dir, tmp_path):
