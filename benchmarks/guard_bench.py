@@ -397,13 +397,15 @@ def without_quotes(policy: str) -> str:
     items, penalty) the same, so a run on each isolates the filter's cost."""
     import shutil
 
+    from unlearnkit.guard.policy import QUOTES_FILE
+
     src, dst = Path(policy), ROOT / "runs" / "bench" / (Path(policy).name + "-without-quotes")
     meta = json.loads((src / "policy.json").read_text())
-    if "quotes.safetensors" not in meta["files"]:
+    if QUOTES_FILE not in meta["files"]:
         sys.exit(f"--without-quotes: {policy} has no quote filter")
     shutil.rmtree(dst, ignore_errors=True)
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("quotes.safetensors"))
-    del meta["files"]["quotes.safetensors"]
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(QUOTES_FILE))
+    del meta["files"][QUOTES_FILE]
     meta.pop("quotes", None)
     (dst / "policy.json").write_text(json.dumps(meta, indent=1))
     return str(dst)

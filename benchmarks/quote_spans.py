@@ -6,8 +6,9 @@
 Every reply a system wrote in a `unlearn compare` run is re-tokenised with the served model's
 tokenizer, and its longest run of consecutive tokens that the corpus also holds is found: the prompt
 attacks and format shifts, and the evaluation sets' generations (MUSE's verbmem continuations among
-them). leak@k's samples are kept in the run cache, not in the results, and are not read. Printed per system and source: how many replies, the median, 99th
-percentile and largest span, and how many exceed τ. The guard's bound is on the token ids it lets
+them). leak@k's samples are kept in the run cache, not in the results, and are not read. Printed per
+system and source: how many replies, the median, 99th percentile and largest span, and how many
+exceed τ. The guard's bound is on the token ids it lets
 through; this judges what a reader gets, the text.
 """
 
@@ -24,10 +25,9 @@ from unlearnkit.models.loading import load_tokenizer
 from unlearnkit.training.cache import resolve_model
 
 MAX_SPAN = 256    # spans are measured up to this many tokens (a longer one reads as MAX_SPAN)
-
-
 M = (1 << 61) - 1   # polynomial hashes of token runs, mod a Mersenne prime
 P = 1_000_003
+POWERS = [pow(P, n, M) for n in range(MAX_SPAN + 1)]
 
 
 def prefix_hashes(ids: list[int]) -> list[int]:
@@ -37,6 +37,11 @@ def prefix_hashes(ids: list[int]) -> list[int]:
     return out
 
 
+def run_hash(hashes: list[int], i: int, n: int) -> int:
+    """The hash of the n tokens from position i, from their sequence's `prefix_hashes`."""
+    return (hashes[i + n] - hashes[i] * POWERS[n]) % M
+
+
 class CorpusSpans:
     """Hashes of every corpus run of up to MAX_SPAN tokens, within each piece the corpus was tokenised in."""
 
@@ -44,26 +49,17 @@ class CorpusSpans:
         ends = [*starts[1:], len(ids)]
         self.grams: set[tuple[int, int]] = set()     # (length, hash)
         for start, end in zip(starts, ends):
-            piece = ids[start:end].tolist()
-            for i in range(len(piece)):
-                h = 0
-                for n, t in enumerate(piece[i:i + MAX_SPAN], 1):
-                    h = (h * P + t + 1) % M
-                    self.grams.add((n, h))
-        self.powers = [1]
-        for _ in range(MAX_SPAN):
-            self.powers.append(self.powers[-1] * P % M)
+            hashes = prefix_hashes(ids[start:end].tolist())
+            for i in range(end - start):
+                self.grams.update((n, run_hash(hashes, i, n)) for n in range(1, min(MAX_SPAN, end - start - i) + 1))
 
     def longest(self, reply: list[int]) -> int:
         """The longest run of `reply` the corpus holds (a run's prefixes are runs too, so each start
         only has to beat the best so far)."""
         hashes, best = prefix_hashes(reply), 0
         for i in range(len(reply)):
-            while best < MAX_SPAN and i + best < len(reply):
-                n = best + 1
-                if (n, (hashes[i + n] - hashes[i] * self.powers[n]) % M) not in self.grams:
-                    break
-                best = n
+            while best < MAX_SPAN and i + best < len(reply) and (best + 1, run_hash(hashes, i, best + 1)) in self.grams:
+                best += 1
         return best
 
 
