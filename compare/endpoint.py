@@ -1,9 +1,12 @@
 """`unlearn serve --agents` started as users start it (its own process, on loopback) and driven
-over HTTP: what the comparison and the agent benchmark send their prompts through."""
+over HTTP: what the comparison and the agent benchmark send their prompts through. The comparison is
+the server's operator: it starts it with an admin token of its own and presents it, so each reply
+carries the front's diagnostics (route, model calls), which no other client is shown."""
 
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -12,6 +15,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from ..errors import UnlearnError
+from ..guard.boundary import ADMIN_TOKEN_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,7 +44,9 @@ class AgentServer:
         cmd += ["--agents-config", config] if config else []
         for kv in overrides:
             cmd += ["--agents-set", kv]
-        self.cmd, self.env, self.start_timeout = cmd, {**os.environ, **(env or {})}, start_timeout
+        self.token = (env or {}).get(ADMIN_TOKEN_ENV) or secrets.token_urlsafe(24)
+        self.env = {**os.environ, **(env or {}), ADMIN_TOKEN_ENV: self.token}
+        self.cmd, self.start_timeout = cmd, start_timeout
         self.proc: Optional[subprocess.Popen] = None
         self.url = f"http://127.0.0.1:{self.port}/v1"
         self.backend = f"http://127.0.0.1:{self.backend_port}/v1"
@@ -91,7 +97,7 @@ class AgentServer:
     def ask(self, prompt: str, max_tokens: int = 128, temperature: float = 0.0, seed: Optional[int] = None) -> dict:
         """One chat request (greedy unless `temperature`): {'status', 'text', 'unlearn' (the front's record),
         'seconds'}."""
-        return chat(self.url, prompt, max_tokens, temperature=temperature, seed=seed)
+        return chat(self.url, prompt, max_tokens, temperature=temperature, seed=seed, token=self.token)
 
     def ask_many(self, prompts: Sequence[str], max_tokens: int | Sequence[int] = 128, workers: int = 8,
                  progress: Optional[Callable[[int], None]] = None,
@@ -112,15 +118,17 @@ class AgentServer:
 
 
 def chat(url: str, prompt: str, max_tokens: int = 128, timeout: float = 900, model: str = "model",
-         temperature: float = 0.0, seed: Optional[int] = None) -> dict:
+         temperature: float = 0.0, seed: Optional[int] = None, token: Optional[str] = None) -> dict:
     """One chat request to the OpenAI-compatible server at `url` (its /v1 base) for `model`: greedy, or
-    sampled at `temperature` with `seed`."""
+    sampled at `temperature` with `seed`; with the operator's admin `token`, the front's diagnostics too
+    ('unlearn', else {})."""
     import httpx
 
     started = time.perf_counter()
     r = httpx.post(f"{url}/chat/completions", timeout=timeout, json={
         "model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
-        "temperature": temperature, **({"seed": seed} if seed is not None else {})})
+        "temperature": temperature, **({"seed": seed} if seed is not None else {})},
+        headers={"Authorization": f"Bearer {token}"} if token else None)
     body = r.json()
     text = body["choices"][0]["message"]["content"] if r.status_code == 200 else ""
     return {"status": r.status_code, "text": text or "", "unlearn": body.get("unlearn", {}),
