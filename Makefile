@@ -25,7 +25,8 @@ browser:
 
 setup: $(VENV)/.installed browser
 
-demo: setup
+# the demo opens no browser: the Python environment is all it needs
+demo: $(VENV)/.installed
 	$(BIN)/unlearn demo
 
 lint: setup
