@@ -96,9 +96,10 @@ def audit_plots(doc: dict, png) -> dict[str, bytes]:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    for name, curve in curves.items():
+    for n, (name, curve) in enumerate(curves.items()):
         ks = sorted(curve)
-        ax.plot(ks, [curve[k] for k in ks], marker="o", label=name)
+        # matplotlib cycles ten colours: the next ten systems dashed, so no two curves look alike
+        ax.plot(ks, [curve[k] for k in ks], marker="os^"[n // 10 % 3], ls=("-", "--", ":")[n // 10 % 3], label=name)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("k (answers sampled at temperature 1)")
     ax.set_ylabel("leak@k")
