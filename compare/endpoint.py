@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from ..errors import UnlearnError
-from ..guard.boundary import ADMIN_TOKEN_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,6 +29,7 @@ class AgentServer:
     def __init__(self, model: str, policy: str, log: Path, agents_only: bool = True, dtype: str = "float32",
                  max_model_len: int = 2048, config: Optional[str] = None, overrides: Sequence[str] = (),
                  env: Optional[dict] = None, start_timeout: float = 900):
+        from ..guard.boundary import ADMIN_TOKEN_ENV   # the guard's modules import torch
         from ..guard.serve import free_port
 
         self.port, self.backend_port = free_port(), free_port()
