@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -145,6 +146,43 @@ def tiny_policy(tmp_path_factory, tiny_dir, guard_forget_set):
 
 
 # ----------------------------------------------------------------------------- agents
+@contextmanager
+def loopback_json(respond):
+    """A JSON HTTP server on a free loopback port, in a thread: every GET and POST is answered with
+    `respond(method, path, headers, body)` -> (object, status), body the POST's parsed JSON (None for a
+    GET). Yields its base URL."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self, method, body):
+            obj, status = respond(method, self.path, self.headers, body)
+            data = json.dumps(obj).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self):
+            self._answer("GET", None)
+
+        def do_POST(self):
+            self._answer("POST", json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 class Served:
     """A FastAPI app under uvicorn in a thread, on a free loopback port."""
 

@@ -3,13 +3,12 @@ run on the tiny model: vLLM with the guard, the front before it, a request down 
 
 import json
 import os
-import threading
 from contextlib import ExitStack, contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
 
+from tests.conftest import loopback_json
 from unlearnkit.agents.serve import free_port
 from unlearnkit.cli import main
 
@@ -40,30 +39,14 @@ def scripted_chat_endpoint(text: str):
     (n times): the answer node's endpoint in the end-to-end test, so that its draft, and with it the
     route, does not depend on what a random tiny model happens to say."""
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            reply = json.dumps({
-                "id": "scripted", "object": "chat.completion", "created": 0, "model": body["model"],
+    def respond(method, path, headers, body):
+        return {"id": "scripted", "object": "chat.completion", "created": 0, "model": body["model"],
                 "choices": [{"index": i, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}
                             for i in range(body.get("n") or 1)],
-                "usage": {"prompt_tokens": 3, "completion_tokens": 7, "total_tokens": 10}}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(reply)))
-            self.end_headers()
-            self.wfile.write(reply)
+                "usage": {"prompt_tokens": 3, "completion_tokens": 7, "total_tokens": 10}}, 200
 
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with loopback_json(respond) as url:
+        yield f"{url}/v1"
 
 
 def test_scripted_chat_endpoint_speaks_openai():

@@ -3,12 +3,11 @@ counts it reports, the report it writes, and the refusals before any probe (unre
 model not served, forget file empty or unreadable)."""
 
 import json
-import threading
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from tests.conftest import loopback_json
 from unlearnkit.agents.serve import free_port
 from unlearnkit.cli import main
 from unlearnkit.compare.audit import AuditSpec, audit_probes, leak_counts, read_items, run_audit
@@ -49,43 +48,23 @@ def fake_endpoint(models=("fake-model",), reply=answer, handle=None):
     POST body). `handle(path, body)` answers a POST first when it returns (body, status)."""
     chats = []
 
-    class Handler(BaseHTTPRequestHandler):
-        def _send(self, obj, status=200):
-            data = json.dumps(obj).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    def respond(method, path, headers, body):
+        if method == "GET":
+            if path == "/v1/models":
+                return {"object": "list", "data": [{"id": m, "object": "model"} for m in models]}, 200
+            return {"error": "not found"}, 404
+        chats.append(body)
+        got = handle(path, body) if handle else None
+        if got is not None:
+            return got
+        if body["model"] not in models:
+            return {"error": {"message": "no such model"}}, 404
+        text = reply(body["messages"][-1]["content"])
+        return {"id": "x", "object": "chat.completion", "model": body["model"],
+                "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}]}, 200
 
-        def do_GET(self):
-            if self.path == "/v1/models":
-                self._send({"object": "list", "data": [{"id": m, "object": "model"} for m in models]})
-            else:
-                self._send({"error": "not found"}, 404)
-
-        def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            chats.append(body)
-            got = handle(self.path, body) if handle else None
-            if got is not None:
-                return self._send(*got)
-            if body["model"] not in models:
-                return self._send({"error": {"message": "no such model"}}, 404)
-            text = reply(body["messages"][-1]["content"])
-            self._send({"id": "x", "object": "chat.completion", "model": body["model"],
-                        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}]})
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1", chats
-    finally:
-        server.shutdown()
-        server.server_close()
+    with loopback_json(respond) as url:
+        yield f"{url}/v1", chats
 
 
 def qa_file(path, pairs):
