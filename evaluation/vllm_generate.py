@@ -47,15 +47,11 @@ def whole_prefill(max_model_len: int, seeded: bool) -> dict:
     return {"enable_chunked_prefill": False, "max_num_batched_tokens": max(max_model_len, 2048)}
 
 
-# The engine in this process, one worker in it: a separate engine-core process and a worker process
-# each import vLLM again, which took 26 s of a 32 s engine start on 2 cores, for the same tokens and speed.
-IN_PROCESS_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
-
-
 def generate(model: str, request: dict) -> dict:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
-    for name, value in IN_PROCESS_ENV.items():
-        os.environ.setdefault(name, value)
+    # the engine in this process, one worker in it: a separate engine-core process and a worker process
+    # each import vLLM again, which took 26 s of a 32 s engine start on 2 cores, for the same tokens and speed
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
@@ -99,7 +95,7 @@ def run_vllm(model: str, request: dict, timeout: float = 3600, echo: bool = Fals
         env = {"VLLM_LOGGING_LEVEL": "WARNING",
                # vLLM's CPU backend keeps one core for its front end by default: on a 2-core machine
                # that halves throughput for offline batch generation (measured 228 s -> 123 s)
-               "VLLM_CPU_NUM_OF_RESERVED_CPU": "0", **IN_PROCESS_ENV, **os.environ, **(env or {})}
+               "VLLM_CPU_NUM_OF_RESERVED_CPU": "0", **os.environ, **(env or {})}
         cmd = [sys.executable, "-m", "unlearnkit.evaluation.vllm_generate", "--model", model,
                "--requests", str(req), "--out", str(out)]
         log = Path(tmp) / "log.txt"
