@@ -78,6 +78,8 @@ def guard_policy(spec: GuardSpec, model_path: str, log=print) -> tuple[str, dict
     if is_corpus_spec(spec.forget):       # the key: each document's text (the QA keys below are unchanged)
         key = {"corpus": spec.forget, "documents": [hashlib.sha256(d.text.encode()).hexdigest()
                                                     for d in read_corpus(spec.forget)]}
+        if gcfg.corpus == "forget":      # a policy built before numbers' first digits were withheld is not reused
+            key["number_heads"] = gcfg.number_heads is not False
     elif is_subjects_spec(spec.forget):
         subjects = load_subjects(spec.forget)
         key = {"subjects": [to_dict(s) for s in subjects]}

@@ -16,6 +16,7 @@ in `forget` mode beside the knowledge guard built from its passages as above, in
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import math
@@ -32,7 +33,7 @@ from ..data.sources import load_spec
 from ..provenance import package_versions
 from .embedder import EMBEDDER_NAME, embed, embedder_kind, load_embedder, static_record
 from .penalty import centred_unit, semantic_penalty
-from .phrases import STOPWORDS, Background, MentionIndex, distinctive_parts, group_targets, item_phrases, quoted, stems
+from .phrases import STOPWORDS, Background, MentionIndex, distinctive_parts, group_targets, item_phrases, number_heads, quoted, stems
 from ..files import json_digest, sha256_file
 from . import disguise
 from .calibrate import (calibrate_soft_mask, calibration_record, calibration_split, check_counterfactuals,
@@ -41,6 +42,7 @@ from .classifier import MIN_COLLAPSED, PromptClassifier, as_served
 from .policy import (FILES, FORMAT, FORMAT_VERSION, OPTIONAL_FILES, QUOTES_FILE, GuardConfig, Policy, PolicyError, read_meta,
                      tokenizer_fingerprint)
 from .subjects import Subject, subject_items
+from .textmatch import TokenTexts
 from .trie import token_sequences
 
 # the semantic index: a HNSW graph above this many forget questions (semantic_index), with its parameters
@@ -172,8 +174,40 @@ def _targets_and_items(forget: list[QA], background: list[str], cfg: GuardConfig
 def _items(forget: list[QA], targets: list[dict], cfg: GuardConfig) -> list[dict]:
     """Each forget item with the targets its question or answer names and the phrases it withholds."""
     probed = MentionIndex([target["probes"] for target in targets])
-    return [{"question": item.question, "answer": item.answer, "targets": probed.find(f"{item.question or ''} {item.answer}"),
-             "phrases": item_phrases(item.question, item.answer, with_key_words=cfg.key_words)} for item in forget]
+    items = [{"question": item.question, "answer": item.answer, "targets": probed.find(f"{item.question or ''} {item.answer}"),
+              "phrases": item_phrases(item.question, item.answer, with_key_words=cfg.key_words)} for item in forget]
+    if cfg.number_heads:
+        for item in items:
+            item["number_heads"] = number_heads(item["phrases"])
+    return items
+
+
+def _item_sequences(tokenizer, items: list[dict]) -> list[list[list[int]]]:
+    """Per item, the token sequences its flagged answers withhold: its phrases in every form, and the
+    starts of a number after a space for each digit its numbers begin with (`number_starts`)."""
+    heads = sorted({d for it in items for d in it.get("number_heads", [])})
+    starts = number_starts(tokenizer, heads) if heads else {}
+    return [token_sequences(tokenizer, it["phrases"]) + [seq for d in it.get("number_heads", []) for seq in starts[d]]
+            for it in items]
+
+
+def number_starts(tokenizer, digits: list[str]) -> dict[str, list[list[int]]]:
+    """Per digit, the token sequences that begin a number with it after a space, however the vocabulary
+    splits numbers: each token of a space (or sign) and digits starting with it (" 7", " 19"), and the
+    space token followed by each token of digits starting with it (" ", "7") where a space is a token of
+    its own. Never the digit alone, which would also stop the end of "2017"."""
+    texts = TokenTexts(tokenizer).text          # normalised: a sign or punctuation reads as a space
+    space = tokenizer(" ", add_special_tokens=False)["input_ids"]
+    out: dict[str, list[list[int]]] = {d: [] for d in digits}
+    for tok, text in enumerate(texts):
+        number = text.lstrip(" ")
+        if not number.isdigit() or number[0] not in out:
+            continue
+        if number != text:
+            out[number[0]].append([tok])
+        elif len(space) == 1:
+            out[number[0]].append(space + [tok])
+    return out
 
 
 def _target_phrases(targets: list[dict], items: list[dict]) -> list[list[str]]:
@@ -293,7 +327,7 @@ def build_policy(forget: list[QA], out_dir: str | Path, model_path: str, tokeniz
     targets, items = _targets_and_items(forget, background, cfg, subjects, owners)
     progress(f"{len(forget)} forget items, {len(targets)} targets: {', '.join(t['name'] for t in targets) or '-'}")
 
-    item_seqs = [token_sequences(tokenizer, it["phrases"]) for it in items]
+    item_seqs = _item_sequences(tokenizer, items)
     target_phrases = _target_phrases(targets, items)
     target_seqs = [token_sequences(tokenizer, phrases) for phrases in target_phrases]
     progress("semantic penalty over the vocabulary")
@@ -363,6 +397,8 @@ def build_corpus_policy(spec: str, out_dir: str | Path, model_path: str, tokeniz
     from .quotes import QuoteError, build_quote_index
 
     cfg.validate()
+    if cfg.number_heads is None and cfg.corpus == "forget":
+        cfg = dataclasses.replace(cfg, number_heads=True)
     documents = read_corpus(spec)
     began = time.perf_counter()
     tokens, starts = tokenize(tokenizer, documents)

@@ -95,6 +95,9 @@ class GuardConfig:
     # still be answered); forget = the quote filter and the knowledge guard built from the corpus's passages
     corpus_mode: Optional[str] = _unset()
     quote_tokens: Optional[int] = _unset()        # τ (QUOTE_TOKENS)
+    # withhold, at a word start in a flagged answer, the first digit of each number its items withhold, so an
+    # answer cannot begin one ("7." of 7.4); unset: on for corpus policies in forget mode, off otherwise
+    number_heads: Optional[bool] = _unset()
     quote_budget_mb: Optional[float] = _unset()   # QUOTE_BUDGET_MB
     quote_fpr: Optional[float] = _unset()         # QUOTE_FPR
     # the prompt classifier's sentence embedder: minilm (unset) or static, a model2vec distillation of the same

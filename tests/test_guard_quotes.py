@@ -228,6 +228,49 @@ def test_forget_mode_adds_the_knowledge_guard_and_quotes_reach_unflagged_request
     assert guards[0] is not None and guards[0].quotes is not None
 
 
+def _answer_heading_into(guard, tok, reply: str, number: str) -> str:
+    """What a guarded answer writes when its model has written `reply` and wants nothing but `number` next
+    (its tokens, one by one); stops where the guard withholds the wanted token or forces its refusal."""
+    guard.feed(tok(reply, add_special_tokens=False)["input_ids"])
+    written = []
+    for want in tok(number, add_special_tokens=False)["input_ids"]:
+        logits = torch.full((1, len(tok)), -5.0)
+        logits[0, want] = 10.0
+        guard_rows(logits, [(0, guard, ())], RowMasks())
+        if guard.forced is not None or int(logits[0].argmax()) != want:
+            break
+        written.append(want)
+        guard.feed([want])
+    return tok.decode(written)
+
+
+def test_forget_mode_stops_a_flagged_answer_before_a_withheld_number_begins(tmp_path, tiny_dir, passage_file,
+                                                                            reciter):
+    _, tok = reciter
+    question = tok("In which year was Kalo Mirten born?")["input_ids"]
+    written = {}
+    for heads in (None, False):       # unset: on in forget mode
+        out = tmp_path / f"heads-{heads}"
+        meta = build_corpus_policy(f"text:{passage_file}", out, str(tiny_dir), tok,
+                                   GuardConfig(quote_tokens=TAU, number_heads=heads), progress=lambda *_: None)
+        assert [it.get("number_heads") for it in meta["items"]] == ([["1", "2"]] if heads is None else [None])
+        # guarded as a flagged request is (one passage: an uncalibrated threshold flags little)
+        guard = GuardRuntime(load_policy(out, tok), tok).guards([(question, {"unlearn_guard": True})])[0]
+        assert not guard.always_on
+        written[heads] = _answer_heading_into(guard, tok, "She was born in", " 1961")
+    assert not any(c.isdigit() for c in written[None])               # stopped before the number's first digit
+    assert "196" in written[False]                                   # the last token alone withheld: "196" out
+    unflagged = GuardRuntime(load_policy(tmp_path / "heads-None", tok), tok).guards(
+        [(tok("What is the capital of France?")["input_ids"], None)])[0]
+    assert "1961" in _answer_heading_into(unflagged, tok, "It was founded in", " 1961")   # numbers elsewhere are free
+
+
+def test_number_heads_are_the_first_digits_of_numbers():
+    from unlearnkit.guard.phrases import number_heads
+
+    assert number_heads(["7.4", "1.75 million hours", "1990", "Utrecht", "3", "£45.50", "21st"]) == ["1", "2", "7"]
+
+
 @pytest.mark.parametrize("content,match", [
     (b"", "is empty"), (b"  \n\n ", "is empty"),
     (b"fine line\nsecond line\nbad \xff byte\n", r"line 3: not UTF-8"),
