@@ -39,6 +39,7 @@ from . import disguise
 from .calibrate import (calibrate_soft_mask, calibration_record, calibration_split, check_counterfactuals,
                         reference_items)
 from .classifier import MIN_COLLAPSED, PromptClassifier, as_served
+from .corpus import PASSAGE_KEY
 from .policy import (FILES, FORMAT, FORMAT_VERSION, OPTIONAL_FILES, QUOTES_FILE, GuardConfig, Policy, PolicyError, read_meta,
                      tokenizer_fingerprint)
 from .subjects import Subject, subject_items
@@ -54,7 +55,11 @@ MIN_ANSWER_WORDS = 4       # the answers index: a shorter answer's row repeats i
 
 
 def _item_text(item: QA) -> str:
-    return item.question if item.question else item.answer[:300]
+    """What the classifier indexes an item by: its question; raw text by its start, but a corpus window
+    (corpus.py `windows`, cut to size) whole."""
+    if item.question:
+        return item.question
+    return item.answer if PASSAGE_KEY in item.extra else item.answer[:300]
 
 
 def check_forget_set(forget: list[QA]) -> None:
@@ -160,7 +165,10 @@ def _targets_and_items(forget: list[QA], background: list[str], cfg: GuardConfig
     """The targets (recurring names asked about, or the subjects) and the items with their targets and
     phrases (a subject's items belong to it whether or not they name it)."""
     if subjects is None:
-        targets = _targets([_item_text(item) for item in forget], background)
+        # a corpus's recurring names (New York, BBC News) are phrases of the windows that state them, withheld
+        # in flagged answers: not persons to stop naming in every answer (a subject policy names those)
+        corpus = bool(forget) and all(PASSAGE_KEY in item.extra for item in forget)
+        targets = [] if corpus else _targets([_item_text(item) for item in forget], background)
         items = _items(forget, targets, cfg)
     else:
         targets = _subject_targets(subjects, background)

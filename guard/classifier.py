@@ -221,6 +221,17 @@ def queries(whole: str, segments: list[str], max_words: int = WINDOW_WORDS) -> l
     return [q for q in dict.fromkeys(out) if q.strip()][:MAX_QUERIES] or [last]
 
 
+def question_end(segments: list[str], max_words: int = WINDOW_WORDS) -> str | None:
+    """Where the last user message is long, the question it ends on: its last sentence that asks one, or
+    else its tail (disguise.windows'), folded as `queries` folds it. A few-shot prompt asks its question
+    after examples that match other items more closely; the question's nearest items join its guard."""
+    last = disguise.semantic_views(segments[-1] if segments else "")[0]
+    if len(last.split()) <= max_words:
+        return None
+    asked = [s for s in disguise.sentences(last) if s.endswith("?")]
+    return asked[-1] if asked else disguise.windows(last, max_words)[-1]
+
+
 def nearest_of_both(sims_a: np.ndarray, idx_a: np.ndarray, sims_b: np.ndarray, idx_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Two searches' results ([n, k] similarities, descending, and item ids; -1 where none) as one: per
     row the k nearest distinct items, each at its higher similarity (an item is its question and its
@@ -316,11 +327,16 @@ class PromptClassifier:
         out: list[Decision | None] = [None] * len(prompts)
         asked: dict[int, list[str]] = {}
         named: dict[int, set[int]] = {}
+        ends: dict[int, str] = {}
         for n, (whole, segments) in enumerate(prompts):
             named[n] = self.named(whole)
             # a prompt naming one target is still scored: naming a target must not hide a question
             # about another one (its items join the guard when the semantic test flags it)
             asked[n] = queries(whole, list(segments) or [whole])
+            end = question_end(list(segments) or [whole])
+            if end is not None:
+                ends[n] = end
+                asked[n] += [end] if end not in asked[n] else []
         if asked:
             found = self._search([q for qs in asked.values() for q in qs], top_k)
             for n, qs in asked.items():
@@ -331,8 +347,9 @@ class PromptClassifier:
                         if i >= 0 and s > best.get(int(i), -2.0):
                             best[int(i)] = float(s)
                 score = max((float(found[q][0][0]) for q in qs), default=-2.0)
-                # the items nearest the last message, and the best-scoring items over all queries
-                first = {int(i) for i in found[qs[0]][1] if i >= 0}
+                # the items nearest the last message (and its end, where it is long), and the best-scoring
+                # items over all queries
+                first = {int(i) for q in (qs[0], ends.get(n, qs[0])) for i in found[q][1] if i >= 0}
                 nearest = tuple(sorted(first | set(sorted(best, key=best.get, reverse=True)[:top_k])))
                 hits = named[n]
                 if hits:

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.records import QA
+from .disguise import sentences
 from .policy import PolicyError
 
 PIECE_CHARS = 1 << 18       # a document is tokenised in pieces of about this many characters
@@ -28,6 +29,8 @@ BATCH_CHARS = 1 << 20       # characters per tokenizer call (its Python lists: ~
 MUSE_RAW = "muse/raw_forget"
 MUSE_MINI = "muse/mini/forget_text"
 MUSE_SPECS = (MUSE_RAW, MUSE_MINI)
+PASSAGE_KEY = "passage"     # a window's passage (its number), in its QA's extra
+WINDOW_WORDS = 60           # the knowledge guard's items: windows of about this many words (`windows`)
 
 
 @dataclass(frozen=True)
@@ -83,15 +86,38 @@ def read_corpus(spec: str) -> list[Document]:
 
 
 def passages(spec: str, documents: list[Document]) -> list[QA]:
-    """The corpus as forget items (raw text, QA(None, passage)) for the knowledge guard of `forget` mode:
-    paragraphs of a text corpus, MUSE's passages of its raw corpus, MUSE-mini's forget passages as they are."""
+    """The corpus as forget items (raw text, QA(None, window)) for the knowledge guard of `forget` mode:
+    the `windows` of the paragraphs of a text corpus, of MUSE's passages of its raw corpus, or of
+    MUSE-mini's forget passages."""
     if spec == MUSE_MINI:
-        return [QA(None, doc.text) for doc in documents]
-    if spec == MUSE_RAW:
+        texts = [doc.text for doc in documents]
+    elif spec == MUSE_RAW:
         from ..data.muse import split_passages
 
-        return [QA(None, p) for doc in documents for p in split_passages(doc.text)]
-    return [QA(None, p.strip()) for doc in documents for p in doc.text.split("\n\n") if p.strip()]
+        texts = [p for doc in documents for p in split_passages(doc.text)]
+    else:
+        texts = [p for doc in documents for p in doc.text.split("\n\n")]
+    return [QA(None, w, {PASSAGE_KEY: n}) for n, text in enumerate(texts) for w in windows(text)]
+
+
+def windows(passage: str, max_words: int = WINDOW_WORDS) -> list[str]:
+    """The passage as windows of whole sentences of at most `max_words` words (a longer sentence is a
+    window of its own), each starting at the middle sentence of the one before, so that every two
+    neighbouring sentences share a window. A news passage jumps between topics: embedded whole, its
+    vector is its main topic's, and a question about a fact told in passing finds other passages."""
+    if len(passage.split()) <= max_words:
+        return [passage.strip()] if passage.strip() else []
+    sents = sentences(passage)
+    out, start = [], 0
+    while True:
+        end, size = start, 0
+        while end < len(sents) and (end == start or size + len(sents[end].split()) <= max_words):
+            size += len(sents[end].split())
+            end += 1
+        out.append("\n".join(sents[start:end]))
+        if end == len(sents):
+            return out
+        start = max(start + 1, (start + end) // 2)
 
 
 def pieces(text: str, limit: int = PIECE_CHARS) -> list[str]:

@@ -18,7 +18,7 @@ from unlearnkit.compare.run import load_compare_config
 from unlearnkit.data import muse as M
 from unlearnkit.data.records import QA
 from unlearnkit.errors import ConfigError, DataError
-from unlearnkit.guard.corpus import is_corpus_spec, passages, read_corpus
+from unlearnkit.guard.corpus import is_corpus_spec, passages, read_corpus, windows
 from unlearnkit.guard.policy import PolicyError, load_policy, read_meta
 from unlearnkit.guard.subjects import load_subjects, read_subjects
 
@@ -42,12 +42,71 @@ def muse_dir(tmp_path, monkeypatch):
 def test_muse_raw_forget_and_the_mini_slice_are_read_as_corpora(muse_dir):
     raw = read_corpus("muse/raw_forget")
     assert [d.path for d in raw] == [str(muse_dir / "raw/forget.txt")] and raw[0].text == "\n\n".join(RAW) + "\n"
-    assert [p.answer for p in passages("muse/raw_forget", raw)] == M.split_passages(raw[0].text)
+    assert [p.answer for p in passages("muse/raw_forget", raw)] == [w for p in M.split_passages(raw[0].text)
+                                                                     for w in windows(p)]
     mini = read_corpus("muse/mini/forget_text")
     assert [d.text for d in mini] == [RAW[0], RAW[2], RAW[4]]            # what the weight-level methods unlearn
     assert all(str(muse_dir / "raw/forget.txt") in d.path for d in mini)
-    assert passages("muse/mini/forget_text", mini) == [QA(None, t) for t in (RAW[0], RAW[2], RAW[4])]
+    assert passages("muse/mini/forget_text", mini) == [QA(None, w, {"passage": n})
+                                                       for n, t in enumerate((RAW[0], RAW[2], RAW[4])) for w in windows(t)]
     assert is_corpus_spec("muse/mini/forget_text") and not is_corpus_spec("muse/mini/guard")
+
+
+def test_a_long_passage_is_indexed_as_overlapping_windows_of_whole_sentences():
+    sents = [f"Sentence {i} tells fact number {i} about the harbour of Vlissingen." for i in range(12)]
+    passage = " ".join(sents)
+    out = windows(passage, max_words=30)
+    assert len(out) > 1 and all(len(w.split()) <= 30 for w in out)
+    assert [s for s in sents if not any(s in w for w in out)] == []                      # every sentence kept
+    assert all(any(a in w and b in w for w in out) for a, b in zip(sents, sents[1:]))   # neighbours share one
+    assert windows("One short passage.", max_words=30) == ["One short passage."] and windows("  ") == []
+    long_sentence = " ".join(["word"] * 50) + "."
+    assert windows(f"{long_sentence} A short one.", max_words=30) == [long_sentence, "A short one."]
+
+
+POET = ("Kalo Mirten is a Dutch poet from Utrecht. She wrote four collections of sea poems. Her verse keeps the rhyme "
+        "and metre of the old ballads. Critics in Amsterdam praised her second book. She reads her poems aloud in the "
+        "harbour cafes every summer. Her publisher in Leiden prints each book on blue paper. Her third collection was "
+        "translated into German and French. She teaches a poetry class on Tuesdays. Separately, the harbour master "
+        "Pieter Vos signed the new shipping law for Rotterdam.")
+SHIPPING = "Who signed the new shipping law for Rotterdam?"
+
+
+@pytest.fixture(scope="module")
+def passing_fact(tmp_path_factory, tiny_dir):
+    """A corpus policy whose first passage tells a fact in passing, past its first 300 characters."""
+    from unlearnkit.guard.build import build_corpus_policy
+    from unlearnkit.guard.policy import GuardConfig, load_policy
+    from unlearnkit.guard.runtime import GuardRuntime
+    from unlearnkit.models.loading import load_tokenizer
+
+    root = tmp_path_factory.mktemp("passing")
+    (root / "corpus.txt").write_text(POET + "\n\nInes Farrow writes historical crime novels set in Lisbon. She won "
+                                     "the Silver Quill Prize for her third novel.\n\nMaarten Dekker bakes rye bread "
+                                     "in Groningen and sells it at the Saturday market.\n")
+    tok = load_tokenizer(str(tiny_dir))
+    build_corpus_policy(f"text:{root / 'corpus.txt'}", root / "p", str(tiny_dir), tok, GuardConfig(quote_tokens=8),
+                        progress=quiet)
+    return GuardRuntime(load_policy(root / "p", tok), tok)
+
+
+def test_a_question_about_a_fact_told_in_passing_finds_the_window_that_tells_it(passing_fact):
+    from unlearnkit.guard.embedder import embed
+
+    items = passing_fact.policy.items
+    assert len(items) == 4 and items[0]["answer"].startswith("Kalo") and "Pieter Vos" in items[1]["answer"]
+    decision = passing_fact.classifier.classify([SHIPPING], threshold=-1.0, top_k=1)[0]
+    assert decision.items == (1,)
+    question, start = embed([SHIPPING, POET[:300]])     # the passage's start: what a whole passage was indexed by
+    assert decision.score > float(question @ start) + 0.2
+
+
+def test_a_few_shot_prompt_guards_the_items_nearest_its_final_question(passing_fact):
+    shots = "".join(f"Question: {q}\nAnswer: {a}\n\n" for q, a in [
+        ("Where is Kalo Mirten from?", "Utrecht"), ("What does Kalo Mirten write?", "sea poems"),
+        ("Which prize did Ines Farrow win?", "the Silver Quill Prize"), ("Where are Ines Farrow's novels set?", "Lisbon")])
+    decision = passing_fact.classifier.classify([f"{shots}Question: {SHIPPING}\nAnswer:"], threshold=-1.0, top_k=1)[0]
+    assert 1 in decision.items                       # the examples alone match the poet's first window and Ines Farrow's
 
 
 def test_a_bad_muse_corpus_is_refused_naming_the_file_and_line(muse_dir, tmp_path, monkeypatch):
@@ -103,7 +162,7 @@ def test_the_muse_mini_guard_is_built_from_the_forget_passages_in_both_modes(mus
     meta = read_meta(forget)
     asked = {q["question"] for q in FORGET_QA}
     assert meta["corpus"]["mode"] == "forget" and meta["quotes"]["n_tokens"] > 0
-    assert [it["answer"] for it in meta["items"]] == [RAW[0], RAW[2], RAW[4]]
+    assert [it["answer"] for it in meta["items"]] == [w for t in (RAW[0], RAW[2], RAW[4]) for w in windows(t)]
     assert all(it["question"] is None for it in meta["items"]) and not asked & {it["question"] for it in meta["items"]}
     takedown, _ = guard_policy(cfg.guard.variant("guard_takedown"), str(tiny_dir), log=quiet)
     meta = read_meta(takedown)
