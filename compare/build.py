@@ -67,7 +67,7 @@ def guard_policy(spec: GuardSpec, model_path: str, log=print) -> tuple[str, dict
     from ..evaluation.calibration import RatioProbe, build_policy
     from ..guard.build import build_corpus_policy
     from ..guard.calibrate import FIT_VERSION
-    from ..guard.corpus import WINDOW_WORDS, is_corpus_spec, read_corpus
+    from ..guard.corpus import ITEMS_VERSION, is_corpus_spec, read_corpus
     from ..guard.policy import GuardConfig
     from ..guard.subjects import is_subjects_spec, load_subjects
     from ..models.catalog import cache_root
@@ -79,7 +79,7 @@ def guard_policy(spec: GuardSpec, model_path: str, log=print) -> tuple[str, dict
         key = {"corpus": spec.forget, "documents": [hashlib.sha256(d.text.encode()).hexdigest()
                                                     for d in read_corpus(spec.forget)]}
         if gcfg.corpus == "forget":      # a policy of whole passages, or without numbers' first digits, is not reused
-            key.update(window_words=WINDOW_WORDS, number_heads=gcfg.number_heads is not False)
+            key.update(items=ITEMS_VERSION, number_heads=gcfg.number_heads is not False)
     elif is_subjects_spec(spec.forget):
         subjects = load_subjects(spec.forget)
         key = {"subjects": [to_dict(s) for s in subjects]}

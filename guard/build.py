@@ -10,8 +10,10 @@ renamed into place, so an interrupted build leaves no half policy).
 
 Subjects (subjects.py) give the targets (their names and aliases) instead of the names the questions
 recur on. A corpus (corpus.py, `build_corpus_policy`) adds its verbatim-quote structure (quotes.py):
-in `forget` mode beside the knowledge guard built from its passages as above, in `takedown` mode alone
-(no targets, no items, no classifier: quotes are withheld, facts may still be answered).
+in `forget` mode beside the knowledge guard built as above from its passages' sentence windows (no
+targets: a corpus's recurring names are withheld in flagged answers only; with `number_heads`, the
+first digits of the numbers they state too), in `takedown` mode alone (no targets, no items, no
+classifier: quotes are withheld, facts may still be answered).
 """
 
 from __future__ import annotations
@@ -161,13 +163,13 @@ def _subject_targets(subjects: list[Subject], background: list[str]) -> list[dic
 
 
 def _targets_and_items(forget: list[QA], background: list[str], cfg: GuardConfig,
-                       subjects: Optional[list[Subject]], owners: Optional[list[int]]) -> tuple[list[dict], list[dict]]:
-    """The targets (recurring names asked about, or the subjects) and the items with their targets and
-    phrases (a subject's items belong to it whether or not they name it)."""
+                       subjects: Optional[list[Subject]], owners: Optional[list[int]],
+                       corpus: bool = False) -> tuple[list[dict], list[dict]]:
+    """The targets (recurring names asked about, or the subjects; none for a corpus's windows) and the
+    items with their targets and phrases (a subject's items belong to it whether or not they name it)."""
     if subjects is None:
         # a corpus's recurring names (New York, BBC News) are phrases of the windows that state them, withheld
         # in flagged answers: not persons to stop naming in every answer (a subject policy names those)
-        corpus = bool(forget) and all(PASSAGE_KEY in item.extra for item in forget)
         targets = [] if corpus else _targets([_item_text(item) for item in forget], background)
         items = _items(forget, targets, cfg)
     else:
@@ -190,30 +192,24 @@ def _items(forget: list[QA], targets: list[dict], cfg: GuardConfig) -> list[dict
     return items
 
 
-def _item_sequences(tokenizer, items: list[dict]) -> list[list[list[int]]]:
-    """Per item, the token sequences its flagged answers withhold: its phrases in every form, and the
-    starts of a number after a space for each digit its numbers begin with (`number_starts`)."""
-    heads = sorted({d for it in items for d in it.get("number_heads", [])})
-    starts = number_starts(tokenizer, heads) if heads else {}
-    return [token_sequences(tokenizer, it["phrases"]) + [seq for d in it.get("number_heads", []) for seq in starts[d]]
-            for it in items]
-
-
 def number_starts(tokenizer, digits: list[str]) -> dict[str, list[list[int]]]:
     """Per digit, the token sequences that begin a number with it after a space, however the vocabulary
-    splits numbers: each token of a space (or sign) and digits starting with it (" 7", " 19"), and the
-    space token followed by each token of digits starting with it (" ", "7") where a space is a token of
-    its own. Never the digit alone, which would also stop the end of "2017"."""
-    texts = TokenTexts(tokenizer).text          # normalised: a sign or punctuation reads as a space
-    space = tokenizer(" ", add_special_tokens=False)["input_ids"]
+    splits numbers: each token of a space and digits starting with it (" 7", " 19", "▁19"), and the
+    tokens a space is written as before a digit ("a 7" less "a" and "7") followed by each token of digits
+    starting with it (" ", "7"). Never a digit alone or after punctuation, which would also stop the
+    inside of "2017" or "2.7"."""
+    texts = [raw.decode("utf-8", "replace") for raw in TokenTexts(tokenizer).raw]   # as written, not normalised
+    head = tokenizer("a", add_special_tokens=False)["input_ids"]
+    both = tokenizer("a 7", add_special_tokens=False)["input_ids"]
+    space = both[len(head):-1] if both[:len(head)] == head else []
     out: dict[str, list[list[int]]] = {d: [] for d in digits}
     for tok, text in enumerate(texts):
         number = text.lstrip(" ")
-        if not number.isdigit() or number[0] not in out:
+        if not number.isascii() or not number.isdigit() or number[0] not in out:
             continue
         if number != text:
             out[number[0]].append([tok])
-        elif len(space) == 1:
+        elif space:
             out[number[0]].append(space + [tok])
     return out
 
@@ -332,10 +328,11 @@ def build_policy(forget: list[QA], out_dir: str | Path, model_path: str, tokeniz
     retain = _retain_prompts(forget, retain, cfg)
     questions = [_item_text(item) for item in forget]
     background = [r.question for r in retain]
-    targets, items = _targets_and_items(forget, background, cfg, subjects, owners)
+    targets, items = _targets_and_items(forget, background, cfg, subjects, owners, corpus=corpus is not None)
     progress(f"{len(forget)} forget items, {len(targets)} targets: {', '.join(t['name'] for t in targets) or '-'}")
 
-    item_seqs = _item_sequences(tokenizer, items)
+    item_seqs = [token_sequences(tokenizer, it["phrases"]) for it in items]
+    heads = sorted({d for it in items for d in it.get("number_heads", [])})
     target_phrases = _target_phrases(targets, items)
     target_seqs = [token_sequences(tokenizer, phrases) for phrases in target_phrases]
     progress("semantic penalty over the vocabulary")
@@ -365,7 +362,9 @@ def build_policy(forget: list[QA], out_dir: str | Path, model_path: str, tokeniz
     if cfg.calibrated:
         calibration["soft_mask"] = None   # fitted on the written policy, before it is published
         fit = lambda root: _fit_soft_mask(root, forget, model_path, tokenizer, cfg, progress, probe)  # noqa: E731
-    _write(Path(out_dir), meta, index, item_seqs, target_seqs, penalties, fit, answers, quotes)
+    sequences = {"items": item_seqs, "targets": target_seqs,
+                 **({"number_starts": number_starts(tokenizer, heads)} if heads else {})}
+    _write(Path(out_dir), meta, index, sequences, penalties, fit, answers, quotes)
     return meta
 
 
@@ -438,7 +437,7 @@ def _takedown(out: Path, model_path: str, tokenizer, cfg: GuardConfig, quotes, c
                    "classifier": "none (takedown: the quote filter alone)"}
     meta = _meta(cfg, model_path, tokenizer, sources, [], [], calibration, DIM,
                  {"n_sequences": 0, "targets": [], "items": []}, quotes, corpus)
-    _write(out, meta, faiss.IndexFlatIP(DIM), [], [], [], quotes=quotes)
+    _write(out, meta, faiss.IndexFlatIP(DIM), {"items": [], "targets": []}, [], quotes=quotes)
     return meta
 
 
@@ -483,8 +482,9 @@ def _fit_soft_mask(root: Path, forget: list[QA], model_path: str, tokenizer, cfg
     return calibration_record(result, fitted, held_out, held)
 
 
-def _write(out: Path, meta: dict, index, item_seqs, target_seqs, penalties, fit=None, answers=None, quotes=None) -> None:
-    """Everything into a temporary directory, renamed into place once whole. `fit(tmp)`: a step that
+def _write(out: Path, meta: dict, index, sequences: dict, penalties, fit=None, answers=None, quotes=None) -> None:
+    """Everything into a temporary directory, renamed into place once whole. `sequences`: sequences.json's
+    items, targets and (where items withhold numbers' first digits) number_starts. `fit(tmp)`: a step that
     needs the written policy (calibrated mode) and returns calibration figures for policy.json."""
     import faiss
     from safetensors.torch import save_file
@@ -497,7 +497,7 @@ def _write(out: Path, meta: dict, index, item_seqs, target_seqs, penalties, fit=
         faiss.write_index(index, str(tmp / "index.faiss"))
         if answers is not None:
             faiss.write_index(answers, str(tmp / "answers.faiss"))
-        (tmp / "sequences.json").write_text(json.dumps({"items": item_seqs, "targets": target_seqs}))
+        (tmp / "sequences.json").write_text(json.dumps(sequences))
         tensors = {}
         for i, (idx, val) in enumerate(penalties):
             tensors[f"t{i}.idx"], tensors[f"t{i}.val"] = idx.contiguous(), val.float().contiguous()

@@ -46,7 +46,9 @@ class Decision:
     reason: str
     targets: tuple[int, ...] = ()
     items: tuple[int, ...] = ()
-    nearest: tuple[int, ...] = ()   # the top-k retrieved items, also for unflagged prompts (a forced guard uses them)
+    # the retrieved items (top-k over its texts, and the last message's and final question's nearest), also
+    # for unflagged prompts (a forced guard uses them)
+    nearest: tuple[int, ...] = ()
     named: tuple[int, ...] = ()     # the targets the prompt names (the lexical test's hits)
 
 
@@ -182,7 +184,8 @@ def lexical_hits(text: str, words: ProbeIndex, letters: CollapsedIndex) -> set:
     return found
 
 
-MAX_QUERIES = 48   # texts one prompt is embedded as, at most: a longer prompt gets longer windows
+MAX_QUERIES = 48   # texts one prompt is embedded as, at most (and its `question_end`): a longer prompt gets longer windows
+CUE_WORDS = 3      # words after a prompt's last question that still leave it the question asked ("Answer:")
 
 
 def bounded_windows(text: str, max_words: int, limit: int) -> list[str]:
@@ -222,14 +225,18 @@ def queries(whole: str, segments: list[str], max_words: int = WINDOW_WORDS) -> l
 
 
 def question_end(segments: list[str], max_words: int = WINDOW_WORDS) -> str | None:
-    """Where the last user message is long, the question it ends on: its last sentence that asks one, or
-    else its tail (disguise.windows'), folded as `queries` folds it. A few-shot prompt asks its question
-    after examples that match other items more closely; the question's nearest items join its guard."""
+    """Where the last user message is long, the request it ends on, folded as `queries` folds it: its last
+    sentence that asks a question when only a cue ("Answer:") follows, else its last sentence of more
+    words than a cue. A few-shot prompt asks after examples that match other items more closely; the
+    request's nearest items join its guard."""
     last = disguise.semantic_views(segments[-1] if segments else "")[0]
     if len(last.split()) <= max_words:
         return None
-    asked = [s for s in disguise.sentences(last) if s.endswith("?")]
-    return asked[-1] if asked else disguise.windows(last, max_words)[-1]
+    sents = disguise.sentences(last)
+    asked = [n for n, s in enumerate(sents) if s.endswith("?")]
+    if asked and sum(len(s.split()) for s in sents[asked[-1] + 1:]) <= CUE_WORDS:
+        return sents[asked[-1]]
+    return next((s for s in reversed(sents) if len(s.split()) > CUE_WORDS), None)
 
 
 def nearest_of_both(sims_a: np.ndarray, idx_a: np.ndarray, sims_b: np.ndarray, idx_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -29,8 +29,9 @@ BATCH_CHARS = 1 << 20       # characters per tokenizer call (its Python lists: ~
 MUSE_RAW = "muse/raw_forget"
 MUSE_MINI = "muse/mini/forget_text"
 MUSE_SPECS = (MUSE_RAW, MUSE_MINI)
-PASSAGE_KEY = "passage"     # a window's passage (its number), in its QA's extra
-WINDOW_WORDS = 60           # the knowledge guard's items: windows of about this many words (`windows`)
+PASSAGE_KEY = "corpus_passage"   # a window's passage (its number), in its QA's extra
+WINDOW_WORDS = 60                 # the knowledge guard's items: windows of about this many words (`windows`)
+ITEMS_VERSION = 2                 # raised when the items a forget-mode policy makes of a corpus change
 
 
 @dataclass(frozen=True)
@@ -101,13 +102,17 @@ def passages(spec: str, documents: list[Document]) -> list[QA]:
 
 
 def windows(passage: str, max_words: int = WINDOW_WORDS) -> list[str]:
-    """The passage as windows of whole sentences of at most `max_words` words (a longer sentence is a
-    window of its own), each starting at the middle sentence of the one before, so that every two
-    neighbouring sentences share a window. A news passage jumps between topics: embedded whole, its
-    vector is its main topic's, and a question about a fact told in passing finds other passages."""
+    """The passage as windows of whole sentences of at most `max_words` words, each starting at the
+    middle sentence of the one before, so that two neighbouring sentences share a window wherever they
+    fit in one; a sentence over `max_words` words is cut into chunks that overlap by half first. A news
+    passage jumps between topics: embedded whole, its vector is its main topic's, and a question about a
+    fact told in passing finds other passages."""
     if len(passage.split()) <= max_words:
         return [passage.strip()] if passage.strip() else []
-    sents = sentences(passage)
+    step = max(1, max_words // 2)
+    sents = [" ".join(words[j:j + max_words]) if len(words) > max_words else s
+             for s, words in ((s, s.split()) for s in sentences(passage))
+             for j in (range(0, len(words) - step, step) if len(words) > max_words else [0])]
     out, start = [], 0
     while True:
         end, size = start, 0

@@ -95,8 +95,8 @@ class GuardConfig:
     # still be answered); forget = the quote filter and the knowledge guard built from the corpus's passages
     corpus_mode: Optional[str] = _unset()
     quote_tokens: Optional[int] = _unset()        # τ (QUOTE_TOKENS)
-    # withhold, at a word start in a flagged answer, the first digit of each number its items withhold, so an
-    # answer cannot begin one ("7." of 7.4); unset: on for corpus policies in forget mode, off otherwise
+    # withhold, after a space in a flagged answer, the first digit of each number its items withhold, so an
+    # answer cannot begin one there ("7." of 7.4); unset: on for corpus policies in forget mode, off otherwise
     number_heads: Optional[bool] = _unset()
     quote_budget_mb: Optional[float] = _unset()   # QUOTE_BUDGET_MB
     quote_fpr: Optional[float] = _unset()         # QUOTE_FPR
@@ -174,6 +174,7 @@ class Policy:
     penalties: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
     answers: object = None                          # faiss index of the forget answers (row i: item i), if built
     quotes: object = None                           # a corpus policy's QuoteIndex (quotes.py), if built
+    number_starts: dict = field(default_factory=dict)   # digit -> the sequences that begin a number with it
 
     @property
     def config(self) -> GuardConfig:
@@ -276,7 +277,8 @@ def load_policy(root: str | Path, tokenizer=None) -> Policy:
     if index.ntotal != len(meta["items"]) or len(seqs["items"]) != len(meta["items"]) \
             or len(seqs["targets"]) != n_targets or (answers is not None and answers.ntotal != index.ntotal):
         raise PolicyError(f"guard policy {str(root)!r}: index, sequences and items disagree in size")
-    return Policy(root, meta, index, seqs["items"], seqs["targets"], penalties, answers, quotes)
+    return Policy(root, meta, index, seqs["items"], seqs["targets"], penalties, answers, quotes,
+                  seqs.get("number_starts", {}))
 
 
 def check_embedder(meta: dict, index_dim: int | None = None) -> str:

@@ -399,6 +399,9 @@ class GuardRuntime:
             for i in items:
                 for seq in self.policy.item_sequences[i]:
                     trie.add(seq)
+                for digit in self.policy.items[i].get("number_heads", ()):   # numbers' first digits, after a space
+                    for seq in self.policy.number_starts.get(digit, ()):
+                        trie.add(seq)
             for t in targets:
                 for seq in self.policy.target_sequences[t]:
                     trie.add(seq)

@@ -18,7 +18,7 @@ from unlearnkit.compare.run import load_compare_config
 from unlearnkit.data import muse as M
 from unlearnkit.data.records import QA
 from unlearnkit.errors import ConfigError, DataError
-from unlearnkit.guard.corpus import is_corpus_spec, passages, read_corpus, windows
+from unlearnkit.guard.corpus import PASSAGE_KEY, is_corpus_spec, passages, read_corpus, windows
 from unlearnkit.guard.policy import PolicyError, load_policy, read_meta
 from unlearnkit.guard.subjects import load_subjects, read_subjects
 
@@ -47,7 +47,7 @@ def test_muse_raw_forget_and_the_mini_slice_are_read_as_corpora(muse_dir):
     mini = read_corpus("muse/mini/forget_text")
     assert [d.text for d in mini] == [RAW[0], RAW[2], RAW[4]]            # what the weight-level methods unlearn
     assert all(str(muse_dir / "raw/forget.txt") in d.path for d in mini)
-    assert passages("muse/mini/forget_text", mini) == [QA(None, w, {"passage": n})
+    assert passages("muse/mini/forget_text", mini) == [QA(None, w, {PASSAGE_KEY: n})
                                                        for n, t in enumerate((RAW[0], RAW[2], RAW[4])) for w in windows(t)]
     assert is_corpus_spec("muse/mini/forget_text") and not is_corpus_spec("muse/mini/guard")
 
@@ -60,8 +60,10 @@ def test_a_long_passage_is_indexed_as_overlapping_windows_of_whole_sentences():
     assert [s for s in sents if not any(s in w for w in out)] == []                      # every sentence kept
     assert all(any(a in w and b in w for w in out) for a, b in zip(sents, sents[1:]))   # neighbours share one
     assert windows("One short passage.", max_words=30) == ["One short passage."] and windows("  ") == []
-    long_sentence = " ".join(["word"] * 50) + "."
-    assert windows(f"{long_sentence} A short one.", max_words=30) == [long_sentence, "A short one."]
+    long_sentence = " ".join(f"w{i}" for i in range(50)) + "."
+    cut = windows(f"{long_sentence} A short one.", max_words=30)
+    assert all(len(w.split()) <= 30 for w in cut) and "w49." in cut[-1] and cut[-1].endswith("A short one.")
+    assert cut[0].startswith("w0 ") and all(f"w{i} " in " ".join(cut) + " " for i in range(49))
 
 
 POET = ("Kalo Mirten is a Dutch poet from Utrecht. She wrote four collections of sea poems. Her verse keeps the rhyme "
@@ -101,12 +103,19 @@ def test_a_question_about_a_fact_told_in_passing_finds_the_window_that_tells_it(
     assert decision.score > float(question @ start) + 0.2
 
 
-def test_a_few_shot_prompt_guards_the_items_nearest_its_final_question(passing_fact):
+def test_a_few_shot_prompt_guards_the_items_nearest_its_final_question(passing_fact, monkeypatch):
+    from unlearnkit.guard import classifier
+
     shots = "".join(f"Question: {q}\nAnswer: {a}\n\n" for q, a in [
         ("Where is Kalo Mirten from?", "Utrecht"), ("What does Kalo Mirten write?", "sea poems"),
         ("Which prize did Ines Farrow win?", "the Silver Quill Prize"), ("Where are Ines Farrow's novels set?", "Lisbon")])
-    decision = passing_fact.classifier.classify([f"{shots}Question: {SHIPPING}\nAnswer:"], threshold=-1.0, top_k=1)[0]
-    assert 1 in decision.items                       # the examples alone match the poet's first window and Ines Farrow's
+    asked = [f"{shots}Question: {SHIPPING}\nAnswer:", f"{shots}Name the person who signed the new shipping law for "
+             "Rotterdam, the harbour master."]
+    for prompt in asked:
+        assert 1 in passing_fact.classifier.classify([prompt], threshold=-1.0, top_k=1)[0].items
+    monkeypatch.setattr(classifier, "question_end", lambda *_, **__: None)
+    passing_fact.classifier._cache.clear()
+    assert 1 not in passing_fact.classifier.classify([asked[0]], threshold=-1.0, top_k=1)[0].items   # the examples' items
 
 
 def test_a_bad_muse_corpus_is_refused_naming_the_file_and_line(muse_dir, tmp_path, monkeypatch):

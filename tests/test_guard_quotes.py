@@ -254,12 +254,16 @@ def test_forget_mode_stops_a_flagged_answer_before_a_withheld_number_begins(tmp_
         meta = build_corpus_policy(f"text:{passage_file}", out, str(tiny_dir), tok,
                                    GuardConfig(quote_tokens=TAU, number_heads=heads), progress=lambda *_: None)
         assert [it.get("number_heads") for it in meta["items"]] == ([["1", "2"]] if heads is None else [None])
-        # guarded as a flagged request is (one passage: an uncalibrated threshold flags little)
-        guard = GuardRuntime(load_policy(out, tok), tok).guards([(question, {"unlearn_guard": True})])[0]
-        assert not guard.always_on
-        written[heads] = _answer_heading_into(guard, tok, "She was born in", " 1961")
-    assert not any(c.isdigit() for c in written[None])               # stopped before the number's first digit
-    assert "196" in written[False]                                   # the last token alone withheld: "196" out
+        runtime = GuardRuntime(load_policy(out, tok), tok)
+        for key, reply, number in ((heads, "She was born in", " 1961"), ((heads, 2004), "The prize came in", " 2004")):
+            # guarded as a flagged request is (one passage: an uncalibrated threshold flags little)
+            guard = runtime.guards([(question, {"unlearn_guard": True})])[0]
+            assert not guard.always_on
+            written[key] = _answer_heading_into(guard, tok, reply, number)
+    assert tok(" 1961", add_special_tokens=False)["input_ids"][0] != tok(" 2004", add_special_tokens=False)["input_ids"][0]
+    # " 19" one token, " 2004" a space token then digits: both stopped before the number's first digit
+    assert not any(c.isdigit() for c in written[None] + written[None, 2004])
+    assert "196" in written[False] and "200" in written[False, 2004]     # the last token alone withheld
     unflagged = GuardRuntime(load_policy(tmp_path / "heads-None", tok), tok).guards(
         [(tok("What is the capital of France?")["input_ids"], None)])[0]
     assert "1961" in _answer_heading_into(unflagged, tok, "It was founded in", " 1961")   # numbers elsewhere are free

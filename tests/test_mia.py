@@ -85,7 +85,8 @@ def test_teacher_forcing_gives_each_position_its_next_token_moments(tiny_tokeniz
         logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0, 2:-1].float(), -1)
     mu = (logp.exp() * logp).sum(-1)
     sd = ((logp.exp() * logp.square()).sum(-1) - mu.square()).sqrt()
-    assert got.means == pytest.approx(mu.tolist(), abs=1e-4) and got.stds == pytest.approx(sd.tolist(), abs=1e-4)
+    # the std is a square root of E[x^2] - mu^2, whose fp32 cancellation differs with the kernels' summation order
+    assert got.means == pytest.approx(mu.tolist(), abs=1e-4) and got.stds == pytest.approx(sd.tolist(), rel=5e-3, abs=1e-4)
 
 
 def test_summary_reports_auc_and_privleak_per_attack():
