@@ -229,7 +229,7 @@ def question_end(segments: list[str], max_words: int = WINDOW_WORDS) -> str | No
     sentence that asks a question when only a cue ("Answer:") follows, else its last sentence of more
     words than a cue. A few-shot prompt asks after examples that match other items more closely; the
     request's nearest items join its guard."""
-    last = disguise.semantic_views(segments[-1] if segments else "")[0]
+    last = disguise.fold(segments[-1] if segments else "")     # semantic_views' first view, without the others
     if len(last.split()) <= max_words:
         return None
     sents = disguise.sentences(last)

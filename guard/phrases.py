@@ -7,7 +7,7 @@ Pure string functions (no tokenizer, no model), so each rule is testable on its 
 * `quoted(text)`   quoted spans, usually titles ("Promise by the Seine");
 * `numbers(text)`  numbers as written ("11,000", "7.4", "1990") of two or more digits;
 * `number_heads(phrases)`  the first digits those numbers begin with (forget-mode corpus policies
-                   withhold them at a word start in flagged answers);
+                   withhold them after a space in flagged answers);
 * `quantities(text)`  numbers, dates, percentages, money and quantities with their units, in every
                    surface form a model writes them ("11,000" / 11000 / 11 000, "12%" / 12 percent,
                    "3 March 2021" / March 3, 2021 / 2021-03-03, "3 days" / three days);
@@ -116,7 +116,7 @@ def numbers(text: str) -> list[str]:
 
 def number_heads(phrases: list[str]) -> list[str]:
     """The digits that begin the numbers among `phrases` ("7" of "7.4", "1" of "1.75 million hours").
-    Withheld at a word start, they stop an answer before a withheld number begins: withholding only the
+    Withheld after a space, they stop an answer before a withheld number begins: withholding only the
     number's last token lets its first ones out ("7." of 7.4, which scores as half the number)."""
     return sorted({p.strip()[0] for p in phrases if p.strip()[:1].isdigit() and sum(c.isdigit() for c in p) >= 2})
 
